@@ -1,0 +1,84 @@
+"""The application factory: one bus, a Socket.IO door wrapping a FastAPI REST door.
+
+Socket.IO wraps FastAPI (``socketio.ASGIApp(sio, other_asgi_app=app)``) rather than being
+mounted inside it: the Socket.IO path stays exactly ``/<socketio_path>/`` and the ASGI
+lifespan reaches FastAPI, which runs ``plugbus_startup`` and ``plugbus_shutdown``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import socketio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from plugbus.core import Bus, LoadedConfig, load_plugins
+
+from .problems import install_problem_handlers
+from .rest_door import add_plugin_routes, core_router
+from .socket_door import PlugbusSocketServer
+
+
+@dataclass(slots=True)
+class Application:
+    """A built plugbus application.
+
+    :ivar asgi: the ASGI callable to serve (Socket.IO in front, FastAPI behind).
+    :ivar bus: its bus.
+    :ivar rest: the FastAPI app (for tests and OpenAPI).
+    :ivar sio: the Socket.IO server.
+    """
+
+    asgi: socketio.ASGIApp
+    bus: Bus
+    rest: FastAPI
+    sio: PlugbusSocketServer
+
+
+def create_app(loaded: LoadedConfig) -> Application:
+    """Build an application from a validated config: a fresh plugin manager, bus and doors.
+
+    :raises ConfigError: a plugin could not be loaded or configured.
+    """
+    config = loaded.config
+    bus = Bus(config, load_plugins(loaded))
+    sio = PlugbusSocketServer(bus, config)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await bus.start()
+        try:
+            yield
+        finally:
+            await bus.stop()
+
+    rest = FastAPI(
+        title="plugbus",
+        summary="A plugin-driven real-time event bus: Socket.IO and REST over one pipeline.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    cors = config.server.cors
+    rest.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"] if cors.origins == "*" else cors.origins,
+        allow_methods=cors.methods,
+        allow_credentials=cors.credentials,
+        allow_headers=["*"],
+    )
+    install_problem_handlers(rest)
+    rest.include_router(core_router(bus))
+    add_plugin_routes(rest, bus)
+    asgi = socketio.ASGIApp(sio, other_asgi_app=rest, socketio_path=config.server.socketio_path)
+    return Application(asgi=asgi, bus=bus, rest=rest, sio=sio)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("plugbus")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,104 @@
+"""The ``plugbus`` command: serve, check a config, list plugins.
+
+Exit status: 0 on success, 2 when the configuration or a plugin is wrong (the message, on
+stderr, names the file, the key and what was expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from plugbus.core import Bus, ConfigError, LoadedConfig, load_config, load_plugins
+
+log = logging.getLogger("plugbus")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plugbus", description="A plugin-driven real-time event bus.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve Socket.IO and REST on one port")
+    serve.add_argument("--config", "-c", metavar="PATH", help="config file (default: the embedded config.yaml)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and its plugins without serving")
+    check.add_argument("path", nargs="?", metavar="PATH", help="config file (default: the embedded one)")
+
+    plugins = sub.add_parser("plugins", help="list the plugins a config loads")
+    plugins.add_argument("--config", "-c", metavar="PATH", help="config file (default: the embedded one)")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``plugbus`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "config":
+            return _check(args.path)
+        if args.command == "plugins":
+            return _plugins(args)
+    except ConfigError as exc:
+        print(f"plugbus: {exc}", file=sys.stderr)
+        return 2
+    return 1  # pragma: no cover - argparse refuses unknown commands
+
+
+def _check(path: str | None) -> int:
+    loaded = load_config(path)
+    plugins = load_plugins(loaded)
+    Bus(loaded.config, plugins)  # registers the events, where a clash between plugins shows up
+    names = ", ".join(p.name for p in plugins.plugins) or "none"
+    print(f"{loaded.path}: OK ({len(plugins.plugins)} plugins: {names})")
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    infos = load_plugins(loaded).plugins
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return 0
+    for info in infos:
+        print(f"{info.name}  [{info.source}]  {info.version or '-'}  {info.target}")
+        print(f"    hooks: {', '.join(info.hooks) or '-'}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    loaded: LoadedConfig = load_config(args.config)
+    server = loaded.config.server
+    if args.host:
+        server.host = args.host
+    if args.port is not None:
+        server.port = args.port
+    logging.basicConfig(level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    app = create_app(loaded)
+    log.info("plugbus %r with config %s; plugins: %s", server.name, loaded.path,
+             ", ".join(p.name for p in app.bus.plugins) or "none")
+    uvicorn.run(
+        app.asgi,
+        host=server.host,
+        port=server.port,
+        log_level=server.log_level,
+        lifespan="on",
+        ws_max_size=server.max_message_bytes,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

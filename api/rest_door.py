@@ -1,0 +1,114 @@
+"""The REST door: plugbus's own routes, and the routes plugins contribute.
+
+Plugin routes arrive as framework-free :class:`~plugbus.core.Route` objects; each becomes a
+FastAPI endpoint whose signature names its path parameters and body model, so FastAPI
+validates the body and the OpenAPI document shows both models.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel, Field, JsonValue
+
+from plugbus.core import Bus, Origin, Route, RouteRequest
+
+_PATH_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::[^}]*)?}")
+
+
+class Health(BaseModel):
+    """``GET /health``."""
+
+    status: str = Field(description='"ok" while the server serves.')
+    server: str = Field(description="server.name from the config.")
+    connections: int = Field(description="Live Socket.IO connections on this node.")
+    plugins: list[str] = Field(description="Loaded plugin names.")
+
+
+class PluginDescription(BaseModel):
+    """One loaded plugin."""
+
+    name: str
+    source: str = Field(description='"builtin", "entry point" or "module".')
+    version: str | None
+    target: str = Field(description="What was imported: module[:Class].")
+    hooks: list[str]
+
+
+class EventResult(BaseModel):
+    """The ack of an event sent over REST."""
+
+    ok: bool = True
+    data: JsonValue = Field(None, description="What the handling plugin acknowledged.")
+
+
+def core_router(bus: Bus) -> APIRouter:
+    """The routes every plugbus server has, whatever its plugins."""
+    router = APIRouter()
+
+    @router.get("/health", response_model=Health, tags=["server"], summary="Liveness and counts")
+    async def health() -> Health:
+        return Health(status="ok", server=bus.server_name, connections=bus.connection_count,
+                      plugins=[p.name for p in bus.plugins])
+
+    @router.get("/plugins", response_model=list[PluginDescription], tags=["server"],
+                summary="Loaded plugins with source, version and hooks")
+    async def plugins() -> list[dict[str, Any]]:
+        return [p.as_dict() for p in bus.plugins]
+
+    @router.post("/events/{event}", response_model=EventResult, tags=["events"],
+                 summary="Send any registered event through the pipeline, as a server")
+    async def send_event(event: str, payload: dict[str, JsonValue]) -> EventResult:
+        """The generic door: the body is the event's payload, validated against the schema
+        its plugin registered; moderation and handling are the same as over Socket.IO.
+        Events that act on the sender's own connection (``join-room``) are refused here."""
+        result = await bus.dispatch(event, payload, bus.context(Origin.REST))
+        return EventResult(data=result)
+
+    return router
+
+
+def add_plugin_routes(app: FastAPI, bus: Bus) -> None:
+    """Mount every route from ``plugbus_routes``."""
+    for plugin_name, route in bus.hooks.routes(bus):
+        app.add_api_route(
+            route.path,
+            _endpoint(route, bus),
+            methods=[route.method.upper()],
+            response_model=route.response,
+            status_code=route.status_code,
+            summary=route.summary or None,
+            tags=list(route.tags) or [plugin_name],
+            name=f"{plugin_name}:{route.method.lower()} {route.path}",
+        )
+
+
+def _endpoint(route: Route, bus: Bus) -> Any:
+    """Build an endpoint whose signature tells FastAPI the path params and body model."""
+    names = _PATH_PARAM.findall(route.path)
+    params = [inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request)]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=str) for n in names]
+    if route.body is not None:
+        params.append(inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=route.body))
+
+    async def endpoint(**kwargs: Any) -> Any:
+        request: Request = kwargs.pop("request")
+        body = kwargs.pop("body", None)
+        req = RouteRequest(
+            bus=bus,
+            path_params={n: kwargs[n] for n in names},
+            query=dict(request.query_params),
+            body=body,
+            headers={k.lower(): v for k, v in request.headers.items()},
+        )
+        result = route.handler(req)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    endpoint.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    endpoint.__doc__ = route.handler.__doc__
+    return endpoint

@@ -1,0 +1,169 @@
+"""The Socket.IO door: python-socketio's AsyncServer, feeding every event into the bus.
+
+:class:`PlugbusSocketServer` is the one seam where plugbus reaches into python-socketio's
+internals. It overrides two methods of ``socketio.AsyncServer`` (5.18):
+
+* ``_handle_event_internal`` — the single dispatch point of every client event. plugbus
+  replaces the per-event handler lookup with ``bus.dispatch`` and needs to know whether the
+  client asked for an ack (python-socketio hides the packet id from handlers), so that a
+  refusal travels in the ack when one was asked for and as an ``error`` event otherwise.
+* ``_handle_connect`` — to run ``plugbus_connected`` after the client has been told it is
+  connected, so a greeting never overtakes the Socket.IO ``connect``.
+
+Events of one connection are handled in the order sent: the server runs with
+``async_handlers=False``, so each connection's reader awaits its event before reading the next
+(python-socketio's default would start a task per event and could reorder them).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import socketio
+from socketio import packet
+
+from plugbus.core import (
+    Bus,
+    Config,
+    Connection,
+    ConnectionDenied,
+    InternalError,
+    InvalidPayload,
+    Origin,
+    PlugbusError,
+)
+
+log = logging.getLogger("plugbus.socket")
+
+ERROR_EVENT = "error"
+
+
+class PlugbusSocketServer(socketio.AsyncServer):
+    """A python-socketio AsyncServer whose events all go through one :class:`Bus`."""
+
+    def __init__(self, bus: Bus, config: Config) -> None:
+        server = config.server
+        cors = server.cors
+        super().__init__(
+            async_mode="asgi",
+            async_handlers=False,
+            namespaces=[server.namespace],
+            cors_allowed_origins=cors.origins if cors.origins != "*" else "*",
+            cors_credentials=cors.credentials,
+            ping_interval=server.ping_interval,
+            ping_timeout=server.ping_timeout,
+            max_http_buffer_size=server.max_message_bytes,
+            transports=list(server.transports),
+            logger=False,
+            engineio_logger=False,
+        )
+        self.bus = bus
+        self.plugbus_namespace = server.namespace
+        self._accepted: dict[str, str] = {}  # eio_sid -> sid, between connect handler and CONNECT
+        self.on("connect", self._on_connect, namespace=server.namespace)
+        self.on("disconnect", self._on_disconnect, namespace=server.namespace)
+        bus.attach(SocketTransport(self, server.namespace))
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        scope = environ.get("asgi.scope", {})
+        client = scope.get("client")
+        headers = {
+            k[5:].lower().replace("_", "-"): v for k, v in environ.items()
+            if k.startswith("HTTP_") and isinstance(v, str)
+        }
+        connection = Connection(
+            sid=sid,
+            namespace=self.plugbus_namespace,
+            remote_addr=client[0] if client else environ.get("REMOTE_ADDR"),
+            auth=auth,
+            headers=headers,
+        )
+        try:
+            await self.bus.open_connection(connection)
+        except ConnectionDenied as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
+        except Exception:
+            log.exception("plugbus_connect failed for %s", sid)
+            raise socketio.exceptions.ConnectionRefusedError(
+                "internal error", InternalError("internal error").to_dict()
+            ) from None
+        eio_sid = self.manager.eio_sid_from_sid(sid, self.plugbus_namespace)
+        if eio_sid is not None:
+            self._accepted[eio_sid] = sid
+        return True
+
+    async def _on_disconnect(self, sid: str, reason: str = "") -> None:
+        await self.bus.close_connection(sid, str(reason))
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        sid = self._accepted.pop(eio_sid, None)
+        if sid is not None:
+            await self.bus.connection_ready(sid)
+
+    async def _handle_event_internal(
+        self, server: socketio.AsyncServer, sid: str, eio_sid: str, data: list[Any],
+        namespace: str, id: int | None,
+    ) -> None:
+        name = data[0]
+        wants_ack = id is not None
+        reply: Any
+        try:
+            if len(data) != 2:
+                raise InvalidPayload(
+                    f"event {name!r} must carry exactly one payload argument, got {len(data) - 1}",
+                    details={"event": name, "arguments": len(data) - 1},
+                )
+            connection = self.bus.connection(sid)
+            ctx = self.bus.context(Origin.SOCKET, connection, wants_ack=wants_ack)
+            result = await self.bus.dispatch(name, data[1], ctx)
+            reply = {"ok": True, "data": result}
+        except PlugbusError as exc:
+            reply = self._refusal(exc, name)
+        except Exception:
+            log.exception("event %r from %s failed", name, sid)
+            reply = self._refusal(InternalError("internal error while handling the event"), name)
+        if wants_ack:
+            await server._send_packet(eio_sid, self.packet_class(
+                packet.ACK, namespace=namespace, id=id, data=[reply]))
+        elif not reply["ok"]:
+            await self.emit(ERROR_EVENT, reply["error"], to=sid, namespace=namespace)
+
+    @staticmethod
+    def _refusal(exc: PlugbusError, name: Any) -> dict[str, Any]:
+        error = exc.to_dict()
+        error["details"] = {"event": name if isinstance(name, str) else repr(name), **error["details"]}
+        return {"ok": False, "error": error}
+
+
+class SocketTransport:
+    """:class:`plugbus.core.Transport` on a python-socketio server and its client manager."""
+
+    def __init__(self, sio: socketio.AsyncServer, namespace: str) -> None:
+        self._sio = sio
+        self._ns = namespace
+
+    async def emit(
+        self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None
+    ) -> None:
+        await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=self._ns)
+
+    async def enter_room(self, sid: str, room: str) -> None:
+        await self._sio.enter_room(sid, room, namespace=self._ns)
+
+    async def leave_room(self, sid: str, room: str) -> None:
+        await self._sio.leave_room(sid, room, namespace=self._ns)
+
+    def rooms_of(self, sid: str) -> list[str]:
+        return [r for r in self._sio.manager.get_rooms(sid, self._ns) if r != sid]
+
+    def room_size(self, room: str) -> int:
+        members = self._sio.manager.rooms.get(self._ns, {}).get(room)
+        return len(members) if members else 0
+
+    def connection_count(self) -> int:
+        return self.room_size(None)  # type: ignore[arg-type]  # the None room holds everyone
+
+    async def disconnect(self, sid: str) -> None:
+        await self._sio.disconnect(sid, namespace=self._ns)

@@ -1,0 +1,58 @@
+"""plugbus core: the plugin contract and the event pipeline. Never imports a web framework.
+
+The names below are core's public surface; the ``plugbus`` package re-exports them for plugin
+authors, and built-in plugins use nothing else.
+"""
+
+from .bus import Bus
+from .config import Config, LoadedConfig, load_config
+from .context import Connection, EventContext, Origin
+from .errors import (
+    ConfigError,
+    ConnectionDenied,
+    ConnectionRequired,
+    InternalError,
+    InvalidPayload,
+    MessageRejected,
+    NotAllowed,
+    PlugbusError,
+    UnknownEvent,
+)
+from .events import Event, EventRegistry
+from .hookspecs import hookimpl, hookspec
+from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
+from .plugin import Plugin, PluginSettings
+from .routes import Route, RouteRequest
+from .transport import Transport
+
+__all__ = [
+    "BUILTINS",
+    "Bus",
+    "Config",
+    "ConfigError",
+    "Connection",
+    "ConnectionDenied",
+    "ConnectionRequired",
+    "Event",
+    "EventContext",
+    "EventRegistry",
+    "InternalError",
+    "InvalidPayload",
+    "LoadedConfig",
+    "MessageRejected",
+    "NotAllowed",
+    "Origin",
+    "PlugbusError",
+    "Plugin",
+    "PluginInfo",
+    "PluginSettings",
+    "PluginSource",
+    "Route",
+    "RouteRequest",
+    "Transport",
+    "UnknownEvent",
+    "hookimpl",
+    "hookspec",
+    "load_config",
+    "load_plugins",
+]

@@ -1,0 +1,188 @@
+"""The bus: one pipeline for every event, whichever door it came through.
+
+``dispatch`` is the pipeline — validate, moderate, handle — and the delivery methods (``emit``,
+``join``, ``leave``) are the one way plugins reach connections. The socket door and the REST
+door both call ``dispatch``; nothing here knows about HTTP or python-socketio.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .config import Config
+from .context import Connection, EventContext, Origin
+from .errors import ConfigError, ConnectionDenied, PlugbusError
+from .events import Event, EventRegistry
+from .hooks import Hooks
+from .loader import LoadedPlugins, PluginInfo
+from .transport import Transport
+
+log = logging.getLogger("plugbus.bus")
+
+
+class Bus:
+    """The running heart of one plugbus application.
+
+    Built once per application from a validated config and its loaded plugins. Plugins receive
+    it in hooks (``bus``, or ``ctx.bus``) and use its public methods; the doors use
+    ``dispatch`` and the connection life-cycle methods.
+
+    :ivar config: the validated configuration.
+    :ivar hooks: the typed hook caller.
+    :ivar events: the registry of event schemas.
+    :ivar plugins: what was loaded, in registration order.
+    """
+
+    def __init__(self, config: Config, loaded: LoadedPlugins) -> None:
+        """:raises ConfigError: two plugins registered the same event name, or a bad event class."""
+        self.config = config
+        self.plugins: list[PluginInfo] = loaded.plugins
+        self.pm = loaded.pm
+        self.hooks = Hooks(loaded.pm)
+        self.events = EventRegistry()
+        for event_cls in self.hooks.register_events():
+            try:
+                self.events.register(event_cls, owner=event_cls.__module__)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        self._connections: dict[str, Connection] = {}
+        self._transport: Transport | None = None
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def attach(self, transport: Transport) -> None:
+        """Give the bus the socket server it delivers through (done once, by the socket door)."""
+        self._transport = transport
+
+    @property
+    def transport(self) -> Transport:
+        """The attached transport.
+
+        :raises RuntimeError: before the socket door attached one.
+        """
+        if self._transport is None:
+            raise RuntimeError("no transport attached to the bus yet")
+        return self._transport
+
+    @property
+    def server_name(self) -> str:
+        """``server.name`` from the config."""
+        return self.config.server.name
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def context(
+        self, origin: Origin, connection: Connection | None = None, *, wants_ack: bool = False
+    ) -> EventContext:
+        """A context for an event arriving through ``origin``."""
+        return EventContext(self, origin, connection, wants_ack)
+
+    async def dispatch(self, name: Any, payload: Any, ctx: EventContext) -> Any:
+        """Run one event through the pipeline: validate, moderate, handle.
+
+        :param name: the event name as received.
+        :param payload: the raw payload as received (a dict for every built-in event).
+        :param ctx: where it came from.
+        :return: the ack data of the handling plugin (None if it had nothing to say).
+        :raises UnknownEvent: no plugin registered ``name``.
+        :raises InvalidPayload: the payload does not fit the schema.
+        :raises MessageRejected: moderation vetoed it.
+        :raises PlugbusError: the handler refused it.
+        """
+        event = self.events.parse(name, payload)
+        event = await self.hooks.moderate(event, ctx)
+        return await self.hooks.handle_event(event, ctx)
+
+    async def publish(self, event: Event, ctx: EventContext) -> Any:
+        """Run an already-built event through moderation and handling (server-side senders)."""
+        event = await self.hooks.moderate(event, ctx)
+        return await self.hooks.handle_event(event, ctx)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def emit(
+        self, event: str, data: Any, *, room: str | None = None, to: str | None = None,
+        skip_sid: str | None = None,
+    ) -> None:
+        """Send ``event`` to a room, to one connection (``to``), or to everyone (neither).
+
+        The payload is encoded once for all recipients. ``skip_sid`` leaves one connection out
+        (the sender, for "everyone but me").
+        """
+        await self.transport.emit(event, data, room=room if room is not None else to, skip_sid=skip_sid)
+
+    async def join(self, sid: str, room: str) -> None:
+        """Put connection ``sid`` into ``room``."""
+        await self.transport.enter_room(sid, room)
+
+    async def leave(self, sid: str, room: str) -> None:
+        """Take connection ``sid`` out of ``room``."""
+        await self.transport.leave_room(sid, room)
+
+    def rooms_of(self, sid: str) -> list[str]:
+        """The rooms connection ``sid`` is in (its own id room not counted)."""
+        return self.transport.rooms_of(sid)
+
+    def room_size(self, room: str) -> int:
+        """How many connections on this node are in ``room``."""
+        return self.transport.room_size(room)
+
+    async def disconnect(self, sid: str) -> None:
+        """Close connection ``sid``."""
+        await self.transport.disconnect(sid)
+
+    # -- connections ------------------------------------------------------------------------
+
+    def connection(self, sid: str) -> Connection | None:
+        """The live connection with id ``sid``, or None."""
+        return self._connections.get(sid)
+
+    def is_connection_id(self, name: str) -> bool:
+        """True when ``name`` is the id of a live connection (such rooms are reserved)."""
+        return name in self._connections
+
+    @property
+    def connection_count(self) -> int:
+        """Live connections on this node."""
+        return len(self._connections)
+
+    async def open_connection(self, connection: Connection) -> None:
+        """Run ``plugbus_connect`` for a new connection; called by the socket door.
+
+        :raises ConnectionDenied: a plugin refused it; the connection is forgotten again.
+        """
+        self._connections[connection.sid] = connection
+        try:
+            await self.hooks.connect(connection, self)
+        except ConnectionDenied:
+            self._connections.pop(connection.sid, None)
+            raise
+        except PlugbusError as exc:
+            self._connections.pop(connection.sid, None)
+            raise ConnectionDenied(exc.message, details=exc.details, code=exc.code) from exc
+        except Exception:
+            self._connections.pop(connection.sid, None)
+            raise
+
+    async def connection_ready(self, sid: str) -> None:
+        """Run ``plugbus_connected`` once the client knows it is connected; socket door only."""
+        connection = self._connections.get(sid)
+        if connection is not None:
+            await self.hooks.connected(connection, self)
+
+    async def close_connection(self, sid: str, reason: str) -> None:
+        """Run ``plugbus_disconnect`` and forget the connection; called by the socket door."""
+        connection = self._connections.pop(sid, None)
+        if connection is not None:
+            await self.hooks.disconnect(connection, reason, self)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run ``plugbus_startup``."""
+        await self.hooks.startup(self)
+
+    async def stop(self) -> None:
+        """Run ``plugbus_shutdown``."""
+        await self.hooks.shutdown(self)

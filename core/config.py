@@ -1,0 +1,214 @@
+"""The configuration model: config.yaml, environment overrides, and clear errors.
+
+``load_config(path)`` reads a YAML file, lays ``PLUGBUS_*`` environment variables over it
+(``PLUGBUS_SERVER__PORT=8000`` sets ``server.port``; nested keys are joined with ``__``) and
+validates the result. Every problem becomes one :class:`ConfigError` naming the file, the line
+where the YAML has one, the dotted key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "PLUGBUS_"
+ENV_DELIMITER = "__"
+DEFAULT_BUILTINS = ["welcome", "rooms", "relay", "moderation"]
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorsSettings(StrictModel):
+    """Cross-origin access for browsers (both the Socket.IO endpoint and REST)."""
+
+    origins: list[str] | Literal["*"] = Field(
+        "*", description='Allowed origins: a list of URLs, or "*" for any origin.'
+    )
+    methods: list[str] = Field(["GET", "POST"], description="HTTP methods allowed for REST.")
+    credentials: bool = Field(True, description="Allow cookies and Authorization headers.")
+
+
+class ServerSettings(StrictModel):
+    """Where and how the server listens."""
+
+    name: str = Field("plugbus", description="This server's name, shown to clients and in /health.")
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(3000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    namespace: str = Field("/", pattern=r"^/", description="The Socket.IO namespace served.")
+    socketio_path: str = Field("socket.io", min_length=1, description="Socket.IO endpoint path.")
+    transports: list[Literal["polling", "websocket"]] = Field(
+        ["polling", "websocket"], min_length=1, description="Engine.IO transports accepted."
+    )
+    ping_interval: float = Field(25, gt=0, description="Seconds between server pings.")
+    ping_timeout: float = Field(20, gt=0, description="Seconds to wait for a pong.")
+    max_message_bytes: int = Field(
+        1_000_000, gt=0, description="Largest Engine.IO message or HTTP body accepted."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+
+
+class PluginsSettings(StrictModel):
+    """Which plugins run, and the settings of each."""
+
+    builtins: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BUILTINS),
+        description="Built-in plugins to run, by name.",
+    )
+    entry_points: bool = Field(
+        True, description="Also load installed packages in the `plugbus` entry-point group."
+    )
+    disabled: list[str] = Field(
+        default_factory=list, description="Plugin names never loaded, built-in or installed."
+    )
+    modules: dict[str, str] = Field(
+        default_factory=dict, description='Extra plugins by dotted path: {name: "pkg.mod[:Class]"}.'
+    )
+    settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Each plugin's settings, keyed by plugin name."
+    )
+
+
+class Config(BaseSettings):
+    """The whole configuration. Environment variables (``PLUGBUS_...``) beat the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    plugins: PluginsSettings = Field(default_factory=PluginsSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init arguments; the environment must beat it.
+        return (env_settings, init_settings)
+
+
+def default_config_path() -> Path:
+    """The embedded default config.yaml shipped inside the package."""
+    return Path(str(resources.files("plugbus").joinpath("config.yaml")))
+
+
+class LoadedConfig:
+    """A validated :class:`Config` plus where it came from (for later error messages)."""
+
+    def __init__(self, config: Config, path: Path, lines: dict[tuple[str, ...], int]) -> None:
+        self.config = config
+        self.path = path
+        self._lines = lines
+
+    def where(self, loc: tuple[str | int, ...]) -> str:
+        """``"file:line: a.b.c"`` for a key path, the line when the file has the key."""
+        return _where(self.path, self._lines, loc)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+    """Read, override from the environment, and validate a config file.
+
+    :param path: the YAML file; None means the embedded default.
+    :raises ConfigError: unreadable file, bad YAML, unknown key or wrong type — one message.
+    """
+    file = Path(path) if path is not None else default_config_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping of sections (server, plugins) at the top")
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_config_errors(exc, file, lines)) from None
+    return LoadedConfig(config, file, lines)
+
+
+def format_config_errors(
+    exc: ValidationError,
+    file: Path,
+    lines: dict[tuple[str, ...], int],
+    prefix: tuple[str | int, ...] = (),
+) -> str:
+    """One message with a line per problem: ``file:line: key: what was expected (got ...)``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(err["loc"])
+        got = err.get("input")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] != "missing" and not isinstance(got, dict):
+            msg += f" (got {got!r})"
+        env = env_var_for(loc)
+        if env in os.environ:
+            msg += f" [from environment variable {env}]"
+        parts.append(f"{_where(file, lines, loc)}: {msg}")
+    head = f"invalid configuration in {file}:" if len(parts) > 1 else "invalid configuration:"
+    return head + ("\n  " if len(parts) > 1 else " ") + "\n  ".join(parts)
+
+
+def env_var_for(loc: tuple[str | int, ...]) -> str:
+    """The environment variable that would set the key at ``loc``."""
+    return ENV_PREFIX + ENV_DELIMITER.join(str(p).upper() for p in loc)
+
+
+def _where(file: Path, lines: dict[tuple[str, ...], int], loc: tuple[str | int, ...]) -> str:
+    key = tuple(str(p) for p in loc)
+    dotted = _dotted(loc)
+    # Fall back to the nearest enclosing key that the file has.
+    for n in range(len(key), 0, -1):
+        if key[:n] in lines:
+            return f"{file}:{lines[key[:n]]}: {dotted}"
+    return f"{file}: {dotted}"
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map every key path in a composed YAML document to its 1-based line."""
+    out: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            sub = path + (str(key_node.value),)
+            out[sub] = key_node.start_mark.line + 1
+            out.update(_key_lines(value_node, sub))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            sub = path + (str(i),)
+            out[sub] = item.start_mark.line + 1
+            out.update(_key_lines(item, sub))
+    return out

@@ -1,0 +1,56 @@
+"""Who an event comes from: connections, origins and the per-event context plugins receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bus import Bus
+
+
+class Origin(StrEnum):
+    """Which door an event came through."""
+
+    SOCKET = "socket"
+    REST = "rest"
+    SERVER = "server"
+
+
+@dataclass(slots=True, eq=False)
+class Connection:
+    """One live Socket.IO connection, as plugins see it.
+
+    Created by the socket door before ``plugbus_connect`` runs and dropped after
+    ``plugbus_disconnect``. ``state`` is a free dict where plugins keep per-connection data
+    (prefix keys with the plugin's name).
+    """
+
+    sid: str
+    namespace: str
+    remote_addr: str | None = None
+    auth: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EventContext:
+    """Everything about one event besides its payload.
+
+    :ivar bus: the bus, to emit, join rooms or look up connections.
+    :ivar origin: the door the event came through.
+    :ivar connection: the sending connection, or None for REST and server-side events.
+    :ivar wants_ack: True when the sender asked for an acknowledgement.
+    """
+
+    bus: Bus
+    origin: Origin
+    connection: Connection | None = None
+    wants_ack: bool = False
+
+    @property
+    def sid(self) -> str | None:
+        """The sending connection's id, or None when the event has no connection."""
+        return self.connection.sid if self.connection is not None else None

@@ -1,0 +1,128 @@
+"""Event schemas: what a client may send, checked before any plugin sees it.
+
+A plugin declares each event it accepts as a subclass of :class:`Event` and returns the class
+from its ``plugbus_register_events`` hook. The :class:`EventRegistry` maps wire names to those
+classes and turns raw payloads into validated instances, or into an :class:`InvalidPayload`
+that says which field was wrong and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import InvalidPayload, UnknownEvent
+
+
+class Event(BaseModel):
+    """Base class of every event payload schema.
+
+    Subclasses set ``name`` (the Socket.IO event name, e.g. ``"send-message"``) and declare the
+    payload's fields as a pydantic model. Unknown fields are refused, so a typo such as
+    ``roomId`` is reported instead of silently ignored. ``ack`` may name a model describing
+    what a successful ack carries (used for documentation; not enforced on the hot path).
+    ``text_fields`` names the string fields that hold user-written text, which moderation
+    plugins inspect (and may mask); other fields are left alone.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ClassVar[str]
+    ack: ClassVar[type[BaseModel] | None] = None
+    text_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def event_name(self) -> str:
+        """The wire name of this event (``type(self).name``)."""
+        return type(self).name
+
+
+def format_validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as ``[{"loc": "a.b", "message": ..., "type": ...}]`` (input omitted)."""
+    out = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "(payload)"
+        out.append({"loc": loc, "message": err["msg"], "type": err["type"]})
+    return out
+
+
+class EventRegistry:
+    """Wire name → :class:`Event` subclass, filled once at start-up from the plugins."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, type[Event]] = {}
+        self._owners: dict[str, str] = {}
+
+    def register(self, event_cls: type[Event], owner: str) -> None:
+        """Add ``event_cls`` for plugin ``owner``.
+
+        :raises ValueError: the class is not an :class:`Event` with a ``name``, or another plugin
+            already registered that name (two owners for one event would be ambiguous).
+        """
+        if not (isinstance(event_cls, type) and issubclass(event_cls, Event)):
+            raise ValueError(f"plugin {owner!r} registered {event_cls!r}, which is not an Event subclass")
+        name = getattr(event_cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"plugin {owner!r} registered {event_cls.__name__} without a `name`")
+        if name in self._events and self._events[name] is not event_cls:
+            raise ValueError(
+                f"event {name!r} is registered twice: by plugin {self._owners[name]!r} "
+                f"and by plugin {owner!r}"
+            )
+        self._events[name] = event_cls
+        self._owners[name] = owner
+
+    def names(self) -> list[str]:
+        """The registered event names, sorted."""
+        return sorted(self._events)
+
+    def owner(self, name: str) -> str:
+        """The plugin that registered ``name``."""
+        return self._owners[name]
+
+    def get(self, name: str) -> type[Event] | None:
+        """The schema for ``name``, or None."""
+        return self._events.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._events
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._events.values())
+
+    def parse(self, name: Any, payload: Any) -> Event:
+        """Validate ``payload`` against the schema registered for ``name``.
+
+        :raises UnknownEvent: no schema is registered under ``name``.
+        :raises InvalidPayload: the payload is not an object or does not fit the schema;
+            ``details["errors"]`` lists each problem with its location.
+        """
+        event_cls = self._events.get(name) if isinstance(name, str) else None
+        if event_cls is None:
+            raise UnknownEvent(
+                f"unknown event {name!r}: no loaded plugin handles it",
+                details={"event": name if isinstance(name, str) else repr(name), "known": self.names()},
+            )
+        if not isinstance(payload, dict):
+            raise InvalidPayload(
+                f"invalid payload for {name!r}: expected a JSON object, got {_json_type(payload)}",
+                details={"event": name, "errors": [
+                    {"loc": "(payload)", "message": "expected an object", "type": "model_type"}
+                ]},
+            )
+        try:
+            return event_cls.model_validate(payload)
+        except ValidationError as exc:
+            errors = format_validation_errors(exc)
+            summary = "; ".join(f"{e['loc']}: {e['message']}" for e in errors)
+            raise InvalidPayload(
+                f"invalid payload for {name!r}: {summary}", details={"event": name, "errors": errors}
+            ) from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            list: "an array", bytes: "binary data"}.get(type(value), type(value).__name__)

@@ -1,0 +1,192 @@
+"""The only caller of ``pm.hook``: typed methods, one per hook, with plugbus's call semantics.
+
+pluggy calls implementations synchronously and would hand back un-awaited coroutines from
+``async def`` hooks (pluggy issues #320, #378). For the awaited hooks this module therefore
+walks pluggy's own ordered implementation list itself — tryfirst/trylast and registration
+order exactly as pluggy would use them — and awaits each implementation before calling the
+next, so an async veto stops the chain before later implementations run and no coroutine is
+ever left un-awaited. New-style wrappers (``hookimpl(wrapper=True)``, plain generators) wrap
+the whole walk as they would in pluggy.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .hookspecs import AWAITED_HOOKS
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .context import Connection, EventContext
+    from .events import Event
+    from .routes import Route
+
+log = logging.getLogger("plugbus.hooks")
+
+_Impl = tuple[Callable[..., Any], tuple[str, ...], str]
+
+
+class _OrderedHook:
+    """A snapshot of one hook's implementations in call order (plugins are fixed after start)."""
+
+    __slots__ = ("name", "plain", "wrappers")
+
+    def __init__(self, name: str, impls: list[pluggy.HookImpl]) -> None:
+        self.name = name
+        ordered = list(reversed(impls))  # pluggy's own call order
+        self.wrappers: list[_Impl] = [
+            (i.function, tuple(i.argnames), i.plugin_name) for i in ordered if i.wrapper
+        ]
+        self.plain: list[_Impl] = [
+            (i.function, tuple(i.argnames), i.plugin_name)
+            for i in ordered
+            if not (i.wrapper or i.hookwrapper)
+        ]
+
+    async def run(self, kwargs: dict[str, Any], inner: Callable[[], Awaitable[Any]]) -> Any:
+        if not self.wrappers:
+            return await inner()
+        gens = []
+        for func, argnames, plugin in self.wrappers:
+            gen = func(*[kwargs[a] for a in argnames])
+            try:
+                next(gen)
+            except StopIteration:
+                raise RuntimeError(f"wrapper of {self.name} in plugin {plugin!r} did not yield") from None
+            gens.append((gen, plugin))
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = await inner()
+        except BaseException as exc:  # handed to the wrappers, as pluggy does
+            error = exc
+        for gen, plugin in reversed(gens):
+            try:
+                if error is not None:
+                    gen.throw(error)
+                else:
+                    gen.send(result)
+            except StopIteration as stop:
+                result, error = stop.value, None
+            except BaseException as exc:
+                error = exc
+            else:
+                error = RuntimeError(f"wrapper of {self.name} in plugin {plugin!r} yielded twice")
+        if error is not None:
+            raise error
+        return result
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Hooks:
+    """Typed entry points to every hook, built once per application from its plugin manager."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._pm = pm
+        self._awaited = {
+            name: _OrderedHook(name, getattr(pm.hook, name).get_hookimpls()) for name in AWAITED_HOOKS
+        }
+
+    # -- collected, synchronous hooks ------------------------------------------------------
+
+    def register_events(self) -> list[type[Event]]:
+        """Every event class from every plugin's ``plugbus_register_events``."""
+        out: list[type[Event]] = []
+        for result in self._pm.hook.plugbus_register_events():
+            out.extend(result or [])
+        return out
+
+    def routes(self, bus: Bus) -> list[tuple[str, Route]]:
+        """Every route, paired with the name of the plugin that contributed it."""
+        out: list[tuple[str, Route]] = []
+        for impl in reversed(self._pm.hook.plugbus_routes.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            kwargs = {"bus": bus}
+            result = impl.function(*[kwargs[a] for a in impl.argnames])
+            out.extend((impl.plugin_name, r) for r in (result or []))
+        return out
+
+    # -- awaited hooks ----------------------------------------------------------------------
+
+    async def _each(self, name: str, kwargs: dict[str, Any], *, keep_going: bool) -> None:
+        hook = self._awaited[name]
+
+        async def inner() -> None:
+            for func, argnames, plugin in hook.plain:
+                try:
+                    await _maybe_await(func(*[kwargs[a] for a in argnames]))
+                except Exception:
+                    if not keep_going:
+                        raise
+                    log.exception("%s of plugin %r failed", name, plugin)
+
+        await hook.run(kwargs, inner)
+
+    async def startup(self, bus: Bus) -> None:
+        """``plugbus_startup``: each implementation awaited in order; an error stops start-up."""
+        await self._each("plugbus_startup", {"bus": bus}, keep_going=False)
+
+    async def shutdown(self, bus: Bus) -> None:
+        """``plugbus_shutdown``: each awaited in order; errors are logged, the rest still run."""
+        await self._each("plugbus_shutdown", {"bus": bus}, keep_going=True)
+
+    async def connect(self, connection: Connection, bus: Bus) -> None:
+        """``plugbus_connect``: each awaited in order; ``ConnectionDenied`` propagates."""
+        await self._each("plugbus_connect", {"connection": connection, "bus": bus}, keep_going=False)
+
+    async def connected(self, connection: Connection, bus: Bus) -> None:
+        """``plugbus_connected``: each awaited in order; errors are logged."""
+        await self._each("plugbus_connected", {"connection": connection, "bus": bus}, keep_going=True)
+
+    async def disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
+        """``plugbus_disconnect``: each awaited in order; errors are logged."""
+        await self._each(
+            "plugbus_disconnect", {"connection": connection, "reason": reason, "bus": bus},
+            keep_going=True,
+        )
+
+    async def moderate(self, event: Event, ctx: EventContext) -> Event:
+        """``plugbus_moderate``: chained; returns the event as the last implementation left it."""
+        hook = self._awaited["plugbus_moderate"]
+        kwargs: dict[str, Any] = {"event": event, "ctx": ctx}
+
+        async def inner() -> Event:
+            for func, argnames, plugin in hook.plain:
+                replaced = await _maybe_await(func(*[kwargs[a] for a in argnames]))
+                if replaced is not None:
+                    if type(replaced) is not type(kwargs["event"]):
+                        raise TypeError(
+                            f"plugbus_moderate of plugin {plugin!r} returned {type(replaced).__name__}; "
+                            f"expected None or a {type(kwargs['event']).__name__}"
+                        )
+                    kwargs["event"] = replaced
+            return kwargs["event"]
+
+        if not hook.plain and not hook.wrappers:
+            return event
+        return await hook.run(kwargs, inner)  # type: ignore[no-any-return]
+
+    async def handle_event(self, event: Event, ctx: EventContext) -> Any:
+        """``plugbus_handle_event``: in order, the first non-None result wins."""
+        hook = self._awaited["plugbus_handle_event"]
+        kwargs = {"event": event, "ctx": ctx}
+
+        async def inner() -> Any:
+            for func, argnames, _plugin in hook.plain:
+                result = await _maybe_await(func(*[kwargs[a] for a in argnames]))
+                if result is not None:
+                    return result
+            return None
+
+        return await hook.run(kwargs, inner)

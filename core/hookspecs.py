@@ -1,0 +1,169 @@
+"""The plugbus hook specifications: the whole plugin contract, in one module.
+
+Every hook name starts with ``plugbus_``. Implement one by decorating a function or method of
+the same name with ``plugbus.hookimpl``; accept only the arguments you need.
+
+Call semantics, which every docstring below repeats for its hook:
+
+* **Collected hooks** (``plugbus_register_events``, ``plugbus_routes``) are called by pluggy
+  once, at start-up, synchronously; every implementation's result is used. Wrappers work.
+* **Awaited hooks** (all the others) may be ``async def`` or plain functions. plugbus calls the
+  implementations one at a time, in pluggy's order (``tryfirst`` first, ``trylast`` last, and
+  otherwise the most recently registered first), and awaits each before calling the next — so
+  a later implementation sees what an earlier one did. pluggy itself does not await
+  coroutines, so these hooks do not accept ``hookwrapper``/``wrapper`` implementations; a
+  plugin that declares one is refused at start-up with a message saying so.
+
+Plugins are registered in this order: built-ins in the order ``plugins.builtins`` lists them,
+then installed entry-point packages, then ``plugins.modules``. With pluggy's
+last-registered-first rule, a third-party plugin therefore runs before the built-ins unless it
+marks itself ``trylast``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .context import Connection, EventContext
+    from .events import Event
+    from .routes import Route
+
+PROJECT_NAME = "plugbus"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: Hooks that plugbus awaits one implementation at a time (see the module docstring).
+AWAITED_HOOKS = frozenset({
+    "plugbus_startup",
+    "plugbus_shutdown",
+    "plugbus_connect",
+    "plugbus_connected",
+    "plugbus_disconnect",
+    "plugbus_moderate",
+    "plugbus_handle_event",
+})
+
+
+@hookspec
+def plugbus_register_events() -> list[type[Event]]:
+    """Declare the events this plugin accepts from clients.
+
+    Called once at start-up, before the server listens. Collected: every implementation's list
+    is registered. Not awaited (must be a plain function).
+
+    :return: :class:`~plugbus.Event` subclasses, each with a unique ``name``. Registering a
+        name another plugin already registered stops start-up with a message naming both.
+    """
+
+
+@hookspec
+def plugbus_routes(bus: Bus) -> list[Route]:
+    """Contribute REST endpoints.
+
+    Called once at start-up while the REST door is built. Collected: every implementation's
+    routes are added, in the order returned. Not awaited (must be a plain function).
+
+    :param bus: the bus, for handlers to close over.
+    :return: :class:`~plugbus.Route` objects; their handlers may be async.
+    """
+
+
+@hookspec
+def plugbus_startup(bus: Bus) -> None:
+    """The server is starting; open resources (connections, background tasks) here.
+
+    Called once, after all plugins are loaded and before the first connection is accepted.
+    Awaited, one implementation at a time. An exception stops start-up.
+
+    :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_shutdown(bus: Bus) -> None:
+    """The server is stopping; close what ``plugbus_startup`` opened.
+
+    Called once, after the server stops accepting connections. Awaited, one implementation at
+    a time. An exception is logged and the remaining implementations still run.
+
+    :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_connect(connection: Connection, bus: Bus) -> None:
+    """A client is connecting; refuse it by raising :class:`~plugbus.ConnectionDenied`.
+
+    Called once per connection, before it is accepted and before it can send events. Awaited,
+    one implementation at a time; the first ``ConnectionDenied`` refuses the connection and
+    skips the remaining implementations (their ``plugbus_disconnect`` is not called either).
+    The return value is ignored. Plugins may store per-connection data in
+    ``connection.state`` and may emit to ``connection.sid`` (e.g. a greeting).
+
+    :param connection: the new connection (sid, remote address, handshake ``auth`` payload).
+    :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_connected(connection: Connection, bus: Bus) -> None:
+    """A connection has been accepted and the client told so; greet it here.
+
+    Called once per accepted connection, after every ``plugbus_connect`` let it in and after
+    the client received its Socket.IO ``connect``, before the first event it sends is handled
+    (so anything emitted here arrives first). Awaited, one implementation at a time; an
+    exception is logged and the rest still run.
+
+    :param connection: the accepted connection.
+    :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_disconnect(connection: Connection, reason: str, bus: Bus) -> None:
+    """A connection has closed.
+
+    Called once per accepted connection, after it left (its rooms are still readable through
+    ``connection.state`` of plugins that kept them). Awaited, one implementation at a time; an
+    exception is logged and the rest still run.
+
+    :param connection: the connection that left.
+    :param reason: why, in python-socketio's words (``"client disconnect"``, ``"ping timeout"``, ...).
+    :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_moderate(event: Event, ctx: EventContext) -> Event | None:
+    """Let an event through, change it, or veto it — before any plugin handles it.
+
+    Called once per validated event, whichever door it came through. Awaited, one
+    implementation at a time, in order; each sees the event as the previous one left it.
+
+    :param event: the validated event.
+    :param ctx: who sent it and how.
+    :return: None to let it through unchanged, or a replacement event of the same type (e.g.
+        with offending words masked), which the next implementations and the handler receive.
+    :raises MessageRejected: to veto the event; the sender gets the error and nothing is
+        delivered. Later implementations are not called.
+    """
+
+
+@hookspec
+def plugbus_handle_event(event: Event, ctx: EventContext) -> Any:
+    """Carry out an event: join a room, deliver a message, answer a question.
+
+    Called once per event that passed moderation. Awaited, one implementation at a time; the
+    first non-None result wins and stops the call (so an implementation must return None for
+    events that are not its own). The result is the sender's ack data.
+
+    :param event: the (possibly moderated) event.
+    :param ctx: who sent it and how.
+    :return: the ack data (JSON-able) for the sender, or None if this is not your event.
+    :raises PlugbusError: to refuse the event with a reason.
+    """

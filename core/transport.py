@@ -1,0 +1,38 @@
+"""The seam between the bus and the socket server that owns the wire.
+
+core/ never talks to python-socketio directly: it asks a :class:`Transport`. The socket door in
+api/ implements it on python-socketio's server and client manager, which is also where fan-out
+across nodes (a Redis manager) plugs in without the plugins noticing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Transport(Protocol):
+    """What the bus needs from the socket server. All room operations are per namespace."""
+
+    async def emit(
+        self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None
+    ) -> None:
+        """Send ``event`` with ``data`` to ``room`` (a room name or a connection id), or to
+        every connection when ``room`` is None; ``skip_sid`` is left out."""
+
+    async def enter_room(self, sid: str, room: str) -> None:
+        """Put connection ``sid`` into ``room``."""
+
+    async def leave_room(self, sid: str, room: str) -> None:
+        """Take connection ``sid`` out of ``room``."""
+
+    def rooms_of(self, sid: str) -> list[str]:
+        """The rooms ``sid`` is in, not counting its own id room."""
+
+    def room_size(self, room: str) -> int:
+        """How many connections on this node are in ``room``."""
+
+    def connection_count(self) -> int:
+        """How many connections this node holds."""
+
+    async def disconnect(self, sid: str) -> None:
+        """Close connection ``sid``."""
