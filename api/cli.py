@@ -12,7 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from plugbus.core import Bus, ConfigError, LoadedConfig, load_config, load_plugins
+from plugbus.core.config import ServerSettings
 
 log = logging.getLogger("plugbus")
 
@@ -80,11 +83,17 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     loaded: LoadedConfig = load_config(args.config)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        try:
+            loaded.config.server = ServerSettings.model_validate(
+                {**loaded.config.server.model_dump(), **overrides})
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            raise ConfigError(
+                f"--{err['loc'][0]} (server.{err['loc'][0]}): {err['msg']} (got {err.get('input')!r})"
+            ) from None
     server = loaded.config.server
-    if args.host:
-        server.host = args.host
-    if args.port is not None:
-        server.port = args.port
     logging.basicConfig(level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     app = create_app(loaded)
     log.info("plugbus %r with config %s; plugins: %s", server.name, loaded.path,
@@ -96,6 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=server.log_level,
         lifespan="on",
         ws_max_size=server.max_message_bytes,
+        timeout_graceful_shutdown=server.shutdown_timeout,
     )
     return 0
 

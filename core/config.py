@@ -56,6 +56,9 @@ class ServerSettings(StrictModel):
     max_message_bytes: int = Field(
         1_000_000, gt=0, description="Largest Engine.IO message or HTTP body accepted."
     )
+    shutdown_timeout: float = Field(
+        10, ge=0, description="Seconds to let open connections finish when stopping."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cors: CorsSettings = Field(default_factory=CorsSettings)
 
@@ -120,9 +123,10 @@ class LoadedConfig:
         self.path = path
         self._lines = lines
 
-    def where(self, loc: tuple[str | int, ...]) -> str:
-        """``"file:line: a.b.c"`` for a key path, the line when the file has the key."""
-        return _where(self.path, self._lines, loc)
+    def error(self, loc: tuple[str | int, ...], message: str) -> str:
+        """``"file:line: a.b.c: message"`` for a key path (the line when the file has the key;
+        a note naming the environment variable when that is where the value came from)."""
+        return located(self.path, self._lines, loc, message)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
@@ -136,15 +140,22 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{file}: cannot read config file: not valid UTF-8 (byte {exc.start})"
+        ) from None
     try:
         data = yaml.safe_load(text)
         lines = _key_lines(yaml.compose(text))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{file}: not valid YAML: {str(exc).replace('<unicode string>', str(file))}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping of sections (server, plugins) at the top")
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(located(file, lines, (str(key),), "unknown key (sections are: server, plugins)"))
     try:
         config = Config(**data)
     except ValidationError as exc:
@@ -168,27 +179,40 @@ def format_config_errors(
             msg = "unknown key"
         elif err["type"] != "missing" and not isinstance(got, dict):
             msg += f" (got {got!r})"
-        env = env_var_for(loc)
-        if env in os.environ:
-            msg += f" [from environment variable {env}]"
-        parts.append(f"{_where(file, lines, loc)}: {msg}")
+        parts.append(located(file, lines, loc, msg))
     head = f"invalid configuration in {file}:" if len(parts) > 1 else "invalid configuration:"
     return head + ("\n  " if len(parts) > 1 else " ") + "\n  ".join(parts)
 
 
-def env_var_for(loc: tuple[str | int, ...]) -> str:
-    """The environment variable that would set the key at ``loc``."""
-    return ENV_PREFIX + ENV_DELIMITER.join(str(p).upper() for p in loc)
+def env_var_for(loc: tuple[str | int, ...]) -> str | None:
+    """The set environment variable that provides the key at ``loc`` (or a section holding
+    it, such as a whole list), or None when the value comes from the file."""
+    present = {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+    for n in range(len(loc), 0, -1):
+        candidate = ENV_PREFIX + ENV_DELIMITER.join(str(p).upper() for p in loc[:n])
+        if candidate in present:
+            return present[candidate]
+    return None
 
 
-def _where(file: Path, lines: dict[tuple[str, ...], int], loc: tuple[str | int, ...]) -> str:
-    key = tuple(str(p) for p in loc)
+def located(
+    file: Path, lines: dict[tuple[str, ...], int], loc: tuple[str | int, ...], message: str
+) -> str:
+    """One error line: ``file:line: dotted.key: message``.
+
+    The line is the key's (or its nearest enclosing key's) in the file; when an environment
+    variable supplies the value, the line is left out — the file's line would mislead — and
+    the variable is named instead.
+    """
     dotted = _dotted(loc)
-    # Fall back to the nearest enclosing key that the file has.
+    env = env_var_for(loc)
+    if env is not None:
+        return f"{file}: {dotted}: {message} [from environment variable {env}]"
+    key = tuple(str(p) for p in loc)
     for n in range(len(key), 0, -1):
         if key[:n] in lines:
-            return f"{file}:{lines[key[:n]]}: {dotted}"
-    return f"{file}: {dotted}"
+            return f"{file}:{lines[key[:n]]}: {dotted}: {message}"
+    return f"{file}: {dotted}: {message}"
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:

@@ -100,10 +100,10 @@ def load_plugins(loaded: LoadedConfig) -> LoadedPlugins:
     version = _plugbus_version()
     for i, name in enumerate(cfg.builtins):
         if name not in BUILTINS:
-            raise ConfigError(
-                f"{loaded.where(('plugins', 'builtins', i))}: no built-in plugin named {name!r} "
-                f"(built-ins are: {', '.join(BUILTINS)})"
-            )
+            raise ConfigError(loaded.error(
+                ("plugins", "builtins", i),
+                f"no built-in plugin named {name!r} (built-ins are: {', '.join(BUILTINS)})",
+            ))
         wanted.append((name, PluginSource.BUILTIN, BUILTINS[name], version))
 
     entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
@@ -126,10 +126,11 @@ def load_plugins(loaded: LoadedConfig) -> LoadedPlugins:
     known = set(BUILTINS) | {ep.name for ep in entry_points} | set(cfg.modules)
     for name in cfg.settings:
         if name not in known:
-            raise ConfigError(
-                f"{loaded.where(('plugins', 'settings', name))}: settings for {name!r}, but no "
-                f"plugin has that name (known: {', '.join(sorted(known))})"
-            )
+            raise ConfigError(loaded.error(
+                ("plugins", "settings", name),
+                f"settings for {name!r}, but no plugin has that name "
+                f"(known: {', '.join(sorted(known))})",
+            ))
 
     infos: list[PluginInfo] = []
     seen: set[str] = set()
@@ -161,9 +162,8 @@ def _settings_for(loaded: LoadedConfig, name: str, obj: Any) -> PluginSettings |
     model = getattr(obj, "Settings", None) if inspect.isclass(obj) else None
     if model is None:
         if section:
-            raise ConfigError(
-                f"{loaded.where(('plugins', 'settings', name))}: plugin {name!r} takes no settings"
-            )
+            raise ConfigError(loaded.error(("plugins", "settings", name),
+                                           f"plugin {name!r} takes no settings"))
         return None
     try:
         return model.model_validate(section)  # type: ignore[no-any-return]
@@ -182,10 +182,9 @@ def _register(
         obj = _import_target(target)
     except Exception as exc:  # any import-time failure is the plugin's, reported as such
         key = ("plugins", "modules", name) if source is PluginSource.MODULE else ("plugins",)
-        raise ConfigError(
-            f"{loaded.where(key)}: cannot load plugin {name!r} from {target!r} ({source}): "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
+        raise ConfigError(loaded.error(
+            key, f"cannot load plugin {name!r} from {target!r} ({source}): {type(exc).__name__}: {exc}"
+        )) from None
     settings = _settings_for(loaded, name, obj)
     if inspect.isclass(obj):
         if not issubclass(obj, Plugin):

@@ -1,0 +1,183 @@
+"""Shared test fixtures: real plugbus servers on loopback ports, real Socket.IO clients.
+
+``serve(config)`` starts ``python -m plugbus serve`` in a subprocess with a config written
+for the test (the embedded defaults, a free port, installed entry points off unless asked),
+waits until ``/health`` answers, and stops it afterwards. ``SocketClient`` wraps
+python-socketio's real AsyncClient and records every event it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import socketio
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class Server:
+    """A running plugbus subprocess."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    config_path: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_server(directory: Path, config: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> Server:
+    """Start plugbus with the embedded config overlaid by ``config``; wait until it serves."""
+    port = free_port()
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    # Short pings: python-engineio's polling client waits up to one ping interval to disconnect.
+    base = deep_merge(base, {"server": {"port": port, "log_level": "warning", "ping_interval": 2,
+                                        "ping_timeout": 5, "shutdown_timeout": 2},
+                             "plugins": {"entry_points": False}})
+    merged = deep_merge(base, config or {})
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / f"config-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(merged))
+    log_path = directory / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plugbus", "serve", "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+    server = Server(f"http://127.0.0.1:{port}", port, proc, config_path, log_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"plugbus exited with {proc.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"plugbus did not start within 20 s:\n{server.log()}")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Factory: ``serve(config_overrides, env=...)`` -> a running :class:`Server`."""
+    servers: list[Server] = []
+
+    def _serve(config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Server:
+        server = start_server(tmp_path, config, env)
+        servers.append(server)
+        return server
+
+    yield _serve
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server with the embedded default config, shared by a module's tests."""
+    server = start_server(tmp_path_factory.mktemp("default"))
+    yield server
+    server.stop()
+
+
+@dataclass
+class SocketClient:
+    """A real python-socketio AsyncClient that records every event it receives."""
+
+    sio: socketio.AsyncClient
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def received(self, event: str) -> list[Any]:
+        return [data for name, data in self.events if name == event]
+
+    async def wait_for(self, event: str, count: int = 1, timeout: float = 5.0) -> list[Any]:
+        """Wait until ``event`` arrived ``count`` times; return its payloads."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.received(event)) < count:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"{event!r} arrived {len(self.received(event))} times, "
+                                     f"wanted {count}; got {self.events!r}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self.received(event)
+
+    async def call(self, event: str, *data: Any, timeout: float = 5.0) -> Any:
+        return await self.sio.call(event, data[0] if len(data) == 1 else data, timeout=timeout) \
+            if data else await self.sio.call(event, timeout=timeout)
+
+    async def emit(self, event: str, data: Any) -> None:
+        await self.sio.emit(event, data)
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await connect(server, transports=[...], auth=...)`` -> :class:`SocketClient`."""
+    clients: list[SocketClient] = []
+
+    async def _connect(server: Server, wait_welcome: bool = False, **kwargs: Any) -> SocketClient:
+        client = SocketClient(socketio.AsyncClient(reconnection=False))
+
+        async def record(event: str, data: Any = None) -> None:
+            client.events.append((event, data))
+            client._changed.set()
+
+        client.sio.on("*", record)
+        await client.sio.connect(server.url, wait_timeout=5, **kwargs)
+        clients.append(client)
+        if wait_welcome:
+            await client.wait_for("welcome")
+        return client
+
+    yield _connect
+    for client in clients:
+        if client.sio.connected:
+            await client.sio.disconnect()
