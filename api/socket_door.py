@@ -110,14 +110,14 @@ class PlugbusSocketServer(socketio.AsyncServer):
         wants_ack = id is not None
         reply: Any
         try:
-            if len(data) != 2:
+            if len(data) > 2:
                 raise InvalidPayload(
-                    f"event {name!r} must carry exactly one payload argument, got {len(data) - 1}",
+                    f"event {name!r} must carry one payload argument, got {len(data) - 1}",
                     details={"event": name, "arguments": len(data) - 1},
                 )
             connection = self.bus.connection(sid)
             ctx = self.bus.context(Origin.SOCKET, connection, wants_ack=wants_ack)
-            result = await self.bus.dispatch(name, data[1], ctx)
+            result = await self.bus.dispatch(name, data[1] if len(data) == 2 else None, ctx)
             reply = {"ok": True, "data": result}
         except PlugbusError as exc:
             reply = self._refusal(exc, name)
@@ -157,6 +157,16 @@ class SocketTransport:
 
     def rooms_of(self, sid: str) -> list[str]:
         return [r for r in self._sio.manager.get_rooms(sid, self._ns) if r != sid]
+
+    def rooms(self) -> dict[str, int]:
+        ns = self._sio.manager.rooms.get(self._ns, {})
+        everyone = ns.get(None, {})
+        return {name: len(members) for name, members in ns.items()
+                if name is not None and name not in everyone and members}
+
+    def members(self, room: str) -> list[str]:
+        members = self._sio.manager.rooms.get(self._ns, {}).get(room)
+        return list(members) if members else []
 
     def room_size(self, room: str) -> int:
         members = self._sio.manager.rooms.get(self._ns, {}).get(room)

@@ -6,21 +6,25 @@ authors, and built-in plugins use nothing else.
 
 from .bus import Bus
 from .config import Config, LoadedConfig, load_config
-from .context import Connection, EventContext, Origin
+from .context import Connection, EventContext, Identity, Origin
 from .errors import (
     ConfigError,
     ConnectionDenied,
     ConnectionRequired,
+    EventDropped,
     InternalError,
     InvalidPayload,
     MessageRejected,
     NotAllowed,
+    NotFound,
     PlugbusError,
+    RateLimited,
     UnknownEvent,
 )
 from .events import Event, EventRegistry
 from .hookspecs import hookimpl, hookspec
 from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
+from .moderation import ModerationRule, Violation
 from .plugin import Plugin, PluginSettings
 from .routes import Route, RouteRequest
 from .transport import Transport
@@ -35,22 +39,28 @@ __all__ = [
     "ConnectionRequired",
     "Event",
     "EventContext",
+    "EventDropped",
     "EventRegistry",
+    "Identity",
     "InternalError",
     "InvalidPayload",
     "LoadedConfig",
     "MessageRejected",
+    "ModerationRule",
     "NotAllowed",
+    "NotFound",
     "Origin",
     "PlugbusError",
     "Plugin",
     "PluginInfo",
     "PluginSettings",
     "PluginSource",
+    "RateLimited",
     "Route",
     "RouteRequest",
     "Transport",
     "UnknownEvent",
+    "Violation",
     "hookimpl",
     "hookspec",
     "load_config",

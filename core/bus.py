@@ -12,7 +12,7 @@ from typing import Any
 
 from .config import Config
 from .context import Connection, EventContext, Origin
-from .errors import ConfigError, ConnectionDenied, PlugbusError
+from .errors import ConfigError, ConnectionDenied, EventDropped, NotFound, PlugbusError
 from .events import Event, EventRegistry
 from .hooks import Hooks
 from .loader import LoadedPlugins, PluginInfo
@@ -90,13 +90,18 @@ class Bus:
         :raises MessageRejected: moderation vetoed it.
         :raises PlugbusError: the handler refused it.
         """
-        event = self.events.parse(name, payload)
-        event = await self.hooks.moderate(event, ctx)
-        return await self.hooks.handle_event(event, ctx)
+        return await self.publish(self.events.parse(name, payload), ctx)
 
     async def publish(self, event: Event, ctx: EventContext) -> Any:
-        """Run an already-built event through moderation and handling (server-side senders)."""
-        event = await self.hooks.moderate(event, ctx)
+        """Run an already-validated event through moderation and handling.
+
+        :return: the handler's ack data, or None when moderation dropped the event silently.
+        """
+        try:
+            event = await self.hooks.moderate(event, ctx)
+        except EventDropped as drop:
+            log.info("dropped %s from %s: %s", event.event_name, ctx.sid or ctx.origin, drop.reason)
+            return None
         return await self.hooks.handle_event(event, ctx)
 
     # -- delivery ---------------------------------------------------------------------------
@@ -112,24 +117,54 @@ class Bus:
         """
         await self.transport.emit(event, data, room=room if room is not None else to, skip_sid=skip_sid)
 
-    async def join(self, sid: str, room: str) -> None:
-        """Put connection ``sid`` into ``room``."""
-        await self.transport.enter_room(sid, room)
+    async def join(self, sid: str, room: str) -> bool:
+        """Put connection ``sid`` into ``room`` and run ``plugbus_room_joined``.
 
-    async def leave(self, sid: str, room: str) -> None:
-        """Take connection ``sid`` out of ``room``."""
+        :return: True when it joined, False when it was already a member (no hook runs).
+        :raises NotFound: no live connection has that id.
+        """
+        connection = self._require(sid)
+        if room in self.transport.rooms_of(sid):
+            return False
+        await self.transport.enter_room(sid, room)
+        await self.hooks.room_joined(connection, room, self)
+        return True
+
+    async def leave(self, sid: str, room: str) -> bool:
+        """Take connection ``sid`` out of ``room`` and run ``plugbus_room_left``.
+
+        :return: True when it left, False when it was not a member (no hook runs).
+        :raises NotFound: no live connection has that id.
+        """
+        connection = self._require(sid)
+        if room not in self.transport.rooms_of(sid):
+            return False
         await self.transport.leave_room(sid, room)
+        await self.hooks.room_left(connection, room, self)
+        return True
 
     def rooms_of(self, sid: str) -> list[str]:
         """The rooms connection ``sid`` is in (its own id room not counted)."""
         return self.transport.rooms_of(sid)
+
+    def rooms(self) -> dict[str, int]:
+        """Every named room on this node with its member count."""
+        return self.transport.rooms()
+
+    def members(self, room: str) -> list[str]:
+        """The connection ids in ``room`` on this node."""
+        return self.transport.members(room)
 
     def room_size(self, room: str) -> int:
         """How many connections on this node are in ``room``."""
         return self.transport.room_size(room)
 
     async def disconnect(self, sid: str) -> None:
-        """Close connection ``sid``."""
+        """Close connection ``sid``.
+
+        :raises NotFound: no live connection has that id.
+        """
+        self._require(sid)
         await self.transport.disconnect(sid)
 
     # -- connections ------------------------------------------------------------------------
@@ -137,6 +172,16 @@ class Bus:
     def connection(self, sid: str) -> Connection | None:
         """The live connection with id ``sid``, or None."""
         return self._connections.get(sid)
+
+    def connections(self) -> list[Connection]:
+        """Every live connection on this node."""
+        return list(self._connections.values())
+
+    def _require(self, sid: str) -> Connection:
+        connection = self._connections.get(sid)
+        if connection is None:
+            raise NotFound(f"no connection with id {sid!r}", details={"sid": sid})
+        return connection
 
     def is_connection_id(self, name: str) -> bool:
         """True when ``name`` is the id of a live connection (such rooms are reserved)."""

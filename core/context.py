@@ -18,13 +18,28 @@ class Origin(StrEnum):
     SERVER = "server"
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is behind a connection, once an authentication plugin has established it.
+
+    :ivar user_id: the stable user id (what bans and mutes by identity refer to).
+    :ivar name: a display name.
+    :ivar roles: role names, e.g. ``("admin",)``.
+    """
+
+    user_id: str
+    name: str | None = None
+    roles: tuple[str, ...] = ()
+
+
 @dataclass(slots=True, eq=False)
 class Connection:
     """One live Socket.IO connection, as plugins see it.
 
     Created by the socket door before ``plugbus_connect`` runs and dropped after
     ``plugbus_disconnect``. ``state`` is a free dict where plugins keep per-connection data
-    (prefix keys with the plugin's name).
+    (prefix keys with the plugin's name). ``identity`` is None until an authentication plugin
+    sets it during ``plugbus_connect``.
     """
 
     sid: str
@@ -32,6 +47,7 @@ class Connection:
     remote_addr: str | None = None
     auth: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    identity: Identity | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
 

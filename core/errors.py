@@ -67,6 +67,20 @@ class MessageRejected(PlugbusError):
     status = 403
 
 
+class RateLimited(PlugbusError):
+    """Too many events too fast; ``details["retry_after"]`` says how many seconds to wait."""
+
+    code = "rate_limited"
+    status = 429
+
+
+class NotFound(PlugbusError):
+    """The thing named (a connection, a ban, a room) does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
 class NotAllowed(PlugbusError):
     """The event is well-formed but may not be carried out (a reserved room name, say)."""
 
@@ -97,6 +111,18 @@ class InternalError(PlugbusError):
 
     code = "internal_error"
     status = 500
+
+
+class EventDropped(Exception):
+    """Raised by a moderation step to drop an event silently.
+
+    Nothing is delivered and no error reaches the sender: its ack is ``{"ok": true, "data":
+    null}`` and a REST caller gets its usual success status with nothing delivered.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ConfigError(Exception):

@@ -23,7 +23,8 @@ class Event(BaseModel):
     ``roomId`` is reported instead of silently ignored. ``ack`` may name a model describing
     what a successful ack carries (used for documentation; not enforced on the hot path).
     ``text_fields`` names the string fields that hold user-written text, which moderation
-    plugins inspect (and may mask); other fields are left alone.
+    plugins inspect (and may mask); other fields are left alone. ``room_field`` names the
+    field holding the target room, for rules that work per room (slow mode).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -31,6 +32,7 @@ class Event(BaseModel):
     name: ClassVar[str]
     ack: ClassVar[type[BaseModel] | None] = None
     text_fields: ClassVar[tuple[str, ...]] = ()
+    room_field: ClassVar[str | None] = None
 
     @property
     def event_name(self) -> str:
@@ -104,6 +106,8 @@ class EventRegistry:
                 f"unknown event {name!r}: no loaded plugin handles it",
                 details={"event": name if isinstance(name, str) else repr(name), "known": self.names()},
             )
+        if payload is None and not any(f.is_required() for f in event_cls.model_fields.values()):
+            payload = {}  # an event with no required fields may be sent without a payload
         if not isinstance(payload, dict):
             raise InvalidPayload(
                 f"invalid payload for {name!r}: expected a JSON object, got {_json_type(payload)}",

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .bus import Bus
     from .context import Connection, EventContext
     from .events import Event
+    from .moderation import ModerationRule
     from .routes import Route
 
 log = logging.getLogger("plugbus.hooks")
@@ -148,6 +149,23 @@ class Hooks:
     async def connected(self, connection: Connection, bus: Bus) -> None:
         """``plugbus_connected``: each awaited in order; errors are logged."""
         await self._each("plugbus_connected", {"connection": connection, "bus": bus}, keep_going=True)
+
+    async def room_joined(self, connection: Connection, room: str, bus: Bus) -> None:
+        """``plugbus_room_joined``: each awaited in order; errors propagate."""
+        await self._each("plugbus_room_joined", {"connection": connection, "room": room, "bus": bus},
+                         keep_going=False)
+
+    async def room_left(self, connection: Connection, room: str, bus: Bus) -> None:
+        """``plugbus_room_left``: each awaited in order; errors propagate."""
+        await self._each("plugbus_room_left", {"connection": connection, "room": room, "bus": bus},
+                         keep_going=False)
+
+    def moderation_rules(self, bus: Bus) -> list[ModerationRule]:
+        """Every rule from every plugin's ``plugbus_moderation_rules``."""
+        out: list[ModerationRule] = []
+        for result in self._pm.hook.plugbus_moderation_rules(bus=bus):
+            out.extend(result or [])
+        return out
 
     async def disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
         """``plugbus_disconnect``: each awaited in order; errors are logged."""

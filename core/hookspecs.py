@@ -5,7 +5,8 @@ the same name with ``plugbus.hookimpl``; accept only the arguments you need.
 
 Call semantics, which every docstring below repeats for its hook:
 
-* **Collected hooks** (``plugbus_register_events``, ``plugbus_routes``) are called by pluggy
+* **Collected hooks** (``plugbus_register_events``, ``plugbus_routes``,
+  ``plugbus_moderation_rules``) are called by pluggy
   once, at start-up, synchronously; every implementation's result is used. Wrappers work.
 * **Awaited hooks** (all the others) may be ``async def`` or plain functions. plugbus calls the
   implementations one at a time, in pluggy's order (``tryfirst`` first, ``trylast`` last, and
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .bus import Bus
     from .context import Connection, EventContext
     from .events import Event
+    from .moderation import ModerationRule
     from .routes import Route
 
 PROJECT_NAME = "plugbus"
@@ -44,6 +46,8 @@ AWAITED_HOOKS = frozenset({
     "plugbus_connect",
     "plugbus_connected",
     "plugbus_disconnect",
+    "plugbus_room_joined",
+    "plugbus_room_left",
     "plugbus_moderate",
     "plugbus_handle_event",
 })
@@ -139,6 +143,49 @@ def plugbus_disconnect(connection: Connection, reason: str, bus: Bus) -> None:
 
 
 @hookspec
+def plugbus_room_joined(connection: Connection, room: str, bus: Bus) -> None:
+    """A connection has entered a room.
+
+    Called after every successful ``bus.join`` — from a client's ``join-room`` or a server-side
+    join over REST — once the connection is a member (so emits to the room reach it). Not
+    called when the connection was already in the room. Awaited, one implementation at a
+    time; an exception propagates to whoever asked for the join.
+
+    :param connection: the connection that joined.
+    :param room: the room.
+    :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_room_left(connection: Connection, room: str, bus: Bus) -> None:
+    """A connection has left a room by ``bus.leave`` (not when it disconnects: rooms are
+    dropped wholesale then, and ``plugbus_disconnect`` runs instead).
+
+    Called after the connection stopped being a member. Awaited, one implementation at a
+    time; an exception propagates to whoever asked for the leave.
+
+    :param connection: the connection that left.
+    :param room: the room.
+    :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_moderation_rules(bus: Bus) -> list[ModerationRule]:
+    """Add rules to the built-in moderation plugin's pipeline.
+
+    Called once at start-up by the moderation plugin (in its ``plugbus_startup``). Collected:
+    every implementation's rules join the pipeline after the built-in rules, and are
+    switched on, off and given an action (refuse, mask, drop) in that plugin's ``rules``
+    settings by their ``name``, like the built-in ones. Not awaited (must be a plain function).
+
+    :param bus: the bus.
+    :return: :class:`~plugbus.ModerationRule` objects with unique names.
+    """
+
+
+@hookspec
 def plugbus_moderate(event: Event, ctx: EventContext) -> Event | None:
     """Let an event through, change it, or veto it — before any plugin handles it.
 
@@ -151,6 +198,8 @@ def plugbus_moderate(event: Event, ctx: EventContext) -> Event | None:
         with offending words masked), which the next implementations and the handler receive.
     :raises MessageRejected: to veto the event; the sender gets the error and nothing is
         delivered. Later implementations are not called.
+    :raises EventDropped: to drop the event silently: nothing is delivered and the sender's
+        ack reports success with no data. Later implementations are not called.
     """
 
 

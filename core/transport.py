@@ -28,6 +28,12 @@ class Transport(Protocol):
     def rooms_of(self, sid: str) -> list[str]:
         """The rooms ``sid`` is in, not counting its own id room."""
 
+    def rooms(self) -> dict[str, int]:
+        """Every named room on this node with its member count (connection id rooms left out)."""
+
+    def members(self, room: str) -> list[str]:
+        """The connection ids in ``room`` on this node."""
+
     def room_size(self, room: str) -> int:
         """How many connections on this node are in ``room``."""
 
