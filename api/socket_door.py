@@ -97,6 +97,18 @@ class PlugbusSocketServer(socketio.AsyncServer):
         await self.bus.close_connection(sid, str(reason))
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        if (namespace or "/") != self.plugbus_namespace:
+            # python-socketio answers a bare string here, which the JavaScript client shows as
+            # an empty message; say what is wrong in the shape clients read.
+            error = PlugbusError(
+                f"namespace {namespace or '/'!r} is not served here; connect to {self.plugbus_namespace!r}",
+                code="unknown_namespace", status=404,
+                details={"namespace": namespace or "/", "served": self.plugbus_namespace},
+            )
+            await self._send_packet(eio_sid, self.packet_class(
+                packet.CONNECT_ERROR, data={"message": error.message, "data": error.to_dict()},
+                namespace=namespace))
+            return
         await super()._handle_connect(eio_sid, namespace, data)
         sid = self._accepted.pop(eio_sid, None)
         if sid is not None:

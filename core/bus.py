@@ -41,9 +41,9 @@ class Bus:
         self.pm = loaded.pm
         self.hooks = Hooks(loaded.pm)
         self.events = EventRegistry()
-        for event_cls in self.hooks.register_events():
+        for owner, event_cls in self.hooks.register_events():
             try:
-                self.events.register(event_cls, owner=event_cls.__module__)
+                self.events.register(event_cls, owner=owner)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         self._connections: dict[str, Connection] = {}

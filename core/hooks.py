@@ -100,22 +100,29 @@ class Hooks:
 
     # -- collected, synchronous hooks ------------------------------------------------------
 
-    def register_events(self) -> list[type[Event]]:
-        """Every event class from every plugin's ``plugbus_register_events``."""
-        out: list[type[Event]] = []
+    def register_events(self) -> list[tuple[str, type[Event]]]:
+        """Every event class from every plugin's ``plugbus_register_events``, with the name of
+        the plugin that registered it (pluggy makes the call, so wrappers apply)."""
+        owners: dict[type[Event], str] = {}
+        for impl in self._pm.hook.plugbus_register_events.get_hookimpls():
+            if not (impl.wrapper or impl.hookwrapper):
+                for cls in impl.function() or []:
+                    owners.setdefault(cls, impl.plugin_name)
+        out: list[tuple[str, type[Event]]] = []
         for result in self._pm.hook.plugbus_register_events():
-            out.extend(result or [])
+            out.extend((owners.get(cls, "(a hook wrapper)"), cls) for cls in result or [])
         return out
 
     def routes(self, bus: Bus) -> list[tuple[str, Route]]:
-        """Every route, paired with the name of the plugin that contributed it."""
+        """Every route (pluggy makes the call, so wrappers apply), paired with the name of the
+        plugin whose module defines its handler."""
+        by_module = {}
+        for name, plugin in self._pm.list_name_plugin():
+            module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
+            by_module.setdefault(module, name)
         out: list[tuple[str, Route]] = []
-        for impl in reversed(self._pm.hook.plugbus_routes.get_hookimpls()):
-            if impl.wrapper or impl.hookwrapper:
-                continue
-            kwargs = {"bus": bus}
-            result = impl.function(*[kwargs[a] for a in impl.argnames])
-            out.extend((impl.plugin_name, r) for r in (result or []))
+        for result in self._pm.hook.plugbus_routes(bus=bus):
+            out.extend((by_module.get(r.handler.__module__, "plugins"), r) for r in result or [])
         return out
 
     # -- awaited hooks ----------------------------------------------------------------------

@@ -150,7 +150,7 @@ def load_plugins(loaded: LoadedConfig) -> LoadedPlugins:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(f"plugin {exc.plugin_name!r}: {exc}") from None
+        raise ConfigError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from None
     for info in infos:
         if info.obj is not None:
             info.hooks = sorted(caller.name for caller in pm.get_hookcallers(info.obj) or [])

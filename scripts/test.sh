@@ -7,6 +7,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
+
+apt_updated=""
+# Install Debian packages that are missing; we run as root on the project's machines.
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
@@ -16,5 +27,14 @@ fi
   echo "scripts/test.sh: the test environment is incomplete (see pip's output above)" >&2
   exit 1
 }
+
+# The official JavaScript client for the interop tests (Node >= 20 and npm from Debian when missing).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm
+fi
+if [ ! -d tests/interop/node_modules/socket.io-client ] \
+   || [ tests/interop/package-lock.json -nt tests/interop/node_modules/.package-lock.json ]; then
+  (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 exec .venv/bin/python -m pytest "$@"

@@ -87,13 +87,30 @@ def start_server(directory: Path, config: dict[str, Any] | None = None,
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
     server = Server(f"http://127.0.0.1:{port}", port, proc, config_path, log_path)
+    _wait_until_serving(server)
+    return server
+
+
+def restart_server(server: Server, env: dict[str, str] | None = None) -> None:
+    """Stop ``server`` and start it again on the same port with the same config."""
+    server.stop()
+    with server.log_path.open("ab") as log:
+        server.proc = subprocess.Popen(
+            [sys.executable, "-m", "plugbus", "serve", "--config", str(server.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+    _wait_until_serving(server)
+
+
+def _wait_until_serving(server: Server) -> None:
+    proc = server.proc
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"plugbus exited with {proc.returncode}:\n{server.log()}")
         try:
             if httpx.get(server.url + "/health", timeout=1).status_code == 200:
-                return server
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
@@ -122,6 +139,23 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     server = start_server(tmp_path_factory.mktemp("default"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def js() -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await js(server)`` -> a :class:`jsclient.JsClient` (official socket.io-client)."""
+    from jsclient import JsClient
+
+    clients: list[JsClient] = []
+
+    async def _start(server: Server) -> JsClient:
+        client = await JsClient.start(server.url)
+        clients.append(client)
+        return client
+
+    yield _start
+    for client in clients:
+        await client.close()
 
 
 @dataclass

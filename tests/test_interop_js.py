@@ -1,0 +1,110 @@
+"""The official JavaScript socket.io-client (npm, 4.x) against a real plugbus server.
+
+Each flow is the one a client written from the seed tutorial performs, with its exact event
+names and payloads, over every transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from conftest import restart_server
+
+TRANSPORTS = {
+    "websocket": {"transports": ["websocket"]},
+    "polling": {"transports": ["polling"]},
+    "polling-upgrade": {"transports": ["polling", "websocket"]},
+}
+
+
+@pytest.mark.parametrize("opts", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+async def test_seed_flow_welcome_join_send_receive(default_server, js, opts):
+    alice, bob, outsider = await js(default_server), await js(default_server), await js(default_server)
+    for client in (alice, bob, outsider):
+        assert (await client.connect(**opts))["type"] == "connect"
+        assert await client.wait_event("welcome") == [["Welcome to server"]]
+    room = "js-" + "-".join(opts["transports"])
+    await alice.emit("join-room", {"room": room})
+    await bob.emit("join-room", {"room": room})
+    await outsider.emit("join-room", {"room": room + "-other"})
+    await asyncio.sleep(0.2)
+    await alice.emit("send-message", {"message": "hello from alice", "roomID": room})
+    assert await bob.wait_event("receive-message") == [["hello from alice"]]
+    assert await alice.wait_event("receive-message") == [["hello from alice"]]
+    await asyncio.sleep(0.3)
+    assert outsider.events("receive-message") == []
+
+
+async def test_polling_upgrades_to_websocket(default_server, js):
+    client = await js(default_server)
+    await client.connect(transports=["polling", "websocket"])
+    [opened] = await client.wait(lambda m: m["type"] == "open")
+    assert opened["transport"] == "polling"
+    await client.wait(lambda m: m["type"] == "upgrade" and m["name"] == "websocket")
+    await client.send(cmd="transport")
+    await client.wait(lambda m: m["type"] == "transport" and m["name"] == "websocket")
+    ack = await client.call("join-room", {"room": "upgraded"})
+    assert ack["ok"] is True
+
+
+async def test_acks_carry_results_and_errors(serve, js):
+    server = serve({"plugins": {"settings": {"moderation": {"max_length": 10}}}})
+    client = await js(server)
+    await client.connect()
+    ok = await client.call("join-room", {"room": "acks"})
+    assert ok["ok"] is True and ok["data"]["room"] == "acks"
+    invalid = await client.call("send-message", {"message": "hi"})
+    assert invalid["ok"] is False
+    assert invalid["error"]["code"] == "invalid_payload"
+    assert invalid["error"]["details"]["errors"][0]["loc"] == "roomID"
+    unknown = await client.call("no-such-event", {})
+    assert unknown["error"]["code"] == "unknown_event"
+    moderated = await client.call("send-message", {"message": "far too long for ten", "roomID": "acks"})
+    assert moderated["error"]["code"] == "message_rejected"
+    assert "limit is 10" in moderated["error"]["message"]
+    # Without an ack the refusal arrives as an `error` event.
+    await client.emit("send-message", "not an object")
+    [[error]] = await client.wait_event("error")
+    assert error["code"] == "invalid_payload"
+
+
+async def test_rest_post_arrives_at_the_js_client(default_server, js):
+    client = await js(default_server)
+    await client.connect()
+    await client.call("join-room", {"room": "from-rest"})
+    async with httpx.AsyncClient(base_url=default_server.url) as http:
+        resp = await http.post("/rooms/from-rest/messages", json={"message": "posted"})
+    assert resp.status_code == 200
+    assert await client.wait_event("receive-message") == [["posted"]]
+
+
+@pytest.mark.parametrize("opts", [TRANSPORTS["websocket"], TRANSPORTS["polling"]], ids=["websocket", "polling"])
+async def test_reconnects_after_server_restart(serve, js, opts):
+    server = serve()
+    client = await js(server)
+    first = await client.connect(**opts)
+    await client.wait_event("welcome")
+    await asyncio.to_thread(restart_server, server)
+    await client.wait(lambda m: m["type"] == "disconnect")
+    await client.wait(lambda m: m["type"] == "reconnect", timeout=20)
+    second = (await client.wait(lambda m: m["type"] == "connect", count=2))[-1]
+    assert second["sid"] != first["sid"]
+    # Greeted again by the new server process, and able to chat.
+    await client.wait_event("welcome", count=2)
+    await client.call("join-room", {"room": "after-restart"})
+    ack = await client.call("send-message", {"message": "back", "roomID": "after-restart"})
+    assert ack["ok"] is True
+    assert await client.wait_event("receive-message") == [["back"]]
+
+
+async def test_connect_to_an_unserved_namespace_is_refused(default_server, js):
+    client = await js(default_server)
+    refused = await client.connect(namespace="/elsewhere")
+    assert refused["type"] == "connect_error"
+    assert refused["message"] == "namespace '/elsewhere' is not served here; connect to '/'"
+    assert refused["data"]["code"] == "unknown_namespace"
+    # The refusal touched nobody else: the same server still serves its namespace.
+    other = await js(default_server)
+    assert (await other.connect())["type"] == "connect"
