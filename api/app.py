@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from plugbus.core import Bus, LoadedConfig, load_plugins
 
+from .chat_page import chat_page_router
 from .problems import install_problem_handlers
 from .rest_door import add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
@@ -72,6 +73,8 @@ def create_app(loaded: LoadedConfig) -> Application:
     )
     install_problem_handlers(rest)
     rest.include_router(core_router(bus))
+    if config.server.chat_page:
+        rest.include_router(chat_page_router())
     add_plugin_routes(rest, bus)
     asgi = socketio.ASGIApp(sio, other_asgi_app=rest, socketio_path=config.server.socketio_path)
     return Application(asgi=asgi, bus=bus, rest=rest, sio=sio)

@@ -56,6 +56,9 @@ class ServerSettings(StrictModel):
     max_message_bytes: int = Field(
         1_000_000, gt=0, description="Largest Engine.IO message or HTTP body accepted."
     )
+    chat_page: bool = Field(
+        True, description="Serve the built-in chat page at / (off when you serve your own front end)."
+    )
     shutdown_timeout: float = Field(
         10, ge=0, description="Seconds to let open connections finish when stopping."
     )

@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import plugbus, pytest, socketio, httpx, aiohttp" || {
+.venv/bin/python -c "import plugbus, pytest, socketio, httpx, aiohttp, playwright" || {
   echo "scripts/test.sh: the test environment is incomplete (see pip's output above)" >&2
   exit 1
 }
@@ -35,6 +35,11 @@ fi
 if [ ! -d tests/interop/node_modules/socket.io-client ] \
    || [ tests/interop/package-lock.json -nt tests/interop/node_modules/.package-lock.json ]; then
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# A real browser for the chat page tests: Debian's chromium (Playwright drives it; no download).
+if [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium
 fi
 
 exec .venv/bin/python -m pytest "$@"

@@ -26,6 +26,21 @@ import socketio
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Files the tests leave for people to look at (screenshots); named in the test summary.
+ARTIFACTS = ROOT / "test-artifacts"
+_artifacts: list[Path] = []
+
+
+@pytest.fixture
+def record_artifact() -> Callable[[Path], None]:
+    """``record_artifact(path)``: name a file in the summary at the end of the test run."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return _artifacts.append
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for path in _artifacts:
+        terminalreporter.write_line(f"test artifact: {path}")
 
 
 def free_port() -> int:
