@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list the plugins a config loads")
     plugins.add_argument("--config", "-c", metavar="PATH", help="config file (default: the embedded one)")
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    schema = sub.add_parser("schema", help="print the event contract (AsyncAPI 3) without serving")
+    schema.add_argument("--config", "-c", metavar="PATH", help="config file (default: the embedded one)")
+    schema.add_argument("--event", metavar="NAME", help="print one event's JSON Schemas instead")
     return parser
 
 
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.path)
         if args.command == "plugins":
             return _plugins(args)
+        if args.command == "schema":
+            return _schema(args)
     except ConfigError as exc:
         print(f"plugbus: {exc}", file=sys.stderr)
         return 2
@@ -74,6 +79,25 @@ def _plugins(args: argparse.Namespace) -> int:
     for info in infos:
         print(f"{info.name}  [{info.source}]  {info.version or '-'}  {info.target}")
         print(f"    hooks: {', '.join(info.hooks) or '-'}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from plugbus.core.contract import asyncapi_document, event_schemas
+
+    from .app import _version
+
+    loaded = load_config(args.config)
+    bus = Bus(loaded.config, load_plugins(loaded))
+    if args.event:
+        schemas = event_schemas(bus)
+        if args.event not in schemas:
+            print(f"plugbus: no event named {args.event!r} (known: {', '.join(sorted(schemas))})",
+                  file=sys.stderr)
+            return 2
+        print(json.dumps({"name": args.event, **schemas[args.event]}, indent=2))
+        return 0
+    print(json.dumps(asyncapi_document(bus, version=_version()), indent=2))
     return 0
 
 

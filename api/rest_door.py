@@ -14,7 +14,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, Field, JsonValue
 
-from plugbus.core import Bus, Origin, Route, RouteRequest
+from plugbus.core import Bus, NotFound, Origin, Route, RouteRequest
+from plugbus.core.contract import asyncapi_document, event_schemas
 
 _PATH_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::[^}]*)?}")
 
@@ -58,6 +59,20 @@ def core_router(bus: Bus) -> APIRouter:
                 summary="Loaded plugins with source, version and hooks")
     async def plugins() -> list[dict[str, Any]]:
         return [p.as_dict() for p in bus.plugins]
+
+    @router.get("/asyncapi.json", tags=["events"],
+                summary="The Socket.IO event contract as an AsyncAPI 3 document")
+    async def asyncapi(request: Request) -> dict[str, Any]:
+        base = str(request.base_url).rstrip("/")
+        return asyncapi_document(bus, version=request.app.version, server_url=base)
+
+    @router.get("/events/{event}/schema", tags=["events"],
+                summary="JSON Schema of one event's payload and ack")
+    async def event_schema(event: str) -> dict[str, Any]:
+        schemas = event_schemas(bus)
+        if event not in schemas:
+            raise NotFound(f"no event named {event!r}", details={"event": event, "known": sorted(schemas)})
+        return {"name": event, **schemas[event]}
 
     @router.post("/events/{event}", response_model=EventResult, tags=["events"],
                  summary="Send any registered event through the pipeline, as a server")

@@ -21,7 +21,7 @@ from .errors import (
     RateLimited,
     UnknownEvent,
 )
-from .events import Event, EventRegistry
+from .events import Event, EventRegistry, ServerEvent
 from .hookspecs import hookimpl, hookspec
 from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
 from .moderation import ModerationRule, Violation
@@ -58,6 +58,7 @@ __all__ = [
     "RateLimited",
     "Route",
     "RouteRequest",
+    "ServerEvent",
     "Transport",
     "UnknownEvent",
     "Violation",

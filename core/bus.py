@@ -12,8 +12,8 @@ from typing import Any
 
 from .config import Config
 from .context import Connection, EventContext, Origin
-from .errors import ConfigError, ConnectionDenied, EventDropped, NotFound, PlugbusError
-from .events import Event, EventRegistry
+from .errors import ConfigError, ConnectionDenied, ErrorPayload, EventDropped, NotFound, PlugbusError
+from .events import Event, EventRegistry, ServerEvent
 from .hooks import Hooks
 from .loader import LoadedPlugins, PluginInfo
 from .transport import Transport
@@ -46,6 +46,10 @@ class Bus:
                 self.events.register(event_cls, owner=owner)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        self.events.register(ServerEvent(
+            "error", ErrorPayload,
+            "An event the client sent without asking for an ack was refused; says why.",
+        ), owner="plugbus")
         self._connections: dict[str, Connection] = {}
         self._transport: Transport | None = None
 

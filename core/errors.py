@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, Field
+
 
 class PlugbusError(Exception):
     """A refusal a client can understand.
@@ -44,6 +46,14 @@ class PlugbusError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code!r}, {self.message!r})"
+
+
+class ErrorPayload(BaseModel):
+    """The wire shape of an error, as clients receive it (ack ``error`` member, ``error`` event)."""
+
+    code: str = Field(description="Short snake_case identifier, e.g. invalid_payload.")
+    message: str = Field(description="What was wrong, for humans.")
+    details: dict[str, Any] = Field(description="Machine-readable specifics (field, limit, event...).")
 
 
 class UnknownEvent(PlugbusError):

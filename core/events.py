@@ -8,6 +8,7 @@ that says which field was wrong and why.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -40,6 +41,24 @@ class Event(BaseModel):
         return type(self).name
 
 
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """An event the server sends to clients, declared for the exported event contract.
+
+    Return it from ``plugbus_register_events`` beside your :class:`Event` classes so that
+    ``GET /asyncapi.json`` and ``plugbus schema`` describe what clients will receive.
+    Declaring is documentation only: emitting never checks it (the hot path stays lean).
+
+    :ivar name: the Socket.IO event name, e.g. ``"receive-message"``.
+    :ivar payload: the payload's type — ``str``, a pydantic model, a union of those...
+    :ivar description: one sentence for client developers.
+    """
+
+    name: str
+    payload: Any
+    description: str = ""
+
+
 def format_validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """Pydantic errors as ``[{"loc": "a.b", "message": ..., "type": ...}]`` (input omitted)."""
     out = []
@@ -55,13 +74,26 @@ class EventRegistry:
     def __init__(self) -> None:
         self._events: dict[str, type[Event]] = {}
         self._owners: dict[str, str] = {}
+        self._server_events: dict[str, ServerEvent] = {}
+        self._server_owners: dict[str, str] = {}
 
-    def register(self, event_cls: type[Event], owner: str) -> None:
-        """Add ``event_cls`` for plugin ``owner``.
+    def register(self, event_cls: type[Event] | ServerEvent, owner: str) -> None:
+        """Add an event for plugin ``owner``: an :class:`Event` subclass (client to server) or a
+        :class:`ServerEvent` (server to client).
 
-        :raises ValueError: the class is not an :class:`Event` with a ``name``, or another plugin
-            already registered that name (two owners for one event would be ambiguous).
+        :raises ValueError: not an :class:`Event` with a ``name`` nor a :class:`ServerEvent`, or
+            another plugin already registered that name in the same direction.
         """
+        if isinstance(event_cls, ServerEvent):
+            other = self._server_events.get(event_cls.name)
+            if other is not None and other != event_cls:
+                raise ValueError(
+                    f"server event {event_cls.name!r} is declared twice: by plugin "
+                    f"{self._server_owners[event_cls.name]!r} and by plugin {owner!r}"
+                )
+            self._server_events[event_cls.name] = event_cls
+            self._server_owners[event_cls.name] = owner
+            return
         if not (isinstance(event_cls, type) and issubclass(event_cls, Event)):
             raise ValueError(f"plugin {owner!r} registered {event_cls!r}, which is not an Event subclass")
         name = getattr(event_cls, "name", None)
@@ -80,8 +112,12 @@ class EventRegistry:
         return sorted(self._events)
 
     def owner(self, name: str) -> str:
-        """The plugin that registered ``name``."""
+        """The plugin that registered client event ``name``."""
         return self._owners[name]
+
+    def server_events(self) -> list[tuple[str, ServerEvent]]:
+        """Declared server-to-client events with their owners, sorted by name."""
+        return [(self._server_owners[n], self._server_events[n]) for n in sorted(self._server_events)]
 
     def get(self, name: str) -> type[Event] | None:
         """The schema for ``name``, or None."""

@@ -23,7 +23,7 @@ from .hookspecs import AWAITED_HOOKS
 if TYPE_CHECKING:
     from .bus import Bus
     from .context import Connection, EventContext
-    from .events import Event
+    from .events import Event, ServerEvent
     from .moderation import ModerationRule
     from .routes import Route
 
@@ -100,15 +100,15 @@ class Hooks:
 
     # -- collected, synchronous hooks ------------------------------------------------------
 
-    def register_events(self) -> list[tuple[str, type[Event]]]:
+    def register_events(self) -> list[tuple[str, type[Event] | ServerEvent]]:
         """Every event class from every plugin's ``plugbus_register_events``, with the name of
         the plugin that registered it (pluggy makes the call, so wrappers apply)."""
-        owners: dict[type[Event], str] = {}
+        owners: dict[type[Event] | ServerEvent, str] = {}
         for impl in self._pm.hook.plugbus_register_events.get_hookimpls():
             if not (impl.wrapper or impl.hookwrapper):
                 for cls in impl.function() or []:
                     owners.setdefault(cls, impl.plugin_name)
-        out: list[tuple[str, type[Event]]] = []
+        out: list[tuple[str, type[Event] | ServerEvent]] = []
         for result in self._pm.hook.plugbus_register_events():
             out.extend((owners.get(cls, "(a hook wrapper)"), cls) for cls in result or [])
         return out

@@ -30,7 +30,7 @@ import pluggy
 if TYPE_CHECKING:
     from .bus import Bus
     from .context import Connection, EventContext
-    from .events import Event
+    from .events import Event, ServerEvent
     from .moderation import ModerationRule
     from .routes import Route
 
@@ -54,14 +54,16 @@ AWAITED_HOOKS = frozenset({
 
 
 @hookspec
-def plugbus_register_events() -> list[type[Event]]:
-    """Declare the events this plugin accepts from clients.
+def plugbus_register_events() -> list[type[Event] | ServerEvent]:
+    """Declare the events this plugin accepts from clients, and those it sends to them.
 
     Called once at start-up, before the server listens. Collected: every implementation's list
     is registered. Not awaited (must be a plain function).
 
-    :return: :class:`~plugbus.Event` subclasses, each with a unique ``name``. Registering a
-        name another plugin already registered stops start-up with a message naming both.
+    :return: :class:`~plugbus.Event` subclasses (accepted from clients), each with a unique
+        ``name``, and :class:`~plugbus.ServerEvent` declarations (sent to clients, for the
+        exported contract). Registering a name another plugin already registered stops
+        start-up with a message naming both.
     """
 
 

@@ -28,6 +28,7 @@ from plugbus.core import (
     RateLimited,
     Route,
     RouteRequest,
+    ServerEvent,
     Violation,
     hookimpl,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "RateLimited",
     "Route",
     "RouteRequest",
+    "ServerEvent",
     "Violation",
     "hookimpl",
 ]
