@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from plugbus.core import Bus, LoadedConfig, load_plugins
 
+from .body_limit import BodyLimitMiddleware
 from .chat_page import chat_page_router
 from .problems import install_problem_handlers
 from .rest_door import add_plugin_routes, core_router
@@ -71,6 +72,7 @@ def create_app(loaded: LoadedConfig) -> Application:
         allow_credentials=cors.credentials,
         allow_headers=["*"],
     )
+    rest.add_middleware(BodyLimitMiddleware, limit=config.server.max_message_bytes)
     install_problem_handlers(rest)
     rest.include_router(core_router(bus))
     if config.server.chat_page:

@@ -119,10 +119,11 @@ def _serve(args: argparse.Namespace) -> int:
             ) from None
     server = loaded.config.server
     logging.basicConfig(level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+
     app = create_app(loaded)
     log.info("plugbus %r with config %s; plugins: %s", server.name, loaded.path,
              ", ".join(p.name for p in app.bus.plugins) or "none")
-    uvicorn.run(
+    uv_config = uvicorn.Config(
         app.asgi,
         host=server.host,
         port=server.port,
@@ -131,7 +132,16 @@ def _serve(args: argparse.Namespace) -> int:
         ws_max_size=server.max_message_bytes,
         timeout_graceful_shutdown=server.shutdown_timeout,
     )
+    for name in ("uvicorn.error", "websockets"):
+        logging.getLogger(name).addFilter(_drop_frame_dumps)
+    uvicorn.Server(uv_config).run()
     return 0
+
+
+def _drop_frame_dumps(record: logging.LogRecord) -> bool:
+    """At debug level the websockets library logs every frame it reads and writes, the
+    handshake's auth payload (tokens) included; secrets must never reach a log."""
+    return not (isinstance(record.msg, str) and record.msg[:2] in ("< ", "> "))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,10 +11,11 @@ import inspect
 import re
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, JsonValue
 
-from plugbus.core import Bus, NotFound, Origin, Route, RouteRequest
+from plugbus.core import Bus, NotAllowed, NotFound, Origin, Principal, Route, RouteRequest
 from plugbus.core.contract import asyncapi_document, event_schemas
 
 _PATH_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::[^}]*)?}")
@@ -46,6 +47,32 @@ class EventResult(BaseModel):
     data: JsonValue = Field(None, description="What the handling plugin acknowledged.")
 
 
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+
+
+def require_scope(bus: Bus, scope: str) -> Any:
+    """A dependency that lets a request through when its caller holds ``scope``.
+
+    Asks ``plugbus_authenticate_request``; when no plugin answers, REST authentication is off
+    and everyone is let through. The principal is left in ``request.state.principal``.
+    """
+
+    async def dependency(
+        request: Request, _credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
+    ) -> Principal | None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        principal = await bus.hooks.authenticate_request(headers, bus)
+        request.state.principal = principal
+        if principal is not None and scope not in principal.scopes:
+            raise NotAllowed(
+                f"this API key ({principal.name}) lacks the {scope!r} scope this route needs",
+                code="insufficient_scope", details={"required": scope, "key": principal.name},
+            )
+        return principal
+
+    return Depends(dependency)
+
+
 def core_router(bus: Bus) -> APIRouter:
     """The routes every plugbus server has, whatever its plugins."""
     router = APIRouter()
@@ -56,6 +83,7 @@ def core_router(bus: Bus) -> APIRouter:
                       plugins=[p.name for p in bus.plugins])
 
     @router.get("/plugins", response_model=list[PluginDescription], tags=["server"],
+                dependencies=[require_scope(bus, "read")],
                 summary="Loaded plugins with source, version and hooks")
     async def plugins() -> list[dict[str, Any]]:
         return [p.as_dict() for p in bus.plugins]
@@ -75,6 +103,7 @@ def core_router(bus: Bus) -> APIRouter:
         return {"name": event, **schemas[event]}
 
     @router.post("/events/{event}", response_model=EventResult, tags=["events"],
+                 dependencies=[require_scope(bus, "publish")],
                  summary="Send any registered event through the pipeline, as a server")
     async def send_event(event: str, payload: dict[str, JsonValue]) -> EventResult:
         """The generic door: the body is the event's payload, validated against the schema
@@ -98,6 +127,7 @@ def add_plugin_routes(app: FastAPI, bus: Bus) -> None:
             summary=route.summary or None,
             tags=list(route.tags) or [plugin_name],
             name=f"{plugin_name}:{route.method.lower()} {route.path}",
+            dependencies=[require_scope(bus, route.scope)] if route.scope is not None else None,
         )
 
 
@@ -118,6 +148,7 @@ def _endpoint(route: Route, bus: Bus) -> Any:
             query=dict(request.query_params),
             body=body,
             headers={k.lower(): v for k, v in request.headers.items()},
+            principal=getattr(request.state, "principal", None),
         )
         result = route.handler(req)
         if inspect.isawaitable(result):

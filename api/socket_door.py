@@ -32,7 +32,9 @@ from plugbus.core import (
     InvalidPayload,
     Origin,
     PlugbusError,
+    RateLimited,
 )
+from plugbus.core.ratelimit import TokenBucket
 
 log = logging.getLogger("plugbus.socket")
 
@@ -60,6 +62,8 @@ class PlugbusSocketServer(socketio.AsyncServer):
         )
         self.bus = bus
         self.plugbus_namespace = server.namespace
+        limits = server.limits
+        self._rate = (limits.events_per_second, float(limits.event_burst)) if limits.events_per_second else None
         self._accepted: dict[str, str] = {}  # eio_sid -> sid, between connect handler and CONNECT
         self.on("connect", self._on_connect, namespace=server.namespace)
         self.on("disconnect", self._on_disconnect, namespace=server.namespace)
@@ -128,6 +132,17 @@ class PlugbusSocketServer(socketio.AsyncServer):
                     details={"event": name, "arguments": len(data) - 1},
                 )
             connection = self.bus.connection(sid)
+            if connection is not None and self._rate is not None:
+                bucket = connection.state.get("plugbus.rate")
+                if bucket is None:
+                    bucket = connection.state["plugbus.rate"] = TokenBucket(*self._rate)
+                wait = bucket.take()
+                if wait:
+                    raise RateLimited(
+                        f"too many events: at most {self._rate[0]:g} per second "
+                        f"(bursts of {self._rate[1]:g}); retry in {wait:.2f} s",
+                        details={"retry_after": round(wait, 3), "limit": self._rate[0]},
+                    )
             ctx = self.bus.context(Origin.SOCKET, connection, wants_ack=wants_ack)
             result = await self.bus.dispatch(name, data[1] if len(data) == 2 else None, ctx)
             reply = {"ok": True, "data": result}

@@ -6,7 +6,7 @@ authors, and built-in plugins use nothing else.
 
 from .bus import Bus
 from .config import Config, LoadedConfig, load_config
-from .context import Connection, EventContext, Identity, Origin
+from .context import Connection, EventContext, Identity, Origin, Principal
 from .errors import (
     ConfigError,
     ConnectionDenied,
@@ -19,13 +19,14 @@ from .errors import (
     NotFound,
     PlugbusError,
     RateLimited,
+    Unauthorized,
     UnknownEvent,
 )
 from .events import Event, EventRegistry, ServerEvent
 from .hookspecs import hookimpl, hookspec
 from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
 from .moderation import ModerationRule, Violation
-from .plugin import Plugin, PluginSettings
+from .plugin import Plugin, PluginSettings, Secret
 from .routes import Route, RouteRequest
 from .transport import Transport
 
@@ -52,14 +53,17 @@ __all__ = [
     "Origin",
     "PlugbusError",
     "Plugin",
+    "Principal",
     "PluginInfo",
     "PluginSettings",
     "PluginSource",
     "RateLimited",
     "Route",
     "RouteRequest",
+    "Secret",
     "ServerEvent",
     "Transport",
+    "Unauthorized",
     "UnknownEvent",
     "Violation",
     "hookimpl",

@@ -51,6 +51,7 @@ class Bus:
             "An event the client sent without asking for an ack was refused; says why.",
         ), owner="plugbus")
         self._connections: dict[str, Connection] = {}
+        self._per_address: dict[str | None, int] = {}
         self._transport: Transport | None = None
 
     # -- wiring -----------------------------------------------------------------------------
@@ -122,14 +123,17 @@ class Bus:
         await self.transport.emit(event, data, room=room if room is not None else to, skip_sid=skip_sid)
 
     async def join(self, sid: str, room: str) -> bool:
-        """Put connection ``sid`` into ``room`` and run ``plugbus_room_joined``.
+        """Put connection ``sid`` into ``room``: ``plugbus_authorize_join`` first, then the
+        join, then ``plugbus_room_joined``.
 
         :return: True when it joined, False when it was already a member (no hook runs).
         :raises NotFound: no live connection has that id.
+        :raises NotAllowed: a plugin refused the join.
         """
         connection = self._require(sid)
         if room in self.transport.rooms_of(sid):
             return False
+        await self.hooks.authorize_join(connection, room, self)
         await self.transport.enter_room(sid, room)
         await self.hooks.room_joined(connection, room, self)
         return True
@@ -197,22 +201,51 @@ class Bus:
         return len(self._connections)
 
     async def open_connection(self, connection: Connection) -> None:
-        """Run ``plugbus_connect`` for a new connection; called by the socket door.
+        """Admit a new connection: check the limits, run ``plugbus_authenticate`` (setting
+        ``connection.identity``), then ``plugbus_connect``; called by the socket door.
 
-        :raises ConnectionDenied: a plugin refused it; the connection is forgotten again.
+        :raises ConnectionDenied: a limit or a plugin refused it; it is forgotten again.
         """
+        self._check_limits(connection)
         self._connections[connection.sid] = connection
+        addr = connection.remote_addr
+        self._per_address[addr] = self._per_address.get(addr, 0) + 1
         try:
+            connection.identity = await self.hooks.authenticate(connection, self)
             await self.hooks.connect(connection, self)
         except ConnectionDenied:
-            self._connections.pop(connection.sid, None)
+            self._forget(connection.sid)
             raise
         except PlugbusError as exc:
-            self._connections.pop(connection.sid, None)
+            self._forget(connection.sid)
             raise ConnectionDenied(exc.message, details=exc.details, code=exc.code) from exc
         except Exception:
-            self._connections.pop(connection.sid, None)
+            self._forget(connection.sid)
             raise
+
+    def _check_limits(self, connection: Connection) -> None:
+        limits = self.config.server.limits
+        if limits.max_connections and len(self._connections) >= limits.max_connections:
+            raise ConnectionDenied(
+                f"server is full: it holds its limit of {limits.max_connections} connections",
+                code="too_many_connections", details={"limit": limits.max_connections},
+            )
+        per_address = limits.max_connections_per_address
+        if per_address and self._per_address.get(connection.remote_addr, 0) >= per_address:
+            raise ConnectionDenied(
+                f"too many connections from your address (limit {per_address})",
+                code="too_many_connections", details={"limit": per_address, "per": "address"},
+            )
+
+    def _forget(self, sid: str) -> Connection | None:
+        connection = self._connections.pop(sid, None)
+        if connection is not None:
+            left = self._per_address.get(connection.remote_addr, 1) - 1
+            if left > 0:
+                self._per_address[connection.remote_addr] = left
+            else:
+                self._per_address.pop(connection.remote_addr, None)
+        return connection
 
     async def connection_ready(self, sid: str) -> None:
         """Run ``plugbus_connected`` once the client knows it is connected; socket door only."""
@@ -222,7 +255,7 @@ class Bus:
 
     async def close_connection(self, sid: str, reason: str) -> None:
         """Run ``plugbus_disconnect`` and forget the connection; called by the socket door."""
-        connection = self._connections.pop(sid, None)
+        connection = self._forget(sid)
         if connection is not None:
             await self.hooks.disconnect(connection, reason, self)
 

@@ -21,7 +21,7 @@ from .errors import ConfigError
 
 ENV_PREFIX = "PLUGBUS_"
 ENV_DELIMITER = "__"
-DEFAULT_BUILTINS = ["welcome", "rooms", "relay", "moderation"]
+DEFAULT_BUILTINS = ["auth", "welcome", "rooms", "relay", "moderation"]
 
 
 class StrictModel(BaseModel):
@@ -38,6 +38,19 @@ class CorsSettings(StrictModel):
     )
     methods: list[str] = Field(["GET", "POST"], description="HTTP methods allowed for REST.")
     credentials: bool = Field(True, description="Allow cookies and Authorization headers.")
+
+
+class LimitsSettings(StrictModel):
+    """Limits that protect the server and its other clients; 0 switches one off."""
+
+    max_connections: int = Field(10_000, ge=0, description="Most connections this node holds.")
+    max_connections_per_address: int = Field(
+        0, ge=0, description="Most connections from one client address (0 = no limit; mind proxies)."
+    )
+    events_per_second: float = Field(
+        100, ge=0, description="Sustained events per second one connection may send (0 = no limit)."
+    )
+    event_burst: int = Field(200, ge=1, description="Events one connection may send in a burst.")
 
 
 class ServerSettings(StrictModel):
@@ -64,6 +77,7 @@ class ServerSettings(StrictModel):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
 
 class PluginsSettings(StrictModel):
@@ -180,11 +194,19 @@ def format_config_errors(
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif err["type"] != "missing" and not isinstance(got, dict):
+        elif err["type"] != "missing" and not isinstance(got, dict) and not _is_secret(loc):
             msg += f" (got {got!r})"
         parts.append(located(file, lines, loc, msg))
     head = f"invalid configuration in {file}:" if len(parts) > 1 else "invalid configuration:"
     return head + ("\n  " if len(parts) > 1 else " ") + "\n  ".join(parts)
+
+
+_SECRET_WORDS = ("secret", "token", "key", "password")
+
+
+def _is_secret(loc: tuple[str | int, ...]) -> bool:
+    """Keys whose values must never be echoed in an error message."""
+    return any(word in str(part).lower() for part in loc for word in _SECRET_WORDS)
 
 
 def env_var_for(loc: tuple[str | int, ...]) -> str | None:

@@ -32,6 +32,18 @@ class Identity:
     roles: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling the REST door, once an authentication plugin has established it.
+
+    :ivar name: the API key's name (never the key itself).
+    :ivar scopes: what it may do, e.g. ``("publish",)`` or ``("publish", "read", "admin")``.
+    """
+
+    name: str
+    scopes: frozenset[str] = frozenset()
+
+
 @dataclass(slots=True, eq=False)
 class Connection:
     """One live Socket.IO connection, as plugins see it.

@@ -84,6 +84,13 @@ class RateLimited(PlugbusError):
     status = 429
 
 
+class Unauthorized(PlugbusError):
+    """Credentials are missing or wrong (REST: HTTP 401)."""
+
+    code = "unauthorized"
+    status = 401
+
+
 class NotFound(PlugbusError):
     """The thing named (a connection, a ban, a room) does not exist."""
 

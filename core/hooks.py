@@ -22,7 +22,7 @@ from .hookspecs import AWAITED_HOOKS
 
 if TYPE_CHECKING:
     from .bus import Bus
-    from .context import Connection, EventContext
+    from .context import Connection, EventContext, Identity, Principal
     from .events import Event, ServerEvent
     from .moderation import ModerationRule
     from .routes import Route
@@ -141,6 +141,33 @@ class Hooks:
 
         await hook.run(kwargs, inner)
 
+    async def _first(self, name: str, kwargs: dict[str, Any]) -> Any:
+        hook = self._awaited[name]
+
+        async def inner() -> Any:
+            for func, argnames, _plugin in hook.plain:
+                result = await _maybe_await(func(*[kwargs[a] for a in argnames]))
+                if result is not None:
+                    return result
+            return None
+
+        if not hook.plain and not hook.wrappers:
+            return None
+        return await hook.run(kwargs, inner)
+
+    async def authenticate(self, connection: Connection, bus: Bus) -> Identity | None:
+        """``plugbus_authenticate``: in order, the first non-None identity wins."""
+        return await self._first("plugbus_authenticate", {"connection": connection, "bus": bus})  # type: ignore[no-any-return]
+
+    async def authenticate_request(self, headers: dict[str, str], bus: Bus) -> Principal | None:
+        """``plugbus_authenticate_request``: in order, the first non-None principal wins."""
+        return await self._first("plugbus_authenticate_request", {"headers": headers, "bus": bus})  # type: ignore[no-any-return]
+
+    async def authorize_join(self, connection: Connection, room: str, bus: Bus) -> None:
+        """``plugbus_authorize_join``: each awaited in order; ``NotAllowed`` propagates."""
+        await self._each("plugbus_authorize_join", {"connection": connection, "room": room, "bus": bus},
+                         keep_going=False)
+
     async def startup(self, bus: Bus) -> None:
         """``plugbus_startup``: each implementation awaited in order; an error stops start-up."""
         await self._each("plugbus_startup", {"bus": bus}, keep_going=False)
@@ -204,14 +231,4 @@ class Hooks:
 
     async def handle_event(self, event: Event, ctx: EventContext) -> Any:
         """``plugbus_handle_event``: in order, the first non-None result wins."""
-        hook = self._awaited["plugbus_handle_event"]
-        kwargs = {"event": event, "ctx": ctx}
-
-        async def inner() -> Any:
-            for func, argnames, _plugin in hook.plain:
-                result = await _maybe_await(func(*[kwargs[a] for a in argnames]))
-                if result is not None:
-                    return result
-            return None
-
-        return await hook.run(kwargs, inner)
+        return await self._first("plugbus_handle_event", {"event": event, "ctx": ctx})

@@ -29,7 +29,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .bus import Bus
-    from .context import Connection, EventContext
+    from .context import Connection, EventContext, Identity, Principal
     from .events import Event, ServerEvent
     from .moderation import ModerationRule
     from .routes import Route
@@ -41,6 +41,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: Hooks that plugbus awaits one implementation at a time (see the module docstring).
 AWAITED_HOOKS = frozenset({
+    "plugbus_authenticate",
+    "plugbus_authenticate_request",
+    "plugbus_authorize_join",
     "plugbus_startup",
     "plugbus_shutdown",
     "plugbus_connect",
@@ -98,6 +101,57 @@ def plugbus_shutdown(bus: Bus) -> None:
     a time. An exception is logged and the remaining implementations still run.
 
     :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_authenticate(connection: Connection, bus: Bus) -> Identity | None:
+    """Establish who is behind a new connection, from its handshake.
+
+    Called once per connection, before ``plugbus_connect``, with ``connection.auth`` holding
+    the client's handshake ``auth`` payload (e.g. ``{"token": "..."}``) and
+    ``connection.headers`` its HTTP headers. Awaited, one implementation at a time; the first
+    non-None result wins and becomes ``connection.identity``. When every implementation
+    returns None the connection is anonymous (``identity`` stays None).
+
+    :param connection: the new connection.
+    :param bus: the bus.
+    :return: an :class:`~plugbus.Identity`, or None to leave the decision to others.
+    :raises ConnectionDenied: to refuse the connection; its message reaches the client's
+        ``connect_error`` (say why — missing, malformed, expired — never echo a secret).
+    """
+
+
+@hookspec
+def plugbus_authenticate_request(headers: dict[str, str], bus: Bus) -> Principal | None:
+    """Establish who is calling a REST route that needs a scope.
+
+    Called once per REST request to a route whose ``scope`` is not None, before its handler.
+    Awaited, one implementation at a time; the first non-None result wins. When every
+    implementation returns None, REST authentication is off and the route is served (the
+    development default).
+
+    :param headers: the request headers, lower-cased names (``authorization`` holds
+        ``Bearer <key>``).
+    :param bus: the bus.
+    :return: a :class:`~plugbus.Principal` whose ``scopes`` the route's scope is checked
+        against (missing scope: 403), or None.
+    :raises Unauthorized: no credentials, or wrong ones (401).
+    """
+
+
+@hookspec
+def plugbus_authorize_join(connection: Connection, room: str, bus: Bus) -> None:
+    """May this connection be in this room?
+
+    Called by ``bus.join`` before a connection enters a room — from its own ``join-room`` or
+    a server-side join over REST. Awaited, one implementation at a time; the return value is
+    ignored.
+
+    :param connection: the connection (``connection.identity`` says who it is).
+    :param room: the room.
+    :param bus: the bus.
+    :raises NotAllowed: to refuse; the join does not happen.
     """
 
 

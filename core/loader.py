@@ -26,6 +26,7 @@ from .plugin import Plugin, PluginSettings
 
 #: Built-in plugin name -> "module:Class" inside the installed package.
 BUILTINS: dict[str, str] = {
+    "auth": "plugbus.plugins.auth:AuthPlugin",
     "welcome": "plugbus.plugins.welcome:WelcomePlugin",
     "rooms": "plugbus.plugins.rooms:RoomsPlugin",
     "relay": "plugbus.plugins.relay:RelayPlugin",

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import os
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr
+
+
+def _resolve_secret(value: Any) -> Any:
+    """``"$env:NAME"`` or ``{"$env": "NAME"}`` -> the environment variable's value."""
+    name = None
+    if isinstance(value, str) and value.startswith("$env:"):
+        name = value[5:]
+    elif isinstance(value, dict) and set(value) == {"$env"}:
+        name = value["$env"]
+    if name is None:
+        return value
+    if not isinstance(name, str) or name not in os.environ:
+        raise ValueError(f"environment variable {name} is not set")
+    return os.environ[name]
+
+
+#: A secret setting: a literal, or ``"$env:NAME"`` / ``{"$env": "NAME"}`` to read it from the
+#: environment. It is a ``SecretStr``: shown as ``**********`` in reprs, never in error messages.
+Secret = Annotated[SecretStr, BeforeValidator(_resolve_secret)]
 
 
 class PluginSettings(BaseModel):

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from .context import Principal
+
 if TYPE_CHECKING:
     from .bus import Bus
 
@@ -27,6 +29,7 @@ class RouteRequest:
     :ivar query: the query string parameters.
     :ivar body: the validated request body (an instance of the route's ``body`` model) or None.
     :ivar headers: request headers, lower-cased names.
+    :ivar principal: the authenticated caller, or None when no authentication plugin answered.
     """
 
     bus: Bus
@@ -34,6 +37,7 @@ class RouteRequest:
     query: dict[str, str] = field(default_factory=dict)
     body: BaseModel | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    principal: Principal | None = None
 
 
 RouteHandler = Callable[[RouteRequest], Awaitable[Any] | Any]
@@ -52,6 +56,10 @@ class Route:
     :ivar status_code: the success status.
     :ivar summary: one line for the OpenAPI document.
     :ivar tags: OpenAPI tags; the REST door adds the plugin's name when empty.
+    :ivar scope: the API-key scope a caller needs (``"publish"``, ``"read"``, ``"admin"``...),
+        or None for a public route. Defaults to ``"admin"`` so that a route nobody thought
+        about is never open by accident. Enforced only when an authentication plugin answers
+        ``plugbus_authenticate_request``.
     """
 
     method: str
@@ -62,3 +70,4 @@ class Route:
     status_code: int = 200
     summary: str = ""
     tags: tuple[str, ...] = ()
+    scope: str | None = "admin"

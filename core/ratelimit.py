@@ -1,0 +1,34 @@
+"""A token bucket: ``burst`` events at once, refilled at ``rate`` per second."""
+
+from __future__ import annotations
+
+import time
+
+
+class TokenBucket:
+    """Per-key rate limiting without timers: the refill is computed when a token is taken.
+
+    :param rate: tokens added per second.
+    :param burst: most tokens held (and so the largest burst allowed).
+    """
+
+    __slots__ = ("rate", "burst", "_tokens", "_stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+
+    def take(self, now: float | None = None) -> float:
+        """Take one token.
+
+        :return: 0.0 when allowed; otherwise the seconds until a token will be available.
+        """
+        now = time.monotonic() if now is None else now
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate if self.rate > 0 else float("inf")
