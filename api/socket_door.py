@@ -185,6 +185,10 @@ class SocketTransport:
     def rooms_of(self, sid: str) -> list[str]:
         return [r for r in self._sio.manager.get_rooms(sid, self._ns) if r != sid]
 
+    def is_member(self, sid: str, room: str) -> bool:
+        members = self._sio.manager.rooms.get(self._ns, {}).get(room)
+        return bool(members) and sid in members  # type: ignore[operator]
+
     def rooms(self) -> dict[str, int]:
         ns = self._sio.manager.rooms.get(self._ns, {})
         everyone = ns.get(None, {})

@@ -131,7 +131,7 @@ class Bus:
         :raises NotAllowed: a plugin refused the join.
         """
         connection = self._require(sid)
-        if room in self.transport.rooms_of(sid):
+        if self.transport.is_member(sid, room):
             return False
         await self.hooks.authorize_join(connection, room, self)
         await self.transport.enter_room(sid, room)
@@ -145,7 +145,7 @@ class Bus:
         :raises NotFound: no live connection has that id.
         """
         connection = self._require(sid)
-        if room not in self.transport.rooms_of(sid):
+        if not self.transport.is_member(sid, room):
             return False
         await self.transport.leave_room(sid, room)
         await self.hooks.room_left(connection, room, self)

@@ -28,6 +28,9 @@ class Transport(Protocol):
     def rooms_of(self, sid: str) -> list[str]:
         """The rooms ``sid`` is in, not counting its own id room."""
 
+    def is_member(self, sid: str, room: str) -> bool:
+        """True when ``sid`` is in ``room`` on this node."""
+
     def rooms(self) -> dict[str, int]:
         """Every named room on this node with its member count (connection id rooms left out)."""
 
