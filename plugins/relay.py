@@ -1,18 +1,38 @@
-"""relay: ``send-message`` ``{message, roomID}`` → ``receive-message`` to the room (the seed's).
+"""relay: messages to a room (the seed's), to one connection, or to everyone.
 
-Also over REST: ``POST /rooms/{room}/messages`` with ``{"message": ...}`` runs the very same
-event through the same pipeline, so moderation applies to both doors alike.
+Socket.IO events ``send-message`` ``{message, roomID}``, ``send-direct`` ``{to, message}`` and
+``broadcast`` ``{message, include_self}`` all deliver as ``settings.event`` (the seed's
+``receive-message``): the bare message by default, or an envelope with id, sender and
+timestamp. The REST routes send the very same events through ``bus.dispatch``, so moderation
+applies to both doors alike. Each message is encoded once and handed to one ``bus.emit``; the
+recipient count comes from the transport's room sizes, never from a loop over recipients.
+See docs/plugins/relay.md.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from plugbus import (
+    Bus,
     Event,
     EventContext,
+    InvalidPayload,
+    NotAllowed,
+    NotFound,
     Origin,
     Plugin,
     PluginSettings,
@@ -20,14 +40,53 @@ from plugbus import (
     RouteRequest,
     hookimpl,
 )
-from plugbus import Bus
+
+
+def _one_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Report a wrong message as one error at ``message``, not one per member of the union."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "message_type", "Input should be a valid string, or a JSON object or array"
+        ) from None
+
+
+Message = Annotated[
+    str | dict[str, JsonValue] | list[JsonValue],
+    WrapValidator(_one_error),
+    Field(description="The message: text, or structured JSON (an object or an array)."),
+]
+MessageId = Annotated[str | None, Field(
+    description="The message id (uuid4 hex), also in every delivery's envelope; "
+                "null when moderation dropped the message silently.")]
+Recipients = Annotated[int, Field(ge=0, description="Connections on this node it was delivered to.")]
+RoomName = Annotated[str, Field(min_length=1, max_length=256, description="The room to deliver it to.")]
+Sid = Annotated[str, Field(min_length=1, max_length=256,
+                           description="The id (sid) of the connection to deliver it to.")]
 
 
 class Delivered(BaseModel):
     """Ack of ``send-message`` and response of ``POST /rooms/{room}/messages``."""
 
+    id: MessageId
     room: str = Field(description="The room the message went to.")
-    recipients: int = Field(description="Connections on this node it was delivered to.")
+    recipients: Recipients
+
+
+class DirectDelivered(BaseModel):
+    """Ack of ``send-direct`` and response of ``POST /connections/{sid}/messages``."""
+
+    id: MessageId
+    to: str = Field(description="The connection the message went to.")
+    recipients: Recipients
+
+
+class BroadcastDelivered(BaseModel):
+    """Ack of ``broadcast`` and response of ``POST /messages``."""
+
+    id: MessageId
+    recipients: Recipients
 
 
 class SendMessage(Event):
@@ -36,52 +95,204 @@ class SendMessage(Event):
     name: ClassVar[str] = "send-message"
     ack = Delivered
     text_fields = ("message",)
-    message: str = Field(description="The text to deliver.")
-    roomID: str = Field(min_length=1, max_length=256, description="The room to deliver it to.")
+    room_field = "roomID"
+    message: Message
+    roomID: RoomName
 
 
-class RoomMessage(BaseModel):
+class SendDirect(Event):
+    """Send a message to one connection."""
+
+    name: ClassVar[str] = "send-direct"
+    ack = DirectDelivered
+    text_fields = ("message",)
+    to: Sid
+    message: Message
+
+
+class Broadcast(Event):
+    """Send a message to every connection (by default all but the sender)."""
+
+    name: ClassVar[str] = "broadcast"
+    ack = BroadcastDelivered
+    text_fields = ("message",)
+    message: Message
+    include_self: bool = Field(False, strict=True, description="Deliver to the sender too.")
+
+
+class _Body(BaseModel):
+    """A REST message body: ``{"message": ...}`` and nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+    message: Message
+
+
+class RoomMessage(_Body):
     """Body of ``POST /rooms/{room}/messages``."""
 
-    model_config = {"extra": "forbid"}
-    message: str = Field(description="The text to deliver as `receive-message`.")
+
+class DirectMessage(_Body):
+    """Body of ``POST /connections/{sid}/messages``."""
+
+
+class BroadcastMessage(_Body):
+    """Body of ``POST /messages``."""
+
+
+RelayEvent = Literal["send-message", "send-direct", "broadcast"]
 
 
 class RelaySettings(PluginSettings):
     """Settings of the relay plugin."""
 
-    event: str = Field("receive-message", min_length=1, description="Event name deliveries use.")
+    event: str = Field("receive-message", min_length=1,
+                       description="Event name every delivery uses (room, direct and broadcast).")
+    envelope: bool = Field(False, description=(
+        "Deliver {id, room, to, from, user, ts, message} instead of the bare message."))
+    echo: bool = Field(True, description=(
+        "Room messages reach the sender too when it is in the room (the seed's io.to(room)); "
+        "false leaves the sender out (socket.to(room))."))
+    require_membership: bool = Field(False, description=(
+        "A connection must be in a room to send to it (REST senders are exempt)."))
+    structured: bool = Field(True, description=(
+        "Accept JSON objects and arrays as messages; false accepts text only."))
+    direct: bool = Field(True, description="Offer send-direct and POST /connections/{sid}/messages.")
+    broadcast: bool = Field(True, description="Offer broadcast and POST /messages.")
+    sender_roles: dict[RelayEvent, list[str]] = Field(default_factory=dict, description=(
+        "Per event, the identity roles (any one) a connection needs to send it; events not "
+        "listed, or listed with [], are open to every connection. REST senders are exempt."))
 
 
 class RelayPlugin(Plugin):
-    """Delivers room messages, from sockets and from REST."""
+    """Delivers messages to a room, one connection or everyone, from sockets and from REST."""
 
     Settings = RelaySettings
     settings: RelaySettings
 
     @hookimpl
     def plugbus_register_events(self) -> list[type[Event]]:
-        """``send-message``."""
-        return [SendMessage]
+        """``send-message``, plus ``send-direct`` and ``broadcast`` unless switched off."""
+        events: list[type[Event]] = [SendMessage]
+        if self.settings.direct:
+            events.append(SendDirect)
+        if self.settings.broadcast:
+            events.append(Broadcast)
+        return events
 
     @hookimpl
-    async def plugbus_handle_event(self, event: Event, ctx: EventContext) -> dict[str, object] | None:
-        """Deliver a ``send-message`` to its room, encoded once for all members."""
-        if not isinstance(event, SendMessage):
+    async def plugbus_handle_event(self, event: Event, ctx: EventContext) -> dict[str, Any] | None:
+        """Deliver a relay event with one ``bus.emit``; return ``{id, ..., recipients}``.
+
+        :raises InvalidPayload: a structured message while ``structured`` is off.
+        :raises NotAllowed: the sender lacks a role ``sender_roles`` asks for, or is not in
+            the room while ``require_membership`` is on.
+        :raises NotFound: ``send-direct`` to a connection that does not exist on this node.
+        """
+        if not isinstance(event, SendMessage | SendDirect | Broadcast):
             return None
-        recipients = ctx.bus.room_size(event.roomID)
-        await ctx.bus.emit(self.settings.event, event.message, room=event.roomID)
-        return {"room": event.roomID, "recipients": recipients}
+        self._check_sender(event, ctx)
+        message_id = uuid.uuid4().hex
+        if isinstance(event, SendMessage):
+            return await self._to_room(event, ctx, message_id)
+        if isinstance(event, SendDirect):
+            return await self._to_connection(event, ctx, message_id)
+        return await self._to_everyone(event, ctx, message_id)
+
+    async def _to_room(self, event: SendMessage, ctx: EventContext, message_id: str) -> dict[str, Any]:
+        room, sid, settings = event.roomID, ctx.sid, self.settings
+        member = False
+        if sid is not None and (settings.require_membership or not settings.echo):
+            member = room == sid or room in ctx.bus.rooms_of(sid)
+            if settings.require_membership and not member:
+                raise NotAllowed(f"not a member of room {room!r}: join it before sending to it",
+                                 details={"room": room, "field": "roomID"})
+        skip = sid if member and not settings.echo else None
+        recipients = ctx.bus.room_size(room) - (skip is not None)
+        await self._emit(ctx, message_id, event.message, room=room, skip_sid=skip)
+        return {"id": message_id, "room": room, "recipients": recipients}
+
+    async def _to_connection(self, event: SendDirect, ctx: EventContext, message_id: str) -> dict[str, Any]:
+        if ctx.bus.connection(event.to) is None:
+            raise NotFound(f"no connection with id {event.to!r}", details={"sid": event.to, "field": "to"})
+        await self._emit(ctx, message_id, event.message, to=event.to)
+        return {"id": message_id, "to": event.to, "recipients": 1}
+
+    async def _to_everyone(self, event: Broadcast, ctx: EventContext, message_id: str) -> dict[str, Any]:
+        skip = ctx.sid if not event.include_self else None
+        recipients = ctx.bus.connection_count - (skip is not None)
+        await self._emit(ctx, message_id, event.message, skip_sid=skip)
+        return {"id": message_id, "recipients": recipients}
+
+    def _check_sender(self, event: SendMessage | SendDirect | Broadcast, ctx: EventContext) -> None:
+        if not self.settings.structured and not isinstance(event.message, str):
+            text = "Input should be a valid string (structured messages are switched off)"
+            raise InvalidPayload(
+                f"invalid payload for {event.event_name!r}: message: {text}",
+                details={"event": event.event_name,
+                         "errors": [{"loc": "message", "message": text, "type": "string_type"}]},
+            )
+        needed = self.settings.sender_roles.get(event.event_name)  # type: ignore[call-overload]
+        if needed and ctx.connection is not None:
+            identity = ctx.connection.identity
+            if identity is None or not set(needed) & set(identity.roles):
+                raise NotAllowed(f"sending {event.event_name!r} needs one of the roles: {', '.join(needed)}",
+                                 details={"roles": needed})
+
+    async def _emit(self, ctx: EventContext, message_id: str, message: Any, *, room: str | None = None,
+                    to: str | None = None, skip_sid: str | None = None) -> None:
+        """One ``bus.emit`` for all recipients, with the bare message or its envelope."""
+        data = message
+        if self.settings.envelope:
+            identity = ctx.connection.identity if ctx.connection is not None else None
+            data = {"id": message_id, "room": room, "to": to, "from": ctx.sid,
+                    "user": identity.user_id if identity is not None else None,
+                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "message": message}
+        await ctx.bus.emit(self.settings.event, data, room=room, to=to, skip_sid=skip_sid)
 
     @hookimpl
     def plugbus_routes(self, bus: Bus) -> list[Route]:
-        """``POST /rooms/{room}/messages``."""
+        """``POST /rooms/{room}/messages``, ``/connections/{sid}/messages`` and ``/messages``.
 
-        async def post_message(req: RouteRequest) -> dict[str, object]:
-            """Broadcast `receive-message` into a room; moderation applies as for sockets."""
+        Each needs the ``publish`` API-key scope when an authentication plugin checks REST callers.
+        """
+
+        async def send(event: str, payload: dict[str, Any], dropped: dict[str, Any]) -> Any:
+            result = await bus.dispatch(event, payload, bus.context(Origin.REST))
+            return dropped if result is None else result  # None: moderation dropped it silently
+
+        async def post_room(req: RouteRequest) -> Any:
+            """Send a message to everyone in a room, through the same pipeline as
+            `send-message` (moderation applies). `id` is null and `recipients` 0 when
+            moderation dropped the message silently."""
             assert isinstance(req.body, RoomMessage)
-            payload = {"message": req.body.message, "roomID": req.path_params["room"]}
-            return await bus.dispatch(SendMessage.name, payload, bus.context(Origin.REST))  # type: ignore[no-any-return]
+            room = req.path_params["room"]
+            return await send(SendMessage.name, {"message": req.body.message, "roomID": room},
+                              {"id": None, "room": room, "recipients": 0})
 
-        return [Route("POST", "/rooms/{room}/messages", post_message, body=RoomMessage,
-                      response=Delivered, summary="Send a message to a room")]
+        async def post_direct(req: RouteRequest) -> Any:
+            """Send a message to one connection, as `send-direct` (404 when no connection
+            has that id). `id` is null and `recipients` 0 when moderation dropped it silently."""
+            assert isinstance(req.body, DirectMessage)
+            sid = req.path_params["sid"]
+            return await send(SendDirect.name, {"message": req.body.message, "to": sid},
+                              {"id": None, "to": sid, "recipients": 0})
+
+        async def post_all(req: RouteRequest) -> Any:
+            """Send a message to every connection, as `broadcast`. `id` is null and
+            `recipients` 0 when moderation dropped the message silently."""
+            assert isinstance(req.body, BroadcastMessage)
+            return await send(Broadcast.name, {"message": req.body.message},
+                              {"id": None, "recipients": 0})
+
+        routes = [Route("POST", "/rooms/{room}/messages", post_room, body=RoomMessage,
+                        response=Delivered, summary="Send a message to a room", scope="publish")]
+        if self.settings.direct:
+            routes.append(Route("POST", "/connections/{sid}/messages", post_direct, body=DirectMessage,
+                                response=DirectDelivered, summary="Send a message to one connection",
+                                scope="publish"))
+        if self.settings.broadcast:
+            routes.append(Route("POST", "/messages", post_all, body=BroadcastMessage,
+                                response=BroadcastDelivered, summary="Send a message to everyone",
+                                scope="publish"))
+        return routes
