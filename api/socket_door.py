@@ -36,6 +36,10 @@ from plugbus.core import (
 )
 from plugbus.core.ratelimit import TokenBucket
 
+from . import engineio_fixes
+
+engineio_fixes.apply()
+
 log = logging.getLogger("plugbus.socket")
 
 ERROR_EVENT = "error"

@@ -22,6 +22,7 @@ from pydantic import (
     JsonValue,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    PlainValidator,
     WrapValidator,
 )
 from pydantic_core import PydanticCustomError
@@ -52,10 +53,33 @@ def _one_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         ) from None
 
 
+def _strict_bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes | bytearray):
+        raise PydanticCustomError("bytes_type", "Input should be binary data")
+    return bytes(value)
+
+
 Message = Annotated[
     str | dict[str, JsonValue] | list[JsonValue],
     WrapValidator(_one_error),
     Field(description="The message: text, or structured JSON (an object or an array)."),
+]
+#: Over Socket.IO a message may also be binary (a Buffer / ArrayBuffer / bytes attachment),
+#: relayed as binary. Only bytes objects count: a JSON string is never coerced to bytes.
+def _one_socket_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """As :func:`_one_error`, with binary data among the accepted kinds."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "message_type", "Input should be a valid string, a JSON object or array, or binary data"
+        ) from None
+
+
+SocketMessage = Annotated[
+    Annotated[bytes, PlainValidator(_strict_bytes)] | str | dict[str, JsonValue] | list[JsonValue],
+    WrapValidator(_one_socket_error),
+    Field(description="The message: text, structured JSON (an object or an array), or binary data."),
 ]
 MessageId = Annotated[str | None, Field(
     description="The message id (uuid4 hex), also in every delivery's envelope; "
@@ -96,7 +120,7 @@ class SendMessage(Event):
     ack = Delivered
     text_fields = ("message",)
     room_field = "roomID"
-    message: Message
+    message: SocketMessage
     roomID: RoomName
 
 
@@ -107,7 +131,7 @@ class SendDirect(Event):
     ack = DirectDelivered
     text_fields = ("message",)
     to: Sid
-    message: Message
+    message: SocketMessage
 
 
 class Broadcast(Event):
@@ -116,7 +140,7 @@ class Broadcast(Event):
     name: ClassVar[str] = "broadcast"
     ack = BroadcastDelivered
     text_fields = ("message",)
-    message: Message
+    message: SocketMessage
     include_self: bool = Field(False, strict=True, description="Deliver to the sender too.")
 
 
@@ -156,6 +180,8 @@ class RelaySettings(PluginSettings):
         "A connection must be in a room to send to it (REST senders are exempt)."))
     structured: bool = Field(True, description=(
         "Accept JSON objects and arrays as messages; false accepts text only."))
+    binary: bool = Field(True, description=(
+        "Accept binary messages over Socket.IO (relayed as binary); false refuses them."))
     direct: bool = Field(True, description="Offer send-direct and POST /connections/{sid}/messages.")
     broadcast: bool = Field(True, description="Offer broadcast and POST /messages.")
     sender_roles: dict[RelayEvent, list[str]] = Field(default_factory=dict, description=(
@@ -224,7 +250,15 @@ class RelayPlugin(Plugin):
         return {"id": message_id, "recipients": recipients}
 
     def _check_sender(self, event: SendMessage | SendDirect | Broadcast, ctx: EventContext) -> None:
-        if not self.settings.structured and not isinstance(event.message, str):
+        if isinstance(event.message, bytes):
+            if not self.settings.binary:
+                text = "Input should be text or JSON (binary messages are switched off)"
+                raise InvalidPayload(
+                    f"invalid payload for {event.event_name!r}: message: {text}",
+                    details={"event": event.event_name,
+                             "errors": [{"loc": "message", "message": text, "type": "bytes_type"}]},
+                )
+        elif not self.settings.structured and not isinstance(event.message, str):
             text = "Input should be a valid string (structured messages are switched off)"
             raise InvalidPayload(
                 f"invalid payload for {event.event_name!r}: message: {text}",

@@ -108,3 +108,28 @@ async def test_connect_to_an_unserved_namespace_is_refused(default_server, js):
     # The refusal touched nobody else: the same server still serves its namespace.
     other = await js(default_server)
     assert (await other.connect())["type"] == "connect"
+
+
+async def test_binary_payloads_buffer_in_buffer_out(default_server, js, connect):
+    sender, receiver = await js(default_server), await js(default_server)
+    await sender.connect()
+    await receiver.connect(transports=["polling"])
+    py = await connect(default_server, wait_welcome=True)
+    for client in (sender, receiver):
+        await client.call("join-room", {"room": "binary"})
+    await py.call("join-room", {"room": "binary"})
+    blob = bytes(range(256)) * 4
+    ack = await sender.call("send-message", {"message": blob, "roomID": "binary"})
+    assert ack["ok"] is True and ack["data"]["recipients"] == 3
+    [[got]] = await receiver.wait_event("receive-message")
+    assert got == blob  # arrived as a Buffer (binary attachment), not as text
+    assert await py.wait_for("receive-message") == [blob]
+
+
+async def test_binary_payloads_can_be_switched_off(serve, js):
+    server = serve({"plugins": {"settings": {"relay": {"binary": False}}}})
+    client = await js(server)
+    await client.connect()
+    ack = await client.call("send-message", {"message": b"\x00\x01", "roomID": "r"})
+    assert ack["error"]["code"] == "invalid_payload"
+    assert "binary messages are switched off" in ack["error"]["message"]
