@@ -131,8 +131,8 @@ class Bus:
         :raises NotAllowed: a plugin refused the join.
         """
         connection = self._require(sid)
-        if self.transport.is_member(sid, room):
-            return False
+        if room == sid or self.transport.is_member(sid, room):
+            return False  # a connection is always in its own id room
         await self.hooks.authorize_join(connection, room, self)
         await self.transport.enter_room(sid, room)
         await self.hooks.room_joined(connection, room, self)
@@ -145,8 +145,8 @@ class Bus:
         :raises NotFound: no live connection has that id.
         """
         connection = self._require(sid)
-        if not self.transport.is_member(sid, room):
-            return False
+        if room == sid or not self.transport.is_member(sid, room):
+            return False  # nobody leaves its own id room
         await self.transport.leave_room(sid, room)
         await self.hooks.room_left(connection, room, self)
         return True

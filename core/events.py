@@ -82,17 +82,15 @@ class EventRegistry:
         :class:`ServerEvent` (server to client).
 
         :raises ValueError: not an :class:`Event` with a ``name`` nor a :class:`ServerEvent`, or
-            another plugin already registered that name in the same direction.
+            another plugin already registered that client event name. (A server event declared
+            by two plugins keeps the first declaration.)
         """
         if isinstance(event_cls, ServerEvent):
-            other = self._server_events.get(event_cls.name)
-            if other is not None and other != event_cls:
-                raise ValueError(
-                    f"server event {event_cls.name!r} is declared twice: by plugin "
-                    f"{self._server_owners[event_cls.name]!r} and by plugin {owner!r}"
-                )
-            self._server_events[event_cls.name] = event_cls
-            self._server_owners[event_cls.name] = owner
+            # Several plugins may send the same event (a replacement greeter beside welcome, say);
+            # the declaration is documentation, so the first one stands.
+            if event_cls.name not in self._server_events:
+                self._server_events[event_cls.name] = event_cls
+                self._server_owners[event_cls.name] = owner
             return
         if not (isinstance(event_cls, type) and issubclass(event_cls, Event)):
             raise ValueError(f"plugin {owner!r} registered {event_cls!r}, which is not an Event subclass")

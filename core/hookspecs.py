@@ -188,8 +188,8 @@ def plugbus_connected(connection: Connection, bus: Bus) -> None:
 def plugbus_disconnect(connection: Connection, reason: str, bus: Bus) -> None:
     """A connection has closed.
 
-    Called once per accepted connection, after it left (its rooms are still readable through
-    ``connection.state`` of plugins that kept them). Awaited, one implementation at a time; an
+    Called once per accepted connection, as it leaves: its rooms are still readable with
+    ``bus.rooms_of(connection.sid)`` (they are dropped right after this hook). Awaited, one implementation at a time; an
     exception is logged and the rest still run.
 
     :param connection: the connection that left.
