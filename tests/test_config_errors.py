@@ -20,7 +20,7 @@ import httpx
 
 from conftest import ROOT, Server, free_port
 
-BUILTINS_LISTED = "(built-ins are: welcome, rooms, relay, moderation)"
+BUILTINS_LISTED = "(built-ins are: auth, welcome, rooms, relay, moderation)"
 INVALID_INT = "Input should be a valid integer, unable to parse string as an integer"
 
 
@@ -388,7 +388,7 @@ def test_valid_environment_override_passes_config_check(tmp_path: Path) -> None:
     result = plugbus("config", "check", str(cfg), env={"PLUGBUS_SERVER__PORT": "8123",
                                                        "PLUGBUS_SERVER__NAME": "from-env"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{cfg}: OK (4 plugins: welcome, rooms, relay, moderation)")
+    assert result.stdout.startswith(f"{cfg}: OK (5 plugins: auth, welcome, rooms, relay, moderation)")
     assert result.stderr == ""
 
 
@@ -399,7 +399,7 @@ def test_environment_override_reaches_the_running_server(serve: Callable[..., Se
     body = response.json()
     assert body["server"] == "from-env"
     # The override is merged into the file: the file's port (and plugins) still apply.
-    assert body["plugins"] == ["welcome", "rooms", "relay", "moderation"]
+    assert body["plugins"] == ["auth", "welcome", "rooms", "relay", "moderation"]
 
 
 # 9. the shipped config ---------------------------------------------------------------------
@@ -409,7 +409,7 @@ def test_config_check_passes_on_shipped_config_yaml() -> None:
     result = plugbus("config", "check", str(ROOT / "config.yaml"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{ROOT / 'config.yaml'}: OK (")
-    assert "welcome, rooms, relay, moderation" in result.stdout
+    assert "auth, welcome, rooms, relay, moderation" in result.stdout
     assert result.stderr == ""
 
 
@@ -483,10 +483,14 @@ def test_serve_port_option_out_of_range_is_refused(tmp_path: Path) -> None:
 def test_plugins_json_lists_the_builtins_with_source_and_hooks() -> None:
     plugins = {p["name"]: p for p in plugins_json()}
     expected_hooks = {
-        "welcome": ["plugbus_connected"],
-        "rooms": ["plugbus_handle_event", "plugbus_register_events"],
+        "auth": ["plugbus_authenticate", "plugbus_authenticate_request", "plugbus_authorize_join",
+                 "plugbus_startup"],
+        "welcome": ["plugbus_connected", "plugbus_register_events", "plugbus_room_joined", "plugbus_routes"],
+        "rooms": ["plugbus_disconnect", "plugbus_handle_event", "plugbus_register_events",
+                  "plugbus_room_joined", "plugbus_room_left", "plugbus_routes"],
         "relay": ["plugbus_handle_event", "plugbus_register_events", "plugbus_routes"],
-        "moderation": ["plugbus_moderate"],
+        "moderation": ["plugbus_connect", "plugbus_disconnect", "plugbus_moderate", "plugbus_routes",
+                       "plugbus_startup"],
     }
     for name, hooks in expected_hooks.items():
         assert plugins[name]["source"] == "builtin"

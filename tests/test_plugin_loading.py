@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, start_server
 
 TESTS = Path(__file__).resolve().parent
-ALL = ["welcome", "rooms", "relay", "moderation"]
+ALL = ["auth", "welcome", "rooms", "relay", "moderation"]
 
 
 def without(name: str) -> dict:
@@ -50,12 +50,12 @@ async def test_without_relay_send_message_is_unknown_and_its_route_is_gone(serve
     async with httpx.AsyncClient(base_url=server.url) as http:
         resp = await http.post("/rooms/r/messages", json={"message": "hi"})
         assert resp.status_code == 404
-        assert [p["name"] for p in (await http.get("/plugins")).json()] == ["welcome", "rooms", "moderation"]
+        assert [p["name"] for p in (await http.get("/plugins")).json()] == ["auth", "welcome", "rooms", "moderation"]
 
 
 async def test_without_moderation_long_messages_pass(serve, connect):
     server = serve({**without("moderation"), "plugins": {
-        "builtins": ["welcome", "rooms", "relay"],
+        "builtins": ["auth", "welcome", "rooms", "relay"],
         "settings": {"moderation": {"max_length": 5}}}})
     a = await connect(server, wait_welcome=True)
     await a.call("join-room", {"room": "r"})

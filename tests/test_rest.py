@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 
 
@@ -11,7 +13,7 @@ async def test_health_counts_connections_and_names_plugins(default_server, conne
         await connect(default_server, wait_welcome=True)
         after = (await http.get("/health")).json()
     assert before["status"] == "ok" and before["server"] == "plugbus"
-    assert before["plugins"] == ["welcome", "rooms", "relay", "moderation"]
+    assert before["plugins"] == ["auth", "welcome", "rooms", "relay", "moderation"]
     assert after["connections"] == before["connections"] + 1
 
 
@@ -43,7 +45,9 @@ async def test_events_door_runs_the_same_pipeline_as_sockets(default_server, con
     await member.call("join-room", {"room": "generic"})
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         resp = await http.post("/events/send-message", json={"message": "via events", "roomID": "generic"})
-    assert resp.json() == {"ok": True, "data": {"room": "generic", "recipients": 1}}
+    body = resp.json()
+    assert body == {"ok": True, "data": {"id": body["data"]["id"], "room": "generic", "recipients": 1}}
+    assert re.fullmatch(r"[0-9a-f]{32}", body["data"]["id"])
     assert await member.wait_for("receive-message") == ["via events"]
 
 

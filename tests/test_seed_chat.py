@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
@@ -48,7 +49,8 @@ async def test_events_of_one_connection_are_handled_in_order(default_server, con
 
 async def test_join_room_ack_lists_rooms_and_leave_room_leaves(default_server, connect):
     client = await connect(default_server, wait_welcome=True)
-    assert await client.call("join-room", {"room": "a"}) == {"ok": True, "data": {"room": "a", "rooms": ["a"]}}
+    assert await client.call("join-room", {"room": "a"}) == {
+        "ok": True, "data": {"room": "a", "joined": True, "rooms": ["a"]}}
     ack = await client.call("join-room", {"room": "b"})
     assert sorted(ack["data"]["rooms"]) == ["a", "b"]
     assert (await client.call("leave-room", {"room": "a"}))["data"]["rooms"] == ["b"]
@@ -65,7 +67,8 @@ async def test_send_message_ack_reports_recipients(default_server, connect):
     await a.call("join-room", {"room": "count"})
     await b.call("join-room", {"room": "count"})
     ack = await a.call("send-message", {"message": "hi", "roomID": "count"})
-    assert ack == {"ok": True, "data": {"room": "count", "recipients": 2}}
+    assert ack == {"ok": True, "data": {"id": ack["data"]["id"], "room": "count", "recipients": 2}}
+    assert re.fullmatch(r"[0-9a-f]{32}", ack["data"]["id"])
 
 
 async def test_rest_post_reaches_room_members_only(default_server, connect):
@@ -76,7 +79,9 @@ async def test_rest_post_reaches_room_members_only(default_server, connect):
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         resp = await http.post("/rooms/news/messages", json={"message": "extra!"})
     assert resp.status_code == 200
-    assert resp.json() == {"room": "news", "recipients": 1}
+    body = resp.json()
+    assert body == {"id": body["id"], "room": "news", "recipients": 1}
+    assert re.fullmatch(r"[0-9a-f]{32}", body["id"])
     assert await member.wait_for("receive-message") == ["extra!"]
     await asyncio.sleep(0.2)
     assert other.received("receive-message") == []
