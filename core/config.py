@@ -72,7 +72,7 @@ class ServerSettings(StrictModel):
     chat_page: bool = Field(
         True, description="Serve the built-in chat page at / (off when you serve your own front end)."
     )
-    shutdown_timeout: float = Field(
+    shutdown_timeout: int = Field(
         10, ge=0, description="Seconds to let open connections finish when stopping."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -11,9 +11,10 @@ Call semantics, which every docstring below repeats for its hook:
 * **Awaited hooks** (all the others) may be ``async def`` or plain functions. plugbus calls the
   implementations one at a time, in pluggy's order (``tryfirst`` first, ``trylast`` last, and
   otherwise the most recently registered first), and awaits each before calling the next — so
-  a later implementation sees what an earlier one did. pluggy itself does not await
-  coroutines, so these hooks do not accept ``hookwrapper``/``wrapper`` implementations; a
-  plugin that declares one is refused at start-up with a message saying so.
+  a later implementation sees what an earlier one did. New-style wrappers
+  (``hookimpl(wrapper=True)``, plain generator functions) wrap the whole walk as in pluggy;
+  old-style ``hookwrapper=True`` implementations are refused at start-up, since pluggy itself
+  does not await coroutines and their outcome object would hold un-awaited ones.
 
 Plugins are registered in this order: built-ins in the order ``plugins.builtins`` lists them,
 then installed entry-point packages, then ``plugins.modules``. With pluggy's
