@@ -115,14 +115,23 @@ class Hooks:
 
     def routes(self, bus: Bus) -> list[tuple[str, Route]]:
         """Every route (pluggy makes the call, so wrappers apply), paired with the name of the
-        plugin whose module defines its handler."""
-        by_module = {}
+        plugin whose module — or package, for a plugin split into modules — defines its handler."""
+        modules: list[tuple[str, str]] = []
         for name, plugin in self._pm.list_name_plugin():
             module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
-            by_module.setdefault(module, name)
+            modules.append((module, name))
+        modules.sort(key=lambda pair: -len(pair[0]))  # the most specific module first
+
+        def owner(route: Route) -> str:
+            where = getattr(route.handler, "__module__", "") or ""
+            for module, name in modules:
+                if where == module or where.startswith(module + "."):
+                    return name
+            return "plugins"
+
         out: list[tuple[str, Route]] = []
         for result in self._pm.hook.plugbus_routes(bus=bus):
-            out.extend((by_module.get(r.handler.__module__, "plugins"), r) for r in result or [])
+            out.extend((owner(r), r) for r in result or [])
         return out
 
     # -- awaited hooks ----------------------------------------------------------------------

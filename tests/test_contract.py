@@ -261,7 +261,7 @@ def test_hookimpl_is_pluggys_marker_for_plugbus() -> None:
 
 
 def test_names_plugins_take_from_plugbus_are_public() -> None:
-    for path in sorted(PLUGINS.glob("*.py")):
+    for path in sorted(PLUGINS.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module == "plugbus" and not node.level:
                 for alias in node.names:
@@ -273,7 +273,7 @@ def test_names_plugins_take_from_plugbus_are_public() -> None:
 
 
 def test_sources_exist() -> None:
-    assert len(list(CORE.glob("*.py"))) >= 5 and len(list(PLUGINS.glob("*.py"))) >= 4
+    assert len(list(CORE.glob("*.py"))) >= 5 and len(list(PLUGINS.rglob("*.py"))) >= 4
 
 
 def test_core_imports_no_web_framework() -> None:
@@ -283,12 +283,12 @@ def test_core_imports_no_web_framework() -> None:
 
 
 def test_plugins_import_only_plugbus_and_libraries() -> None:
-    problems = [p for path in sorted(PLUGINS.glob("*.py"))
+    problems = [p for path in sorted(PLUGINS.rglob("*.py"))
                 for p in forbidden_imports(path, "plugbus.plugins", PLUGINS_FORBIDDEN)]
     assert problems == []
     # Whatever else they import is the stdlib, plugbus itself, or an installed library.
     installed = set(importlib.metadata.packages_distributions())
-    for path in sorted(PLUGINS.glob("*.py")):
+    for path in sorted(PLUGINS.rglob("*.py")):
         for line, module in imported_modules(path.read_text(encoding="utf-8"), "plugbus.plugins"):
             top = module.split(".")[0]
             if not module or top == "__future__" or top in sys.stdlib_module_names:
@@ -299,7 +299,7 @@ def test_plugins_import_only_plugbus_and_libraries() -> None:
 
 
 def test_plugins_document_public_classes_and_hooks() -> None:
-    problems = [f"{path.name}: {item}" for path in sorted(PLUGINS.glob("*.py"))
+    problems = [f"{path.name}: {item}" for path in sorted(PLUGINS.rglob("*.py"))
                 for item in undocumented(path.read_text(encoding="utf-8"))]
     assert problems == []
 

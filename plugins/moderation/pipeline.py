@@ -1,0 +1,173 @@
+"""The moderation pipeline: the switched-on rules in order, each rule's action (refuse, mask,
+drop) carried out, every decision logged; and :func:`build_pipeline`, which assembles it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from plugbus import (
+    ConfigError,
+    Connection,
+    Event,
+    EventContext,
+    EventDropped,
+    MessageRejected,
+    ModerationRule,
+    PlugbusError,
+    Violation,
+)
+
+from .rules import (
+    BanRule,
+    BlockedWordsRule,
+    FloodRule,
+    MaxLengthRule,
+    MuteRule,
+    SlowModeRule,
+)
+from .settings import Action, ModerationSettings
+from .store import LogEntry, ModerationStore
+from .text import mask_spans
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One switched-on rule with its action."""
+
+    rule: ModerationRule
+    action: Action
+
+
+def log_entry(rule: str, action: str, reason: str, *, event: Event | None = None,
+              connection: Connection | None = None, field: str | None = None,
+              target: tuple[str, str] | None = None) -> LogEntry:
+    """A log entry stamped now; ``target`` is a sanction's ``(kind, value)``."""
+    user = connection.identity.user_id if connection is not None and connection.identity else None
+    if target is not None and target[0] == "identity":
+        user = target[1]
+    return LogEntry(
+        time=datetime.now(UTC), rule=rule, action=action, reason=reason,
+        event=event.event_name if event is not None else None,
+        sid=connection.sid if connection is not None else None, user=user, field=field,
+        target=f"{target[0]}:{target[1]}" if target is not None else None,
+    )
+
+
+#: Most times one rule may mask one event (it reports one field, or one span, at a time).
+MAX_MASKS = 32
+
+
+class Pipeline:
+    """Runs the switched-on rules over one event and carries out their actions."""
+
+    def __init__(self, steps: list[Step], store: ModerationStore, mask_char: str) -> None:
+        self.steps = steps
+        self.store = store
+        self.mask_char = mask_char
+
+    @property
+    def names(self) -> list[str]:
+        """The rules that run, in order."""
+        return [s.rule.name for s in self.steps]
+
+    async def run(self, event: Event, ctx: EventContext) -> Event | None:
+        """:return: None when the event passes unchanged, the masked event when masked.
+        :raises PlugbusError: a rule refused it. :raises EventDropped: a rule dropped it."""
+        original = event
+        for step in self.steps:
+            event = await self._apply(step, event, ctx)
+        for step in self.steps:
+            accepted = getattr(step.rule, "accepted", None)
+            if accepted is not None:
+                await _maybe_await(accepted(event, ctx))
+        return None if event is original else event
+
+    async def _apply(self, step: Step, event: Event, ctx: EventContext) -> Event:
+        rule = step.rule
+        for _ in range(MAX_MASKS):
+            violation = await _maybe_await(rule.check(event, ctx))
+            if violation is None:
+                return event
+            masked = self._masked(event, violation) if step.action == "mask" else None
+            if masked is not None:
+                await self._log(rule.name, "mask", violation, event, ctx)
+                event = masked
+                continue
+            if step.action == "drop":
+                await self._log(rule.name, "drop", violation, event, ctx)
+                raise EventDropped(f"{rule.name}: {violation.message}")
+            break
+        # Refuse (also when masking did not clear the violation: better than looping).
+        await self._log(rule.name, "refuse", violation, event, ctx)
+        refusal: type[PlugbusError] = getattr(rule, "refusal", MessageRejected)
+        raise refusal(violation.message,
+                      details={"rule": rule.name, "field": violation.field, **violation.details})
+
+    def _masked(self, event: Event, violation: Violation) -> Event | None:
+        field = violation.field
+        text = getattr(event, field, None) if field else None
+        if not violation.spans or not isinstance(text, str) or field not in type(event).text_fields:
+            return None
+        new = mask_spans(text, violation.spans, self.mask_char)
+        return event.model_copy(update={field: new}) if new != text else None
+
+    async def _log(self, rule: str, action: str, violation: Violation, event: Event,
+                   ctx: EventContext) -> None:
+        await self.store.append_log(log_entry(rule, action, violation.message, event=event,
+                                              connection=ctx.connection, field=violation.field))
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+BUILTIN_RULES = ("ban", "mute", "flood", "slow_mode", "max_length", "blocked_words")
+
+
+def builtin_rules(settings: ModerationSettings, store: ModerationStore) -> list[ModerationRule]:
+    """The built-in rules, in pipeline order."""
+    return [
+        BanRule(store),
+        MuteRule(store),
+        FloodRule(store, settings.flood),
+        SlowModeRule(store, settings.slow_mode),
+        MaxLengthRule(settings.max_length),
+        BlockedWordsRule(settings.blocked_words, settings.substitutions),
+    ]
+
+
+def build_pipeline(settings: ModerationSettings, store: ModerationStore,
+                   added: Sequence[Any], *, complete: bool = True) -> Pipeline:
+    """The pipeline of the built-ins then ``added`` (other plugins' rules), switched per settings.
+
+    :param complete: ``added`` holds every rule, so a name under ``rules`` that no rule has
+        is an error (False before start-up, when the other plugins' rules are not known).
+    :raises ConfigError: a rule without a name or ``check``, two rules with one name, or a
+        name under ``rules`` that no rule has.
+    """
+    prefix = "plugins.settings.moderation.rules"
+    rules = builtin_rules(settings, store)
+    names = set(BUILTIN_RULES)
+    for rule in added:
+        name = getattr(rule, "name", None)
+        if not isinstance(name, str) or not name or not callable(getattr(rule, "check", None)):
+            raise ConfigError(f"plugin 'moderation': a plugbus_moderation_rules hook returned "
+                              f"{rule!r}, which is not a ModerationRule (a `name` and a `check`)")
+        if name in names:
+            raise ConfigError(f"plugin 'moderation': two moderation rules are named {name!r}; "
+                              f"rule names must be unique")
+        names.add(name)
+        rules.append(rule)
+    for name in settings.rules.extra_names() if complete else ():
+        if name not in names:
+            raise ConfigError(
+                f"plugin 'moderation': {prefix}.{name}: no moderation rule named {name!r} "
+                f"(rules: {', '.join(r.name for r in rules)}); is the plugin that adds it loaded?"
+            )
+    steps = [Step(r, settings.rules.get(r.name).action) for r in rules
+             if settings.rules.get(r.name).enabled]
+    return Pipeline(steps, store, settings.mask_char)

@@ -1,0 +1,219 @@
+"""The built-in moderation rules (``ban``, ``mute``, ``flood``, ``slow_mode``, ``max_length``,
+``blocked_words``) and the helpers that tell a sanctioned client why."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from plugbus import (
+    Connection,
+    Event,
+    EventContext,
+    PlugbusError,
+    RateLimited,
+    Violation,
+)
+
+from .settings import FloodSettings, SlowModeSettings, TargetKind
+from .store import ModerationStore, Sanction
+from .text import Normaliser
+
+
+def targets_of(connection: Connection) -> list[tuple[TargetKind, str]]:
+    """What a sanction may name to reach ``connection``: its id, its user id, its address."""
+    out: list[tuple[TargetKind, str]] = [("connection", connection.sid)]
+    if connection.identity is not None:
+        out.append(("identity", connection.identity.user_id))
+    if connection.remote_addr:
+        out.append(("address", connection.remote_addr))
+    return out
+
+
+def describe_sanction(sanction: Sanction, verb: str) -> str:
+    """``"you are banned (reason: spam; until 2030-01-01T00:00:00+00:00)"``."""
+    notes = []
+    if sanction.reason:
+        notes.append(f"reason: {sanction.reason}")
+    if sanction.expires_at is not None:
+        notes.append(f"until {sanction.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+    return f"you are {verb}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def sanction_details(sanction: Sanction) -> dict[str, Any]:
+    """What a sanctioned client is told besides the message."""
+    return sanction.model_dump(mode="json", include={"reason", "kind", "expires_at"})
+
+
+class BanRule:
+    """``ban``: events from a banned connection are refused (a ban also disconnects it and
+    refuses its reconnects; this catches an event racing the disconnect)."""
+
+    name = "ban"
+
+    def __init__(self, store: ModerationStore) -> None:
+        self.store = store
+
+    async def check(self, event: Event, ctx: EventContext) -> Violation | None:
+        """A violation when the sender is banned by identity or address."""
+        if ctx.connection is None:
+            return None
+        ban = await self.store.find_sanction("ban", targets_of(ctx.connection))
+        if ban is None:
+            return None
+        return Violation(describe_sanction(ban, "banned"), details=sanction_details(ban))
+
+
+class MuteRule:
+    """``mute``: a muted connection may read and join rooms, but events with text are refused."""
+
+    name = "mute"
+
+    def __init__(self, store: ModerationStore) -> None:
+        self.store = store
+
+    async def check(self, event: Event, ctx: EventContext) -> Violation | None:
+        """A violation when the event carries text and its sender is muted."""
+        if ctx.connection is None or not type(event).text_fields:
+            return None
+        mute = await self.store.find_sanction("mute", targets_of(ctx.connection))
+        if mute is None:
+            return None
+        return Violation(describe_sanction(mute, "muted"), details=sanction_details(mute))
+
+
+class FloodRule:
+    """``flood``: a token bucket per connection over every event it sends."""
+
+    name = "flood"
+    refusal: ClassVar[type[PlugbusError]] = RateLimited
+
+    def __init__(self, store: ModerationStore, settings: FloodSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def check(self, event: Event, ctx: EventContext) -> Violation | None:
+        """A violation (with ``retry_after``) when the sender's bucket is empty."""
+        if ctx.connection is None:
+            return None
+        wait = await self.store.take_token(ctx.connection.sid, self.settings.burst, self.settings.rate)
+        if wait <= 0:
+            return None
+        wait = round(wait + 0.0005, 3)
+        return Violation(
+            f"too many events: at most {self.settings.burst} at once and {self.settings.rate:g} per "
+            f"second; retry in {wait:g} s",
+            details={"retry_after": wait, "burst": self.settings.burst, "rate": self.settings.rate},
+        )
+
+
+class SlowModeRule:
+    """``slow_mode``: one message per connection per room every N seconds (per-room N)."""
+
+    name = "slow_mode"
+    refusal: ClassVar[type[PlugbusError]] = RateLimited
+
+    def __init__(self, store: ModerationStore, settings: SlowModeSettings) -> None:
+        self.store = store
+        self.default = settings.seconds
+
+    def room_of(self, event: Event, ctx: EventContext) -> str | None:
+        """The room a text event goes to, when it has a sender, text and a room field."""
+        field = type(event).room_field
+        if ctx.connection is None or not field or not type(event).text_fields:
+            return None
+        room = getattr(event, field, None)
+        return room if isinstance(room, str) else None
+
+    async def check(self, event: Event, ctx: EventContext) -> Violation | None:
+        """A violation (with ``retry_after``) when the sender wrote to the room too recently."""
+        room = self.room_of(event, ctx)
+        if room is None or ctx.connection is None:
+            return None
+        seconds = await self.store.slow_mode_delay(room)
+        if seconds is None:
+            seconds = self.default
+        if seconds <= 0:
+            return None
+        wait = await self.store.slow_mode_wait(ctx.connection.sid, room, seconds)
+        if wait <= 0:
+            return None
+        wait = round(wait + 0.0005, 3)
+        return Violation(
+            f"slow mode in room {room!r}: one message every {seconds:g} s; retry in {wait:g} s",
+            field=type(event).room_field,
+            details={"room": room, "seconds": seconds, "retry_after": wait},
+        )
+
+    async def accepted(self, event: Event, ctx: EventContext) -> None:
+        """The event passed every rule: start the room's clock for its sender."""
+        room = self.room_of(event, ctx)
+        if room is not None and ctx.connection is not None:
+            await self.store.message_sent(ctx.connection.sid, room)
+
+
+def text_fields(event: Event) -> Iterable[tuple[str, str]]:
+    """``(field, text)`` for every text field of ``event`` that holds a string."""
+    for field in type(event).text_fields:
+        text = getattr(event, field, None)
+        if isinstance(text, str):
+            yield field, text
+
+
+class MaxLengthRule:
+    """``max_length``: a text field longer than the limit (cannot mask: nothing to point at)."""
+
+    name = "max_length"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def check(self, event: Event, ctx: EventContext) -> Violation | None:
+        """A violation for the first text field over the limit."""
+        if not self.limit:
+            return None
+        for field, text in text_fields(event):
+            if len(text) > self.limit:
+                return Violation(
+                    f"{field} is {len(text)} characters long; the limit is {self.limit}",
+                    field=field, details={"limit": self.limit, "length": len(text)},
+                )
+        return None
+
+
+class BlockedWordsRule:
+    """``blocked_words``: whole words matched after folding case, accents and substitutions;
+    the spans point into the original text, so masking hits exactly the written word."""
+
+    name = "blocked_words"
+
+    def __init__(self, words: Sequence[str], substitutions: dict[str, str]) -> None:
+        self.normaliser = Normaliser(substitutions)
+        folded = sorted({self.normaliser.fold(w.strip()) for w in words if w.strip()} - {""},
+                        key=len, reverse=True)
+        # One pattern for all words: one scan per text, however many words there are.
+        self.pattern = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, folded)) + r")(?!\w)")
+                        if folded else None)
+
+    def find(self, text: str) -> list[tuple[int, int]]:
+        """Spans of blocked words in ``text`` (original indices)."""
+        if self.pattern is None:
+            return []
+        folded, index = self.normaliser.fold_mapped(text)
+        spans = []
+        for m in self.pattern.finditer(folded):
+            start = index[m.start()]
+            end = max(index[m.end() - 1] + 1, index[m.end()] if m.end() < len(index) else len(text))
+            spans.append((start, end))
+        return spans
+
+    def check(self, event: Event, ctx: EventContext) -> Violation | None:
+        """A violation for the first text field holding a blocked word, with every span in it."""
+        for field, text in text_fields(event):
+            spans = self.find(text)
+            if spans:
+                start, end = spans[0]
+                return Violation(f"{field} contains a blocked word", field=field,
+                                 spans=tuple(spans), details={"word": text[start:end]})
+        return None
