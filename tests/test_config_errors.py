@@ -190,7 +190,7 @@ def test_settings_for_unknown_plugin_name_are_refused(tmp_path: Path) -> None:
     """)
     err = check_fails(cfg)
     assert err == (f"plugbus: {cfg}:4: plugins.settings.nosuch: settings for 'nosuch', but no "
-                   f"plugin has that name (known: moderation, relay, rooms, welcome)\n")
+                   f"plugin has that name (known: auth, moderation, relay, rooms, welcome)\n")
 
 
 # 5. bad values inside a plugin's settings --------------------------------------------------

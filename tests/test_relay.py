@@ -436,13 +436,13 @@ def test_bad_relay_settings_stop_start_up_naming_plugin_and_key(tmp_path):
     [
         ("send-direct", {"message": "x"}, "to", "Field required"),
         ("send-direct", {"to": "", "message": "x"}, "to", "at least 1 character"),
-        ("send-direct", {"to": "s", "message": None}, "message", "valid string, or a JSON object or array"),
+        ("send-direct", {"to": "s", "message": None}, "message", "valid string, a JSON object or array, or binary data"),
         ("send-direct", {"to": 5, "message": "x"}, "to", "valid string"),
         ("broadcast", {}, "message", "Field required"),
-        ("broadcast", {"message": 5}, "message", "valid string, or a JSON object or array"),
+        ("broadcast", {"message": 5}, "message", "valid string, a JSON object or array, or binary data"),
         ("broadcast", {"message": "x", "include_self": "yes"}, "include_self", "valid boolean"),
         ("broadcast", {"message": "x", "everyone": True}, "everyone", "Extra inputs are not permitted"),
-        ("send-message", {"message": 1.5, "roomID": "r"}, "message", "valid string, or a JSON object"),
+        ("send-message", {"message": 1.5, "roomID": "r"}, "message", "valid string, a JSON object or array, or binary"),
         ("send-message", {"message": "x", "roomID": "r" * 257}, "roomID", "at most 256 characters"),
     ],
 )
