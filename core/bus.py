@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .backend import Backend
 from .config import Config
 from .context import Connection, EventContext, Origin
 from .errors import ConfigError, ConnectionDenied, ErrorPayload, EventDropped, NotFound, PlugbusError
@@ -32,6 +33,7 @@ class Bus:
     :ivar hooks: the typed hook caller.
     :ivar events: the registry of event schemas.
     :ivar plugins: what was loaded, in registration order.
+    :ivar backend: where shared state lives (memory, or Redis shared by several nodes).
     """
 
     def __init__(self, config: Config, loaded: LoadedPlugins) -> None:
@@ -50,6 +52,7 @@ class Bus:
             "error", ErrorPayload,
             "An event the client sent without asking for an ack was refused; says why.",
         ), owner="plugbus")
+        self.backend = Backend(config.server.backend)
         self._connections: dict[str, Connection] = {}
         self._per_address: dict[str | None, int] = {}
         self._transport: Transport | None = None
@@ -262,9 +265,16 @@ class Bus:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Run ``plugbus_startup``."""
+        """Connect the shared-state backend, then run ``plugbus_startup``.
+
+        :raises ConfigError: the backend cannot be reached.
+        """
+        await self.backend.start()
         await self.hooks.startup(self)
 
     async def stop(self) -> None:
-        """Run ``plugbus_shutdown``."""
-        await self.hooks.shutdown(self)
+        """Run ``plugbus_shutdown``, then close the backend."""
+        try:
+            await self.hooks.shutdown(self)
+        finally:
+            await self.backend.stop()

@@ -69,6 +69,10 @@ class ServerSettings(StrictModel):
     max_message_bytes: int = Field(
         1_000_000, gt=0, description="Largest Engine.IO message or HTTP body accepted."
     )
+    backend: str = Field(
+        "memory", pattern=r"^(memory|rediss?://.+|redis\+sentinel://.+)$",
+        description="Where shared state lives: memory (one process) or a Redis URL shared by several nodes.",
+    )
     chat_page: bool = Field(
         True, description="Serve the built-in chat page at / (off when you serve your own front end)."
     )

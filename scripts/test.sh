@@ -41,5 +41,9 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium
 fi
+# A real Redis for the multi-node tests (each test starts its own on a free port).
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt_install redis-server
+fi
 
 exec .venv/bin/python -m pytest "$@"
