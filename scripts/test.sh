@@ -37,6 +37,12 @@ if [ ! -d tests/interop/node_modules/socket.io-client ] \
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# Node's socket.io server, for the benchmark's smoke test (bench/).
+if [ ! -d bench/servers/node/node_modules/socket.io ] \
+   || [ bench/servers/node/package-lock.json -nt bench/servers/node/node_modules/.package-lock.json ]; then
+  (cd bench/servers/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 # A real browser for the chat page tests: Debian's chromium (Playwright drives it; no download).
 if [ ! -x /usr/bin/chromium ]; then
   apt_install chromium

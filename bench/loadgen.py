@@ -1,0 +1,800 @@
+"""plugbus's benchmark load generator: Engine.IO 4 / Socket.IO 5 over raw websockets.
+
+    python bench/loadgen.py WORKLOAD --url http://127.0.0.1:3000 [options]   -> one JSON object
+
+Every client is one websocket (``/socket.io/?EIO=4&transport=websocket``, no long-polling
+upgrade) spoken with the least parsing that still follows the protocol: the Engine.IO open
+packet ``0{...}`` is answered with the Socket.IO connect ``40``, pings ``2`` with pongs ``3``,
+events arrive as ``42[...]`` and acks as ``43<id>[...]``. Only the packets a workload measures
+are decoded, and only as far as it needs (a delivery's text ``"<seq> <t_send>"``, an ack's id).
+
+Two websocket layers, chosen with ``--ws``:
+
+* ``raw`` (default): an ``asyncio.Protocol`` on uvloop that does the HTTP upgrade and the
+  RFC 6455 framing itself (server frames are read straight out of the receive buffer; client
+  frames are masked with a per-connection key). It is the cheapest per delivery.
+* ``websockets``: the ``websockets`` package's asyncio client (one reader task per
+  connection), kept for comparison; docs/benchmarks.md says which was measured to be cheaper.
+
+Workloads (each bounded in time and in count; see ``--help`` of each):
+
+* ``fanout``: C clients in one room and one publisher (not in the room) sending
+  ``send-message``. Saturation: a closed loop keeps a window of messages not yet delivered to
+  every client, and counts deliveries/s. Sustained: an open-loop ladder of offered rates;
+  a rate is sustained when >= 97 % of its deliveries arrive and the p99 publish -> receive
+  latency is <= 50 ms (the send time travels in the message text).
+* ``echo``: K clients, each with one acked ``send-message`` in flight to a room nobody is in;
+  acks/s and round-trip p50/p99.
+* ``connect``: N clients connect (Socket.IO connected, greeting received when one is sent);
+  time to connect all, and the server's VmRSS before and after (``--server-pid``).
+* ``rest``: C clients in one room; ``POST /rooms/{room}/messages`` over one keep-alive HTTP/1.1
+  connection, one message at a time; publish -> delivery latency.
+
+With ``--server-pid`` every workload also reports the server's CPU time over its measured
+window, read from /proc. The generator reports its own CPU use (``gen_cpu``: CPU seconds per
+wall second over the measured window; 1.0 = one core saturated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a plugbus dependency on Linux
+    uvloop = None  # type: ignore[assignment]
+
+now = time.perf_counter
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+DELIVERY = b'42["receive-message",'
+
+
+# --------------------------------------------------------------------------------------------
+# measuring helpers
+
+
+def proc_cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except OSError:
+        return None
+
+
+def proc_rss_kb(pid: int | None) -> int | None:
+    """VmRSS of process ``pid`` in kB."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Window:
+    """Wall time, generator CPU and server CPU over one measured window."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.pid = server_pid
+        self.t0, self.c0, self.s0 = now(), self_cpu(), proc_cpu(server_pid)
+        self.wall = self.gen_cpu = 0.0
+        self.server_cpu: float | None = None
+
+    def close(self) -> Window:
+        self.wall = now() - self.t0
+        self.gen_cpu = (self_cpu() - self.c0) / self.wall if self.wall > 0 else 0.0
+        s1 = proc_cpu(self.pid)
+        if s1 is not None and self.s0 is not None:
+            self.server_cpu = s1 - self.s0
+        return self
+
+    def report(self, units: float, unit_name: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"wall_s": round(self.wall, 3), "gen_cpu": round(self.gen_cpu, 3)}
+        if self.server_cpu is not None:
+            out["server_cpu"] = round(self.server_cpu / self.wall, 3) if self.wall else None
+            if units:
+                out[f"server_cpu_us_per_{unit_name}"] = round(self.server_cpu / units * 1e6, 2)
+        return out
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100, nearest rank) of ``values``, or None when empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]
+
+
+def ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# the client: Engine.IO / Socket.IO over a websocket
+
+
+class Client:
+    """One Socket.IO client; subclasses supply the websocket (``_send_frame``)."""
+
+    def __init__(self) -> None:
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_event: Callable[[Client, bytes], None] | None = None
+        self.on_ack: Callable[[Client, int, bytes], None] | None = None
+        self.acks: dict[int, asyncio.Future[bytes]] = {}
+        self.next_id = 0
+        self.closed = False
+        self.events = 0  # events received that nobody handled (greetings)
+
+    # -- Engine.IO / Socket.IO packets ------------------------------------------------------
+    def on_message(self, payload: bytes) -> None:
+        """One Engine.IO packet (a whole websocket message) arrived."""
+        if payload[:2] == b"42":
+            if self.on_event is not None:
+                self.on_event(self, payload)
+            else:
+                self.events += 1
+            return
+        kind = payload[:1]
+        if kind == b"4":
+            sio = payload[1:2]
+            if sio == b"3":
+                j = payload.index(b"[", 2)
+                ack_id = int(payload[2:j])
+                if self.on_ack is not None:
+                    self.on_ack(self, ack_id, payload)
+                    return
+                fut = self.acks.pop(ack_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(payload[j:])
+            elif sio == b"0":
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            elif sio == b"4":
+                if not self.ready.done():
+                    self.ready.set_exception(ConnectionError(f"connect_error: {payload[2:200]!r}"))
+        elif kind == b"2":
+            self.send(b"3")
+        elif kind == b"0":
+            self.send(b"40")
+        elif kind == b"1":
+            self.lost(ConnectionError("engine.io close"))
+
+    def lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(exc or ConnectionError("connection closed"))
+        for fut in self.acks.values():
+            if not fut.done():
+                fut.set_exception(exc or ConnectionError("connection closed"))
+        self.acks.clear()
+
+    def send(self, text: bytes) -> None:
+        self._send_frame(text)
+
+    def emit(self, event: str, data: Any, ack_id: int | None = None) -> None:
+        body = json.dumps([event, data], separators=(",", ":")).encode()
+        self._send_frame(b"42" + (str(ack_id).encode() if ack_id is not None else b"") + body)
+
+    def call(self, event: str, data: Any) -> asyncio.Future[bytes]:
+        """Emit with an ack; the future gets the ack's argument list (raw JSON bytes)."""
+        self.next_id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.acks[self.next_id] = fut
+        self.emit(event, data, self.next_id)
+        return fut
+
+    def _send_frame(self, payload: bytes) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class RawClient(Client, asyncio.Protocol):
+    """The websocket done by hand on an asyncio transport (uvloop's when installed)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        Client.__init__(self)
+        self.host, self.port = host, port
+        self.transport: asyncio.Transport | None = None
+        self.head: bytes | None = b""  # the HTTP response head until the upgrade is done
+        self.buf = b""
+        self.frag: bytes | None = None
+        self.mask = os.urandom(4)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(  # type: ignore[union-attr]
+            f"GET {SIO_PATH} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            .encode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head is not None:
+            head = self.head + data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                self.head = head
+                return
+            if b" 101 " not in head[:head.find(b"\r\n")]:
+                self.lost(ConnectionError(f"upgrade refused: {head[:200]!r}"))
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            self.head = None
+            data = head[end + 4:]
+        if self.buf:
+            data = self.buf + data
+        n = len(data)
+        off = 0
+        on_message = self.on_message
+        while n - off >= 2:
+            b0 = data[off]
+            ln = data[off + 1] & 0x7F
+            h = off + 2
+            if ln == 126:
+                if n - off < 4:
+                    break
+                ln = (data[off + 2] << 8) | data[off + 3]
+                h = off + 4
+            elif ln == 127:
+                if n - off < 10:
+                    break
+                ln = int.from_bytes(data[off + 2:off + 10], "big")
+                h = off + 10
+            end = h + ln
+            if end > n:
+                break
+            payload = data[h:end]
+            off = end
+            op = b0 & 0x0F
+            if op == 1 or op == 2:
+                if b0 & 0x80:
+                    on_message(payload)
+                else:
+                    self.frag = payload
+            elif op == 0:
+                self.frag = (self.frag or b"") + payload
+                if b0 & 0x80:
+                    whole, self.frag = self.frag, None
+                    on_message(whole)
+            elif op == 9:
+                self._frame(0x8A, payload)
+            elif op == 8:
+                self._frame(0x88, payload[:2])
+                self.transport.close()  # type: ignore[union-attr]
+                break
+        self.buf = data[off:] if off < n else b""
+
+    def _frame(self, first: int, payload: bytes) -> None:
+        n = len(payload)
+        if n < 126:
+            head = bytes((first, 0x80 | n))
+        elif n < 65536:
+            head = bytes((first, 0xFE)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((first, 0xFF)) + n.to_bytes(8, "big")
+        key = (self.mask * ((n >> 2) + 1))[:n]
+        masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+        if not self.closed:
+            self.transport.write(head + self.mask + masked)  # type: ignore[union-attr]
+
+    def _send_frame(self, payload: bytes) -> None:
+        self._frame(0x81, payload)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class LibClient(Client):
+    """The ``websockets`` package's asyncio client, for comparison with :class:`RawClient`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ws: Any = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def start(self, url: str) -> None:
+        from websockets.asyncio.client import connect
+
+        self.ws = await connect(url, compression=None, max_size=None, ping_interval=None,
+                                open_timeout=30, close_timeout=1)
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                self.on_message(await self.ws.recv(decode=False))
+        except Exception as exc:  # noqa: BLE001 - any end of the connection ends the client
+            self.lost(exc)
+
+    def _send_frame(self, payload: bytes) -> None:
+        if not self.closed:
+            # websockets sends a bytes-like as a binary frame; Engine.IO needs text frames.
+            asyncio.ensure_future(self.ws.send(payload.decode()))
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.ws is not None:
+            self.ws.transport.close()
+
+
+class Target:
+    def __init__(self, url: str, ws: str) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.ws = ws
+
+    async def client(self, timeout: float = 30.0) -> Client:
+        """One connected Socket.IO client (its ``40`` arrived)."""
+        loop = asyncio.get_running_loop()
+        if self.ws == "raw":
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: RawClient(self.host, self.port), self.host, self.port),
+                timeout)
+            client: Client = proto
+        else:
+            client = LibClient()
+            await asyncio.wait_for(client.start(f"ws://{self.host}:{self.port}{SIO_PATH}"), timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(client.ready), timeout)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def clients(self, n: int, concurrency: int = 100, room: str | None = None,
+                      timeout: float = 60.0) -> list[Client]:
+        """``n`` connected clients, ``concurrency`` handshakes at a time; joined to ``room``."""
+        sem = asyncio.Semaphore(concurrency)
+        out: list[Client] = []
+
+        async def one() -> None:
+            async with sem:
+                c = await self.client()
+                out.append(c)
+                if room is not None:
+                    await asyncio.wait_for(c.call("join-room", {"room": room}), 30)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), timeout)
+        except BaseException:
+            for c in out:
+                c.close()
+            raise
+        return out
+
+
+def close_all(clients: list[Client]) -> None:
+    for c in clients:
+        c.close()
+
+
+# --------------------------------------------------------------------------------------------
+# (A) fan-out
+
+
+class FanoutReceiver:
+    """Counts deliveries per message and records publish -> receive latencies."""
+
+    def __init__(self, clients: int, max_messages: int) -> None:
+        self.c = clients
+        self.counts = [0] * max_messages
+        self.t_recv_last = [0.0] * max_messages
+        self.latencies: list[float] = []
+        self.record = True
+        self.total = 0
+        self.done_upto = 0  # messages 0..done_upto-1 reached every client
+        self.waiter: asyncio.Future[None] | None = None
+        self.bad = 0
+
+    def __call__(self, client: Client, payload: bytes) -> None:
+        if payload[:21] != DELIVERY:
+            client.events += 1
+            return
+        t = now()
+        try:
+            seq_s, ts_s = payload[22:-2].split(b" ", 1)
+            seq = int(seq_s)
+            self.counts[seq] += 1
+        except (ValueError, IndexError):
+            self.bad += 1
+            return
+        self.total += 1
+        if self.record:
+            self.latencies.append(t - float(ts_s))
+        if self.counts[seq] == self.c:
+            self.t_recv_last[seq] = t
+            if seq >= self.done_upto:
+                self.done_upto = seq + 1
+                w = self.waiter
+                if w is not None and not w.done():
+                    w.set_result(None)
+
+
+def message_text(seq: int) -> str:
+    return f"{seq} {now():.7f}"
+
+
+async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    c = args.clients
+    max_messages = args.max_messages
+    recv = FanoutReceiver(c, max_messages)
+    t_conn = now()
+    clients = await target.clients(c, room=args.room, timeout=args.connect_timeout)
+    connect_s = now() - t_conn
+    for cl in clients:
+        cl.on_event = recv
+    pub = await target.client()
+    refused: list[bytes] = []
+
+    def on_publisher_event(client: Client, payload: bytes) -> None:
+        if payload.startswith(b'42["error"'):
+            refused.append(payload)
+
+    pub.on_event = on_publisher_event
+    seq = 0
+    out: dict[str, Any] = {"workload": "fanout", "clients": c, "connect_s": round(connect_s, 3)}
+    loop = asyncio.get_running_loop()
+
+    def send(n: int) -> None:
+        pub.emit("send-message", {"message": message_text(n), "roomID": args.room})
+
+    try:
+        # -- saturation: closed loop, a window of messages in flight -------------------------
+        window = max(2, args.window_deliveries // c)
+        recv.record = False
+        stalled = False
+
+        async def saturate(seconds: float) -> int:
+            nonlocal seq, stalled
+            end = now() + seconds
+            while now() < end and seq < max_messages:
+                while seq - recv.done_upto < window and seq < max_messages:
+                    send(seq)
+                    seq += 1
+                recv.waiter = loop.create_future()
+                try:
+                    await asyncio.wait_for(recv.waiter, args.stall_timeout)
+                except TimeoutError:
+                    stalled = True
+                    return seq
+            return seq
+
+        await saturate(args.warmup)
+        d0 = recv.total
+        win = Window(args.server_pid)
+        s0 = seq
+        await saturate(args.duration)
+        d1 = recv.total
+        win.close()
+        delivered = d1 - d0
+        out["saturation"] = {
+            "window_messages": window,
+            "messages": seq - s0,
+            "deliveries": delivered,
+            "deliveries_per_s": round(delivered / win.wall, 1),
+            "stalled": stalled,
+            **win.report(delivered, "delivery"),
+        }
+        # let the tail drain before the ladder; then count what never arrived
+        deadline = now() + args.stall_timeout
+        while recv.done_upto < seq and now() < deadline:
+            await asyncio.sleep(0.01)
+        sent = seq - s0
+        out["saturation"]["delivered_frac"] = round(sum(recv.counts[s0:seq]) / (sent * c), 4) if sent else None
+        out["saturation"]["refused"] = len(refused)
+
+        # -- sustained: open-loop ladder of offered rates ---------------------------------------
+        steps: list[dict[str, Any]] = []
+        recv.record = True
+
+        async def step(rate: float) -> dict[str, Any]:
+            nonlocal seq
+            msgs_per_s = rate / c
+            n = max(args.min_step_messages, int(round(msgs_per_s * args.step_seconds)))
+            if seq + n > max_messages:
+                return {"offered_per_s": rate, "skipped": "message budget spent"}
+            first = seq
+            recv.latencies = []
+            win = Window(args.server_pid)
+            t0 = now()
+            for i in range(n):
+                due = t0 + i / msgs_per_s
+                d = due - now()
+                if d > 0:
+                    await asyncio.sleep(d)
+                send(seq)
+                seq += 1
+            send_s = now() - t0
+            deadline = now() + args.grace
+            while recv.done_upto < seq and now() < deadline:
+                await asyncio.sleep(0.005)
+            win.close()
+            got = sum(recv.counts[first:seq])
+            lat = recv.latencies
+            p99 = pct(lat, 99)
+            frac = got / (n * c)
+            # n messages take n intervals of 1/msgs_per_s (the last one's interval ends after it)
+            achieved = n / (send_s + 1 / msgs_per_s) * c
+            ok = frac >= 0.97 and p99 is not None and p99 <= 0.050 and achieved >= 0.9 * rate
+            return {"offered_per_s": rate, "achieved_per_s": round(achieved, 1), "messages": n,
+                    "delivered_frac": round(frac, 4), "p50_ms": ms(pct(lat, 50)), "p99_ms": ms(p99),
+                    "max_ms": ms(max(lat) if lat else None), "ok": ok, **win.report(got, "delivery")}
+
+        best = 0.0
+        first_fail: float | None = None
+        for rate in args.ladder:
+            if rate < c:  # less than one message a second: not a fan-out rate
+                continue
+            r = await step(float(rate))
+            steps.append(r)
+            if r.get("skipped"):
+                break
+            if r["ok"]:
+                best = float(rate)
+            else:
+                first_fail = float(rate)
+                break
+            # settle: everything from this step delivered, or a short wait
+            deadline = now() + 1.0
+            while recv.done_upto < seq and now() < deadline:
+                await asyncio.sleep(0.01)
+        lo = best
+        for _ in range(args.refine if first_fail is not None else 0):
+            hi = first_fail
+            mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+            if mid < c or hi / max(lo, 1) < 1.15:
+                break
+            mid = float(round(mid, -2) if mid >= 1000 else round(mid))
+            deadline = now() + 2.0
+            while recv.done_upto < seq and now() < deadline:
+                await asyncio.sleep(0.01)
+            r = await step(mid)
+            steps.append(r)
+            if r.get("skipped"):
+                break
+            if r["ok"]:
+                lo = best = max(best, mid)
+            else:
+                first_fail = mid
+        out["sustained"] = {"best_per_s": best, "steps": steps,
+                            "criteria": ">=97% delivered, p99 <= 50 ms, offered rate achieved"}
+        out["bad_payloads"] = recv.bad
+        out["refused"] = len(refused)
+        if refused:
+            out["refused_example"] = refused[0][:300].decode(errors="replace")
+    finally:
+        pub.close()
+        close_all(clients)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# (B) echo
+
+
+async def echo(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    k = args.clients
+    clients = await target.clients(k, timeout=args.connect_timeout)
+    sent_at: dict[Client, float] = {}
+    rtts: list[float] = []
+    state = {"acks": 0, "record": False, "stop": False}
+    body = {"message": "ping", "roomID": args.room}
+
+    def fire(cl: Client) -> None:
+        cl.next_id += 1
+        sent_at[cl] = now()
+        cl.emit("send-message", body, cl.next_id)
+
+    def on_ack(cl: Client, ack_id: int, payload: bytes) -> None:
+        t = now()
+        if b'"ok":true' not in payload:
+            state["bad"] = state.get("bad", 0) + 1
+        state["acks"] += 1
+        if state["record"]:
+            rtts.append(t - sent_at[cl])
+        if not state["stop"]:
+            fire(cl)
+
+    try:
+        for cl in clients:
+            cl.on_ack = on_ack
+            fire(cl)
+        await asyncio.sleep(args.warmup)
+        a0 = state["acks"]
+        state["record"] = True
+        win = Window(args.server_pid)
+        await asyncio.sleep(args.duration)
+        a1 = state["acks"]
+        win.close()
+        state["record"] = False
+        state["stop"] = True
+        acks = a1 - a0
+        return {"workload": "echo", "clients": k, "acks": acks,
+                "acks_per_s": round(acks / win.wall, 1), "rtt_p50_ms": ms(pct(rtts, 50)),
+                "rtt_p99_ms": ms(pct(rtts, 99)), "refused": state.get("bad", 0),
+                **win.report(acks, "ack")}
+    finally:
+        close_all(clients)
+
+
+# --------------------------------------------------------------------------------------------
+# (C) connections
+
+
+async def connect(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    n = args.clients
+    pid = args.server_pid
+    rss0 = proc_rss_kb(pid)
+    win = Window(pid)
+    clients = await target.clients(n, concurrency=args.concurrency, timeout=args.connect_timeout)
+    win.close()
+    await asyncio.sleep(args.settle)  # greetings delivered, buffers settled
+    rss1 = proc_rss_kb(pid)
+    alive = sum(not c.closed for c in clients)
+    out: dict[str, Any] = {"workload": "connect", "clients": n, "alive": alive,
+                           "connect_s": round(win.wall, 3),
+                           "connects_per_s": round(n / win.wall, 1),
+                           "greetings": sum(c.events for c in clients),
+                           **win.report(n, "connection")}
+    if rss0 is not None and rss1 is not None:
+        out.update({"rss_before_kb": rss0, "rss_after_kb": rss1,
+                    "rss_per_conn_kb": round((rss1 - rss0) / n, 2)})
+    close_all(clients)
+    await asyncio.sleep(0.2)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# (D) REST publish -> delivery
+
+
+async def rest(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    c = args.clients
+    recv = FanoutReceiver(c, args.messages + 1)
+    clients = await target.clients(c, room=args.room, timeout=args.connect_timeout)
+    for cl in clients:
+        cl.on_event = recv
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    post_ms: list[float] = []
+    last_ms: list[float] = []
+    statuses: dict[int, int] = {}
+    loop = asyncio.get_running_loop()
+    try:
+        win = Window(args.server_pid)
+        for seq in range(args.messages):
+            body = json.dumps({"message": message_text(seq)}).encode()
+            t0 = now()
+            writer.write(
+                f"POST /rooms/{args.room}/messages HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            status = int(head.split(b" ", 2)[1])
+            statuses[status] = statuses.get(status, 0) + 1
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+            post_ms.append(now() - t0)
+            deadline = now() + args.stall_timeout
+            while recv.counts[seq] < c and now() < deadline:
+                recv.waiter = loop.create_future()
+                try:
+                    await asyncio.wait_for(recv.waiter, max(0.001, deadline - now()))
+                except TimeoutError:
+                    break
+            if recv.counts[seq] == c:
+                last_ms.append(recv.t_recv_last[seq] - t0)
+            await asyncio.sleep(args.gap)
+        win.close()
+        deliveries = sum(recv.counts[: args.messages])
+        lat = recv.latencies
+        return {"workload": "rest", "clients": c, "messages": args.messages, "statuses": statuses,
+                "delivered_frac": round(deliveries / (c * args.messages), 4),
+                "post_p50_ms": ms(pct(post_ms, 50)),
+                "delivery_p50_ms": ms(pct(lat, 50)), "delivery_p99_ms": ms(pct(lat, 99)),
+                "last_p50_ms": ms(pct(last_ms, 50)), "last_p99_ms": ms(pct(last_ms, 99)),
+                **win.report(deliveries, "delivery")}
+    finally:
+        writer.close()
+        close_all(clients)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+WORKLOADS = {"fanout": fanout, "echo": echo, "connect": connect, "rest": rest}
+DEFAULT_LADDER = [1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 400000]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="plugbus benchmark load generator (prints one JSON object)")
+    p.add_argument("workload", choices=sorted(WORKLOADS))
+    p.add_argument("--url", default="http://127.0.0.1:3000")
+    p.add_argument("--ws", choices=["raw", "websockets"], default="raw")
+    p.add_argument("--server-pid", type=int, help="read this process's CPU and VmRSS from /proc")
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--room", default=None, help="default: bench (echo: a room nobody is in)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds (fanout, echo)")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--window-deliveries", type=int, default=10000,
+                   help="fanout saturation: deliveries in flight (window = this / clients messages)")
+    p.add_argument("--max-messages", type=int, default=200_000, help="fanout: messages at most")
+    p.add_argument("--ladder", type=lambda s: [int(x) for x in s.split(",")], default=DEFAULT_LADDER,
+                   help="fanout: offered deliveries/s to try, ascending")
+    p.add_argument("--step-seconds", type=float, default=3.0)
+    p.add_argument("--min-step-messages", type=int, default=3,
+                   help="fanout: a ladder step sends at least this many messages")
+    p.add_argument("--grace", type=float, default=1.0, help="seconds a step waits for its last deliveries")
+    p.add_argument("--refine", type=int, default=2, help="fanout: bisection steps after the ladder")
+    p.add_argument("--stall-timeout", type=float, default=5.0)
+    p.add_argument("--connect-timeout", type=float, default=120.0)
+    p.add_argument("--concurrency", type=int, default=100, help="connect: handshakes in flight")
+    p.add_argument("--settle", type=float, default=1.0, help="connect: seconds before reading VmRSS")
+    p.add_argument("--messages", type=int, default=30, help="rest: POSTs")
+    p.add_argument("--gap", type=float, default=0.02, help="rest: seconds between POSTs")
+    p.add_argument("--deadline", type=float, default=600.0, help="give up after this many seconds")
+    return p
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    if args.room is None:
+        args.room = "echo-nobody" if args.workload == "echo" else "bench"
+    target = Target(args.url, args.ws)
+    result = await asyncio.wait_for(WORKLOADS[args.workload](target, args), args.deadline)
+    result["ws"] = args.ws
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+    if uvloop is not None:
+        result = uvloop.run(amain(args))
+    else:  # pragma: no cover
+        result = asyncio.run(amain(args))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
