@@ -121,6 +121,15 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
 
     app = create_app(loaded)
+    if app.bus.backend.shared:
+        # Fail before serving, with one clear line, when the shared backend is unreachable.
+        import asyncio
+
+        async def _probe() -> None:
+            await app.bus.backend.start()
+            await app.bus.backend.stop()
+
+        asyncio.run(_probe())
     log.info("plugbus %r with config %s; plugins: %s", server.name, loaded.path,
              ", ".join(p.name for p in app.bus.plugins) or "none")
     uv_config = uvicorn.Config(

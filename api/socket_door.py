@@ -51,7 +51,12 @@ class PlugbusSocketServer(socketio.AsyncServer):
     def __init__(self, bus: Bus, config: Config) -> None:
         server = config.server
         cors = server.cors
+        manager = None
+        if bus.backend.shared:
+            # python-socketio's own Redis manager fans every emit out to all nodes.
+            manager = socketio.AsyncRedisManager(bus.backend.url, channel=bus.backend.key("socketio", server.namespace))
         super().__init__(
+            client_manager=manager,
             async_mode="asgi",
             async_handlers=False,
             namespaces=[server.namespace],

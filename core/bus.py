@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from .backend import Backend
+from .presence import LocalPresence, RedisPresence
 from .config import Config
 from .context import Connection, EventContext, Origin
 from .errors import ConfigError, ConnectionDenied, ErrorPayload, EventDropped, NotFound, PlugbusError
@@ -53,6 +54,7 @@ class Bus:
             "An event the client sent without asking for an ack was refused; says why.",
         ), owner="plugbus")
         self.backend = Backend(config.server.backend)
+        self.presence: LocalPresence = LocalPresence(self)
         self._connections: dict[str, Connection] = {}
         self._per_address: dict[str | None, int] = {}
         self._transport: Transport | None = None
@@ -138,6 +140,7 @@ class Bus:
             return False  # a connection is always in its own id room
         await self.hooks.authorize_join(connection, room, self)
         await self.transport.enter_room(sid, room)
+        await self.presence.joined(connection, room)
         await self.hooks.room_joined(connection, room, self)
         return True
 
@@ -151,6 +154,7 @@ class Bus:
         if room == sid or not self.transport.is_member(sid, room):
             return False  # nobody leaves its own id room
         await self.transport.leave_room(sid, room)
+        await self.presence.left(connection, room)
         await self.hooks.room_left(connection, room, self)
         return True
 
@@ -251,16 +255,22 @@ class Bus:
         return connection
 
     async def connection_ready(self, sid: str) -> None:
-        """Run ``plugbus_connected`` once the client knows it is connected; socket door only."""
+        """Record the connection in presence and run ``plugbus_connected`` once the client
+        knows it is connected; socket door only."""
         connection = self._connections.get(sid)
         if connection is not None:
+            await self.presence.connected(connection)
             await self.hooks.connected(connection, self)
 
     async def close_connection(self, sid: str, reason: str) -> None:
         """Run ``plugbus_disconnect`` and forget the connection; called by the socket door."""
+        rooms = self.transport.rooms_of(sid) if sid in self._connections else []
         connection = self._forget(sid)
         if connection is not None:
-            await self.hooks.disconnect(connection, reason, self)
+            try:
+                await self.hooks.disconnect(connection, reason, self)
+            finally:
+                await self.presence.disconnected(connection, rooms)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -270,6 +280,9 @@ class Bus:
         :raises ConfigError: the backend cannot be reached.
         """
         await self.backend.start()
+        if self.backend.shared:
+            self.presence = RedisPresence(self, ttl=self.config.server.presence_ttl)
+        await self.presence.start()
         await self.hooks.startup(self)
 
     async def stop(self) -> None:
@@ -277,4 +290,5 @@ class Bus:
         try:
             await self.hooks.shutdown(self)
         finally:
+            await self.presence.stop()
             await self.backend.stop()

@@ -73,6 +73,9 @@ class ServerSettings(StrictModel):
         "memory", pattern=r"^(memory|rediss?://.+|redis\+sentinel://.+)$",
         description="Where shared state lives: memory (one process) or a Redis URL shared by several nodes.",
     )
+    presence_ttl: float = Field(
+        30, ge=3, description="Seconds a node's presence entries outlive it (shared backend only).",
+    )
     chat_page: bool = Field(
         True, description="Serve the built-in chat page at / (off when you serve your own front end)."
     )

@@ -238,7 +238,7 @@ class RelayPlugin(Plugin):
         return {"id": message_id, "room": room, "recipients": recipients}
 
     async def _to_connection(self, event: SendDirect, ctx: EventContext, message_id: str) -> dict[str, Any]:
-        if ctx.bus.connection(event.to) is None:
+        if not await ctx.bus.presence.is_connected(event.to):  # on any node
             raise NotFound(f"no connection with id {event.to!r}", details={"sid": event.to, "field": "to"})
         await self._emit(ctx, message_id, event.message, to=event.to)
         return {"id": message_id, "to": event.to, "recipients": 1}

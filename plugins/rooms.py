@@ -255,18 +255,15 @@ class RoomsPlugin(Plugin):
                          "rooms": len(current)})
         return await bus.join(sid, room)
 
-    def members(self, bus: Bus, room: str) -> dict[str, Any]:
-        """Who is in ``room`` on this node (``{room, count, members}``); empty if nobody is.
+    async def members(self, bus: Bus, room: str) -> dict[str, Any]:
+        """Who is in ``room`` (``{room, count, members}``), on every node when the backend is
+        shared; empty if nobody is.
 
         :raises NotAllowed: ``room`` is the id of a live connection.
         """
         _refuse_connection_id(bus, room)
-        members = []
-        for sid in bus.members(room):
-            connection = bus.connection(sid)
-            identity = connection.identity if connection is not None else None
-            members.append({"sid": sid, "user_id": identity.user_id if identity else None,
-                            "name": identity.name if identity else None})
+        members = [{"sid": m.sid, "user_id": m.user_id, "name": m.name}
+                   for m in await bus.presence.members(room)]
         return {"room": room, "count": len(members), "members": members}
 
     async def _notify(self, bus: Bus, event: str, connection: Connection, room: str, count: int) -> None:
@@ -301,7 +298,7 @@ class RoomsPlugin(Plugin):
         :raises InvalidPayload, NotAllowed: a refused join (see :meth:`join`).
         """
         if isinstance(event, ListMembers):
-            return self.members(ctx.bus, event.room)
+            return await self.members(ctx.bus, event.room)
         if not isinstance(event, JoinRoom | LeaveRoom | MyRooms):
             return None
         if ctx.connection is None:
@@ -323,14 +320,16 @@ class RoomsPlugin(Plugin):
         """Called after any join (socket or REST); with ``notify_membership`` on, sends
         ``joined_event`` to the room's other members. Returns nothing."""
         if self.settings.notify_membership:
-            await self._notify(bus, self.settings.joined_event, connection, room, bus.room_size(room))
+            await self._notify(bus, self.settings.joined_event, connection, room,
+                               await bus.presence.count(room))
 
     @hookimpl
     async def plugbus_room_left(self, connection: Connection, room: str, bus: Bus) -> None:
         """Called after any leave (socket or REST); with ``notify_membership`` on, sends
         ``left_event`` to the room's remaining members. Returns nothing."""
         if self.settings.notify_membership:
-            await self._notify(bus, self.settings.left_event, connection, room, bus.room_size(room))
+            await self._notify(bus, self.settings.left_event, connection, room,
+                               await bus.presence.count(room))
 
     @hookimpl
     async def plugbus_disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
@@ -339,7 +338,7 @@ class RoomsPlugin(Plugin):
         if not self.settings.notify_membership:
             return
         for room in bus.rooms_of(connection.sid):
-            count = max(bus.room_size(room) - 1, 0)  # it is still counted until it is dropped
+            count = max(await bus.presence.count(room) - 1, 0)  # still counted until dropped
             await self._notify(bus, self.settings.left_event, connection, room, count)
 
     @hookimpl
@@ -347,13 +346,15 @@ class RoomsPlugin(Plugin):
         """Called once at start-up: the REST routes (see the module docstring). Reading needs
         the ``read`` API-key scope, changing membership ``admin`` (when REST keys are checked)."""
 
-        def list_rooms(req: RouteRequest) -> list[dict[str, Any]]:
-            """Every room with members on this node, with its member count, sorted by name."""
-            return [{"room": room, "count": count} for room, count in sorted(bus.rooms().items())]
+        async def list_rooms(req: RouteRequest) -> list[dict[str, Any]]:
+            """Every room with members (on every node when the backend is shared), with its
+            member count, sorted by name."""
+            rooms = await bus.presence.rooms()
+            return [{"room": room, "count": count} for room, count in sorted(rooms.items())]
 
-        def get_room(req: RouteRequest) -> dict[str, Any]:
+        async def get_room(req: RouteRequest) -> dict[str, Any]:
             """The members of one room (an empty list for a room nobody is in)."""
-            return self.members(bus, req.path_params["room"])
+            return await self.members(bus, req.path_params["room"])
 
         async def put_member(req: RouteRequest) -> dict[str, Any]:
             """Put a connection into a room (a server-side join: same rules, same notices)."""

@@ -1,0 +1,191 @@
+"""Who is connected and who is in which room — on this node, or across every node.
+
+python-socketio keeps room membership per process (``get_participants`` is local by design),
+so cluster-wide presence is plugbus's own: :class:`LocalPresence` answers from this node's
+socket server, :class:`RedisPresence` from Redis, where every node writes its connections and
+memberships. A node's entries carry a time-to-live it keeps refreshing, so the connections of
+a node that crashed disappear by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .context import Connection
+
+log = logging.getLogger("plugbus.presence")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One connection in a room, as presence reports it."""
+
+    sid: str
+    user_id: str | None = None
+    name: str | None = None
+
+
+class LocalPresence:
+    """Presence of this node only: the memory backend, where this node is everybody."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    async def start(self) -> None:
+        """Begin (nothing to do in memory)."""
+
+    async def stop(self) -> None:
+        """End (nothing to do in memory)."""
+
+    async def connected(self, connection: Connection) -> None:
+        """Record a new connection."""
+
+    async def disconnected(self, connection: Connection, rooms: list[str]) -> None:
+        """Forget a connection and its memberships."""
+
+    async def joined(self, connection: Connection, room: str) -> None:
+        """Record that ``connection`` joined ``room``."""
+
+    async def left(self, connection: Connection, room: str) -> None:
+        """Record that ``connection`` left ``room``."""
+
+    def _member(self, sid: str) -> Member:
+        connection = self._bus.connection(sid)
+        identity = connection.identity if connection is not None else None
+        return Member(sid, identity.user_id if identity else None, identity.name if identity else None)
+
+    async def rooms(self) -> dict[str, int]:
+        """Every named room with its member count."""
+        return self._bus.rooms()
+
+    async def members(self, room: str) -> list[Member]:
+        """The connections in ``room``."""
+        return [self._member(sid) for sid in self._bus.members(room)]
+
+    async def count(self, room: str) -> int:
+        """How many connections are in ``room``."""
+        return self._bus.room_size(room)
+
+    async def is_connected(self, sid: str) -> bool:
+        """True when connection ``sid`` is live."""
+        return self._bus.connection(sid) is not None
+
+
+class RedisPresence(LocalPresence):
+    """Presence shared by every node through Redis.
+
+    Keys (under ``plugbus:presence:``): ``conn:<sid>`` a hash ``{node, user_id, name}`` with a
+    TTL the node refreshes every third of it; ``room:<room>`` a set of sids; ``rooms`` the set
+    of room names. Members whose ``conn`` key has expired (their node crashed) are dropped as
+    they are found. The refresh writes the node's whole state again, so presence also comes
+    back by itself after Redis restarted empty.
+    """
+
+    def __init__(self, bus: Bus, ttl: float) -> None:
+        super().__init__(bus)
+        self._redis: Any = bus.backend.redis
+        self._node = bus.backend.node_id
+        self._ttl = max(1, int(ttl))
+        self._task: asyncio.Task[None] | None = None
+
+    def _key(self, *parts: str) -> str:
+        return self._bus.backend.key("presence", *parts)
+
+    async def start(self) -> None:
+        """Start refreshing this node's entries every third of the TTL."""
+        self._task = asyncio.create_task(self._heartbeat(), name="plugbus-presence-heartbeat")
+
+    async def stop(self) -> None:
+        """Stop refreshing and remove this node's entries."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            for connection in self._bus.connections():
+                await self.disconnected(connection, self._bus.rooms_of(connection.sid))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                await self._assert_local_state()
+            except Exception as exc:  # Redis away: keep trying; our entries expire meanwhile
+                log.warning("presence heartbeat failed: %s", exc)
+
+    async def _assert_local_state(self) -> None:
+        """Write this node's connections and memberships again, with a fresh TTL (idempotent)."""
+        connections = self._bus.connections()
+        if not connections:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for connection in connections:
+            self._write_connection(pipe, connection)
+            for room in self._bus.rooms_of(connection.sid):
+                pipe.sadd(self._key("room", room), connection.sid)
+                pipe.sadd(self._key("rooms"), room)
+        await pipe.execute()
+
+    def _write_connection(self, pipe: Any, connection: Connection) -> None:
+        identity = connection.identity
+        mapping = {"node": self._node, "user_id": identity.user_id if identity else "",
+                   "name": (identity.name or "") if identity else ""}
+        pipe.hset(self._key("conn", connection.sid), mapping=mapping)
+        pipe.expire(self._key("conn", connection.sid), self._ttl)
+
+    async def connected(self, connection: Connection) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        self._write_connection(pipe, connection)
+        await pipe.execute()
+
+    async def disconnected(self, connection: Connection, rooms: list[str]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(self._key("conn", connection.sid))
+        for room in rooms:
+            pipe.srem(self._key("room", room), connection.sid)
+        await pipe.execute()
+
+    async def joined(self, connection: Connection, room: str) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sadd(self._key("room", room), connection.sid)
+        pipe.sadd(self._key("rooms"), room)
+        await pipe.execute()
+
+    async def left(self, connection: Connection, room: str) -> None:
+        await self._redis.srem(self._key("room", room), connection.sid)
+
+    async def members(self, room: str) -> list[Member]:
+        sids = sorted(await self._redis.smembers(self._key("room", room)))
+        if not sids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hgetall(self._key("conn", sid))
+        infos = await pipe.execute()
+        gone = [sid for sid, info in zip(sids, infos, strict=True) if not info]
+        if gone:  # a crashed node's connections: their entries expired
+            await self._redis.srem(self._key("room", room), *gone)
+        return [Member(sid, info.get("user_id") or None, info.get("name") or None)
+                for sid, info in zip(sids, infos, strict=True) if info]
+
+    async def count(self, room: str) -> int:
+        return len(await self.members(room))
+
+    async def rooms(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for room in sorted(await self._redis.smembers(self._key("rooms"))):
+            count = await self.count(room)
+            if count:
+                out[room] = count
+            else:
+                await self._redis.srem(self._key("rooms"), room)
+        return out
+
+    async def is_connected(self, sid: str) -> bool:
+        return bool(await self._redis.exists(self._key("conn", sid)))

@@ -1,0 +1,121 @@
+"""Several plugbus nodes sharing rooms and presence through a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from conftest import RedisServer, free_port
+
+
+def cluster_config(redis: RedisServer, **server) -> dict:
+    return {"server": {"backend": redis.url, "presence_ttl": 3, **server}}
+
+
+@pytest.fixture
+def two_nodes(serve, redis_server):
+    return serve(cluster_config(redis_server)), serve(cluster_config(redis_server))
+
+
+async def room_view(server, room: str) -> dict:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        return (await http.get(f"/rooms/{room}")).json()
+
+
+async def test_room_messages_cross_nodes_over_socket_and_rest(two_nodes, connect):
+    a, b = two_nodes
+    on_a = await connect(a, wait_welcome=True)
+    on_b = await connect(b, transports=["polling"], wait_welcome=True)
+    outsider = await connect(b, wait_welcome=True)
+    await on_a.call("join-room", {"room": "shared"})
+    await on_b.call("join-room", {"room": "shared"})
+    await on_a.call("send-message", {"message": "from A", "roomID": "shared"})
+    assert await on_b.wait_for("receive-message") == ["from A"]
+    assert await on_a.wait_for("receive-message") == ["from A"]
+    async with httpx.AsyncClient(base_url=b.url) as http:
+        resp = await http.post("/rooms/shared/messages", json={"message": "REST on B"})
+    assert resp.status_code == 200
+    assert await on_a.wait_for("receive-message", count=2) == ["from A", "REST on B"]
+    await asyncio.sleep(0.3)
+    assert outsider.received("receive-message") == []
+
+
+async def test_direct_message_reaches_a_connection_on_the_other_node(two_nodes, connect):
+    a, b = two_nodes
+    sender = await connect(a, wait_welcome=True)
+    target = await connect(b, wait_welcome=True)
+    ack = await sender.call("send-direct", {"to": target.sio.get_sid(), "message": "psst"})
+    assert ack["ok"] is True, ack
+    assert await target.wait_for("receive-message") == ["psst"]
+    missing = await sender.call("send-direct", {"to": "no-such-sid", "message": "x"})
+    assert missing["error"]["code"] == "not_found"
+
+
+async def test_presence_is_the_same_on_every_node(two_nodes, connect):
+    a, b = two_nodes
+    x = await connect(a, auth={"user": "xavier"})
+    y = await connect(b, auth={"user": "yvonne"})
+    await x.call("join-room", {"room": "lobby"})
+    await y.call("join-room", {"room": "lobby"})
+    view_a, view_b = await room_view(a, "lobby"), await room_view(b, "lobby")
+    assert view_a == view_b
+    assert view_a["count"] == 2
+    assert {m["user_id"] for m in view_a["members"]} == {"xavier", "yvonne"}
+    ack = await y.call("room-members", {"room": "lobby"})
+    assert ack["data"]["count"] == 2
+    await y.call("leave-room", {"room": "lobby"})
+    assert (await room_view(a, "lobby"))["count"] == 1
+
+
+async def test_a_killed_node_drops_out_of_presence(serve, redis_server, connect):
+    a = serve(cluster_config(redis_server))
+    b = serve(cluster_config(redis_server))
+    survivor = await connect(a)
+    doomed = await connect(b)
+    await survivor.call("join-room", {"room": "crash"})
+    await doomed.call("join-room", {"room": "crash"})
+    assert (await room_view(a, "crash"))["count"] == 2
+    b.proc.kill()  # no goodbye: its entries must expire by themselves
+    b.proc.wait(5)
+    deadline = time.monotonic() + 10
+    while (await room_view(a, "crash"))["count"] != 1:
+        assert time.monotonic() < deadline, "the dead node's connection never expired"
+        await asyncio.sleep(0.5)
+    assert [m["sid"] for m in (await room_view(a, "crash"))["members"]] == [survivor.sio.get_sid()]
+
+
+async def test_delivery_resumes_after_redis_restarts(two_nodes, redis_server, connect):
+    a, b = two_nodes
+    on_a = await connect(a, transports=["websocket"])
+    on_b = await connect(b, transports=["websocket"])
+    await on_a.call("join-room", {"room": "resilient"})
+    await on_b.call("join-room", {"room": "resilient"})
+    await asyncio.to_thread(redis_server.restart)
+    deadline = time.monotonic() + 20
+    n = 0
+    while "after restart" not in [m for m in on_b.received("receive-message")]:
+        assert time.monotonic() < deadline, f"nothing crossed nodes after the restart: {on_b.events}"
+        n += 1
+        await on_a.call("send-message", {"message": "after restart", "roomID": "resilient"})
+        await asyncio.sleep(0.5)
+    # Presence came back too: each node wrote its state again.
+    deadline = time.monotonic() + 10
+    while (await room_view(b, "resilient"))["count"] != 2:
+        assert time.monotonic() < deadline, "presence did not recover after the Redis restart"
+        await asyncio.sleep(0.5)
+
+
+def test_unreachable_redis_stops_start_up_with_the_url_masked(tmp_path):
+    port = free_port()  # nothing listens there
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  backend: redis://:hunter2@127.0.0.1:{port}/0\n")
+    result = subprocess.run([sys.executable, "-m", "plugbus", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"server.backend: cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
