@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from .backend import Backend
+from .cluster import Cluster
 from .presence import LocalPresence, RedisPresence
 from .config import Config
 from .context import Connection, EventContext, Origin
@@ -35,6 +36,8 @@ class Bus:
     :ivar events: the registry of event schemas.
     :ivar plugins: what was loaded, in registration order.
     :ivar backend: where shared state lives (memory, or Redis shared by several nodes).
+    :ivar presence: who is connected and in which room, on every node.
+    :ivar cluster: runs operations on the node that holds a connection.
     """
 
     def __init__(self, config: Config, loaded: LoadedPlugins) -> None:
@@ -55,6 +58,10 @@ class Bus:
         ), owner="plugbus")
         self.backend = Backend(config.server.backend)
         self.presence: LocalPresence = LocalPresence(self)
+        self.cluster = Cluster(self)
+        self.cluster.register("bus.join", lambda p: self._join_here(p["sid"], p["room"]))
+        self.cluster.register("bus.leave", lambda p: self._leave_here(p["sid"], p["room"]))
+        self.cluster.register("bus.disconnect", lambda p: self._disconnect_here(p["sid"]))
         self._connections: dict[str, Connection] = {}
         self._per_address: dict[str | None, int] = {}
         self._transport: Transport | None = None
@@ -129,12 +136,15 @@ class Bus:
 
     async def join(self, sid: str, room: str) -> bool:
         """Put connection ``sid`` into ``room``: ``plugbus_authorize_join`` first, then the
-        join, then ``plugbus_room_joined``.
+        join, then ``plugbus_room_joined`` — on whichever node holds the connection.
 
         :return: True when it joined, False when it was already a member (no hook runs).
         :raises NotFound: no live connection has that id.
         :raises NotAllowed: a plugin refused the join.
         """
+        return bool(await self.cluster.on_owner(sid, "bus.join", {"room": room}))
+
+    async def _join_here(self, sid: str, room: str) -> bool:
         connection = self._require(sid)
         if room == sid or self.transport.is_member(sid, room):
             return False  # a connection is always in its own id room
@@ -145,11 +155,15 @@ class Bus:
         return True
 
     async def leave(self, sid: str, room: str) -> bool:
-        """Take connection ``sid`` out of ``room`` and run ``plugbus_room_left``.
+        """Take connection ``sid`` out of ``room`` and run ``plugbus_room_left`` — on whichever
+        node holds the connection.
 
         :return: True when it left, False when it was not a member (no hook runs).
         :raises NotFound: no live connection has that id.
         """
+        return bool(await self.cluster.on_owner(sid, "bus.leave", {"room": room}))
+
+    async def _leave_here(self, sid: str, room: str) -> bool:
         connection = self._require(sid)
         if room == sid or not self.transport.is_member(sid, room):
             return False  # nobody leaves its own id room
@@ -175,10 +189,13 @@ class Bus:
         return self.transport.room_size(room)
 
     async def disconnect(self, sid: str) -> None:
-        """Close connection ``sid``.
+        """Close connection ``sid``, on whichever node holds it.
 
         :raises NotFound: no live connection has that id.
         """
+        await self.cluster.on_owner(sid, "bus.disconnect", {})
+
+    async def _disconnect_here(self, sid: str) -> None:
         self._require(sid)
         await self.transport.disconnect(sid)
 
@@ -283,6 +300,7 @@ class Bus:
         if self.backend.shared:
             self.presence = RedisPresence(self, ttl=self.config.server.presence_ttl)
         await self.presence.start()
+        await self.cluster.start()
         await self.hooks.startup(self)
 
     async def stop(self) -> None:
@@ -290,5 +308,6 @@ class Bus:
         try:
             await self.hooks.shutdown(self)
         finally:
+            await self.cluster.stop()
             await self.presence.stop()
             await self.backend.stop()

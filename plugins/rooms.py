@@ -357,16 +357,27 @@ class RoomsPlugin(Plugin):
             return await self.members(bus, req.path_params["room"])
 
         async def put_member(req: RouteRequest) -> dict[str, Any]:
-            """Put a connection into a room (a server-side join: same rules, same notices)."""
+            """Put a connection into a room (a server-side join: same rules, same notices),
+            on whichever node holds it."""
             room, sid = req.path_params["room"], req.path_params["sid"]
-            joined = await self.join(bus, sid, room)
-            return {"room": room, "sid": sid, "joined": joined, "rooms": sorted(bus.rooms_of(sid))}
+            return await bus.cluster.on_owner(sid, "rooms.join", {"room": room})  # type: ignore[no-any-return]
 
         async def delete_member(req: RouteRequest) -> dict[str, Any]:
-            """Take a connection out of a room (a server-side leave; same notices)."""
+            """Take a connection out of a room (a server-side leave; same notices), on
+            whichever node holds it."""
             room, sid = req.path_params["room"], req.path_params["sid"]
-            left = await bus.leave(sid, room)
-            return {"room": room, "sid": sid, "left": left, "rooms": sorted(bus.rooms_of(sid))}
+            return await bus.cluster.on_owner(sid, "rooms.leave", {"room": room})  # type: ignore[no-any-return]
+
+        async def join_here(p: dict[str, Any]) -> dict[str, Any]:
+            joined = await self.join(bus, p["sid"], p["room"])
+            return {"room": p["room"], "sid": p["sid"], "joined": joined, "rooms": sorted(bus.rooms_of(p["sid"]))}
+
+        async def leave_here(p: dict[str, Any]) -> dict[str, Any]:
+            left = await bus.leave(p["sid"], p["room"])
+            return {"room": p["room"], "sid": p["sid"], "left": left, "rooms": sorted(bus.rooms_of(p["sid"]))}
+
+        bus.cluster.register("rooms.join", join_here)
+        bus.cluster.register("rooms.leave", leave_here)
 
         members = "/rooms/{room}/members/{sid}"
         return [

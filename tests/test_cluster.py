@@ -119,3 +119,28 @@ def test_unreachable_redis_stops_start_up_with_the_url_masked(tmp_path):
     assert result.returncode == 2
     assert f"server.backend: cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
+
+
+async def test_server_side_operations_by_connection_id_work_from_any_node(two_nodes, connect):
+    a, b = two_nodes
+    watcher = await connect(a, wait_welcome=True)
+    target = await connect(b, wait_welcome=True)
+    sid = target.sio.get_sid()
+    await watcher.call("join-room", {"room": "ops"})
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        resp = await http.put(f"/rooms/ops/members/{sid}")  # asked on A, the connection is on B
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"room": "ops", "sid": sid, "joined": True, "rooms": ["ops"]}
+        await watcher.call("send-message", {"message": "welcome aboard", "roomID": "ops"})
+        assert await target.wait_for("receive-message") == ["welcome aboard"]
+        left = await http.delete(f"/rooms/ops/members/{sid}")
+        assert left.json()["left"] is True
+        missing = await http.put("/rooms/ops/members/nobody-here")
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+        kicked = await http.post("/moderation/kick", json={"sid": sid})
+        assert kicked.status_code == 200, kicked.text
+    for _ in range(50):
+        if not target.sio.connected:
+            break
+        await asyncio.sleep(0.1)
+    assert not target.sio.connected
