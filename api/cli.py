@@ -143,7 +143,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     for name in ("uvicorn.error", "websockets"):
         logging.getLogger(name).addFilter(_drop_frame_dumps)
-    uvicorn.Server(uv_config).run()
+    try:
+        uvicorn.Server(uv_config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled; the stop was clean
+        pass
     return 0
 
 

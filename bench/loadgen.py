@@ -20,9 +20,12 @@ Workloads (each bounded in time and in count; see ``--help`` of each):
 
 * ``fanout``: C clients in one room and one publisher (not in the room) sending
   ``send-message``. Saturation: a closed loop keeps a window of messages not yet delivered to
-  every client, and counts deliveries/s. Sustained: an open-loop ladder of offered rates;
-  a rate is sustained when >= 97 % of its deliveries arrive and the p99 publish -> receive
-  latency is <= 50 ms (the send time travels in the message text).
+  every client, and counts deliveries/s (and their publish -> receive latency). Sustained: an
+  open-loop ladder of offered rates; a rate is sustained when >= 97 % of its deliveries arrive
+  and the p99 publish -> receive latency is <= 50 ms (the send time travels in the message
+  text). With ``--url-b`` the clients are split evenly over two nodes of one cluster (the
+  first half on ``--url``, node A, with the publisher; the rest on ``--url-b``, node B), and
+  deliveries and latencies are also reported per node.
 * ``echo``: K clients, each with one acked ``send-message`` in flight to a room nobody is in;
   acks/s and round-trip p50/p99.
 * ``connect``: N clients connect (Socket.IO connected, greeting received when one is sent);
@@ -31,7 +34,8 @@ Workloads (each bounded in time and in count; see ``--help`` of each):
   connection, one message at a time; publish -> delivery latency.
 
 With ``--server-pid`` every workload also reports the server's CPU time over its measured
-window, read from /proc. The generator reports its own CPU use (``gen_cpu``: CPU seconds per
+window, read from /proc; ``--cpu-pid NAME=PID`` (repeatable) adds more processes (a cluster's
+other node, its Redis): ``server_cpu`` is then the sum, ``cpu_by_process`` each one's share. The generator reports its own CPU use (``gen_cpu``: CPU seconds per
 wall second over the measured window; 1.0 = one core saturated).
 """
 
@@ -96,21 +100,33 @@ def self_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+EXTRA_PIDS: dict[str, int] = {}  # --cpu-pid NAME=PID: more server-side processes to account
+
+
 class Window:
-    """Wall time, generator CPU and server CPU over one measured window."""
+    """Wall time, generator CPU and server CPU over one measured window.
+
+    The server's CPU is ``server_pid``'s plus that of every ``--cpu-pid`` process (a cluster's
+    other node and its Redis): ``server_cpu`` is their sum, ``cpu_by_process`` each one's share.
+    """
 
     def __init__(self, server_pid: int | None) -> None:
-        self.pid = server_pid
-        self.t0, self.c0, self.s0 = now(), self_cpu(), proc_cpu(server_pid)
+        self.pids = {"server": server_pid, **EXTRA_PIDS} if server_pid else {}
+        self.t0, self.c0 = now(), self_cpu()
+        self.s0 = {name: proc_cpu(pid) for name, pid in self.pids.items()}
         self.wall = self.gen_cpu = 0.0
         self.server_cpu: float | None = None
+        self.parts: dict[str, float] = {}
 
     def close(self) -> Window:
         self.wall = now() - self.t0
         self.gen_cpu = (self_cpu() - self.c0) / self.wall if self.wall > 0 else 0.0
-        s1 = proc_cpu(self.pid)
-        if s1 is not None and self.s0 is not None:
-            self.server_cpu = s1 - self.s0
+        for name, pid in self.pids.items():
+            s0, s1 = self.s0[name], proc_cpu(pid)
+            if s0 is not None and s1 is not None:
+                self.parts[name] = s1 - s0
+        if "server" in self.parts:
+            self.server_cpu = sum(self.parts.values())
         return self
 
     def report(self, units: float, unit_name: str) -> dict[str, Any]:
@@ -119,6 +135,8 @@ class Window:
             out["server_cpu"] = round(self.server_cpu / self.wall, 3) if self.wall else None
             if units:
                 out[f"server_cpu_us_per_{unit_name}"] = round(self.server_cpu / units * 1e6, 2)
+            if len(self.parts) > 1 and self.wall:
+                out["cpu_by_process"] = {k: round(v / self.wall, 3) for k, v in self.parts.items()}
         return out
 
 
@@ -150,6 +168,7 @@ class Client:
         self.next_id = 0
         self.closed = False
         self.events = 0  # events received that nobody handled (greetings)
+        self.node = 0  # fanout --url-b: 0 = a client of node A, 1 = of node B
 
     # -- Engine.IO / Socket.IO packets ------------------------------------------------------
     def on_message(self, payload: bytes) -> None:
@@ -189,6 +208,7 @@ class Client:
         self.closed = True
         if not self.ready.done():
             self.ready.set_exception(exc or ConnectionError("connection closed"))
+            self.ready.exception()  # retrieved: a handshake nobody awaits any more is not worth a log line
         for fut in self.acks.values():
             if not fut.done():
                 fut.set_exception(exc or ConnectionError("connection closed"))
@@ -414,6 +434,8 @@ class FanoutReceiver:
         self.counts = [0] * max_messages
         self.t_recv_last = [0.0] * max_messages
         self.latencies: list[float] = []
+        self.by_node: tuple[list[float], list[float]] = ([], [])  # latencies per node (--url-b)
+        self.node_total = [0, 0]
         self.record = True
         self.total = 0
         self.done_upto = 0  # messages 0..done_upto-1 reached every client
@@ -433,8 +455,12 @@ class FanoutReceiver:
             self.bad += 1
             return
         self.total += 1
+        node = client.node
+        self.node_total[node] += 1
         if self.record:
-            self.latencies.append(t - float(ts_s))
+            lat = t - float(ts_s)
+            self.latencies.append(lat)
+            self.by_node[node].append(lat)
         if self.counts[seq] == self.c:
             self.t_recv_last[seq] = t
             if seq >= self.done_upto:
@@ -452,8 +478,19 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     c = args.clients
     max_messages = args.max_messages
     recv = FanoutReceiver(c, max_messages)
+    split = args.url_b is not None
     t_conn = now()
-    clients = await target.clients(c, room=args.room, timeout=args.connect_timeout)
+    if split:  # half the room on node A (with the publisher), the rest on node B
+        c_a = (c + 1) // 2
+        on_a, on_b = await asyncio.gather(
+            target.clients(c_a, args.concurrency, room=args.room, timeout=args.connect_timeout),
+            Target(args.url_b, target.ws).clients(c - c_a, args.concurrency, room=args.room,
+                                                  timeout=args.connect_timeout))
+        for cl in on_b:
+            cl.node = 1
+        clients = on_a + on_b
+    else:
+        clients = await target.clients(c, args.concurrency, room=args.room, timeout=args.connect_timeout)
     connect_s = now() - t_conn
     for cl in clients:
         cl.on_event = recv
@@ -467,12 +504,33 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     pub.on_event = on_publisher_event
     seq = 0
     out: dict[str, Any] = {"workload": "fanout", "clients": c, "connect_s": round(connect_s, 3)}
+    if split:
+        out["clients_by_node"] = [sum(cl.node == 0 for cl in clients), sum(cl.node == 1 for cl in clients)]
     loop = asyncio.get_running_loop()
 
     def send(n: int) -> None:
         pub.emit("send-message", {"message": message_text(n), "roomID": args.room})
 
     try:
+        # -- probe: one message reaches every client before anything is measured --------------
+        # (a node subscribes to the cluster's channel only once its first client connected, so
+        # the first messages of a fresh cluster may miss its clients)
+        probe_end = now() + args.probe_timeout
+        probes = 0
+        while True:
+            if now() > probe_end or probes >= args.max_probes:
+                raise RuntimeError(f"fanout: none of {probes} probe messages reached all {c} clients "
+                                   f"within {args.probe_timeout} s (best: {max(recv.counts[:max(seq, 1)])})")
+            send(seq)
+            seq += 1
+            probes += 1
+            t_probe = now() + min(1.0, args.probe_timeout)
+            while recv.done_upto < seq and now() < t_probe:
+                await asyncio.sleep(0.01)
+            if recv.done_upto >= seq:
+                break
+        out["probe_messages"] = probes
+
         # -- saturation: closed loop, a window of messages in flight -------------------------
         window = max(2, args.window_deliveries // c)
         recv.record = False
@@ -494,21 +552,31 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             return seq
 
         await saturate(args.warmup)
-        d0 = recv.total
+        d0, n0 = recv.total, list(recv.node_total)
+        recv.latencies, recv.by_node = [], ([], [])
+        recv.record = True
         win = Window(args.server_pid)
         s0 = seq
         await saturate(args.duration)
-        d1 = recv.total
+        d1, n1 = recv.total, list(recv.node_total)
         win.close()
+        recv.record = False
         delivered = d1 - d0
+        lat = recv.latencies
         out["saturation"] = {
             "window_messages": window,
             "messages": seq - s0,
+            "messages_per_s": round((seq - s0) / win.wall, 1),
             "deliveries": delivered,
             "deliveries_per_s": round(delivered / win.wall, 1),
+            "p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
             "stalled": stalled,
             **win.report(delivered, "delivery"),
         }
+        if split:
+            out["saturation"]["deliveries_per_s_by_node"] = [round((n1[i] - n0[i]) / win.wall, 1) for i in (0, 1)]
+            out["saturation"]["p50_ms_by_node"] = [ms(pct(recv.by_node[i], 50)) for i in (0, 1)]
+            out["saturation"]["p99_ms_by_node"] = [ms(pct(recv.by_node[i], 99)) for i in (0, 1)]
         # let the tail drain before the ladder; then count what never arrived
         deadline = now() + args.stall_timeout
         while recv.done_upto < seq and now() < deadline:
@@ -528,7 +596,7 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             if seq + n > max_messages:
                 return {"offered_per_s": rate, "skipped": "message budget spent"}
             first = seq
-            recv.latencies = []
+            recv.latencies, recv.by_node = [], ([], [])
             win = Window(args.server_pid)
             t0 = now()
             for i in range(n):
@@ -550,9 +618,12 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             # n messages take n intervals of 1/msgs_per_s (the last one's interval ends after it)
             achieved = n / (send_s + 1 / msgs_per_s) * c
             ok = frac >= 0.97 and p99 is not None and p99 <= 0.050 and achieved >= 0.9 * rate
-            return {"offered_per_s": rate, "achieved_per_s": round(achieved, 1), "messages": n,
-                    "delivered_frac": round(frac, 4), "p50_ms": ms(pct(lat, 50)), "p99_ms": ms(p99),
-                    "max_ms": ms(max(lat) if lat else None), "ok": ok, **win.report(got, "delivery")}
+            r = {"offered_per_s": rate, "achieved_per_s": round(achieved, 1), "messages": n,
+                 "delivered_frac": round(frac, 4), "p50_ms": ms(pct(lat, 50)), "p99_ms": ms(p99),
+                 "max_ms": ms(max(lat) if lat else None), "ok": ok, **win.report(got, "delivery")}
+            if split:
+                r["p99_ms_by_node"] = [ms(pct(recv.by_node[i], 99)) for i in (0, 1)]
+            return r
 
         best = 0.0
         first_fail: float | None = None
@@ -747,6 +818,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:3000")
     p.add_argument("--ws", choices=["raw", "websockets"], default="raw")
     p.add_argument("--server-pid", type=int, help="read this process's CPU and VmRSS from /proc")
+    p.add_argument("--cpu-pid", action="append", default=[], metavar="NAME=PID",
+                   help="also count this process's CPU as the server's (repeatable; e.g. node B, redis)")
+    p.add_argument("--url-b", help="fanout: a second node of the same cluster; half the clients go there")
+    p.add_argument("--probe-timeout", type=float, default=10.0,
+                   help="fanout: seconds for a probe message to reach every client before measuring")
+    p.add_argument("--max-probes", type=int, default=20, help="fanout: probe messages at most")
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--room", default=None, help="default: bench (echo: a room nobody is in)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds (fanout, echo)")
@@ -763,7 +840,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=2, help="fanout: bisection steps after the ladder")
     p.add_argument("--stall-timeout", type=float, default=5.0)
     p.add_argument("--connect-timeout", type=float, default=120.0)
-    p.add_argument("--concurrency", type=int, default=100, help="connect: handshakes in flight")
+    p.add_argument("--concurrency", type=int, default=100,
+                   help="connect, fanout: handshakes in flight (fanout --url-b: per node)")
     p.add_argument("--settle", type=float, default=1.0, help="connect: seconds before reading VmRSS")
     p.add_argument("--messages", type=int, default=30, help="rest: POSTs")
     p.add_argument("--gap", type=float, default=0.02, help="rest: seconds between POSTs")
@@ -782,15 +860,25 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    for spec in args.cpu_pid:
+        name, _, pid = spec.rpartition("=")
+        EXTRA_PIDS[name or f"pid {pid}"] = int(pid)
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass
-    if uvloop is not None:
-        result = uvloop.run(amain(args))
-    else:  # pragma: no cover
-        result = asyncio.run(amain(args))
+    try:
+        if uvloop is not None:
+            result = uvloop.run(amain(args))
+        else:  # pragma: no cover
+            result = asyncio.run(amain(args))
+    except Exception as exc:  # noqa: BLE001 - one line for bench/run.py to report, after the traceback
+        import traceback
+
+        traceback.print_exc()
+        print(f"loadgen: error: {type(exc).__name__}: {str(exc)[:400]}", file=sys.stderr)
+        return 1
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -1,7 +1,7 @@
 """Run plugbus's benchmark: three servers, the same workloads, one table.
 
-    bench/run.sh [--quick | --smoke] [--servers plugbus,bare,node] [--only A100,B,...]
-                 [--out docs/benchmarks.md] [--json PATH] [--profile]
+    bench/run.sh [--quick | --smoke] [--servers plugbus,bare,node] [--only A100,B,cluster,...]
+                 [--out docs/benchmarks.md] [--json PATH] [--profile] [--merge RESULTS.json]
 
 For every workload, each server is started fresh (pinned to CPU 0 with ``taskset`` when the
 machine has two or more cores), the load generator ``bench/loadgen.py`` runs against it
@@ -16,6 +16,12 @@ Servers:
   built-ins only) are changed, through the environment.
 * ``bare`` — ``bench/servers/bare_socketio.py``: python-socketio on the same uvicorn.
 * ``node`` — ``bench/servers/node/server.js``: socket.io 4.8 (``npm ci`` in that folder).
+
+The ``cluster`` workloads (``--only cluster``) are plugbus only: fan-out to one room whose
+clients are split evenly over two plugbus nodes sharing a fresh ``redis-server`` (started on a
+free loopback port for each measurement and stopped by PID), against the same room on one node
+with the memory backend, measured one after the other in the same run. Both nodes and Redis are
+pinned to CPU 0 with the single node's core, the generator to CPU 1.
 """
 
 from __future__ import annotations
@@ -60,6 +66,30 @@ class Workload:
     fresh_note: str = ""
 
 
+GROUPS = {"cluster": "cluster"}  # --only NAME selects every workload of that kind
+
+
+def cluster_workloads(mode: str) -> list[Workload]:
+    """Fan-out to one room over two plugbus nodes + Redis, against one node (kind ``cluster``)."""
+    if mode == "smoke":
+        args = ["--duration", "1", "--warmup", "0.3", "--step-seconds", "0.5", "--grace", "0.5",
+                "--ladder", "20,40", "--refine", "0", "--stall-timeout", "3", "--min-step-messages", "2",
+                "--window-deliveries", "200", "--probe-timeout", "5"]
+        return [Workload("cluster4", "fan-out over two nodes + Redis vs one node, 4 clients", "cluster",
+                         ["--clients", "4", *args], 60)]
+    quick = mode == "quick"
+    # 25 handshakes in flight per node, not the 100 of the other workloads: with a Redis backend a
+    # burst of ~100 handshakes on one node exhausts its Redis connection pool (redis-py's async
+    # pool: 100 connections, then MaxConnectionsError) and plugbus refuses connections with
+    # moderation_unavailable. The connect phase is not measured here; both set-ups use 25.
+    args = ["--duration", "3" if quick else "5", "--warmup", "1", "--step-seconds", "1.5" if quick else "2",
+            "--ladder", "1000,2000,5000,10000,20000,50000", "--refine", "0" if quick else "1",
+            "--concurrency", "25"]
+    return [Workload(f"cluster{n}", f"fan-out to {n} clients: one room over two plugbus nodes + Redis "
+                                    "vs one node", "cluster", ["--clients", str(n), *args], 180 if n < 1000 else 240)
+            for n in ((100, 500) if quick else (100, 1000))]
+
+
 def workloads(mode: str) -> list[Workload]:
     if mode == "smoke":
         fan = ["--duration", "1", "--warmup", "0.3", "--step-seconds", "0.5", "--grace", "0.5",
@@ -72,6 +102,7 @@ def workloads(mode: str) -> list[Workload]:
             Workload("C20", "connections, 20", "connect", ["--clients", "20", "--settle", "0.3"], 60),
             Workload("D", "REST publish -> delivery, 5 clients", "rest",
                      ["--clients", "5", "--messages", "3", "--stall-timeout", "3"], 60),
+            *cluster_workloads(mode),
         ]
     quick = mode == "quick"
     fan = ["--duration", "3" if quick else "5", "--warmup", "1",
@@ -88,7 +119,20 @@ def workloads(mode: str) -> list[Workload]:
                             ["--clients", str(n), "--settle", "1.5"], 300))
     out.append(Workload("D", "REST publish -> delivery to 1000 clients", "rest",
                         ["--clients", "1000", "--messages", "10" if quick else "30"], 180))
-    return out
+    return out + cluster_workloads(mode)
+
+
+def report_workloads(keys: Any, first_mode: str = "full") -> list[Workload]:
+    """The workloads whose results are in ``keys``, in report order (a merged results file may
+    hold workloads of another mode than its own)."""
+    seen: dict[str, Workload] = {}
+    for mode in (first_mode, "full", "quick", "smoke"):
+        for w in workloads(mode):
+            seen.setdefault(w.key, w)
+    order = [w.key for w in workloads(first_mode)]
+    return sorted((w for k, w in seen.items() if k in keys),
+                  key=lambda w: (order.index(w.key) if w.key in order else len(order),
+                                 w.kind == "cluster", w.key))
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,19 +202,21 @@ def plugbus_env() -> dict[str, str]:
     return env
 
 
-def start_server(name: str, cpu: int | None, logdir: Path) -> Server:
+def start_server(name: str, cpu: int | None, logdir: Path, extra_env: dict[str, str] | None = None,
+                 log_name: str | None = None) -> Server:
     port = free_port()
     env = dict(os.environ)
     if name == "plugbus":
         cmd = [sys.executable, "-m", "plugbus", "serve", "--port", str(port)]
         env.update(plugbus_env())
+        env.update(extra_env or {})
     elif name == "bare":
         cmd = [sys.executable, str(BENCH / "servers" / "bare_socketio.py"), "--port", str(port)]
     elif name == "node":
         cmd = ["node", str(NODE_DIR / "server.js"), "--port", str(port)]
     else:
         raise ValueError(name)
-    log = logdir / f"{name}-{port}.log"
+    log = logdir / f"{log_name or name}-{port}.log"
     with log.open("wb") as f:
         proc = subprocess.Popen(pin(cpu) + cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     server = Server(name, port, proc, log)
@@ -187,6 +233,146 @@ def start_server(name: str, cpu: int | None, logdir: Path) -> Server:
         time.sleep(0.05)
     server.stop()
     raise RuntimeError(f"{name} did not serve /health within 30 s:\n{log.read_text()[-2000:]}")
+
+
+@dataclass
+class Redis:
+    """A redis-server of our own on a free loopback port: no persistence, stopped by its PID."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis-server shuts down (nothing to save)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def redis_ready() -> str | None:
+    """None when redis-server can be started, else why not."""
+    return None if shutil.which("redis-server") else "redis-server is not installed (apt-get install redis-server)"
+
+
+def redis_version() -> str | None:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    for part in out.split():
+        if part.startswith("v="):
+            return part[2:]
+    return out.strip() or None
+
+
+REDIS_ARGS = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+def start_redis(cpu: int | None, logdir: Path) -> Redis:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError(redis_ready())
+    port = free_port()
+    log = logdir / f"redis-{port}.log"
+    data = logdir / f"redis-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as f:
+        proc = subprocess.Popen(pin(cpu) + [exe, "--port", str(port), *REDIS_ARGS, "--dir", str(data)],
+                                stdout=f, stderr=subprocess.STDOUT)
+    redis = Redis(port, proc, log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}:\n{log.read_text()[-1000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return redis
+        except OSError:
+            pass
+        time.sleep(0.05)
+    redis.stop()
+    raise RuntimeError(f"redis-server did not answer PING on port {port} within 10 s")
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured and the files that differed from it (read-only git commands)."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", "--no-optional-locks", *a], capture_output=True, text=True,
+                                  timeout=10, cwd=ROOT).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if len(line) > 3]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "changed": changed}
+
+
+CLUSTER_LABELS = {"single": "one node (memory backend)", "cluster": "two nodes + Redis"}
+
+
+def run_cluster(w: Workload, cpus: tuple[int | None, int | None], logdir: Path, ws: str,
+                time_left: Any) -> dict[str, dict[str, Any]]:
+    """One room's fan-out on one plugbus node, then split over two nodes sharing a fresh Redis.
+
+    Node A (the publisher's), node B and redis-server all run on ``cpus[0]`` (the one node's
+    core), the generator on ``cpus[1]``: the cluster gets no more CPU than the single node, so
+    the comparison shows what the Redis hop and a second process cost, not what a second core
+    would buy. ``time_left()`` is False once --max-minutes is spent.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    # -- the single node, memory backend ------------------------------------------------------
+    if not time_left():
+        out["single"] = {"error": "skipped: --max-minutes reached"}
+    else:
+        print(f"bench: {w.key} one node ...", file=sys.stderr, flush=True)
+        try:
+            server = start_server("plugbus", cpus[0], logdir, log_name=f"{w.key}-single")
+        except RuntimeError as exc:
+            out["single"] = {"error": str(exc)[:500]}
+        else:
+            try:
+                out["single"] = run_loadgen(w, server, cpus[1], ws)
+            finally:
+                server.stop()
+        print(f"bench: {w.key} one node: {headline('fanout', out['single'])}", file=sys.stderr, flush=True)
+    # -- two nodes and Redis -------------------------------------------------------------------
+    if not time_left():
+        out["cluster"] = {"error": "skipped: --max-minutes reached"}
+        return out
+    if why := redis_ready():
+        out["cluster"] = {"error": why}
+        return out
+    print(f"bench: {w.key} two nodes + Redis ...", file=sys.stderr, flush=True)
+    started: list[Server | Redis] = []
+    try:
+        redis = start_redis(cpus[0], logdir)
+        started.append(redis)
+        env = {"PLUGBUS_SERVER__BACKEND": redis.url}
+        a = start_server("plugbus", cpus[0], logdir, env, log_name=f"{w.key}-nodeA")
+        started.append(a)
+        b = start_server("plugbus", cpus[0], logdir, env, log_name=f"{w.key}-nodeB")
+        started.append(b)
+        r = run_loadgen(w, a, cpus[1], ws, ["--url-b", b.url, "--cpu-pid", f"node B={b.proc.pid}",
+                                            "--cpu-pid", f"redis={redis.proc.pid}"])
+        if "error" not in r:
+            r["backend"] = "redis://127.0.0.1:PORT/0"
+        out["cluster"] = r
+    except RuntimeError as exc:
+        out["cluster"] = {"error": str(exc)[:500]}
+    finally:
+        for proc in reversed(started):  # the nodes first, then Redis
+            proc.stop()
+    print(f"bench: {w.key} two nodes + Redis: {headline('fanout', out['cluster'])}", file=sys.stderr, flush=True)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,11 +445,15 @@ class Run:
     load_start: list[float] = field(default_factory=list)
     load_end: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    # per workload key: how it was run when that differs from the rest (cluster setup; and for
+    # workloads merged in from a later run with --merge, that run's command, date and load)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_loadgen(w: Workload, server: Server, cpu: int | None, ws: str,
                 extra: list[str] | None = None) -> dict[str, Any]:
-    cmd = pin(cpu) + [sys.executable, str(BENCH / "loadgen.py"), w.kind, "--url", server.url,
+    kind = "fanout" if w.kind == "cluster" else w.kind
+    cmd = pin(cpu) + [sys.executable, str(BENCH / "loadgen.py"), kind, "--url", server.url,
                       "--ws", ws, "--server-pid", str(server.proc.pid), "--deadline", str(w.budget),
                       *w.args, *(extra or [])]
     try:
@@ -271,7 +461,8 @@ def run_loadgen(w: Workload, server: Server, cpu: int | None, ws: str,
     except subprocess.TimeoutExpired:
         return {"error": f"load generator exceeded {w.budget + 30:.0f} s"}
     if p.returncode != 0:
-        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        said = [line for line in p.stderr.splitlines() if line.startswith("loadgen: error: ")]
+        tail = said[-1:] or (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"error": f"load generator exited {p.returncode}: " + " | ".join(tail)}
     try:
         return json.loads(p.stdout.strip().splitlines()[-1])
@@ -424,7 +615,7 @@ def summarise_profile(text: str) -> dict[str, Any]:
         return round(100 * c / total, 1)
 
     root = max(incl_fn.values())
-    inclusive = [(f, share(c)) for f, c in sorted(incl_fn.items(), key=lambda x: -x[1])
+    inclusive = [(f, share(c)) for f, c in sorted(incl_fn.items(), key=lambda x: (-x[1], x[0]))
                  if c < 0.95 * root][:25]
     highlights = [(label, share(c)) for label, c in hl.items()]
     highlights.insert(1, ("plugbus pipeline without the delivery (`Bus.dispatch` minus `Bus.emit`)",
@@ -432,7 +623,7 @@ def summarise_profile(text: str) -> dict[str, Any]:
     return {"samples": total,
             "by_category": [(k, share(c)) for k, c in sorted(cats.items(), key=lambda x: -x[1])],
             "highlights": highlights,
-            "self_top": [(f, share(c)) for f, c in sorted(self_fn.items(), key=lambda x: -x[1])[:15]],
+            "self_top": [(f, share(c)) for f, c in sorted(self_fn.items(), key=lambda x: (-x[1], x[0]))[:15]],
             "inclusive_top": inclusive}
 
 
@@ -442,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="shorter runs, 1k connections only")
     mode.add_argument("--smoke", action="store_true", help="a tiny, fast configuration (the test suite's)")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: plugbus,bare,node")
-    ap.add_argument("--only", help="comma-separated workload keys (A100,A1000,B,C1k,C5k,C10k,D)")
+    ap.add_argument("--only", help="comma-separated workload keys (A100,A1000,B,C1k,C5k,C10k,D,"
+                    "cluster100,cluster1000) or 'cluster' for every cluster workload")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown report ('-': none)")
     ap.add_argument("--json", help="JSON results (default bench/results/bench-<time>.json)")
     ap.add_argument("--logs", help="folder for server logs and py-spy output (default bench/results/logs-<time>)")
@@ -451,23 +643,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and generator to CPUs")
     ap.add_argument("--max-minutes", type=float, default=20.0, help="skip what is left after this long")
     ap.add_argument("--render", metavar="JSON", help="only write the report again from a results file")
+    ap.add_argument("--merge", metavar="JSON",
+                    help="add this run's workloads to an earlier results file (its other workloads, "
+                         "header and notes kept; these sections say when and how they were measured) "
+                         "and write the merged JSON and report")
     args = ap.parse_args(argv)
     if args.render:
         data = json.loads(Path(args.render).read_text())
         run = Run(**data)
         if run.profile and run.profile.get("raw") and (ROOT / run.profile["raw"]).exists():
             run.profile.update(summarise_profile((ROOT / run.profile["raw"]).read_text()))
-        selected = [w for w in workloads(run.mode) if w.key in run.results]
-        Path(args.out).write_text(render(run, selected))
+        Path(args.out).write_text(render(run, report_workloads(run.results, run.mode)))
         print(f"bench: report in {args.out}", file=sys.stderr)
         return 0
+    base: Run | None = None
+    if args.merge:
+        base = Run(**json.loads(Path(args.merge).read_text()))
 
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in servers:
         if s not in SERVERS:
             ap.error(f"unknown server {s!r} (known: {', '.join(SERVERS)})")
-    if "node" in servers and (why := node_ready()):
+    selected = workloads(mode_name)
+    if args.only:
+        keys = {k.strip() for k in args.only.split(",") if k.strip()}
+        known = {w.key for w in selected} | set(GROUPS)
+        if unknown := keys - known:
+            ap.error(f"unknown workload {', '.join(sorted(unknown))} in {mode_name} mode "
+                     f"(known: {', '.join(sorted(known))})")
+        selected = [w for w in selected if w.key in keys or any(GROUPS[g] == w.kind for g in keys & set(GROUPS))]
+    if "plugbus" not in servers:  # the cluster workloads measure plugbus only
+        selected = [w for w in selected if w.kind != "cluster"]
+    if not selected:
+        ap.error("nothing to run (the cluster workloads need plugbus in --servers)")
+    needs_node = any(w.kind != "cluster" for w in selected) or args.profile
+    if "node" in servers and needs_node and (why := node_ready()):
         print(f"bench: {why}", file=sys.stderr)
         return 3
     cores = os.cpu_count() or 1
@@ -485,14 +696,23 @@ def main(argv: list[str] | None = None) -> int:
               pinning=(f"server on CPU {cpus[0]}, load generator on CPU {cpus[1]} (taskset)"
                        if cpus[0] is not None else "none (fewer than 2 cores, or --no-pin)"),
               ws=args.ws, load_start=loadavg(), plugbus_env=plugbus_env())
-    selected = workloads(mode_name)
-    if args.only:
-        keys = {k.strip() for k in args.only.split(",")}
-        selected = [w for w in selected if w.key in keys]
     t_start = time.monotonic()
+
+    def time_left() -> bool:
+        return time.monotonic() - t_start <= args.max_minutes * 60
+
     for w in selected:
         run.results[w.key] = {}
         run.loads[w.key] = loadavg()
+        if w.kind == "cluster":
+            run.sections[w.key] = {
+                "pinning": (f"node A, node B and redis-server on CPU {cpus[0]}, load generator on CPU "
+                            f"{cpus[1]} (taskset); the one node on CPU {cpus[0]}" if cpus[0] is not None
+                            else "none (fewer than 2 cores, or --no-pin)"),
+                "redis": {"version": redis_version(), "args": REDIS_ARGS},
+                "git": git_state()}
+            run.results[w.key] = run_cluster(w, cpus, logdir, args.ws, time_left)
+            continue
         for name in servers:
             if time.monotonic() - t_start > args.max_minutes * 60:
                 run.results[w.key][name] = {"error": "skipped: --max-minutes reached"}
@@ -514,14 +734,25 @@ def main(argv: list[str] | None = None) -> int:
         run.profile = profile_plugbus(cpus, logdir, args.ws, mode_name)
     run.load_end = loadavg()
     run.wall_s = round(time.monotonic() - t_start, 1)
+    if base is not None:  # these workloads join the earlier run's report, each saying how it ran
+        for key in run.results:
+            base.results[key] = run.results[key]
+            base.loads[key] = run.loads[key]
+            base.sections[key] = {**run.sections.get(key, {}), "merged": {
+                "command": run.command, "mode": run.mode, "started": run.started,
+                "load_start": run.load_start, "load_end": run.load_end, "wall_s": run.wall_s,
+                "pinning": run.pinning, "ws": run.ws, "plugbus_env": run.plugbus_env,
+                "versions": run.versions, "machine": run.machine}}
+        run = base
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(run.__dict__, indent=1, default=str))
     print(f"bench: results in {json_path}", file=sys.stderr)
     if args.out != "-":
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(render(run, selected))
+        Path(args.out).write_text(render(run, report_workloads(run.results, run.mode)))
         print(f"bench: report in {args.out}", file=sys.stderr)
-    errors = [(k, s, r["error"]) for k, rs in run.results.items() for s, r in rs.items() if "error" in r]
+    errors = [(w.key, s, r["error"]) for w in selected for s, r in run.results.get(w.key, {}).items()
+              if "error" in r]
     for k, s, e in errors:
         print(f"bench: {k} {s}: {e}", file=sys.stderr)
     return 1 if errors else 0
@@ -534,9 +765,11 @@ def main(argv: list[str] | None = None) -> int:
 def headline(kind: str, r: dict[str, Any]) -> str:
     if "error" in r:
         return "ERROR " + r["error"]
-    if kind == "fanout":
-        return (f"{r['saturation']['deliveries_per_s']:,.0f} deliveries/s at saturation; "
-                f"sustained {r['sustained']['best_per_s']:,.0f}/s; gen CPU {r['saturation']['gen_cpu']}")
+    if kind in ("fanout", "cluster"):
+        sat = r["saturation"]
+        return (f"{sat['deliveries_per_s']:,.0f} deliveries/s at saturation (p50 {sat.get('p50_ms')}, "
+                f"p99 {sat.get('p99_ms')} ms); sustained {r['sustained']['best_per_s']:,.0f}/s; "
+                f"server CPU {sat.get('server_cpu')}; gen CPU {sat['gen_cpu']}")
     if kind == "echo":
         return f"{r['acks_per_s']:,.0f} acks/s, p99 {r['rtt_p99_ms']} ms; gen CPU {r['gen_cpu']}"
     if kind == "connect":
@@ -639,11 +872,21 @@ def render(run: Run, selected: list[Workload]) -> str:
         f"{v['python-engineio']}, uvicorn {v['uvicorn']} (uvloop {v['uvloop']}, httptools {v['httptools']}, "
         f"websockets {v['websockets']}), FastAPI {v['fastapi']}, pydantic {v['pydantic']}, pluggy {v['pluggy']}; "
         f"Node {v['node']}, socket.io {v['npm socket.io']} (engine.io {v['npm engine.io']}, ws {v['npm ws']})",
-        "",
     ]
+    merged = {k: sec["merged"] for k, sec in run.sections.items() if "merged" in sec and k in run.results}
+    for cmd in dict.fromkeys(m["command"] for m in merged.values()):
+        keys = [k for k, m in merged.items() if m["command"] == cmd]
+        m = merged[keys[0]]
+        out.append(f"- measured later and merged in (`--merge`): {', '.join(keys)}, by `{cmd}` ({m['mode']} mode, "
+                   f"{m['wall_s']:.0f} s) on {m['started']}, load average {m['load_start']} at its start and "
+                   f"{m['load_end']} at its end; their sections say how they ran")
+    out.append("")
     for w in selected:
         key = w.key
         if key not in run.results:
+            continue
+        if w.kind == "cluster":
+            out += cluster_section(run, w)
             continue
         out += [f"## {key} — {w.title}", "", f"Load average at the start of this workload: {run.loads.get(key)}.", ""]
         if w.kind == "fanout":
@@ -726,8 +969,21 @@ def render(run: Run, selected: list[Workload]) -> str:
         "before the request is written to each delivery.",
         "- **Server CPU:** user + system time of the server process over the measured window "
         "(`/proc/PID/stat`); *share* = CPU seconds per wall second (1.00 = its pinned core).",
-        "- Every server is started fresh for every workload and stopped after it. Every step is bounded in "
-        "time and in count (see `bench/loadgen.py --help`).",
+        "- **Cluster (cluster100, cluster1000):** plugbus only, against itself. The fan-out workload (A) is "
+        "run twice in a row: on one plugbus node with the memory backend, then with the room's clients split "
+        "evenly over two plugbus nodes sharing a fresh `redis-server` (`server.backend: "
+        "redis://127.0.0.1:PORT/0`, python-socketio's Redis manager: every broadcast is published to Redis "
+        "once and each node delivers to its own members; the publisher is on node A). Both nodes and Redis "
+        "share the single node's core, so the cluster has no more CPU than the one node; its *server CPU* "
+        "is the sum of the three processes'. Before measuring, probe messages are published until one "
+        "reaches every client (a node subscribes to Redis only when its first client connects). Clients "
+        "connect 25 handshakes at a time per node (see the note on Redis connections), in both set-ups. "
+        "*p50 / p99 at saturation* is the publish → receive latency of the deliveries counted in the "
+        "saturation window: with a closed loop of ~10,000 deliveries in flight it is mostly queueing "
+        "(≈ window ÷ rate, Little's law), so it compares the two set-ups at the same window, not the "
+        "latency of a lightly loaded server — the ladder's first rung (1,000 deliveries/s) shows that.",
+        "- Every server is started fresh for every workload and stopped after it (the cluster's Redis too, "
+        "by PID). Every step is bounded in time and in count (see `bench/loadgen.py --help`).",
         "",
         "### Why this load generator",
         "",
@@ -749,6 +1005,102 @@ def render(run: Run, selected: list[Workload]) -> str:
         "",
     ]
     return "\n".join(out) + "\n"
+
+
+def cluster_section(run: Run, w: Workload) -> list[str]:
+    """Fan-out over two nodes + Redis next to the same room on one node, with the ratio."""
+    key = w.key
+    res = run.results.get(key, {})
+    sec = run.sections.get(key, {})
+    one, two = res.get("single", {}), res.get("cluster", {})
+    out = [f"## {key} — {w.title}", ""]
+    m = sec.get("merged")
+    if m:
+        lmax = max(m["load_start"][0], m["load_end"][0], (run.loads.get(key) or [0])[0])
+        cores = (m.get("machine") or {}).get("cores") or 1
+        out += [f"Measured after the rest of this report and merged in: `{m['command']}` ({m['mode']} mode, "
+                f"{m['wall_s']:.0f} s for all its workloads) on {m['started']}; load average (1, 5, 15 min) "
+                f"{m['load_start']} at its start, {m['load_end']} at its end."
+                + (f" **Provisional:** the machine was busy (1-minute load up to {lmax} on {cores} cores, "
+                   "the benchmark's own processes included)." if lmax > 0.5 * cores else ""), ""]
+    out += [f"Load average at the start of this workload: {run.loads.get(key)}.", ""]
+    split = two.get("clients_by_node") or ["?", "?"]
+    redis = sec.get("redis") or {}
+    env = ", ".join(f"`{k}={v}`" for k, v in ((m or {}).get("plugbus_env") or run.plugbus_env).items())
+    out += [f"Set-up: {get(two, 'clients') or get(one, 'clients') or '?'} clients in one room, split "
+            f"{split[0]} on node A and {split[1]} on node B; one publisher on node A (not in the room) sends "
+            "`send-message`. Each node is `python -m plugbus serve` with the harness's settings "
+            f"({env}) plus `PLUGBUS_SERVER__BACKEND=redis://127.0.0.1:PORT/0`; the two share a fresh "
+            f"redis-server {redis.get('version') or '?'} on a free loopback port "
+            f"(`{' '.join(a if a else chr(34) * 2 for a in redis.get('args', REDIS_ARGS))}`), stopped by PID "
+            "afterwards. *One node* is the same workload on one plugbus with the memory backend, measured just "
+            f"before. Pinning: {sec.get('pinning', run.pinning)}."]
+    g = sec.get("git") or {}
+    if g.get("commit"):
+        changed = g.get("changed") or []
+        code = [c for c in changed if not c.startswith(("bench/", "docs/", "tests/"))]
+        out[-1] += (f" Code measured: commit {g['commit']}"
+                    + (f" plus uncommitted changes to {', '.join(f'`{c}`' for c in code)}" if code else "") + ".")
+    out.append("")
+    cols = [("deliveries/s at saturation", "saturation.deliveries_per_s", 0, True),
+            ("messages/s", "saturation.messages_per_s", 0, False),
+            ("p50 ms at saturation", "saturation.p50_ms", 1, True),
+            ("p99 ms at saturation", "saturation.p99_ms", 1, True),
+            ("sustained deliveries/s (≥97 %, p99 ≤ 50 ms)", "sustained.best_per_s", 0, False),
+            ("server CPU µs / delivery (all server processes)", "saturation.server_cpu_us_per_delivery", 1, True),
+            ("server CPU share", "saturation.server_cpu", 2, False),
+            ("gen CPU", "saturation.gen_cpu", 2, False),
+            ("clients connect+join s", "connect_s", 2, False)]
+    head = ["configuration"]
+    for h, _, _, rat in cols:
+        head += [h] + (["÷ one node"] if rat else [])
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in (("single", one), ("cluster", two)):
+        if "error" in r or not r:
+            out.append(f"| {CLUSTER_LABELS[name]} | error: {(r.get('error') or 'not run')[:150]} |"
+                       + " |" * (len(head) - 2))
+            continue
+        row = [CLUSTER_LABELS[name]]
+        for _, path, digits, rat in cols:
+            v = get(r, path)
+            row.append(fmt(v, digits))
+            if rat:
+                row.append(ratio(v, get(one, path)) if "error" not in one else "—")
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    sat = two.get("saturation") or {}
+    if "error" not in two and sat:
+        by = sat.get("deliveries_per_s_by_node") or [None, None]
+        p50 = sat.get("p50_ms_by_node") or [None, None]
+        p99 = sat.get("p99_ms_by_node") or [None, None]
+        cpu = sat.get("cpu_by_process") or {}
+        cpu_s = ", ".join(f"{'node A' if k == 'server' else k} {v:.2f}" for k, v in cpu.items())
+        out += [f"Two nodes + Redis at saturation, per node: node A ({split[0]} clients, the publisher's) "
+                f"{fmt(by[0])} deliveries/s, p50 {fmt(p50[0], 1)} / p99 {fmt(p99[0], 1)} ms; node B "
+                f"({split[1]} clients) {fmt(by[1])} deliveries/s, p50 {fmt(p50[1], 1)} / p99 {fmt(p99[1], 1)} ms. "
+                f"CPU share by process (CPU seconds per second; they share one core when pinned): "
+                f"{cpu_s or '—'}.", ""]
+        if "error" not in one:
+            parts = []
+            for label, path in (("deliveries/s", "saturation.deliveries_per_s"), ("p50", "saturation.p50_ms"),
+                                ("p99", "saturation.p99_ms"),
+                                ("server CPU per delivery", "saturation.server_cpu_us_per_delivery")):
+                parts.append(f"{label} {ratio(get(two, path), get(one, path))}")
+            out += ["**Two nodes + Redis ÷ one node:** " + ", ".join(parts) + ".", ""]
+    out += ["Ladder of offered rates (deliveries/s → delivered fraction, p50 / p99 ms; ✓ = sustained; "
+            "for two nodes also node A / node B p99):", ""]
+    for name, r in (("single", one), ("cluster", two)):
+        cells = []
+        for s in get(r, "sustained.steps") or []:
+            if s.get("skipped"):
+                cells.append(f"{s['offered_per_s']:,.0f}: skipped ({s['skipped']})")
+                continue
+            node = s.get("p99_ms_by_node")
+            cells.append(f"{s['offered_per_s']:,.0f} → {s['delivered_frac']:.3f}, {fmt(s['p50_ms'], 1)} / "
+                         f"{fmt(s['p99_ms'], 1)} {'✓' if s['ok'] else '✗'}"
+                         + (f" (A {fmt(node[0], 1)}, B {fmt(node[1], 1)})" if node else ""))
+        out.append(f"- {CLUSTER_LABELS[name]}: " + ("; ".join(cells) if cells else "—"))
+    return out + [""]
 
 
 def _kb_to_mb(line: str) -> str:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run plugbus's benchmark (issue 7) and write docs/benchmarks.md.
 #   bench/run.sh            the full benchmark (about 10-15 minutes on 2 cores)
-#   bench/run.sh --quick    shorter workloads, 1k connections only (about 4 minutes)
+#   bench/run.sh --quick    shorter workloads, 1k connections only (about 5 minutes)
 #   bench/run.sh --smoke    a tiny configuration (what tests/test_bench_smoke.py runs)
-# Other options: --servers plugbus,bare,node  --only A100,A1000,B,C1k,C5k,C10k,D  --profile
+# Other options: --servers plugbus,bare,node  --only A100,A1000,B,C1k,C5k,C10k,D,cluster  --profile
 #                --out PATH (docs/benchmarks.md; '-' for none)  --json PATH  --no-pin
+#                --merge RESULTS.json (add this run's workloads to an earlier run's report)
 # Needs: the project's .venv (scripts/test.sh makes it) and, for the Node server,
-#        `npm ci` in bench/servers/node (done here when node_modules is missing).
+#        `npm ci` in bench/servers/node (done here when node_modules is missing); for the
+#        cluster workloads, redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"

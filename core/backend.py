@@ -38,6 +38,9 @@ class Backend:
     :ivar prefix: the key prefix every plugbus key starts with.
     """
 
+    #: Connections the node keeps to Redis at most; more callers wait their turn (up to 10 s).
+    max_connections = 50
+
     def __init__(self, setting: str, prefix: str = "plugbus") -> None:
         self.url: str | None = None if setting == "memory" else setting
         self.node_id = secrets.token_hex(6)
@@ -69,10 +72,13 @@ class Backend:
         from redis import asyncio as aioredis
         from redis.exceptions import RedisError
 
-        client = aioredis.Redis.from_url(
+        # A blocking pool: a burst of handshakes waits for a free connection instead of failing
+        # (redis-py's default pool raises MaxConnectionsError past its limit).
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.url, decode_responses=True, socket_connect_timeout=5, health_check_interval=10,
-            retry_on_timeout=True,
+            retry_on_timeout=True, max_connections=self.max_connections, timeout=10,
         )
+        client = aioredis.Redis(connection_pool=pool)
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
