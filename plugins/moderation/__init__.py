@@ -5,14 +5,17 @@ Rules, in the order they run: ``ban``, ``mute``, ``flood``, ``slow_mode``, ``max
 is switched on or off and given an action (``refuse``, ``mask``, ``drop``) under the
 ``rules`` key of this plugin's settings; the built-ins' own parameters are top-level keys.
 Sanctions (bans, mutes, kicks) and slow-mode delays are made at run time over REST
-(``/moderation/...``); all state sits behind :class:`ModerationStore`, in memory by default.
+(``/moderation/...``); all state sits behind :class:`ModerationStore`: in this process
+(:class:`MemoryStore`), or in Redis shared by every node (:class:`RedisStore`) when
+``server.backend`` is a Redis URL — chosen at start-up by the ``store`` setting.
 
 The REST routes carry no authorization yet: anyone who reaches the REST port may ban, mute and
 kick. Admin roles arrive with the authentication issue.
 
 The package's modules, in the order they build on one another: ``settings`` (the plugin's
-settings), ``text`` (folding and masking), ``store`` (sanctions, the log and
-:class:`ModerationStore`), ``rules`` (the built-in rules), ``pipeline`` (running the rules and
+settings), ``text`` (folding and masking), ``store`` (sanctions, the log,
+:class:`ModerationStore` and :class:`MemoryStore`), ``redis_store`` (:class:`RedisStore` and
+the ban notices between nodes), ``rules`` (the built-in rules), ``pipeline`` (running the rules and
 carrying out their actions), ``routes`` (the REST routes); this module holds the plugin and
 re-exports their public names.
 """
@@ -28,6 +31,7 @@ from plugbus import (
     ConnectionDenied,
     Event,
     EventContext,
+    NotFound,
     Plugin,
     Route,
     hookimpl,
@@ -55,6 +59,7 @@ from .routes import (
     SlowModeState,
     SlowModeUpdate,
 )
+from .redis_store import BanNotices, RedisStore
 from .rules import (
     BanRule,
     BlockedWordsRule,
@@ -64,6 +69,7 @@ from .rules import (
     SlowModeRule,
     describe_sanction,
     sanction_details,
+    sender_of,
     targets_of,
     text_fields,
 )
@@ -79,7 +85,7 @@ from .settings import (
     SlowModeSettings,
     TargetKind,
 )
-from .store import LogEntry, MemoryStore, ModerationStore, Sanction
+from .store import LogEntry, MemoryStore, ModerationStore, Sanction, StoreUnavailable
 from .text import Normaliser, mask_spans
 
 __all__ = [
@@ -89,9 +95,11 @@ __all__ = [
     # text
     "Normaliser", "mask_spans",
     # store
-    "Sanction", "LogEntry", "ModerationStore", "MemoryStore",
+    "Sanction", "LogEntry", "ModerationStore", "MemoryStore", "StoreUnavailable",
+    # redis_store
+    "RedisStore", "BanNotices",
     # rules
-    "targets_of", "describe_sanction", "sanction_details", "BanRule", "MuteRule", "FloodRule",
+    "targets_of", "sender_of", "describe_sanction", "sanction_details", "BanRule", "MuteRule", "FloodRule",
     "SlowModeRule", "text_fields", "MaxLengthRule", "BlockedWordsRule",
     # pipeline
     "Step", "log_entry", "MAX_MASKS", "Pipeline", "BUILTIN_RULES", "builtin_rules", "build_pipeline",
@@ -114,30 +122,80 @@ class ModerationPlugin(Plugin):
 
     def __init__(self, settings: ModerationSettings) -> None:
         super().__init__(settings)
+        # In memory until start-up, when the shared backend (if any) is connected.
         self.store: ModerationStore = MemoryStore(settings.log_size)
+        self.notices: BanNotices | None = None
         # Built-ins only until start-up adds the other plugins' rules.
         self.pipeline = build_pipeline(settings, self.store, [], complete=False)
 
+    def open_store(self, bus: Bus) -> ModerationStore:
+        """The store the ``store`` setting asks for: :class:`RedisStore` for ``redis``, and for
+        ``auto`` when ``server.backend`` is a Redis URL; else the :class:`MemoryStore`.
+
+        :raises ConfigError: ``store: redis`` while ``server.backend`` is ``memory``.
+        """
+        choice, backend = self.settings.store, bus.backend
+        if choice == "redis" and not backend.shared:
+            raise ConfigError(
+                "plugin 'moderation': plugins.settings.moderation.store: 'redis' needs a shared "
+                "backend, but server.backend is 'memory'; set server.backend to a Redis URL "
+                "(redis://host:6379/0), or store to auto or memory"
+            )
+        if choice == "memory" or not backend.shared:
+            if backend.shared:
+                log.warning("moderation store: memory although server.backend is shared: bans, "
+                            "mutes, delays, buckets and the log hold on this node only")
+            return self.store
+        return RedisStore(backend.redis, backend.key("moderation"), self.settings.log_size)
+
     @hookimpl
     async def plugbus_startup(self, bus: Bus) -> None:
-        """Collect other plugins' rules into the pipeline and seed the slow-mode delays.
+        """Open the store (see :meth:`open_store`), collect other plugins' rules into the
+        pipeline, seed the slow-mode delays config gives (a room that already has a delay in a
+        shared store keeps it) and, with Redis, listen for bans made on other nodes.
 
-        :raises ConfigError: a rule name in settings that no rule has, or two rules with one name.
+        :raises ConfigError: ``store: redis`` without a Redis backend; a rule name in settings
+            that no rule has, or two rules with one name.
         """
         try:
+            self.store = self.open_store(bus)
             self.pipeline = build_pipeline(self.settings, self.store, bus.hooks.moderation_rules(bus))
         except ConfigError as exc:
             log.error("%s", exc)
             raise
-        for room, seconds in self.settings.slow_mode.rooms.items():
-            await self.store.set_slow_mode(room, seconds)
-        log.info("moderation rules: %s", ", ".join(self.pipeline.names) or "none")
+        await self.store.seed_slow_mode(dict(self.settings.slow_mode.rooms))
+        if isinstance(self.store, RedisStore):
+            self.notices = BanNotices(bus.backend, bus.backend.key("moderation", "bans"),
+                                      lambda ban: self.close_banned(ban, bus))
+            await self.notices.start()
+        log.info("moderation rules: %s; store: %s", ", ".join(self.pipeline.names) or "none",
+                 type(self.store).__name__)
+
+    async def close_banned(self, ban: Sanction, bus: Bus) -> list[str]:
+        """Disconnect this node's live connections that ``ban`` covers; their ids."""
+        closed = [c.sid for c in bus.connections() if (ban.kind, ban.value) in targets_of(c)]
+        for sid in closed:
+            try:
+                await bus.disconnect(sid)
+            except NotFound:  # gone meanwhile
+                pass
+        return closed
+
+    async def ban_made(self, ban: Sanction, bus: Bus) -> list[str]:
+        """Close the connections ``ban`` covers on this node (their ids) and, with a shared
+        store, tell the other nodes to close theirs."""
+        closed = await self.close_banned(ban, bus)
+        if self.notices is not None:
+            await self.notices.publish(ban)
+        return closed
 
     @hookimpl(trylast=True)
     async def plugbus_connect(self, connection: Connection, bus: Bus) -> None:
         """Refuse a banned client (by user id or address) with a ``connect_error`` saying why.
 
         ``trylast``, so that an authentication plugin has set ``connection.identity`` first.
+        While a shared store is unreachable connects are refused too, with code
+        ``moderation_unavailable``: bans cannot be checked.
         """
         if not self.settings.rules.get("ban").enabled:
             return
@@ -150,8 +208,13 @@ class ModerationPlugin(Plugin):
 
     @hookimpl
     async def plugbus_disconnect(self, connection: Connection) -> None:
-        """Forget the connection's bucket, slow-mode times and connection mutes."""
-        await self.store.forget_connection(connection.sid)
+        """Forget the connection's bucket, slow-mode times and connection mutes (when the
+        store is unreachable this is logged; a shared store's buckets and times lapse anyway)."""
+        try:
+            await self.store.forget_connection(connection.sid)
+        except StoreUnavailable:
+            log.warning("moderation: could not forget connection %s (store unavailable); a mute "
+                        "made against it stays listed until lifted", connection.sid)
 
     @hookimpl
     async def plugbus_moderate(self, event: Event, ctx: EventContext) -> Event | None:

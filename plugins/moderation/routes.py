@@ -20,9 +20,8 @@ from plugbus import (
 )
 
 from .pipeline import log_entry
-from .rules import targets_of
 from .settings import SanctionType, TargetKind
-from .store import LogEntry, Sanction
+from .store import LogEntry, ModerationStore, Sanction
 
 if TYPE_CHECKING:
     from . import ModerationPlugin
@@ -104,7 +103,12 @@ class ModerationRoutes:
     def __init__(self, plugin: ModerationPlugin, bus: Bus) -> None:
         self.plugin = plugin
         self.bus = bus
-        self.store = plugin.store
+
+    @property
+    def store(self) -> ModerationStore:
+        """The plugin's store (read on every call: start-up may swap in a shared one after the
+        routes are built)."""
+        return self.plugin.store
 
     def routes(self) -> list[Route]:
         """Every route, for ``plugbus_routes``."""
@@ -164,15 +168,12 @@ class ModerationRoutes:
     async def ban(self, req: RouteRequest) -> BanCreated:
         """Ban, and disconnect every live connection the ban covers; reconnects are refused
         with a ``connect_error`` saying why. A ban by connection bans the connection's user id
-        if it has one, else its address (every client from there). Not authorized yet."""
+        if it has one, else its address (every client from there). With a shared store the
+        other nodes close the connections it covers there; ``disconnected`` lists this node's.
+        Not authorized yet."""
         assert isinstance(req.body, SanctionRequest)
         ban, _ = await self._sanction("ban", req.body)
-        closed = [c.sid for c in self.bus.connections() if (ban.kind, ban.value) in targets_of(c)]
-        for sid in closed:
-            try:
-                await self.bus.disconnect(sid)
-            except NotFound:  # gone meanwhile
-                pass
+        closed = await self.plugin.ban_made(ban, self.bus)
         return BanCreated(**ban.model_dump(), disconnected=closed)
 
     async def mute(self, req: RouteRequest) -> Sanction:

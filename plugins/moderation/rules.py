@@ -31,6 +31,15 @@ def targets_of(connection: Connection) -> list[tuple[TargetKind, str]]:
     return out
 
 
+def sender_of(connection: Connection) -> str:
+    """Who flood control and slow mode count a connection's events against:
+    ``identity:<user id>`` when it has an identity (a user's connections, on any node, share
+    one bucket and one slow-mode clock), else ``connection:<sid>``."""
+    if connection.identity is not None:
+        return f"identity:{connection.identity.user_id}"
+    return f"connection:{connection.sid}"
+
+
 def describe_sanction(sanction: Sanction, verb: str) -> str:
     """``"you are banned (reason: spam; until 2030-01-01T00:00:00+00:00)"``."""
     notes = []
@@ -84,7 +93,8 @@ class MuteRule:
 
 
 class FloodRule:
-    """``flood``: a token bucket per connection over every event it sends."""
+    """``flood``: a token bucket per sender (its user id, else its connection) over every
+    event it sends."""
 
     name = "flood"
     refusal: ClassVar[type[PlugbusError]] = RateLimited
@@ -97,7 +107,8 @@ class FloodRule:
         """A violation (with ``retry_after``) when the sender's bucket is empty."""
         if ctx.connection is None:
             return None
-        wait = await self.store.take_token(ctx.connection.sid, self.settings.burst, self.settings.rate)
+        wait = await self.store.take_token(sender_of(ctx.connection), self.settings.burst,
+                                           self.settings.rate)
         if wait <= 0:
             return None
         wait = round(wait + 0.0005, 3)
@@ -109,7 +120,8 @@ class FloodRule:
 
 
 class SlowModeRule:
-    """``slow_mode``: one message per connection per room every N seconds (per-room N)."""
+    """``slow_mode``: one message per sender (its user id, else its connection) per room every
+    N seconds (per-room N)."""
 
     name = "slow_mode"
     refusal: ClassVar[type[PlugbusError]] = RateLimited
@@ -136,7 +148,7 @@ class SlowModeRule:
             seconds = self.default
         if seconds <= 0:
             return None
-        wait = await self.store.slow_mode_wait(ctx.connection.sid, room, seconds)
+        wait = await self.store.slow_mode_wait(sender_of(ctx.connection), room, seconds)
         if wait <= 0:
             return None
         wait = round(wait + 0.0005, 3)
@@ -150,7 +162,7 @@ class SlowModeRule:
         """The event passed every rule: start the room's clock for its sender."""
         room = self.room_of(event, ctx)
         if room is not None and ctx.connection is not None:
-            await self.store.message_sent(ctx.connection.sid, room)
+            await self.store.message_sent(sender_of(ctx.connection), room)
 
 
 def text_fields(event: Event) -> Iterable[tuple[str, str]]:

@@ -106,8 +106,11 @@ class ModerationSettings(PluginSettings):
     flood: FloodSettings = Field(default_factory=FloodSettings, description="Flood control parameters.")
     slow_mode: SlowModeSettings = Field(default_factory=SlowModeSettings, description="Slow mode delays.")
     log_size: int = Field(1000, ge=0, description="Moderation decisions kept for GET /moderation/log.")
-    store: Literal["memory"] = Field(
-        "memory", description="Where bans, mutes, delays, buckets and the log live (this process)."
+    store: Literal["auto", "memory", "redis"] = Field(
+        "auto",
+        description="Where bans, mutes, delays, buckets and the log live: memory (this process), "
+        "redis (shared by every node; needs server.backend to be a Redis URL), or auto (redis "
+        "when server.backend is a Redis URL, else memory).",
     )
     rules: RuleSwitches = Field(default_factory=RuleSwitches, description="Each rule's switch and action.")
 

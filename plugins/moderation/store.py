@@ -1,5 +1,6 @@
 """Moderation state: sanctions in force, the decision log, and the store that keeps them
-(with flood buckets and slow-mode times) — :class:`ModerationStore`, in memory by default."""
+(with flood buckets and slow-mode times) — :class:`ModerationStore`, in memory by default
+(:class:`MemoryStore`); ``redis_store`` has the one several nodes share."""
 
 from __future__ import annotations
 
@@ -11,7 +12,20 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from plugbus import PlugbusError
+
 from .settings import SanctionType, TargetKind
+
+#: Seconds a sender's slow-mode times are kept at least (longer when a delay is longer).
+SENT_KEEP = 86400.0
+
+
+class StoreUnavailable(PlugbusError):
+    """The moderation store cannot be reached (a shared store's Redis is down): the event,
+    connect or REST call that needed it is refused, and works again once it is back."""
+
+    code = "moderation_unavailable"
+    status = 503
 
 
 class Sanction(BaseModel):
@@ -47,7 +61,9 @@ class LogEntry(BaseModel):
 
 class ModerationStore(Protocol):
     """Where moderation keeps its state. The rules and routes use only these methods, so a
-    shared store (Redis) can replace :class:`MemoryStore` without them noticing."""
+    shared store (``redis_store.RedisStore``) can replace :class:`MemoryStore` without them
+    noticing. A store that cannot reach its state raises :class:`StoreUnavailable` (except
+    :meth:`append_log`, which loses the entry rather than undo a decision already made)."""
 
     async def add_sanction(self, sanction: Sanction) -> Sanction | None:
         """Store ``sanction``; return the one it replaced (same type, kind and value), if any."""
@@ -65,8 +81,12 @@ class ModerationStore(Protocol):
         """The first sanction of ``type`` in force on any of ``targets``."""
         ...
 
-    async def take_token(self, sid: str, burst: int, rate: float) -> float:
-        """Take one token from connection ``sid``'s bucket: 0 when taken, else seconds to wait."""
+    async def take_token(self, sender: str, burst: int, rate: float) -> float:
+        """Take one token from ``sender``'s flood bucket: 0 when taken, else seconds to wait.
+
+        ``sender`` is ``identity:<user id>`` for a connection with an identity (so a user's
+        connections share one bucket), else ``connection:<sid>`` (see ``rules.sender_of``).
+        """
         ...
 
     async def slow_mode(self) -> dict[str, float]:
@@ -81,16 +101,23 @@ class ModerationStore(Protocol):
         """Set the delay of ``room``."""
         ...
 
-    async def slow_mode_wait(self, sid: str, room: str, seconds: float) -> float:
-        """Seconds ``sid`` must still wait before its next message in ``room`` (0 = none)."""
+    async def seed_slow_mode(self, rooms: dict[str, float]) -> None:
+        """Set the delays of ``rooms`` that have none yet (config's ``slow_mode.rooms`` at
+        start-up: a delay set at run time in a shared store is never overwritten)."""
         ...
 
-    async def message_sent(self, sid: str, room: str) -> None:
-        """Record that ``sid`` just sent a message to ``room`` (for slow mode)."""
+    async def slow_mode_wait(self, sender: str, room: str, seconds: float) -> float:
+        """Seconds ``sender`` must still wait before its next message in ``room`` (0 = none)."""
+        ...
+
+    async def message_sent(self, sender: str, room: str) -> None:
+        """Record that ``sender`` just sent a message to ``room`` (for slow mode)."""
         ...
 
     async def forget_connection(self, sid: str) -> None:
-        """Drop what is kept about a closed connection (bucket, slow-mode times, its mutes)."""
+        """Drop what is kept about a closed connection: the bucket and slow-mode times of
+        sender ``connection:<sid>`` and its mutes by connection. (An identity's bucket and
+        times are kept: they lapse by themselves, and a reconnect must not reset them.)"""
         ...
 
     async def append_log(self, entry: LogEntry) -> None:
@@ -105,12 +132,17 @@ class ModerationStore(Protocol):
 class MemoryStore:
     """:class:`ModerationStore` in this process's memory (lost on restart, not shared)."""
 
+    #: Seconds between two sweeps of lapsed buckets and slow-mode times.
+    SWEEP_EVERY = 60.0
+
     def __init__(self, log_size: int, clock: Any = time.monotonic) -> None:
         self._clock = clock
         self._by_target: dict[tuple[str, str, str], Sanction] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # sid -> (tokens, at)
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # sender -> (tokens, at, full at)
         self._delays: dict[str, float] = {}
-        self._last_sent: dict[tuple[str, str], float] = {}
+        self._last_sent: dict[tuple[str, str], float] = {}  # (sender, room) -> at
+        self._keep = SENT_KEEP
+        self._swept = clock()
         self._log: deque[LogEntry] = deque(maxlen=log_size)
 
     async def add_sanction(self, sanction: Sanction) -> Sanction | None:
@@ -148,15 +180,29 @@ class MemoryStore:
         for key in [k for k, s in self._by_target.items() if s.expired(now)]:
             del self._by_target[key]
 
-    async def take_token(self, sid: str, burst: int, rate: float) -> float:
+    def _sweep(self, now: float) -> None:
+        """Now and then, forget buckets full again and slow-mode times past keeping (an
+        identity's are never forgotten on disconnect)."""
+        if now - self._swept < self.SWEEP_EVERY:
+            return
+        self._swept = now
+        for sender in [k for k, b in self._buckets.items() if b[2] <= now]:
+            del self._buckets[sender]
+        for key in [k for k, at in self._last_sent.items() if at + self._keep <= now]:
+            del self._last_sent[key]
+
+    async def take_token(self, sender: str, burst: int, rate: float) -> float:
         now = self._clock()
-        tokens, at = self._buckets.get(sid, (float(burst), now))
+        self._sweep(now)
+        tokens, at, _ = self._buckets.get(sender, (float(burst), now, now))
         tokens = min(float(burst), tokens + (now - at) * rate)
+        wait = 0.0
         if tokens >= 1:
-            self._buckets[sid] = (tokens - 1, now)
-            return 0.0
-        self._buckets[sid] = (tokens, now)
-        return (1 - tokens) / rate
+            tokens -= 1
+        else:
+            wait = (1 - tokens) / rate
+        self._buckets[sender] = (tokens, now, now + (burst - tokens) / rate)
+        return wait
 
     async def slow_mode(self) -> dict[str, float]:
         return dict(self._delays)
@@ -166,19 +212,29 @@ class MemoryStore:
 
     async def set_slow_mode(self, room: str, seconds: float) -> None:
         self._delays[room] = seconds
+        self._keep = max(self._keep, seconds)
 
-    async def slow_mode_wait(self, sid: str, room: str, seconds: float) -> float:
-        last = self._last_sent.get((sid, room))
+    async def seed_slow_mode(self, rooms: dict[str, float]) -> None:
+        for room, seconds in rooms.items():
+            if room not in self._delays:
+                await self.set_slow_mode(room, seconds)
+
+    async def slow_mode_wait(self, sender: str, room: str, seconds: float) -> float:
+        self._keep = max(self._keep, seconds)
+        last = self._last_sent.get((sender, room))
         if last is None:
             return 0.0
         return max(0.0, last + seconds - self._clock())
 
-    async def message_sent(self, sid: str, room: str) -> None:
-        self._last_sent[(sid, room)] = self._clock()
+    async def message_sent(self, sender: str, room: str) -> None:
+        now = self._clock()
+        self._sweep(now)
+        self._last_sent[(sender, room)] = now
 
     async def forget_connection(self, sid: str) -> None:
-        self._buckets.pop(sid, None)
-        for key in [k for k in self._last_sent if k[0] == sid]:
+        sender = f"connection:{sid}"
+        self._buckets.pop(sender, None)
+        for key in [k for k in self._last_sent if k[0] == sender]:
             del self._last_sent[key]
         self._by_target.pop(("mute", "connection", sid), None)
 
