@@ -25,7 +25,9 @@ class Event(BaseModel):
     what a successful ack carries (used for documentation; not enforced on the hot path).
     ``text_fields`` names the string fields that hold user-written text, which moderation
     plugins inspect (and may mask); other fields are left alone. ``room_field`` names the
-    field holding the target room, for rules that work per room (slow mode).
+    field holding the target room, for rules that work per room (slow mode). ``max_bytes``
+    bounds the payload's size (its JSON text, binary attachments by their length) before it is
+    validated; None leaves only the transport's ``server.max_message_bytes``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -34,6 +36,7 @@ class Event(BaseModel):
     ack: ClassVar[type[BaseModel] | None] = None
     text_fields: ClassVar[tuple[str, ...]] = ()
     room_field: ClassVar[str | None] = None
+    max_bytes: ClassVar[int | None] = None
 
     @property
     def event_name(self) -> str:
@@ -149,6 +152,15 @@ class EventRegistry:
                     {"loc": "(payload)", "message": "expected an object", "type": "model_type"}
                 ]},
             )
+        limit = event_cls.max_bytes
+        if limit is not None:
+            size = payload_size(payload, limit)
+            if size > limit:
+                raise InvalidPayload(
+                    f"payload of {name!r} is larger than its limit of {limit} bytes",
+                    details={"event": name, "limit": limit, "errors": [
+                        {"loc": "(payload)", "message": f"larger than {limit} bytes", "type": "too_large"}]},
+                )
         try:
             return event_cls.model_validate(payload)
         except ValidationError as exc:
@@ -157,6 +169,30 @@ class EventRegistry:
             raise InvalidPayload(
                 f"invalid payload for {name!r}: {summary}", details={"event": name, "errors": errors}
             ) from None
+
+
+def payload_size(value: Any, stop: int) -> int:
+    """The size of ``value`` as JSON text (binary data by its length), counted until it passes
+    ``stop`` — so an oversized payload costs no more than the limit to refuse."""
+    size = 0
+    todo = [value]
+    while todo and size <= stop:
+        item = todo.pop()
+        if isinstance(item, str):
+            size += len(item.encode()) + 2
+        elif isinstance(item, bytes | bytearray):
+            size += len(item)
+        elif isinstance(item, dict):
+            size += 2
+            for key, val in item.items():
+                size += len(str(key).encode()) + 4
+                todo.append(val)
+        elif isinstance(item, list | tuple):
+            size += 2 + len(item)
+            todo.extend(item)
+        else:
+            size += len(str(item))
+    return size
 
 
 def _json_type(value: Any) -> str:

@@ -59,6 +59,9 @@ def _strict_bytes(value: Any) -> bytes:
     return bytes(value)
 
 
+#: The schema-level bound on one message event (its JSON text, or its binary data): 64 KiB.
+MAX_MESSAGE_BYTES = 65_536
+
 Message = Annotated[
     str | dict[str, JsonValue] | list[JsonValue],
     WrapValidator(_one_error),
@@ -119,6 +122,7 @@ class SendMessage(Event):
     name: ClassVar[str] = "send-message"
     ack = Delivered
     text_fields = ("message",)
+    max_bytes = MAX_MESSAGE_BYTES
     room_field = "roomID"
     message: SocketMessage
     roomID: RoomName
@@ -130,6 +134,7 @@ class SendDirect(Event):
     name: ClassVar[str] = "send-direct"
     ack = DirectDelivered
     text_fields = ("message",)
+    max_bytes = MAX_MESSAGE_BYTES
     to: Sid
     message: SocketMessage
 
@@ -140,6 +145,7 @@ class Broadcast(Event):
     name: ClassVar[str] = "broadcast"
     ack = BroadcastDelivered
     text_fields = ("message",)
+    max_bytes = MAX_MESSAGE_BYTES
     message: SocketMessage
     include_self: bool = Field(False, strict=True, description="Deliver to the sender too.")
 

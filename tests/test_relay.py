@@ -522,3 +522,18 @@ async def test_openapi_documents_relay_routes_with_their_models(default_server):
         assert "recipients" in model["required"]
         kinds = {s.get("type") for s in schemas[body]["properties"]["message"]["anyOf"]}
         assert kinds == {"string", "object", "array"}
+
+
+async def test_a_message_over_the_schema_size_limit_is_refused_and_others_go_on(default_server, connect):
+    from plugbus.plugins.relay import MAX_MESSAGE_BYTES
+
+    client = await connect(default_server, wait_welcome=True)
+    await client.call("join-room", {"room": "sizes"})
+    for message in ("x" * (MAX_MESSAGE_BYTES + 1), b"\x00" * (MAX_MESSAGE_BYTES + 1),
+                    {"parts": ["y" * 1000] * 70}):
+        ack = await client.call("send-message", {"message": message, "roomID": "sizes"})
+        assert ack["error"]["code"] == "invalid_payload"
+        assert ack["error"]["message"] == f"payload of 'send-message' is larger than its limit of {MAX_MESSAGE_BYTES} bytes"
+        assert ack["error"]["details"]["limit"] == MAX_MESSAGE_BYTES
+    assert (await client.call("send-message", {"message": "small", "roomID": "sizes"}))["ok"]
+    assert await client.wait_for("receive-message") == ["small"]
