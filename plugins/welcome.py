@@ -125,11 +125,22 @@ class WelcomePlugin(Plugin):
         return [ServerEvent(greeting, str, "The greeting, sent once on connect."),
                 ServerEvent(room, str, "A room's greeting, sent after joining a room that has one.")]
 
+    async def current(self, bus: Bus) -> Greetings:
+        """The greetings in use: with a shared backend, the last ones any node's ``PUT
+        /welcome`` stored (one Redis read); otherwise this process's."""
+        redis = bus.backend.redis
+        if redis is not None:
+            raw = await redis.get(bus.backend.key("welcome", "greetings"))
+            if raw:
+                return Greetings.model_validate_json(raw)
+        return self.greetings
+
     @hookimpl
     async def plugbus_connected(self, connection: Connection, bus: Bus) -> None:
         """Called once per accepted connection, before its first event is handled: sends it the
         rendered greeting (so it arrives before any reply). Returns nothing."""
-        text = self.greetings.greeting.format(sid=connection.sid, server=bus.server_name,
+        greetings = await self.current(bus)
+        text = greetings.greeting.format(sid=connection.sid, server=bus.server_name,
                                               user=user_of(connection))
         await bus.emit(self.settings.event, text, to=connection.sid)
 
@@ -137,7 +148,8 @@ class WelcomePlugin(Plugin):
     async def plugbus_room_joined(self, connection: Connection, room: str, bus: Bus) -> None:
         """Called after a connection joined a room (by ``join-room`` or over REST): sends it the
         room's greeting, if there is one, before its join is acknowledged. Returns nothing."""
-        template = self.greetings.room_greetings.get(room, self.greetings.default_room_greeting)
+        greetings = await self.current(bus)
+        template = greetings.room_greetings.get(room, greetings.default_room_greeting)
         if template:
             text = template.format(sid=connection.sid, server=bus.server_name,
                                    user=user_of(connection), room=room)
@@ -148,15 +160,19 @@ class WelcomePlugin(Plugin):
         """Called once at start-up: ``GET /welcome`` (API-key scope ``read``) and ``PUT /welcome``
         (scope ``admin``), when REST keys are checked."""
 
-        def get_greetings(req: RouteRequest) -> Greetings:
+        async def get_greetings(req: RouteRequest) -> Greetings:
             """The greetings in use."""
-            return self.greetings
+            return await self.current(bus)
 
-        def put_greetings(req: RouteRequest) -> Greetings:
-            """Change greetings at run time (this process only); an invalid template is a 422
-            problem naming the field, and changes nothing."""
+        async def put_greetings(req: RouteRequest) -> Greetings:
+            """Change greetings at run time (for every node when the backend is shared); an
+            invalid template is a 422 problem naming the field, and changes nothing."""
             assert isinstance(req.body, GreetingsUpdate)
-            self.greetings = self.greetings.model_copy(update=req.body.model_dump(exclude_none=True))
+            current = await self.current(bus)
+            self.greetings = current.model_copy(update=req.body.model_dump(exclude_none=True))
+            if bus.backend.redis is not None:
+                await bus.backend.redis.set(bus.backend.key("welcome", "greetings"),
+                                            self.greetings.model_dump_json())
             return self.greetings
 
         return [

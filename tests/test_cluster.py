@@ -144,3 +144,17 @@ async def test_server_side_operations_by_connection_id_work_from_any_node(two_no
             break
         await asyncio.sleep(0.1)
     assert not target.sio.connected
+
+
+async def test_a_greeting_changed_on_one_node_greets_on_every_node(two_nodes, connect):
+    a, b = two_nodes
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        resp = await http.put("/welcome", json={"greeting": "Hello from the cluster, {sid}",
+                                                "room_greetings": {"news": "News room"}})
+        assert resp.status_code == 200, resp.text
+    async with httpx.AsyncClient(base_url=b.url) as http:
+        assert (await http.get("/welcome")).json()["greeting"] == "Hello from the cluster, {sid}"
+    client = await connect(b)
+    assert await client.wait_for("welcome") == [f"Hello from the cluster, {client.sio.get_sid()}"]
+    await client.call("join-room", {"room": "news"})
+    assert (await client.wait_for("welcome", count=2))[1] == "News room"
