@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .problems import problem
+from .problems import instance_of, problem
 
 
 class _TooLarge(Exception):
@@ -58,7 +58,7 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope: Scope, send: Send) -> None:
         response = problem(413, "payload_too_large",
                            f"request body larger than the {self.limit} bytes allowed (server.max_message_bytes)",
-                           scope.get("path", ""), {"limit": self.limit})
+                           instance_of(scope), {"limit": self.limit})
         await response({"type": "http", **{k: v for k, v in scope.items() if k != "type"}}, _no_receive, send)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,13 +43,19 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
 
+def instance_of(scope: dict[str, Any]) -> str:
+    """The request's path as sent, percent-encoding kept: ``instance`` is a URI reference."""
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else quote(scope.get("path", ""))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error — plugbus's, FastAPI's validation, Starlette's HTTP ones, and
     unexpected exceptions — answer as problem+json."""
 
     @app.exception_handler(PlugbusError)
     async def _plugbus_error(request: Request, exc: PlugbusError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.message, request.url.path, exc.details)
+        return problem(exc.status, exc.code, exc.message, instance_of(request.scope), exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -58,7 +65,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             errors.append({"loc": loc, "message": err.get("msg", ""), "type": err.get("type", "")})
         summary = "; ".join(f"{e['loc']}: {e['message']}" for e in errors)
         return problem(422, "invalid_payload", f"invalid request: {summary}",
-                       request.url.path, {"errors": errors})
+                       instance_of(request.scope), {"errors": errors})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -66,11 +73,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404:
             detail = f"no route {request.method} {request.url.path}"
-        return problem(exc.status_code, code, detail, request.url.path,
+        return problem(exc.status_code, code, detail, instance_of(request.scope),
                        headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         err = InternalError("internal server error")
-        return problem(err.status, err.code, err.message, request.url.path)
+        return problem(err.status, err.code, err.message, instance_of(request.scope))

@@ -174,6 +174,32 @@ async def js() -> AsyncIterator[Callable[..., Any]]:
         await client.close()
 
 
+def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Check one RFC 9457 problem+json response in plugbus's shape; return its body."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"] == f"urn:plugbus:error:{code}"
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert isinstance(body["details"], dict)
+    assert body["instance"] == resp.request.url.raw_path.decode().split("?")[0]  # as sent, encoded
+    return body
+
+
+def assert_refused(ack: dict[str, Any], code: str) -> dict[str, Any]:
+    """Check a refusing Socket.IO ack: ``{"ok": false, "error": {code, message, details}}``."""
+    assert ack["ok"] is False, ack
+    error = ack["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["details"], dict)
+    return error
+
+
 @dataclass
 class RedisServer:
     """A real redis-server on a free loopback port, in a temporary directory."""

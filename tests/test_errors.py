@@ -6,6 +6,7 @@ import asyncio
 
 import httpx
 import pytest
+from conftest import assert_problem
 
 MODERATED = {"plugins": {"settings": {"moderation": {"max_length": 20, "blocked_words": ["darn"]}}}}
 
@@ -16,19 +17,6 @@ def assert_error_shape(error: dict, code: str) -> None:
     assert isinstance(error["message"], str) and error["message"]
     assert isinstance(error["details"], dict)
 
-
-def assert_problem(resp: httpx.Response, status: int, code: str) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["type"] == f"urn:plugbus:error:{code}"
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    assert isinstance(body["details"], dict)
-    assert body["instance"] == resp.request.url.path
-    return body
 
 
 @pytest.fixture(scope="module")

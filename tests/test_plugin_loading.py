@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, start_server
+from conftest import ROOT
 
 TESTS = Path(__file__).resolve().parent
 ALL = ["auth", "welcome", "rooms", "relay", "moderation"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import start_server
+from conftest import assert_problem, assert_refused, start_server
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 ISO_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -56,21 +56,6 @@ def with_helper(directory: Path, config: dict[str, Any]) -> tuple[dict[str, Any]
     return config, {"PYTHONPATH": str(directory)}
 
 
-def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
-    assert body["status"] == status and body["code"] == code
-    assert body["type"] == f"urn:plugbus:error:{code}"
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
-
-
-def assert_refused(ack: dict[str, Any], code: str) -> dict[str, Any]:
-    assert ack["ok"] is False, ack
-    error = ack["error"]
-    assert set(error) == {"code", "message", "details"} and error["code"] == code
-    return error
 
 
 async def quiet(*clients: Any, event: str = "receive-message") -> None:

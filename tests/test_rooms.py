@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from plugbus import Bus, Connection, Identity, Plugin, hookimpl
+from conftest import assert_problem, assert_refused
 
 TESTS = Path(__file__).resolve().parent
 IDENTITY = {"ident": "test_rooms:IdentityPlugin"}  # loaded by the server from this very file
@@ -30,22 +31,6 @@ class IdentityPlugin(Plugin):
             connection.identity = Identity(auth["user_id"], auth.get("name"))
 
 
-def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
-    assert body["status"] == status and body["code"] == code
-    assert body["type"] == f"urn:plugbus:error:{code}"
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
-
-
-def refusal(ack: dict[str, Any], code: str) -> dict[str, Any]:
-    assert ack["ok"] is False, ack
-    error = ack["error"]
-    assert set(error) == {"code", "message", "details"}
-    assert error["code"] == code, error
-    return error
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +83,7 @@ async def test_a_connection_can_be_in_many_rooms_and_hear_each(default_server, c
 
 async def test_my_rooms_refuses_a_payload_with_fields(default_server, connect):
     client = await connect(default_server, wait_welcome=True)
-    error = refusal(await client.call("my-rooms", {"room": "x"}), "invalid_payload")
+    error = assert_refused(await client.call("my-rooms", {"room": "x"}), "invalid_payload")
     assert error["details"]["errors"][0]["loc"] == "room"
 
 
@@ -109,7 +94,7 @@ async def test_my_rooms_refuses_a_payload_with_fields(default_server, connect):
                          ids=["tab", "newline", "nul", "del", "c1"])
 async def test_default_rules_refuse_control_characters(default_server, connect, name):
     client = await connect(default_server, wait_welcome=True)
-    error = refusal(await client.call("join-room", {"room": name}), "invalid_payload")
+    error = assert_refused(await client.call("join-room", {"room": name}), "invalid_payload")
     assert error["details"]["field"] == "room"
     assert error["details"]["setting"] == "name_pattern"
     assert error["details"]["errors"][0]["loc"] == "room"
@@ -121,19 +106,19 @@ async def test_default_rules_allow_any_other_characters_up_to_128(default_server
     client = await connect(default_server, wait_welcome=True)
     for name in ["café ☕ #1", "a/b c", "ünïcødé-名前", "x" * 128]:
         assert (await client.call("join-room", {"room": name}))["data"]["joined"] is True, name
-    error = refusal(await client.call("join-room", {"room": "x" * 129}), "invalid_payload")
+    error = assert_refused(await client.call("join-room", {"room": "x" * 129}), "invalid_payload")
     assert error["details"] | {"errors": None} == {
         "event": "join-room", "field": "room", "setting": "max_name_length", "limit": 128,
         "length": 129, "errors": None}
     assert "the limit is 128" in error["message"]
-    refusal(await client.call("join-room", {"room": ""}), "invalid_payload")
+    assert_refused(await client.call("join-room", {"room": ""}), "invalid_payload")
 
 
 async def test_room_named_like_a_connection_is_refused_even_ones_own(default_server, connect):
     a = await connect(default_server, wait_welcome=True)
     b = await connect(default_server, wait_welcome=True)
     for name in [b.sio.get_sid(), a.sio.get_sid()]:
-        error = refusal(await a.call("join-room", {"room": name}), "not_allowed")
+        error = assert_refused(await a.call("join-room", {"room": name}), "not_allowed")
         assert "id of a connection" in error["message"]
         assert error["details"]["field"] == "room"
     assert (await a.call("my-rooms"))["data"]["rooms"] == []
@@ -143,9 +128,9 @@ async def test_room_named_like_a_connection_is_refused_even_ones_own(default_ser
 async def test_configured_name_length_and_pattern(strict_server, connect):
     client = await connect(strict_server, wait_welcome=True)
     assert (await client.call("join-room", {"room": "ok-name-12ch"}))["data"]["joined"] is True
-    error = refusal(await client.call("join-room", {"room": "thirteen-char"}), "invalid_payload")
+    error = assert_refused(await client.call("join-room", {"room": "thirteen-char"}), "invalid_payload")
     assert error["details"]["limit"] == 12 and error["details"]["setting"] == "max_name_length"
-    error = refusal(await client.call("join-room", {"room": "Upper"}), "invalid_payload")
+    error = assert_refused(await client.call("join-room", {"room": "Upper"}), "invalid_payload")
     assert error["details"]["pattern"] == "[a-z0-9-]+"
     assert "[a-z0-9-]+" in error["message"]
     # Leaving applies no name rule: a room one cannot be in is simply not left.
@@ -156,7 +141,7 @@ async def test_rooms_per_connection_limit(strict_server, connect):
     client = await connect(strict_server, wait_welcome=True)
     for name in ["lim-1", "lim-2", "lim-3"]:
         assert (await client.call("join-room", {"room": name}))["ok"] is True
-    error = refusal(await client.call("join-room", {"room": "lim-4"}), "not_allowed")
+    error = assert_refused(await client.call("join-room", {"room": "lim-4"}), "not_allowed")
     assert error["details"] | {"event": None} == {
         "event": None, "field": "room", "setting": "max_rooms_per_connection", "limit": 3, "rooms": 3}
     assert "at most 3 rooms" in error["message"]
@@ -292,7 +277,7 @@ async def test_room_members_over_socket_and_rest(strict_server, connect):
 async def test_room_members_of_a_connection_id_is_refused(default_server, connect):
     a = await connect(default_server, wait_welcome=True)
     b = await connect(default_server, wait_welcome=True)
-    refusal(await a.call("room-members", {"room": b.sio.get_sid()}), "not_allowed")
+    assert_refused(await a.call("room-members", {"room": b.sio.get_sid()}), "not_allowed")
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         assert_problem(await http.get(f"/rooms/{b.sio.get_sid()}"), 403, "not_allowed")
         rooms = [r["room"] for r in (await http.get("/rooms")).json()]
@@ -404,7 +389,7 @@ async def test_without_rooms_its_events_and_routes_are_gone_and_the_rest_serves(
     server = serve({"plugins": {"builtins": ["welcome", "relay", "moderation"]}})
     client = await connect(server, wait_welcome=True)
     for event in ["join-room", "leave-room", "my-rooms", "room-members"]:
-        error = refusal(await client.call(event, {"room": "r"}), "unknown_event")
+        error = assert_refused(await client.call(event, {"room": "r"}), "unknown_event")
         assert event not in error["details"]["known"]
     sid = client.sio.get_sid()
     async with httpx.AsyncClient(base_url=server.url) as http:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from plugbus import Bus, Connection, Identity, Plugin, hookimpl
+from conftest import assert_problem
 
 TESTS = Path(__file__).resolve().parent
 DEFAULT_GREETINGS = {"greeting": "Welcome to server", "room_greetings": {}, "default_room_greeting": ""}
@@ -38,13 +38,6 @@ class IdentityPlugin(Plugin):
         if isinstance(auth, dict) and "user_id" in auth:
             connection.identity = Identity(auth["user_id"], auth.get("name"))
 
-
-def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
-    assert body["status"] == status and body["code"] == code
-    return body
 
 
 @pytest.fixture(scope="module")
