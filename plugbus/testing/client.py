@@ -1,0 +1,92 @@
+"""The test client: :class:`PlugbusClient`, a recording Socket.IO client, and :class:`ClientRefused`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socketio
+
+_NOTHING: Any = object()
+
+
+class ClientRefused(Exception):
+    """The server refused a test client's connection (``plugbus_connect`` raised).
+
+    :ivar error: the refusal in plugbus's error shape, ``{code, message, details}``.
+    """
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(f"connection refused: {error.get('code')}: {error.get('message')}")
+        self.error = error
+
+
+class PlugbusClient:
+    """A real python-socketio ``AsyncClient`` on a test server that records what it receives.
+
+    :ivar sio: the underlying ``socketio.AsyncClient``.
+    :ivar namespace: the namespace it is connected to.
+    :ivar events: every event received, in order, as ``(name, payload)``.
+    """
+
+    def __init__(self, sio: socketio.AsyncClient, namespace: str) -> None:
+        self.sio = sio
+        self.namespace = namespace
+        self.events: list[tuple[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def _receive(self, event: str, *args: Any) -> None:
+        self.events.append((event, args[0] if len(args) == 1 else (list(args) or None)))
+        self._changed.set()
+
+    @property
+    def sid(self) -> str:
+        """This connection's id (as plugins see it in ``connection.sid``)."""
+        sid = self.sio.get_sid(self.namespace)
+        if sid is None:
+            raise RuntimeError("the client is not connected")
+        return str(sid)
+
+    def received(self, event: str) -> list[Any]:
+        """The payloads of every ``event`` received so far, in order."""
+        return [data for name, data in self.events if name == event]
+
+    async def wait_for(self, event: str, count: int = 1, *, timeout: float = 5.0) -> list[Any]:
+        """Wait until ``event`` arrived at least ``count`` times; return all its payloads.
+
+        :raises AssertionError: not within ``timeout`` seconds (the message lists what came).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.received(event)) < count:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"{event!r} arrived {len(self.received(event))} times, "
+                                     f"wanted {count}; received: {self.events!r}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return self.received(event)
+
+    async def call(self, event: str, payload: Any = _NOTHING, *, timeout: float = 5.0) -> Any:
+        """Send ``event`` asking for an ack, and return the ack: ``{"ok": True, "data": ...}``
+        or ``{"ok": False, "error": {code, message, details}}``. Leave ``payload`` out to send
+        an event without one."""
+        args = () if payload is _NOTHING else (payload,)
+        return await self.sio.call(event, *args, namespace=self.namespace, timeout=timeout)
+
+    async def emit(self, event: str, payload: Any = _NOTHING) -> None:
+        """Send ``event`` without asking for an ack (a refusal then arrives as ``error``)."""
+        args = () if payload is _NOTHING else (payload,)
+        await self.sio.emit(event, *args, namespace=self.namespace)
+
+    async def disconnect(self) -> None:
+        """Close the connection (the server then runs ``plugbus_disconnect``).
+
+        A client still on long-polling takes up to ``ping_interval + ping_timeout`` seconds
+        (python-engineio waits for its pending poll); one upgraded to websocket is immediate.
+        """
+        if self.sio.connected:
+            await self.sio.disconnect()

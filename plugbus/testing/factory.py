@@ -1,0 +1,108 @@
+"""The server factory: :class:`PlugbusServerFactory`, what the ``plugbus_server`` fixture gives."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from plugbus.core import load_config
+from plugbus.testing.recorder import (
+    _RECORDER_TARGET,
+    _RECORDERS,
+    RECORDER_NAME,
+    HookRecorder,
+)
+from plugbus.testing.server import PlugbusServer
+from plugbus.testing.server_config import _kit_config, _plugbus_environment, _target
+
+_ids = itertools.count(1)
+
+
+class PlugbusServerFactory:
+    """What the :func:`plugbus_server` fixture gives: call it to start a server."""
+
+    def __init__(self, directory_factory: Callable[[], Path]) -> None:
+        self._directory = directory_factory
+        self.servers: list[PlugbusServer] = []
+
+    async def __call__(
+        self,
+        *,
+        plugins: Mapping[str, str | type | ModuleType] | None = None,
+        builtins: Sequence[str] | None = None,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        config: Mapping[str, Any] | None = None,
+        entry_points: bool = False,
+        disabled: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        record_hooks: bool = True,
+        timeout: float = 20.0,
+    ) -> PlugbusServer:
+        """Start plugbus and return the running :class:`PlugbusServer`.
+
+        The config is the embedded default, with a free port, ``log_level: warning`` and
+        short pings, then these arguments laid over it:
+
+        :param plugins: ``plugins.modules``: name -> ``"pkg.module[:Class]"``, or the module
+            or module-level class itself.
+        :param builtins: ``plugins.builtins`` (default: all of them; ``[]`` for none).
+        :param settings: ``plugins.settings``, merged key by key over the defaults.
+        :param config: any other keys, merged last (``{"server": {"name": "test"}}``).
+        :param entry_points: ``plugins.entry_points``; off by default so that only what the
+            test names is loaded — switch it on to load your installed package.
+        :param disabled: ``plugins.disabled``.
+        :param env: ``PLUGBUS_*`` variables seen while the config loads; the process's own
+            ``PLUGBUS_*`` variables are hidden then, so tests do not depend on the shell.
+        :param record_hooks: load the hook recorder (``server.hooks``); it is a plugin like
+            any other and shows in ``GET /plugins`` as ``hook-recorder``.
+        :raises ConfigError: the config or a plugin is wrong (as ``plugbus serve`` would say).
+        """
+        from plugbus.api.app import create_app
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        modules = {name: _target(name, plugin) for name, plugin in (plugins or {}).items()}
+        data = _kit_config(port, modules, builtins, settings or {}, config or {}, entry_points, disabled)
+        recorder: HookRecorder | None = None
+        if record_hooks:
+            recorder = HookRecorder()
+            key = f"r{next(_ids)}"
+            _RECORDERS[key] = recorder
+            data["plugins"]["modules"][RECORDER_NAME] = _RECORDER_TARGET
+            data["plugins"]["settings"][RECORDER_NAME] = {"recorder": key}
+        path = self._directory() / f"plugbus-{port}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        try:
+            with _plugbus_environment(env or {}):
+                app = create_app(load_config(path))
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            if recorder is not None:
+                _RECORDERS.pop(key)
+        if recorder is not None:
+            recorder._pm = app.bus.pm
+        server = PlugbusServer(app, sock, path, recorder)
+        self.servers.append(server)
+        await server._serve(timeout)
+        return server
+
+    async def aclose(self) -> None:
+        """Stop every server this factory started, the newest first (all of them, even when
+        one fails to stop; the first error is raised afterwards)."""
+        errors: list[Exception] = []
+        while self.servers:
+            try:
+                await self.servers.pop().stop()
+            except Exception as exc:  # noqa: BLE001 - stop the others first, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]

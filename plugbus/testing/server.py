@@ -1,0 +1,172 @@
+"""The in-process server: :class:`PlugbusServer`, plugbus served by uvicorn in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plugbus.testing.client import ClientRefused, PlugbusClient
+
+if TYPE_CHECKING:
+    import httpx
+    import uvicorn
+
+    from plugbus.api.app import Application
+    from plugbus.core import Bus, Config
+    from plugbus.testing.recorder import HookRecorder
+
+
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn inside a test: no signal handlers; a failed start-up returns, not exits."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            try:
+                await super().startup(sockets)
+            except SystemExit:
+                self.should_exit = True
+
+    return _Server
+
+
+class PlugbusServer:
+    """A plugbus application served on a loopback port in the test's event loop.
+
+    Start one with the :func:`plugbus_server` fixture. It is the application ``plugbus
+    serve`` runs (``create_app`` on a config file the kit writes), served by uvicorn, so
+    ``plugbus_startup`` and ``plugbus_shutdown`` run through the ASGI lifespan as in
+    production.
+
+    :ivar url: ``http://127.0.0.1:PORT``.
+    :ivar port: the port.
+    :ivar app: the :class:`~plugbus.api.app.Application` (``.asgi``, ``.bus``, ``.rest``, ``.sio``).
+    :ivar config_path: the config file it was built from.
+    :ivar http: an ``httpx.AsyncClient`` with ``base_url=url``, for the REST door.
+    :ivar clients: the clients connected with :meth:`client`.
+    """
+
+    def __init__(self, app: Application, sock: socket.socket, config_path: Path,
+                 recorder: HookRecorder | None) -> None:
+        import httpx
+
+        self.app = app
+        self.port: int = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = config_path
+        self.http: httpx.AsyncClient = httpx.AsyncClient(base_url=self.url, timeout=10)
+        self.clients: list[PlugbusClient] = []
+        self._sock = sock
+        self._recorder = recorder
+        self._lifespan_error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._uvicorn: uvicorn.Server | None = None
+
+    @property
+    def bus(self) -> Bus:
+        """The running :class:`~plugbus.Bus` (in this process: inspect it, call it)."""
+        return self.app.bus
+
+    @property
+    def config(self) -> Config:
+        """The validated configuration the server runs with."""
+        return self.app.bus.config
+
+    @property
+    def hooks(self) -> HookRecorder:
+        """Every hook call so far, in order (see :class:`HookRecorder`).
+
+        :raises RuntimeError: the server was started with ``record_hooks=False``.
+        """
+        if self._recorder is None:
+            raise RuntimeError("this server was started with record_hooks=False")
+        return self._recorder
+
+    async def _lifespan_spy(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app.asgi(scope, receive, send)
+        except BaseException as exc:
+            if scope["type"] == "lifespan":
+                self._lifespan_error = exc
+            raise
+
+    async def _serve(self, timeout: float) -> None:
+        import uvicorn
+
+        server = self.config.server
+        self._uvicorn = _server_class()(uvicorn.Config(
+            self._lifespan_spy, interface="asgi3", host="127.0.0.1", port=self.port, log_config=None,
+            log_level=server.log_level, lifespan="on", ws_max_size=server.max_message_bytes,
+            timeout_graceful_shutdown=math.ceil(server.shutdown_timeout),
+        ))
+        self._task = asyncio.create_task(self._uvicorn.serve(sockets=[self._sock]))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._uvicorn.started:
+            if self._task.done() or asyncio.get_running_loop().time() > deadline:
+                await self._halt()
+                if self._lifespan_error is not None:
+                    raise self._lifespan_error
+                raise RuntimeError(f"plugbus did not start within {timeout} s (see the log)")
+            await asyncio.sleep(0.01)
+
+    async def client(self, *, transports: Sequence[str] | None = None, auth: Any = None,
+                     headers: Mapping[str, str] | None = None, timeout: float = 5.0) -> PlugbusClient:
+        """Connect a new real Socket.IO client and return it once connected.
+
+        :param transports: e.g. ``["websocket"]`` or ``["polling"]`` (default: those the server
+            accepts, ``server.transports``: polling first, upgraded to websocket).
+        :param auth: the handshake ``auth`` payload (``connection.auth`` in the hooks).
+        :param headers: extra HTTP headers for the handshake.
+        :raises ClientRefused: a plugin refused the connection.
+        """
+        import socketio
+
+        namespace = self.config.server.namespace
+        sio = socketio.AsyncClient(reconnection=False)
+        client = PlugbusClient(sio, namespace)
+        refusals: list[Any] = []
+        sio.on("*", client._receive, namespace=namespace)
+        sio.on("connect_error", lambda data=None: refusals.append(data), namespace=namespace)
+        try:
+            await sio.connect(self.url, namespaces=[namespace],
+                              transports=list(transports or self.config.server.transports),
+                              auth=auth, headers=dict(headers or {}), wait_timeout=timeout,
+                              socketio_path=self.config.server.socketio_path)
+        except socketio.exceptions.ConnectionError:
+            await sio.disconnect()
+            if refusals and isinstance(refusals[0], dict):
+                raise ClientRefused(refusals[0].get("data") or {"message": refusals[0].get("message")}) from None
+            raise
+        self.clients.append(client)
+        return client
+
+    async def _halt(self) -> None:
+        if self._uvicorn is not None and self._task is not None:
+            self._uvicorn.should_exit = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.config.server.shutdown_timeout + 5)
+            except TimeoutError:
+                self._uvicorn.force_exit = True
+                await self._task
+        self._sock.close()
+
+    async def stop(self) -> None:
+        """Disconnect the clients, close ``http`` and stop the server (``plugbus_shutdown``
+        runs). Called for you at the end of the test; calling it twice is harmless."""
+        clients, self.clients = self.clients, []
+        try:
+            await asyncio.gather(*(client.disconnect() for client in clients), return_exceptions=True)
+            await self.http.aclose()
+        finally:
+            if self._task is not None and not self._task.done():
+                await self._halt()
