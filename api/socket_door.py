@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 import socketio
+from engineio import packet as eio_packet
 from socketio import packet
 
 from plugbus.core import (
@@ -183,7 +184,32 @@ class SocketTransport:
     async def emit(
         self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None
     ) -> None:
-        await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=self._ns)
+        manager = self._sio.manager
+        if type(manager) is not socketio.AsyncManager:
+            # A pub/sub manager (Redis) must publish the emit for the other nodes.
+            await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=self._ns)
+            return
+        # The hot path of every broadcast. python-socketio 5.18 starts one asyncio task per
+        # recipient, each awaiting a ping-timeout check before its queue put; here the packet is
+        # encoded once and put straight on each recipient's Engine.IO send queue (the writer
+        # task that drains it is the same), and dead sessions are left to Engine.IO's own
+        # ping monitor. The per-recipient work is a dict lookup and a put_nowait.
+        members = manager.rooms.get(self._ns, {}).get(room)
+        if not members:
+            return
+        args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
+        encoded = self._sio.packet_class(packet.EVENT, namespace=self._ns, data=[event, *args]).encode()
+        eio_packets = [eio_packet.Packet(eio_packet.MESSAGE, p)
+                       for p in (encoded if isinstance(encoded, list) else [encoded])]
+        sockets = self._sio.eio.sockets
+        for sid, eio_sid in members.items():
+            if sid == skip_sid:
+                continue
+            sock = sockets.get(eio_sid)
+            if sock is None or sock.closed:
+                continue
+            for pkt in eio_packets:
+                sock.queue.put_nowait(pkt)
 
     async def enter_room(self, sid: str, room: str) -> None:
         await self._sio.enter_room(sid, room, namespace=self._ns)
