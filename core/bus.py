@@ -281,13 +281,12 @@ class Bus:
 
     async def close_connection(self, sid: str, reason: str) -> None:
         """Run ``plugbus_disconnect`` and forget the connection; called by the socket door."""
-        rooms = self.transport.rooms_of(sid) if sid in self._connections else []
         connection = self._forget(sid)
         if connection is not None:
             try:
                 await self.hooks.disconnect(connection, reason, self)
             finally:
-                await self.presence.disconnected(connection, rooms)
+                await self.presence.disconnected(connection)
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -46,8 +46,9 @@ class LocalPresence:
     async def connected(self, connection: Connection) -> None:
         """Record a new connection."""
 
-    async def disconnected(self, connection: Connection, rooms: list[str]) -> None:
-        """Forget a connection and its memberships."""
+    async def disconnected(self, connection: Connection) -> None:
+        """Forget a connection and its memberships (its rooms are still readable with
+        ``bus.rooms_of``: python-socketio drops them after the disconnect handler)."""
 
     async def joined(self, connection: Connection, room: str) -> None:
         """Record that ``connection`` joined ``room``."""
@@ -109,7 +110,7 @@ class RedisPresence(LocalPresence):
                 await self._task
         with contextlib.suppress(Exception):
             for connection in self._bus.connections():
-                await self.disconnected(connection, self._bus.rooms_of(connection.sid))
+                await self.disconnected(connection)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -144,10 +145,10 @@ class RedisPresence(LocalPresence):
         self._write_connection(pipe, connection)
         await pipe.execute()
 
-    async def disconnected(self, connection: Connection, rooms: list[str]) -> None:
+    async def disconnected(self, connection: Connection) -> None:
         pipe = self._redis.pipeline(transaction=False)
         pipe.delete(self._key("conn", connection.sid))
-        for room in rooms:
+        for room in self._bus.rooms_of(connection.sid):
             pipe.srem(self._key("room", room), connection.sid)
         await pipe.execute()
 
