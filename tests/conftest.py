@@ -200,6 +200,28 @@ def assert_refused(ack: dict[str, Any], code: str) -> dict[str, Any]:
     return error
 
 
+async def refused_connect(server: Server, **kwargs: Any) -> dict[str, Any]:
+    """Connect and expect a refusal; return the ``connect_error`` payload ``{message, data}``
+    (python-socketio's ConnectionError text does not carry it)."""
+    client = socketio.AsyncClient(reconnection=False)
+    errors: list[Any] = []
+    client.on("connect_error", errors.append)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(server.url, wait_timeout=5, **kwargs)
+    await client.shutdown()
+    [error] = errors
+    return error  # type: ignore[no-any-return]
+
+
+async def wait_disconnected(client: SocketClient, timeout: float = 5) -> None:
+    """Wait until the server has closed ``client``'s connection."""
+    for _ in range(int(timeout / 0.05)):
+        if not client.sio.connected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the client is still connected")
+
+
 @dataclass
 class RedisServer:
     """A real redis-server on a free loopback port, in a temporary directory."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-import socketio
+from conftest import refused_connect
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -48,13 +48,7 @@ ENV = {**PYPATH, "ALICE_TOKEN": ALICE_TOKEN}
 
 async def refused(server, **kwargs) -> str:
     """Connect and expect a refusal; return the connect_error's message (and check its shape)."""
-    client = socketio.AsyncClient(reconnection=False)
-    errors: list = []
-    client.on("connect_error", errors.append)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await client.connect(server.url, wait_timeout=5, **kwargs)
-    await client.shutdown()
-    [error] = errors
+    error = await refused_connect(server, **kwargs)
     record(repr(error))
     assert error["data"]["message"] == error["message"]
     assert set(error["data"]) == {"code", "message", "details"}

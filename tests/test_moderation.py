@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-import socketio
-from conftest import Server, start_server
+from conftest import Server, refused_connect, start_server, wait_disconnected
 from test_errors import assert_error_shape, assert_problem
 
 TESTS = Path(__file__).resolve().parent
@@ -86,23 +85,6 @@ async def nothing_delivered(*clients) -> None:
         assert client.received("receive-message") == []
 
 
-async def refused_connect(server: Server, **kwargs: Any) -> dict[str, Any]:
-    """Connect, expect the server to refuse; return the ``connect_error`` payload."""
-    client = socketio.AsyncClient(reconnection=False)
-    errors: list[Any] = []
-    client.on("connect_error", errors.append)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await client.connect(server.url, wait_timeout=5, **kwargs)
-    [error] = errors
-    return error  # type: ignore[no-any-return]
-
-
-async def wait_disconnected(client, timeout: float = 5) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if not client.sio.connected:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the client is still connected")
 
 
 SHOUT = "STOP THIS NOW"

@@ -17,8 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-import socketio
-from conftest import Server, start_server
+from conftest import Server, refused_connect, start_server, wait_disconnected
 from test_errors import assert_error_shape, assert_problem
 
 TESTS = Path(__file__).resolve().parent
@@ -61,24 +60,6 @@ async def send(client, room: str, message: str) -> dict[str, Any]:
     return await client.call("send-message", {"message": message, "roomID": room})  # type: ignore[no-any-return]
 
 
-async def refused_connect(server: Server, **kwargs: Any) -> dict[str, Any]:
-    """Connect, expect a refusal; the ``connect_error`` payload (python-socketio's
-    ConnectionError text does not carry it)."""
-    client = socketio.AsyncClient(reconnection=False)
-    errors: list[Any] = []
-    client.on("connect_error", errors.append)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await client.connect(server.url, wait_timeout=5, **kwargs)
-    [error] = errors
-    return error  # type: ignore[no-any-return]
-
-
-async def wait_disconnected(client, timeout: float = 5) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if not client.sio.connected:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the client is still connected")
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10) -> Any:

@@ -10,27 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
-from plugbus import Bus, Connection, Identity, Plugin, hookimpl
 from conftest import assert_problem, assert_refused
 
 TESTS = Path(__file__).resolve().parent
-IDENTITY = {"ident": "test_rooms:IdentityPlugin"}  # loaded by the server from this very file
+IDENTITY = {"ident": "fixture_plugins.claimed_identity:IdentityPlugin"}
 STRICT_ROOMS = {"notify_membership": True, "max_name_length": 12, "max_rooms_per_connection": 3,
                 "name_pattern": "[a-z0-9-]+"}
 STRICT = {"plugins": {"modules": IDENTITY, "settings": {"rooms": STRICT_ROOMS}}}
-
-
-class IdentityPlugin(Plugin):
-    """Test-only authentication: the identity is whatever the handshake's ``auth`` says."""
-
-    @hookimpl
-    def plugbus_connect(self, connection: Connection, bus: Bus) -> None:
-        """Set ``connection.identity`` from ``auth = {"user_id": ..., "name": ...}``."""
-        auth = connection.auth
-        if isinstance(auth, dict) and "user_id" in auth:
-            connection.identity = Identity(auth["user_id"], auth.get("name"))
-
-
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from plugbus import Bus, Connection, Identity, Plugin, hookimpl
 from conftest import assert_problem
 
 TESTS = Path(__file__).resolve().parent
@@ -17,7 +16,7 @@ DEFAULT_GREETINGS = {"greeting": "Welcome to server", "room_greetings": {}, "def
 TEMPLATED = {
     "server": {"name": "bus-1"},
     "plugins": {
-        "modules": {"ident": "test_welcome:IdentityPlugin"},  # loaded by the server from this file
+        "modules": {"ident": "fixture_plugins.claimed_identity:IdentityPlugin"},
         "settings": {"welcome": {
             "greeting": "Hi {user}, this is {server} ({sid}) {{literally}}",
             "room_greetings": {"lobby": "Welcome to {room}, {user}!", "quiet": ""},
@@ -26,18 +25,6 @@ TEMPLATED = {
         }},
     },
 }
-
-
-class IdentityPlugin(Plugin):
-    """Test-only authentication: the identity is whatever the handshake's ``auth`` says."""
-
-    @hookimpl
-    def plugbus_connect(self, connection: Connection, bus: Bus) -> None:
-        """Set ``connection.identity`` from ``auth = {"user_id": ..., "name": ...}``."""
-        auth = connection.auth
-        if isinstance(auth, dict) and "user_id" in auth:
-            connection.identity = Identity(auth["user_id"], auth.get("name"))
-
 
 
 @pytest.fixture(scope="module")
