@@ -37,7 +37,8 @@ from plugbus.core import (
 )
 from plugbus.core.ratelimit import TokenBucket
 
-from . import engineio_fixes
+from . import engineio_fixes, wire_json
+from .direct_websocket import DirectEngineIOServer, DirectSocket, encode_frame
 
 engineio_fixes.apply()
 
@@ -69,15 +70,23 @@ class PlugbusSocketServer(socketio.AsyncServer):
             transports=list(server.transports),
             logger=False,
             engineio_logger=False,
+            json=wire_json,
         )
+        self.eio.send_buffer_limit = server.limits.send_buffer_bytes
         self.bus = bus
         self.plugbus_namespace = server.namespace
         limits = server.limits
         self._rate = (limits.events_per_second, float(limits.event_burst)) if limits.events_per_second else None
+        # an ack's Engine.IO text up to its id: "4" (message) "3" (ack) and the namespace
+        self._ack_prefix = "43" if server.namespace == "/" else f"43{server.namespace},"
         self._accepted: dict[str, str] = {}  # eio_sid -> sid, between connect handler and CONNECT
         self.on("connect", self._on_connect, namespace=server.namespace)
         self.on("disconnect", self._on_disconnect, namespace=server.namespace)
         bus.attach(SocketTransport(self, server.namespace))
+
+    def _engineio_server_class(self) -> type:
+        # websocket sessions write straight to the transport (api/direct_websocket.py)
+        return DirectEngineIOServer
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         scope = environ.get("asgi.scope", {})
@@ -162,6 +171,16 @@ class PlugbusSocketServer(socketio.AsyncServer):
             log.exception("event %r from %s failed", name, sid)
             reply = self._refusal(InternalError("internal error while handling the event"), name)
         if wants_ack:
+            # The ack written straight to a direct websocket, encoded by hand (the same text
+            # python-socketio's Packet.encode makes, tested); binary data in the reply, and
+            # long-polling, take python-socketio's path.
+            sock = self.eio.sockets.get(eio_sid)
+            writer = sock.writer if type(sock) is DirectSocket else None
+            body = wire_json.dumps_or_none([reply]) if writer is not None else None
+            if body is not None:
+                if not sock.closed:
+                    writer.send(f"{self._ack_prefix}{id}{body}")
+                return
             await server._send_packet(eio_sid, self.packet_class(
                 packet.ACK, namespace=namespace, id=id, data=[reply]))
         elif not reply["ok"]:
@@ -190,10 +209,11 @@ class SocketTransport:
             await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=self._ns)
             return
         # The hot path of every broadcast. python-socketio 5.18 starts one asyncio task per
-        # recipient, each awaiting a ping-timeout check before its queue put; here the packet is
-        # encoded once and put straight on each recipient's Engine.IO send queue (the writer
-        # task that drains it is the same), and dead sessions are left to Engine.IO's own
-        # ping monitor. The per-recipient work is a dict lookup and a put_nowait.
+        # recipient, each awaiting a ping-timeout check before its queue put. Here the packet is
+        # encoded once and framed once; each websocket recipient gets the same frame bytes
+        # written to its transport (api/direct_websocket.py), each long-polling recipient the
+        # same Engine.IO packets on its queue. Dead sessions are left to Engine.IO's own ping
+        # monitor. Per recipient: two dict lookups and one write.
         members = manager.rooms.get(self._ns, {}).get(room)
         if not members:
             return
@@ -201,6 +221,7 @@ class SocketTransport:
         encoded = self._sio.packet_class(packet.EVENT, namespace=self._ns, data=[event, *args]).encode()
         eio_packets = [eio_packet.Packet(eio_packet.MESSAGE, p)
                        for p in (encoded if isinstance(encoded, list) else [encoded])]
+        frames: list[bytes] | None = None
         sockets = self._sio.eio.sockets
         for sid, eio_sid in members.items():
             if sid == skip_sid:
@@ -208,8 +229,15 @@ class SocketTransport:
             sock = sockets.get(eio_sid)
             if sock is None or sock.closed:
                 continue
-            for pkt in eio_packets:
-                sock.queue.put_nowait(pkt)
+            writer = sock.writer if type(sock) is DirectSocket else None
+            if writer is not None:
+                if frames is None:
+                    frames = [encode_frame(p.encode()) for p in eio_packets]
+                for frame in frames:
+                    writer.write_frame(frame)
+            else:
+                for pkt in eio_packets:
+                    sock.queue.put_nowait(pkt)
 
     async def enter_room(self, sid: str, room: str) -> None:
         await self._sio.enter_room(sid, room, namespace=self._ns)

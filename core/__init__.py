@@ -24,6 +24,7 @@ from .errors import (
 )
 from .events import Event, EventRegistry, ServerEvent
 from .hookspecs import hookimpl, hookspec
+from .ids import new_id
 from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
 from .moderation import ModerationRule, Violation
 from .plugin import Plugin, PluginSettings, Secret
@@ -68,6 +69,7 @@ __all__ = [
     "Violation",
     "hookimpl",
     "hookspec",
+    "new_id",
     "load_config",
     "load_plugins",
 ]

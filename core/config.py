@@ -51,6 +51,11 @@ class LimitsSettings(StrictModel):
         100, ge=0, description="Sustained events per second one connection may send (0 = no limit)."
     )
     event_burst: int = Field(200, ge=1, description="Events one connection may send in a burst.")
+    send_buffer_bytes: int = Field(
+        16 * 1024 * 1024, ge=65_536,
+        description="Most bytes waiting to be sent to one websocket client; a client that stops "
+                    "reading past it is dropped as a slow consumer.",
+    )
 
 
 class ServerSettings(StrictModel):

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("plugbus.hooks")
 
 _Impl = tuple[Callable[..., Any], tuple[str, ...], str]
+#: An implementation as the awaited hooks call it: (function, argument names, plugin name,
+#: whether it is an ``async def`` — known once, so a call needs no awaitable check).
+_Plain = tuple[Callable[..., Any], tuple[str, ...], str, bool]
 
 
 class _OrderedHook:
@@ -43,8 +46,8 @@ class _OrderedHook:
         self.wrappers: list[_Impl] = [
             (i.function, tuple(i.argnames), i.plugin_name) for i in ordered if i.wrapper
         ]
-        self.plain: list[_Impl] = [
-            (i.function, tuple(i.argnames), i.plugin_name)
+        self.plain: list[_Plain] = [
+            (i.function, tuple(i.argnames), i.plugin_name, inspect.iscoroutinefunction(i.function))
             for i in ordered
             if not (i.wrapper or i.hookwrapper)
         ]
@@ -83,8 +86,12 @@ class _OrderedHook:
         return result
 
 
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
+async def _call(func: Callable[..., Any], argnames: tuple[str, ...], is_async: bool,
+                kwargs: dict[str, Any]) -> Any:
+    """Call one implementation with the arguments it names; await what it returns when it is
+    ``async def`` or (a plain function) returned an awaitable."""
+    value = func(*[kwargs[a] for a in argnames])
+    if is_async or inspect.isawaitable(value):
         return await value
     return value
 
@@ -140,9 +147,9 @@ class Hooks:
         hook = self._awaited[name]
 
         async def inner() -> None:
-            for func, argnames, plugin in hook.plain:
+            for func, argnames, plugin, is_async in hook.plain:
                 try:
-                    await _maybe_await(func(*[kwargs[a] for a in argnames]))
+                    await _call(func, argnames, is_async, kwargs)
                 except Exception:
                     if not keep_going:
                         raise
@@ -152,17 +159,20 @@ class Hooks:
 
     async def _first(self, name: str, kwargs: dict[str, Any]) -> Any:
         hook = self._awaited[name]
+        if hook.wrappers:
+            return await hook.run(kwargs, lambda: self._first_plain(hook, kwargs))
+        return await self._first_plain(hook, kwargs)
 
-        async def inner() -> Any:
-            for func, argnames, _plugin in hook.plain:
-                result = await _maybe_await(func(*[kwargs[a] for a in argnames]))
-                if result is not None:
-                    return result
-            return None
-
-        if not hook.plain and not hook.wrappers:
-            return None
-        return await hook.run(kwargs, inner)
+    @staticmethod
+    async def _first_plain(hook: _OrderedHook, kwargs: dict[str, Any]) -> Any:
+        # The per-event path (handle_event): no closure, no wrapper walk when there are none.
+        for func, argnames, _plugin, is_async in hook.plain:
+            result = func(*[kwargs[a] for a in argnames])
+            if is_async or inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None
 
     async def authenticate(self, connection: Connection, bus: Bus) -> Identity | None:
         """``plugbus_authenticate``: in order, the first non-None identity wins."""
@@ -221,22 +231,24 @@ class Hooks:
         """``plugbus_moderate``: chained; returns the event as the last implementation left it."""
         hook = self._awaited["plugbus_moderate"]
         kwargs: dict[str, Any] = {"event": event, "ctx": ctx}
+        if hook.wrappers:
+            return await hook.run(kwargs, lambda: self._moderate_plain(hook, kwargs))  # type: ignore[no-any-return]
+        return await self._moderate_plain(hook, kwargs)
 
-        async def inner() -> Event:
-            for func, argnames, plugin in hook.plain:
-                replaced = await _maybe_await(func(*[kwargs[a] for a in argnames]))
-                if replaced is not None:
-                    if type(replaced) is not type(kwargs["event"]):
-                        raise TypeError(
-                            f"plugbus_moderate of plugin {plugin!r} returned {type(replaced).__name__}; "
-                            f"expected None or a {type(kwargs['event']).__name__}"
-                        )
-                    kwargs["event"] = replaced
-            return kwargs["event"]
-
-        if not hook.plain and not hook.wrappers:
-            return event
-        return await hook.run(kwargs, inner)  # type: ignore[no-any-return]
+    @staticmethod
+    async def _moderate_plain(hook: _OrderedHook, kwargs: dict[str, Any]) -> Event:
+        for func, argnames, plugin, is_async in hook.plain:
+            replaced = func(*[kwargs[a] for a in argnames])
+            if is_async or inspect.isawaitable(replaced):
+                replaced = await replaced
+            if replaced is not None:
+                if type(replaced) is not type(kwargs["event"]):
+                    raise TypeError(
+                        f"plugbus_moderate of plugin {plugin!r} returned {type(replaced).__name__}; "
+                        f"expected None or a {type(kwargs['event']).__name__}"
+                    )
+                kwargs["event"] = replaced
+        return kwargs["event"]  # type: ignore[no-any-return]
 
     async def handle_event(self, event: Event, ctx: EventContext) -> Any:
         """``plugbus_handle_event``: in order, the first non-None result wins."""

@@ -34,6 +34,7 @@ from plugbus.core import (
     Unauthorized,
     Violation,
     hookimpl,
+    new_id,
 )
 
 __all__ = [
@@ -65,4 +66,5 @@ __all__ = [
     "Unauthorized",
     "Violation",
     "hookimpl",
+    "new_id",
 ]

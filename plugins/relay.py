@@ -11,7 +11,6 @@ See docs/plugins/relay.md.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -40,6 +39,7 @@ from plugbus import (
     Route,
     RouteRequest,
     hookimpl,
+    new_id,
 )
 
 
@@ -80,12 +80,14 @@ def _one_socket_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 
 
 SocketMessage = Annotated[
-    Annotated[bytes, PlainValidator(_strict_bytes)] | str | dict[str, JsonValue] | list[JsonValue],
+    # text first: pydantic's smart union stops at the first exact match, so the common case
+    # never calls the bytes validator
+    str | Annotated[bytes, PlainValidator(_strict_bytes)] | dict[str, JsonValue] | list[JsonValue],
     WrapValidator(_one_socket_error),
     Field(description="The message: text, structured JSON (an object or an array), or binary data."),
 ]
 MessageId = Annotated[str | None, Field(
-    description="The message id (uuid4 hex), also in every delivery's envelope; "
+    description="The message id (32 hex digits, unique across nodes), also in every delivery's envelope; "
                 "null when moderation dropped the message silently.")]
 Recipients = Annotated[int, Field(ge=0, description="Connections on this node it was delivered to.")]
 RoomName = Annotated[str, Field(min_length=1, max_length=256, description="The room to deliver it to.")]
@@ -223,7 +225,7 @@ class RelayPlugin(Plugin):
         if not isinstance(event, SendMessage | SendDirect | Broadcast):
             return None
         self._check_sender(event, ctx)
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         if isinstance(event, SendMessage):
             return await self._to_room(event, ctx, message_id)
         if isinstance(event, SendDirect):

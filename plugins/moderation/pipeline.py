@@ -68,6 +68,12 @@ class Pipeline:
         self.steps = steps
         self.store = store
         self.mask_char = mask_char
+        # Whether each rule's check (and ``accepted``) is ``async def``, known once: the common
+        # outcome — a rule with nothing to say — then costs one call, with no awaitable check.
+        self._checks = [(step, step.rule.check, inspect.iscoroutinefunction(step.rule.check))
+                        for step in steps]
+        self._accepted = [(hook, inspect.iscoroutinefunction(hook)) for hook in
+                          (getattr(step.rule, "accepted", None) for step in steps) if hook is not None]
 
     @property
     def names(self) -> list[str]:
@@ -78,18 +84,25 @@ class Pipeline:
         """:return: None when the event passes unchanged, the masked event when masked.
         :raises PlugbusError: a rule refused it. :raises EventDropped: a rule dropped it."""
         original = event
-        for step in self.steps:
-            event = await self._apply(step, event, ctx)
-        for step in self.steps:
-            accepted = getattr(step.rule, "accepted", None)
-            if accepted is not None:
-                await _maybe_await(accepted(event, ctx))
+        for step, check, is_async in self._checks:
+            violation = check(event, ctx)
+            if is_async or inspect.isawaitable(violation):
+                violation = await violation
+            if violation is not None:
+                event = await self._apply(step, event, ctx, violation)
+        for accepted, is_async in self._accepted:
+            done = accepted(event, ctx)
+            if is_async or inspect.isawaitable(done):
+                await done
         return None if event is original else event
 
-    async def _apply(self, step: Step, event: Event, ctx: EventContext) -> Event:
+    async def _apply(self, step: Step, event: Event, ctx: EventContext, violation: Violation | None) -> Event:
+        """Carry out ``step``'s action on the violation its check found, checking again after
+        each mask (a masked event may still violate the rule elsewhere)."""
         rule = step.rule
-        for _ in range(MAX_MASKS):
-            violation = await _maybe_await(rule.check(event, ctx))
+        for attempt in range(MAX_MASKS):
+            if attempt:
+                violation = await _maybe_await(rule.check(event, ctx))
             if violation is None:
                 return event
             masked = self._masked(event, violation) if step.action == "mask" else None

@@ -1,0 +1,152 @@
+"""The seam that writes Engine.IO packets straight to uvicorn's websocket transport
+(api/direct_websocket.py), the hand-built ack text and the JSON module of the Socket.IO door."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import httpx
+import pytest
+import socketio
+import websockets
+from socketio import packet as sio_packet
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from plugbus.api import wire_json
+from plugbus.api.direct_websocket import encode_frame
+
+
+def parse_frame(data: bytes) -> Frame:
+    """Parse one server frame with the websockets library's own parser (unmasked, no extensions)."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False, max_size=None, extensions=[])
+    try:
+        next(parser)
+        while True:
+            parser.send(None)
+    except StopIteration as done:
+        frame: Frame = done.value
+    return frame
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
+def test_encode_frame_is_a_frame_the_websockets_parser_reads_back(size: int) -> None:
+    text = "é" * (size // 2) + "x" * (size % 2)  # multi-byte UTF-8: the length is in bytes
+    frame = parse_frame(encode_frame(text))
+    assert (frame.opcode, frame.fin, frame.rsv1) == (Opcode.TEXT, True, False)
+    assert frame.data.decode() == text
+    blob = bytes(range(256)) * (size // 256) + b"\x00" * (size % 256)
+    frame = parse_frame(encode_frame(blob))
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.BINARY, True, blob)
+
+
+@pytest.mark.parametrize("namespace", ["/", "/chat"])
+def test_the_hand_built_ack_is_the_text_python_socketio_encodes(namespace: str) -> None:
+    reply = {"ok": True, "data": {"id": "ab" * 16, "room": "lobby", "recipients": 3, "n": [1, None]}}
+    prefix = "43" if namespace == "/" else f"43{namespace},"
+    ours = f"{prefix}17{wire_json.dumps_or_none([reply])}"
+    theirs = "4" + sio_packet.Packet(sio_packet.ACK, namespace=namespace, id=17, data=[reply]).encode()
+    assert ours == theirs
+
+
+def test_wire_json_reads_what_engineio_json_reads() -> None:
+    assert wire_json.loads('{"a":[1,2.5,"é",null,true]}') == {"a": [1, 2.5, "é", None, True]}
+    assert wire_json.loads(str(2**63 - 1)) == 2**63 - 1
+    assert wire_json.loads(str(2**70 + 1)) == float(2**70)  # past 64 bits: a float, as in JavaScript
+    assert isinstance(wire_json.loads("1" * 200), float)  # never a huge int built from client input
+    nan = wire_json.loads("[NaN]")[0]
+    assert nan != nan
+    with pytest.raises(ValueError, match="Expecting"):
+        wire_json.loads('{"a":')
+
+
+def test_wire_json_dumps_compact_and_leaves_binary_to_python_socketio() -> None:
+    assert wire_json.dumps({"a": [1, "x"], 2: None}, separators=(",", ":")) == '{"a":[1,"x"],"2":null}'
+    assert json.loads(wire_json.dumps({"t": "é"})) == {"t": "é"}
+    assert wire_json.dumps(2**70) == str(2**70)
+    assert wire_json.dumps_or_none([{"blob": b"\x00"}]) is None
+    assert wire_json.dumps({"x": 1}, indent=2) == json.dumps({"x": 1}, indent=2)  # other options: stdlib
+
+
+async def test_server_pings_keep_a_direct_websocket_alive(serve, connect) -> None:
+    # python-socketio's client drops a connection that saw no PING for ping_interval +
+    # ping_timeout; the direct socket sends its pings from a timer, not a task.
+    server = serve({"server": {"ping_interval": 0.4, "ping_timeout": 0.6}})
+    client = await connect(server, transports=["websocket"], wait_welcome=True)
+    await asyncio.sleep(3)
+    assert client.sio.connected
+    ack = await client.call("join-room", {"room": "still-here"})
+    assert ack["ok"] is True
+    assert httpx.get(server.url + "/health").json()["connections"] == 1
+
+
+async def _raw_socketio_client(server, room: str) -> websockets.ClientConnection:
+    """A websocket client that joins ``room`` and then stops reading: a tiny receive buffer,
+    and the websockets library stops reading from the socket once one message is waiting."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
+                                  sock=sock, max_queue=1, compression=None)
+    assert (await ws.recv()).startswith("0{")  # Engine.IO OPEN
+    await ws.send("40")
+    assert (await ws.recv()).startswith("40{")  # Socket.IO CONNECT
+    await ws.send(f'420["join-room",{{"room":"{room}"}}]')
+    while not (msg := await ws.recv()).startswith("430"):
+        pass  # the greeting may come first
+    assert json.loads(msg[3:])[0]["ok"] is True
+    return ws
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(serve, connect) -> None:
+    server = serve({"server": {"limits": {"send_buffer_bytes": 65536}},
+                    "plugins": {"disabled": ["moderation"]}})  # 60 KB messages, no length rule
+    reader = await connect(server, transports=["websocket"], wait_welcome=True)
+    await reader.call("join-room", {"room": "firehose"})
+    stalled = await _raw_socketio_client(server, "firehose")
+    health = httpx.get(server.url + "/health").json()
+    assert health["connections"] == 2
+    count, body = 150, "x" * 60_000  # ~9 MB: more than the kernel buffers on both sides hold
+    async with httpx.AsyncClient(base_url=server.url) as rest:
+        for n in range(count):
+            resp = await rest.post("/rooms/firehose/messages", json={"message": f"{n}:{body}"})
+            assert resp.status_code == 200, resp.text
+    got = await reader.wait_for("receive-message", count=count, timeout=30)
+    assert [m.split(":", 1)[0] for m in got] == [str(n) for n in range(count)]  # all, in order
+    deadline = asyncio.get_running_loop().time() + 10
+    while httpx.get(server.url + "/health").json()["connections"] != 1:
+        assert asyncio.get_running_loop().time() < deadline, "the stalled client was not dropped"
+        await asyncio.sleep(0.1)
+    assert "dropping a slow websocket client" in server.log()
+    assert reader.sio.connected
+    ack = await reader.call("send-message", {"message": "after", "roomID": "firehose"})
+    assert ack["ok"] is True and ack["data"]["recipients"] == 1
+    await stalled.close()
+
+
+async def test_a_long_polling_client_upgrades_and_keeps_its_order(serve) -> None:
+    # Sends made while the transport upgrades are queued, then flushed through the direct
+    # writer before anything newer: 30 acked sends straddle the upgrade.
+    server = serve()
+    client = socketio.AsyncClient(reconnection=False)
+    got: list[str] = []
+    client.on("receive-message", lambda m: got.append(m))
+    await client.connect(server.url, transports=["polling", "websocket"], wait_timeout=5)
+    try:
+        await client.call("join-room", {"room": "upgrade"})
+        for n in range(30):
+            await client.emit("send-message", {"message": str(n), "roomID": "upgrade"})
+            await asyncio.sleep(0.01)
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(got) < 30 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert got == [str(n) for n in range(30)]
+        assert client.transport() == "websocket"
+    finally:
+        await client.disconnect()
