@@ -133,6 +133,43 @@ class DirectWriter:
         self._transport.abort()
 
 
+class LeanReceiveQueue:
+    """What uvicorn's websocket protocol uses of its receive queue — ``put_nowait``, ``get``,
+    ``empty``, ``qsize`` — for a connection with one reader.
+
+    ``asyncio.Queue`` holds four deques (~2.1 KB per connection, before any message); uvicorn
+    pauses reading after each message until the queue is empty, so a few items at most ever
+    wait here, and a list and one waiter future do.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self, items: list[Any] | None = None) -> None:
+        self._items: list[Any] = items or []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
 class DirectSocket(async_socket.AsyncSocket):
     """python-engineio's ``AsyncSocket`` writing to the websocket directly once it is up.
 
@@ -142,6 +179,7 @@ class DirectSocket(async_socket.AsyncSocket):
     """
 
     writer: DirectWriter | None = None
+    _queue: asyncio.Queue[Any] | None = None
 
     async def send(self, pkt: eio_packet.Packet) -> None:
         """Send one Engine.IO packet: written now on a direct websocket, queued otherwise."""
@@ -154,15 +192,12 @@ class DirectSocket(async_socket.AsyncSocket):
         writer.send(pkt.encode())
 
     def schedule_ping(self) -> None:
-        """After a PONG: the next PING in ``ping_interval`` seconds, as python-engineio does,
-        but from a timer callback instead of a sleeping task per connection."""
+        """Schedule the next PING in ``ping_interval`` seconds, as python-engineio does after a
+        PONG (and once at connect), from a timer callback instead of a sleeping task."""
         if not self.last_ping:
             return
         self.last_ping = None
-        if self.writer is None:
-            self.server.start_background_task(self._send_ping)
-        else:
-            asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping_now)
+        asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping_now)
 
     def _ping_now(self) -> None:
         if self.closing or self.closed:
@@ -171,8 +206,21 @@ class DirectSocket(async_socket.AsyncSocket):
         writer = self.writer
         if writer is not None:
             writer.write_frame(_PING_FRAME)
-        else:  # the websocket went away meanwhile; python-engineio's path decides
-            self.server.start_background_task(self.send, eio_packet.Packet(eio_packet.PING))
+        else:  # long-polling (or upgrading): the packet waits in the queue for the next poll
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+
+    @property
+    def queue(self) -> asyncio.Queue[Any]:  # type: ignore[override]
+        """python-engineio's send queue, made when first needed: a direct websocket drops it
+        once it is flushed (an asyncio.Queue holds four deques, ~2.6 KB per connection)."""
+        q = self._queue
+        if q is None:
+            q = self._queue = self.server.create_queue()
+        return q
+
+    @queue.setter
+    def queue(self, value: asyncio.Queue[Any]) -> None:
+        self._queue = value
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         """Close the Engine.IO session, then the websocket under it.
@@ -241,6 +289,14 @@ class DirectSocket(async_socket.AsyncSocket):
         if not closing:
             self.writer = writer
             self.__dict__["_plugbus_ws"] = ws
+            self._queue = None  # empty now; every later send is written directly
+            # uvicorn keeps the handshake's request and response (headers and all, ~3.5 KB)
+            # for the connection's life but reads neither after the accept.
+            proto.request = proto.response = None
+            # and an asyncio.Queue for received messages, replaced by a lean one (nothing
+            # awaits it now: this handler is its only reader)
+            if type(proto.queue) is asyncio.Queue:
+                proto.queue = LeanReceiveQueue(list(proto.queue._queue))
         # python-socketio's message handler, called directly: python-engineio's _trigger_event
         # would build a closure and look the handler up again for every message.
         on_message = server.handlers.get("message")
@@ -281,7 +337,9 @@ class _SocketTable(dict):  # type: ignore[type-arg]
 
     def __setitem__(self, sid: str, sock: Any) -> None:
         if type(sock) is async_socket.AsyncSocket:
+            queue = sock.__dict__.pop("queue", None)
             sock.__class__ = DirectSocket
+            sock._queue = queue
         super().__setitem__(sid, sock)
 
 
@@ -289,7 +347,8 @@ class DirectEngineIOServer(engineio.AsyncServer):
     """python-engineio's ``AsyncServer`` whose websocket sessions are :class:`DirectSocket`.
 
     python-engineio builds its sessions with a hard-coded ``AsyncSocket(...)``; the session
-    table swaps in the subclass as each is stored (it adds only methods, no state).
+    table swaps in the subclass as each is stored (it adds methods and turns ``queue`` into a
+    lazily made attribute; the state is python-engineio's).
     ``send_buffer_limit`` is the most unsent bytes one websocket connection may hold.
     """
 

@@ -89,6 +89,9 @@ class PlugbusSocketServer(socketio.AsyncServer):
         return DirectEngineIOServer
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        # The handshake request's body reader: python-engineio makes a new class for it per
+        # request, and the environ (kept for the connection's life) would keep it alive.
+        environ.pop("wsgi.input", None)
         scope = environ.get("asgi.scope", {})
         client = scope.get("client")
         headers = {

@@ -16,7 +16,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from plugbus.api import wire_json
-from plugbus.api.direct_websocket import encode_frame
+from plugbus.api.direct_websocket import LeanReceiveQueue, encode_frame
 
 
 def parse_frame(data: bytes) -> Frame:
@@ -150,3 +150,24 @@ async def test_a_long_polling_client_upgrades_and_keeps_its_order(serve) -> None
         assert client.transport() == "websocket"
     finally:
         await client.disconnect()
+
+
+async def test_the_lean_receive_queue_hands_items_over_in_order() -> None:
+    queue = LeanReceiveQueue(["first"])
+    assert (queue.qsize(), queue.empty()) == (1, False)
+    assert await queue.get() == "first"
+    assert queue.empty()
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    queue.put_nowait("second")
+    queue.put_nowait("third")
+    assert await waiting == "second"
+    assert await queue.get() == "third"
+    cancelled = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    queue.put_nowait("after a cancelled reader")  # no waiter left behind to trip over
+    assert await asyncio.wait_for(queue.get(), 1) == "after a cancelled reader"
