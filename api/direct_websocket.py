@@ -310,6 +310,12 @@ class DirectSocket(async_socket.AsyncSocket):
                 if data is None:
                     break
                 try:
+                    if type(data) is str and data[:1] == "4" and data[1:2].isnumeric() \
+                            and on_message is not None:
+                        # a Socket.IO packet in an Engine.IO message: what Packet.decode
+                        # would hand on (the text after the "4"), without building a Packet
+                        await on_message(self.sid, data[1:])
+                        continue
                     pkt = eio_packet.Packet(encoded_packet=data)
                     if pkt.packet_type == MESSAGE and on_message is not None:
                         await on_message(self.sid, pkt.data)

@@ -1,14 +1,19 @@
 """The Socket.IO door: python-socketio's AsyncServer, feeding every event into the bus.
 
 :class:`PlugbusSocketServer` is the one seam where plugbus reaches into python-socketio's
-internals. It overrides two methods of ``socketio.AsyncServer`` (5.18):
+internals. It overrides these methods of ``socketio.AsyncServer`` (5.18):
 
 * ``_handle_event_internal`` — the single dispatch point of every client event. plugbus
   replaces the per-event handler lookup with ``bus.dispatch`` and needs to know whether the
   client asked for an ack (python-socketio hides the packet id from handlers), so that a
   refusal travels in the ack when one was asked for and as an ``error`` event otherwise.
+  The ack itself is written straight to a direct websocket (see below).
+* ``_handle_eio_message`` — decodes the common packet (an EVENT with JSON arguments) in one
+  step and hands everything else to python-socketio's decoder.
 * ``_handle_connect`` — to run ``plugbus_connected`` after the client has been told it is
   connected, so a greeting never overtakes the Socket.IO ``connect``.
+* ``_engineio_server_class`` — websocket sessions write frames straight to uvicorn's transport
+  (:mod:`plugbus.api.direct_websocket`), and :class:`SocketTransport` broadcasts through them.
 
 Events of one connection are handled in the order sent: the server runs with
 ``async_handlers=False``, so each connection's reader awaits its event before reading the next
@@ -79,6 +84,7 @@ class PlugbusSocketServer(socketio.AsyncServer):
         self._rate = (limits.events_per_second, float(limits.event_burst)) if limits.events_per_second else None
         # an ack's Engine.IO text up to its id: "4" (message) "3" (ack) and the namespace
         self._ack_prefix = "43" if server.namespace == "/" else f"43{server.namespace},"
+        self._event_prefix = "2" if server.namespace == "/" else f"2{server.namespace},"
         self._accepted: dict[str, str] = {}  # eio_sid -> sid, between connect handler and CONNECT
         self.on("connect", self._on_connect, namespace=server.namespace)
         self.on("disconnect", self._on_disconnect, namespace=server.namespace)
@@ -139,6 +145,31 @@ class PlugbusSocketServer(socketio.AsyncServer):
         sid = self._accepted.pop(eio_sid, None)
         if sid is not None:
             await self.bus.connection_ready(sid)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        """Every Socket.IO packet a client sends. An EVENT on the served namespace with a JSON
+        argument list — nearly all traffic — is decoded here in one step (prefix, ack id, one
+        orjson call); anything else (connect, binary events, acks, malformed text) goes to
+        python-socketio's own decoder, which raises or ignores exactly as it always did."""
+        prefix = self._event_prefix
+        if type(data) is str and data.startswith(prefix) and eio_sid not in self._binary_packet:
+            start = len(prefix)
+            end = start
+            while data[end:end + 1].isdigit():
+                end += 1
+            if data[end:end + 1] == "[":
+                try:
+                    args = wire_json.loads(data[end:])
+                except ValueError:
+                    args = None
+                if type(args) is list and args:
+                    ns = self.plugbus_namespace
+                    sid = self.manager.sid_from_eio_sid(eio_sid, ns)
+                    if sid is not None and self.manager.is_connected(sid, ns):
+                        await self._handle_event_internal(
+                            self, sid, eio_sid, args, ns, int(data[start:end]) if end > start else None)
+                    return
+        await super()._handle_eio_message(eio_sid, data)
 
     async def _handle_event_internal(
         self, server: socketio.AsyncServer, sid: str, eio_sid: str, data: list[Any],
