@@ -22,6 +22,7 @@ Events of one connection are handled in the order sent: the server runs with
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
@@ -61,7 +62,7 @@ class PlugbusSocketServer(socketio.AsyncServer):
         manager = None
         if bus.backend.shared:
             # python-socketio's own Redis manager fans every emit out to all nodes.
-            manager = socketio.AsyncRedisManager(bus.backend.url, channel=bus.backend.key("socketio", server.namespace))
+            manager = PlugbusRedisManager(bus.backend.url, channel=bus.backend.key("socketio", server.namespace))
         super().__init__(
             client_manager=manager,
             async_mode="asgi",
@@ -227,6 +228,72 @@ class PlugbusSocketServer(socketio.AsyncServer):
         return {"ok": False, "error": error}
 
 
+def deliver_here(sio: socketio.AsyncServer, namespace: str, event: str, data: Any,
+                 room: str | None, skip_sid: str | list[str] | None) -> int:
+    """Deliver one event to the members of ``room`` (everyone when None) on this node; return
+    how many connections it was handed to.
+
+    The hot path of every broadcast. python-socketio 5.18 starts one asyncio task per
+    recipient, each awaiting a ping-timeout check before its queue put. Here the packet is
+    encoded once and framed once; each websocket recipient gets the same frame bytes written to
+    its transport (api/direct_websocket.py), each long-polling recipient the same Engine.IO
+    packets on its queue. Dead sessions are left to Engine.IO's own ping monitor. Per
+    recipient: two dict lookups and one write. ``data`` follows python-socketio's emit: a tuple
+    is several arguments, None none.
+    """
+    members = sio.manager.rooms.get(namespace, {}).get(room)
+    if not members:
+        return 0
+    args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
+    encoded = sio.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+    eio_packets = [eio_packet.Packet(eio_packet.MESSAGE, p)
+                   for p in (encoded if isinstance(encoded, list) else [encoded])]
+    skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
+    frames: list[bytes] | None = None
+    sockets = sio.eio.sockets
+    sent = 0
+    for sid, eio_sid in members.items():
+        if sid in skip:
+            continue
+        sock = sockets.get(eio_sid)
+        if sock is None or sock.closed:
+            continue
+        writer = sock.writer if type(sock) is DirectSocket else None
+        if writer is not None:
+            if frames is None:
+                frames = [encode_frame(p.encode()) for p in eio_packets]
+            for frame in frames:
+                writer.write_frame(frame)
+        else:
+            for pkt in eio_packets:
+                sock.queue.put_nowait(pkt)
+        sent += 1
+    return sent
+
+
+class PlugbusRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's Redis manager, delivering each emit on this node with
+    :func:`deliver_here` instead of a task per recipient.
+
+    ``_handle_emit`` runs for the node's own emits and for those published by other nodes;
+    what it does before delivering (decoding binary data, which python-socketio base64-encodes
+    for Redis) is python-socketio's, and an emit that asks for a callback keeps its path.
+    """
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if message.get("callback") is not None or self.server is None:
+            await super()._handle_emit(message)
+            return
+        data = message["data"]
+        if message.get("binary"):
+            attachments = [base64.b64decode(a) for a in data[1:]]
+            data = packet.Packet.reconstruct_binary(data[0], attachments)
+        if isinstance(data, list):
+            data = data[0] if len(data) == 1 else tuple(data)
+        deliver_here(self.server, message.get("namespace") or "/", message["event"], data,
+                     message.get("room"), message.get("skip_sid"))
+
+
 class SocketTransport:
     """:class:`plugbus.core.Transport` on a python-socketio server and its client manager."""
 
@@ -237,41 +304,12 @@ class SocketTransport:
     async def emit(
         self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None
     ) -> None:
-        manager = self._sio.manager
-        if type(manager) is not socketio.AsyncManager:
-            # A pub/sub manager (Redis) must publish the emit for the other nodes.
+        if type(self._sio.manager) is socketio.AsyncManager:
+            deliver_here(self._sio, self._ns, event, data, room, skip_sid)
+        else:
+            # A pub/sub manager publishes the emit for the other nodes and delivers here
+            # through deliver_here too (PlugbusRedisManager).
             await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=self._ns)
-            return
-        # The hot path of every broadcast. python-socketio 5.18 starts one asyncio task per
-        # recipient, each awaiting a ping-timeout check before its queue put. Here the packet is
-        # encoded once and framed once; each websocket recipient gets the same frame bytes
-        # written to its transport (api/direct_websocket.py), each long-polling recipient the
-        # same Engine.IO packets on its queue. Dead sessions are left to Engine.IO's own ping
-        # monitor. Per recipient: two dict lookups and one write.
-        members = manager.rooms.get(self._ns, {}).get(room)
-        if not members:
-            return
-        args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
-        encoded = self._sio.packet_class(packet.EVENT, namespace=self._ns, data=[event, *args]).encode()
-        eio_packets = [eio_packet.Packet(eio_packet.MESSAGE, p)
-                       for p in (encoded if isinstance(encoded, list) else [encoded])]
-        frames: list[bytes] | None = None
-        sockets = self._sio.eio.sockets
-        for sid, eio_sid in members.items():
-            if sid == skip_sid:
-                continue
-            sock = sockets.get(eio_sid)
-            if sock is None or sock.closed:
-                continue
-            writer = sock.writer if type(sock) is DirectSocket else None
-            if writer is not None:
-                if frames is None:
-                    frames = [encode_frame(p.encode()) for p in eio_packets]
-                for frame in frames:
-                    writer.write_frame(frame)
-            else:
-                for pkt in eio_packets:
-                    sock.queue.put_nowait(pkt)
 
     async def enter_room(self, sid: str, room: str) -> None:
         await self._sio.enter_room(sid, room, namespace=self._ns)
