@@ -11,12 +11,13 @@ import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import socketio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from plugbus.core import Bus, LoadedConfig, load_plugins
+from plugbus.core import Bus, Config, LoadedConfig, load_plugins
 
 from .body_limit import BodyLimitMiddleware
 from .chat_page import chat_page_router
@@ -39,6 +40,23 @@ class Application:
     bus: Bus
     rest: FastAPI
     sio: PlugbusSocketServer
+
+
+def uvicorn_options(config: Config) -> dict[str, Any]:
+    """The uvicorn settings a config implies (``plugbus serve`` and plugbus.testing use them).
+
+    uvicorn's default websocket implementation (websockets-sansio) is what the direct write
+    path in :mod:`plugbus.api.direct_websocket` needs; it is named here so that it stays so.
+    """
+    server = config.server
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": server.max_message_bytes,
+        "ws_per_message_deflate": server.websocket_compression,
+        "timeout_graceful_shutdown": server.shutdown_timeout,
+        "log_level": server.log_level,
+        "lifespan": "on",
+    }
 
 
 def create_app(loaded: LoadedConfig) -> Application:

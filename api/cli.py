@@ -104,7 +104,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, uvicorn_options
 
     loaded: LoadedConfig = load_config(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -132,15 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(_probe())
     log.info("plugbus %r with config %s; plugins: %s", server.name, loaded.path,
              ", ".join(p.name for p in app.bus.plugins) or "none")
-    uv_config = uvicorn.Config(
-        app.asgi,
-        host=server.host,
-        port=server.port,
-        log_level=server.log_level,
-        lifespan="on",
-        ws_max_size=server.max_message_bytes,
-        timeout_graceful_shutdown=server.shutdown_timeout,
-    )
+    uv_config = uvicorn.Config(app.asgi, host=server.host, port=server.port, **uvicorn_options(loaded.config))
     for name in ("uvicorn.error", "websockets"):
         logging.getLogger(name).addFilter(_drop_frame_dumps)
     try:

@@ -87,6 +87,11 @@ class ServerSettings(StrictModel):
     shutdown_timeout: int = Field(
         10, ge=0, description="Seconds to let open connections finish when stopping."
     )
+    websocket_compression: bool = Field(
+        False, description="Offer permessage-deflate to websocket clients that ask for it. Off by "
+                           "default, as in Node's socket.io: compression costs CPU per message and "
+                           "per recipient, and broadcasts are sent uncompressed either way.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cors: CorsSettings = Field(default_factory=CorsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)

@@ -171,3 +171,25 @@ async def test_the_lean_receive_queue_hands_items_over_in_order() -> None:
         await cancelled
     queue.put_nowait("after a cancelled reader")  # no waiter left behind to trip over
     assert await asyncio.wait_for(queue.get(), 1) == "after a cancelled reader"
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_websocket_compression_is_off_unless_configured_and_works_both_ways(serve, compression) -> None:
+    # When a client negotiated permessage-deflate, single sends (acks) are compressed through
+    # the websockets protocol object and broadcasts go out as uncompressed frames (RSV1 clear):
+    # the client reads both.
+    server = serve({"server": {"websocket_compression": compression}})
+    url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
+    async with websockets.connect(url, compression="deflate") as ws:
+        negotiated = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+        assert ("permessage-deflate" in negotiated) is compression
+        assert (await ws.recv()).startswith("0{")
+        await ws.send("40")
+        assert (await ws.recv()).startswith("40{")
+        await ws.send('421["join-room",{"room":"deflate"}]')
+        frames = [await ws.recv() for _ in range(2)]  # the greeting and the ack, in some order
+        ack = next(f for f in frames if f.startswith("431"))
+        assert json.loads(ack[3:])[0]["ok"] is True
+        resp = httpx.post(server.url + "/rooms/deflate/messages", json={"message": "squeeze " * 50})
+        assert resp.status_code == 200, resp.text
+        assert json.loads((await ws.recv())[2:]) == ["receive-message", "squeeze " * 50]

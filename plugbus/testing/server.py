@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -103,11 +102,11 @@ class PlugbusServer:
     async def _serve(self, timeout: float) -> None:
         import uvicorn
 
-        server = self.config.server
+        from plugbus.api.app import uvicorn_options
+
         self._uvicorn = _server_class()(uvicorn.Config(
             self._lifespan_spy, interface="asgi3", host="127.0.0.1", port=self.port, log_config=None,
-            log_level=server.log_level, lifespan="on", ws_max_size=server.max_message_bytes,
-            timeout_graceful_shutdown=math.ceil(server.shutdown_timeout),
+            **uvicorn_options(self.config),
         ))
         self._task = asyncio.create_task(self._uvicorn.serve(sockets=[self._sock]))
         deadline = asyncio.get_running_loop().time() + timeout
