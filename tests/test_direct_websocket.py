@@ -76,7 +76,7 @@ def test_wire_json_dumps_compact_and_leaves_binary_to_python_socketio() -> None:
 async def test_server_pings_keep_a_direct_websocket_alive(serve, connect) -> None:
     # python-socketio's client drops a connection that saw no PING for ping_interval +
     # ping_timeout; the direct socket sends its pings from a timer, not a task.
-    server = serve({"server": {"ping_interval": 0.4, "ping_timeout": 0.6}})
+    server = serve({"server": {"ping_interval": 1, "ping_timeout": 0.6}})
     client = await connect(server, transports=["websocket"], wait_welcome=True)
     await asyncio.sleep(3)
     assert client.sio.connected
@@ -193,3 +193,75 @@ async def test_websocket_compression_is_off_unless_configured_and_works_both_way
         resp = httpx.post(server.url + "/rooms/deflate/messages", json={"message": "squeeze " * 50})
         assert resp.status_code == 200, resp.text
         assert json.loads((await ws.recv())[2:]) == ["receive-message", "squeeze " * 50]
+
+
+FALLBACK_RUNNER = """
+import asyncio, sys, uvicorn
+from plugbus.api.app import create_app
+from plugbus.core import load_config
+
+loaded = load_config()
+loaded.config.server.ping_interval = 1  # whole seconds: Engine.IO's OPEN packet truncates
+loaded.config.server.ping_timeout = 1
+app = create_app(loaded)
+
+async def watch():
+    # report which write path each websocket session took
+    while True:
+        for sock in list(app.sio.eio.sockets.values()):
+            if sock.upgraded:
+                print("writer", "direct" if sock.writer is not None else "engineio", flush=True)
+        await asyncio.sleep(0.2)
+
+async def main():
+    server = uvicorn.Server(uvicorn.Config(app.asgi, host="127.0.0.1", port=int(sys.argv[1]),
+                                           ws="websockets", lifespan="on", log_level="warning"))
+    asyncio.get_running_loop().create_task(watch())
+    await server.serve()
+
+asyncio.run(main())
+"""
+
+
+async def test_served_by_another_websocket_implementation_plugbus_falls_back_and_works(tmp_path) -> None:
+    # uvicorn's legacy `websockets` implementation: no direct writer, python-engineio's own
+    # writer task carries acks, broadcasts and pings, in order.
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    runner = tmp_path / "fallback.py"
+    runner.write_text(FALLBACK_RUNNER)
+    port = free_port()
+    log = tmp_path / "fallback.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-W", "ignore::DeprecationWarning", str(runner), str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    client = socketio.AsyncClient(reconnection=False)
+    got: list[str] = []
+    client.on("receive-message", lambda m: got.append(m))
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and asyncio.get_running_loop().time() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=5)
+        assert (await client.call("join-room", {"room": "legacy"}, timeout=5))["ok"] is True
+        for n in range(20):
+            ack = await client.call("send-message", {"message": str(n), "roomID": "legacy"}, timeout=5)
+            assert ack["ok"] is True
+        await asyncio.sleep(2.5)  # past ping_interval + ping_timeout: pings kept it alive
+        assert client.connected
+        assert got == [str(n) for n in range(20)]
+        paths = set(log.read_text().split("writer ")[1:])
+        assert {p.strip() for p in paths} == {"engineio"}, log.read_text()[-2000:]
+    finally:
+        await client.disconnect()
+        proc.terminate()
+        proc.wait(10)
