@@ -45,6 +45,7 @@ from plugbus.core.ratelimit import TokenBucket
 
 from . import engineio_fixes, wire_json
 from .direct_websocket import DirectEngineIOServer, DirectSocket, encode_frame
+from .room_index import IndexedManager, RoomIndexMixin
 
 engineio_fixes.apply()
 
@@ -59,7 +60,7 @@ class PlugbusSocketServer(socketio.AsyncServer):
     def __init__(self, bus: Bus, config: Config) -> None:
         server = config.server
         cors = server.cors
-        manager = None
+        manager: socketio.AsyncManager = IndexedManager()
         if bus.backend.shared:
             # python-socketio's own Redis manager fans every emit out to all nodes.
             manager = PlugbusRedisManager(bus.backend.url, channel=bus.backend.key("socketio", server.namespace))
@@ -271,7 +272,7 @@ def deliver_here(sio: socketio.AsyncServer, namespace: str, event: str, data: An
     return sent
 
 
-class PlugbusRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: ignore[misc]
     """python-socketio's Redis manager, delivering each emit on this node with
     :func:`deliver_here` instead of a task per recipient.
 
@@ -304,7 +305,7 @@ class SocketTransport:
     async def emit(
         self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None
     ) -> None:
-        if type(self._sio.manager) is socketio.AsyncManager:
+        if type(self._sio.manager) is IndexedManager:
             deliver_here(self._sio, self._ns, event, data, room, skip_sid)
         else:
             # A pub/sub manager publishes the emit for the other nodes and delivers here
