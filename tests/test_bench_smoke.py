@@ -218,3 +218,14 @@ def test_cluster_report_is_well_formed(cluster_smoke: dict[str, Any]) -> None:
     for found in rows.values():
         assert found[0].count("|") == header.count("|"), found
     assert "**Two nodes + Redis ÷ one node:** deliveries/s " in md
+
+
+def test_disconnect_storm_benchmark_runs_and_prints_its_table() -> None:
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "disconnect_storm.py"), "50"],
+                         capture_output=True, text=True, timeout=60, cwd=root)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 50 |")]
+    assert len(rows) == 1
+    plain, indexed = (float(x) for x in rows[0].split("|")[2:4])
+    assert plain > 0 and indexed > 0
