@@ -230,9 +230,8 @@ class PlugbusSocketServer(socketio.AsyncServer):
 
 
 def deliver_here(sio: socketio.AsyncServer, namespace: str, event: str, data: Any,
-                 room: str | None, skip_sid: str | list[str] | None) -> int:
-    """Deliver one event to the members of ``room`` (everyone when None) on this node; return
-    how many connections it was handed to.
+                 room: str | None, skip_sid: str | list[str] | None) -> None:
+    """Deliver one event to the members of ``room`` (everyone when None) on this node.
 
     The hot path of every broadcast. python-socketio 5.18 starts one asyncio task per
     recipient, each awaiting a ping-timeout check before its queue put. Here the packet is
@@ -244,7 +243,7 @@ def deliver_here(sio: socketio.AsyncServer, namespace: str, event: str, data: An
     """
     members = sio.manager.rooms.get(namespace, {}).get(room)
     if not members:
-        return 0
+        return
     args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
     encoded = sio.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
     eio_packets = [eio_packet.Packet(eio_packet.MESSAGE, p)
@@ -252,7 +251,6 @@ def deliver_here(sio: socketio.AsyncServer, namespace: str, event: str, data: An
     skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
     frames: list[bytes] | None = None
     sockets = sio.eio.sockets
-    sent = 0
     for sid, eio_sid in members.items():
         if sid in skip:
             continue
@@ -268,8 +266,6 @@ def deliver_here(sio: socketio.AsyncServer, namespace: str, event: str, data: An
         else:
             for pkt in eio_packets:
                 sock.queue.put_nowait(pkt)
-        sent += 1
-    return sent
 
 
 class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: ignore[misc]
