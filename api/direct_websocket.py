@@ -344,6 +344,12 @@ class DirectSocket(async_socket.AsyncSocket):
         return None
 
 
+def direct_writer(sock: Any) -> DirectWriter | None:
+    """The writer of a python-engineio session whose websocket takes direct writes, else None
+    (long-polling, an upgrade in progress, another websocket implementation)."""
+    return sock.writer if type(sock) is DirectSocket else None
+
+
 class _SocketTable(dict):  # type: ignore[type-arg]
     """The server's ``sockets`` dict; makes each new python-engineio session a DirectSocket."""
 

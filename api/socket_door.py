@@ -44,7 +44,7 @@ from plugbus.core import (
 from plugbus.core.ratelimit import TokenBucket
 
 from . import engineio_fixes, wire_json
-from .direct_websocket import DirectEngineIOServer, DirectSocket, encode_frame
+from .direct_websocket import DirectEngineIOServer, direct_writer, encode_frame
 from .room_index import IndexedManager, RoomIndexMixin
 
 engineio_fixes.apply()
@@ -211,7 +211,7 @@ class PlugbusSocketServer(socketio.AsyncServer):
             # python-socketio's Packet.encode makes, tested); binary data in the reply, and
             # long-polling, take python-socketio's path.
             sock = self.eio.sockets.get(eio_sid)
-            writer = sock.writer if type(sock) is DirectSocket else None
+            writer = direct_writer(sock)
             body = wire_json.dumps_or_none([reply]) if writer is not None else None
             if body is not None:
                 if not sock.closed:
@@ -257,7 +257,7 @@ def deliver_here(sio: socketio.AsyncServer, namespace: str, event: str, data: An
         sock = sockets.get(eio_sid)
         if sock is None or sock.closed:
             continue
-        writer = sock.writer if type(sock) is DirectSocket else None
+        writer = direct_writer(sock)
         if writer is not None:
             if frames is None:
                 frames = [encode_frame(p.encode()) for p in eio_packets]

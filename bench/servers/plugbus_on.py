@@ -1,5 +1,5 @@
-"""plugbus (embedded config, the benchmark's settings) served by a chosen ASGI server and
-websocket implementation, for bench/compare_servers.sh.
+"""plugbus (embedded config, the benchmark's settings: ``bench/run.py``'s ``plugbus_env``)
+served by a chosen ASGI server and websocket implementation, for bench/compare_servers.sh.
 
     python bench/servers/plugbus_on.py PORT uvicorn:websockets-sansio|uvicorn:websockets|uvicorn:wsproto|hypercorn
 """
@@ -7,23 +7,23 @@ websocket implementation, for bench/compare_servers.sh.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import warnings
+from pathlib import Path
 
 warnings.simplefilter("ignore")  # uvicorn's legacy websockets implementation is deprecated
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from run import plugbus_env  # noqa: E402  (bench/run.py: the settings every plugbus run uses)
 
 from plugbus.api.app import create_app  # noqa: E402
 from plugbus.core import load_config  # noqa: E402
 
 
 def main(port: int, how: str) -> None:
-    loaded = load_config()
-    server = loaded.config.server
-    server.log_level = "warning"
-    server.limits.events_per_second = 0
-    server.limits.max_connections = 0
-    loaded.config.plugins.entry_points = False
-    app = create_app(loaded)
+    os.environ.update(plugbus_env())  # read by load_config, as `plugbus serve` reads them
+    app = create_app(load_config())
     if how.startswith("uvicorn:"):
         import uvicorn
 
