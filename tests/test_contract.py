@@ -30,8 +30,8 @@ from plugbus.core.config import DEFAULT_BUILTINS, Config, ServerSettings, load_c
 from plugbus.core.loader import BUILTINS
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ROOT / "core"
-PLUGINS = ROOT / "plugins"
+CORE = ROOT / "plugbus" / "core"
+PLUGINS = ROOT / "plugbus" / "plugins"
 CONFIG_YAML = ROOT / "config.yaml"
 
 #: Hooks pluggy calls itself, once, whose every result is used (at least these two).
