@@ -1,5 +1,6 @@
-"""The seam that writes Engine.IO packets straight to uvicorn's websocket transport
-(api/direct_websocket.py), the hand-built ack text and the JSON module of the Socket.IO door."""
+"""The websocket writers of the wire (plugbus/api/wire/writers.py): the direct path straight to
+uvicorn's transport and the ASGI path that serves everywhere else, how each is chosen and
+reported, the hand-built ack text and the JSON module of the Socket.IO door."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from plugbus.api import wire_json
-from plugbus.api.direct_websocket import LeanReceiveQueue, encode_frame
+from plugbus.api.wire.writers import LeanReceiveQueue, encode_frame
 
 
 def parse_frame(data: bytes) -> Frame:
@@ -203,32 +204,27 @@ import asyncio, sys, uvicorn
 from plugbus.api.app import create_app
 from plugbus.core import load_config
 
+ws, wrap, writer = sys.argv[2], sys.argv[3] == "wrap", sys.argv[4]
 loaded = load_config()
-loaded.config.server.ping_interval = 1  # whole seconds: Engine.IO's OPEN packet truncates
-loaded.config.server.ping_timeout = 1
+loaded.config.server.ping_interval = 0.5
+loaded.config.server.ping_timeout = 0.5
+loaded.config.server.websocket_writer = writer
 app = create_app(loaded)
+asgi = app.asgi
+if wrap:
+    # a user's tracing middleware: five lines that wrap `send`
+    async def asgi(scope, receive, send, inner=app.asgi):
+        async def traced(message):
+            await send(message)
+        await inner(scope, receive, traced)
 
-async def watch():
-    # report which write path each websocket session took
-    while True:
-        for sock in list(app.sio.eio.sockets.values()):
-            if sock.upgraded:
-                print("writer", "direct" if sock.writer is not None else "engineio", flush=True)
-        await asyncio.sleep(0.2)
-
-async def main():
-    server = uvicorn.Server(uvicorn.Config(app.asgi, host="127.0.0.1", port=int(sys.argv[1]),
-                                           ws="websockets", lifespan="on", log_level="warning"))
-    asyncio.get_running_loop().create_task(watch())
-    await server.serve()
-
-asyncio.run(main())
+server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=int(sys.argv[1]),
+                                       ws=ws, lifespan="on", log_level="warning"))
+asyncio.run(server.serve())
 """
 
 
-async def test_served_by_another_websocket_implementation_plugbus_falls_back_and_works(tmp_path) -> None:
-    # uvicorn's legacy `websockets` implementation: no direct writer, python-engineio's own
-    # writer task carries acks, broadcasts and pings, in order.
+def _start_runner(tmp_path, ws: str, wrap: bool, writer: str = "auto"):
     import subprocess
     import sys
 
@@ -237,34 +233,93 @@ async def test_served_by_another_websocket_implementation_plugbus_falls_back_and
     runner = tmp_path / "fallback.py"
     runner.write_text(FALLBACK_RUNNER)
     port = free_port()
-    log = tmp_path / "fallback.log"
+    log = tmp_path / f"fallback-{port}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-W", "ignore::DeprecationWarning", str(runner), str(port)],
+        proc = subprocess.Popen([sys.executable, "-W", "ignore::DeprecationWarning", str(runner), str(port),
+                                 ws, "wrap" if wrap else "plain", writer],
                                 stdout=out, stderr=subprocess.STDOUT)
+    return proc, port, log
+
+
+async def _wait_health(proc, port, log) -> dict:
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        try:
+            resp = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            if resp.status_code == 200:
+                return resp.json()
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and asyncio.get_running_loop().time() < deadline, log.read_text()
+        await asyncio.sleep(0.1)
+
+
+async def _chat_over_websocket(port: int) -> None:
+    """Acks, a broadcast in order, and pings past ping_interval + ping_timeout."""
     client = socketio.AsyncClient(reconnection=False)
     got: list[str] = []
     client.on("receive-message", lambda m: got.append(m))
+    await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=5)
     try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and asyncio.get_running_loop().time() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
-        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=5)
         assert (await client.call("join-room", {"room": "legacy"}, timeout=5))["ok"] is True
         for n in range(20):
             ack = await client.call("send-message", {"message": str(n), "roomID": "legacy"}, timeout=5)
             assert ack["ok"] is True
-        await asyncio.sleep(2.5)  # past ping_interval + ping_timeout: pings kept it alive
+        await asyncio.sleep(1.5)  # past ping_interval + ping_timeout: pings kept it alive
         assert client.connected
         assert got == [str(n) for n in range(20)]
-        paths = set(log.read_text().split("writer ")[1:])
-        assert {p.strip() for p in paths} == {"engineio"}, log.read_text()[-2000:]
     finally:
         await client.disconnect()
+
+
+@pytest.mark.parametrize(("ws", "wrap", "reason"), [
+    ("websockets", False, "websockets are served by uvicorn.protocols.websockets.websockets_impl.WebSocketProtocol"),
+    ("websockets-sansio", True, "the ASGI send callable is not uvicorn's (an ASGI middleware wraps it)"),
+])
+async def test_where_the_direct_writer_cannot_be_had_the_asgi_writer_serves_and_it_is_reported(
+        tmp_path, ws: str, wrap: bool, reason: str) -> None:
+    # uvicorn's legacy `websockets` implementation, or a middleware that wraps `send`: the
+    # ASGI writer carries acks, broadcasts and pings in order, and /health and the log say why.
+    proc, port, log = _start_runner(tmp_path, ws, wrap)
+    try:
+        await _wait_health(proc, port, log)
+        await _chat_over_websocket(port)
+        wire = httpx.get(f"http://127.0.0.1:{port}/health").json()["wire"]["websocket_writer"]
+        assert wire["setting"] == "auto"
+        assert wire["fallbacks"] == {reason: 1}
+        assert wire["connections"] == {"direct": 0, "compatible": 0}  # the client has left
+        assert log.read_text().count(reason) == 1, log.read_text()[-2000:]
+    finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_websocket_writer_direct_refuses_a_websocket_it_cannot_write_directly(tmp_path) -> None:
+    proc, port, log = _start_runner(tmp_path, "websockets-sansio", True, writer="direct")
+    try:
+        await _wait_health(proc, port, log)
+        async with websockets.connect(f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket") as ws:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        wire = httpx.get(f"http://127.0.0.1:{port}/health").json()["wire"]["websocket_writer"]
+        assert wire["setting"] == "direct" and wire["path"] == "direct"
+        assert "websocket refused" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_plugbus_serve_with_the_shipped_config_takes_the_direct_path(serve) -> None:
+    server = serve()
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(server.url, transports=["websocket"], wait_timeout=5)
+    try:
+        health = httpx.get(server.url + "/health").json()
+        wire = health["wire"]["websocket_writer"]
+        assert (wire["setting"], wire["path"], wire["direct_available"]) == ("auto", "direct", True)
+        assert wire["connections"] == {"direct": 1, "compatible": 0} and wire["fallbacks"] == {}
+        assert all(seam["ok"] and seam["version_verified"] for seam in health["wire"]["seams"])
+        assert health["sessions"] == 1
+    finally:
+        await client.disconnect()

@@ -1,7 +1,6 @@
 """The application factory: one bus, a Socket.IO door wrapping a FastAPI REST door.
 
-Socket.IO wraps FastAPI (``socketio.ASGIApp(sio, other_asgi_app=app)``) rather than being
-mounted inside it: the Socket.IO path stays exactly ``/<socketio_path>/`` and the ASGI
+Socket.IO wraps FastAPI (:class:`~plugbus.api.wire.WireApp`) rather than being mounted inside it: the Socket.IO path stays exactly ``/<socketio_path>/`` and the ASGI
 lifespan reaches FastAPI, which runs ``plugbus_startup`` and ``plugbus_shutdown``.
 """
 
@@ -13,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import socketio
+import logging
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -24,6 +23,9 @@ from .chat_page import chat_page_router
 from .problems import install_problem_handlers
 from .rest_door import add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
+from .wire import WireApp
+
+log = logging.getLogger("plugbus")
 
 
 @dataclass(slots=True)
@@ -36,7 +38,7 @@ class Application:
     :ivar sio: the Socket.IO server.
     """
 
-    asgi: socketio.ASGIApp
+    asgi: WireApp
     bus: Bus
     rest: FastAPI
     sio: PlugbusSocketServer
@@ -46,7 +48,7 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
     """The uvicorn settings a config implies (``plugbus serve`` and plugbus.testing use them).
 
     uvicorn's default websocket implementation (websockets-sansio) is what the direct write
-    path in :mod:`plugbus.api.direct_websocket` needs; it is named here so that it stays so.
+    path in :mod:`plugbus.api.wire` needs; it is named here so that it stays so.
     """
     server = config.server
     return {
@@ -70,6 +72,7 @@ def create_app(loaded: LoadedConfig) -> Application:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _log_wire(sio)
         await bus.start()
         try:
             yield
@@ -92,12 +95,29 @@ def create_app(loaded: LoadedConfig) -> Application:
     )
     rest.add_middleware(BodyLimitMiddleware, limit=config.server.max_message_bytes)
     install_problem_handlers(rest)
-    rest.include_router(core_router(bus))
+    rest.include_router(core_router(bus, sio.eio))
     if config.server.chat_page:
         rest.include_router(chat_page_router())
     add_plugin_routes(rest, bus)
-    asgi = socketio.ASGIApp(sio, other_asgi_app=rest, socketio_path=config.server.socketio_path)
+    asgi = WireApp(sio, rest, config.server.socketio_path)
     return Application(asgi=asgi, bus=bus, rest=rest, sio=sio)
+
+
+def _log_wire(sio: PlugbusSocketServer) -> None:
+    """Say at start-up which path the wire takes, and every seam that is not as verified."""
+    report = sio.eio.report
+    if report.expected_path == "direct":
+        log.info("wire: plugbus Engine.IO v4; websockets written directly to uvicorn's transport "
+                 "(websocket_writer: %s)", report.setting)
+    else:
+        log.warning("wire: plugbus Engine.IO v4; websockets written through ASGI send "
+                    "(websocket_writer: %s%s)", report.setting,
+                    f"; {report.direct_unavailable_reason}" if report.direct_unavailable_reason else "")
+    for seam in report.seams:
+        if not seam["version_verified"]:
+            log.warning("wire: %s %s is installed, but plugbus's seams into it were verified "
+                        "against %s (%s)", seam["package"], seam["installed"], seam["verified"],
+                        "they hold" if seam["ok"] else "missing: " + ", ".join(seam["missing"]))
 
 
 def _version() -> str:

@@ -27,7 +27,14 @@ class Health(BaseModel):
     status: str = Field(description='"ok" while the server serves.')
     server: str = Field(description="server.name from the config.")
     connections: int = Field(description="Live Socket.IO connections on this node.")
+    sessions: int = Field(description="Open Engine.IO sessions on this node, including those that "
+                                      "have not joined a namespace yet.")
     plugins: list[str] = Field(description="Loaded plugin names.")
+    wire: dict[str, Any] = Field(description="The wire: the websocket writer setting and the path "
+                                             "it takes (and why, where it falls back), connections "
+                                             "per path, forced closes by reason, and every "
+                                             "private seam into another library with its verified "
+                                             "and installed version.")
 
 
 class PluginDescription(BaseModel):
@@ -73,14 +80,19 @@ def require_scope(bus: Bus, scope: str) -> Any:
     return Depends(dependency)
 
 
-def core_router(bus: Bus) -> APIRouter:
-    """The routes every plugbus server has, whatever its plugins."""
+def core_router(bus: Bus, wire: Any) -> APIRouter:
+    """The routes every plugbus server has, whatever its plugins.
+
+    :param wire: the socket server's Engine.IO server (its ``report`` and ``sessions`` feed
+        ``/health``).
+    """
     router = APIRouter()
 
     @router.get("/health", response_model=Health, tags=["server"], summary="Liveness and counts")
     async def health() -> Health:
         return Health(status="ok", server=bus.server_name, connections=bus.connection_count,
-                      plugins=[p.name for p in bus.plugins])
+                      sessions=len(wire.sessions), plugins=[p.name for p in bus.plugins],
+                      wire=wire.report.as_dict())
 
     @router.get("/plugins", response_model=list[PluginDescription], tags=["server"],
                 dependencies=[require_scope(bus, "read")],

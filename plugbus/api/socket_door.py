@@ -1,19 +1,20 @@
-"""The Socket.IO door: python-socketio's AsyncServer, feeding every event into the bus.
+"""The Socket.IO door: python-socketio's AsyncServer on plugbus's own Engine.IO server.
 
-:class:`PlugbusSocketServer` is the one seam where plugbus reaches into python-socketio's
-internals. It overrides these methods of ``socketio.AsyncServer`` (5.18):
+:class:`PlugbusSocketServer` is python-socketio's ``AsyncServer`` (its packet codec, its client
+managers, its namespaces), with the Engine.IO layer replaced by :mod:`plugbus.api.wire` and
+with these methods of its own (declared seams, :mod:`plugbus.api.wire.seams`):
 
-* ``_handle_event_internal`` — the single dispatch point of every client event. plugbus
-  replaces the per-event handler lookup with ``bus.dispatch`` and needs to know whether the
-  client asked for an ack (python-socketio hides the packet id from handlers), so that a
-  refusal travels in the ack when one was asked for and as an ``error`` event otherwise.
-  The ack itself is written straight to a direct websocket (see below).
-* ``_handle_eio_message`` — decodes the common packet (an EVENT with JSON arguments) in one
-  step and hands everything else to python-socketio's decoder.
-* ``_handle_connect`` — to run ``plugbus_connected`` after the client has been told it is
-  connected, so a greeting never overtakes the Socket.IO ``connect``.
-* ``_engineio_server_class`` — websocket sessions write frames straight to uvicorn's transport
-  (:mod:`plugbus.api.direct_websocket`), and :class:`SocketTransport` broadcasts through them.
+* ``_engineio_server_class`` — plugbus's :class:`~plugbus.api.wire.EngineServer`.
+* ``_handle_eio_message`` — every packet a client sends. The common one (an EVENT with JSON
+  arguments) is decoded in one step; the rest through python-socketio's codec. A packet that
+  breaks the Socket.IO v5 protocol (an unknown type, a malformed body, an EVENT whose data is
+  not a non-empty array starting with a string, an attachment outside a binary packet, more
+  attachments or bytes than allowed) raises :class:`~plugbus.api.wire.ProtocolViolation`:
+  the engine closes the connection and logs one line.
+* ``_handle_event_internal`` — the single dispatch point of every client event: ``bus.dispatch``,
+  and an ack that carries a refusal when one was asked for (an ``error`` event otherwise).
+* ``_handle_connect`` — ``plugbus_connected`` runs after the client was told it is connected,
+  so a greeting never overtakes the Socket.IO ``connect``.
 
 Events of one connection are handled in the order sent: the server runs with
 ``async_handlers=False``, so each connection's reader awaits its event before reading the next
@@ -27,7 +28,6 @@ import logging
 from typing import Any
 
 import socketio
-from engineio import packet as eio_packet
 from socketio import packet
 
 from plugbus.core import (
@@ -43,15 +43,23 @@ from plugbus.core import (
 )
 from plugbus.core.ratelimit import TokenBucket
 
-from . import engineio_fixes, wire_json
-from .direct_websocket import DirectEngineIOServer, direct_writer, encode_frame
+from . import wire_json
 from .room_index import IndexedManager, RoomIndexMixin
-
-engineio_fixes.apply()
+from .wire import SEAM_REPORT, EngineServer, ProtocolViolation, WireSettings, encode_frame
 
 log = logging.getLogger("plugbus.socket")
 
 ERROR_EVENT = "error"
+
+
+#: Ack ids longer than this are refused (JavaScript's integers are exact below 2**53).
+_MAX_ID_DIGITS = 15
+
+
+def _check_event_args(args: Any) -> None:
+    """An EVENT's data: a non-empty array whose first element (the name) is a string."""
+    if type(args) is not list or not args or type(args[0]) is not str:
+        raise ProtocolViolation("an EVENT's data must be an array starting with the event name")
 
 
 class PlugbusSocketServer(socketio.AsyncServer):
@@ -64,42 +72,51 @@ class PlugbusSocketServer(socketio.AsyncServer):
         if bus.backend.shared:
             # python-socketio's own Redis manager fans every emit out to all nodes.
             manager = PlugbusRedisManager(bus.backend.url, channel=bus.backend.key("socketio", server.namespace))
-        super().__init__(
-            client_manager=manager,
-            async_mode="asgi",
-            async_handlers=False,
-            namespaces=[server.namespace],
-            cors_allowed_origins=cors.origins if cors.origins != "*" else "*",
-            cors_credentials=cors.credentials,
+        limits = server.limits
+        self.wire_settings = WireSettings(
             ping_interval=server.ping_interval,
             ping_timeout=server.ping_timeout,
-            max_http_buffer_size=server.max_message_bytes,
-            transports=list(server.transports),
+            max_payload=server.max_message_bytes,
+            transports=tuple(server.transports),
+            cors_origins=None if cors.origins == "*" else tuple(cors.origins),
+            cors_credentials=cors.credentials,
+            send_buffer_limit=limits.send_buffer_bytes,
+            connect_timeout=server.connect_timeout,
+            websocket_writer=server.websocket_writer,
+            max_sessions=limits.max_connections,
+            max_sessions_per_address=limits.max_connections_per_address,
+        )
+        super().__init__(
+            client_manager=manager,
+            async_handlers=False,
+            namespaces=[server.namespace],
             logger=False,
             engineio_logger=False,
             json=wire_json,
         )
-        self.eio.send_buffer_limit = server.limits.send_buffer_bytes
+        self.eio: EngineServer
+        self._max_attachments = limits.max_binary_attachments
+        self._max_bytes = server.max_message_bytes
+        self._binary_bytes: dict[str, int] = {}
         self.bus = bus
         self.plugbus_namespace = server.namespace
         limits = server.limits
         self._rate = (limits.events_per_second, float(limits.event_burst)) if limits.events_per_second else None
-        # an ack's Engine.IO text up to its id: "4" (message) "3" (ack) and the namespace
-        self._ack_prefix = "43" if server.namespace == "/" else f"43{server.namespace},"
+        # an ack's Socket.IO text up to its id: "3" (ack) and the namespace
+        self._ack_prefix = "3" if server.namespace == "/" else f"3{server.namespace},"
         self._event_prefix = "2" if server.namespace == "/" else f"2{server.namespace},"
         self._accepted: dict[str, str] = {}  # eio_sid -> sid, between connect handler and CONNECT
         self.on("connect", self._on_connect, namespace=server.namespace)
         self.on("disconnect", self._on_disconnect, namespace=server.namespace)
         bus.attach(SocketTransport(self, server.namespace))
 
-    def _engineio_server_class(self) -> type:
-        # websocket sessions write straight to the transport (api/direct_websocket.py)
-        return DirectEngineIOServer
+    def _engineio_server_class(self) -> Any:
+        # python-socketio calls the result with python-engineio's options, which plugbus's
+        # engine does not take: it is configured from plugbus's own settings.
+        settings = self.wire_settings
+        return lambda **_engineio_options: EngineServer(settings, SEAM_REPORT)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
-        # The handshake request's body reader: python-engineio makes a new class for it per
-        # request, and the environ (kept for the connection's life) would keep it alive.
-        environ.pop("wsgi.input", None)
         scope = environ.get("asgi.scope", {})
         client = scope.get("client")
         headers = {
@@ -149,29 +166,122 @@ class PlugbusSocketServer(socketio.AsyncServer):
             await self.bus.connection_ready(sid)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        """Every Socket.IO packet a client sends. An EVENT on the served namespace with a JSON
-        argument list — nearly all traffic — is decoded here in one step (prefix, ack id, one
-        orjson call); anything else (connect, binary events, acks, malformed text) goes to
-        python-socketio's own decoder, which raises or ignores exactly as it always did."""
+        """Every Socket.IO packet a client sends (see the module docstring).
+
+        :raises ProtocolViolation: the packet breaks the Socket.IO v5 protocol or a limit.
+        """
+        if eio_sid in self._binary_packet:
+            await self._attachment(eio_sid, data)
+            return
+        if type(data) is not str:
+            raise ProtocolViolation("a binary attachment outside a binary packet")
         prefix = self._event_prefix
-        if type(data) is str and data.startswith(prefix) and eio_sid not in self._binary_packet:
+        if data.startswith(prefix):
             start = len(prefix)
             end = start
             while data[end:end + 1].isdigit():
                 end += 1
-            if data[end:end + 1] == "[":
+            if data[end:end + 1] == "[" and end - start <= _MAX_ID_DIGITS:
                 try:
                     args = wire_json.loads(data[end:])
                 except ValueError:
-                    args = None
-                if type(args) is list and args:
-                    ns = self.plugbus_namespace
-                    sid = self.manager.sid_from_eio_sid(eio_sid, ns)
-                    if sid is not None and self.manager.is_connected(sid, ns):
-                        await self._handle_event_internal(
-                            self, sid, eio_sid, args, ns, int(data[start:end]) if end > start else None)
-                    return
-        await super()._handle_eio_message(eio_sid, data)
+                    raise ProtocolViolation("an EVENT whose arguments are not JSON") from None
+                _check_event_args(args)
+                ns = self.plugbus_namespace
+                sid = self.manager.sid_from_eio_sid(eio_sid, ns)
+                if sid is None:
+                    raise ProtocolViolation(f"an EVENT on namespace {ns} before its CONNECT")
+                if self.manager.is_connected(sid, ns):
+                    await self._handle_event_internal(
+                        self, sid, eio_sid, args, ns, int(data[start:end]) if end > start else None)
+                return
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's malformed packet
+            raise ProtocolViolation(f"malformed Socket.IO packet ({type(exc).__name__})") from None
+        kind = pkt.packet_type
+        if pkt.id is not None and (pkt.id < 0 or pkt.id >= 10 ** _MAX_ID_DIGITS):
+            raise ProtocolViolation("an ack id out of range")
+        namespace = pkt.namespace or "/"
+        if kind == packet.CONNECT:
+            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+                await self._send_packet(eio_sid, self.packet_class(
+                    packet.CONNECT_ERROR, namespace=namespace,
+                    data={"message": f"already connected to namespace {namespace}"}))
+                return
+            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+                session = self.eio.session_of(eio_sid)
+                if session is not None:
+                    session.mark_connected()
+            return
+        if self.manager.sid_from_eio_sid(eio_sid, namespace) is None:
+            # Socket.IO v5: "If the server does not receive a CONNECT packet first, then it
+            # MUST close the connection immediately" (Node closes on any packet for a
+            # namespace the client has not joined, too)
+            raise ProtocolViolation(f"packet type {kind} on namespace {namespace} before its CONNECT")
+        if kind == packet.DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        elif kind in (packet.EVENT, packet.BINARY_EVENT):
+            _check_event_args(pkt.data)
+            await self._packet_complete(eio_sid, pkt)
+        elif kind in (packet.ACK, packet.BINARY_ACK):
+            if type(pkt.data) is not list or pkt.id is None:
+                raise ProtocolViolation("an ACK needs an id and an array of arguments")
+            await self._packet_complete(eio_sid, pkt)
+        else:
+            raise ProtocolViolation(f"a client may not send packet type {kind}")
+
+    async def _packet_complete(self, eio_sid: str, pkt: Any) -> None:
+        """Handle an EVENT or ACK, or hold a binary one until its attachments arrived."""
+        count = pkt.attachment_count
+        if pkt.packet_type in (packet.BINARY_EVENT, packet.BINARY_ACK):
+            if not 0 < count <= self._max_attachments:
+                raise ProtocolViolation(
+                    f"a binary packet must announce 1 to {self._max_attachments} attachments, not {count}")
+            self._binary_packet[eio_sid] = pkt
+            self._binary_bytes[eio_sid] = 0
+            return
+        if pkt.packet_type == packet.EVENT:
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        else:
+            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+
+    async def _attachment(self, eio_sid: str, data: Any) -> None:
+        if type(data) is not bytes:
+            raise ProtocolViolation("a text packet where a binary attachment was due")
+        size = self._binary_bytes.get(eio_sid, 0) + len(data)
+        if size > self._max_bytes:
+            raise ProtocolViolation(f"binary attachments larger than {self._max_bytes} bytes in all")
+        self._binary_bytes[eio_sid] = size
+        pkt = self._binary_packet[eio_sid]
+        try:
+            complete = pkt.add_attachment(data)
+        except Exception as exc:  # noqa: BLE001 - placeholders that do not fit the attachments
+            raise ProtocolViolation(f"a binary packet whose placeholders do not match ({type(exc).__name__})") from None
+        if complete:
+            del self._binary_packet[eio_sid]
+            self._binary_bytes.pop(eio_sid, None)
+            if pkt.packet_type == packet.BINARY_EVENT:
+                _check_event_args(pkt.data)
+                await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+            else:
+                await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        self._binary_packet.pop(eio_sid, None)
+        self._binary_bytes.pop(eio_sid, None)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+    async def disconnect(self, sid: str, namespace: str | None = None, ignore_queue: bool = False) -> None:
+        """Disconnect ``sid`` from ``namespace``; the Engine.IO session closes too once it holds
+        no namespace (as Node's ``socket.disconnect(true)``), so a kicked client cannot stay."""
+        namespace = namespace or "/"
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        await super().disconnect(sid, namespace=namespace, ignore_queue=ignore_queue)
+        if eio_sid is not None and not any(
+                self.manager.sid_from_eio_sid(eio_sid, ns) for ns in self.manager.get_namespaces()):
+            await self.eio.disconnect(eio_sid)
 
     async def _handle_event_internal(
         self, server: socketio.AsyncServer, sid: str, eio_sid: str, data: list[Any],
@@ -207,18 +317,17 @@ class PlugbusSocketServer(socketio.AsyncServer):
             log.exception("event %r from %s failed", name, sid)
             reply = self._refusal(InternalError("internal error while handling the event"), name)
         if wants_ack:
-            # The ack written straight to a direct websocket, encoded by hand (the same text
-            # python-socketio's Packet.encode makes, tested); binary data in the reply, and
-            # long-polling, take python-socketio's path.
-            sock = self.eio.sockets.get(eio_sid)
-            writer = direct_writer(sock)
-            body = wire_json.dumps_or_none([reply]) if writer is not None else None
-            if body is not None:
-                if not sock.closed:
-                    writer.send(f"{self._ack_prefix}{id}{body}")
+            # The ack encoded by hand (the same text python-socketio's Packet.encode makes,
+            # tested) and handed to the session at once; binary data in the reply takes
+            # python-socketio's encoder.
+            body = wire_json.dumps_or_none([reply])
+            if body is None:
+                await server._send_packet(eio_sid, self.packet_class(
+                    packet.ACK, namespace=namespace, id=id, data=[reply]))
                 return
-            await server._send_packet(eio_sid, self.packet_class(
-                packet.ACK, namespace=namespace, id=id, data=[reply]))
+            session = self.eio.session_of(eio_sid)
+            if session is not None:
+                session.send_message(f"{self._ack_prefix}{id}{body}")
         elif not reply["ok"]:
             await self.emit(ERROR_EVENT, reply["error"], to=sid, namespace=namespace)
 
@@ -229,43 +338,40 @@ class PlugbusSocketServer(socketio.AsyncServer):
         return {"ok": False, "error": error}
 
 
-def deliver_here(sio: socketio.AsyncServer, namespace: str, event: str, data: Any,
+def deliver_here(sio: PlugbusSocketServer, namespace: str, event: str, data: Any,
                  room: str | None, skip_sid: str | list[str] | None) -> None:
     """Deliver one event to the members of ``room`` (everyone when None) on this node.
 
-    The hot path of every broadcast. python-socketio 5.18 starts one asyncio task per
-    recipient, each awaiting a ping-timeout check before its queue put. Here the packet is
-    encoded once and framed once; each websocket recipient gets the same frame bytes written to
-    its transport (api/direct_websocket.py), each long-polling recipient the same Engine.IO
-    packets on its queue. Dead sessions are left to Engine.IO's own ping monitor. Per
-    recipient: two dict lookups and one write. ``data`` follows python-socketio's emit: a tuple
-    is several arguments, None none.
+    The hot path of every broadcast. The packet is encoded once and, for websocket clients on
+    the direct writer, framed once: each gets the same frame bytes written to its transport.
+    Other recipients (long-polling, the ASGI writer) get the same encoded text. Dead sessions
+    are left to the engine's heartbeat. Per recipient: two dict lookups and one write.
+    ``data`` follows python-socketio's emit: a tuple is several arguments, None none.
     """
     members = sio.manager.rooms.get(namespace, {}).get(room)
     if not members:
         return
     args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
     encoded = sio.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
-    eio_packets = [eio_packet.Packet(eio_packet.MESSAGE, p)
-                   for p in (encoded if isinstance(encoded, list) else [encoded])]
+    parts: list[str | bytes] = encoded if isinstance(encoded, list) else [encoded]
     skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
     frames: list[bytes] | None = None
-    sockets = sio.eio.sockets
+    sessions = sio.eio.sessions
     for sid, eio_sid in members.items():
         if sid in skip:
             continue
-        sock = sockets.get(eio_sid)
-        if sock is None or sock.closed:
+        session = sessions.get(eio_sid)
+        if session is None:
             continue
-        writer = direct_writer(sock)
-        if writer is not None:
+        writer = session.writer
+        if writer is not None and writer.direct:
             if frames is None:
-                frames = [encode_frame(p.encode()) for p in eio_packets]
+                frames = [encode_frame("4" + p if isinstance(p, str) else p) for p in parts]
             for frame in frames:
-                writer.write_frame(frame)
+                writer.write_frame(frame)  # type: ignore[union-attr]
         else:
-            for pkt in eio_packets:
-                sock.queue.put_nowait(pkt)
+            for part in parts:
+                session.send_message(part)
 
 
 class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: ignore[misc]

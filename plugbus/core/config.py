@@ -53,8 +53,13 @@ class LimitsSettings(StrictModel):
     event_burst: int = Field(200, ge=1, description="Events one connection may send in a burst.")
     send_buffer_bytes: int = Field(
         16 * 1024 * 1024, ge=65_536,
-        description="Most bytes waiting to be sent to one websocket client; a client that stops "
-                    "reading past it is dropped as a slow consumer.",
+        description="Most bytes waiting to be sent to one client (websocket or long-polling); a "
+                    "client that stops reading past it is dropped as a slow consumer.",
+    )
+    max_binary_attachments: int = Field(
+        16, ge=1, le=10_000,
+        description="Most binary attachments one Socket.IO packet may announce; a packet that "
+                    "announces more closes the connection.",
     )
 
 
@@ -71,6 +76,16 @@ class ServerSettings(StrictModel):
     )
     ping_interval: float = Field(25, gt=0, description="Seconds between server pings.")
     ping_timeout: float = Field(20, gt=0, description="Seconds to wait for a pong.")
+    connect_timeout: float = Field(
+        45, ge=0, description="Seconds an Engine.IO session may stay open without joining a "
+                              "namespace (a Socket.IO CONNECT) before it is closed; 0 = no limit.",
+    )
+    websocket_writer: Literal["auto", "direct", "compatible"] = Field(
+        "auto", description="How websocket frames are written: direct (straight to uvicorn's "
+                            "transport; start-up fails when it cannot be had), compatible (plain "
+                            "ASGI send, any server), or auto (direct where possible, reported "
+                            "in the log and /health where not).",
+    )
     max_message_bytes: int = Field(
         1_000_000, gt=0, description="Largest Engine.IO message or HTTP body accepted."
     )

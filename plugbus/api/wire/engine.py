@@ -1,0 +1,705 @@
+"""plugbus's Engine.IO v4 server, under python-socketio's ``AsyncServer``.
+
+It answers the ``/socket.io/`` path of the ASGI app: the long-polling handshake and its GETs and
+POSTs, websockets (from the start, or as an upgrade of a polling session), the heartbeat, the
+connect deadline, and close. It offers python-socketio what python-socketio uses of an Engine.IO
+server (``on``, ``send``, ``send_packet``, ``disconnect``, ``get_session``, ``transport``,
+``create_event``, ``start_background_task``, ``sleep``, ``shutdown``, ``generate_id``,
+``handle_request``, ``reason``) and nothing else.
+
+Written to the Engine.IO v4 specification (socketio/engine.io-protocol), with Node's engine.io
+as the reference where the text leaves a choice: errors are HTTP 400 with
+``{"code": N, "message": ...}`` (0 unknown transport, 1 unknown session, 2 bad handshake method,
+3 bad request, 5 unsupported protocol version; 4 forbidden is 403), a POST is answered ``ok``,
+a missed PONG closes the session by timer, a second GET on one session closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from . import seams
+from .session import CLOSED, CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession
+from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue
+
+log = logging.getLogger("plugbus.wire")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+TRANSPORT_UNKNOWN, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN, UNSUPPORTED_PROTOCOL = range(6)
+_MESSAGES = {
+    TRANSPORT_UNKNOWN: "Transport unknown",
+    UNKNOWN_SID: "Session ID unknown",
+    BAD_HANDSHAKE_METHOD: "Bad handshake method",
+    BAD_REQUEST: "Bad request",
+    FORBIDDEN: "Forbidden",
+    UNSUPPORTED_PROTOCOL: "Unsupported protocol version",
+}
+
+
+class ProtocolViolation(Exception):
+    """Raised by a message handler when the client broke the protocol: the engine closes the
+    session and logs one line with this reason (no traceback)."""
+
+
+class Reason:
+    """Why a session ended, as python-socketio names it (passed to its disconnect handler)."""
+
+    SERVER_DISCONNECT = "server disconnect"
+    CLIENT_DISCONNECT = "client disconnect"
+    PING_TIMEOUT = "ping timeout"
+    TRANSPORT_CLOSE = "transport close"
+    TRANSPORT_ERROR = "transport error"
+
+
+@dataclass(frozen=True, slots=True)
+class WireSettings:
+    """How the engine behaves; built from ``server`` in the config by the socket door."""
+
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    transports: tuple[str, ...] = ("polling", "websocket")
+    cors_origins: tuple[str, ...] | None = None  # None: any origin
+    cors_credentials: bool = True
+    send_buffer_limit: int = 16 * 1024 * 1024
+    connect_timeout: float = 45.0
+    upgrade_timeout: float = 10.0
+    websocket_writer: str = "auto"  # auto | direct | compatible
+    max_sessions: int = 0
+    max_sessions_per_address: int = 0
+
+
+@dataclass(slots=True)
+class WireReport:
+    """What the wire runs on, for the start-up log and ``GET /health``."""
+
+    setting: str
+    direct_available: bool
+    direct_unavailable_reason: str | None
+    seams: list[dict[str, Any]]
+    connections: dict[str, int] = field(default_factory=lambda: {"direct": 0, "compatible": 0})
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def expected_path(self) -> str:
+        """The websocket writer new connections take when served by uvicorn's default."""
+        if self.setting == "compatible" or not self.direct_available:
+            return "compatible"
+        return "direct"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "engine": "plugbus Engine.IO v4",
+            "websocket_writer": {
+                "setting": self.setting, "path": self.expected_path,
+                "direct_available": self.direct_available,
+                "direct_unavailable_reason": self.direct_unavailable_reason,
+                "connections": dict(self.connections), "fallbacks": dict(self.fallbacks),
+            },
+            "closed": dict(self.counters),
+            "seams": self.seams,
+        }
+
+
+def _direct_protocol_class() -> type | None:
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    except ImportError:
+        return None
+    return WebSocketsSansIOProtocol
+
+
+class EngineServer:
+    """Engine.IO v4 over ASGI, for one python-socketio server (see the module docstring).
+
+    :ivar sessions: live sessions by Engine.IO sid.
+    :ivar report: the :class:`WireReport` (``GET /health``).
+    """
+
+    async_mode = "asgi"
+    reason = Reason
+
+    def __init__(self, settings: WireSettings, seam_report: seams.SeamReport) -> None:
+        self.settings = settings
+        self.handlers: dict[str, Callable[..., Any]] = {}
+        self.sessions: dict[str, EngineSession] = {}
+        self._lingering: dict[str, EngineSession] = {}
+        # sessions that have not joined a namespace yet, in all and per address: the limits
+        # apply to them here (a joined connection is counted and limited by the bus, which
+        # refuses with a Socket.IO connect_error that says why)
+        self._pending = 0
+        self._pending_per_address: dict[str | None, int] = {}
+        direct_ok = seam_report.holds(seams.UVICORN_WEBSOCKET)
+        self._direct_class = _direct_protocol_class() if direct_ok else None
+        reason = None
+        if not direct_ok:
+            reason = "uvicorn's websockets-sansio seams do not hold: " + ", ".join(
+                next(r["missing"] for r in seam_report.results if r["package"] == "uvicorn") or ["uvicorn"])
+        self.report = WireReport(settings.websocket_writer, direct_ok, reason, seam_report.as_dict())
+        if settings.websocket_writer == "direct" and not direct_ok:
+            raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
+        self._handshake_data = {
+            "pingInterval": round(settings.ping_interval * 1000),
+            "pingTimeout": round(settings.ping_timeout * 1000),
+            "maxPayload": settings.max_payload,
+        }
+
+    # -- what python-socketio calls -------------------------------------------------------------
+
+    def on(self, event: str, handler: Callable[..., Any] | None = None) -> Any:
+        """Register python-socketio's ``connect``, ``message`` or ``disconnect`` handler."""
+        if handler is None:
+            def set_handler(h: Callable[..., Any]) -> Callable[..., Any]:
+                self.handlers[event] = h
+                return h
+            return set_handler
+        self.handlers[event] = handler
+        return None
+
+    async def send(self, sid: str, data: str | bytes) -> None:
+        """Send one message to session ``sid`` (silently nothing when it is gone, as a
+        broadcast to a client that just left must not fail)."""
+        session = self.sessions.get(sid)
+        if session is not None:
+            session.send_message(data)
+
+    async def send_packet(self, sid: str, pkt: Any) -> None:
+        """Send a python-engineio ``Packet`` (only MESSAGE packets are ever handed here)."""
+        await self.send(sid, pkt.data)
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        """Close session ``sid`` from the server side, or every session when None."""
+        targets = list(self.sessions.values()) if sid is None else [self.sessions.get(sid)]
+        for session in targets:
+            if session is not None:
+                session.close(Reason.SERVER_DISCONNECT)
+
+    async def get_session(self, sid: str) -> dict[str, Any]:
+        """python-socketio's per-session dict.
+
+        :raises KeyError: no such session.
+        """
+        return self.sessions[sid].data
+
+    def transport(self, sid: str) -> str:
+        """``"polling"`` or ``"websocket"``.
+
+        :raises KeyError: no such session.
+        """
+        return self.sessions[sid].transport
+
+    def session_of(self, sid: str) -> EngineSession | None:
+        """The live session ``sid``, or None."""
+        return self.sessions.get(sid)
+
+    def create_event(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    def create_queue(self) -> asyncio.Queue[Any]:
+        return asyncio.Queue()
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        return asyncio.ensure_future(target(*args, **kwargs))
+
+    async def sleep(self, seconds: float = 0) -> None:
+        await asyncio.sleep(seconds)
+
+    def generate_id(self) -> str:
+        return secrets.token_urlsafe(15)
+
+    async def shutdown(self) -> None:
+        """Close every session (the server is stopping)."""
+        for session in list(self.sessions.values()):
+            session.close(Reason.SERVER_DISCONNECT)
+
+    def count(self, what: str) -> None:
+        """Count one refusal or forced close by kind (``GET /health``)."""
+        counters = self.report.counters
+        counters[what] = counters.get(what, 0) + 1
+
+    def forget(self, session: EngineSession, reason: str, *, linger: bool) -> None:
+        """Called once by :meth:`EngineSession.close`: the session leaves the table (or waits,
+        ``linger``, for the GET that fetches its last packets) and python-socketio is told."""
+        if self.sessions.pop(session.sid, None) is None:
+            return
+        if not session.socketio_connected:
+            session.socketio_connected = True  # so a late mark_connected counts nothing twice
+            self.joined(session)
+        if linger:
+            session.state = CLOSING
+            self._lingering[session.sid] = session
+            asyncio.get_running_loop().call_later(
+                min(self.settings.ping_timeout, 5.0), self._lingering.pop, session.sid, None)
+        handler = self.handlers.get("disconnect")
+        if handler is not None:
+            task = asyncio.get_running_loop().create_task(handler(session.sid, reason))
+            task.add_done_callback(_log_task_error)
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one HTTP request or websocket under the Engine.IO path."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        q = {k: v[0] for k, v in query.items()}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send, q, headers)
+            return
+        method = scope.get("method", "GET")
+        cors = self._cors_headers(headers)
+        if cors is None:
+            self.count("forbidden_origin")
+            await _http_error(send, 403, FORBIDDEN, "origin not allowed", [])
+            return
+        if method == "OPTIONS":
+            allow = [(b"access-control-allow-methods", b"OPTIONS, GET, POST")]
+            if "access-control-request-headers" in headers:
+                allow.append((b"access-control-allow-headers",
+                              headers["access-control-request-headers"].encode("latin-1")))
+            await _http(send, 204, b"", cors + allow)
+            return
+        problem = self._check_query(q, websocket=False)
+        if problem is not None:
+            await _http_error(send, 400, *problem, cors)
+            return
+        sid = q.get("sid")
+        if sid is None:
+            if method != "GET":
+                await _http_error(send, 400, BAD_HANDSHAKE_METHOD, f"a handshake is a GET, not {method}", cors)
+                return
+            await self._polling_handshake(scope, send, headers, cors)
+            return
+        session = self.sessions.get(sid) or self._lingering.get(sid)
+        if session is None:
+            await _http_error(send, 400, UNKNOWN_SID, "no such session (it ended, or never existed)", cors)
+            return
+        if session.transport != "polling" or q.get("transport") != "polling":
+            await _http_error(send, 400, BAD_REQUEST, "the session is not on long-polling", cors)
+            return
+        if method == "GET":
+            await self._poll(session, receive, send, cors)
+        elif method == "POST":
+            await self._post(session, receive, send, cors)
+        else:
+            await _http_error(send, 400, BAD_REQUEST, f"method {method} is not part of long-polling", cors)
+
+    def _check_query(self, q: dict[str, str], *, websocket: bool) -> tuple[int, str] | None:
+        if q.get("EIO") != "4":
+            return UNSUPPORTED_PROTOCOL, f"EIO must be 4, got {q.get('EIO')!r}"
+        transport = q.get("transport")
+        if transport is None:
+            return TRANSPORT_UNKNOWN, "the transport query parameter is missing"
+        if transport not in ("polling", "websocket") or transport not in self.settings.transports \
+                or (transport == "websocket") != websocket:
+            return TRANSPORT_UNKNOWN, f"transport {transport!r} is not served here"
+        return None
+
+    def _cors_headers(self, headers: dict[str, str]) -> list[tuple[bytes, bytes]] | None:
+        origin = headers.get("origin")
+        if origin is None:
+            return []
+        allowed = self.settings.cors_origins
+        if allowed is not None and origin not in allowed:
+            return None
+        out = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+        if self.settings.cors_credentials:
+            out.append((b"access-control-allow-credentials", b"true"))
+        return out
+
+    def joined(self, session: EngineSession) -> None:
+        """``session`` is no longer waiting to join a namespace (it joined one, or ended)."""
+        self._pending -= 1
+        left = self._pending_per_address.get(session.remote_addr, 1) - 1
+        if left > 0:
+            self._pending_per_address[session.remote_addr] = left
+        else:
+            self._pending_per_address.pop(session.remote_addr, None)
+
+    def _admit(self, scope: Scope) -> tuple[str | None, str | None]:
+        """(remote address, refusal message or None) for a new session: sessions that have not
+        joined a namespace yet are bounded by the connection limits, in all and per address."""
+        client = scope.get("client")
+        addr = client[0] if client else None
+        s = self.settings
+        if s.max_sessions and self._pending >= s.max_sessions:
+            return addr, (f"server is busy: {s.max_sessions} sessions are waiting to join a "
+                          "namespace (server.limits.max_connections)")
+        if s.max_sessions_per_address and self._pending_per_address.get(addr, 0) >= s.max_sessions_per_address:
+            return addr, (f"too many sessions from your address are waiting to join a namespace "
+                          f"(limit {s.max_sessions_per_address})")
+        return addr, None
+
+    def _new_session(self, scope: Scope, transport: str, addr: str | None,
+                     headers: dict[str, str]) -> EngineSession:
+        environ: dict[str, Any] = {
+            "asgi.scope": scope, "REMOTE_ADDR": addr,
+            "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        }
+        for name, value in headers.items():
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+        sid = self.generate_id()
+        session = EngineSession(self, sid, transport, environ, addr)
+        self.sessions[sid] = session
+        self._pending += 1
+        self._pending_per_address[addr] = self._pending_per_address.get(addr, 0) + 1
+        return session
+
+    def _open_packet(self, session: EngineSession) -> str:
+        upgrades = ["websocket"] if session.transport == "polling" and "websocket" in self.settings.transports else []
+        return "0" + orjson.dumps({"sid": session.sid, "upgrades": upgrades, **self._handshake_data}).decode()
+
+    async def _connect_handler(self, session: EngineSession) -> bool:
+        handler = self.handlers.get("connect")
+        if handler is None:
+            return True
+        return await handler(session.sid, session.environ) is not False
+
+    # -- long-polling -------------------------------------------------------------------------
+
+    async def _polling_handshake(self, scope: Scope, send: Send, headers: dict[str, str],
+                                 cors: list[tuple[bytes, bytes]]) -> None:
+        addr, refusal = self._admit(scope)
+        if refusal is not None:
+            self.count("session_limit")
+            await _http_error(send, 503, FORBIDDEN, refusal, cors)
+            return
+        session = self._new_session(scope, "polling", addr, headers)
+        if not await self._connect_handler(session):
+            self.sessions.pop(session.sid, None)
+            self.joined(session)
+            await _http_error(send, 403, FORBIDDEN, "connection refused", cors)
+            return
+        session.start(self.settings.connect_timeout)
+        await _http(send, 200, self._open_packet(session).encode(), cors + _TEXT)
+
+    async def _poll(self, session: EngineSession, receive: Receive, send: Send,
+                    cors: list[tuple[bytes, bytes]]) -> None:
+        if session.poll is not None:
+            # two GETs at once: the first is answered with a CLOSE, this one with 400
+            session.close(Reason.TRANSPORT_ERROR)
+            self.count("overlapping_poll")
+            await _http_error(send, 400, BAD_REQUEST, "overlapping GET requests on one session", cors)
+            return
+        why: str | None = None
+        if not session.outbox and session.state == OPEN:
+            if session.upgrading:
+                why = WAKE_NOOP
+            else:
+                fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+                session.poll = fut
+                gone = asyncio.ensure_future(_wait_disconnect(receive))
+                try:
+                    await asyncio.wait((fut, gone), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    session.poll = None
+                    gone.cancel()
+                if not fut.done():
+                    fut.cancel()
+                    session.close(Reason.TRANSPORT_CLOSE, flush=False)
+                    return  # the client hung up on its own GET
+                why = fut.result()
+        payload = session.take_outbox()
+        if session.state != OPEN or why == WAKE_CLOSE:
+            self._lingering.pop(session.sid, None)
+            if session.close_reason == Reason.CLIENT_DISCONNECT:
+                payload = payload or "6"  # the client closed it: nothing more to say
+            else:
+                payload = payload + "\x1e1" if payload else "1"
+        elif not payload:
+            payload = "6"  # NOOP: ends this GET so the client can finish its upgrade
+        await _http(send, 200, payload.encode(), cors + _TEXT)
+
+    async def _post(self, session: EngineSession, receive: Receive, send: Send,
+                    cors: list[tuple[bytes, bytes]]) -> None:
+        if session.state != OPEN:
+            await _http_error(send, 400, BAD_REQUEST, "the session is closing", cors)
+            return
+        if session.posting:
+            session.close(Reason.TRANSPORT_ERROR)
+            await _http_error(send, 400, BAD_REQUEST, "overlapping POST requests on one session", cors)
+            return
+        session.posting = True
+        try:
+            body = await _read_body(receive, self.settings.max_payload)
+            if body is None:
+                self.count("payload_too_large")
+                session.close(Reason.TRANSPORT_ERROR)
+                await _http_error(send, 413, BAD_REQUEST,
+                                  f"payload larger than maxPayload ({self.settings.max_payload} bytes)", cors)
+                return
+            try:
+                text = body.decode("utf-8")
+                for encoded in text.split("\x1e"):
+                    await self._receive_packet(session, encoded)
+                    if session.state != OPEN:
+                        break
+            except (ProtocolViolation, UnicodeDecodeError) as exc:
+                self._violation(session, str(exc) if isinstance(exc, ProtocolViolation) else "payload is not UTF-8")
+                await _http_error(send, 400, BAD_REQUEST, str(exc), cors)
+                return
+        finally:
+            session.posting = False
+        await _http(send, 200, b"ok", cors + _TEXT)
+
+    async def _receive_packet(self, session: EngineSession, encoded: str) -> None:
+        """One Engine.IO packet from a long-polling payload."""
+        kind = encoded[:1]
+        if kind == "4":
+            await self._deliver(session, encoded[1:])
+        elif kind == "b":
+            try:
+                data = base64.b64decode(encoded[1:], validate=True)
+            except (binascii.Error, ValueError):
+                raise ProtocolViolation("a binary packet that is not base64") from None
+            await self._deliver(session, data)
+        else:
+            self._control(session, encoded)
+
+    def _control(self, session: EngineSession, encoded: str) -> None:
+        kind = encoded[:1]
+        if kind == "3":
+            session.on_pong()
+        elif kind == "1":
+            session.close(Reason.CLIENT_DISCONNECT)
+        elif kind == "6":
+            pass  # NOOP
+        elif kind == "2":
+            raise ProtocolViolation("a PING from the client (in Engine.IO v4 the server pings)")
+        else:
+            raise ProtocolViolation(f"not an Engine.IO packet: {encoded[:20]!r}")
+
+    async def _deliver(self, session: EngineSession, data: str | bytes) -> None:
+        handler = self.handlers.get("message")
+        if handler is not None and session.state == OPEN:
+            await handler(session.sid, data)
+
+    def _violation(self, session: EngineSession, reason: str) -> None:
+        log.warning("closing %s from %s: protocol violation: %s", session.sid, session.remote_addr, reason)
+        self.count("protocol_violation")
+        session.close(Reason.TRANSPORT_ERROR)
+
+    # -- websocket ----------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send, q: dict[str, str],
+                         headers: dict[str, str]) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        problem = self._check_query(q, websocket=True)
+        if problem is None and self._cors_headers(headers) is None:
+            self.count("forbidden_origin")
+            problem = (FORBIDDEN, "origin not allowed")
+        sid = q.get("sid")
+        session: EngineSession | None = None
+        if problem is None and sid is not None:
+            session = self.sessions.get(sid)
+            if session is None:
+                problem = (UNKNOWN_SID, "no such session (it ended, or never existed)")
+        if problem is None and sid is None:
+            addr, refusal = self._admit(scope)
+            if refusal is not None:
+                self.count("session_limit")
+                problem = (FORBIDDEN, refusal)
+            else:
+                session = self._new_session(scope, "websocket", addr, headers)
+                if not await self._connect_handler(session):
+                    self.sessions.pop(session.sid, None)
+                    self.joined(session)
+                    problem = (FORBIDDEN, "connection refused")
+        if problem is not None or session is None:
+            code, text = problem or (BAD_REQUEST, "bad request")
+            await _deny_websocket(scope, send, 403 if code == FORBIDDEN else 400, code, text)
+            return
+        await send({"type": "websocket.accept"})
+        if sid is not None:
+            if session.transport != "polling" or session.upgrading or session.state != OPEN:
+                # a second websocket for a session that has one (or is getting one)
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            if not await self._upgrade(session, receive, send):
+                return
+        else:
+            writer = self._make_writer(send, session)
+            if writer is None:
+                session.close(Reason.TRANSPORT_ERROR)
+                await send({"type": "websocket.close", "code": 1011})
+                return
+            writer.send(self._open_packet(session))
+            session.use_writer(writer, send)
+            session.start(self.settings.connect_timeout)
+        await self._websocket_loop(session, receive)
+
+    async def _upgrade(self, session: EngineSession, receive: Receive, send: Send) -> bool:
+        """The probe handshake of a polling session moving to this websocket."""
+        session.upgrading = True
+        ok = False
+        try:
+            message = await asyncio.wait_for(receive(), self.settings.upgrade_timeout)
+            if message.get("text") != "2probe":
+                return False
+            await send({"type": "websocket.send", "text": "3probe"})
+            session.wake(WAKE_NOOP)  # the pending GET ends, so the client can send UPGRADE
+            message = await asyncio.wait_for(receive(), self.settings.upgrade_timeout)
+            if message.get("text") != "5" or session.state != OPEN:
+                return False
+            writer = self._make_writer(send, session)
+            if writer is None:
+                return False
+            session.use_writer(writer, send)
+            session.wake(WAKE_NOOP)
+            ok = True
+            return True
+        except (asyncio.TimeoutError, KeyError):
+            return False
+        finally:
+            session.upgrading = False
+            if not ok:
+                try:
+                    await send({"type": "websocket.close", "code": 1002})
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+
+    def _make_writer(self, send: Send, session: EngineSession) -> DirectWriter | AsgiWriter | None:
+        limit = self.settings.send_buffer_limit
+
+        def dropped() -> None:
+            self.count("slow_consumer")
+            session.close(Reason.TRANSPORT_ERROR, flush=False)
+
+        setting = self.settings.websocket_writer
+        if setting != "compatible":
+            proto = getattr(send, "__self__", None)
+            cls = self._direct_class
+            if cls is not None and type(proto) is cls:
+                self.report.connections["direct"] += 1
+                _trim(proto)
+                return DirectWriter(proto, limit, dropped)
+            if cls is None:
+                reason = self.report.direct_unavailable_reason or "direct writer unavailable"
+            elif proto is None:
+                reason = "the ASGI send callable is not uvicorn's (an ASGI middleware wraps it)"
+            else:
+                reason = f"websockets are served by {type(proto).__module__}.{type(proto).__qualname__}"
+            first = reason not in self.report.fallbacks
+            self.report.fallbacks[reason] = self.report.fallbacks.get(reason, 0) + 1
+            if setting == "direct":
+                if first:
+                    log.error("server.websocket_writer is 'direct' but %s: websocket refused", reason)
+                return None
+            if first:
+                log.warning("websocket writer: compatible path (ASGI send) because %s; the "
+                            "slow-consumer limit still holds", reason)
+        self.report.connections["compatible"] += 1
+        return AsgiWriter(send, limit, dropped)
+
+    async def _websocket_loop(self, session: EngineSession, receive: Receive) -> None:
+        on_message = self.handlers.get("message")
+        sid = session.sid
+        max_payload = self.settings.max_payload
+        try:
+            while session.state == OPEN:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    session.close(Reason.TRANSPORT_CLOSE)
+                    break
+                text = message.get("text")
+                try:
+                    if text is not None:
+                        if text[:1] == "4" and on_message is not None:
+                            if len(text) > max_payload:
+                                raise ProtocolViolation("message larger than maxPayload")
+                            await on_message(sid, text[1:])
+                        else:
+                            self._control(session, text)
+                    else:
+                        data = message.get("bytes") or b""
+                        if len(data) > max_payload:
+                            raise ProtocolViolation("message larger than maxPayload")
+                        if on_message is not None:
+                            await on_message(sid, data)
+                except ProtocolViolation as exc:
+                    self._violation(session, str(exc))
+        finally:
+            writer = session.writer
+            if writer is not None:
+                self.report.connections["direct" if writer.direct else "compatible"] -= 1
+            session.close(Reason.TRANSPORT_CLOSE)
+
+
+_TEXT = [(b"content-type", b"text/plain; charset=UTF-8")]
+
+
+def _trim(proto: Any) -> None:
+    """uvicorn keeps the handshake's request and response (~3.5 KB) for the connection's life
+    but reads neither after the accept, and an asyncio.Queue for received messages that one
+    reader (this engine) needs far less of (declared seams)."""
+    proto.request = proto.response = None
+    if type(proto.queue) is asyncio.Queue:
+        proto.queue = LeanReceiveQueue(list(proto.queue._queue))
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _http(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _http_error(send: Send, status: int, code: int, detail: str,
+                      cors: list[tuple[bytes, bytes]]) -> None:
+    body = orjson.dumps({"code": code, "message": f"{_MESSAGES[code]}: {detail}"})
+    await _http(send, status, body, [*cors, (b"content-type", b"application/json")])
+
+
+async def _deny_websocket(scope: Scope, send: Send, status: int, code: int, detail: str) -> None:
+    """Refuse a websocket handshake with an HTTP status and the JSON error body where the
+    server supports ASGI's websocket denial response; a bare 403 otherwise."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = orjson.dumps({"code": code, "message": f"{_MESSAGES[code]}: {detail}"})
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
+def _log_task_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("disconnect handler failed", exc_info=task.exception())

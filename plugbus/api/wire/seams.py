@@ -1,0 +1,192 @@
+"""Every place plugbus depends on a private detail of another library, in one list.
+
+plugbus serves Engine.IO itself (:mod:`plugbus.api.wire.engine`), so python-engineio's internals
+are no longer used at all. What remains private is declared here, each with the upstream version
+it was verified against:
+
+* **python-socketio** — plugbus's Socket.IO server is ``socketio.AsyncServer`` with its
+  packet codec and client managers. plugbus replaces its Engine.IO server through
+  ``_engineio_server_class`` and takes over the parts of the Socket.IO session that the
+  specification and plugbus's limits need (packet intake, CONNECT handling, event dispatch);
+  the Redis manager's ``_handle_emit`` is where a node delivers an emit; the room index wraps
+  the managers' ``basic_*`` room operations.
+* **uvicorn** — the direct websocket writer writes frames to the asyncio transport of uvicorn's
+  websockets-sansio protocol, found as the ``__self__`` of the ASGI ``send`` callable, and trims
+  that protocol's per-connection memory (``request``, ``response``, ``queue``).
+
+:func:`check` runs at import (a python-socketio attribute that is gone is a start-up error: the
+server cannot work without it) and its :class:`SeamReport` is logged at start-up and served in
+``GET /health``. A version other than the verified one is reported as *unverified*, not
+silently trusted; the direct writer is only taken when its uvicorn seams hold.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Seam:
+    """One private dependence: which package, what, why, and the version it was verified on."""
+
+    package: str
+    verified: str
+    names: tuple[str, ...]
+    why: str
+    required: bool = True  # False: an optional fast path that has a public-API alternative
+
+
+SOCKETIO_SERVER = Seam(
+    "python-socketio", "5.18.1",
+    ("AsyncServer._engineio_server_class", "AsyncServer._handle_eio_connect",
+     "AsyncServer._handle_eio_message", "AsyncServer._handle_eio_disconnect",
+     "AsyncServer._handle_connect", "AsyncServer._handle_event_internal",
+     "AsyncServer._handle_ack", "AsyncServer._send_packet", "AsyncServer._trigger_event"),
+    "plugbus's Engine.IO server under python-socketio, and plugbus's own packet intake, "
+    "CONNECT handling and event dispatch (spec conformance, limits, acks)",
+)
+SOCKETIO_MANAGERS = Seam(
+    "python-socketio", "5.18.1",
+    ("AsyncManager.basic_enter_room", "AsyncManager.basic_leave_room",
+     "AsyncManager.basic_disconnect", "AsyncManager.rooms", "AsyncRedisManager._handle_emit"),
+    "the room index beside the managers' room table, and one delivery path for every emit",
+)
+UVICORN_WEBSOCKET = Seam(
+    "uvicorn", "0.54.0",
+    ("WebSocketsSansIOProtocol.send.__self__", "WebSocketsSansIOProtocol.transport",
+     "WebSocketsSansIOProtocol.conn", "WebSocketsSansIOProtocol.close_sent",
+     "WebSocketsSansIOProtocol.request", "WebSocketsSansIOProtocol.response",
+     "WebSocketsSansIOProtocol.queue"),
+    "the direct websocket writer: frames written to the connection's transport without a "
+    "task or a queue per message, and the connection's idle memory trimmed",
+    required=False,
+)
+SEAMS = (SOCKETIO_SERVER, SOCKETIO_MANAGERS, UVICORN_WEBSOCKET)
+
+
+class WireError(RuntimeError):
+    """A library plugbus's wire depends on lacks what plugbus needs from it."""
+
+
+@dataclass(slots=True)
+class SeamReport:
+    """What :func:`check` found: per seam, the installed version and whether it holds."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def holds(self, seam: Seam) -> bool:
+        """True when every name of ``seam`` was found."""
+        return any(r["package"] == seam.package and r["ok"] and r["names"] == list(seam.names)
+                   for r in self.results)
+
+    def as_dict(self) -> list[dict[str, Any]]:
+        """The report as ``/health`` serves it."""
+        return [{k: v for k, v in r.items() if k != "names"} for r in self.results]
+
+
+def _installed(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+_MISSING = object()
+
+
+def _resolve(names: tuple[str, ...], roots: dict[str, Any]) -> list[str]:
+    """The names that do not resolve: ``Owner.attr[.attr]`` looked up on a class, or on a
+    throw-away instance where the attribute is set by ``__init__``; attributes set later in a
+    connection's life (``_late`` of a probe) and ``__self__`` of a bound method are checked per
+    connection instead."""
+    missing = []
+    for name in names:
+        owner_name, _, attr = name.partition(".")
+        obj: Any = roots.get(owner_name, _MISSING)
+        late = getattr(obj, "_late", ())
+        for part in attr.split("."):
+            if obj is _MISSING or part == "__self__" or part in late:
+                break
+            obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            missing.append(name)
+    return missing
+
+
+def _socketio_roots() -> dict[str, Any]:
+    import socketio
+
+    return {"AsyncServer": socketio.AsyncServer, "AsyncManager": _ManagerProbe(),
+            "AsyncRedisManager": socketio.AsyncRedisManager}
+
+
+class _ManagerProbe:
+    """An AsyncManager instance (``rooms`` is set in ``__init__``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import socketio
+
+        return getattr(socketio.AsyncManager(), name)
+
+
+def _uvicorn_roots() -> dict[str, Any]:
+    try:
+        from uvicorn.config import Config
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+        from uvicorn.server import ServerState
+    except ImportError:
+        return {}
+
+    class _Probe:
+        # set during the websocket handshake, so not on a fresh instance
+        _late = ("request", "response")
+
+        def __init__(self) -> None:
+            config = Config(app=_no_app, ws="websockets-sansio")
+            # a placeholder loop: the probe is never connected, and asking asyncio for the
+            # current loop at import would create one that nobody closes
+            self._proto = WebSocketsSansIOProtocol(config=config, server_state=ServerState(),
+                                                   app_state={}, _loop=_NotALoop())  # type: ignore[arg-type]
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._proto, name)
+
+    try:
+        return {"WebSocketsSansIOProtocol": _Probe()}
+    except Exception:  # noqa: BLE001 - a constructor that changed is a seam that no longer holds
+        return {}
+
+
+class _NotALoop:
+    """Stands in for the event loop of a protocol object that is only inspected."""
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never served
+    return None
+
+
+def check() -> SeamReport:
+    """Check every seam against the installed libraries.
+
+    :raises WireError: a required seam (python-socketio) is missing a name; the message names
+        the package, the installed and the verified version, and what is missing.
+    """
+    report = SeamReport()
+    roots = {"python-socketio": _socketio_roots, "uvicorn": _uvicorn_roots}
+    for seam in SEAMS:
+        installed = _installed(seam.package)
+        missing = _resolve(seam.names, roots[seam.package]()) if installed else list(seam.names)
+        ok = not missing
+        report.results.append({
+            "package": seam.package, "verified": seam.verified, "installed": installed,
+            "version_verified": installed == seam.verified, "ok": ok, "missing": missing,
+            "why": seam.why, "names": list(seam.names),
+        })
+        if seam.required and not ok:
+            raise WireError(
+                f"plugbus's wire needs {', '.join(missing)} from {seam.package} (verified against "
+                f"{seam.verified}, installed: {installed or 'none'}); install {seam.package}=={seam.verified}"
+            )
+    return report

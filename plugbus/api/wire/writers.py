@@ -1,0 +1,227 @@
+"""How Engine.IO packets reach a websocket client: two writers with one contract.
+
+* :class:`DirectWriter` writes frames straight to the asyncio transport of uvicorn's
+  websockets-sansio protocol (a declared seam, :mod:`plugbus.api.wire.seams`): one synchronous
+  ``transport.write`` per message, no task, no queue, and a broadcast framed once for every
+  recipient (:func:`encode_frame`).
+* :class:`AsgiWriter` speaks plain ASGI (``websocket.send``) from one writer task per
+  connection; it is what runs under any other server, websocket implementation, or an ASGI
+  middleware that wraps ``send``.
+
+Both hold the same promise: packets go out in call order, and a client whose unsent bytes pass
+``limit`` is dropped as a slow consumer (its ``on_drop`` runs once), so one stalled reader never
+grows the server's memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from struct import Struct
+from typing import Any
+
+log = logging.getLogger("plugbus.wire")
+
+_LEN16 = Struct("!BBH")
+_LEN64 = Struct("!BBQ")
+
+
+def encode_frame(data: str | bytes) -> bytes:
+    """One unmasked, unfragmented websocket frame (RFC 6455 §5.2) holding ``data``.
+
+    ``str`` makes a text frame (UTF-8), ``bytes`` a binary one. RSV1 stays clear, so the frame
+    is a valid uncompressed message even on a connection that negotiated permessage-deflate
+    (RFC 7692 §6: compression is chosen per message). Hand-written because it runs once per
+    broadcast and once per direct send: ``websockets.frames.Frame.serialize`` does the same
+    with extension and state checks that cost several times as much.
+    """
+    if isinstance(data, str):
+        head, payload = 0x81, data.encode()
+    else:
+        head, payload = 0x82, bytes(data)
+    n = len(payload)
+    if n < 126:
+        return bytes((head, n)) + payload
+    if n < 65536:
+        return _LEN16.pack(head, 126, n) + payload
+    return _LEN64.pack(head, 127, n) + payload
+
+
+class DirectWriter:
+    """Writes frames to one uvicorn websocket connection, in call order, without awaiting.
+
+    ``write_frame`` takes bytes from :func:`encode_frame` (broadcasts share them); ``send``
+    encodes first (through the websockets protocol object when the connection negotiated an
+    extension, so compressed connections stay compressed). Both return ``False`` when the
+    connection is closing or was dropped (the data is discarded).
+    """
+
+    __slots__ = ("_proto", "_transport", "_conn", "_raw", "_limit", "_on_drop", "dropped")
+    direct = True
+
+    def __init__(self, proto: Any, limit: int, on_drop: Callable[[], None]) -> None:
+        self._proto = proto
+        self._transport = proto.transport
+        self._conn = proto.conn
+        self._raw = not proto.conn.extensions
+        self._limit = limit
+        self._on_drop = on_drop
+        self.dropped = False
+
+    @property
+    def open(self) -> bool:
+        """Whether frames written now can still reach the client."""
+        return not (self.dropped or self._proto.close_sent or self._transport.is_closing())
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a frame made by :func:`encode_frame`; ``False`` if the connection is gone."""
+        if not self.open:
+            return False
+        transport = self._transport
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self._limit:
+            self._drop_slow(transport.get_write_buffer_size())
+            return False
+        return True
+
+    def send(self, data: str | bytes) -> bool:
+        """Encode ``data`` as one message and write it; ``False`` if the connection is gone."""
+        if self._raw:
+            return self.write_frame(encode_frame(data))
+        if not self.open:
+            return False
+        conn = self._conn
+        if isinstance(data, str):
+            conn.send_text(data.encode())
+        else:
+            conn.send_binary(data)
+        return self.write_frame(b"".join(conn.data_to_send()))
+
+    def pending(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return int(self._transport.get_write_buffer_size())
+
+    async def drain(self) -> None:
+        """Nothing to wait for: every write is already in the transport."""
+
+    def _drop_slow(self, size: int) -> None:
+        self.dropped = True
+        log.warning("dropping a slow websocket client: %d bytes unsent (limit %d)", size, self._limit)
+        # abort, not close: a close frame would wait behind the unsent bytes; uvicorn's
+        # connection_lost then ends the receive loop.
+        self._transport.abort()
+        self._on_drop()
+
+
+class AsgiWriter:
+    """Writes messages through the ASGI ``send`` callable, from one task, in call order.
+
+    The task exists only while messages wait (an idle connection holds none). Messages that
+    ``send`` has not taken yet count against ``limit``; past it the client is a slow consumer.
+    """
+
+    __slots__ = ("_send", "_limit", "_on_drop", "_queue", "_pending", "_task", "dropped", "_idle")
+    direct = False
+
+    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]], limit: int,
+                 on_drop: Callable[[], None]) -> None:
+        self._send = send
+        self._limit = limit
+        self._on_drop = on_drop
+        self._queue: deque[str | bytes] = deque()
+        self._pending = 0
+        self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Event | None = None
+        self.dropped = False
+
+    @property
+    def open(self) -> bool:
+        """Whether messages sent now can still reach the client."""
+        return not self.dropped
+
+    def write_frame(self, frame: bytes) -> bool:  # pragma: no cover - callers check .direct
+        raise TypeError("AsgiWriter takes messages, not frames")
+
+    def send(self, data: str | bytes) -> bool:
+        """Queue ``data`` as one websocket message; ``False`` if the connection is gone."""
+        if self.dropped:
+            return False
+        self._queue.append(data)
+        self._pending += len(data)
+        if self._pending > self._limit:
+            self.dropped = True
+            size = self._pending
+            self._queue.clear()
+            self._pending = 0
+            log.warning("dropping a slow websocket client: %d bytes unsent (limit %d)", size, self._limit)
+            self._on_drop()
+            return False
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return True
+
+    def pending(self) -> int:
+        """Bytes queued and not yet taken by ``send``."""
+        return self._pending
+
+    async def drain(self) -> None:
+        """Wait until every queued message was handed to ``send``."""
+        task = self._task
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _run(self) -> None:
+        queue, send = self._queue, self._send
+        try:
+            while queue:
+                data = queue.popleft()
+                self._pending -= len(data)
+                if isinstance(data, str):
+                    await send({"type": "websocket.send", "text": data})
+                else:
+                    await send({"type": "websocket.send", "bytes": data})
+        except Exception:  # noqa: BLE001 - the client went away; the receive loop ends the session
+            queue.clear()
+            self._pending = 0
+            self.dropped = True
+        finally:
+            self._task = None
+
+
+class LeanReceiveQueue:
+    """What uvicorn's websocket protocol uses of its receive queue — ``put_nowait``, ``get``,
+    ``empty``, ``qsize`` — for a connection with one reader (a declared uvicorn seam).
+
+    ``asyncio.Queue`` holds four deques (~2.1 KB per connection, before any message); uvicorn
+    pauses reading after each message until the queue is empty, so a few items at most ever
+    wait here, and a list and one waiter future do.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self, items: list[Any] | None = None) -> None:
+        self._items: list[Any] = items or []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
