@@ -305,6 +305,26 @@ class EventRegistry:
             ) from None
 
 
+def ack_arguments(event_cls: type[Event] | None, result: Any, error: dict[str, Any] | None) -> list[Any]:
+    """The arguments of the ack for an event of ``event_cls`` (None: an unknown event).
+
+    The default envelope is one argument, ``{"ok": true, "data": result}`` or
+    ``{"ok": false, "error": error}``. With ``ack_style = "plain"`` the arguments follow
+    Node's error-first callbacks: ``[null, *result]`` (a tuple result is several arguments,
+    None none after the ``null``), or ``[error]`` alone when the event was refused — so a
+    client tells a refusal from a result by the first argument, whatever the result looks like.
+    """
+    if event_cls is not None and event_cls.ack_style == "plain":
+        if error is not None:
+            return [error]
+        if result is None:
+            return [None]
+        return [None, *result] if isinstance(result, tuple) else [None, result]
+    if error is not None:
+        return [{"ok": False, "error": error}]
+    return [{"ok": True, "data": result}]
+
+
 def payload_size(value: Any, stop: int) -> int:
     """The size of ``value`` as JSON text (binary data by its length), counted until it passes
     ``stop`` — so an oversized payload costs no more than the limit to refuse."""
