@@ -74,11 +74,11 @@ class PlugbusClient:
         an event without one; give several arguments for an event with ``positional``. A
         plain ack (``ack_style = "plain"``) comes back as python-socketio returns it: one
         value, or a tuple of several."""
-        return await self.sio.call(event, *args, namespace=self.namespace, timeout=timeout)
+        return await self.sio.call(event, _data(args), namespace=self.namespace, timeout=timeout)
 
     async def emit(self, event: str, *args: Any) -> None:
         """Send ``event`` without asking for an ack (a refusal then arrives as ``error``)."""
-        await self.sio.emit(event, *args, namespace=self.namespace)
+        await self.sio.emit(event, _data(args), namespace=self.namespace)
 
     async def disconnect(self) -> None:
         """Close the connection (the server then runs ``plugbus_disconnect``).
@@ -88,3 +88,8 @@ class PlugbusClient:
         """
         if self.sio.connected:
             await self.sio.disconnect()
+
+
+def _data(args: tuple[Any, ...]) -> Any:
+    # python-socketio's own convention: a tuple is several arguments, None is none
+    return args[0] if len(args) == 1 else (args or None)
