@@ -381,3 +381,37 @@ def test_a_positional_name_that_is_no_field_stops_start_up() -> None:
 
     with pytest.raises(ValueError, match="positional names 'nope', which is not a field"):
         EventRegistry().register(Bad, owner="mine")
+
+
+# -- the writing guide's example is a working plugin -------------------------------------------
+
+def _guide_example() -> str:
+    text = (TESTS.parent / "docs" / "plugins" / "writing.md").read_text(encoding="utf-8")
+    section = text.split("## Namespaces, positional arguments and plain acks", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_writing_guides_namespace_example_runs(plugbus_server) -> None:
+    import sys
+    import types
+
+    from plugbus.testing import ClientRefused
+
+    module = types.ModuleType("writing_md_namespaces_example")
+    exec(compile(_guide_example(), "writing.md namespaces example", "exec"), module.__dict__)  # noqa: S102
+    sys.modules[module.__name__] = module
+    try:
+        server = await plugbus_server(plugins={"guide": module.__name__}, builtins=[],
+                                      config={"server": {"namespaces": NAMESPACES}})
+        ann = await server.client(namespace="/chat", transports=["websocket"])
+        bob = await server.client(namespace="/chat", transports=["websocket"])
+        err, message_id = await ann.call("chat", "ann", "hi")
+        assert err is None and isinstance(message_id, str)
+        assert await bob.wait_for("chat") == [["ann", "hi"]]
+        with pytest.raises(ClientRefused) as refused:
+            await server.client(namespace="/admin", transports=["websocket"])
+        assert refused.value.error["code"] == "admin_only"
+        admin = await server.client(namespace="/admin", auth={"token": "letmein"}, transports=["websocket"])
+        assert await admin.call("status") == {"ok": True, "data": {"chatting": 2}}
+    finally:
+        sys.modules.pop(module.__name__, None)
