@@ -415,3 +415,21 @@ async def test_the_writing_guides_namespace_example_runs(plugbus_server) -> None
         assert await admin.call("status") == {"ok": True, "data": {"chatting": 2}}
     finally:
         sys.modules.pop(module.__name__, None)
+
+
+async def test_rooms_of_two_namespaces_stay_apart_across_nodes(serve, redis_server, clients):
+    """With a shared backend, presence keeps /chat's rooms apart from /'s rooms of the same
+    name, and a broadcast to /chat from one node reaches /chat on the other."""
+    config = {**CONFIG, "server": {**CONFIG["server"], "backend": redis_server.url, "presence_ttl": 3}}
+    a, b = serve(config, env=PYPATH), serve(config, env=PYPATH)
+    on_a, rec_a = await clients(a, ["/", "/chat"])
+    on_b, rec_b = await clients(b, ["/chat"])
+    assert (await on_a.call("join-room", {"room": "lobby"}, namespace="/", timeout=5))["ok"]
+    assert (await on_a.call("enter", "lobby", namespace="/chat", timeout=5))["ok"]
+    assert (await on_b.call("enter", "lobby", namespace="/chat", timeout=5))["ok"]
+    async with httpx.AsyncClient(base_url=b.url) as http:
+        members = (await http.get("/rooms/lobby")).json()  # presence, read from Redis on b
+    assert [m["sid"] for m in members["members"]] == [on_a.get_sid("/")]
+    await on_b.call("chat", ("bea", "across nodes"), namespace="/chat", timeout=5)
+    assert ("bea", "across nodes") in await rec_a.wait("/chat", "chat")
+    assert rec_a.got("/", "chat") == []
