@@ -111,10 +111,11 @@ class ServerSettings(StrictModel):
         if isinstance(data, dict) and "namespace" in data:
             data = dict(data)
             single = data.pop("namespace")
-            if "namespaces" in data:
+            if "namespaces" in data and data["namespaces"] != [single]:
                 raise ValueError(
-                    "both `namespace` and `namespaces` are set; keep only `namespaces` "
-                    "(a list, the first is the default namespace)"
+                    f"both `namespace` ({single!r}) and `namespaces` are set; keep only "
+                    "`namespaces` (a list, the first is the default namespace; the environment "
+                    "variable PLUGBUS_SERVER__NAMESPACE counts as setting `namespace`)"
                 )
             data["namespaces"] = [single]
         return data
