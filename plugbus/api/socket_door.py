@@ -11,7 +11,9 @@ internals. It overrides these methods of ``socketio.AsyncServer`` (5.18):
 * ``_handle_eio_message`` — decodes the common packet (an EVENT with JSON arguments) in one
   step and hands everything else to python-socketio's decoder.
 * ``_handle_connect`` — to run ``plugbus_connected`` after the client has been told it is
-  connected, so a greeting never overtakes the Socket.IO ``connect``.
+  connected, so a greeting never overtakes the Socket.IO ``connect``; to hand the connect
+  handler the CONNECT payload as sent (python-socketio turns a falsy one into None); and to
+  answer an unserved namespace as the v5 spec's server does (``{"message": "Invalid namespace"}``).
 * ``_engineio_server_class`` — websocket sessions write frames straight to uvicorn's transport
   (:mod:`plugbus.api.direct_websocket`), and :class:`SocketTransport` broadcasts through them.
 
