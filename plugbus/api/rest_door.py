@@ -11,7 +11,7 @@ import inspect
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, JsonValue
 
@@ -106,23 +106,33 @@ def core_router(bus: Bus, wire: Any) -> APIRouter:
         base = str(request.base_url).rstrip("/")
         return asyncapi_document(bus, version=request.app.version, server_url=base)
 
+    namespace_query = Query(
+        None, description="The Socket.IO namespace the event belongs to (default: the first of "
+                          "server.namespaces).")
+
     @router.get("/events/{event}/schema", tags=["events"],
                 summary="JSON Schema of one event's payload and ack")
-    async def event_schema(event: str) -> dict[str, Any]:
-        schemas = event_schemas(bus)
+    async def event_schema(event: str, namespace: str | None = namespace_query) -> dict[str, Any]:
+        ns = bus.check_namespace(namespace) if namespace is not None else bus.default_namespace
+        schemas = event_schemas(bus, ns)
         if event not in schemas:
-            raise NotFound(f"no event named {event!r}", details={"event": event, "known": sorted(schemas)})
-        return {"name": event, **schemas[event]}
+            raise NotFound(f"no event named {event!r}",
+                           details={"event": event, "namespace": ns, "known": sorted(schemas)})
+        return {"name": event, "namespace": ns, **schemas[event]}
 
     @router.post("/events/{event}", response_model=EventResult, tags=["events"],
                  dependencies=[require_scope(bus, "publish")],
                  summary="Send any registered event through the pipeline, as a server")
-    async def send_event(event: str, payload: dict[str, JsonValue]) -> EventResult:
-        """The generic door: the body is the event's payload, validated against the schema
-        its plugin registered; moderation and handling are the same as over Socket.IO.
-        Events that act on the sender's own connection (``join-room``) are refused here."""
-        result = await bus.dispatch(event, payload, bus.context(Origin.REST))
-        return EventResult(data=result)
+    async def send_event(event: str, payload: dict[str, JsonValue],
+                         namespace: str | None = namespace_query) -> EventResult:
+        """The generic door: the body is the event's payload — the object of its named
+        fields, also for events clients send with positional arguments — validated against
+        the schema its plugin registered in ``namespace``; moderation and handling are the
+        same as over Socket.IO. Events that act on the sender's own connection
+        (``join-room``) are refused here."""
+        result = await bus.dispatch(event, payload, bus.context(Origin.REST, namespace=namespace))
+        # a plain-ack event's handler may answer several values (a tuple): a JSON array here
+        return EventResult(data=list(result) if isinstance(result, tuple) else result)
 
     return router
 

@@ -14,7 +14,9 @@ with these methods of its own (declared seams, :mod:`plugbus.api.wire.seams`):
 * ``_handle_event_internal`` — the single dispatch point of every client event: ``bus.dispatch``,
   and an ack that carries a refusal when one was asked for (an ``error`` event otherwise).
 * ``_handle_connect`` — ``plugbus_connected`` runs after the client was told it is connected,
-  so a greeting never overtakes the Socket.IO ``connect``.
+  so a greeting never overtakes the Socket.IO ``connect``; the connect handler gets the CONNECT
+  payload as sent (python-socketio turns a falsy one into None); an unserved namespace is
+  answered as the v5 spec's server does (``{"message": "Invalid namespace"}``).
 
 Events of one connection are handled in the order sent: the server runs with
 ``async_handlers=False``, so each connection's reader awaits its event before reading the next
@@ -24,6 +26,7 @@ Events of one connection are handled in the order sent: the server runs with
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 from typing import Any
 
@@ -36,11 +39,11 @@ from plugbus.core import (
     Connection,
     ConnectionDenied,
     InternalError,
-    InvalidPayload,
     Origin,
     PlugbusError,
     RateLimited,
 )
+from plugbus.core.events import ack_arguments
 from plugbus.core.ratelimit import TokenBucket
 
 from . import wire_json
@@ -71,7 +74,10 @@ class PlugbusSocketServer(socketio.AsyncServer):
         manager: socketio.AsyncManager = IndexedManager()
         if bus.backend.shared:
             # python-socketio's own Redis manager fans every emit out to all nodes.
-            manager = PlugbusRedisManager(bus.backend.url, channel=bus.backend.key("socketio", server.namespace))
+            # One channel for every namespace (each message names its own); named after the
+            # default namespace so that nodes of a single-namespace cluster keep the channel.
+            manager = PlugbusRedisManager(bus.backend.url,
+                                          channel=bus.backend.key("socketio", server.default_namespace))
         limits = server.limits
         self.wire_settings = WireSettings(
             ping_interval=server.ping_interval,
@@ -89,7 +95,7 @@ class PlugbusSocketServer(socketio.AsyncServer):
         super().__init__(
             client_manager=manager,
             async_handlers=False,
-            namespaces=[server.namespace],
+            namespaces=list(server.namespaces),
             logger=False,
             engineio_logger=False,
             json=wire_json,
@@ -99,16 +105,23 @@ class PlugbusSocketServer(socketio.AsyncServer):
         self._max_bytes = server.max_message_bytes
         self._binary_bytes: dict[str, int] = {}
         self.bus = bus
-        self.plugbus_namespace = server.namespace
+        # The default namespace: the one _handle_eio_message decodes in one step.
+        self.plugbus_namespace = server.default_namespace
+        self.plugbus_namespaces = frozenset(server.namespaces)
         limits = server.limits
         self._rate = (limits.events_per_second, float(limits.event_burst)) if limits.events_per_second else None
         # an ack's Socket.IO text up to its id: "3" (ack) and the namespace
-        self._ack_prefix = "3" if server.namespace == "/" else f"3{server.namespace},"
-        self._event_prefix = "2" if server.namespace == "/" else f"2{server.namespace},"
-        self._accepted: dict[str, str] = {}  # eio_sid -> sid, between connect handler and CONNECT
-        self.on("connect", self._on_connect, namespace=server.namespace)
-        self.on("disconnect", self._on_disconnect, namespace=server.namespace)
-        bus.attach(SocketTransport(self, server.namespace))
+        self._ack_prefixes = {ns: "3" if ns == "/" else f"3{ns}," for ns in server.namespaces}
+        self._event_prefix = "2" if self.plugbus_namespace == "/" else f"2{self.plugbus_namespace},"
+        # (eio_sid, namespace) -> sid, between the connect handler and the CONNECT reply
+        self._accepted: dict[tuple[str, str], str] = {}
+        # (eio_sid, namespace) -> the CONNECT payload as the client sent it, for the connect
+        # handler: python-socketio hands it None for a falsy payload, so `{}` would arrive as None
+        self._connect_payloads: dict[tuple[str, str], Any] = {}
+        for ns in server.namespaces:
+            self.on("connect", functools.partial(self._on_connect, namespace=ns), namespace=ns)
+            self.on("disconnect", self._on_disconnect, namespace=ns)
+        bus.attach(SocketTransport(self))
 
     def _engineio_server_class(self) -> Any:
         # python-socketio calls the result with python-engineio's options, which plugbus's
@@ -116,18 +129,20 @@ class PlugbusSocketServer(socketio.AsyncServer):
         settings = self.wire_settings
         return lambda **_engineio_options: EngineServer(settings, SEAM_REPORT)
 
-    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None, *,
+                          namespace: str = "/") -> bool:
         scope = environ.get("asgi.scope", {})
         client = scope.get("client")
         headers = {
             k[5:].lower().replace("_", "-"): v for k, v in environ.items()
             if k.startswith("HTTP_") and isinstance(v, str)
         }
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         connection = Connection(
             sid=sid,
-            namespace=self.plugbus_namespace,
+            namespace=namespace,
             remote_addr=client[0] if client else environ.get("REMOTE_ADDR"),
-            auth=auth,
+            auth=self._connect_payloads.pop((eio_sid, namespace), auth),
             headers=headers,
         )
         try:
@@ -139,29 +154,29 @@ class PlugbusSocketServer(socketio.AsyncServer):
             raise socketio.exceptions.ConnectionRefusedError(
                 "internal error", InternalError("internal error").to_dict()
             ) from None
-        eio_sid = self.manager.eio_sid_from_sid(sid, self.plugbus_namespace)
         if eio_sid is not None:
-            self._accepted[eio_sid] = sid
+            self._accepted[(eio_sid, namespace)] = sid
         return True
 
     async def _on_disconnect(self, sid: str, reason: str = "") -> None:
         await self.bus.close_connection(sid, str(reason))
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        if (namespace or "/") != self.plugbus_namespace:
-            # python-socketio answers a bare string here, which the JavaScript client shows as
-            # an empty message; say what is wrong in the shape clients read.
-            error = PlugbusError(
-                f"namespace {namespace or '/'!r} is not served here; connect to {self.plugbus_namespace!r}",
-                code="unknown_namespace", status=404,
-                details={"namespace": namespace or "/", "served": self.plugbus_namespace},
-            )
+        namespace = namespace or "/"
+        if namespace not in self.plugbus_namespaces:
+            # What the Socket.IO v5 reference server answers, to the byte
+            # (`44/random,{"message":"Invalid namespace"}` in socket.io-protocol's test suite);
+            # python-socketio would answer a bare string, which v5 clients cannot read.
             await self._send_packet(eio_sid, self.packet_class(
-                packet.CONNECT_ERROR, data={"message": error.message, "data": error.to_dict()},
-                namespace=namespace))
+                packet.CONNECT_ERROR, data={"message": "Invalid namespace"}, namespace=namespace))
             return
-        await super()._handle_connect(eio_sid, namespace, data)
-        sid = self._accepted.pop(eio_sid, None)
+        key = (eio_sid, namespace)
+        self._connect_payloads[key] = data
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            self._connect_payloads.pop(key, None)
+        sid = self._accepted.pop(key, None)
         if sid is not None:
             await self.bus.connection_ready(sid)
 
@@ -289,13 +304,9 @@ class PlugbusSocketServer(socketio.AsyncServer):
     ) -> None:
         name = data[0]
         wants_ack = id is not None
-        reply: Any
+        error: dict[str, Any] | None = None
+        result: Any = None
         try:
-            if len(data) > 2:
-                raise InvalidPayload(
-                    f"event {name!r} must carry one payload argument, got {len(data) - 1}",
-                    details={"event": name, "arguments": len(data) - 1},
-                )
             connection = self.bus.connection(sid)
             if connection is not None and self._rate is not None:
                 bucket = connection.state.get("plugbus.rate")
@@ -308,34 +319,38 @@ class PlugbusSocketServer(socketio.AsyncServer):
                         f"(bursts of {self._rate[1]:g}); retry in {wait:.2f} s",
                         details={"retry_after": round(wait, 3), "limit": self._rate[0]},
                     )
-            ctx = self.bus.context(Origin.SOCKET, connection, wants_ack=wants_ack)
-            result = await self.bus.dispatch(name, data[1] if len(data) == 2 else None, ctx)
-            reply = {"ok": True, "data": result}
+            ctx = self.bus.context(Origin.SOCKET, connection, wants_ack=wants_ack,
+                                   namespace=namespace if connection is None else None)
+            result = await self.bus.dispatch_args(name, data[1:], ctx)
         except PlugbusError as exc:
-            reply = self._refusal(exc, name)
+            error = self._refusal(exc, name)
         except Exception:
             log.exception("event %r from %s failed", name, sid)
-            reply = self._refusal(InternalError("internal error while handling the event"), name)
+            error = self._refusal(InternalError("internal error while handling the event"), name)
         if wants_ack:
+            # the ack's arguments: the {ok, data | error} envelope, or plain ones for events
+            # that ask for them (ack_style "plain")
+            reply = ack_arguments(self.bus.events.get(name, namespace) if isinstance(name, str) else None,
+                                  result, error)
             # The ack encoded by hand (the same text python-socketio's Packet.encode makes,
             # tested) and handed to the session at once; binary data in the reply takes
             # python-socketio's encoder.
-            body = wire_json.dumps_or_none([reply])
+            body = wire_json.dumps_or_none(reply)
             if body is None:
                 await server._send_packet(eio_sid, self.packet_class(
-                    packet.ACK, namespace=namespace, id=id, data=[reply]))
+                    packet.ACK, namespace=namespace, id=id, data=reply))
                 return
             session = self.eio.session_of(eio_sid)
             if session is not None:
-                session.send_message(f"{self._ack_prefix}{id}{body}")
-        elif not reply["ok"]:
-            await self.emit(ERROR_EVENT, reply["error"], to=sid, namespace=namespace)
+                session.send_message(f"{self._ack_prefixes[namespace]}{id}{body}")
+        elif error is not None:
+            await self.emit(ERROR_EVENT, error, to=sid, namespace=namespace)
 
     @staticmethod
     def _refusal(exc: PlugbusError, name: Any) -> dict[str, Any]:
         error = exc.to_dict()
         error["details"] = {"event": name if isinstance(name, str) else repr(name), **error["details"]}
-        return {"ok": False, "error": error}
+        return error
 
 
 def deliver_here(sio: PlugbusSocketServer, namespace: str, event: str, data: Any,
@@ -398,51 +413,52 @@ class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: 
 
 
 class SocketTransport:
-    """:class:`plugbus.core.Transport` on a python-socketio server and its client manager."""
+    """:class:`plugbus.core.Transport` on a python-socketio server and its client manager;
+    every operation in the namespace the bus names."""
 
-    def __init__(self, sio: socketio.AsyncServer, namespace: str) -> None:
+    def __init__(self, sio: socketio.AsyncServer) -> None:
         self._sio = sio
-        self._ns = namespace
 
     async def emit(
-        self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None
+        self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None,
+        namespace: str = "/",
     ) -> None:
         if type(self._sio.manager) is IndexedManager:
-            deliver_here(self._sio, self._ns, event, data, room, skip_sid)
+            deliver_here(self._sio, namespace, event, data, room, skip_sid)
         else:
             # A pub/sub manager publishes the emit for the other nodes and delivers here
             # through deliver_here too (PlugbusRedisManager).
-            await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=self._ns)
+            await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=namespace)
 
-    async def enter_room(self, sid: str, room: str) -> None:
-        await self._sio.enter_room(sid, room, namespace=self._ns)
+    async def enter_room(self, sid: str, room: str, *, namespace: str = "/") -> None:
+        await self._sio.enter_room(sid, room, namespace=namespace)
 
-    async def leave_room(self, sid: str, room: str) -> None:
-        await self._sio.leave_room(sid, room, namespace=self._ns)
+    async def leave_room(self, sid: str, room: str, *, namespace: str = "/") -> None:
+        await self._sio.leave_room(sid, room, namespace=namespace)
 
-    def rooms_of(self, sid: str) -> list[str]:
-        return [r for r in self._sio.manager.get_rooms(sid, self._ns) if r != sid]
+    def rooms_of(self, sid: str, *, namespace: str = "/") -> list[str]:
+        return [r for r in self._sio.manager.get_rooms(sid, namespace) if r != sid]
 
-    def is_member(self, sid: str, room: str) -> bool:
-        members = self._sio.manager.rooms.get(self._ns, {}).get(room)
+    def is_member(self, sid: str, room: str, *, namespace: str = "/") -> bool:
+        members = self._sio.manager.rooms.get(namespace, {}).get(room)
         return bool(members) and sid in members  # type: ignore[operator]
 
-    def rooms(self) -> dict[str, int]:
-        ns = self._sio.manager.rooms.get(self._ns, {})
+    def rooms(self, *, namespace: str = "/") -> dict[str, int]:
+        ns = self._sio.manager.rooms.get(namespace, {})
         everyone = ns.get(None, {})
         return {name: len(members) for name, members in ns.items()
                 if name is not None and name not in everyone and members}
 
-    def members(self, room: str) -> list[str]:
-        members = self._sio.manager.rooms.get(self._ns, {}).get(room)
+    def members(self, room: str, *, namespace: str = "/") -> list[str]:
+        members = self._sio.manager.rooms.get(namespace, {}).get(room)
         return list(members) if members else []
 
-    def room_size(self, room: str) -> int:
-        members = self._sio.manager.rooms.get(self._ns, {}).get(room)
+    def room_size(self, room: str, *, namespace: str = "/") -> int:
+        members = self._sio.manager.rooms.get(namespace, {}).get(room)
         return len(members) if members else 0
 
-    def connection_count(self) -> int:
-        return self.room_size(None)  # type: ignore[arg-type]  # the None room holds everyone
+    def connection_count(self, *, namespace: str = "/") -> int:
+        return self.room_size(None, namespace=namespace)  # type: ignore[arg-type]  # the None room holds everyone
 
-    async def disconnect(self, sid: str) -> None:
-        await self._sio.disconnect(sid, namespace=self._ns)
+    async def disconnect(self, sid: str, *, namespace: str = "/") -> None:
+        await self._sio.disconnect(sid, namespace=namespace)

@@ -46,7 +46,9 @@ class Bus:
         self.plugins: list[PluginInfo] = loaded.plugins
         self.pm = loaded.pm
         self.hooks = Hooks(loaded.pm)
-        self.events = EventRegistry()
+        server = config.server
+        self.default_namespace = server.default_namespace
+        self.events = EventRegistry(server.default_namespace, tuple(server.namespaces))
         for owner, event_cls in self.hooks.register_events():
             try:
                 self.events.register(event_cls, owner=owner)
@@ -55,6 +57,7 @@ class Bus:
         self.events.register(ServerEvent(
             "error", ErrorPayload,
             "An event the client sent without asking for an ack was refused; says why.",
+            namespace=tuple(server.namespaces),
         ), owner="plugbus")
         self.backend = Backend(config.server.backend)
         self.presence: LocalPresence = LocalPresence(self)
@@ -90,24 +93,52 @@ class Bus:
     # -- the pipeline -----------------------------------------------------------------------
 
     def context(
-        self, origin: Origin, connection: Connection | None = None, *, wants_ack: bool = False
+        self, origin: Origin, connection: Connection | None = None, *, wants_ack: bool = False,
+        namespace: str | None = None,
     ) -> EventContext:
-        """A context for an event arriving through ``origin``."""
-        return EventContext(self, origin, connection, wants_ack)
+        """A context for an event arriving through ``origin``: in the connection's namespace,
+        else in ``namespace`` (the default namespace when None).
+
+        :raises NotFound: ``namespace`` is not one of ``server.namespaces``.
+        """
+        if connection is not None:
+            namespace = connection.namespace
+        elif namespace is None:
+            namespace = self.default_namespace
+        else:
+            self.check_namespace(namespace)
+        return EventContext(self, origin, connection, wants_ack, namespace)
+
+    def check_namespace(self, namespace: str) -> str:
+        """Return ``namespace`` when the server serves it.
+
+        :raises NotFound: it is not one of ``server.namespaces``.
+        """
+        if namespace not in self.events.served:
+            raise NotFound(
+                f"namespace {namespace!r} is not served (served: {', '.join(self.events.served)})",
+                details={"namespace": namespace, "served": list(self.events.served)},
+            )
+        return namespace
 
     async def dispatch(self, name: Any, payload: Any, ctx: EventContext) -> Any:
         """Run one event through the pipeline: validate, moderate, handle.
 
         :param name: the event name as received.
-        :param payload: the raw payload as received (a dict for every built-in event).
-        :param ctx: where it came from.
+        :param payload: the raw payload, the object of named fields (REST's form).
+        :param ctx: where it came from; ``ctx.namespace`` picks the schema.
         :return: the ack data of the handling plugin (None if it had nothing to say).
-        :raises UnknownEvent: no plugin registered ``name``.
+        :raises UnknownEvent: no plugin registered ``name`` in that namespace.
         :raises InvalidPayload: the payload does not fit the schema.
         :raises MessageRejected: moderation vetoed it.
         :raises PlugbusError: the handler refused it.
         """
-        return await self.publish(self.events.parse(name, payload), ctx)
+        return await self.publish(self.events.parse(name, payload, ctx.namespace), ctx)
+
+    async def dispatch_args(self, name: Any, args: list[Any], ctx: EventContext) -> Any:
+        """:meth:`dispatch` for a Socket.IO event's arguments (everything after its name):
+        positional arguments for events that declare ``positional``, else one payload."""
+        return await self.publish(self.events.parse_args(name, args, ctx.namespace), ctx)
 
     async def publish(self, event: Event, ctx: EventContext) -> Any:
         """Run an already-validated event through moderation and handling.
@@ -125,14 +156,19 @@ class Bus:
 
     async def emit(
         self, event: str, data: Any, *, room: str | None = None, to: str | None = None,
-        skip_sid: str | None = None,
+        skip_sid: str | None = None, namespace: str | None = None,
     ) -> None:
-        """Send ``event`` to a room, to one connection (``to``), or to everyone (neither).
+        """Send ``event`` to a room, to one connection (``to``), or to everyone (neither), in
+        ``namespace`` (the default namespace when None).
 
         The payload is encoded once for all recipients. ``skip_sid`` leaves one connection out
-        (the sender, for "everyone but me").
+        (the sender, for "everyone but me"). A tuple ``data`` is sent as several arguments
+        (``socket.on("chat", (user, text) => ...)``), None as none. Rooms and connection ids
+        belong to one namespace: emitting to a connection of ``/admin`` needs
+        ``namespace="/admin"`` (``connection.namespace``, or ``ctx.namespace`` in a handler).
         """
-        await self.transport.emit(event, data, room=room if room is not None else to, skip_sid=skip_sid)
+        await self.transport.emit(event, data, room=room if room is not None else to, skip_sid=skip_sid,
+                                  namespace=namespace or self.default_namespace)
 
     async def join(self, sid: str, room: str) -> bool:
         """Put connection ``sid`` into ``room``: ``plugbus_authorize_join`` first, then the
@@ -146,10 +182,11 @@ class Bus:
 
     async def _join_here(self, sid: str, room: str) -> bool:
         connection = self._require(sid)
-        if room == sid or self.transport.is_member(sid, room):
+        ns = connection.namespace
+        if room == sid or self.transport.is_member(sid, room, namespace=ns):
             return False  # a connection is always in its own id room
         await self.hooks.authorize_join(connection, room, self)
-        await self.transport.enter_room(sid, room)
+        await self.transport.enter_room(sid, room, namespace=ns)
         await self.presence.joined(connection, room)
         await self.hooks.room_joined(connection, room, self)
         return True
@@ -165,28 +202,40 @@ class Bus:
 
     async def _leave_here(self, sid: str, room: str) -> bool:
         connection = self._require(sid)
-        if room == sid or not self.transport.is_member(sid, room):
+        ns = connection.namespace
+        if room == sid or not self.transport.is_member(sid, room, namespace=ns):
             return False  # nobody leaves its own id room
-        await self.transport.leave_room(sid, room)
+        await self.transport.leave_room(sid, room, namespace=ns)
         await self.presence.left(connection, room)
         await self.hooks.room_left(connection, room, self)
         return True
 
-    def rooms_of(self, sid: str) -> list[str]:
-        """The rooms connection ``sid`` is in (its own id room not counted)."""
-        return self.transport.rooms_of(sid)
+    def rooms_of(self, sid: str, namespace: str | None = None) -> list[str]:
+        """The rooms connection ``sid`` is in (its own id room not counted), in its namespace
+        (pass ``namespace`` when the connection may be gone, as in ``plugbus_disconnect``)."""
+        return self.transport.rooms_of(sid, namespace=namespace or self._namespace_of(sid))
 
-    def rooms(self) -> dict[str, int]:
-        """Every named room on this node with its member count."""
-        return self.transport.rooms()
+    def rooms(self, namespace: str | None = None) -> dict[str, int]:
+        """Every named room of ``namespace`` (default namespace when None) on this node with
+        its member count."""
+        return self.transport.rooms(namespace=namespace or self.default_namespace)
 
-    def members(self, room: str) -> list[str]:
-        """The connection ids in ``room`` on this node."""
-        return self.transport.members(room)
+    def members(self, room: str, namespace: str | None = None) -> list[str]:
+        """The connection ids in ``room`` of ``namespace`` (default when None) on this node."""
+        return self.transport.members(room, namespace=namespace or self.default_namespace)
 
-    def room_size(self, room: str) -> int:
-        """How many connections on this node are in ``room``."""
-        return self.transport.room_size(room)
+    def room_size(self, room: str, namespace: str | None = None) -> int:
+        """How many connections on this node are in ``room`` of ``namespace`` (default when None)."""
+        return self.transport.room_size(room, namespace=namespace or self.default_namespace)
+
+    def namespace_size(self, namespace: str | None = None) -> int:
+        """How many connections this node holds in ``namespace`` (default when None);
+        ``connection_count`` counts every namespace."""
+        return self.transport.connection_count(namespace=namespace or self.default_namespace)
+
+    def _namespace_of(self, sid: str) -> str:
+        connection = self._connections.get(sid)
+        return connection.namespace if connection is not None else self.default_namespace
 
     async def disconnect(self, sid: str) -> None:
         """Close connection ``sid``, on whichever node holds it.
@@ -196,8 +245,8 @@ class Bus:
         await self.cluster.on_owner(sid, "bus.disconnect", {})
 
     async def _disconnect_here(self, sid: str) -> None:
-        self._require(sid)
-        await self.transport.disconnect(sid)
+        connection = self._require(sid)
+        await self.transport.disconnect(sid, namespace=connection.namespace)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -221,7 +270,8 @@ class Bus:
 
     @property
     def connection_count(self) -> int:
-        """Live connections on this node."""
+        """Live connections on this node, in every namespace (a client connected to two
+        namespaces counts twice)."""
         return len(self._connections)
 
     async def open_connection(self, connection: Connection) -> None:

@@ -9,12 +9,13 @@ where the YAML has one, the dotted key and what was expected.
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -22,6 +23,7 @@ from .errors import ConfigError
 ENV_PREFIX = "PLUGBUS_"
 ENV_DELIMITER = "__"
 DEFAULT_BUILTINS = ["auth", "welcome", "rooms", "relay", "moderation"]
+NAMESPACE_PATTERN = re.compile(r"/[^,?#\s]*")
 
 
 class StrictModel(BaseModel):
@@ -69,7 +71,12 @@ class ServerSettings(StrictModel):
     name: str = Field("plugbus", description="This server's name, shown to clients and in /health.")
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(3000, ge=0, le=65535, description="TCP port (0 picks a free one).")
-    namespace: str = Field("/", pattern=r"^/", description="The Socket.IO namespace served.")
+    namespaces: list[str] = Field(
+        ["/"], min_length=1,
+        description='The Socket.IO namespaces served, e.g. ["/", "/admin"]. The first is the '
+                    "default namespace: events that name none belong to it, and bus.emit and "
+                    "the REST routes use it unless told otherwise.",
+    )
     socketio_path: str = Field("socket.io", min_length=1, description="Socket.IO endpoint path.")
     transports: list[Literal["polling", "websocket"]] = Field(
         ["polling", "websocket"], min_length=1, description="Engine.IO transports accepted."
@@ -110,6 +117,44 @@ class ServerSettings(StrictModel):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cors: CorsSettings = Field(default_factory=CorsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_namespace_key(cls, data: Any) -> Any:
+        # Every copy of the shipped config.yaml before namespaces existed has `namespace: /`;
+        # it keeps meaning what it meant (that one namespace) rather than stopping start-up.
+        if isinstance(data, dict) and "namespace" in data:
+            data = dict(data)
+            single = data.pop("namespace")
+            if "namespaces" in data and data["namespaces"] != [single]:
+                raise ValueError(
+                    f"both `namespace` ({single!r}) and `namespaces` are set; keep only "
+                    "`namespaces` (a list, the first is the default namespace; the environment "
+                    "variable PLUGBUS_SERVER__NAMESPACE counts as setting `namespace`)"
+                )
+            data["namespaces"] = [single]
+        return data
+
+    @field_validator("namespaces")
+    @classmethod
+    def _valid_namespaces(cls, value: list[str]) -> list[str]:
+        for name in value:
+            # "," ends the namespace in a Socket.IO packet and "?" starts its query, so a name
+            # holding either could never be sent by a client.
+            if not NAMESPACE_PATTERN.fullmatch(name):
+                raise ValueError(
+                    f"namespace {name!r} must start with '/' and hold no ',', '?', '#' or space"
+                )
+        seen = [n for i, n in enumerate(value) if n in value[:i]]
+        if seen:
+            raise ValueError(f"namespace {seen[0]!r} is listed twice")
+        return value
+
+    @property
+    def default_namespace(self) -> str:
+        """The first of ``namespaces``: where events, emits and REST calls that name no
+        namespace belong."""
+        return self.namespaces[0]
 
 
 class PluginsSettings(StrictModel):

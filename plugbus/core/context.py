@@ -49,7 +49,10 @@ class Connection:
     """One live Socket.IO connection, as plugins see it.
 
     Created by the socket door before ``plugbus_connect`` runs and dropped after
-    ``plugbus_disconnect``. ``state`` is a free dict where plugins keep per-connection data
+    ``plugbus_disconnect``. A connection belongs to one ``namespace``: a client connected to
+    two namespaces is two connections, each with its own ``sid`` (Socket.IO gives each
+    namespace its own), its own rooms and its own hooks. ``auth`` is the client's CONNECT
+    payload exactly as sent (``{}`` stays ``{}``; None when the client sent none). ``state`` is a free dict where plugins keep per-connection data
     (prefix keys with the plugin's name). ``identity`` is None until an authentication plugin
     sets it during ``plugbus_connect``.
     """
@@ -71,12 +74,16 @@ class EventContext:
     :ivar origin: the door the event came through.
     :ivar connection: the sending connection, or None for REST and server-side events.
     :ivar wants_ack: True when the sender asked for an acknowledgement.
+    :ivar namespace: the namespace the event arrived on: the connection's, or for REST and
+        server-side events the one the caller named (the default namespace otherwise).
+        Emit back into it with ``ctx.bus.emit(..., namespace=ctx.namespace)``.
     """
 
     bus: Bus
     origin: Origin
     connection: Connection | None = None
     wants_ack: bool = False
+    namespace: str = "/"
 
     @property
     def sid(self) -> str | None:

@@ -28,6 +28,22 @@ class Event(BaseModel):
     field holding the target room, for rules that work per room (slow mode). ``max_bytes``
     bounds the payload's size (its JSON text, binary attachments by their length) before it is
     validated; None leaves only the transport's ``server.max_message_bytes``.
+
+    Socket.IO features:
+
+    * ``namespace`` — the namespace (or a tuple of namespaces) the event is accepted on; None,
+      the default, is the default namespace (the first of ``server.namespaces``). Naming a
+      namespace the server does not serve stops start-up. The same name may be registered
+      in two namespaces, by one class or by two.
+    * ``positional`` — field names, in order, when clients send the event with positional
+      arguments (``socket.emit("chat", user, text)``): argument *i* is field *i*. One name
+      takes a single non-object payload (``socket.emit("shout", "hi")``, a number, a list).
+      Trailing arguments may be left out when their fields have defaults. Over REST the same
+      event is the object of named fields.
+    * ``ack_style`` — ``"envelope"`` (default): the ack is one ``{ok, data | error}`` object.
+      ``"plain"``: the ack's arguments are Node's error-first ``(err, ...results)`` — ``null``
+      followed by the handler's result (a tuple is several arguments, None none), or the
+      ``{code, message, details}`` error alone when the event was refused.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -37,6 +53,9 @@ class Event(BaseModel):
     text_fields: ClassVar[tuple[str, ...]] = ()
     room_field: ClassVar[str | None] = None
     max_bytes: ClassVar[int | None] = None
+    namespace: ClassVar[str | tuple[str, ...] | None] = None
+    positional: ClassVar[tuple[str, ...] | None] = None
+    ack_style: ClassVar[str] = "envelope"
 
     @property
     def event_name(self) -> str:
@@ -55,11 +74,14 @@ class ServerEvent:
     :ivar name: the Socket.IO event name, e.g. ``"receive-message"``.
     :ivar payload: the payload's type — ``str``, a pydantic model, a union of those...
     :ivar description: one sentence for client developers.
+    :ivar namespace: the namespace (or a tuple of them) it is sent on; None is the default
+        namespace.
     """
 
     name: str
     payload: Any
     description: str = ""
+    namespace: str | tuple[str, ...] | None = None
 
 
 def format_validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -71,78 +93,150 @@ def format_validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
-class EventRegistry:
-    """Wire name → :class:`Event` subclass, filled once at start-up from the plugins."""
+ACK_STYLES = ("envelope", "plain")
 
-    def __init__(self) -> None:
-        self._events: dict[str, type[Event]] = {}
-        self._owners: dict[str, str] = {}
-        self._server_events: dict[str, ServerEvent] = {}
-        self._server_owners: dict[str, str] = {}
+
+class EventRegistry:
+    """(namespace, wire name) → :class:`Event` subclass, filled once at start-up from the plugins.
+
+    :param default_namespace: where events that name no namespace belong.
+    :param served: the namespaces the server serves; an event declared for another is refused.
+    """
+
+    def __init__(self, default_namespace: str = "/", served: tuple[str, ...] | None = None) -> None:
+        self.default_namespace = default_namespace
+        self.served = tuple(served) if served is not None else (default_namespace,)
+        self._events: dict[tuple[str, str], type[Event]] = {}
+        self._owners: dict[tuple[str, str], str] = {}
+        self._server_events: dict[tuple[str, str], ServerEvent] = {}
+        self._server_owners: dict[tuple[str, str], str] = {}
+
+    def namespaces_of(self, declared: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+        """A ``namespace`` declaration as the tuple of namespaces it means."""
+        if declared is None:
+            return (self.default_namespace,)
+        if isinstance(declared, str):
+            return (declared,)
+        return tuple(declared)
+
+    def _check_served(self, owner: str, name: str, namespaces: tuple[str, ...]) -> None:
+        for ns in namespaces:
+            if not isinstance(ns, str) or ns not in self.served:
+                raise ValueError(
+                    f"plugin {owner!r} registered event {name!r} for namespace {ns!r}, which is "
+                    f"not served: add it to server.namespaces (served: {', '.join(self.served)})"
+                )
 
     def register(self, event_cls: type[Event] | ServerEvent, owner: str) -> None:
         """Add an event for plugin ``owner``: an :class:`Event` subclass (client to server) or a
-        :class:`ServerEvent` (server to client).
+        :class:`ServerEvent` (server to client), in each namespace it declares.
 
-        :raises ValueError: not an :class:`Event` with a ``name`` nor a :class:`ServerEvent`, or
-            another plugin already registered that client event name. (A server event declared
-            by two plugins keeps the first declaration.)
+        :raises ValueError: not an :class:`Event` with a ``name`` nor a :class:`ServerEvent`;
+            a namespace the server does not serve; a ``positional`` naming no field, or an
+            unknown ``ack_style``; or another plugin already registered that client event name
+            in that namespace. (A server event declared by two plugins keeps the first
+            declaration.)
         """
         if isinstance(event_cls, ServerEvent):
-            # Several plugins may send the same event (a replacement greeter beside welcome, say);
-            # the declaration is documentation, so the first one stands.
-            if event_cls.name not in self._server_events:
-                self._server_events[event_cls.name] = event_cls
-                self._server_owners[event_cls.name] = owner
+            namespaces = self.namespaces_of(event_cls.namespace)
+            self._check_served(owner, event_cls.name, namespaces)
+            for ns in namespaces:
+                # Several plugins may send the same event (a replacement greeter beside
+                # welcome, say); the declaration is documentation, so the first one stands.
+                if (ns, event_cls.name) not in self._server_events:
+                    self._server_events[(ns, event_cls.name)] = event_cls
+                    self._server_owners[(ns, event_cls.name)] = owner
             return
         if not (isinstance(event_cls, type) and issubclass(event_cls, Event)):
             raise ValueError(f"plugin {owner!r} registered {event_cls!r}, which is not an Event subclass")
         name = getattr(event_cls, "name", None)
         if not isinstance(name, str) or not name:
             raise ValueError(f"plugin {owner!r} registered {event_cls.__name__} without a `name`")
-        if name in self._events and self._events[name] is not event_cls:
-            raise ValueError(
-                f"event {name!r} is registered twice: by plugin {self._owners[name]!r} "
-                f"and by plugin {owner!r}"
-            )
-        self._events[name] = event_cls
-        self._owners[name] = owner
+        self._check_shape(event_cls, owner)
+        namespaces = self.namespaces_of(event_cls.namespace)
+        self._check_served(owner, name, namespaces)
+        for ns in namespaces:
+            key = (ns, name)
+            if key in self._events and self._events[key] is not event_cls:
+                where = "" if ns == self.default_namespace else f" in namespace {ns!r}"
+                raise ValueError(
+                    f"event {name!r} is registered twice{where}: by plugin {self._owners[key]!r} "
+                    f"and by plugin {owner!r}"
+                )
+        for ns in namespaces:
+            self._events[(ns, name)] = event_cls
+            self._owners[(ns, name)] = owner
 
-    def names(self) -> list[str]:
-        """The registered event names, sorted."""
-        return sorted(self._events)
+    @staticmethod
+    def _check_shape(event_cls: type[Event], owner: str) -> None:
+        where = f"plugin {owner!r}, event {event_cls.name!r} ({event_cls.__name__})"
+        if event_cls.ack_style not in ACK_STYLES:
+            raise ValueError(f"{where}: ack_style {event_cls.ack_style!r} is not one of {', '.join(ACK_STYLES)}")
+        positional = event_cls.positional
+        if positional is not None:
+            if isinstance(positional, str) or not positional:
+                raise ValueError(f"{where}: positional must be a non-empty tuple of field names")
+            unknown = [f for f in positional if f not in event_cls.model_fields]
+            if unknown:
+                raise ValueError(f"{where}: positional names {unknown[0]!r}, which is not a field")
+            if len(set(positional)) != len(positional):
+                raise ValueError(f"{where}: positional names a field twice")
 
-    def owner(self, name: str) -> str:
-        """The plugin that registered client event ``name``."""
-        return self._owners[name]
+    def names(self, namespace: str | None = None) -> list[str]:
+        """The event names registered in ``namespace`` (the default namespace when None), sorted."""
+        ns = namespace or self.default_namespace
+        return sorted(name for (n, name) in self._events if n == ns)
 
-    def server_events(self) -> list[tuple[str, ServerEvent]]:
-        """Declared server-to-client events with their owners, sorted by name."""
-        return [(self._server_owners[n], self._server_events[n]) for n in sorted(self._server_events)]
+    def entries(self) -> list[tuple[str, str, type[Event]]]:
+        """Every registered client event as ``(namespace, name, class)``, the served namespaces
+        in their configured order, names sorted."""
+        order = {ns: i for i, ns in enumerate(self.served)}
+        return [(ns, name, cls) for (ns, name), cls in
+                sorted(self._events.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1]))]
 
-    def get(self, name: str) -> type[Event] | None:
-        """The schema for ``name``, or None."""
-        return self._events.get(name)
+    def owner(self, name: str, namespace: str | None = None) -> str:
+        """The plugin that registered client event ``name`` in ``namespace``."""
+        return self._owners[(namespace or self.default_namespace, name)]
+
+    def server_events(self, namespace: str | None = None) -> list[tuple[str, ServerEvent]]:
+        """Declared server-to-client events of ``namespace`` (the default namespace when None)
+        with their owners, sorted by name."""
+        ns = namespace or self.default_namespace
+        keys = sorted(k for k in self._server_events if k[0] == ns)
+        return [(self._server_owners[k], self._server_events[k]) for k in keys]
+
+    def get(self, name: str, namespace: str | None = None) -> type[Event] | None:
+        """The schema for ``name`` in ``namespace`` (the default namespace when None), or None."""
+        return self._events.get((namespace or self.default_namespace, name))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._events
+        return (self.default_namespace, name) in self._events
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._events.values())
+        return iter(dict.fromkeys(self._events.values()))
 
-    def parse(self, name: Any, payload: Any) -> Event:
-        """Validate ``payload`` against the schema registered for ``name``.
+    def _schema(self, name: Any, namespace: str | None) -> type[Event]:
+        ns = namespace or self.default_namespace
+        event_cls = self._events.get((ns, name)) if isinstance(name, str) else None
+        if event_cls is None:
+            details: dict[str, Any] = {"event": name if isinstance(name, str) else repr(name),
+                                       "known": self.names(ns)}
+            where = ""
+            if ns != self.default_namespace:
+                details["namespace"] = ns
+                where = f" in namespace {ns!r}"
+            raise UnknownEvent(f"unknown event {name!r}{where}: no loaded plugin handles it", details=details)
+        return event_cls
 
-        :raises UnknownEvent: no schema is registered under ``name``.
+    def parse(self, name: Any, payload: Any, namespace: str | None = None) -> Event:
+        """Validate ``payload``, the object of named fields (REST's form, and Socket.IO's for
+        events without ``positional``), against the schema registered for ``name``.
+
+        :raises UnknownEvent: no schema is registered under ``name`` in ``namespace``.
         :raises InvalidPayload: the payload is not an object or does not fit the schema;
             ``details["errors"]`` lists each problem with its location.
         """
-        event_cls = self._events.get(name) if isinstance(name, str) else None
-        if event_cls is None:
-            raise UnknownEvent(
-                f"unknown event {name!r}: no loaded plugin handles it",
-                details={"event": name if isinstance(name, str) else repr(name), "known": self.names()},
-            )
+        event_cls = self._schema(name, namespace)
         if payload is None and not any(f.is_required() for f in event_cls.model_fields.values()):
             payload = {}  # an event with no required fields may be sent without a payload
         if not isinstance(payload, dict):
@@ -152,6 +246,38 @@ class EventRegistry:
                     {"loc": "(payload)", "message": "expected an object", "type": "model_type"}
                 ]},
             )
+        return self._validate(event_cls, name, payload)
+
+    def parse_args(self, name: Any, args: list[Any] | tuple[Any, ...], namespace: str | None = None) -> Event:
+        """Validate the arguments of a Socket.IO event (everything after its name).
+
+        An event with ``positional`` maps argument *i* to field *i*; any other takes one
+        object argument (or none, when it has no required field).
+
+        :raises UnknownEvent: no schema is registered under ``name`` in ``namespace``.
+        :raises InvalidPayload: too many arguments, or one that does not fit; each error in
+            ``details["errors"]`` names its ``argument`` (1 = the first after the name).
+        """
+        event_cls = self._schema(name, namespace)
+        positional = event_cls.positional
+        if positional is None:
+            if len(args) > 1:
+                raise InvalidPayload(
+                    f"event {name!r} must carry one payload argument, got {len(args)}",
+                    details={"event": name, "arguments": len(args)},
+                )
+            return self.parse(name, args[0] if args else None, namespace)
+        if len(args) > len(positional):
+            raise InvalidPayload(
+                f"event {name!r} takes at most {len(positional)} argument"
+                f"{'s' if len(positional) != 1 else ''} ({', '.join(positional)}), got {len(args)}",
+                details={"event": name, "arguments": len(args), "errors": [
+                    {"loc": f"argument {i + 1}", "argument": i + 1, "message": "unexpected argument",
+                     "type": "extra_argument"} for i in range(len(positional), len(args))]},
+            )
+        return self._validate(event_cls, name, dict(zip(positional, args, strict=False)))
+
+    def _validate(self, event_cls: type[Event], name: Any, payload: dict[str, Any]) -> Event:
         limit = event_cls.max_bytes
         if limit is not None:
             size = payload_size(payload, limit)
@@ -165,10 +291,38 @@ class EventRegistry:
             return event_cls.model_validate(payload)
         except ValidationError as exc:
             errors = format_validation_errors(exc)
-            summary = "; ".join(f"{e['loc']}: {e['message']}" for e in errors)
+            positional = event_cls.positional
+            if positional is not None:
+                for error in errors:
+                    field = error["loc"].split(".", 1)[0]
+                    if field in positional:
+                        error["argument"] = positional.index(field) + 1
+            summary = "; ".join(
+                (f"argument {e['argument']} ({e['loc']})" if "argument" in e else e["loc"]) + f": {e['message']}"
+                for e in errors)
             raise InvalidPayload(
                 f"invalid payload for {name!r}: {summary}", details={"event": name, "errors": errors}
             ) from None
+
+
+def ack_arguments(event_cls: type[Event] | None, result: Any, error: dict[str, Any] | None) -> list[Any]:
+    """The arguments of the ack for an event of ``event_cls`` (None: an unknown event).
+
+    The default envelope is one argument, ``{"ok": true, "data": result}`` or
+    ``{"ok": false, "error": error}``. With ``ack_style = "plain"`` the arguments follow
+    Node's error-first callbacks: ``[null, *result]`` (a tuple result is several arguments,
+    None none after the ``null``), or ``[error]`` alone when the event was refused — so a
+    client tells a refusal from a result by the first argument, whatever the result looks like.
+    """
+    if event_cls is not None and event_cls.ack_style == "plain":
+        if error is not None:
+            return [error]
+        if result is None:
+            return [None]
+        return [None, *result] if isinstance(result, tuple) else [None, result]
+    if error is not None:
+        return [{"ok": False, "error": error}]
+    return [{"ok": True, "data": result}]
 
 
 def payload_size(value: Any, stop: int) -> int:

@@ -110,8 +110,9 @@ def plugbus_authenticate(connection: Connection, bus: Bus) -> Identity | None:
     """Establish who is behind a new connection, from its handshake.
 
     Called once per connection, before ``plugbus_connect``, with ``connection.auth`` holding
-    the client's handshake ``auth`` payload (e.g. ``{"token": "..."}``) and
-    ``connection.headers`` its HTTP headers. Awaited, one implementation at a time; the first
+    the client's handshake ``auth`` payload exactly as sent (e.g. ``{"token": "..."}``; ``{}``
+    stays ``{}``, None when none was sent), ``connection.headers`` its HTTP headers and
+    ``connection.namespace`` the namespace it connects to. Awaited, one implementation at a time; the first
     non-None result wins and becomes ``connection.identity``. When every implementation
     returns None the connection is anonymous (``identity`` stays None).
 
@@ -164,9 +165,11 @@ def plugbus_connect(connection: Connection, bus: Bus) -> None:
     one implementation at a time; the first ``ConnectionDenied`` refuses the connection and
     skips the remaining implementations (their ``plugbus_disconnect`` is not called either).
     The return value is ignored. Plugins may store per-connection data in
-    ``connection.state`` and may emit to ``connection.sid`` (e.g. a greeting).
+    ``connection.state`` and may emit to ``connection.sid`` (e.g. a greeting). A client
+    connected to two namespaces is two connections, each with its own sid and its own call.
 
-    :param connection: the new connection (sid, remote address, handshake ``auth`` payload).
+    :param connection: the new connection (sid, namespace, remote address, handshake ``auth``
+        payload).
     :param bus: the bus.
     """
 
@@ -180,7 +183,8 @@ def plugbus_connected(connection: Connection, bus: Bus) -> None:
     (so anything emitted here arrives first). Awaited, one implementation at a time; an
     exception is logged and the rest still run.
 
-    :param connection: the accepted connection.
+    :param connection: the accepted connection; emit to it with
+        ``namespace=connection.namespace`` (``bus.emit`` uses the default namespace otherwise).
     :param bus: the bus.
     """
 
@@ -269,7 +273,9 @@ def plugbus_handle_event(event: Event, ctx: EventContext) -> Any:
     events that are not its own). The result is the sender's ack data.
 
     :param event: the (possibly moderated) event.
-    :param ctx: who sent it and how.
-    :return: the ack data (JSON-able) for the sender, or None if this is not your event.
+    :param ctx: who sent it and how; ``ctx.namespace`` is the namespace it arrived on.
+    :return: the ack data (JSON-able) for the sender, or None if this is not your event. For
+        an event with ``ack_style = "plain"`` the client's ack arguments are ``(null, result)``
+        (a tuple result is several arguments).
     :raises PlugbusError: to refuse the event with a reason.
     """

@@ -61,17 +61,18 @@ class LocalPresence:
         identity = connection.identity if connection is not None else None
         return Member(sid, identity.user_id if identity else None, identity.name if identity else None)
 
-    async def rooms(self) -> dict[str, int]:
-        """Every named room with its member count."""
-        return self._bus.rooms()
+    async def rooms(self, namespace: str | None = None) -> dict[str, int]:
+        """Every named room of ``namespace`` (the default namespace when None) with its
+        member count."""
+        return self._bus.rooms(namespace)
 
-    async def members(self, room: str) -> list[Member]:
-        """The connections in ``room``."""
-        return [self._member(sid) for sid in self._bus.members(room)]
+    async def members(self, room: str, namespace: str | None = None) -> list[Member]:
+        """The connections in ``room`` of ``namespace`` (the default namespace when None)."""
+        return [self._member(sid) for sid in self._bus.members(room, namespace)]
 
-    async def count(self, room: str) -> int:
-        """How many connections are in ``room``."""
-        return self._bus.room_size(room)
+    async def count(self, room: str, namespace: str | None = None) -> int:
+        """How many connections are in ``room`` of ``namespace`` (default when None)."""
+        return self._bus.room_size(room, namespace)
 
     async def is_connected(self, sid: str) -> bool:
         """True when connection ``sid`` is live."""
@@ -83,7 +84,9 @@ class RedisPresence(LocalPresence):
 
     Keys (under ``plugbus:presence:``): ``conn:<sid>`` a hash ``{node, user_id, name}`` with a
     TTL the node refreshes every third of it; ``room:<room>`` a set of sids; ``rooms`` the set
-    of room names. Members whose ``conn`` key has expired (their node crashed) are dropped as
+    of room names — for the default namespace; another namespace's rooms are
+    ``nsroom:<len>:<namespace>:<room>`` and ``nsrooms:<namespace>`` (the length keeps a room
+    name holding ":" from reaching into another namespace's keys). Members whose ``conn`` key has expired (their node crashed) are dropped as
     they are found. The refresh writes the node's whole state again, so presence also comes
     back by itself after Redis restarted empty.
     """
@@ -97,6 +100,16 @@ class RedisPresence(LocalPresence):
 
     def _key(self, *parts: str) -> str:
         return self._bus.backend.key("presence", *parts)
+
+    def _room_key(self, room: str, namespace: str | None) -> str:
+        if namespace is None or namespace == self._bus.default_namespace:
+            return self._key("room", room)
+        return self._key("nsroom", str(len(namespace)), namespace, room)
+
+    def _rooms_key(self, namespace: str | None) -> str:
+        if namespace is None or namespace == self._bus.default_namespace:
+            return self._key("rooms")
+        return self._key("nsrooms", namespace)
 
     async def start(self) -> None:
         """Start refreshing this node's entries every third of the TTL."""
@@ -128,9 +141,10 @@ class RedisPresence(LocalPresence):
         pipe = self._redis.pipeline(transaction=False)
         for connection in connections:
             self._write_connection(pipe, connection)
-            for room in self._bus.rooms_of(connection.sid):
-                pipe.sadd(self._key("room", room), connection.sid)
-                pipe.sadd(self._key("rooms"), room)
+            ns = connection.namespace
+            for room in self._bus.rooms_of(connection.sid, ns):
+                pipe.sadd(self._room_key(room, ns), connection.sid)
+                pipe.sadd(self._rooms_key(ns), room)
         await pipe.execute()
 
     def _write_connection(self, pipe: Any, connection: Connection) -> None:
@@ -148,21 +162,21 @@ class RedisPresence(LocalPresence):
     async def disconnected(self, connection: Connection) -> None:
         pipe = self._redis.pipeline(transaction=False)
         pipe.delete(self._key("conn", connection.sid))
-        for room in self._bus.rooms_of(connection.sid):
-            pipe.srem(self._key("room", room), connection.sid)
+        for room in self._bus.rooms_of(connection.sid, connection.namespace):
+            pipe.srem(self._room_key(room, connection.namespace), connection.sid)
         await pipe.execute()
 
     async def joined(self, connection: Connection, room: str) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.sadd(self._key("room", room), connection.sid)
-        pipe.sadd(self._key("rooms"), room)
+        pipe.sadd(self._room_key(room, connection.namespace), connection.sid)
+        pipe.sadd(self._rooms_key(connection.namespace), room)
         await pipe.execute()
 
     async def left(self, connection: Connection, room: str) -> None:
-        await self._redis.srem(self._key("room", room), connection.sid)
+        await self._redis.srem(self._room_key(room, connection.namespace), connection.sid)
 
-    async def members(self, room: str) -> list[Member]:
-        sids = sorted(await self._redis.smembers(self._key("room", room)))
+    async def members(self, room: str, namespace: str | None = None) -> list[Member]:
+        sids = sorted(await self._redis.smembers(self._room_key(room, namespace)))
         if not sids:
             return []
         pipe = self._redis.pipeline(transaction=False)
@@ -171,21 +185,21 @@ class RedisPresence(LocalPresence):
         infos = await pipe.execute()
         gone = [sid for sid, info in zip(sids, infos, strict=True) if not info]
         if gone:  # a crashed node's connections: their entries expired
-            await self._redis.srem(self._key("room", room), *gone)
+            await self._redis.srem(self._room_key(room, namespace), *gone)
         return [Member(sid, info.get("user_id") or None, info.get("name") or None)
                 for sid, info in zip(sids, infos, strict=True) if info]
 
-    async def count(self, room: str) -> int:
-        return len(await self.members(room))
+    async def count(self, room: str, namespace: str | None = None) -> int:
+        return len(await self.members(room, namespace))
 
-    async def rooms(self) -> dict[str, int]:
+    async def rooms(self, namespace: str | None = None) -> dict[str, int]:
         out: dict[str, int] = {}
-        for room in sorted(await self._redis.smembers(self._key("rooms"))):
-            count = await self.count(room)
+        for room in sorted(await self._redis.smembers(self._rooms_key(namespace))):
+            count = await self.count(room, namespace)
             if count:
                 out[room] = count
             else:
-                await self._redis.srem(self._key("rooms"), room)
+                await self._redis.srem(self._rooms_key(namespace), room)
         return out
 
     async def is_connected(self, sid: str) -> bool:

@@ -11,37 +11,40 @@ from typing import Any, Protocol
 
 
 class Transport(Protocol):
-    """What the bus needs from the socket server. All room operations are per namespace."""
+    """What the bus needs from the socket server. Every operation names its Socket.IO
+    namespace: rooms and connection ids belong to one namespace (the bus always passes it)."""
 
     async def emit(
-        self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None
+        self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None,
+        namespace: str = "/",
     ) -> None:
         """Send ``event`` with ``data`` to ``room`` (a room name or a connection id), or to
-        every connection when ``room`` is None; ``skip_sid`` is left out."""
+        every connection of ``namespace`` when ``room`` is None; ``skip_sid`` is left out. A
+        tuple ``data`` is several arguments, None none."""
 
-    async def enter_room(self, sid: str, room: str) -> None:
+    async def enter_room(self, sid: str, room: str, *, namespace: str = "/") -> None:
         """Put connection ``sid`` into ``room``."""
 
-    async def leave_room(self, sid: str, room: str) -> None:
+    async def leave_room(self, sid: str, room: str, *, namespace: str = "/") -> None:
         """Take connection ``sid`` out of ``room``."""
 
-    def rooms_of(self, sid: str) -> list[str]:
+    def rooms_of(self, sid: str, *, namespace: str = "/") -> list[str]:
         """The rooms ``sid`` is in, not counting its own id room."""
 
-    def is_member(self, sid: str, room: str) -> bool:
+    def is_member(self, sid: str, room: str, *, namespace: str = "/") -> bool:
         """True when ``sid`` is in ``room`` on this node."""
 
-    def rooms(self) -> dict[str, int]:
+    def rooms(self, *, namespace: str = "/") -> dict[str, int]:
         """Every named room on this node with its member count (connection id rooms left out)."""
 
-    def members(self, room: str) -> list[str]:
+    def members(self, room: str, *, namespace: str = "/") -> list[str]:
         """The connection ids in ``room`` on this node."""
 
-    def room_size(self, room: str) -> int:
+    def room_size(self, room: str, *, namespace: str = "/") -> int:
         """How many connections on this node are in ``room``."""
 
-    def connection_count(self) -> int:
-        """How many connections this node holds."""
+    def connection_count(self, *, namespace: str = "/") -> int:
+        """How many connections this node holds in ``namespace``."""
 
-    async def disconnect(self, sid: str) -> None:
+    async def disconnect(self, sid: str, *, namespace: str = "/") -> None:
         """Close connection ``sid``."""

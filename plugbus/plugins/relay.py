@@ -241,7 +241,7 @@ class RelayPlugin(Plugin):
                 raise NotAllowed(f"not a member of room {room!r}: join it before sending to it",
                                  details={"room": room, "field": "roomID"})
         skip = sid if member and not settings.echo else None
-        recipients = ctx.bus.room_size(room) - (skip is not None)
+        recipients = ctx.bus.room_size(room, ctx.namespace) - (skip is not None)
         await self._emit(ctx, message_id, event.message, room=room, skip_sid=skip)
         return {"id": message_id, "room": room, "recipients": recipients}
 
@@ -253,7 +253,7 @@ class RelayPlugin(Plugin):
 
     async def _to_everyone(self, event: Broadcast, ctx: EventContext, message_id: str) -> dict[str, Any]:
         skip = ctx.sid if not event.include_self else None
-        recipients = ctx.bus.connection_count - (skip is not None)
+        recipients = ctx.bus.namespace_size(ctx.namespace) - (skip is not None)
         await self._emit(ctx, message_id, event.message, skip_sid=skip)
         return {"id": message_id, "recipients": recipients}
 
@@ -290,7 +290,8 @@ class RelayPlugin(Plugin):
                     "user": identity.user_id if identity is not None else None,
                     "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                     "message": message}
-        await ctx.bus.emit(self.settings.event, data, room=room, to=to, skip_sid=skip_sid)
+        await ctx.bus.emit(self.settings.event, data, room=room, to=to, skip_sid=skip_sid,
+                           namespace=ctx.namespace)
 
     @hookimpl
     def plugbus_routes(self, bus: Bus) -> list[Route]:

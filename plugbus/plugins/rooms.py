@@ -270,7 +270,7 @@ class RoomsPlugin(Plugin):
         identity = connection.identity
         await bus.emit(event, {"room": room, "sid": connection.sid,
                                "user": identity.user_id if identity else None, "count": count},
-                       room=room, skip_sid=connection.sid)
+                       room=room, skip_sid=connection.sid, namespace=connection.namespace)
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ class RoomsPlugin(Plugin):
         ``joined_event`` to the room's other members. Returns nothing."""
         if self.settings.notify_membership:
             await self._notify(bus, self.settings.joined_event, connection, room,
-                               await bus.presence.count(room))
+                               await bus.presence.count(room, connection.namespace))
 
     @hookimpl
     async def plugbus_room_left(self, connection: Connection, room: str, bus: Bus) -> None:
@@ -329,7 +329,7 @@ class RoomsPlugin(Plugin):
         ``left_event`` to the room's remaining members. Returns nothing."""
         if self.settings.notify_membership:
             await self._notify(bus, self.settings.left_event, connection, room,
-                               await bus.presence.count(room))
+                               await bus.presence.count(room, connection.namespace))
 
     @hookimpl
     async def plugbus_disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
@@ -337,8 +337,8 @@ class RoomsPlugin(Plugin):
         ``notify_membership`` on, sends ``left_event`` to each of its rooms. Returns nothing."""
         if not self.settings.notify_membership:
             return
-        for room in bus.rooms_of(connection.sid):
-            count = max(await bus.presence.count(room) - 1, 0)  # still counted until dropped
+        for room in bus.rooms_of(connection.sid, connection.namespace):
+            count = max(await bus.presence.count(room, connection.namespace) - 1, 0)  # still counted until dropped
             await self._notify(bus, self.settings.left_event, connection, room, count)
 
     @hookimpl

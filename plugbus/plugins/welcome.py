@@ -138,7 +138,11 @@ class WelcomePlugin(Plugin):
     @hookimpl
     async def plugbus_connected(self, connection: Connection, bus: Bus) -> None:
         """Called once per accepted connection, before its first event is handled: sends it the
-        rendered greeting (so it arrives before any reply). Returns nothing."""
+        rendered greeting (so it arrives before any reply). Returns nothing. Only connections
+        of the default namespace are greeted: the seed's ``welcome`` belongs there, and a
+        client that also opens ``/admin`` should not be greeted twice."""
+        if connection.namespace != bus.default_namespace:
+            return
         greetings = await self.current(bus)
         text = greetings.greeting.format(sid=connection.sid, server=bus.server_name,
                                               user=user_of(connection))
@@ -147,7 +151,10 @@ class WelcomePlugin(Plugin):
     @hookimpl
     async def plugbus_room_joined(self, connection: Connection, room: str, bus: Bus) -> None:
         """Called after a connection joined a room (by ``join-room`` or over REST): sends it the
-        room's greeting, if there is one, before its join is acknowledged. Returns nothing."""
+        room's greeting, if there is one, before its join is acknowledged. Returns nothing.
+        Default namespace only, like the connect greeting."""
+        if connection.namespace != bus.default_namespace:
+            return
         greetings = await self.current(bus)
         template = greetings.room_greetings.get(room, greetings.default_room_greeting)
         if template:

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import socketio
 
-_NOTHING: Any = object()
-
 
 class ClientRefused(Exception):
     """The server refused a test client's connection (``plugbus_connect`` raised).
@@ -70,17 +68,17 @@ class PlugbusClient:
                 await asyncio.wait_for(self._changed.wait(), remaining)
         return self.received(event)
 
-    async def call(self, event: str, payload: Any = _NOTHING, *, timeout: float = 5.0) -> Any:
+    async def call(self, event: str, *args: Any, timeout: float = 5.0) -> Any:
         """Send ``event`` asking for an ack, and return the ack: ``{"ok": True, "data": ...}``
-        or ``{"ok": False, "error": {code, message, details}}``. Leave ``payload`` out to send
-        an event without one."""
-        args = () if payload is _NOTHING else (payload,)
-        return await self.sio.call(event, *args, namespace=self.namespace, timeout=timeout)
+        or ``{"ok": False, "error": {code, message, details}}``. Leave the payload out to send
+        an event without one; give several arguments for an event with ``positional``. A
+        plain ack (``ack_style = "plain"``) comes back as python-socketio returns it: one
+        value, or a tuple of several."""
+        return await self.sio.call(event, _data(args), namespace=self.namespace, timeout=timeout)
 
-    async def emit(self, event: str, payload: Any = _NOTHING) -> None:
+    async def emit(self, event: str, *args: Any) -> None:
         """Send ``event`` without asking for an ack (a refusal then arrives as ``error``)."""
-        args = () if payload is _NOTHING else (payload,)
-        await self.sio.emit(event, *args, namespace=self.namespace)
+        await self.sio.emit(event, _data(args), namespace=self.namespace)
 
     async def disconnect(self) -> None:
         """Close the connection (the server then runs ``plugbus_disconnect``).
@@ -90,3 +88,8 @@ class PlugbusClient:
         """
         if self.sio.connected:
             await self.sio.disconnect()
+
+
+def _data(args: tuple[Any, ...]) -> Any:
+    # python-socketio's own convention: a tuple is several arguments, None is none
+    return args[0] if len(args) == 1 else (args or None)

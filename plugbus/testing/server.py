@@ -119,18 +119,22 @@ class PlugbusServer:
             await asyncio.sleep(0.01)
 
     async def client(self, *, transports: Sequence[str] | None = None, auth: Any = None,
-                     headers: Mapping[str, str] | None = None, timeout: float = 5.0) -> PlugbusClient:
+                     headers: Mapping[str, str] | None = None, timeout: float = 5.0,
+                     namespace: str | None = None) -> PlugbusClient:
         """Connect a new real Socket.IO client and return it once connected.
 
         :param transports: e.g. ``["websocket"]`` or ``["polling"]`` (default: those the server
             accepts, ``server.transports``: polling first, upgraded to websocket).
         :param auth: the handshake ``auth`` payload (``connection.auth`` in the hooks).
         :param headers: extra HTTP headers for the handshake.
+        :param namespace: the namespace to connect to (default: the first of
+            ``server.namespaces``). Each namespace is its own connection: call ``client`` once
+            per namespace.
         :raises ClientRefused: a plugin refused the connection.
         """
         import socketio
 
-        namespace = self.config.server.namespace
+        namespace = namespace or self.config.server.default_namespace
         sio = socketio.AsyncClient(reconnection=False)
         client = PlugbusClient(sio, namespace)
         refusals: list[Any] = []
