@@ -21,8 +21,8 @@ from plugbus.core import Bus, Config, LoadedConfig, load_plugins
 
 from .body_limit import BodyLimitMiddleware
 from .chat_page import chat_page_router
-from .problems import install_problem_handlers
-from .rest_door import add_plugin_routes, core_router
+from .problems import document_problems, install_problem_handlers
+from .rest_door import PublishLimiter, add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
 
 
@@ -81,6 +81,9 @@ def create_app(loaded: LoadedConfig) -> Application:
         summary="A plugin-driven real-time event bus: Socket.IO and REST over one pipeline.",
         version=_version(),
         lifespan=lifespan,
+        # Starlette's trailing-slash redirect builds Location from the Host header, which the
+        # client chose; a path with a stray slash is a 404 problem instead.
+        redirect_slashes=False,
     )
     cors = config.server.cors
     rest.add_middleware(
@@ -92,12 +95,28 @@ def create_app(loaded: LoadedConfig) -> Application:
     )
     rest.add_middleware(BodyLimitMiddleware, limit=config.server.max_message_bytes)
     install_problem_handlers(rest)
-    rest.include_router(core_router(bus))
+    limits = config.server.limits
+    limiter = PublishLimiter(limits.rest_publish_per_key, limits.rest_publish_per_address,
+                             limits.rest_publish_burst)
+    rest.include_router(core_router(bus, limiter))
     if config.server.chat_page:
         rest.include_router(chat_page_router())
-    add_plugin_routes(rest, bus)
+    add_plugin_routes(rest, bus, limiter)
+    _document_problems(rest)
     asgi = socketio.ASGIApp(sio, other_asgi_app=rest, socketio_path=config.server.socketio_path)
     return Application(asgi=asgi, bus=bus, rest=rest, sio=sio)
+
+
+def _document_problems(rest: FastAPI) -> None:
+    """Post-process FastAPI's OpenAPI document once: error responses as problem+json."""
+    build = rest.openapi
+
+    def openapi() -> dict[str, Any]:
+        if rest.openapi_schema is None:
+            rest.openapi_schema = document_problems(build())
+        return rest.openapi_schema
+
+    rest.openapi = openapi  # type: ignore[method-assign]
 
 
 def _version() -> str:

@@ -8,6 +8,7 @@ that says which field was wrong and why.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,7 +28,10 @@ class Event(BaseModel):
     plugins inspect (and may mask); other fields are left alone. ``room_field`` names the
     field holding the target room, for rules that work per room (slow mode). ``max_bytes``
     bounds the payload's size (its JSON text, binary attachments by their length) before it is
-    validated; None leaves only the transport's ``server.max_message_bytes``.
+    validated; None leaves only the transport's ``server.max_message_bytes``. ``rest_scope`` is
+    the API-key scope a caller of ``POST /events/{event}`` needs (``"publish"``, ``"read"``,
+    ``"admin"``...); it defaults to ``"admin"`` so that an event nobody thought about is never
+    open to every key.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -37,6 +41,7 @@ class Event(BaseModel):
     text_fields: ClassVar[tuple[str, ...]] = ()
     room_field: ClassVar[str | None] = None
     max_bytes: ClassVar[int | None] = None
+    rest_scope: ClassVar[str] = "admin"
 
     @property
     def event_name(self) -> str:
@@ -139,9 +144,10 @@ class EventRegistry:
         """
         event_cls = self._events.get(name) if isinstance(name, str) else None
         if event_cls is None:
+            shown = shorten(name if isinstance(name, str) else repr(name))
             raise UnknownEvent(
-                f"unknown event {name!r}: no loaded plugin handles it",
-                details={"event": name if isinstance(name, str) else repr(name), "known": self.names()},
+                f"unknown event {shown!r}: no loaded plugin handles it",
+                details={"event": shown, "known": self.names()},
             )
         if payload is None and not any(f.is_required() for f in event_cls.model_fields.values()):
             payload = {}  # an event with no required fields may be sent without a payload
@@ -151,6 +157,13 @@ class EventRegistry:
                 details={"event": name, "errors": [
                     {"loc": "(payload)", "message": "expected an object", "type": "model_type"}
                 ]},
+            )
+        lone = find_lone_surrogate(payload)
+        if lone is not None:
+            raise InvalidPayload(
+                f"invalid payload for {name!r}: {lone}: {LONE_SURROGATE}",
+                details={"event": name, "errors": [
+                    {"loc": lone, "message": LONE_SURROGATE, "type": "string_unicode"}]},
             )
         limit = event_cls.max_bytes
         if limit is not None:
@@ -169,6 +182,63 @@ class EventRegistry:
             raise InvalidPayload(
                 f"invalid payload for {name!r}: {summary}", details={"event": name, "errors": errors}
             ) from None
+
+
+#: Longest part of a client-chosen name (an unknown event's) echoed back in an error.
+SHOWN_NAME_LIMIT = 64
+
+LONE_SURROGATE = ("text contains a lone UTF-16 surrogate (such as \\ud800), which is not a "
+                  "Unicode character; send valid UTF-8 text")
+
+#: Any code point of the surrogate range: in a Python string decoded from JSON a valid
+#: surrogate pair has already become one character, so whatever is left here is lone.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def shorten(text: str, limit: int = SHOWN_NAME_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters with a note of its full length, so that an error
+    never echoes a huge client-chosen name back."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def find_lone_surrogate(value: Any) -> str | None:
+    """The location (``"message.a.0"``, ``"(payload)"`` for the value itself) of the first
+    string or key holding a lone surrogate, or None.
+
+    JSON lets ``"\\ud800"`` through, and Python's decoders turn it into a string that cannot be
+    encoded as UTF-8 again; refused here, it never reaches a plugin, a log or a reply. The walk
+    keeps a link to each value's parent rather than its dotted path, so that a deeply nested
+    payload costs one step per value, not one path string per level.
+    """
+    todo: list[tuple[Any, Any]] = [(value, None)]
+    while todo:
+        item, link = todo.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return _location(link)
+        elif isinstance(item, dict):
+            for key, val in item.items():
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    return _location((_SURROGATE.sub("\ufffd", key), link))
+                todo.append((val, (key, link)))
+        elif isinstance(item, list | tuple):
+            todo.extend((val, (i, link)) for i, val in enumerate(item))
+    return None
+
+
+def _location(link: Any) -> str:
+    parts: list[str] = []
+    while link is not None:
+        key, link = link
+        parts.append(str(key))
+    if not parts:
+        return "(payload)"
+    parts.reverse()
+    if len(parts) > 8:  # a deeply nested payload: its first and last steps say enough
+        parts = [*parts[:4], f"...({len(parts) - 7} more)", *parts[-3:]]
+    return shorten(".".join(parts), 200)
 
 
 def payload_size(value: Any, stop: int) -> int:
