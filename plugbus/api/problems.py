@@ -107,8 +107,6 @@ def allowed_methods(request: Request) -> list[str]:
         route_methods = getattr(route, "methods", None)
         if route_methods and route.matches(request.scope)[0] is not Match.NONE:
             methods |= set(route_methods)
-    if "GET" in methods:
-        methods.add("HEAD")
     return sorted(methods)
 
 
