@@ -187,7 +187,8 @@ def plugbus_env() -> dict[str, str]:
     * ``server.limits.events_per_second: 0`` and ``server.limits.max_connections: 0`` (when the
       config has them) — the per-connection event rate limit would refuse the one publisher past
       100 events/s, and the connection cap would refuse the 10,000th connection; the baseline
-      and Node have neither, and a benchmark measures capacity, not the protection limits.
+      and Node have neither, and a benchmark measures capacity, not the protection limits;
+      ``rest_publish_per_key`` and ``rest_publish_per_address`` likewise for the REST workload.
     """
     env = {"PLUGBUS_SERVER__LOG_LEVEL": "warning", "PLUGBUS_PLUGINS__ENTRY_POINTS": "false"}
     try:
@@ -196,7 +197,7 @@ def plugbus_env() -> dict[str, str]:
         limits = (yaml.safe_load((ROOT / "config.yaml").read_text()).get("server") or {}).get("limits") or {}
     except Exception:  # noqa: BLE001 - no config to read: run with the defaults
         limits = {}
-    for key in ("events_per_second", "max_connections"):
+    for key in ("events_per_second", "max_connections", "rest_publish_per_key", "rest_publish_per_address"):
         if key in limits:
             env[f"PLUGBUS_SERVER__LIMITS__{key.upper()}"] = "0"
     return env

@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import plugbus, pytest, socketio, httpx, aiohttp, playwright" || {
+.venv/bin/python -c "import plugbus, pytest, socketio, httpx, aiohttp, playwright, hypothesis, schemathesis" || {
   echo "scripts/test.sh: the test environment is incomplete (see pip's output above)" >&2
   exit 1
 }

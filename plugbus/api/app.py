@@ -1,18 +1,19 @@
 """The application factory: one bus, a Socket.IO door wrapping a FastAPI REST door.
 
-Socket.IO wraps FastAPI (:class:`~plugbus.api.wire.WireApp`) rather than being mounted inside it: the Socket.IO path stays exactly ``/<socketio_path>/`` and the ASGI
+Socket.IO wraps FastAPI (:class:`~plugbus.api.wire.WireApp`) rather than being mounted inside it:
+the Socket.IO path stays exactly ``/<socketio_path>/`` and the ASGI
 lifespan reaches FastAPI, which runs ``plugbus_startup`` and ``plugbus_shutdown``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import logging
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -20,8 +21,8 @@ from plugbus.core import Bus, Config, LoadedConfig, load_plugins
 
 from .body_limit import BodyLimitMiddleware
 from .chat_page import chat_page_router
-from .problems import install_problem_handlers
-from .rest_door import add_plugin_routes, core_router
+from .problems import document_problems, install_problem_handlers
+from .rest_door import PublishLimiter, add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
 from .wire import WireApp
 
@@ -84,6 +85,9 @@ def create_app(loaded: LoadedConfig) -> Application:
         summary="A plugin-driven real-time event bus: Socket.IO and REST over one pipeline.",
         version=_version(),
         lifespan=lifespan,
+        # Starlette's trailing-slash redirect builds Location from the Host header, which the
+        # client chose; a path with a stray slash is a 404 problem instead.
+        redirect_slashes=False,
     )
     cors = config.server.cors
     rest.add_middleware(
@@ -95,12 +99,28 @@ def create_app(loaded: LoadedConfig) -> Application:
     )
     rest.add_middleware(BodyLimitMiddleware, limit=config.server.max_message_bytes)
     install_problem_handlers(rest)
-    rest.include_router(core_router(bus, sio.eio))
+    limits = config.server.limits
+    limiter = PublishLimiter(limits.rest_publish_per_key, limits.rest_publish_per_address,
+                             limits.rest_publish_burst)
+    rest.include_router(core_router(bus, sio.eio, limiter))
     if config.server.chat_page:
         rest.include_router(chat_page_router())
-    add_plugin_routes(rest, bus)
+    add_plugin_routes(rest, bus, limiter)
+    _document_problems(rest)
     asgi = WireApp(sio, rest, config.server.socketio_path)
     return Application(asgi=asgi, bus=bus, rest=rest, sio=sio)
+
+
+def _document_problems(rest: FastAPI) -> None:
+    """Post-process FastAPI's OpenAPI document once: error responses as problem+json."""
+    build = rest.openapi
+
+    def openapi() -> dict[str, Any]:
+        if rest.openapi_schema is None:
+            rest.openapi_schema = document_problems(build())
+        return rest.openapi_schema
+
+    rest.openapi = openapi  # type: ignore[method-assign]
 
 
 def _log_wire(sio: PlugbusSocketServer) -> None:

@@ -8,13 +8,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import instance_of, problem
 
 
-class _TooLarge(Exception):
-    pass
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from the counting ``receive`` when a body passes the limit.
+
+    An HTTPException on purpose: FastAPI turns any other exception raised while it reads a body
+    into a 400 "error parsing the body", but lets HTTPException through to the problem handler,
+    so a chunked body (no Content-Length) gets the same 413 as a declared one.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large_detail(limit))
+        self.details = {"limit": limit, "setting": "server.max_message_bytes"}
+
+
+def _too_large_detail(limit: int) -> str:
+    return f"request body larger than the {limit} bytes allowed (server.max_message_bytes)"
 
 
 class BodyLimitMiddleware:
@@ -41,7 +55,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise BodyTooLarge(self.limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -51,14 +65,13 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
+        except BodyTooLarge:
             if not started:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        response = problem(413, "payload_too_large",
-                           f"request body larger than the {self.limit} bytes allowed (server.max_message_bytes)",
-                           instance_of(scope), {"limit": self.limit})
+        response = problem(413, "payload_too_large", _too_large_detail(self.limit),
+                           instance_of(scope), {"limit": self.limit, "setting": "server.max_message_bytes"})
         await response({"type": "http", **{k: v for k, v in scope.items() if k != "type"}}, _no_receive, send)
 
 

@@ -8,6 +8,7 @@ details}`` a Socket.IO client receives, with ``message`` spelled ``detail``.
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -16,8 +17,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from plugbus.core import InternalError, PlugbusError
+from plugbus.core.events import shorten
 
 log = logging.getLogger("plugbus.rest")
 
@@ -55,7 +58,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PlugbusError)
     async def _plugbus_error(request: Request, exc: PlugbusError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.message, instance_of(request.scope), exc.details)
+        headers = None
+        retry_after = exc.details.get("retry_after") if exc.status == 429 else None
+        if isinstance(retry_after, int | float):
+            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}  # whole seconds (RFC 9110)
+        return problem(exc.status, exc.code, exc.message, instance_of(request.scope), exc.details,
+                       headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -71,13 +79,75 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES_BY_STATUS.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        headers = dict(getattr(exc, "headers", None) or {})
+        details = dict(getattr(exc, "details", None) or {})
         if exc.status_code == 404:
-            detail = f"no route {request.method} {request.url.path}"
-        return problem(exc.status_code, code, detail, instance_of(request.scope),
-                       headers=getattr(exc, "headers", None))
+            detail = f"no route {request.method} {shorten(request.url.path, 200)}"
+        elif exc.status_code == 405:
+            # Starlette names the methods of the first route whose path matched; FastAPI makes
+            # one route per method, so the others on the same path must be added.
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            details["allowed"] = allowed
+            detail = f"method {request.method} is not allowed here; allowed: {', '.join(allowed)}"
+        return problem(exc.status_code, code, detail, instance_of(request.scope), details,
+                       headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         err = InternalError("internal server error")
         return problem(err.status, err.code, err.message, instance_of(request.scope))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path, sorted (for ``Allow``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
+#: The status codes every REST operation documents as problem+json (besides its success).
+PROBLEM_STATUSES = (400, 401, 403, 404, 413, 422, 429)
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Make an OpenAPI document say what the door really answers on errors: each operation
+    lists 400, 401, 403, 404, 413, 422 and 429 as ``application/problem+json`` with the
+    ``Problem`` schema (FastAPI documents only 422, as plain JSON, with its own error model)."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status in PROBLEM_STATUSES:
+                responses[str(status)] = {
+                    "description": HTTPStatus(status).phrase + " (RFC 9457 problem details)",
+                    "content": {PROBLEM_TYPE: {"schema": ref}},
+                }
+    return openapi
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details, with plugbus's `code` and `details`.",
+    "required": ["type", "title", "status", "detail", "instance", "code", "details"],
+    "properties": {
+        "type": {"type": "string", "description": "urn:plugbus:error:<code>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "What went wrong, for people."},
+        "instance": {"type": "string", "description": "The request path as sent."},
+        "code": {"type": "string", "description": "Short snake_case identifier, e.g. invalid_payload."},
+        "details": {"type": "object", "description": "Machine-readable particulars."},
+    },
+}

@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, JsonValue
 
-from plugbus.core import Bus, NotAllowed, NotFound, Origin, Principal, Route, RouteRequest
+from plugbus.core import (
+    Bus,
+    InvalidPayload,
+    NotAllowed,
+    NotFound,
+    Origin,
+    Principal,
+    RateLimited,
+    Route,
+    RouteRequest,
+)
 from plugbus.core.contract import asyncapi_document, event_schemas
+from plugbus.core.events import LONE_SURROGATE, find_lone_surrogate
+from plugbus.core.ratelimit import TokenBucket
 
 _PATH_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::[^}]*)?}")
 
@@ -57,11 +70,24 @@ class EventResult(BaseModel):
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
-def require_scope(bus: Bus, scope: str) -> Any:
+def check_scope(principal: Principal | None, scope: str, what: str = "route") -> None:
+    """Refuse (403 ``insufficient_scope``) a caller whose key lacks ``scope``; a None principal
+    means REST authentication is off and passes."""
+    if principal is not None and scope not in principal.scopes:
+        raise NotAllowed(
+            f"this API key ({principal.name}) lacks the {scope!r} scope this {what} needs",
+            code="insufficient_scope", details={"required": scope, "key": principal.name},
+        )
+
+
+def require_scope(bus: Bus, scope: str | None, limiter: PublishLimiter | None = None) -> Any:
     """A dependency that lets a request through when its caller holds ``scope``.
 
     Asks ``plugbus_authenticate_request``; when no plugin answers, REST authentication is off
-    and everyone is let through. The principal is left in ``request.state.principal``.
+    and everyone is let through. The principal is left in ``request.state.principal``. With
+    ``scope`` None the caller is only authenticated (the route checks a scope of its own).
+    With a ``limiter`` the request also counts against its key's and its address's publishing
+    rate (after authentication, so that an unauthenticated flood costs no bucket).
     """
 
     async def dependency(
@@ -70,21 +96,73 @@ def require_scope(bus: Bus, scope: str) -> Any:
         headers = {k.lower(): v for k, v in request.headers.items()}
         principal = await bus.hooks.authenticate_request(headers, bus)
         request.state.principal = principal
-        if principal is not None and scope not in principal.scopes:
-            raise NotAllowed(
-                f"this API key ({principal.name}) lacks the {scope!r} scope this route needs",
-                code="insufficient_scope", details={"required": scope, "key": principal.name},
-            )
+        if scope is not None:
+            check_scope(principal, scope)
+        if limiter is not None:
+            client = request.scope.get("client")
+            limiter.take(principal.name if principal is not None else None,
+                         client[0] if client else None)
         return principal
 
     return Depends(dependency)
 
 
-def core_router(bus: Bus, wire: Any) -> APIRouter:
+class PublishLimiter:
+    """Token buckets for REST publishing: one per API key and one per client address
+    (``server.limits.rest_publish_per_key``, ``rest_publish_per_address``, ``rest_publish_burst``;
+    0 switches a rate off). Past either, the request is refused with 429 and ``Retry-After``.
+
+    Buckets of callers that went quiet are forgotten once there are many, so that requests from
+    ever new addresses cannot grow the table without bound.
+    """
+
+    MAX_BUCKETS = 10_000
+
+    def __init__(self, per_key: float, per_address: float, burst: int) -> None:
+        self.per_key = per_key
+        self.per_address = per_address
+        self.burst = float(burst)
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def take(self, key: str | None, address: str | None) -> None:
+        """Count one request.
+
+        :raises RateLimited: the key's or the address's rate is spent.
+        """
+        for kind, name, rate in (("key", key, self.per_key), ("address", address, self.per_address)):
+            if name is None or not rate:
+                continue
+            bucket = self._buckets.get((kind, name))
+            if bucket is None:
+                if len(self._buckets) >= self.MAX_BUCKETS:
+                    self._prune()
+                bucket = self._buckets[(kind, name)] = TokenBucket(rate, self.burst)
+            wait = bucket.take()
+            if wait:
+                shown = name if kind == "key" else "your address"
+                raise RateLimited(
+                    f"too many REST publishing requests from {shown}: at most {rate:g} per second "
+                    f"(bursts of {self.burst:g}); retry in {wait:.2f} s",
+                    details={"retry_after": round(wait, 3), "limit": rate, "per": kind,
+                             "setting": f"server.limits.rest_publish_per_{kind}"},
+                )
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        full = [k for k, b in self._buckets.items() if b.full(now)]
+        for k in full:
+            del self._buckets[k]
+        if len(self._buckets) >= self.MAX_BUCKETS:  # all busy: forget the oldest half
+            for k in list(self._buckets)[: self.MAX_BUCKETS // 2]:
+                del self._buckets[k]
+
+
+def core_router(bus: Bus, wire: Any, limiter: PublishLimiter | None = None) -> APIRouter:
     """The routes every plugbus server has, whatever its plugins.
 
     :param wire: the socket server's Engine.IO server (its ``report`` and ``sessions`` feed
         ``/health``).
+    :param limiter: REST publishing's rate limits.
     """
     router = APIRouter()
 
@@ -121,15 +199,21 @@ def core_router(bus: Bus, wire: Any) -> APIRouter:
         return {"name": event, "namespace": ns, **schemas[event]}
 
     @router.post("/events/{event}", response_model=EventResult, tags=["events"],
-                 dependencies=[require_scope(bus, "publish")],
+                 dependencies=[require_scope(bus, None, limiter)],
                  summary="Send any registered event through the pipeline, as a server")
-    async def send_event(event: str, payload: dict[str, JsonValue],
+    async def send_event(request: Request, event: str, payload: dict[str, JsonValue],
                          namespace: str | None = namespace_query) -> EventResult:
         """The generic door: the body is the event's payload — the object of its named
         fields, also for events clients send with positional arguments — validated against
         the schema its plugin registered in ``namespace``; moderation and handling are the
-        same as over Socket.IO. Events that act on the sender's own connection
-        (``join-room``) are refused here."""
+        same as over Socket.IO. Each event declares the API-key scope it needs here
+        (``publish`` for messages, ``read`` for ``room-members``, ``admin`` unless its plugin
+        says otherwise). Events that act on the sender's own connection (``join-room``) are
+        refused here."""
+        event_cls = bus.events.get(event, namespace)
+        if event_cls is not None:
+            check_scope(getattr(request.state, "principal", None), event_cls.rest_scope,
+                        f"event ({event})")
         result = await bus.dispatch(event, payload, bus.context(Origin.REST, namespace=namespace))
         # a plain-ack event's handler may answer several values (a tuple): a JSON array here
         return EventResult(data=list(result) if isinstance(result, tuple) else result)
@@ -137,9 +221,11 @@ def core_router(bus: Bus, wire: Any) -> APIRouter:
     return router
 
 
-def add_plugin_routes(app: FastAPI, bus: Bus) -> None:
-    """Mount every route from ``plugbus_routes``."""
+def add_plugin_routes(app: FastAPI, bus: Bus, limiter: PublishLimiter | None = None) -> None:
+    """Mount every route from ``plugbus_routes``; those that need the ``publish`` scope count
+    against ``limiter``."""
     for plugin_name, route in bus.hooks.routes(bus):
+        limited = limiter if route.scope == "publish" else None
         app.add_api_route(
             route.path,
             _endpoint(route, bus),
@@ -149,7 +235,7 @@ def add_plugin_routes(app: FastAPI, bus: Bus) -> None:
             summary=route.summary or None,
             tags=list(route.tags) or [plugin_name],
             name=f"{plugin_name}:{route.method.lower()} {route.path}",
-            dependencies=[require_scope(bus, route.scope)] if route.scope is not None else None,
+            dependencies=[require_scope(bus, route.scope, limited)] if route.scope is not None else None,
         )
 
 
@@ -164,6 +250,8 @@ def _endpoint(route: Route, bus: Bus) -> Any:
     async def endpoint(**kwargs: Any) -> Any:
         request: Request = kwargs.pop("request")
         body = kwargs.pop("body", None)
+        if body is not None:
+            _refuse_lone_surrogates(body)
         req = RouteRequest(
             bus=bus,
             path_params={n: kwargs[n] for n in names},
@@ -180,3 +268,13 @@ def _endpoint(route: Route, bus: Bus) -> Any:
     endpoint.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     endpoint.__doc__ = route.handler.__doc__
     return endpoint
+
+
+def _refuse_lone_surrogates(body: BaseModel) -> None:
+    """Refuse a body with a lone surrogate in any string (422 ``invalid_payload``): JSON allows
+    ``"\\ud800"``, but no UTF-8 encoder does, so the text could be neither delivered, logged
+    nor stored in Redis."""
+    lone = find_lone_surrogate(body.model_dump(mode="python"))
+    if lone is not None:
+        raise InvalidPayload(f"invalid request: body.{lone}: {LONE_SURROGATE}", details={"errors": [
+            {"loc": f"body.{lone}", "message": LONE_SURROGATE, "type": "string_unicode"}]})

@@ -191,6 +191,19 @@ class Bus:
         await self.hooks.room_joined(connection, room, self)
         return True
 
+    async def authorize_join(self, connection: Connection, room: str) -> None:
+        """Ask ``plugbus_authorize_join`` whether ``connection`` may be in ``room``, without
+        joining it: what else a room offers (its member list, posting into it) follows the same
+        rules as joining it.
+
+        :raises NotAllowed: a plugin refused.
+        """
+        await self.hooks.authorize_join(connection, room, self)
+
+    def is_member(self, sid: str, room: str) -> bool:
+        """Whether connection ``sid`` (on this node) is in ``room``."""
+        return room == sid or self.transport.is_member(sid, room)
+
     async def leave(self, sid: str, room: str) -> bool:
         """Take connection ``sid`` out of ``room`` and run ``plugbus_room_left`` — on whichever
         node holds the connection.

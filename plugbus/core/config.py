@@ -63,6 +63,17 @@ class LimitsSettings(StrictModel):
         description="Most binary attachments one Socket.IO packet may announce; a packet that "
                     "announces more closes the connection.",
     )
+    rest_publish_per_key: float = Field(
+        100, ge=0, description="Sustained REST publishing requests per second one API key may "
+                               "make (0 = no limit); past it 429 with Retry-After.",
+    )
+    rest_publish_per_address: float = Field(
+        100, ge=0, description="Sustained REST publishing requests per second from one client "
+                               "address (0 = no limit; behind a proxy everyone shares one).",
+    )
+    rest_publish_burst: int = Field(
+        200, ge=1, description="REST publishing requests one key or address may make at once.",
+    )
 
 
 class ServerSettings(StrictModel):
@@ -100,6 +111,16 @@ class ServerSettings(StrictModel):
         "memory", pattern=r"^(memory|rediss?://.+|redis\+sentinel://.+)$",
         description="Where shared state lives: memory (one process) or a Redis URL shared by several nodes.",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _no_sentinel_yet(cls, value: str) -> str:
+        # redis-py's from_url cannot read a sentinel URL, and start-up would end in a raw
+        # ValueError; say so here, where the message can name the key and the line.
+        if value.startswith("redis+sentinel://"):
+            raise ValueError("redis+sentinel:// is not supported yet: point backend at the Redis "
+                             "master with a redis:// or rediss:// URL")
+        return value
     presence_ttl: float = Field(
         30, ge=3, description="Seconds a node's presence entries outlive it (shared backend only).",
     )

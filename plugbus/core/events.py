@@ -8,6 +8,7 @@ that says which field was wrong and why.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,7 +28,10 @@ class Event(BaseModel):
     plugins inspect (and may mask); other fields are left alone. ``room_field`` names the
     field holding the target room, for rules that work per room (slow mode). ``max_bytes``
     bounds the payload's size (its JSON text, binary attachments by their length) before it is
-    validated; None leaves only the transport's ``server.max_message_bytes``.
+    validated; None leaves only the transport's ``server.max_message_bytes``. ``rest_scope`` is
+    the API-key scope a caller of ``POST /events/{event}`` needs (``"publish"``, ``"read"``,
+    ``"admin"``...); it defaults to ``"admin"`` so that an event nobody thought about is never
+    open to every key.
 
     Socket.IO features:
 
@@ -56,6 +60,7 @@ class Event(BaseModel):
     namespace: ClassVar[str | tuple[str, ...] | None] = None
     positional: ClassVar[tuple[str, ...] | None] = None
     ack_style: ClassVar[str] = "envelope"
+    rest_scope: ClassVar[str] = "admin"
 
     @property
     def event_name(self) -> str:
@@ -219,13 +224,13 @@ class EventRegistry:
         ns = namespace or self.default_namespace
         event_cls = self._events.get((ns, name)) if isinstance(name, str) else None
         if event_cls is None:
-            details: dict[str, Any] = {"event": name if isinstance(name, str) else repr(name),
-                                       "known": self.names(ns)}
+            shown = shorten(name if isinstance(name, str) else repr(name))
+            details: dict[str, Any] = {"event": shown, "known": self.names(ns)}
             where = ""
             if ns != self.default_namespace:
                 details["namespace"] = ns
                 where = f" in namespace {ns!r}"
-            raise UnknownEvent(f"unknown event {name!r}{where}: no loaded plugin handles it", details=details)
+            raise UnknownEvent(f"unknown event {shown!r}{where}: no loaded plugin handles it", details=details)
         return event_cls
 
     def parse(self, name: Any, payload: Any, namespace: str | None = None) -> Event:
@@ -278,6 +283,13 @@ class EventRegistry:
         return self._validate(event_cls, name, dict(zip(positional, args, strict=False)))
 
     def _validate(self, event_cls: type[Event], name: Any, payload: dict[str, Any]) -> Event:
+        lone = find_lone_surrogate(payload)
+        if lone is not None:
+            raise InvalidPayload(
+                f"invalid payload for {name!r}: {lone}: {LONE_SURROGATE}",
+                details={"event": name, "errors": [
+                    {"loc": lone, "message": LONE_SURROGATE, "type": "string_unicode"}]},
+            )
         limit = event_cls.max_bytes
         if limit is not None:
             size = payload_size(payload, limit)
@@ -323,6 +335,63 @@ def ack_arguments(event_cls: type[Event] | None, result: Any, error: dict[str, A
     if error is not None:
         return [{"ok": False, "error": error}]
     return [{"ok": True, "data": result}]
+
+
+#: Longest part of a client-chosen name (an unknown event's) echoed back in an error.
+SHOWN_NAME_LIMIT = 64
+
+LONE_SURROGATE = ("text contains a lone UTF-16 surrogate (such as \\ud800), which is not a "
+                  "Unicode character; send valid UTF-8 text")
+
+#: Any code point of the surrogate range: in a Python string decoded from JSON a valid
+#: surrogate pair has already become one character, so whatever is left here is lone.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def shorten(text: str, limit: int = SHOWN_NAME_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters with a note of its full length, so that an error
+    never echoes a huge client-chosen name back."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def find_lone_surrogate(value: Any) -> str | None:
+    """The location (``"message.a.0"``, ``"(payload)"`` for the value itself) of the first
+    string or key holding a lone surrogate, or None.
+
+    JSON lets ``"\\ud800"`` through, and Python's decoders turn it into a string that cannot be
+    encoded as UTF-8 again; refused here, it never reaches a plugin, a log or a reply. The walk
+    keeps a link to each value's parent rather than its dotted path, so that a deeply nested
+    payload costs one step per value, not one path string per level.
+    """
+    todo: list[tuple[Any, Any]] = [(value, None)]
+    while todo:
+        item, link = todo.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return _location(link)
+        elif isinstance(item, dict):
+            for key, val in item.items():
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    return _location((_SURROGATE.sub("\ufffd", key), link))
+                todo.append((val, (key, link)))
+        elif isinstance(item, list | tuple):
+            todo.extend((val, (i, link)) for i, val in enumerate(item))
+    return None
+
+
+def _location(link: Any) -> str:
+    parts: list[str] = []
+    while link is not None:
+        key, link = link
+        parts.append(str(key))
+    if not parts:
+        return "(payload)"
+    parts.reverse()
+    if len(parts) > 8:  # a deeply nested payload: its first and last steps say enough
+        parts = [*parts[:4], f"...({len(parts) - 7} more)", *parts[-3:]]
+    return shorten(".".join(parts), 200)
 
 
 def payload_size(value: Any, stop: int) -> int:

@@ -147,8 +147,9 @@ def plugbus_authorize_join(connection: Connection, room: str, bus: Bus) -> None:
     """May this connection be in this room?
 
     Called by ``bus.join`` before a connection enters a room — from its own ``join-room`` or
-    a server-side join over REST. Awaited, one implementation at a time; the return value is
-    ignored.
+    a server-side join over REST — and by ``bus.authorize_join`` when a connection that is not
+    in the room lists its members or posts into it (the same rules guard all three). Awaited,
+    one implementation at a time; the return value is ignored.
 
     :param connection: the connection (``connection.identity`` says who it is).
     :param room: the room.

@@ -32,3 +32,8 @@ class TokenBucket:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self.rate if self.rate > 0 else float("inf")
+
+    def full(self, now: float | None = None) -> bool:
+        """Whether the bucket has refilled to ``burst`` (its owner went quiet: it may be forgotten)."""
+        now = time.monotonic() if now is None else now
+        return self._tokens + (now - self._stamp) * self.rate >= self.burst

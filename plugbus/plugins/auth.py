@@ -101,6 +101,8 @@ class RoomRule(_Strict):
     roles: list[str] = Field(default_factory=list, description="Roles allowed in.")
     users: list[str] = Field(default_factory=list, description="User ids allowed in.")
     anyone_identified: bool = Field(False, description="Allow any connection with an identity.")
+    anyone: bool = Field(False, description="Allow every connection, with an identity or without "
+                                            "(opens rooms under rooms_default: closed).")
 
 
 class AuthSettings(PluginSettings):
@@ -117,7 +119,12 @@ class AuthSettings(PluginSettings):
     )
     admin_role: str = Field("admin", description="Role that may join every room.")
     rooms: list[RoomRule] = Field(
-        default_factory=list, description="Room rules, first match decides; rooms no rule matches are open."
+        default_factory=list, description="Room rules, first match decides; rooms no rule matches "
+                                          "follow rooms_default."
+    )
+    rooms_default: Literal["open", "closed"] = Field(
+        "open", description="Rooms no rule matches: open to every connection, or closed to all but "
+                            "admin_role (lock-down: list the rooms people may join as rules)."
     )
 
     @model_validator(mode="after")
@@ -251,13 +258,17 @@ class AuthPlugin(Plugin):
 
     @hookimpl
     def plugbus_authorize_join(self, connection: Connection, room: str) -> None:
-        """Apply the first room rule whose pattern matches; rooms without a rule are open."""
+        """Apply the first room rule whose pattern matches; rooms without a rule follow
+        ``rooms_default``. Called for joins, and for reading a room's members or posting into a
+        room the connection is not in (the same rules guard all three)."""
         identity = connection.identity
+        # {user_id} stands for the joiner's own id, matched literally: an id such as "*" or
+        # "a*" must not turn the pattern into a wildcard over everyone's private rooms.
+        own = glob_literal(identity.user_id) if identity else "\x00"
         for rule in self.settings.rooms:
-            own = identity.user_id if identity else "\x00"
             if not fnmatchcase(room, rule.pattern.replace("{user_id}", own)):
                 continue
-            if identity is not None and (
+            if rule.anyone or identity is not None and (
                 self.settings.admin_role in identity.roles
                 or rule.anyone_identified
                 or identity.user_id in rule.users
@@ -268,3 +279,16 @@ class AuthPlugin(Plugin):
                 f"you may not join room {room!r}", code="forbidden_room",
                 details={"room": room, "rule": rule.pattern},
             )
+        if self.settings.rooms_default == "closed" and not (
+                identity is not None and self.settings.admin_role in identity.roles):
+            raise NotAllowed(
+                f"you may not join room {room!r}: no room rule admits you and rooms are closed by "
+                f"default", code="forbidden_room",
+                details={"room": room, "rule": None, "setting": "rooms_default"},
+            )
+
+
+def glob_literal(text: str) -> str:
+    """``text`` as a glob that matches exactly itself: each of ``*``, ``?`` and ``[`` becomes a
+    one-character class (``[*]``), which ``fnmatch`` reads literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

@@ -125,6 +125,7 @@ class SendMessage(Event):
     ack = Delivered
     text_fields = ("message",)
     max_bytes = MAX_MESSAGE_BYTES
+    rest_scope = "publish"
     room_field = "roomID"
     message: SocketMessage
     roomID: RoomName
@@ -137,6 +138,7 @@ class SendDirect(Event):
     ack = DirectDelivered
     text_fields = ("message",)
     max_bytes = MAX_MESSAGE_BYTES
+    rest_scope = "publish"
     to: Sid
     message: SocketMessage
 
@@ -148,6 +150,7 @@ class Broadcast(Event):
     ack = BroadcastDelivered
     text_fields = ("message",)
     max_bytes = MAX_MESSAGE_BYTES
+    rest_scope = "publish"
     message: SocketMessage
     include_self: bool = Field(False, strict=True, description="Deliver to the sender too.")
 
@@ -235,11 +238,21 @@ class RelayPlugin(Plugin):
     async def _to_room(self, event: SendMessage, ctx: EventContext, message_id: str) -> dict[str, Any]:
         room, sid, settings = event.roomID, ctx.sid, self.settings
         member = False
-        if sid is not None and (settings.require_membership or not settings.echo):
-            member = room == sid or room in ctx.bus.rooms_of(sid)
+        if ctx.connection is not None and sid is not None:
+            member = ctx.bus.is_member(sid, room)
             if settings.require_membership and not member:
                 raise NotAllowed(f"not a member of room {room!r}: join it before sending to it",
                                  details={"room": room, "field": "roomID"})
+            if not member:
+                # Who may not join a room may not post into it either (the join rules of the
+                # auth plugin, or whatever plugin answers plugbus_authorize_join).
+                try:
+                    await ctx.bus.authorize_join(ctx.connection, room)
+                except NotAllowed as exc:
+                    raise NotAllowed(
+                        f"you may not post into room {room!r}: its join rules do not admit you",
+                        code=exc.code, details={**exc.details, "room": room, "field": "roomID"},
+                    ) from None
         skip = sid if member and not settings.echo else None
         recipients = ctx.bus.room_size(room, ctx.namespace) - (skip is not None)
         await self._emit(ctx, message_id, event.message, room=room, skip_sid=skip)

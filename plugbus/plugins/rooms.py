@@ -10,6 +10,7 @@ the same ``plugbus_room_joined``/``plugbus_room_left`` hooks, hence the same not
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, RootModel, field_validator, model_validator
@@ -180,10 +181,13 @@ class MyRooms(Event):
 
 
 class ListMembers(Event):
-    """Ask who is in a room (works over REST too, through ``POST /events/room-members``)."""
+    """Ask who is in a room (works over REST too, through ``POST /events/room-members``, with
+    the ``read`` scope). A connection may list a room it is in, or one it would be allowed to
+    join; the members of a room closed to it are refused like a join."""
 
     name: ClassVar[str] = "room-members"
     ack = RoomMembers
+    rest_scope = "read"
     room: str = Field(min_length=1, description="The room to list.")
 
 
@@ -192,6 +196,18 @@ def _refuse_connection_id(bus: Bus, room: str) -> None:
     if bus.is_connection_id(room):
         raise NotAllowed("room name is reserved: it is the id of a connection",
                          details={"room": room, "field": "room"})
+
+
+def _invisible_character(name: str) -> str | None:
+    """The first invisible formatting character of ``name`` — bidi controls, zero-width
+    characters, the BOM (Unicode category Cf) and line/paragraph separators — as
+    ``"U+202E (RIGHT-TO-LEFT OVERRIDE)"``, or None."""
+    if name.isascii():
+        return None
+    for char in name:
+        if unicodedata.category(char) in ("Cf", "Zl", "Zp"):
+            return f"U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')})"
+    return None
 
 
 # -- the plugin -------------------------------------------------------------------------------
@@ -224,6 +240,19 @@ class RoomsPlugin(Plugin):
             raise InvalidPayload(message, details={
                 "field": "room", "setting": "max_name_length", "limit": limit, "length": len(room),
                 "errors": [{"loc": "room", "message": message, "type": "string_too_long"}]})
+        if "/" in room:
+            message = ("room name contains '/': REST routes name a room in one path segment "
+                       "(/rooms/{room}/...), so such a room could not be reached over REST")
+            raise InvalidPayload(message, details={
+                "field": "room", "character": "U+002F",
+                "errors": [{"loc": "room", "message": message, "type": "string_slash"}]})
+        invisible = _invisible_character(room)
+        if invisible is not None:
+            message = (f"room name contains the invisible character {invisible}; names that look "
+                       f"alike but differ must not sit side by side in room lists")
+            raise InvalidPayload(message, details={
+                "field": "room", "character": invisible.split(" ", 1)[0],
+                "errors": [{"loc": "room", "message": message, "type": "string_invisible"}]})
         if self._pattern.fullmatch(room) is None:
             pattern = self.settings.name_pattern
             message = f"room name does not match the allowed pattern {pattern!r}"
@@ -255,13 +284,24 @@ class RoomsPlugin(Plugin):
                          "rooms": len(current)})
         return await bus.join(sid, room)
 
-    async def members(self, bus: Bus, room: str) -> dict[str, Any]:
+    async def members(self, bus: Bus, room: str, connection: Connection | None = None) -> dict[str, Any]:
         """Who is in ``room`` (``{room, count, members}``), on every node when the backend is
         shared; empty if nobody is.
 
-        :raises NotAllowed: ``room`` is the id of a live connection.
+        :param connection: the connection asking (None for REST and the server): unless it is
+            in the room, the room's join rules (``plugbus_authorize_join``) must admit it.
+        :raises NotAllowed: ``room`` is the id of a live connection, or its join rules refuse
+            ``connection`` (``forbidden_room`` from the auth plugin).
         """
         _refuse_connection_id(bus, room)
+        if connection is not None and not bus.is_member(connection.sid, room):
+            try:
+                await bus.authorize_join(connection, room)
+            except NotAllowed as exc:
+                raise NotAllowed(
+                    f"you may not list the members of room {room!r}: its join rules do not admit you",
+                    code=exc.code, details={**exc.details, "room": room},
+                ) from None
         members = [{"sid": m.sid, "user_id": m.user_id, "name": m.name}
                    for m in await bus.presence.members(room)]
         return {"room": room, "count": len(members), "members": members}
@@ -298,7 +338,7 @@ class RoomsPlugin(Plugin):
         :raises InvalidPayload, NotAllowed: a refused join (see :meth:`join`).
         """
         if isinstance(event, ListMembers):
-            return await self.members(ctx.bus, event.room)
+            return await self.members(ctx.bus, event.room, ctx.connection)
         if not isinstance(event, JoinRoom | LeaveRoom | MyRooms):
             return None
         if ctx.connection is None:

@@ -20,7 +20,7 @@ from plugbus import (
 )
 
 from .pipeline import log_entry
-from .settings import SanctionType, TargetKind
+from .settings import MAX_SANCTION_SECONDS, SanctionType, TargetKind
 from .store import LogEntry, ModerationStore, Sanction
 
 if TYPE_CHECKING:
@@ -39,7 +39,10 @@ class SanctionRequest(BaseModel):
     )
     value: str = Field(min_length=1, max_length=256, description="The connection id, user id or address.")
     reason: str = Field("", max_length=500, description="Told to the sanctioned client and logged.")
-    duration: float | None = Field(None, gt=0, description="Seconds until it lapses; omitted = until lifted.")
+    duration: float | None = Field(
+        None, gt=0, le=MAX_SANCTION_SECONDS, strict=True, allow_inf_nan=False,
+        description="Seconds until it lapses (a number: `true` is not a duration), at most "
+        "plugins.settings.moderation.max_sanction_seconds; omitted = until lifted.")
 
 
 class BanCreated(Sanction):
@@ -141,6 +144,13 @@ class ModerationRoutes:
 
     async def _sanction(self, type: SanctionType, body: SanctionRequest) -> tuple[Sanction, Connection | None]:
         self._require_rule(type)
+        bound = self.plugin.settings.max_sanction_seconds
+        if body.duration is not None and body.duration > bound:
+            message = f"duration is {body.duration:g} seconds; the limit is {bound:g}"
+            raise InvalidPayload(f"invalid request: body.duration: {message}", details={
+                "field": "duration", "limit": bound,
+                "setting": "plugins.settings.moderation.max_sanction_seconds",
+                "errors": [{"loc": "body.duration", "message": message, "type": "less_than_equal"}]})
         kind, value, connection = body.kind, body.value, None
         if kind == "connection":
             connection = self.bus.connection(value)

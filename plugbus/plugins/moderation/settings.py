@@ -88,6 +88,10 @@ class SlowModeSettings(BaseModel):
     )
 
 
+#: The hard ceiling of ``max_sanction_seconds`` (100 years): far below what a datetime can add.
+MAX_SANCTION_SECONDS = 3_153_600_000
+
+
 class ModerationSettings(PluginSettings):
     """Settings of the moderation plugin."""
 
@@ -105,6 +109,11 @@ class ModerationSettings(PluginSettings):
     mask_char: str = Field("*", min_length=1, max_length=1, description="Replaces masked characters.")
     flood: FloodSettings = Field(default_factory=FloodSettings, description="Flood control parameters.")
     slow_mode: SlowModeSettings = Field(default_factory=SlowModeSettings, description="Slow mode delays.")
+    max_sanction_seconds: float = Field(
+        31_536_000, gt=0, le=MAX_SANCTION_SECONDS,
+        description="Longest duration a ban or mute may be given, in seconds (default 365 days); "
+        "longer ones are refused with 422 (omit duration for a sanction that lasts until lifted).",
+    )
     log_size: int = Field(1000, ge=0, description="Moderation decisions kept for GET /moderation/log.")
     store: Literal["auto", "memory", "redis"] = Field(
         "auto",
