@@ -108,7 +108,6 @@ class PlugbusSocketServer(socketio.AsyncServer):
         # The default namespace: the one _handle_eio_message decodes in one step.
         self.plugbus_namespace = server.default_namespace
         self.plugbus_namespaces = frozenset(server.namespaces)
-        limits = server.limits
         self._rate = (limits.events_per_second, float(limits.event_burst)) if limits.events_per_second else None
         # an ack's Socket.IO text up to its id: "3" (ack) and the namespace
         self._ack_prefixes = {ns: "3" if ns == "/" else f"3{ns}," for ns in server.namespaces}
@@ -170,6 +169,11 @@ class PlugbusSocketServer(socketio.AsyncServer):
             await self._send_packet(eio_sid, self.packet_class(
                 packet.CONNECT_ERROR, data={"message": "Invalid namespace"}, namespace=namespace))
             return
+        if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+            await self._send_packet(eio_sid, self.packet_class(
+                packet.CONNECT_ERROR, namespace=namespace,
+                data={"message": f"already connected to namespace {namespace}"}))
+            return
         key = (eio_sid, namespace)
         self._connect_payloads[key] = data
         try:
@@ -178,6 +182,9 @@ class PlugbusSocketServer(socketio.AsyncServer):
             self._connect_payloads.pop(key, None)
         sid = self._accepted.pop(key, None)
         if sid is not None:
+            session = self.eio.session_of(eio_sid)
+            if session is not None:
+                session.mark_connected()  # the connect deadline no longer applies
             await self.bus.connection_ready(sid)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
@@ -219,16 +226,7 @@ class PlugbusSocketServer(socketio.AsyncServer):
             raise ProtocolViolation("an ack id out of range")
         namespace = pkt.namespace or "/"
         if kind == packet.CONNECT:
-            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
-                await self._send_packet(eio_sid, self.packet_class(
-                    packet.CONNECT_ERROR, namespace=namespace,
-                    data={"message": f"already connected to namespace {namespace}"}))
-                return
             await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
-            if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
-                session = self.eio.session_of(eio_sid)
-                if session is not None:
-                    session.mark_connected()
             return
         if self.manager.sid_from_eio_sid(eio_sid, namespace) is None:
             # Socket.IO v5: "If the server does not receive a CONNECT packet first, then it
@@ -257,7 +255,11 @@ class PlugbusSocketServer(socketio.AsyncServer):
             self._binary_packet[eio_sid] = pkt
             self._binary_bytes[eio_sid] = 0
             return
-        if pkt.packet_type == packet.EVENT:
+        await self._dispatch(eio_sid, pkt)
+
+    async def _dispatch(self, eio_sid: str, pkt: Any) -> None:
+        """An EVENT or ACK whose data is complete (attachments put back in place)."""
+        if pkt.packet_type in (packet.EVENT, packet.BINARY_EVENT):
             await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
         else:
             await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
@@ -279,9 +281,7 @@ class PlugbusSocketServer(socketio.AsyncServer):
             self._binary_bytes.pop(eio_sid, None)
             if pkt.packet_type == packet.BINARY_EVENT:
                 _check_event_args(pkt.data)
-                await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
-            else:
-                await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+            await self._dispatch(eio_sid, pkt)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         self._binary_packet.pop(eio_sid, None)

@@ -148,7 +148,7 @@ class EngineServer:
         reason = None
         if not direct_ok:
             reason = "uvicorn's websockets-sansio seams do not hold: " + ", ".join(
-                next(r["missing"] for r in seam_report.results if r["package"] == "uvicorn") or ["uvicorn"])
+                seam_report.missing(seams.UVICORN_WEBSOCKET))
         self.report = WireReport(settings.websocket_writer, direct_ok, reason, seam_report.as_dict())
         if settings.websocket_writer == "direct" and not direct_ok:
             raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
@@ -303,8 +303,7 @@ class EngineServer:
         transport = q.get("transport")
         if transport is None:
             return TRANSPORT_UNKNOWN, "the transport query parameter is missing"
-        if transport not in ("polling", "websocket") or transport not in self.settings.transports \
-                or (transport == "websocket") != websocket:
+        if transport not in self.settings.transports or (transport == "websocket") != websocket:
             return TRANSPORT_UNKNOWN, f"transport {transport!r} is not served here"
         return None
 

@@ -74,16 +74,19 @@ class WireError(RuntimeError):
 class SeamReport:
     """What :func:`check` found: per seam, the installed version and whether it holds."""
 
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[Seam, dict[str, Any]] = field(default_factory=dict)
 
     def holds(self, seam: Seam) -> bool:
         """True when every name of ``seam`` was found."""
-        return any(r["package"] == seam.package and r["ok"] and r["names"] == list(seam.names)
-                   for r in self.results)
+        return bool(self.results[seam]["ok"])
+
+    def missing(self, seam: Seam) -> list[str]:
+        """The names of ``seam`` that were not found."""
+        return list(self.results[seam]["missing"])
 
     def as_dict(self) -> list[dict[str, Any]]:
-        """The report as ``/health`` serves it."""
-        return [{k: v for k, v in r.items() if k != "names"} for r in self.results]
+        """The report as ``/health`` serves it, one entry per seam."""
+        return list(self.results.values())
 
 
 def _installed(package: str) -> str | None:
@@ -179,11 +182,11 @@ def check() -> SeamReport:
         installed = _installed(seam.package)
         missing = _resolve(seam.names, roots[seam.package]()) if installed else list(seam.names)
         ok = not missing
-        report.results.append({
+        report.results[seam] = {
             "package": seam.package, "verified": seam.verified, "installed": installed,
             "version_verified": installed == seam.verified, "ok": ok, "missing": missing,
-            "why": seam.why, "names": list(seam.names),
-        })
+            "why": seam.why,
+        }
         if seam.required and not ok:
             raise WireError(
                 f"plugbus's wire needs {', '.join(missing)} from {seam.package} (verified against "
