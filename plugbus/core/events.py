@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidPayload, UnknownEvent
@@ -365,6 +366,14 @@ def find_lone_surrogate(value: Any) -> str | None:
     keeps a link to each value's parent rather than its dotted path, so that a deeply nested
     payload costs one step per value, not one path string per level.
     """
+    try:
+        # One C call settles the common case on every event: orjson refuses any lone
+        # surrogate, in a string or a key. It also refuses what it cannot encode (binary
+        # data, integers past 64 bits, non-string keys); only then is the payload walked.
+        orjson.dumps(value)
+        return None
+    except TypeError:
+        pass
     todo: list[tuple[Any, Any]] = [(value, None)]
     while todo:
         item, link = todo.pop()
