@@ -17,7 +17,7 @@ from pathlib import Path
 import socketio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from plugbus.api.room_index import IndexedManager  # noqa: E402
+from plugbus.api.room_index import IndexedManager
 
 
 async def storm(cls: type[socketio.AsyncManager], n: int) -> float:
@@ -43,7 +43,9 @@ def main(argv: list[str]) -> int:
     for n in sizes:
         plain = asyncio.run(storm(socketio.AsyncManager, n))
         indexed = asyncio.run(storm(IndexedManager, n))
-        print(f"| {n:,} | {plain * 1000:.3f} | {indexed * 1000:.3f} | {plain / max(indexed, 1e-9):.0f}× |")
+        print(
+            f"| {n:,} | {plain * 1000:.3f} | {indexed * 1000:.3f} | {plain / max(indexed, 1e-9):.0f}× |"
+        )
     return 0
 
 

@@ -194,9 +194,8 @@ class Client:
             elif sio == b"0":
                 if not self.ready.done():
                     self.ready.set_result(None)
-            elif sio == b"4":
-                if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(f"connect_error: {payload[2:200]!r}"))
+            elif sio == b"4" and not self.ready.done():
+                self.ready.set_exception(ConnectionError(f"connect_error: {payload[2:200]!r}"))
         elif kind == b"2":
             self.send(b"3")
         elif kind == b"0":
@@ -253,8 +252,8 @@ class RawClient(Client, asyncio.Protocol):
         key = base64.b64encode(os.urandom(16)).decode()
         self.transport.write(  # type: ignore[union-attr]
             f"GET {SIO_PATH} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            .encode())
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost(exc)
@@ -266,12 +265,12 @@ class RawClient(Client, asyncio.Protocol):
             if end < 0:
                 self.head = head
                 return
-            if b" 101 " not in head[:head.find(b"\r\n")]:
+            if b" 101 " not in head[: head.find(b"\r\n")]:
                 self.lost(ConnectionError(f"upgrade refused: {head[:200]!r}"))
                 self.transport.close()  # type: ignore[union-attr]
                 return
             self.head = None
-            data = head[end + 4:]
+            data = head[end + 4 :]
         if self.buf:
             data = self.buf + data
         n = len(data)
@@ -289,7 +288,7 @@ class RawClient(Client, asyncio.Protocol):
             elif ln == 127:
                 if n - off < 10:
                     break
-                ln = int.from_bytes(data[off + 2:off + 10], "big")
+                ln = int.from_bytes(data[off + 2 : off + 10], "big")
                 h = off + 10
             end = h + ln
             if end > n:
@@ -324,7 +323,9 @@ class RawClient(Client, asyncio.Protocol):
         else:
             head = bytes((first, 0xFF)) + n.to_bytes(8, "big")
         key = (self.mask * ((n >> 2) + 1))[:n]
-        masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+        masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+            n, "little"
+        )
         if not self.closed:
             self.transport.write(head + self.mask + masked)  # type: ignore[union-attr]
 
@@ -343,25 +344,34 @@ class LibClient(Client):
         super().__init__()
         self.ws: Any = None
         self.reader: asyncio.Task[None] | None = None
+        self.sending: set[asyncio.Future[None]] = set()
 
     async def start(self, url: str) -> None:
         from websockets.asyncio.client import connect
 
-        self.ws = await connect(url, compression=None, max_size=None, ping_interval=None,
-                                open_timeout=30, close_timeout=1)
+        self.ws = await connect(
+            url,
+            compression=None,
+            max_size=None,
+            ping_interval=None,
+            open_timeout=30,
+            close_timeout=1,
+        )
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         try:
             while True:
                 self.on_message(await self.ws.recv(decode=False))
-        except Exception as exc:  # noqa: BLE001 - any end of the connection ends the client
+        except Exception as exc:
             self.lost(exc)
 
     def _send_frame(self, payload: bytes) -> None:
         if not self.closed:
             # websockets sends a bytes-like as a binary frame; Engine.IO needs text frames.
-            asyncio.ensure_future(self.ws.send(payload.decode()))
+            task = asyncio.ensure_future(self.ws.send(payload.decode()))
+            self.sending.add(task)
+            task.add_done_callback(self.sending.discard)
 
     def close(self) -> None:
         if self.reader is not None:
@@ -382,8 +392,11 @@ class Target:
         loop = asyncio.get_running_loop()
         if self.ws == "raw":
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: RawClient(self.host, self.port), self.host, self.port),
-                timeout)
+                loop.create_connection(
+                    lambda: RawClient(self.host, self.port), self.host, self.port
+                ),
+                timeout,
+            )
             client: Client = proto
         else:
             client = LibClient()
@@ -395,8 +408,9 @@ class Target:
             raise
         return client
 
-    async def clients(self, n: int, concurrency: int = 100, room: str | None = None,
-                      timeout: float = 60.0) -> list[Client]:
+    async def clients(
+        self, n: int, concurrency: int = 100, room: str | None = None, timeout: float = 60.0
+    ) -> list[Client]:
         """``n`` connected clients, ``concurrency`` handshakes at a time; joined to ``room``."""
         sem = asyncio.Semaphore(concurrency)
         out: list[Client] = []
@@ -484,13 +498,17 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         c_a = (c + 1) // 2
         on_a, on_b = await asyncio.gather(
             target.clients(c_a, args.concurrency, room=args.room, timeout=args.connect_timeout),
-            Target(args.url_b, target.ws).clients(c - c_a, args.concurrency, room=args.room,
-                                                  timeout=args.connect_timeout))
+            Target(args.url_b, target.ws).clients(
+                c - c_a, args.concurrency, room=args.room, timeout=args.connect_timeout
+            ),
+        )
         for cl in on_b:
             cl.node = 1
         clients = on_a + on_b
     else:
-        clients = await target.clients(c, args.concurrency, room=args.room, timeout=args.connect_timeout)
+        clients = await target.clients(
+            c, args.concurrency, room=args.room, timeout=args.connect_timeout
+        )
     connect_s = now() - t_conn
     for cl in clients:
         cl.on_event = recv
@@ -505,7 +523,10 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     seq = 0
     out: dict[str, Any] = {"workload": "fanout", "clients": c, "connect_s": round(connect_s, 3)}
     if split:
-        out["clients_by_node"] = [sum(cl.node == 0 for cl in clients), sum(cl.node == 1 for cl in clients)]
+        out["clients_by_node"] = [
+            sum(cl.node == 0 for cl in clients),
+            sum(cl.node == 1 for cl in clients),
+        ]
     loop = asyncio.get_running_loop()
 
     def send(n: int) -> None:
@@ -519,8 +540,10 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         probes = 0
         while True:
             if now() > probe_end or probes >= args.max_probes:
-                raise RuntimeError(f"fanout: none of {probes} probe messages reached all {c} clients "
-                                   f"within {args.probe_timeout} s (best: {max(recv.counts[:max(seq, 1)])})")
+                raise RuntimeError(
+                    f"fanout: none of {probes} probe messages reached all {c} clients "
+                    f"within {args.probe_timeout} s (best: {max(recv.counts[: max(seq, 1)])})"
+                )
             send(seq)
             seq += 1
             probes += 1
@@ -569,12 +592,15 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             "messages_per_s": round((seq - s0) / win.wall, 1),
             "deliveries": delivered,
             "deliveries_per_s": round(delivered / win.wall, 1),
-            "p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
+            "p50_ms": ms(pct(lat, 50)),
+            "p99_ms": ms(pct(lat, 99)),
             "stalled": stalled,
             **win.report(delivered, "delivery"),
         }
         if split:
-            out["saturation"]["deliveries_per_s_by_node"] = [round((n1[i] - n0[i]) / win.wall, 1) for i in (0, 1)]
+            out["saturation"]["deliveries_per_s_by_node"] = [
+                round((n1[i] - n0[i]) / win.wall, 1) for i in (0, 1)
+            ]
             out["saturation"]["p50_ms_by_node"] = [ms(pct(recv.by_node[i], 50)) for i in (0, 1)]
             out["saturation"]["p99_ms_by_node"] = [ms(pct(recv.by_node[i], 99)) for i in (0, 1)]
         # let the tail drain before the ladder; then count what never arrived
@@ -582,7 +608,9 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         while recv.done_upto < seq and now() < deadline:
             await asyncio.sleep(0.01)
         sent = seq - s0
-        out["saturation"]["delivered_frac"] = round(sum(recv.counts[s0:seq]) / (sent * c), 4) if sent else None
+        out["saturation"]["delivered_frac"] = (
+            round(sum(recv.counts[s0:seq]) / (sent * c), 4) if sent else None
+        )
         out["saturation"]["refused"] = len(refused)
 
         # -- sustained: open-loop ladder of offered rates ---------------------------------------
@@ -592,7 +620,7 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         async def step(rate: float) -> dict[str, Any]:
             nonlocal seq
             msgs_per_s = rate / c
-            n = max(args.min_step_messages, int(round(msgs_per_s * args.step_seconds)))
+            n = max(args.min_step_messages, round(msgs_per_s * args.step_seconds))
             if seq + n > max_messages:
                 return {"offered_per_s": rate, "skipped": "message budget spent"}
             first = seq
@@ -618,9 +646,17 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             # n messages take n intervals of 1/msgs_per_s (the last one's interval ends after it)
             achieved = n / (send_s + 1 / msgs_per_s) * c
             ok = frac >= 0.97 and p99 is not None and p99 <= 0.050 and achieved >= 0.9 * rate
-            r = {"offered_per_s": rate, "achieved_per_s": round(achieved, 1), "messages": n,
-                 "delivered_frac": round(frac, 4), "p50_ms": ms(pct(lat, 50)), "p99_ms": ms(p99),
-                 "max_ms": ms(max(lat) if lat else None), "ok": ok, **win.report(got, "delivery")}
+            r = {
+                "offered_per_s": rate,
+                "achieved_per_s": round(achieved, 1),
+                "messages": n,
+                "delivered_frac": round(frac, 4),
+                "p50_ms": ms(pct(lat, 50)),
+                "p99_ms": ms(p99),
+                "max_ms": ms(max(lat) if lat else None),
+                "ok": ok,
+                **win.report(got, "delivery"),
+            }
             if split:
                 r["p99_ms_by_node"] = [ms(pct(recv.by_node[i], 99)) for i in (0, 1)]
             return r
@@ -661,8 +697,11 @@ async def fanout(target: Target, args: argparse.Namespace) -> dict[str, Any]:
                 lo = best = max(best, mid)
             else:
                 first_fail = mid
-        out["sustained"] = {"best_per_s": best, "steps": steps,
-                            "criteria": ">=97% delivered, p99 <= 50 ms, offered rate achieved"}
+        out["sustained"] = {
+            "best_per_s": best,
+            "steps": steps,
+            "criteria": ">=97% delivered, p99 <= 50 ms, offered rate achieved",
+        }
         out["bad_payloads"] = recv.bad
         out["refused"] = len(refused)
         if refused:
@@ -714,10 +753,16 @@ async def echo(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         state["record"] = False
         state["stop"] = True
         acks = a1 - a0
-        return {"workload": "echo", "clients": k, "acks": acks,
-                "acks_per_s": round(acks / win.wall, 1), "rtt_p50_ms": ms(pct(rtts, 50)),
-                "rtt_p99_ms": ms(pct(rtts, 99)), "refused": state.get("bad", 0),
-                **win.report(acks, "ack")}
+        return {
+            "workload": "echo",
+            "clients": k,
+            "acks": acks,
+            "acks_per_s": round(acks / win.wall, 1),
+            "rtt_p50_ms": ms(pct(rtts, 50)),
+            "rtt_p99_ms": ms(pct(rtts, 99)),
+            "refused": state.get("bad", 0),
+            **win.report(acks, "ack"),
+        }
     finally:
         close_all(clients)
 
@@ -736,14 +781,23 @@ async def connect(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.sleep(args.settle)  # greetings delivered, buffers settled
     rss1 = proc_rss_kb(pid)
     alive = sum(not c.closed for c in clients)
-    out: dict[str, Any] = {"workload": "connect", "clients": n, "alive": alive,
-                           "connect_s": round(win.wall, 3),
-                           "connects_per_s": round(n / win.wall, 1),
-                           "greetings": sum(c.events for c in clients),
-                           **win.report(n, "connection")}
+    out: dict[str, Any] = {
+        "workload": "connect",
+        "clients": n,
+        "alive": alive,
+        "connect_s": round(win.wall, 3),
+        "connects_per_s": round(n / win.wall, 1),
+        "greetings": sum(c.events for c in clients),
+        **win.report(n, "connection"),
+    }
     if rss0 is not None and rss1 is not None:
-        out.update({"rss_before_kb": rss0, "rss_after_kb": rss1,
-                    "rss_per_conn_kb": round((rss1 - rss0) / n, 2)})
+        out.update(
+            {
+                "rss_before_kb": rss0,
+                "rss_after_kb": rss1,
+                "rss_per_conn_kb": round((rss1 - rss0) / n, 2),
+            }
+        )
     close_all(clients)
     await asyncio.sleep(0.2)
     return out
@@ -771,7 +825,9 @@ async def rest(target: Target, args: argparse.Namespace) -> dict[str, Any]:
             t0 = now()
             writer.write(
                 f"POST /rooms/{args.room}/messages HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             status = int(head.split(b" ", 2)[1])
             statuses[status] = statuses.get(status, 0) + 1
@@ -794,12 +850,19 @@ async def rest(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         win.close()
         deliveries = sum(recv.counts[: args.messages])
         lat = recv.latencies
-        return {"workload": "rest", "clients": c, "messages": args.messages, "statuses": statuses,
-                "delivered_frac": round(deliveries / (c * args.messages), 4),
-                "post_p50_ms": ms(pct(post_ms, 50)),
-                "delivery_p50_ms": ms(pct(lat, 50)), "delivery_p99_ms": ms(pct(lat, 99)),
-                "last_p50_ms": ms(pct(last_ms, 50)), "last_p99_ms": ms(pct(last_ms, 99)),
-                **win.report(deliveries, "delivery")}
+        return {
+            "workload": "rest",
+            "clients": c,
+            "messages": args.messages,
+            "statuses": statuses,
+            "delivered_frac": round(deliveries / (c * args.messages), 4),
+            "post_p50_ms": ms(pct(post_ms, 50)),
+            "delivery_p50_ms": ms(pct(lat, 50)),
+            "delivery_p99_ms": ms(pct(lat, 99)),
+            "last_p50_ms": ms(pct(last_ms, 50)),
+            "last_p99_ms": ms(pct(last_ms, 99)),
+            **win.report(deliveries, "delivery"),
+        }
     finally:
         writer.close()
         close_all(clients)
@@ -813,36 +876,69 @@ DEFAULT_LADDER = [1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 400000]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="plugbus benchmark load generator (prints one JSON object)")
+    p = argparse.ArgumentParser(
+        description="plugbus benchmark load generator (prints one JSON object)"
+    )
     p.add_argument("workload", choices=sorted(WORKLOADS))
     p.add_argument("--url", default="http://127.0.0.1:3000")
     p.add_argument("--ws", choices=["raw", "websockets"], default="raw")
     p.add_argument("--server-pid", type=int, help="read this process's CPU and VmRSS from /proc")
-    p.add_argument("--cpu-pid", action="append", default=[], metavar="NAME=PID",
-                   help="also count this process's CPU as the server's (repeatable; e.g. node B, redis)")
-    p.add_argument("--url-b", help="fanout: a second node of the same cluster; half the clients go there")
-    p.add_argument("--probe-timeout", type=float, default=10.0,
-                   help="fanout: seconds for a probe message to reach every client before measuring")
+    p.add_argument(
+        "--cpu-pid",
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="also count this process's CPU as the server's (repeatable; e.g. node B, redis)",
+    )
+    p.add_argument(
+        "--url-b", help="fanout: a second node of the same cluster; half the clients go there"
+    )
+    p.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=10.0,
+        help="fanout: seconds for a probe message to reach every client before measuring",
+    )
     p.add_argument("--max-probes", type=int, default=20, help="fanout: probe messages at most")
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--room", default=None, help="default: bench (echo: a room nobody is in)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds (fanout, echo)")
     p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--window-deliveries", type=int, default=10000,
-                   help="fanout saturation: deliveries in flight (window = this / clients messages)")
+    p.add_argument(
+        "--window-deliveries",
+        type=int,
+        default=10000,
+        help="fanout saturation: deliveries in flight (window = this / clients messages)",
+    )
     p.add_argument("--max-messages", type=int, default=200_000, help="fanout: messages at most")
-    p.add_argument("--ladder", type=lambda s: [int(x) for x in s.split(",")], default=DEFAULT_LADDER,
-                   help="fanout: offered deliveries/s to try, ascending")
+    p.add_argument(
+        "--ladder",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=DEFAULT_LADDER,
+        help="fanout: offered deliveries/s to try, ascending",
+    )
     p.add_argument("--step-seconds", type=float, default=3.0)
-    p.add_argument("--min-step-messages", type=int, default=3,
-                   help="fanout: a ladder step sends at least this many messages")
-    p.add_argument("--grace", type=float, default=1.0, help="seconds a step waits for its last deliveries")
+    p.add_argument(
+        "--min-step-messages",
+        type=int,
+        default=3,
+        help="fanout: a ladder step sends at least this many messages",
+    )
+    p.add_argument(
+        "--grace", type=float, default=1.0, help="seconds a step waits for its last deliveries"
+    )
     p.add_argument("--refine", type=int, default=2, help="fanout: bisection steps after the ladder")
     p.add_argument("--stall-timeout", type=float, default=5.0)
     p.add_argument("--connect-timeout", type=float, default=120.0)
-    p.add_argument("--concurrency", type=int, default=100,
-                   help="connect, fanout: handshakes in flight (fanout --url-b: per node)")
-    p.add_argument("--settle", type=float, default=1.0, help="connect: seconds before reading VmRSS")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=100,
+        help="connect, fanout: handshakes in flight (fanout --url-b: per node)",
+    )
+    p.add_argument(
+        "--settle", type=float, default=1.0, help="connect: seconds before reading VmRSS"
+    )
     p.add_argument("--messages", type=int, default=30, help="rest: POSTs")
     p.add_argument("--gap", type=float, default=0.02, help="rest: seconds between POSTs")
     p.add_argument("--deadline", type=float, default=600.0, help="give up after this many seconds")
@@ -864,16 +960,13 @@ def main(argv: list[str] | None = None) -> int:
         name, _, pid = spec.rpartition("=")
         EXTRA_PIDS[name or f"pid {pid}"] = int(pid)
     try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass
     try:
-        if uvloop is not None:
-            result = uvloop.run(amain(args))
-        else:  # pragma: no cover
-            result = asyncio.run(amain(args))
-    except Exception as exc:  # noqa: BLE001 - one line for bench/run.py to report, after the traceback
+        result = uvloop.run(amain(args)) if uvloop is not None else asyncio.run(amain(args))
+    except Exception as exc:
         import traceback
 
         traceback.print_exc()

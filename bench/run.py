@@ -48,8 +48,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 NODE_DIR = BENCH / "servers" / "node"
 SERVERS = ("plugbus", "bare", "node")
-LABELS = {"plugbus": "plugbus (default plugins)", "bare": "bare python-socketio",
-          "node": "Node socket.io"}
+LABELS = {
+    "plugbus": "plugbus (default plugins)",
+    "bare": "bare python-socketio",
+    "node": "Node socket.io",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,53 +75,157 @@ GROUPS = {"cluster": "cluster"}  # --only NAME selects every workload of that ki
 def cluster_workloads(mode: str) -> list[Workload]:
     """Fan-out to one room over two plugbus nodes + Redis, against one node (kind ``cluster``)."""
     if mode == "smoke":
-        args = ["--duration", "1", "--warmup", "0.3", "--step-seconds", "0.5", "--grace", "0.5",
-                "--ladder", "20,40", "--refine", "0", "--stall-timeout", "3", "--min-step-messages", "2",
-                "--window-deliveries", "200", "--probe-timeout", "5"]
-        return [Workload("cluster4", "fan-out over two nodes + Redis vs one node, 4 clients", "cluster",
-                         ["--clients", "4", *args], 60)]
+        args = [
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--step-seconds",
+            "0.5",
+            "--grace",
+            "0.5",
+            "--ladder",
+            "20,40",
+            "--refine",
+            "0",
+            "--stall-timeout",
+            "3",
+            "--min-step-messages",
+            "2",
+            "--window-deliveries",
+            "200",
+            "--probe-timeout",
+            "5",
+        ]
+        return [
+            Workload(
+                "cluster4",
+                "fan-out over two nodes + Redis vs one node, 4 clients",
+                "cluster",
+                ["--clients", "4", *args],
+                60,
+            )
+        ]
     quick = mode == "quick"
     # 25 handshakes in flight per node, not the 100 of the other workloads: with a Redis backend a
     # burst of ~100 handshakes on one node exhausts its Redis connection pool (redis-py's async
     # pool: 100 connections, then MaxConnectionsError) and plugbus refuses connections with
     # moderation_unavailable. The connect phase is not measured here; both set-ups use 25.
-    args = ["--duration", "3" if quick else "5", "--warmup", "1", "--step-seconds", "1.5" if quick else "2",
-            "--ladder", "1000,2000,5000,10000,20000,50000", "--refine", "0" if quick else "1",
-            "--concurrency", "25"]
-    return [Workload(f"cluster{n}", f"fan-out to {n} clients: one room over two plugbus nodes + Redis "
-                                    "vs one node", "cluster", ["--clients", str(n), *args], 180 if n < 1000 else 240)
-            for n in ((100, 500) if quick else (100, 1000))]
+    args = [
+        "--duration",
+        "3" if quick else "5",
+        "--warmup",
+        "1",
+        "--step-seconds",
+        "1.5" if quick else "2",
+        "--ladder",
+        "1000,2000,5000,10000,20000,50000",
+        "--refine",
+        "0" if quick else "1",
+        "--concurrency",
+        "25",
+    ]
+    return [
+        Workload(
+            f"cluster{n}",
+            f"fan-out to {n} clients: one room over two plugbus nodes + Redis vs one node",
+            "cluster",
+            ["--clients", str(n), *args],
+            180 if n < 1000 else 240,
+        )
+        for n in ((100, 500) if quick else (100, 1000))
+    ]
 
 
 def workloads(mode: str) -> list[Workload]:
     if mode == "smoke":
-        fan = ["--duration", "1", "--warmup", "0.3", "--step-seconds", "0.5", "--grace", "0.5",
-               "--ladder", "20,40", "--refine", "0", "--stall-timeout", "3", "--min-step-messages", "2",
-               "--window-deliveries", "200"]
+        fan = [
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--step-seconds",
+            "0.5",
+            "--grace",
+            "0.5",
+            "--ladder",
+            "20,40",
+            "--refine",
+            "0",
+            "--stall-timeout",
+            "3",
+            "--min-step-messages",
+            "2",
+            "--window-deliveries",
+            "200",
+        ]
         return [
             Workload("A5", "fan-out, 5 clients", "fanout", ["--clients", "5", *fan], 60),
-            Workload("B", "echo, 3 clients", "echo", ["--clients", "3", "--duration", "1",
-                                                      "--warmup", "0.3"], 60),
-            Workload("C20", "connections, 20", "connect", ["--clients", "20", "--settle", "0.3"], 60),
-            Workload("D", "REST publish -> delivery, 5 clients", "rest",
-                     ["--clients", "5", "--messages", "3", "--stall-timeout", "3"], 60),
+            Workload(
+                "B",
+                "echo, 3 clients",
+                "echo",
+                ["--clients", "3", "--duration", "1", "--warmup", "0.3"],
+                60,
+            ),
+            Workload(
+                "C20", "connections, 20", "connect", ["--clients", "20", "--settle", "0.3"], 60
+            ),
+            Workload(
+                "D",
+                "REST publish -> delivery, 5 clients",
+                "rest",
+                ["--clients", "5", "--messages", "3", "--stall-timeout", "3"],
+                60,
+            ),
             *cluster_workloads(mode),
         ]
     quick = mode == "quick"
-    fan = ["--duration", "3" if quick else "5", "--warmup", "1",
-           "--step-seconds", "1.5" if quick else "3", "--refine", "1" if quick else "2"]
+    fan = [
+        "--duration",
+        "3" if quick else "5",
+        "--warmup",
+        "1",
+        "--step-seconds",
+        "1.5" if quick else "3",
+        "--refine",
+        "1" if quick else "2",
+    ]
     sizes = [1000] if quick else [1000, 5000, 10000]
     out = [
-        Workload("A100", "fan-out, 100 clients in one room", "fanout", ["--clients", "100", *fan], 240),
-        Workload("A1000", "fan-out, 1000 clients in one room", "fanout", ["--clients", "1000", *fan], 300),
-        Workload("B", "echo, 100 clients, one acked event each in flight", "echo",
-                 ["--clients", "100", "--duration", "3" if quick else "5"], 120),
+        Workload(
+            "A100", "fan-out, 100 clients in one room", "fanout", ["--clients", "100", *fan], 240
+        ),
+        Workload(
+            "A1000", "fan-out, 1000 clients in one room", "fanout", ["--clients", "1000", *fan], 300
+        ),
+        Workload(
+            "B",
+            "echo, 100 clients, one acked event each in flight",
+            "echo",
+            ["--clients", "100", "--duration", "3" if quick else "5"],
+            120,
+        ),
     ]
     for n in sizes:
-        out.append(Workload(f"C{n // 1000}k", f"connections, {n:,} websocket clients", "connect",
-                            ["--clients", str(n), "--settle", "1.5"], 300))
-    out.append(Workload("D", "REST publish -> delivery to 1000 clients", "rest",
-                        ["--clients", "1000", "--messages", "10" if quick else "30"], 180))
+        out.append(
+            Workload(
+                f"C{n // 1000}k",
+                f"connections, {n:,} websocket clients",
+                "connect",
+                ["--clients", str(n), "--settle", "1.5"],
+                300,
+            )
+        )
+    out.append(
+        Workload(
+            "D",
+            "REST publish -> delivery to 1000 clients",
+            "rest",
+            ["--clients", "1000", "--messages", "10" if quick else "30"],
+            180,
+        )
+    )
     return out + cluster_workloads(mode)
 
 
@@ -130,9 +237,14 @@ def report_workloads(keys: Any, first_mode: str = "full") -> list[Workload]:
         for w in workloads(mode):
             seen.setdefault(w.key, w)
     order = [w.key for w in workloads(first_mode)]
-    return sorted((w for k, w in seen.items() if k in keys),
-                  key=lambda w: (order.index(w.key) if w.key in order else len(order),
-                                 w.kind == "cluster", w.key))
+    return sorted(
+        (w for k, w in seen.items() if k in keys),
+        key=lambda w: (
+            order.index(w.key) if w.key in order else len(order),
+            w.kind == "cluster",
+            w.key,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,17 +306,29 @@ def plugbus_env() -> dict[str, str]:
     try:
         import yaml
 
-        limits = (yaml.safe_load((ROOT / "config.yaml").read_text()).get("server") or {}).get("limits") or {}
-    except Exception:  # noqa: BLE001 - no config to read: run with the defaults
+        limits = (yaml.safe_load((ROOT / "config.yaml").read_text()).get("server") or {}).get(
+            "limits"
+        ) or {}
+    except Exception:
         limits = {}
-    for key in ("events_per_second", "max_connections", "rest_publish_per_key", "rest_publish_per_address"):
+    for key in (
+        "events_per_second",
+        "max_connections",
+        "rest_publish_per_key",
+        "rest_publish_per_address",
+    ):
         if key in limits:
             env[f"PLUGBUS_SERVER__LIMITS__{key.upper()}"] = "0"
     return env
 
 
-def start_server(name: str, cpu: int | None, logdir: Path, extra_env: dict[str, str] | None = None,
-                 log_name: str | None = None) -> Server:
+def start_server(
+    name: str,
+    cpu: int | None,
+    logdir: Path,
+    extra_env: dict[str, str] | None = None,
+    log_name: str | None = None,
+) -> Server:
     port = free_port()
     env = dict(os.environ)
     if name == "plugbus":
@@ -219,7 +343,9 @@ def start_server(name: str, cpu: int | None, logdir: Path, extra_env: dict[str, 
         raise ValueError(name)
     log = logdir / f"{log_name or name}-{port}.log"
     with log.open("wb") as f:
-        proc = subprocess.Popen(pin(cpu) + cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            pin(cpu) + cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
     server = Server(name, port, proc, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -260,7 +386,11 @@ class Redis:
 
 def redis_ready() -> str | None:
     """None when redis-server can be started, else why not."""
-    return None if shutil.which("redis-server") else "redis-server is not installed (apt-get install redis-server)"
+    return (
+        None
+        if shutil.which("redis-server")
+        else "redis-server is not installed (apt-get install redis-server)"
+    )
 
 
 def redis_version() -> str | None:
@@ -286,13 +416,18 @@ def start_redis(cpu: int | None, logdir: Path) -> Redis:
     data = logdir / f"redis-{port}"
     data.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as f:
-        proc = subprocess.Popen(pin(cpu) + [exe, "--port", str(port), *REDIS_ARGS, "--dir", str(data)],
-                                stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            pin(cpu) + [exe, "--port", str(port), *REDIS_ARGS, "--dir", str(data)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     redis = Redis(port, proc, log)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}:\n{log.read_text()[-1000:]}")
+            raise RuntimeError(
+                f"redis-server exited with {proc.returncode}:\n{log.read_text()[-1000:]}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
@@ -307,12 +442,19 @@ def start_redis(cpu: int | None, logdir: Path) -> Redis:
 
 def git_state() -> dict[str, Any]:
     """The commit measured and the files that differed from it (read-only git commands)."""
+
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", "--no-optional-locks", *a], capture_output=True, text=True,
-                                  timeout=10, cwd=ROOT).stdout
+            return subprocess.run(
+                ["git", "--no-optional-locks", *a],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=ROOT,
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
+
     changed = [line[3:] for line in git("status", "--porcelain").splitlines() if len(line) > 3]
     return {"commit": git("rev-parse", "--short", "HEAD").strip() or None, "changed": changed}
 
@@ -320,8 +462,9 @@ def git_state() -> dict[str, Any]:
 CLUSTER_LABELS = {"single": "one node (memory backend)", "cluster": "two nodes + Redis"}
 
 
-def run_cluster(w: Workload, cpus: tuple[int | None, int | None], logdir: Path, ws: str,
-                time_left: Any) -> dict[str, dict[str, Any]]:
+def run_cluster(
+    w: Workload, cpus: tuple[int | None, int | None], logdir: Path, ws: str, time_left: Any
+) -> dict[str, dict[str, Any]]:
     """One room's fan-out on one plugbus node, then split over two nodes sharing a fresh Redis.
 
     Node A (the publisher's), node B and redis-server all run on ``cpus[0]`` (the one node's
@@ -344,7 +487,11 @@ def run_cluster(w: Workload, cpus: tuple[int | None, int | None], logdir: Path, 
                 out["single"] = run_loadgen(w, server, cpus[1], ws)
             finally:
                 server.stop()
-        print(f"bench: {w.key} one node: {headline('fanout', out['single'])}", file=sys.stderr, flush=True)
+        print(
+            f"bench: {w.key} one node: {headline('fanout', out['single'])}",
+            file=sys.stderr,
+            flush=True,
+        )
     # -- two nodes and Redis -------------------------------------------------------------------
     if not time_left():
         out["cluster"] = {"error": "skipped: --max-minutes reached"}
@@ -362,8 +509,20 @@ def run_cluster(w: Workload, cpus: tuple[int | None, int | None], logdir: Path, 
         started.append(a)
         b = start_server("plugbus", cpus[0], logdir, env, log_name=f"{w.key}-nodeB")
         started.append(b)
-        r = run_loadgen(w, a, cpus[1], ws, ["--url-b", b.url, "--cpu-pid", f"node B={b.proc.pid}",
-                                            "--cpu-pid", f"redis={redis.proc.pid}"])
+        r = run_loadgen(
+            w,
+            a,
+            cpus[1],
+            ws,
+            [
+                "--url-b",
+                b.url,
+                "--cpu-pid",
+                f"node B={b.proc.pid}",
+                "--cpu-pid",
+                f"redis={redis.proc.pid}",
+            ],
+        )
         if "error" not in r:
             r["backend"] = "redis://127.0.0.1:PORT/0"
         out["cluster"] = r
@@ -372,7 +531,11 @@ def run_cluster(w: Workload, cpus: tuple[int | None, int | None], logdir: Path, 
     finally:
         for proc in reversed(started):  # the nodes first, then Redis
             proc.stop()
-    print(f"bench: {w.key} two nodes + Redis: {headline('fanout', out['cluster'])}", file=sys.stderr, flush=True)
+    print(
+        f"bench: {w.key} two nodes + Redis: {headline('fanout', out['cluster'])}",
+        file=sys.stderr,
+        flush=True,
+    )
     return out
 
 
@@ -396,8 +559,13 @@ def machine() -> dict[str, Any]:
                 mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "ram_gib": mem_gb,
-            "kernel": platform.release(), "os": platform.platform(terse=True)}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "ram_gib": mem_gb,
+        "kernel": platform.release(),
+        "os": platform.platform(terse=True),
+    }
 
 
 def versions() -> dict[str, str | None]:
@@ -408,12 +576,25 @@ def versions() -> dict[str, str | None]:
             return None
 
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("plugbus", "python-socketio", "python-engineio", "uvicorn", "uvloop", "httptools",
-                 "websockets", "fastapi", "pydantic", "pluggy"):
+    for name in (
+        "plugbus",
+        "python-socketio",
+        "python-engineio",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "websockets",
+        "fastapi",
+        "pydantic",
+        "pluggy",
+    ):
         out[name] = dist(name)
     node = shutil.which("node")
-    out["node"] = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() \
-        if node else None
+    out["node"] = (
+        subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+        if node
+        else None
+    )
     for pkg in ("socket.io", "engine.io", "ws"):
         pj = NODE_DIR / "node_modules" / pkg / "package.json"
         out[f"npm {pkg}"] = json.loads(pj.read_text())["version"] if pj.exists() else None
@@ -452,12 +633,25 @@ class Run:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def run_loadgen(w: Workload, server: Server, cpu: int | None, ws: str,
-                extra: list[str] | None = None) -> dict[str, Any]:
+def run_loadgen(
+    w: Workload, server: Server, cpu: int | None, ws: str, extra: list[str] | None = None
+) -> dict[str, Any]:
     kind = "fanout" if w.kind == "cluster" else w.kind
-    cmd = pin(cpu) + [sys.executable, str(BENCH / "loadgen.py"), kind, "--url", server.url,
-                      "--ws", ws, "--server-pid", str(server.proc.pid), "--deadline", str(w.budget),
-                      *w.args, *(extra or [])]
+    cmd = pin(cpu) + [
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        kind,
+        "--url",
+        server.url,
+        "--ws",
+        ws,
+        "--server-pid",
+        str(server.proc.pid),
+        "--deadline",
+        str(w.budget),
+        *w.args,
+        *(extra or []),
+    ]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=w.budget + 30, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -472,8 +666,9 @@ def run_loadgen(w: Workload, server: Server, cpu: int | None, ws: str,
         return {"error": f"unreadable output: {p.stdout[-300:]!r}"}
 
 
-def profile_plugbus(cpus: tuple[int | None, int | None], logdir: Path, ws: str, mode: str,
-                    kind: str = "fanout") -> dict[str, Any]:
+def profile_plugbus(
+    cpus: tuple[int | None, int | None], logdir: Path, ws: str, mode: str, kind: str = "fanout"
+) -> dict[str, Any]:
     """py-spy record of plugbus while fan-out to 1000 clients runs at saturation
     (``kind="fanout"``), or while 100 echo clients keep one acked event each in flight
     (``kind="echo"``)."""
@@ -491,9 +686,24 @@ def profile_plugbus(cpus: tuple[int | None, int | None], logdir: Path, ws: str, 
             args += ["--ladder", "1", "--refine", "0"]
         w = Workload("P", "profile", kind, args, 180)
         gen = subprocess.Popen(
-            pin(cpus[1]) + [sys.executable, str(BENCH / "loadgen.py"), kind, "--url", server.url,
-                            "--ws", ws, "--server-pid", str(server.proc.pid), *w.args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            pin(cpus[1])
+            + [
+                sys.executable,
+                str(BENCH / "loadgen.py"),
+                kind,
+                "--url",
+                server.url,
+                "--ws",
+                ws,
+                "--server-pid",
+                str(server.proc.pid),
+                *w.args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         # wait until the clients are connected and the publisher runs: the server's CPU climbs
         deadline = time.monotonic() + 120
         time.sleep(2)
@@ -503,14 +713,50 @@ def profile_plugbus(cpus: tuple[int | None, int | None], logdir: Path, ws: str, 
             time.sleep(0.5)
         time.sleep(2)
         how = ["--native"]
-        spy = subprocess.run(pin(cpus[1]) + [pyspy, "record", "-p", str(server.proc.pid), "-d", str(seconds),
-                             "-r", "100", "-f", "raw", "-o", str(raw), *how],
-                             capture_output=True, text=True, timeout=seconds + 60)
+        spy = subprocess.run(
+            pin(cpus[1])
+            + [
+                pyspy,
+                "record",
+                "-p",
+                str(server.proc.pid),
+                "-d",
+                str(seconds),
+                "-r",
+                "100",
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+                *how,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
         if spy.returncode != 0 or not raw.exists():  # no native unwinding here: Python frames only
             how = ["--nonblocking"]
-            spy = subprocess.run(pin(cpus[1]) + [pyspy, "record", "-p", str(server.proc.pid), "-d",
-                                 str(seconds), "-r", "100", "-f", "raw", "-o", str(raw), *how],
-                                 capture_output=True, text=True, timeout=seconds + 60)
+            spy = subprocess.run(
+                pin(cpus[1])
+                + [
+                    pyspy,
+                    "record",
+                    "-p",
+                    str(server.proc.pid),
+                    "-d",
+                    str(seconds),
+                    "-r",
+                    "100",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw),
+                    *how,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 60,
+            )
         try:
             out, _ = gen.communicate(timeout=240)
         except subprocess.TimeoutExpired:
@@ -519,8 +765,15 @@ def profile_plugbus(cpus: tuple[int | None, int | None], logdir: Path, ws: str, 
         if spy.returncode != 0 or not raw.exists():
             return {"error": f"py-spy failed: {spy.stderr.strip()[-300:]}", "version": version}
         summary = summarise_profile(raw.read_text())
-        summary.update(version=version, seconds=seconds, rate_hz=100, clients=int(clients), options=how,
-                       kind=kind, raw=str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw))
+        summary.update(
+            version=version,
+            seconds=seconds,
+            rate_hz=100,
+            clients=int(clients),
+            options=how,
+            kind=kind,
+            raw=str(raw.relative_to(ROOT)) if raw.is_relative_to(ROOT) else str(raw),
+        )
         try:
             result = json.loads(out.strip().splitlines()[-1])
             summary[kind] = result.get("saturation") if kind == "fanout" else result
@@ -552,9 +805,15 @@ PY_PACKAGES = [  # (label, first component of a Python frame's file path)
 HIGHLIGHTS = [  # (label, substring of a frame) -> inclusive share
     ("plugbus pipeline and delivery (`Bus.dispatch`)", "Bus.dispatch (core/bus.py"),
     ("delivery through python-socketio (`AsyncManager.emit`)", "AsyncManager.emit (socketio/"),
-    ("`asyncio.create_task` (python-socketio: one task per recipient)", "create_task (asyncio/tasks.py"),
+    (
+        "`asyncio.create_task` (python-socketio: one task per recipient)",
+        "create_task (asyncio/tasks.py",
+    ),
     ("python-engineio's per-socket writer tasks", "writer (engineio/async_socket.py"),
-    ("uvicorn's websocket send (`WebSocketsSansIOProtocol.send`)", "WebSocketsSansIOProtocol.send ("),
+    (
+        "uvicorn's websocket send (`WebSocketsSansIOProtocol.send`)",
+        "WebSocketsSansIOProtocol.send (",
+    ),
     ("CPython's cyclic garbage collector (`gc_collect_main`)", "gc_collect_main"),
     ("`write()` system calls (socket writes)", "write (libc"),
     ("`getpid()` system calls (Python 3.11's `asyncio.get_running_loop`)", "getpid (libc"),
@@ -563,7 +822,7 @@ HIGHLIGHTS = [  # (label, substring of a frame) -> inclusive share
 
 def _frame_file(frame: str) -> str:
     i = frame.rfind("(")
-    return frame[i + 1:].rsplit(":", 1)[0].rstrip(")") if i >= 0 else ""
+    return frame[i + 1 :].rsplit(":", 1)[0].rstrip(")") if i >= 0 else ""
 
 
 def _category(frames: list[str]) -> str:
@@ -612,8 +871,9 @@ def summarise_profile(text: str) -> dict[str, Any]:
         for label, needle in HIGHLIGHTS:
             if any(needle in f for f in frames):
                 hl[label] += count
-        if any("Bus.dispatch (core/bus.py" in f for f in frames) \
-                and not any("Bus.emit (core/bus.py" in f for f in frames):
+        if any("Bus.dispatch (core/bus.py" in f for f in frames) and not any(
+            "Bus.emit (core/bus.py" in f for f in frames
+        ):
             pipeline_only += count
     if not total:
         return {"samples": 0}
@@ -622,39 +882,78 @@ def summarise_profile(text: str) -> dict[str, Any]:
         return round(100 * c / total, 1)
 
     root = max(incl_fn.values())
-    inclusive = [(f, share(c)) for f, c in sorted(incl_fn.items(), key=lambda x: (-x[1], x[0]))
-                 if c < 0.95 * root][:25]
+    inclusive = [
+        (f, share(c))
+        for f, c in sorted(incl_fn.items(), key=lambda x: (-x[1], x[0]))
+        if c < 0.95 * root
+    ][:25]
     highlights = [(label, share(c)) for label, c in hl.items()]
-    highlights.insert(1, ("plugbus pipeline without the delivery (`Bus.dispatch` minus `Bus.emit`)",
-                          share(pipeline_only)))
-    return {"samples": total,
-            "by_category": [(k, share(c)) for k, c in sorted(cats.items(), key=lambda x: -x[1])],
-            "highlights": highlights,
-            "self_top": [(f, share(c)) for f, c in sorted(self_fn.items(), key=lambda x: (-x[1], x[0]))[:15]],
-            "inclusive_top": inclusive}
+    highlights.insert(
+        1,
+        (
+            "plugbus pipeline without the delivery (`Bus.dispatch` minus `Bus.emit`)",
+            share(pipeline_only),
+        ),
+    )
+    return {
+        "samples": total,
+        "by_category": [(k, share(c)) for k, c in sorted(cats.items(), key=lambda x: -x[1])],
+        "highlights": highlights,
+        "self_top": [
+            (f, share(c)) for f, c in sorted(self_fn.items(), key=lambda x: (-x[1], x[0]))[:15]
+        ],
+        "inclusive_top": inclusive,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="shorter runs, 1k connections only")
-    mode.add_argument("--smoke", action="store_true", help="a tiny, fast configuration (the test suite's)")
-    ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: plugbus,bare,node")
-    ap.add_argument("--only", help="comma-separated workload keys (A100,A1000,B,C1k,C5k,C10k,D,"
-                    "cluster100,cluster1000) or 'cluster' for every cluster workload")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown report ('-': none)")
+    mode.add_argument(
+        "--smoke", action="store_true", help="a tiny, fast configuration (the test suite's)"
+    )
+    ap.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma-separated: plugbus,bare,node"
+    )
+    ap.add_argument(
+        "--only",
+        help="comma-separated workload keys (A100,A1000,B,C1k,C5k,C10k,D,"
+        "cluster100,cluster1000) or 'cluster' for every cluster workload",
+    )
+    ap.add_argument(
+        "--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown report ('-': none)"
+    )
     ap.add_argument("--json", help="JSON results (default bench/results/bench-<time>.json)")
-    ap.add_argument("--logs", help="folder for server logs and py-spy output (default bench/results/logs-<time>)")
-    ap.add_argument("--ws", choices=["raw", "websockets"], default="raw", help="load generator's websocket layer")
-    ap.add_argument("--profile", action="store_true",
-                    help="also py-spy plugbus under fan-out to 1000 clients and under echo")
+    ap.add_argument(
+        "--logs",
+        help="folder for server logs and py-spy output (default bench/results/logs-<time>)",
+    )
+    ap.add_argument(
+        "--ws",
+        choices=["raw", "websockets"],
+        default="raw",
+        help="load generator's websocket layer",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also py-spy plugbus under fan-out to 1000 clients and under echo",
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and generator to CPUs")
-    ap.add_argument("--max-minutes", type=float, default=20.0, help="skip what is left after this long")
-    ap.add_argument("--render", metavar="JSON", help="only write the report again from a results file")
-    ap.add_argument("--merge", metavar="JSON",
-                    help="add this run's workloads to an earlier results file (its other workloads, "
-                         "header and notes kept; these sections say when and how they were measured) "
-                         "and write the merged JSON and report")
+    ap.add_argument(
+        "--max-minutes", type=float, default=20.0, help="skip what is left after this long"
+    )
+    ap.add_argument(
+        "--render", metavar="JSON", help="only write the report again from a results file"
+    )
+    ap.add_argument(
+        "--merge",
+        metavar="JSON",
+        help="add this run's workloads to an earlier results file (its other workloads, "
+        "header and notes kept; these sections say when and how they were measured) "
+        "and write the merged JSON and report",
+    )
     args = ap.parse_args(argv)
     if args.render:
         data = json.loads(Path(args.render).read_text())
@@ -679,9 +978,15 @@ def main(argv: list[str] | None = None) -> int:
         keys = {k.strip() for k in args.only.split(",") if k.strip()}
         known = {w.key for w in selected} | set(GROUPS)
         if unknown := keys - known:
-            ap.error(f"unknown workload {', '.join(sorted(unknown))} in {mode_name} mode "
-                     f"(known: {', '.join(sorted(known))})")
-        selected = [w for w in selected if w.key in keys or any(GROUPS[g] == w.kind for g in keys & set(GROUPS))]
+            ap.error(
+                f"unknown workload {', '.join(sorted(unknown))} in {mode_name} mode "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        selected = [
+            w
+            for w in selected
+            if w.key in keys or any(GROUPS[g] == w.kind for g in keys & set(GROUPS))
+        ]
     if "plugbus" not in servers:  # the cluster workloads measure plugbus only
         selected = [w for w in selected if w.kind != "cluster"]
     if not selected:
@@ -698,13 +1003,25 @@ def main(argv: list[str] | None = None) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     json_path = Path(args.json) if args.json else results_dir / f"bench-{stamp}.json"
 
-    cmdline = os.environ.get("BENCH_COMMAND") or "bench/run.sh " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    run = Run(mode=mode_name, servers=servers, command=cmdline.strip(),
-              started=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-              machine=machine(), versions=versions(),
-              pinning=(f"server on CPU {cpus[0]}, load generator on CPU {cpus[1]} (taskset)"
-                       if cpus[0] is not None else "none (fewer than 2 cores, or --no-pin)"),
-              ws=args.ws, load_start=loadavg(), plugbus_env=plugbus_env())
+    cmdline = os.environ.get("BENCH_COMMAND") or "bench/run.sh " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    run = Run(
+        mode=mode_name,
+        servers=servers,
+        command=cmdline.strip(),
+        started=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=machine(),
+        versions=versions(),
+        pinning=(
+            f"server on CPU {cpus[0]}, load generator on CPU {cpus[1]} (taskset)"
+            if cpus[0] is not None
+            else "none (fewer than 2 cores, or --no-pin)"
+        ),
+        ws=args.ws,
+        load_start=loadavg(),
+        plugbus_env=plugbus_env(),
+    )
     t_start = time.monotonic()
 
     def time_left() -> bool:
@@ -715,11 +1032,15 @@ def main(argv: list[str] | None = None) -> int:
         run.loads[w.key] = loadavg()
         if w.kind == "cluster":
             run.sections[w.key] = {
-                "pinning": (f"node A, node B and redis-server on CPU {cpus[0]}, load generator on CPU "
-                            f"{cpus[1]} (taskset); the one node on CPU {cpus[0]}" if cpus[0] is not None
-                            else "none (fewer than 2 cores, or --no-pin)"),
+                "pinning": (
+                    f"node A, node B and redis-server on CPU {cpus[0]}, load generator on CPU "
+                    f"{cpus[1]} (taskset); the one node on CPU {cpus[0]}"
+                    if cpus[0] is not None
+                    else "none (fewer than 2 cores, or --no-pin)"
+                ),
                 "redis": {"version": redis_version(), "args": REDIS_ARGS},
-                "git": git_state()}
+                "git": git_state(),
+            }
             run.results[w.key] = run_cluster(w, cpus, logdir, args.ws, time_left)
             continue
         for name in servers:
@@ -749,11 +1070,22 @@ def main(argv: list[str] | None = None) -> int:
         for key in run.results:
             base.results[key] = run.results[key]
             base.loads[key] = run.loads[key]
-            base.sections[key] = {**run.sections.get(key, {}), "merged": {
-                "command": run.command, "mode": run.mode, "started": run.started,
-                "load_start": run.load_start, "load_end": run.load_end, "wall_s": run.wall_s,
-                "pinning": run.pinning, "ws": run.ws, "plugbus_env": run.plugbus_env,
-                "versions": run.versions, "machine": run.machine}}
+            base.sections[key] = {
+                **run.sections.get(key, {}),
+                "merged": {
+                    "command": run.command,
+                    "mode": run.mode,
+                    "started": run.started,
+                    "load_start": run.load_start,
+                    "load_end": run.load_end,
+                    "wall_s": run.wall_s,
+                    "pinning": run.pinning,
+                    "ws": run.ws,
+                    "plugbus_env": run.plugbus_env,
+                    "versions": run.versions,
+                    "machine": run.machine,
+                },
+            }
         run = base
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(run.__dict__, indent=1, default=str))
@@ -762,8 +1094,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(render(run, report_workloads(run.results, run.mode)))
         print(f"bench: report in {args.out}", file=sys.stderr)
-    errors = [(w.key, s, r["error"]) for w in selected for s, r in run.results.get(w.key, {}).items()
-              if "error" in r]
+    errors = [
+        (w.key, s, r["error"])
+        for w in selected
+        for s, r in run.results.get(w.key, {}).items()
+        if "error" in r
+    ]
     for k, s, e in errors:
         print(f"bench: {k} {s}: {e}", file=sys.stderr)
     return 1 if errors else 0
@@ -778,9 +1114,11 @@ def headline(kind: str, r: dict[str, Any]) -> str:
         return "ERROR " + r["error"]
     if kind in ("fanout", "cluster"):
         sat = r["saturation"]
-        return (f"{sat['deliveries_per_s']:,.0f} deliveries/s at saturation (p50 {sat.get('p50_ms')}, "
-                f"p99 {sat.get('p99_ms')} ms); sustained {r['sustained']['best_per_s']:,.0f}/s; "
-                f"server CPU {sat.get('server_cpu')}; gen CPU {sat['gen_cpu']}")
+        return (
+            f"{sat['deliveries_per_s']:,.0f} deliveries/s at saturation (p50 {sat.get('p50_ms')}, "
+            f"p99 {sat.get('p99_ms')} ms); sustained {r['sustained']['best_per_s']:,.0f}/s; "
+            f"server CPU {sat.get('server_cpu')}; gen CPU {sat['gen_cpu']}"
+        )
     if kind == "echo":
         return f"{r['acks_per_s']:,.0f} acks/s, p99 {r['rtt_p99_ms']} ms; gen CPU {r['gen_cpu']}"
     if kind == "connect":
@@ -832,8 +1170,12 @@ def table(run: Run, key: str, cols: list[tuple[str, str, int, bool]]) -> list[st
             v = get(r, path)
             row.append(fmt(v, digits))
             if rat:
-                row.append(ratio(v, get(rs.get("node", {}), path)) if "node" in run.servers else "—")
-                row.append(ratio(v, get(rs.get("bare", {}), path)) if "bare" in run.servers else "—")
+                row.append(
+                    ratio(v, get(rs.get("node", {}), path)) if "node" in run.servers else "—"
+                )
+                row.append(
+                    ratio(v, get(rs.get("bare", {}), path)) if "bare" in run.servers else "—"
+                )
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -851,7 +1193,10 @@ def render(run: Run, selected: list[Workload]) -> str:
         "",
     ]
     if run.mode != "full":
-        out += [f"> **{run.mode} run** — shorter workloads than the full benchmark; figures are indicative only.", ""]
+        out += [
+            f"> **{run.mode} run** — shorter workloads than the full benchmark; figures are indicative only.",
+            "",
+        ]
     # Only the load before the first workload says whether other work was running: once the
     # benchmark runs, its own pinned server and generator keep the load average near 2.
     lstart = run.load_start[0] if run.load_start else 0
@@ -886,13 +1231,17 @@ def render(run: Run, selected: list[Workload]) -> str:
         f"websockets {v['websockets']}), FastAPI {v['fastapi']}, pydantic {v['pydantic']}, pluggy {v['pluggy']}; "
         f"Node {v['node']}, socket.io {v['npm socket.io']} (engine.io {v['npm engine.io']}, ws {v['npm ws']})",
     ]
-    merged = {k: sec["merged"] for k, sec in run.sections.items() if "merged" in sec and k in run.results}
+    merged = {
+        k: sec["merged"] for k, sec in run.sections.items() if "merged" in sec and k in run.results
+    }
     for cmd in dict.fromkeys(m["command"] for m in merged.values()):
         keys = [k for k, m in merged.items() if m["command"] == cmd]
         m = merged[keys[0]]
-        out.append(f"- measured later and merged in (`--merge`): {', '.join(keys)}, by `{cmd}` ({m['mode']} mode, "
-                   f"{m['wall_s']:.0f} s) on {m['started']}, load average {m['load_start']} at its start and "
-                   f"{m['load_end']} at its end; their sections say how they ran")
+        out.append(
+            f"- measured later and merged in (`--merge`): {', '.join(keys)}, by `{cmd}` ({m['mode']} mode, "
+            f"{m['wall_s']:.0f} s) on {m['started']}, load average {m['load_start']} at its start and "
+            f"{m['load_end']} at its end; their sections say how they ran"
+        )
     out.append("")
     for w in selected:
         key = w.key
@@ -901,17 +1250,35 @@ def render(run: Run, selected: list[Workload]) -> str:
         if w.kind == "cluster":
             out += cluster_section(run, w)
             continue
-        out += [f"## {key} — {w.title}", "", f"Load average at the start of this workload: {run.loads.get(key)}.", ""]
+        out += [
+            f"## {key} — {w.title}",
+            "",
+            f"Load average at the start of this workload: {run.loads.get(key)}.",
+            "",
+        ]
         if w.kind == "fanout":
-            out += table(run, key, [
-                ("deliveries/s at saturation", "saturation.deliveries_per_s", 0, True),
-                ("sustained deliveries/s (≥97 %, p99 ≤ 50 ms)", "sustained.best_per_s", 0, True),
-                ("server CPU µs / delivery", "saturation.server_cpu_us_per_delivery", 1, True),
-                ("server CPU share", "saturation.server_cpu", 2, False),
-                ("gen CPU", "saturation.gen_cpu", 2, False),
-                ("clients connect+join s", "connect_s", 2, False),
-            ])
-            out += ["", "Ladder of offered rates (deliveries/s → delivered fraction, p99 ms; ✓ = sustained):", ""]
+            out += table(
+                run,
+                key,
+                [
+                    ("deliveries/s at saturation", "saturation.deliveries_per_s", 0, True),
+                    (
+                        "sustained deliveries/s (≥97 %, p99 ≤ 50 ms)",
+                        "sustained.best_per_s",
+                        0,
+                        True,
+                    ),
+                    ("server CPU µs / delivery", "saturation.server_cpu_us_per_delivery", 1, True),
+                    ("server CPU share", "saturation.server_cpu", 2, False),
+                    ("gen CPU", "saturation.gen_cpu", 2, False),
+                    ("clients connect+join s", "connect_s", 2, False),
+                ],
+            )
+            out += [
+                "",
+                "Ladder of offered rates (deliveries/s → delivered fraction, p99 ms; ✓ = sustained):",
+                "",
+            ]
             for name in run.servers:
                 steps = get(run.results[key].get(name, {}), "sustained.steps") or []
                 cells = []
@@ -919,40 +1286,54 @@ def render(run: Run, selected: list[Workload]) -> str:
                     if s.get("skipped"):
                         cells.append(f"{s['offered_per_s']:,.0f}: skipped ({s['skipped']})")
                         continue
-                    cells.append(f"{s['offered_per_s']:,.0f} → {s['delivered_frac']:.3f}, "
-                                 f"{fmt(s['p99_ms'], 1)} {'✓' if s['ok'] else '✗'}")
+                    cells.append(
+                        f"{s['offered_per_s']:,.0f} → {s['delivered_frac']:.3f}, "
+                        f"{fmt(s['p99_ms'], 1)} {'✓' if s['ok'] else '✗'}"
+                    )
                 out.append(f"- {LABELS[name]}: " + ("; ".join(cells) if cells else "—"))
         elif w.kind == "echo":
-            out += table(run, key, [
-                ("acks/s", "acks_per_s", 0, True),
-                ("RTT p50 ms", "rtt_p50_ms", 2, False),
-                ("RTT p99 ms", "rtt_p99_ms", 2, False),
-                ("server CPU µs / ack", "server_cpu_us_per_ack", 1, True),
-                ("server CPU share", "server_cpu", 2, False),
-                ("gen CPU", "gen_cpu", 2, False),
-            ])
+            out += table(
+                run,
+                key,
+                [
+                    ("acks/s", "acks_per_s", 0, True),
+                    ("RTT p50 ms", "rtt_p50_ms", 2, False),
+                    ("RTT p99 ms", "rtt_p99_ms", 2, False),
+                    ("server CPU µs / ack", "server_cpu_us_per_ack", 1, True),
+                    ("server CPU share", "server_cpu", 2, False),
+                    ("gen CPU", "gen_cpu", 2, False),
+                ],
+            )
         elif w.kind == "connect":
-            out += table(run, key, [
-                ("connected", "alive", 0, False),
-                ("time to connect s", "connect_s", 2, True),
-                ("connections/s", "connects_per_s", 0, False),
-                ("server RSS per connection KB", "rss_per_conn_kb", 1, True),
-                ("server CPU µs / connection", "server_cpu_us_per_connection", 0, False),
-                ("RSS before MB", "rss_before_kb", 0, False),
-                ("RSS after MB", "rss_after_kb", 0, False),
-                ("gen CPU", "gen_cpu", 2, False),
-            ])
-            out[-len(run.servers):] = [_kb_to_mb(line) for line in out[-len(run.servers):]]
+            out += table(
+                run,
+                key,
+                [
+                    ("connected", "alive", 0, False),
+                    ("time to connect s", "connect_s", 2, True),
+                    ("connections/s", "connects_per_s", 0, False),
+                    ("server RSS per connection KB", "rss_per_conn_kb", 1, True),
+                    ("server CPU µs / connection", "server_cpu_us_per_connection", 0, False),
+                    ("RSS before MB", "rss_before_kb", 0, False),
+                    ("RSS after MB", "rss_after_kb", 0, False),
+                    ("gen CPU", "gen_cpu", 2, False),
+                ],
+            )
+            out[-len(run.servers) :] = [_kb_to_mb(line) for line in out[-len(run.servers) :]]
         elif w.kind == "rest":
-            out += table(run, key, [
-                ("delivery p50 ms", "delivery_p50_ms", 2, True),
-                ("delivery p99 ms", "delivery_p99_ms", 2, True),
-                ("last of the room p50 ms", "last_p50_ms", 2, False),
-                ("last of the room p99 ms", "last_p99_ms", 2, False),
-                ("POST p50 ms", "post_p50_ms", 2, False),
-                ("delivered", "delivered_frac", 3, False),
-                ("server CPU µs / delivery", "server_cpu_us_per_delivery", 1, True),
-            ])
+            out += table(
+                run,
+                key,
+                [
+                    ("delivery p50 ms", "delivery_p50_ms", 2, True),
+                    ("delivery p99 ms", "delivery_p99_ms", 2, True),
+                    ("last of the room p50 ms", "last_p50_ms", 2, False),
+                    ("last of the room p99 ms", "last_p99_ms", 2, False),
+                    ("POST p50 ms", "post_p50_ms", 2, False),
+                    ("delivered", "delivered_frac", 3, False),
+                    ("server CPU µs / delivery", "server_cpu_us_per_delivery", 1, True),
+                ],
+            )
         out.append("")
     out += targets(run)
     if run.notes:
@@ -1033,47 +1414,70 @@ def cluster_section(run: Run, w: Workload) -> list[str]:
     if m:
         lmax = max(m["load_start"][0], m["load_end"][0], (run.loads.get(key) or [0])[0])
         cores = (m.get("machine") or {}).get("cores") or 1
-        out += [f"Measured after the rest of this report and merged in: `{m['command']}` ({m['mode']} mode, "
-                f"{m['wall_s']:.0f} s for all its workloads) on {m['started']}; load average (1, 5, 15 min) "
-                f"{m['load_start']} at its start, {m['load_end']} at its end."
-                + (f" **Provisional:** the machine was busy (1-minute load up to {lmax} on {cores} cores, "
-                   "the benchmark's own processes included)." if lmax > 0.5 * cores else ""), ""]
+        out += [
+            f"Measured after the rest of this report and merged in: `{m['command']}` ({m['mode']} mode, "
+            f"{m['wall_s']:.0f} s for all its workloads) on {m['started']}; load average (1, 5, 15 min) "
+            f"{m['load_start']} at its start, {m['load_end']} at its end."
+            + (
+                f" **Provisional:** the machine was busy (1-minute load up to {lmax} on {cores} cores, "
+                "the benchmark's own processes included)."
+                if lmax > 0.5 * cores
+                else ""
+            ),
+            "",
+        ]
     out += [f"Load average at the start of this workload: {run.loads.get(key)}.", ""]
     split = two.get("clients_by_node") or ["?", "?"]
     redis = sec.get("redis") or {}
-    env = ", ".join(f"`{k}={v}`" for k, v in ((m or {}).get("plugbus_env") or run.plugbus_env).items())
-    out += [f"Set-up: {get(two, 'clients') or get(one, 'clients') or '?'} clients in one room, split "
-            f"{split[0]} on node A and {split[1]} on node B; one publisher on node A (not in the room) sends "
-            "`send-message`. Each node is `python -m plugbus serve` with the harness's settings "
-            f"({env}) plus `PLUGBUS_SERVER__BACKEND=redis://127.0.0.1:PORT/0`; the two share a fresh "
-            f"redis-server {redis.get('version') or '?'} on a free loopback port "
-            f"(`{' '.join(a if a else chr(34) * 2 for a in redis.get('args', REDIS_ARGS))}`), stopped by PID "
-            "afterwards. *One node* is the same workload on one plugbus with the memory backend, measured just "
-            f"before. Pinning: {sec.get('pinning', run.pinning)}."]
+    env = ", ".join(
+        f"`{k}={v}`" for k, v in ((m or {}).get("plugbus_env") or run.plugbus_env).items()
+    )
+    out += [
+        f"Set-up: {get(two, 'clients') or get(one, 'clients') or '?'} clients in one room, split "
+        f"{split[0]} on node A and {split[1]} on node B; one publisher on node A (not in the room) sends "
+        "`send-message`. Each node is `python -m plugbus serve` with the harness's settings "
+        f"({env}) plus `PLUGBUS_SERVER__BACKEND=redis://127.0.0.1:PORT/0`; the two share a fresh "
+        f"redis-server {redis.get('version') or '?'} on a free loopback port "
+        f"(`{' '.join(a if a else chr(34) * 2 for a in redis.get('args', REDIS_ARGS))}`), stopped by PID "
+        "afterwards. *One node* is the same workload on one plugbus with the memory backend, measured just "
+        f"before. Pinning: {sec.get('pinning', run.pinning)}."
+    ]
     g = sec.get("git") or {}
     if g.get("commit"):
         changed = g.get("changed") or []
         code = [c for c in changed if not c.startswith(("bench/", "docs/", "tests/"))]
-        out[-1] += (f" Code measured: commit {g['commit']}"
-                    + (f" plus uncommitted changes to {', '.join(f'`{c}`' for c in code)}" if code else "") + ".")
+        out[-1] += (
+            f" Code measured: commit {g['commit']}"
+            + (f" plus uncommitted changes to {', '.join(f'`{c}`' for c in code)}" if code else "")
+            + "."
+        )
     out.append("")
-    cols = [("deliveries/s at saturation", "saturation.deliveries_per_s", 0, True),
-            ("messages/s", "saturation.messages_per_s", 0, False),
-            ("p50 ms at saturation", "saturation.p50_ms", 1, True),
-            ("p99 ms at saturation", "saturation.p99_ms", 1, True),
-            ("sustained deliveries/s (≥97 %, p99 ≤ 50 ms)", "sustained.best_per_s", 0, False),
-            ("server CPU µs / delivery (all server processes)", "saturation.server_cpu_us_per_delivery", 1, True),
-            ("server CPU share", "saturation.server_cpu", 2, False),
-            ("gen CPU", "saturation.gen_cpu", 2, False),
-            ("clients connect+join s", "connect_s", 2, False)]
+    cols = [
+        ("deliveries/s at saturation", "saturation.deliveries_per_s", 0, True),
+        ("messages/s", "saturation.messages_per_s", 0, False),
+        ("p50 ms at saturation", "saturation.p50_ms", 1, True),
+        ("p99 ms at saturation", "saturation.p99_ms", 1, True),
+        ("sustained deliveries/s (≥97 %, p99 ≤ 50 ms)", "sustained.best_per_s", 0, False),
+        (
+            "server CPU µs / delivery (all server processes)",
+            "saturation.server_cpu_us_per_delivery",
+            1,
+            True,
+        ),
+        ("server CPU share", "saturation.server_cpu", 2, False),
+        ("gen CPU", "saturation.gen_cpu", 2, False),
+        ("clients connect+join s", "connect_s", 2, False),
+    ]
     head = ["configuration"]
     for h, _, _, rat in cols:
         head += [h] + (["÷ one node"] if rat else [])
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in (("single", one), ("cluster", two)):
         if "error" in r or not r:
-            out.append(f"| {CLUSTER_LABELS[name]} | error: {(r.get('error') or 'not run')[:150]} |"
-                       + " |" * (len(head) - 2))
+            out.append(
+                f"| {CLUSTER_LABELS[name]} | error: {(r.get('error') or 'not run')[:150]} |"
+                + " |" * (len(head) - 2)
+            )
             continue
         row = [CLUSTER_LABELS[name]]
         for _, path, digits, rat in cols:
@@ -1090,20 +1494,29 @@ def cluster_section(run: Run, w: Workload) -> list[str]:
         p99 = sat.get("p99_ms_by_node") or [None, None]
         cpu = sat.get("cpu_by_process") or {}
         cpu_s = ", ".join(f"{'node A' if k == 'server' else k} {v:.2f}" for k, v in cpu.items())
-        out += [f"Two nodes + Redis at saturation, per node: node A ({split[0]} clients, the publisher's) "
-                f"{fmt(by[0])} deliveries/s, p50 {fmt(p50[0], 1)} / p99 {fmt(p99[0], 1)} ms; node B "
-                f"({split[1]} clients) {fmt(by[1])} deliveries/s, p50 {fmt(p50[1], 1)} / p99 {fmt(p99[1], 1)} ms. "
-                f"CPU share by process (CPU seconds per second; they share one core when pinned): "
-                f"{cpu_s or '—'}.", ""]
+        out += [
+            f"Two nodes + Redis at saturation, per node: node A ({split[0]} clients, the publisher's) "
+            f"{fmt(by[0])} deliveries/s, p50 {fmt(p50[0], 1)} / p99 {fmt(p99[0], 1)} ms; node B "
+            f"({split[1]} clients) {fmt(by[1])} deliveries/s, p50 {fmt(p50[1], 1)} / p99 {fmt(p99[1], 1)} ms. "
+            f"CPU share by process (CPU seconds per second; they share one core when pinned): "
+            f"{cpu_s or '—'}.",
+            "",
+        ]
         if "error" not in one:
             parts = []
-            for label, path in (("deliveries/s", "saturation.deliveries_per_s"), ("p50", "saturation.p50_ms"),
-                                ("p99", "saturation.p99_ms"),
-                                ("server CPU per delivery", "saturation.server_cpu_us_per_delivery")):
+            for label, path in (
+                ("deliveries/s", "saturation.deliveries_per_s"),
+                ("p50", "saturation.p50_ms"),
+                ("p99", "saturation.p99_ms"),
+                ("server CPU per delivery", "saturation.server_cpu_us_per_delivery"),
+            ):
                 parts.append(f"{label} {ratio(get(two, path), get(one, path))}")
             out += ["**Two nodes + Redis ÷ one node:** " + ", ".join(parts) + ".", ""]
-    out += ["Ladder of offered rates (deliveries/s → delivered fraction, p50 / p99 ms; ✓ = sustained; "
-            "for two nodes also node A / node B p99):", ""]
+    out += [
+        "Ladder of offered rates (deliveries/s → delivered fraction, p50 / p99 ms; ✓ = sustained; "
+        "for two nodes also node A / node B p99):",
+        "",
+    ]
     for name, r in (("single", one), ("cluster", two)):
         cells = []
         for s in get(r, "sustained.steps") or []:
@@ -1111,9 +1524,11 @@ def cluster_section(run: Run, w: Workload) -> list[str]:
                 cells.append(f"{s['offered_per_s']:,.0f}: skipped ({s['skipped']})")
                 continue
             node = s.get("p99_ms_by_node")
-            cells.append(f"{s['offered_per_s']:,.0f} → {s['delivered_frac']:.3f}, {fmt(s['p50_ms'], 1)} / "
-                         f"{fmt(s['p99_ms'], 1)} {'✓' if s['ok'] else '✗'}"
-                         + (f" (A {fmt(node[0], 1)}, B {fmt(node[1], 1)})" if node else ""))
+            cells.append(
+                f"{s['offered_per_s']:,.0f} → {s['delivered_frac']:.3f}, {fmt(s['p50_ms'], 1)} / "
+                f"{fmt(s['p99_ms'], 1)} {'✓' if s['ok'] else '✗'}"
+                + (f" (A {fmt(node[0], 1)}, B {fmt(node[1], 1)})" if node else "")
+            )
         out.append(f"- {CLUSTER_LABELS[name]}: " + ("; ".join(cells) if cells else "—"))
     return out + [""]
 
@@ -1160,9 +1575,11 @@ def targets(run: Run) -> list[str]:
     fan_cpu, fan_thr = "saturation.server_cpu_us_per_delivery", "saturation.deliveries_per_s"
     rows = []
     parts, effs = [], []
-    for key, cpu_path, thr_path, label in (("B", "server_cpu_us_per_ack", "acks_per_s", "echo"),
-                                           ("A100", fan_cpu, fan_thr, "fan-out 100"),
-                                           ("A1000", fan_cpu, fan_thr, "fan-out 1000")):
+    for key, cpu_path, thr_path, label in (
+        ("B", "server_cpu_us_per_ack", "acks_per_s", "echo"),
+        ("A100", fan_cpu, fan_thr, "fan-out 100"),
+        ("A1000", fan_cpu, fan_thr, "fan-out 1000"),
+    ):
         e, t = eff(key, "plugbus", "bare", cpu_path), thr(key, "plugbus", "bare", thr_path)
         if e is not None or t is not None:
             parts.append(f"{label}: plugbus = {both(e, t)} bare")
@@ -1170,50 +1587,89 @@ def targets(run: Run) -> list[str]:
                 effs.append(e)
     prof = run.profile_echo or {}
     share = dict(prof.get("highlights") or []).get(
-        "plugbus pipeline without the delivery (`Bus.dispatch` minus `Bus.emit`)")
+        "plugbus pipeline without the delivery (`Bus.dispatch` minus `Bus.emit`)"
+    )
     if share is not None:
-        parts.append(f"under echo, the pipeline itself (`Bus.dispatch` minus the delivery) takes {share} % "
-                     "of plugbus's samples (py-spy, below): plugbus is faster than bare because its Socket.IO "
-                     "transport does less, not because the pipeline is free")
+        parts.append(
+            f"under echo, the pipeline itself (`Bus.dispatch` minus the delivery) takes {share} % "
+            "of plugbus's samples (py-spy, below): plugbus is faster than bare because its Socket.IO "
+            "transport does less, not because the pipeline is free"
+        )
     if parts:
-        rows.append(("The plugin pipeline costs ≤ 10 % against bare python-socketio doing the same work "
-                     "(plugbus ≥ 0.91× bare)", "; ".join(parts), mark(min(effs) >= 1 / 1.10) if effs else "—"))
+        rows.append(
+            (
+                "The plugin pipeline costs ≤ 10 % against bare python-socketio doing the same work "
+                "(plugbus ≥ 0.91× bare)",
+                "; ".join(parts),
+                mark(min(effs) >= 1 / 1.10) if effs else "—",
+            )
+        )
     e, t = eff("A1000", "plugbus", "bare", fan_cpu), thr("A1000", "plugbus", "bare", fan_thr)
     if e is not None or t is not None:
-        rows.append(("Fan-out at 1000: ≥ 3× bare python-socketio at saturation",
-                     f"{fmt(val('A1000', 'plugbus', fan_thr))} deliveries/s; plugbus = {both(e, t)} bare",
-                     mark(e >= 3) if e is not None else "—"))
+        rows.append(
+            (
+                "Fan-out at 1000: ≥ 3× bare python-socketio at saturation",
+                f"{fmt(val('A1000', 'plugbus', fan_thr))} deliveries/s; plugbus = {both(e, t)} bare",
+                mark(e >= 3) if e is not None else "—",
+            )
+        )
     e, t = eff("A1000", "plugbus", "node", fan_cpu), thr("A1000", "plugbus", "node", fan_thr)
     if e is not None or t is not None:
-        rows.append(("Fan-out at 1000: ≈ 0.5× Node at saturation",
-                     f"plugbus = {both(e, t)} Node ({fmt(val('A1000', 'node', fan_thr))} deliveries/s)",
-                     mark(e >= 0.5) if e is not None else "—"))
+        rows.append(
+            (
+                "Fan-out at 1000: ≈ 0.5× Node at saturation",
+                f"plugbus = {both(e, t)} Node ({fmt(val('A1000', 'node', fan_thr))} deliveries/s)",
+                mark(e >= 0.5) if e is not None else "—",
+            )
+        )
     sus = val("A1000", "plugbus", "sustained.best_per_s")
     if sus is not None:
-        rows.append(("Fan-out at 1000: sustained ≥ 20,000 deliveries/s at p99 ≤ 50 ms",
-                     f"{fmt(sus)} deliveries/s (bare {fmt(val('A1000', 'bare', 'sustained.best_per_s'))}, "
-                     f"Node {fmt(val('A1000', 'node', 'sustained.best_per_s'))}; 0 = not even the lowest "
-                     "rung, 1 message/s)", mark(sus >= 20000)))
-    e, t = eff("B", "plugbus", "bare", "server_cpu_us_per_ack"), thr("B", "plugbus", "bare", "acks_per_s")
+        rows.append(
+            (
+                "Fan-out at 1000: sustained ≥ 20,000 deliveries/s at p99 ≤ 50 ms",
+                f"{fmt(sus)} deliveries/s (bare {fmt(val('A1000', 'bare', 'sustained.best_per_s'))}, "
+                f"Node {fmt(val('A1000', 'node', 'sustained.best_per_s'))}; 0 = not even the lowest "
+                "rung, 1 message/s)",
+                mark(sus >= 20000),
+            )
+        )
+    e, t = (
+        eff("B", "plugbus", "bare", "server_cpu_us_per_ack"),
+        thr("B", "plugbus", "bare", "acks_per_s"),
+    )
     if e is not None or t is not None:
-        rows.append(("Echo ≥ 1.5× bare python-socketio",
-                     f"{fmt(val('B', 'plugbus', 'acks_per_s'))} acks/s; plugbus = {both(e, t)} bare",
-                     mark(e >= 1.5) if e is not None else "—"))
+        rows.append(
+            (
+                "Echo ≥ 1.5× bare python-socketio",
+                f"{fmt(val('B', 'plugbus', 'acks_per_s'))} acks/s; plugbus = {both(e, t)} bare",
+                mark(e >= 1.5) if e is not None else "—",
+            )
+        )
     for key in ("C10k", "C5k", "C1k", "C20"):
         kb = val(key, "plugbus", "rss_per_conn_kb")
         if kb is not None:
-            rows.append((f"Memory per idle websocket connection ≤ 25 KB ({key})",
-                         f"{kb:.1f} KB (bare {fmt(val(key, 'bare', 'rss_per_conn_kb'), 1)}, "
-                         f"Node {fmt(val(key, 'node', 'rss_per_conn_kb'), 1)})", mark(kb <= 25)))
+            rows.append(
+                (
+                    f"Memory per idle websocket connection ≤ 25 KB ({key})",
+                    f"{kb:.1f} KB (bare {fmt(val(key, 'bare', 'rss_per_conn_kb'), 1)}, "
+                    f"Node {fmt(val(key, 'node', 'rss_per_conn_kb'), 1)})",
+                    mark(kb <= 25),
+                )
+            )
             break
     if not rows:
         return []
-    out = ["## Issue 7 targets, this run", "",
-           "Each target is judged on CPU-normalised throughput — operations per second of server CPU, "
-           "i.e. the inverse of *server CPU µs per delivery/ack* — because on a busy machine the raw "
-           "throughput ratio mostly says how much of its core each server happened to get. On an idle "
-           "machine, where every server saturates its core, the two ratios are the same.", "",
-           "| target | figure | status |", "|---|---|---|"]
+    out = [
+        "## Issue 7 targets, this run",
+        "",
+        "Each target is judged on CPU-normalised throughput — operations per second of server CPU, "
+        "i.e. the inverse of *server CPU µs per delivery/ack* — because on a busy machine the raw "
+        "throughput ratio mostly says how much of its core each server happened to get. On an idle "
+        "machine, where every server saturates its core, the two ratios are the same.",
+        "",
+        "| target | figure | status |",
+        "|---|---|---|",
+    ]
     out += [f"| {t} | {f} | {s} |" for t, f, s in rows]
     return out + [""]
 
@@ -1227,31 +1683,49 @@ def profile_section(p: dict[str, Any]) -> list[str]:
     native = "--native" in opts
     if echo:
         r = p.get("echo") or {}
-        during = (f"{p['clients']} echo clients each kept one acked `send-message` in flight (that run: "
-                  f"{fmt(r.get('acks_per_s'))} acks/s, {fmt(r.get('server_cpu_us_per_ack'), 1)} µs of server "
-                  f"CPU per ack, server CPU share {fmt(r.get('server_cpu'), 2)}")
+        during = (
+            f"{p['clients']} echo clients each kept one acked `send-message` in flight (that run: "
+            f"{fmt(r.get('acks_per_s'))} acks/s, {fmt(r.get('server_cpu_us_per_ack'), 1)} µs of server "
+            f"CPU per ack, server CPU share {fmt(r.get('server_cpu'), 2)}"
+        )
     else:
         sat = p.get("fanout") or {}
-        during = (f"fan-out to {p['clients']} clients ran at saturation (that run: "
-                  f"{fmt(sat.get('deliveries_per_s'))} deliveries/s, {fmt(sat.get('server_cpu_us_per_delivery'), 1)} "
-                  f"µs of server CPU per delivery, server CPU share {fmt(sat.get('server_cpu'), 2)}")
+        during = (
+            f"fan-out to {p['clients']} clients ran at saturation (that run: "
+            f"{fmt(sat.get('deliveries_per_s'))} deliveries/s, {fmt(sat.get('server_cpu_us_per_delivery'), 1)} "
+            f"µs of server CPU per delivery, server CPU share {fmt(sat.get('server_cpu'), 2)}"
+        )
     out += [
         f"{p['version']}, `py-spy record {opts} -r {p['rate_hz']} -f raw` for {p['seconds']} s on the plugbus "
         f"server while {during}; py-spy's sampling slows it). "
         f"{p['samples']} samples; shares are of the samples. "
-        + ("Native frames are included, so the garbage collector and system calls show as themselves. "
-           if native else "Python frames only: native time is charged to the Python frame that called it. ")
-        + f"Raw stacks: `{p.get('raw')}` (not committed)." + (f" {p['note']}" if p.get("note") else ""),
+        + (
+            "Native frames are included, so the garbage collector and system calls show as themselves. "
+            if native
+            else "Python frames only: native time is charged to the Python frame that called it. "
+        )
+        + f"Raw stacks: `{p.get('raw')}` (not committed)."
+        + (f" {p['note']}" if p.get("note") else ""),
         "",
         "| where the time goes (each sample counted once) | share % |",
         "|---|---|",
     ]
     out += [f"| {name} | {share} |" for name, share in p.get("by_category", [])]
-    out += ["", "| selected functions (inclusive: the function and what it calls) | share % |", "|---|---|"]
+    out += [
+        "",
+        "| selected functions (inclusive: the function and what it calls) | share % |",
+        "|---|---|",
+    ]
     out += [f"| {name} | {share} |" for name, share in p.get("highlights", [])]
     out += ["", "Top frames by self time:", "", "| frame | self % |", "|---|---|"]
     out += [f"| `{name}` | {share} |" for name, share in p.get("self_top", [])[:12]]
-    out += ["", "Top frames by inclusive time (below the common root):", "", "| frame | inclusive % |", "|---|---|"]
+    out += [
+        "",
+        "Top frames by inclusive time (below the common root):",
+        "",
+        "| frame | inclusive % |",
+        "|---|---|",
+    ]
     out += [f"| `{name}` | {share} |" for name, share in p.get("inclusive_top", [])[:15]]
     return out + [""]
 

@@ -83,15 +83,26 @@ class Server:
                 self.proc.wait(5)
 
 
-def start_server(directory: Path, config: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> Server:
+def start_server(
+    directory: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> Server:
     """Start plugbus with the embedded config overlaid by ``config``; wait until it serves."""
     port = free_port()
     base = yaml.safe_load((ROOT / "config.yaml").read_text())
     # Short pings: python-engineio's polling client waits up to one ping interval to disconnect.
-    base = deep_merge(base, {"server": {"port": port, "log_level": "warning", "ping_interval": 2,
-                                        "ping_timeout": 5, "shutdown_timeout": 2},
-                             "plugins": {"entry_points": False}})
+    base = deep_merge(
+        base,
+        {
+            "server": {
+                "port": port,
+                "log_level": "warning",
+                "ping_interval": 2,
+                "ping_timeout": 5,
+                "shutdown_timeout": 2,
+            },
+            "plugins": {"entry_points": False},
+        },
+    )
     merged = deep_merge(base, config or {})
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / f"config-{port}.yaml"
@@ -100,7 +111,9 @@ def start_server(directory: Path, config: dict[str, Any] | None = None,
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "plugbus", "serve", "--config", str(config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     server = Server(f"http://127.0.0.1:{port}", port, proc, config_path, log_path)
     _wait_until_serving(server)
@@ -113,7 +126,9 @@ def restart_server(server: Server, env: dict[str, str] | None = None) -> None:
     with server.log_path.open("ab") as log:
         server.proc = subprocess.Popen(
             [sys.executable, "-m", "plugbus", "serve", "--config", str(server.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     _wait_until_serving(server)
 
@@ -238,9 +253,21 @@ class RedisServer:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed: scripts/test.sh installs it"
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -286,8 +313,10 @@ class SocketClient:
         while len(self.received(event)) < count:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise AssertionError(f"{event!r} arrived {len(self.received(event))} times, "
-                                     f"wanted {count}; got {self.events!r}")
+                raise AssertionError(
+                    f"{event!r} arrived {len(self.received(event))} times, "
+                    f"wanted {count}; got {self.events!r}"
+                )
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
@@ -296,8 +325,11 @@ class SocketClient:
         return self.received(event)
 
     async def call(self, event: str, *data: Any, timeout: float = 5.0) -> Any:
-        return await self.sio.call(event, data[0] if len(data) == 1 else data, timeout=timeout) \
-            if data else await self.sio.call(event, timeout=timeout)
+        return (
+            await self.sio.call(event, data[0] if len(data) == 1 else data, timeout=timeout)
+            if data
+            else await self.sio.call(event, timeout=timeout)
+        )
 
     async def emit(self, event: str, data: Any) -> None:
         await self.sio.emit(event, data)

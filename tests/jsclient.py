@@ -55,8 +55,12 @@ class JsClient:
     @classmethod
     async def start(cls, url: str) -> JsClient:
         proc = await asyncio.create_subprocess_exec(
-            require_node(), str(INTEROP / "driver.mjs"), url, cwd=INTEROP,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            require_node(),
+            str(INTEROP / "driver.mjs"),
+            url,
+            cwd=INTEROP,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         return cls(proc)
 
@@ -81,7 +85,9 @@ class JsClient:
                 return hits
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise AssertionError(f"JS client: wanted {count} matching lines, got {self.lines!r}")
+                raise AssertionError(
+                    f"JS client: wanted {count} matching lines, got {self.lines!r}"
+                )
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
@@ -106,7 +112,9 @@ class JsClient:
         return reply[0] if len(reply) == 1 else reply
 
     def events(self, name: str) -> list[list[Any]]:
-        return [from_wire(m["args"]) for m in self.lines if m["type"] == "event" and m["event"] == name]
+        return [
+            from_wire(m["args"]) for m in self.lines if m["type"] == "event" and m["event"] == name
+        ]
 
     async def wait_event(self, name: str, count: int = 1, timeout: float = 10.0) -> list[list[Any]]:
         await self.wait(lambda m: m["type"] == "event" and m["event"] == name, timeout, count)

@@ -36,11 +36,27 @@ def record(text: str) -> str:
 
 
 def static_config(**auth) -> dict:
-    return {"server": {"log_level": "debug"}, "plugins": {"modules": WHOAMI, "settings": {"auth": {
-        "mode": "static",
-        "tokens": [{"token": "$env:ALICE_TOKEN", "user_id": "alice", "name": "Alice", "roles": ["staff"]},
-                   {"token": BOB_TOKEN, "user_id": "bob"}],
-        **auth}}}}
+    return {
+        "server": {"log_level": "debug"},
+        "plugins": {
+            "modules": WHOAMI,
+            "settings": {
+                "auth": {
+                    "mode": "static",
+                    "tokens": [
+                        {
+                            "token": "$env:ALICE_TOKEN",
+                            "user_id": "alice",
+                            "name": "Alice",
+                            "roles": ["staff"],
+                        },
+                        {"token": BOB_TOKEN, "user_id": "bob"},
+                    ],
+                    **auth,
+                }
+            },
+        },
+    }
 
 
 ENV = {**PYPATH, "ALICE_TOKEN": ALICE_TOKEN}
@@ -63,7 +79,12 @@ async def test_static_tokens_refuse_missing_and_wrong_and_admit_the_right_one(se
     assert "invalid token" in await refused(server, auth={"token": ALICE_TOKEN[:-1]})
     # The identity reached plugbus_connect and the event handler of another plugin.
     who = await alice.call("whoami")
-    assert who["data"] == {"user_id": "alice", "name": "Alice", "roles": ["staff"], "seen_at_connect": "alice"}
+    assert who["data"] == {
+        "user_id": "alice",
+        "name": "Alice",
+        "roles": ["staff"],
+        "seen_at_connect": "alice",
+    }
     bob = await connect(server, headers={"Authorization": f"Bearer {BOB_TOKEN}"})
     assert (await bob.call("whoami"))["data"]["user_id"] == "bob"
     # The refusals disturbed nobody.
@@ -75,24 +96,56 @@ async def test_static_tokens_refuse_missing_and_wrong_and_admit_the_right_one(se
 
 
 def make_jwt(key, alg="HS256", **claims) -> str:
-    payload = {"sub": "carol", "name": "Carol", "roles": ["admin"], "exp": int(time.time()) + 300, **claims}
+    payload = {
+        "sub": "carol",
+        "name": "Carol",
+        "roles": ["admin"],
+        "exp": int(time.time()) + 300,
+        **claims,
+    }
     return jwt.encode(payload, key, algorithm=alg)
 
 
 async def test_jwt_hs256_says_why_a_token_is_refused(serve, connect):
-    server = serve({"server": {"log_level": "debug"}, "plugins": {"modules": WHOAMI, "settings": {"auth": {
-        "mode": "jwt", "jwt": {"algorithms": ["HS256"], "secret": "$env:JWT_SECRET",
-                               "issuer": "https://issuer.test", "audience": "plugbus"}}}}},
-        env={**PYPATH, "JWT_SECRET": JWT_SECRET})
-    good = dict(iss="https://issuer.test", aud="plugbus")
+    server = serve(
+        {
+            "server": {"log_level": "debug"},
+            "plugins": {
+                "modules": WHOAMI,
+                "settings": {
+                    "auth": {
+                        "mode": "jwt",
+                        "jwt": {
+                            "algorithms": ["HS256"],
+                            "secret": "$env:JWT_SECRET",
+                            "issuer": "https://issuer.test",
+                            "audience": "plugbus",
+                        },
+                    }
+                },
+            },
+        },
+        env={**PYPATH, "JWT_SECRET": JWT_SECRET},
+    )
+    good = {"iss": "https://issuer.test", "aud": "plugbus"}
     carol = await connect(server, auth={"token": make_jwt(JWT_SECRET, **good)})
     assert (await carol.call("whoami"))["data"]["roles"] == ["admin"]
-    assert "token expired" in await refused(server, auth={"token": make_jwt(JWT_SECRET, exp=int(time.time()) - 60, **good)})
-    assert "signature does not verify" in await refused(server, auth={"token": make_jwt("not-the-secret-but-as-long-as-the-real-one", **good)})
+    assert "token expired" in await refused(
+        server, auth={"token": make_jwt(JWT_SECRET, exp=int(time.time()) - 60, **good)}
+    )
+    assert "signature does not verify" in await refused(
+        server, auth={"token": make_jwt("not-the-secret-but-as-long-as-the-real-one", **good)}
+    )
     assert "malformed token" in await refused(server, auth={"token": "abc.def"})
-    assert "issuer is not accepted" in await refused(server, auth={"token": make_jwt(JWT_SECRET, iss="evil", aud="plugbus")})
-    assert "audience is not accepted" in await refused(server, auth={"token": make_jwt(JWT_SECRET, iss="https://issuer.test", aud="x")})
-    no_exp = jwt.encode({"sub": "x", "iss": "https://issuer.test", "aud": "plugbus"}, JWT_SECRET, algorithm="HS256")
+    assert "issuer is not accepted" in await refused(
+        server, auth={"token": make_jwt(JWT_SECRET, iss="evil", aud="plugbus")}
+    )
+    assert "audience is not accepted" in await refused(
+        server, auth={"token": make_jwt(JWT_SECRET, iss="https://issuer.test", aud="x")}
+    )
+    no_exp = jwt.encode(
+        {"sub": "x", "iss": "https://issuer.test", "aud": "plugbus"}, JWT_SECRET, algorithm="HS256"
+    )
     assert "lacks the 'exp' claim" in await refused(server, auth={"token": no_exp})
     assert "authentication required" in await refused(server)
     assert carol.sio.connected
@@ -102,24 +155,53 @@ async def test_jwt_hs256_says_why_a_token_is_refused(serve, connect):
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])
 async def test_jwt_with_a_public_key(serve, connect, alg):
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048) if alg == "RS256" \
+    private = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if alg == "RS256"
         else ec.generate_private_key(ec.SECP256R1())
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048) if alg == "RS256" \
+    )
+    other = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if alg == "RS256"
         else ec.generate_private_key(ec.SECP256R1())
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    server = serve({"plugins": {"modules": WHOAMI, "settings": {"auth": {
-        "mode": "jwt", "jwt": {"algorithms": [alg], "public_key": public_pem}}}}}, env=PYPATH)
+    )
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    server = serve(
+        {
+            "plugins": {
+                "modules": WHOAMI,
+                "settings": {
+                    "auth": {"mode": "jwt", "jwt": {"algorithms": [alg], "public_key": public_pem}}
+                },
+            }
+        },
+        env=PYPATH,
+    )
     client = await connect(server, auth={"token": make_jwt(private, alg)})
     assert (await client.call("whoami"))["data"]["user_id"] == "carol"
-    assert "signature does not verify" in await refused(server, auth={"token": make_jwt(other, alg)})
-    assert "does not accept" in await refused(server, auth={"token": make_jwt("an-hs256-secret-of-thirty-two-bytes-or-more", "HS256")})
+    assert "signature does not verify" in await refused(
+        server, auth={"token": make_jwt(other, alg)}
+    )
+    assert "does not accept" in await refused(
+        server, auth={"token": make_jwt("an-hs256-secret-of-thirty-two-bytes-or-more", "HS256")}
+    )
 
 
 async def test_a_deployment_can_swap_in_its_own_authentication(serve, connect):
     """Switch the built-in off; a plugin of one's own answers plugbus_authenticate."""
-    server = serve({"plugins": {"builtins": ["welcome", "rooms", "relay"],
-                                "modules": {**WHOAMI, "cookie": "fixture_plugins.cookie_auth"}}}, env=PYPATH)
+    server = serve(
+        {
+            "plugins": {
+                "builtins": ["welcome", "rooms", "relay"],
+                "modules": {**WHOAMI, "cookie": "fixture_plugins.cookie_auth"},
+            }
+        },
+        env=PYPATH,
+    )
     ok = await connect(server, headers={"Cookie": "session=valid-session"})
     assert (await ok.call("whoami"))["data"]["user_id"] == "cookie-user"
     assert "no session cookie" in await refused(server)
@@ -135,29 +217,62 @@ def problem(resp: httpx.Response, status: int, code: str) -> dict:
 
 
 async def test_rest_api_keys_and_scopes(serve, connect):
-    server = serve({"server": {"log_level": "debug"}, "plugins": {"settings": {"auth": {"api_keys": [
-        {"name": "backend", "key": "$env:PUBLISH_KEY", "scopes": ["publish"]},
-        {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]}]}}}},
-        env={"PUBLISH_KEY": PUBLISH_KEY})
+    server = serve(
+        {
+            "server": {"log_level": "debug"},
+            "plugins": {
+                "settings": {
+                    "auth": {
+                        "api_keys": [
+                            {"name": "backend", "key": "$env:PUBLISH_KEY", "scopes": ["publish"]},
+                            {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]},
+                        ]
+                    }
+                }
+            },
+        },
+        env={"PUBLISH_KEY": PUBLISH_KEY},
+    )
     member = await connect(server, wait_welcome=True)
     await member.call("join-room", {"room": "news"})
     publish = {"Authorization": f"Bearer {PUBLISH_KEY}"}
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with httpx.AsyncClient(base_url=server.url) as http:
-        body = problem(await http.post("/rooms/news/messages", json={"message": "x"}), 401, "unauthorized")
+        body = problem(
+            await http.post("/rooms/news/messages", json={"message": "x"}), 401, "unauthorized"
+        )
         assert "missing API key" in body["detail"]
-        body = problem(await http.post("/rooms/news/messages", json={"message": "x"},
-                                       headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+        body = problem(
+            await http.post(
+                "/rooms/news/messages",
+                json={"message": "x"},
+                headers={"Authorization": "Bearer wrong"},
+            ),
+            401,
+            "unauthorized",
+        )
         assert body["detail"] == "invalid API key"
-        problem(await http.post("/rooms/news/messages", json={"message": "x"},
-                                headers={"Authorization": PUBLISH_KEY}), 401, "unauthorized")
-        resp = await http.post("/rooms/news/messages", json={"message": "published"}, headers=publish)
+        problem(
+            await http.post(
+                "/rooms/news/messages",
+                json={"message": "x"},
+                headers={"Authorization": PUBLISH_KEY},
+            ),
+            401,
+            "unauthorized",
+        )
+        resp = await http.post(
+            "/rooms/news/messages", json={"message": "published"}, headers=publish
+        )
         assert resp.status_code == 200
         body = problem(await http.get("/plugins", headers=publish), 403, "insufficient_scope")
         assert body["details"] == {"required": "read", "key": "backend"}
         assert (await http.get("/plugins", headers=admin)).status_code == 200
-        assert (await http.post("/events/send-message", json={"message": "m", "roomID": "news"},
-                                headers=admin)).status_code == 200
+        assert (
+            await http.post(
+                "/events/send-message", json={"message": "m", "roomID": "news"}, headers=admin
+            )
+        ).status_code == 200
         assert (await http.get("/health")).status_code == 200  # public
         spec = (await http.get("/openapi.json")).json()
     assert await member.wait_for("receive-message", count=2) == ["published", "m"]
@@ -167,9 +282,16 @@ async def test_rest_api_keys_and_scopes(serve, connect):
 
 
 async def test_room_rules_refuse_and_admit(serve, connect):
-    server = serve(static_config(rooms=[{"pattern": "staff-*", "roles": ["staff"]},
-                                        {"pattern": "private-{user_id}", "anyone_identified": True},
-                                        {"pattern": "private-*"}]), env=ENV)
+    server = serve(
+        static_config(
+            rooms=[
+                {"pattern": "staff-*", "roles": ["staff"]},
+                {"pattern": "private-{user_id}", "anyone_identified": True},
+                {"pattern": "private-*"},
+            ]
+        ),
+        env=ENV,
+    )
     alice = await connect(server, auth={"token": ALICE_TOKEN})
     bob = await connect(server, auth={"token": BOB_TOKEN})
     ack = await bob.call("join-room", {"room": "staff-room"})
@@ -177,7 +299,9 @@ async def test_room_rules_refuse_and_admit(serve, connect):
     assert ack["error"]["message"] == "you may not join room 'staff-room'"
     assert (await alice.call("join-room", {"room": "staff-room"}))["ok"]
     assert (await bob.call("join-room", {"room": "private-bob"}))["ok"]
-    assert (await bob.call("join-room", {"room": "private-alice"}))["error"]["code"] == "forbidden_room"
+    assert (await bob.call("join-room", {"room": "private-alice"}))["error"][
+        "code"
+    ] == "forbidden_room"
     assert (await bob.call("join-room", {"room": "lobby"}))["ok"]
 
 
@@ -212,8 +336,12 @@ async def test_event_rate_limit_refuses_then_recovers(serve, connect):
 
 
 async def test_oversized_messages_are_refused_at_the_transport(serve, connect):
-    server = serve({"server": {"max_message_bytes": 2000},
-                    "plugins": {"settings": {"moderation": {"max_length": 0}}}})
+    server = serve(
+        {
+            "server": {"max_message_bytes": 2000},
+            "plugins": {"settings": {"moderation": {"max_length": 0}}},
+        }
+    )
     big = await connect(server, transports=["websocket"], wait_welcome=True)
     other = await connect(server, wait_welcome=True)
     await other.call("join-room", {"room": "r"})
@@ -224,7 +352,11 @@ async def test_oversized_messages_are_refused_at_the_transport(serve, connect):
         await asyncio.sleep(0.1)
     assert not big.sio.connected  # closed with WebSocket code 1009, "message too big"
     async with httpx.AsyncClient(base_url=server.url) as http:
-        body = problem(await http.post("/rooms/r/messages", json={"message": "y" * 5000}), 413, "payload_too_large")
+        body = problem(
+            await http.post("/rooms/r/messages", json={"message": "y" * 5000}),
+            413,
+            "payload_too_large",
+        )
         assert "2000 bytes" in body["detail"]
     assert (await other.call("send-message", {"message": "small", "roomID": "r"}))["ok"]
     assert await other.wait_for("receive-message") == ["small"]

@@ -34,7 +34,11 @@ NODE_INSTALL = "(cd bench/servers/node && npm ci --no-audit --no-fund --loglevel
 
 
 def redis_available() -> str | None:
-    return None if shutil.which("redis-server") else "redis-server is not installed (scripts/test.sh installs it)"
+    return (
+        None
+        if shutil.which("redis-server")
+        else "redis-server is not installed (scripts/test.sh installs it)"
+    )
 
 
 def node_available() -> str | None:
@@ -42,7 +46,9 @@ def node_available() -> str | None:
     if shutil.which("node") is None:
         return "node is not installed"
     if not (NODE_DIR / "node_modules" / "socket.io").is_dir() and shutil.which("npm") is None:
-        return f"socket.io is not installed in bench/servers/node and npm is missing: {NODE_INSTALL}"
+        return (
+            f"socket.io is not installed in bench/servers/node and npm is missing: {NODE_INSTALL}"
+        )
     return None
 
 
@@ -72,15 +78,40 @@ def positive(x: Any) -> bool:
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench")
     servers = ["plugbus", "bare"] + (["node"] if node_available() is None else [])
-    cmd = ["bash", str(ROOT / "bench" / "run.sh"), "--smoke", "--servers", ",".join(servers),
-           "--only", "A5,B,C20,D",  # the cluster workload: its own run below
-           "--out", str(out / "benchmarks.md"), "--json", str(out / "bench.json"),
-           "--logs", str(out / "logs"), "--max-minutes", "4"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=360,
-                          env={**os.environ, "PYTHON": sys.executable})
-    assert proc.returncode == 0, f"bench/run.sh --smoke exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-    return {"servers": servers, "json": json.loads((out / "bench.json").read_text()),
-            "md": (out / "benchmarks.md").read_text(), "stderr": proc.stderr}
+    cmd = [
+        "bash",
+        str(ROOT / "bench" / "run.sh"),
+        "--smoke",
+        "--servers",
+        ",".join(servers),
+        "--only",
+        "A5,B,C20,D",  # the cluster workload: its own run below
+        "--out",
+        str(out / "benchmarks.md"),
+        "--json",
+        str(out / "bench.json"),
+        "--logs",
+        str(out / "logs"),
+        "--max-minutes",
+        "4",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=360,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, (
+        f"bench/run.sh --smoke exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    )
+    return {
+        "servers": servers,
+        "json": json.loads((out / "bench.json").read_text()),
+        "md": (out / "benchmarks.md").read_text(),
+        "stderr": proc.stderr,
+    }
 
 
 def test_every_workload_ran_on_every_server(smoke: dict[str, Any]) -> None:
@@ -126,9 +157,19 @@ def test_figures_are_positive_numbers(smoke: dict[str, Any]) -> None:
 def test_report_is_well_formed(smoke: dict[str, Any]) -> None:
     md = smoke["md"]
     assert md.startswith("# plugbus benchmarks\n")
-    for needle in ("- command: `bench/run.sh --smoke", "- machine: ", "- versions: ", "python-socketio ",
-                   "- load average (1, 5, 15 min): ", "- pinning: ",
-                   "## A5 ", "## B ", "## C20 ", "## D ", "## Issue 7 targets, this run"):
+    for needle in (
+        "- command: `bench/run.sh --smoke",
+        "- machine: ",
+        "- versions: ",
+        "python-socketio ",
+        "- load average (1, 5, 15 min): ",
+        "- pinning: ",
+        "## A5 ",
+        "## B ",
+        "## C20 ",
+        "## D ",
+        "## Issue 7 targets, this run",
+    ):
         assert needle in md, needle
     # every table: a header, a separator, and rows with as many cells as the header
     tables: list[list[str]] = []
@@ -147,8 +188,11 @@ def test_report_is_well_formed(smoke: dict[str, Any]) -> None:
         for row in t:
             assert row.count("|") == width, row
     for server in smoke["servers"]:
-        label = {"plugbus": "plugbus (default plugins)", "bare": "bare python-socketio",
-                 "node": "Node socket.io"}[server]
+        label = {
+            "plugbus": "plugbus (default plugins)",
+            "bare": "bare python-socketio",
+            "node": "Node socket.io",
+        }[server]
         rows = [r for r in md.splitlines() if r.startswith(f"| {label} |")]
         assert len(rows) == 4, (server, rows)  # one per workload table
         assert not any("error" in r for r in rows), rows
@@ -166,14 +210,39 @@ def cluster_smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             pytest.fail(f"the benchmark's cluster workload cannot run under CI: {why}")
         pytest.skip(f"the benchmark's cluster workload cannot run here: {why}")
     out = tmp_path_factory.mktemp("bench-cluster")
-    cmd = ["bash", str(ROOT / "bench" / "run.sh"), "--smoke", "--only", "cluster", "--servers", "plugbus",
-           "--out", str(out / "benchmarks.md"), "--json", str(out / "bench.json"),
-           "--logs", str(out / "logs"), "--max-minutes", "2"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHON": sys.executable})
-    assert proc.returncode == 0, f"bench/run.sh --smoke --only cluster exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-    return {"json": json.loads((out / "bench.json").read_text()), "md": (out / "benchmarks.md").read_text(),
-            "logs": out / "logs"}
+    cmd = [
+        "bash",
+        str(ROOT / "bench" / "run.sh"),
+        "--smoke",
+        "--only",
+        "cluster",
+        "--servers",
+        "plugbus",
+        "--out",
+        str(out / "benchmarks.md"),
+        "--json",
+        str(out / "bench.json"),
+        "--logs",
+        str(out / "logs"),
+        "--max-minutes",
+        "2",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, (
+        f"bench/run.sh --smoke --only cluster exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    )
+    return {
+        "json": json.loads((out / "bench.json").read_text()),
+        "md": (out / "benchmarks.md").read_text(),
+        "logs": out / "logs",
+    }
 
 
 def test_cluster_workload_ran_on_one_node_and_on_two(cluster_smoke: dict[str, Any]) -> None:
@@ -202,7 +271,9 @@ def test_cluster_workload_ran_on_one_node_and_on_two(cluster_smoke: dict[str, An
 def test_cluster_redis_was_stopped(cluster_smoke: dict[str, Any]) -> None:
     logs = sorted(cluster_smoke["logs"].glob("redis-*.log"))
     assert len(logs) == 1, logs
-    assert "ready to exit" in logs[0].read_text(), logs[0].read_text()[-500:]  # shut down on our SIGTERM
+    assert "ready to exit" in logs[0].read_text(), logs[0].read_text()[
+        -500:
+    ]  # shut down on our SIGTERM
 
 
 def test_cluster_report_is_well_formed(cluster_smoke: dict[str, Any]) -> None:
@@ -210,8 +281,10 @@ def test_cluster_report_is_well_formed(cluster_smoke: dict[str, Any]) -> None:
     assert md.startswith("# plugbus benchmarks\n")
     assert "## cluster4 " in md
     assert "Pinning: node A, node B and redis-server on CPU" in md or "Pinning: none" in md
-    rows = {label: [r for r in md.splitlines() if r.startswith(f"| {label} |")]
-            for label in ("one node (memory backend)", "two nodes + Redis")}
+    rows = {
+        label: [r for r in md.splitlines() if r.startswith(f"| {label} |")]
+        for label in ("one node (memory backend)", "two nodes + Redis")
+    }
     for label, found in rows.items():
         assert len(found) == 1 and "error" not in found[0], (label, found)
     header = next(r for r in md.splitlines() if r.startswith("| configuration |"))
@@ -222,8 +295,13 @@ def test_cluster_report_is_well_formed(cluster_smoke: dict[str, Any]) -> None:
 
 def test_disconnect_storm_benchmark_runs_and_prints_its_table() -> None:
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "bench" / "disconnect_storm.py"), "50"],
-                         capture_output=True, text=True, timeout=60, cwd=root)
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "disconnect_storm.py"), "50"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| 50 |")]
     assert len(rows) == 1

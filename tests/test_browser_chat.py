@@ -6,12 +6,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, ARTIFACTS
+from conftest import ARTIFACTS, ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -21,7 +26,9 @@ async def browser():
 
     assert Path(CHROMIUM).exists(), "chromium is not installed: scripts/test.sh installs it"
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         yield browser
         await browser.close()
 
@@ -63,7 +70,7 @@ async def test_two_browsers_chat_rest_escaping_and_refusals(serve, browser, reco
 
     html = '<b id="injected">bold</b><img src=x onerror="document.title=\'pwned\'">'
     await say(alice, html)
-    await bob.wait_for_selector("#log li.message >> text=<b id=\"injected\">")
+    await bob.wait_for_selector('#log li.message >> text=<b id="injected">')
     assert await bob.locator("#injected").count() == 0
     assert await bob.locator("#log img").count() == 0
     assert await bob.title() == "plugbus chat"
@@ -89,9 +96,19 @@ async def test_chat_page_loads_socketio_client_from_plugbus_itself(default_serve
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script src="static/socket.io.min.js"></script>' in page.text
     assert "//cdn" not in page.text and "https://" not in page.text
-    npm_file = ROOT / "tests" / "interop" / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+    npm_file = (
+        ROOT
+        / "tests"
+        / "interop"
+        / "node_modules"
+        / "socket.io-client"
+        / "dist"
+        / "socket.io.min.js"
+    )
     assert script.status_code == 200
-    assert script.content == npm_file.read_bytes(), "api/static/socket.io.min.js differs from the pinned npm package"
+    assert script.content == npm_file.read_bytes(), (
+        "api/static/socket.io.min.js differs from the pinned npm package"
+    )
 
 
 async def test_chat_page_can_be_switched_off(serve):

@@ -9,7 +9,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import RedisServer, free_port
 
 
@@ -98,8 +97,10 @@ async def test_delivery_resumes_after_redis_restarts(two_nodes, redis_server, co
     await asyncio.to_thread(redis_server.restart)
     deadline = time.monotonic() + 20
     n = 0
-    while "after restart" not in [m for m in on_b.received("receive-message")]:
-        assert time.monotonic() < deadline, f"nothing crossed nodes after the restart: {on_b.events}"
+    while "after restart" not in list(on_b.received("receive-message")):
+        assert time.monotonic() < deadline, (
+            f"nothing crossed nodes after the restart: {on_b.events}"
+        )
         n += 1
         await on_a.call("send-message", {"message": "after restart", "roomID": "resilient"})
         await asyncio.sleep(0.5)
@@ -114,8 +115,12 @@ def test_unreachable_redis_stops_start_up_with_the_url_masked(tmp_path):
     port = free_port()  # nothing listens there
     config = tmp_path / "config.yaml"
     config.write_text(f"server:\n  backend: redis://:hunter2@127.0.0.1:{port}/0\n")
-    result = subprocess.run([sys.executable, "-m", "plugbus", "serve", "--config", str(config)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "plugbus", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert f"server.backend: cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
@@ -149,8 +154,13 @@ async def test_server_side_operations_by_connection_id_work_from_any_node(two_no
 async def test_a_greeting_changed_on_one_node_greets_on_every_node(two_nodes, connect):
     a, b = two_nodes
     async with httpx.AsyncClient(base_url=a.url) as http:
-        resp = await http.put("/welcome", json={"greeting": "Hello from the cluster, {sid}",
-                                                "room_greetings": {"news": "News room"}})
+        resp = await http.put(
+            "/welcome",
+            json={
+                "greeting": "Hello from the cluster, {sid}",
+                "room_greetings": {"news": "News room"},
+            },
+        )
         assert resp.status_code == 200, resp.text
     async with httpx.AsyncClient(base_url=b.url) as http:
         assert (await http.get("/welcome")).json()["greeting"] == "Hello from the cluster, {sid}"

@@ -101,9 +101,12 @@ def undocumented(source: str) -> list[str]:
         if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
             if not ast.get_docstring(node):
                 missing.append(f"class {node.name} (line {node.lineno})")
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            if any(is_hookimpl(d) for d in node.decorator_list) and not ast.get_docstring(node):
-                missing.append(f"hook {node.name} (line {node.lineno})")
+        elif (
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and any(is_hookimpl(d) for d in node.decorator_list)
+            and not ast.get_docstring(node)
+        ):
+            missing.append(f"hook {node.name} (line {node.lineno})")
     return missing
 
 
@@ -161,18 +164,28 @@ def test_helpers_detect_what_they_look_for() -> None:
     assert "pydantic" not in bad and "plugbus.core.events" not in bad
     assert {"fastapi.routing", "starlette", "plugbus.api", "plugbus.api.socket_door"} <= set(bad)
     plugin_src = "from plugbus import core\nfrom plugbus import Event\nfrom core.bus import Bus\n"
-    bad = [m for _, m in imported_modules(plugin_src, "plugbus.plugins") if matches(m, PLUGINS_FORBIDDEN)]
+    bad = [
+        m
+        for _, m in imported_modules(plugin_src, "plugbus.plugins")
+        if matches(m, PLUGINS_FORBIDDEN)
+    ]
     assert bad == ["plugbus.core", "core.bus", "core.bus.Bus"]
 
-    assert sorted(undocumented(
-        "class A:\n    '''doc'''\n    @hookimpl\n    def plugbus_x(self): pass\n"
-        "    @plugbus.hookimpl(tryfirst=True)\n    async def plugbus_y(self): pass\n"
-        "    def helper(self): pass\nclass _Private: pass\nclass B: pass\n"
-    )) == ["class B (line 9)", "hook plugbus_x (line 4)", "hook plugbus_y (line 6)"]
+    assert sorted(
+        undocumented(
+            "class A:\n    '''doc'''\n    @hookimpl\n    def plugbus_x(self): pass\n"
+            "    @plugbus.hookimpl(tryfirst=True)\n    async def plugbus_y(self): pass\n"
+            "    def helper(self): pass\nclass _Private: pass\nclass B: pass\n"
+        )
+    ) == ["class B (line 9)", "hook plugbus_x (line 4)", "hook plugbus_y (line 6)"]
 
     yaml_text = "# s\nserver:\n  # a\n  a: 1\n  b: 2\n\n  c: 3\n  d:\n    e: 1\n  f: 2\n"
     assert uncommented_keys(yaml_text, {("server",)}) == [
-        "line 7: server.c", "line 8: server.d", "line 9: server.d.e", "line 10: server.f"]
+        "line 7: server.c",
+        "line 8: server.d",
+        "line 9: server.d.e",
+        "line 10: server.f",
+    ]
 
 
 # -- the hook contract ------------------------------------------------------------------------
@@ -180,7 +193,8 @@ def test_helpers_detect_what_they_look_for() -> None:
 
 def hookspec_functions() -> dict[str, Any]:
     return {
-        name: obj for name, obj in vars(hookspecs).items()
+        name: obj
+        for name, obj in vars(hookspecs).items()
         if name.startswith("plugbus_") and inspect.isfunction(obj)
     }
 
@@ -211,26 +225,31 @@ def test_hookspec_docstring_states_when_what_and_how(name: str) -> None:
     assert doc, f"{name} has no docstring"
     assert "Called" in doc, f"{name}: the docstring does not say when it is called"
     for param in inspect.signature(func).parameters:
-        assert re.search(rf"^:param {re.escape(param)}:", doc, re.MULTILINE), \
+        assert re.search(rf"^:param {re.escape(param)}:", doc, re.MULTILINE), (
             f"{name}: parameter {param!r} is not documented with ':param {param}:'"
+        )
     documented = re.findall(r"^:param (\w+):", doc, re.MULTILINE)
-    assert set(documented) <= set(inspect.signature(func).parameters), \
+    assert set(documented) <= set(inspect.signature(func).parameters), (
         f"{name}: documents parameters it does not have: {documented}"
+    )
     if name in hookspecs.AWAITED_HOOKS:
-        assert "Awaited" in doc and "Collected" not in doc, f"{name} is awaited; its docstring must say so"
+        assert "Awaited" in doc and "Collected" not in doc, (
+            f"{name} is awaited; its docstring must say so"
+        )
     else:
-        assert "Collected" in doc and "Not awaited" in doc, \
+        assert "Collected" in doc and "Not awaited" in doc, (
             f"{name} is not in AWAITED_HOOKS, so it is collected; its docstring must say so"
+        )
 
 
 def test_awaited_hooks_are_exactly_the_non_collected_hookspecs() -> None:
     specs = set(hookspec_functions())
-    assert hookspecs.AWAITED_HOOKS <= specs, hookspecs.AWAITED_HOOKS - specs
-    assert ALWAYS_COLLECTED <= specs
+    assert specs >= hookspecs.AWAITED_HOOKS, hookspecs.AWAITED_HOOKS - specs
+    assert specs >= ALWAYS_COLLECTED
     assert not (hookspecs.AWAITED_HOOKS & ALWAYS_COLLECTED)
     # Every hookspec is either awaited or one of the collected hooks the module docstring lists.
     assert collected_hooks() == collected_hooks_named_in_module_docstring()
-    assert ALWAYS_COLLECTED <= collected_hooks()
+    assert collected_hooks() >= ALWAYS_COLLECTED
 
 
 def test_hookspecs_are_marked_for_the_plugbus_project() -> None:
@@ -250,7 +269,9 @@ def test_public_surface_exists_and_is_documented() -> None:
         if inspect.isclass(obj):
             doc = vars(obj).get("__doc__")
             assert doc and doc.strip(), f"plugbus.{name} has no docstring of its own"
-            assert not doc.startswith(f"{obj.__name__}("), f"plugbus.{name}: generated docstring only"
+            assert not doc.startswith(f"{obj.__name__}("), (
+                f"plugbus.{name}: generated docstring only"
+            )
         elif inspect.isfunction(obj):
             assert (obj.__doc__ or "").strip(), f"plugbus.{name} has no docstring"
 
@@ -265,8 +286,9 @@ def test_names_plugins_take_from_plugbus_are_public() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module == "plugbus" and not node.level:
                 for alias in node.names:
-                    assert alias.name in plugbus.__all__, \
+                    assert alias.name in plugbus.__all__, (
                         f"{path.name}:{node.lineno} imports {alias.name} from plugbus, not in __all__"
+                    )
 
 
 # -- layering ---------------------------------------------------------------------------------
@@ -277,14 +299,20 @@ def test_sources_exist() -> None:
 
 
 def test_core_imports_no_web_framework() -> None:
-    problems = [p for path in sorted(CORE.glob("*.py"))
-                for p in forbidden_imports(path, "plugbus.core", CORE_FORBIDDEN)]
+    problems = [
+        p
+        for path in sorted(CORE.glob("*.py"))
+        for p in forbidden_imports(path, "plugbus.core", CORE_FORBIDDEN)
+    ]
     assert problems == []
 
 
 def test_plugins_import_only_plugbus_and_libraries() -> None:
-    problems = [p for path in sorted(PLUGINS.rglob("*.py"))
-                for p in forbidden_imports(path, "plugbus.plugins", PLUGINS_FORBIDDEN)]
+    problems = [
+        p
+        for path in sorted(PLUGINS.rglob("*.py"))
+        for p in forbidden_imports(path, "plugbus.plugins", PLUGINS_FORBIDDEN)
+    ]
     assert problems == []
     # Whatever else they import is the stdlib, plugbus itself, or an installed library.
     installed = set(importlib.metadata.packages_distributions())
@@ -299,8 +327,11 @@ def test_plugins_import_only_plugbus_and_libraries() -> None:
 
 
 def test_plugins_document_public_classes_and_hooks() -> None:
-    problems = [f"{path.name}: {item}" for path in sorted(PLUGINS.rglob("*.py"))
-                for item in undocumented(path.read_text(encoding="utf-8"))]
+    problems = [
+        f"{path.name}: {item}"
+        for path in sorted(PLUGINS.rglob("*.py"))
+        for item in undocumented(path.read_text(encoding="utf-8"))
+    ]
     assert problems == []
 
 
@@ -318,10 +349,14 @@ def test_embedded_default_loads_to_the_same_values_as_config_yaml() -> None:
     embedded = load_config(None)
     top = load_config(CONFIG_YAML)
     assert embedded.config.model_dump() == top.config.model_dump()
-    assert Path(embedded.path).read_text(encoding="utf-8") == CONFIG_YAML.read_text(encoding="utf-8")
+    assert Path(embedded.path).read_text(encoding="utf-8") == CONFIG_YAML.read_text(
+        encoding="utf-8"
+    )
 
 
-def model_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+def model_keys(
+    model: type[BaseModel], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
     """Every field of a model, recursively into nested models: ``(path, field info)``."""
     for name, info in model.model_fields.items():
         yield prefix + (name,), info
@@ -374,7 +409,9 @@ def test_config_yaml_values_are_the_defaults() -> None:
     config = load_config(CONFIG_YAML).config
     defaults = Config()
     assert config.server == defaults.server
-    assert config.plugins.model_dump(exclude={"settings"}) == defaults.plugins.model_dump(exclude={"settings"})
+    assert config.plugins.model_dump(exclude={"settings"}) == defaults.plugins.model_dump(
+        exclude={"settings"}
+    )
     for name, model in builtin_settings_models().items():
         assert model.model_validate(config.plugins.settings[name]) == model(), name
 
@@ -405,5 +442,7 @@ def test_every_server_key_has_a_comment_directly_above_its_group() -> None:
         j = i - 1
         while (above := KEY_LINE.match(lines[j])) is not None and above["indent"] == indent:
             j -= 1
-        assert lines[j].startswith(indent + "#"), f"config.yaml line {i + 1} ({lines[i].strip()}) is uncommented"
+        assert lines[j].startswith(indent + "#"), (
+            f"config.yaml line {i + 1} ({lines[i].strip()}) is uncommented"
+        )
     assert seen == len(server_keys)

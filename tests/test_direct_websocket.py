@@ -48,17 +48,24 @@ def test_encode_frame_is_a_frame_the_websockets_parser_reads_back(size: int) -> 
 
 @pytest.mark.parametrize("namespace", ["/", "/chat"])
 def test_the_hand_built_ack_is_the_text_python_socketio_encodes(namespace: str) -> None:
-    reply = {"ok": True, "data": {"id": "ab" * 16, "room": "lobby", "recipients": 3, "n": [1, None]}}
+    reply = {
+        "ok": True,
+        "data": {"id": "ab" * 16, "room": "lobby", "recipients": 3, "n": [1, None]},
+    }
     prefix = "43" if namespace == "/" else f"43{namespace},"
     ours = f"{prefix}17{wire_json.dumps_or_none([reply])}"
-    theirs = "4" + sio_packet.Packet(sio_packet.ACK, namespace=namespace, id=17, data=[reply]).encode()
+    theirs = (
+        "4" + sio_packet.Packet(sio_packet.ACK, namespace=namespace, id=17, data=[reply]).encode()
+    )
     assert ours == theirs
 
 
 def test_wire_json_reads_what_engineio_json_reads() -> None:
     assert wire_json.loads('{"a":[1,2.5,"é",null,true]}') == {"a": [1, 2.5, "é", None, True]}
     assert wire_json.loads(str(2**63 - 1)) == 2**63 - 1
-    assert wire_json.loads(str(2**70 + 1)) == float(2**70)  # past 64 bits: a float, as in JavaScript
+    assert wire_json.loads(str(2**70 + 1)) == float(
+        2**70
+    )  # past 64 bits: a float, as in JavaScript
     assert isinstance(wire_json.loads("1" * 200), float)  # never a huge int built from client input
     nan = wire_json.loads("[NaN]")[0]
     assert nan != nan
@@ -67,11 +74,15 @@ def test_wire_json_reads_what_engineio_json_reads() -> None:
 
 
 def test_wire_json_dumps_compact_and_leaves_binary_to_python_socketio() -> None:
-    assert wire_json.dumps({"a": [1, "x"], 2: None}, separators=(",", ":")) == '{"a":[1,"x"],"2":null}'
+    assert (
+        wire_json.dumps({"a": [1, "x"], 2: None}, separators=(",", ":")) == '{"a":[1,"x"],"2":null}'
+    )
     assert json.loads(wire_json.dumps({"t": "é"})) == {"t": "é"}
     assert wire_json.dumps(2**70) == str(2**70)
     assert wire_json.dumps_or_none([{"blob": b"\x00"}]) is None
-    assert wire_json.dumps({"x": 1}, indent=2) == json.dumps({"x": 1}, indent=2)  # other options: stdlib
+    assert wire_json.dumps({"x": 1}, indent=2) == json.dumps(
+        {"x": 1}, indent=2
+    )  # other options: stdlib
 
 
 async def test_server_pings_keep_a_direct_websocket_alive(serve, connect) -> None:
@@ -108,15 +119,25 @@ async def _raw_socketio_client(server, room: str) -> websockets.ClientConnection
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-    ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
-                                  sock=sock, max_queue=1, compression=None)
+    ws = await websockets.connect(
+        f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
+        sock=sock,
+        max_queue=1,
+        compression=None,
+    )
     await _join_over_raw_websocket(ws, room)
     return ws
 
 
-async def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(serve, connect) -> None:
-    server = serve({"server": {"limits": {"send_buffer_bytes": 65536}},
-                    "plugins": {"disabled": ["moderation"]}})  # 60 KB messages, no length rule
+async def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(
+    serve, connect
+) -> None:
+    server = serve(
+        {
+            "server": {"limits": {"send_buffer_bytes": 65536}},
+            "plugins": {"disabled": ["moderation"]},
+        }
+    )  # 60 KB messages, no length rule
     reader = await connect(server, transports=["websocket"], wait_welcome=True)
     await reader.call("join-room", {"room": "firehose"})
     stalled = await _raw_socketio_client(server, "firehose")
@@ -184,7 +205,9 @@ async def test_the_lean_receive_queue_hands_items_over_in_order() -> None:
 
 
 @pytest.mark.parametrize("compression", [False, True])
-async def test_websocket_compression_is_off_unless_configured_and_works_both_ways(serve, compression) -> None:
+async def test_websocket_compression_is_off_unless_configured_and_works_both_ways(
+    serve, compression
+) -> None:
     # When a client negotiated permessage-deflate, single sends (acks) are compressed through
     # the websockets protocol object and broadcasts go out as uncompressed frames (RSV1 clear):
     # the client reads both.
@@ -235,9 +258,20 @@ def _start_runner(tmp_path, ws: str, wrap: bool, writer: str = "auto"):
     port = free_port()
     log = tmp_path / f"fallback-{port}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-W", "ignore::DeprecationWarning", str(runner), str(port),
-                                 ws, "wrap" if wrap else "plain", writer],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-W",
+                "ignore::DeprecationWarning",
+                str(runner),
+                str(port),
+                ws,
+                "wrap" if wrap else "plain",
+                writer,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return proc, port, log
 
 
@@ -263,7 +297,9 @@ async def _chat_over_websocket(port: int) -> None:
     try:
         assert (await client.call("join-room", {"room": "legacy"}, timeout=5))["ok"] is True
         for n in range(20):
-            ack = await client.call("send-message", {"message": str(n), "roomID": "legacy"}, timeout=5)
+            ack = await client.call(
+                "send-message", {"message": str(n), "roomID": "legacy"}, timeout=5
+            )
             assert ack["ok"] is True
         await asyncio.sleep(1.5)  # past ping_interval + ping_timeout: pings kept it alive
         assert client.connected
@@ -272,12 +308,24 @@ async def _chat_over_websocket(port: int) -> None:
         await client.disconnect()
 
 
-@pytest.mark.parametrize(("ws", "wrap", "reason"), [
-    ("websockets", False, "websockets are served by uvicorn.protocols.websockets.websockets_impl.WebSocketProtocol"),
-    ("websockets-sansio", True, "the ASGI send callable is not uvicorn's (an ASGI middleware wraps it)"),
-])
+@pytest.mark.parametrize(
+    ("ws", "wrap", "reason"),
+    [
+        (
+            "websockets",
+            False,
+            "websockets are served by uvicorn.protocols.websockets.websockets_impl.WebSocketProtocol",
+        ),
+        (
+            "websockets-sansio",
+            True,
+            "the ASGI send callable is not uvicorn's (an ASGI middleware wraps it)",
+        ),
+    ],
+)
 async def test_where_the_direct_writer_cannot_be_had_the_asgi_writer_serves_and_it_is_reported(
-        tmp_path, ws: str, wrap: bool, reason: str) -> None:
+    tmp_path, ws: str, wrap: bool, reason: str
+) -> None:
     # uvicorn's legacy `websockets` implementation, or a middleware that wraps `send`: the
     # ASGI writer carries acks, broadcasts and pings in order, and /health and the log say why.
     proc, port, log = _start_runner(tmp_path, ws, wrap)
@@ -294,11 +342,15 @@ async def test_where_the_direct_writer_cannot_be_had_the_asgi_writer_serves_and_
         proc.wait(10)
 
 
-async def test_websocket_writer_direct_refuses_a_websocket_it_cannot_write_directly(tmp_path) -> None:
+async def test_websocket_writer_direct_refuses_a_websocket_it_cannot_write_directly(
+    tmp_path,
+) -> None:
     proc, port, log = _start_runner(tmp_path, "websockets-sansio", True, writer="direct")
     try:
         await _wait_health(proc, port, log)
-        async with websockets.connect(f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket") as ws:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+        ) as ws:
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011

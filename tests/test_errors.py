@@ -18,7 +18,6 @@ def assert_error_shape(error: dict, code: str) -> None:
     assert isinstance(error["details"], dict)
 
 
-
 @pytest.fixture(scope="module")
 def moderated_server(tmp_path_factory):
     from conftest import start_server
@@ -34,7 +33,11 @@ def moderated_server(tmp_path_factory):
         ({"message": "hi"}, "roomID", "Field required"),
         ({"message": 5, "roomID": "r"}, "message", "valid string"),
         ({"message": "hi", "roomID": ""}, "roomID", "at least 1 character"),
-        ({"message": "hi", "roomID": "r", "roomId": "r"}, "roomId", "Extra inputs are not permitted"),
+        (
+            {"message": "hi", "roomID": "r", "roomId": "r"},
+            "roomId",
+            "Extra inputs are not permitted",
+        ),
         ("just a string", "(payload)", "expected an object"),
     ],
     ids=["missing-field", "wrong-type", "empty-room", "unknown-field", "not-an-object"],
@@ -48,7 +51,9 @@ async def test_invalid_payload_gets_an_error_ack_naming_the_field(
     error = ack["error"]
     assert_error_shape(error, "invalid_payload")
     assert error["details"]["event"] == "send-message"
-    assert any(e["loc"] == loc and fragment in e["message"] for e in error["details"]["errors"]), error
+    assert any(e["loc"] == loc and fragment in e["message"] for e in error["details"]["errors"]), (
+        error
+    )
     assert loc in error["message"] or loc == "(payload)"
     assert client.sio.connected
 
@@ -67,7 +72,9 @@ async def test_payload_missing_or_extra_arguments_is_invalid(default_server, con
     ack = await client.sio.call("send-message", timeout=5)
     assert_error_shape(ack["error"], "invalid_payload")
     assert "expected a JSON object, got nothing (null)" in ack["error"]["message"]
-    ack = await client.sio.call("send-message", ({"message": "a", "roomID": "b"}, "extra"), timeout=5)
+    ack = await client.sio.call(
+        "send-message", ({"message": "a", "roomID": "b"}, "extra"), timeout=5
+    )
     assert "must carry one payload argument, got 2" in ack["error"]["message"]
 
 
@@ -88,7 +95,15 @@ async def test_bad_input_never_disturbs_other_clients(default_server, connect):
     bad = await connect(default_server, wait_welcome=True)
     good = await connect(default_server, transports=["polling"], wait_welcome=True)
     await good.call("join-room", {"room": "calm"})
-    for payload in ["x", None, 42, [], {"message": None}, {"roomID": "calm"}, {"message": "x" * 5000, "roomID": "calm"}]:
+    for payload in [
+        "x",
+        None,
+        42,
+        [],
+        {"message": None},
+        {"roomID": "calm"},
+        {"message": "x" * 5000, "roomID": "calm"},
+    ]:
         await bad.emit("send-message", payload)
         await bad.emit("unknown-" + str(type(payload).__name__), payload)
     await bad.wait_for("error", count=14)
@@ -107,7 +122,9 @@ async def test_bad_input_never_disturbs_other_clients(default_server, connect):
     ("message", "rule"),
     [("this message is far too long to pass", "max_length"), ("oh DARN it", "blocked_words")],
 )
-async def test_moderated_message_is_refused_over_socket_with_reason(moderated_server, connect, message, rule):
+async def test_moderated_message_is_refused_over_socket_with_reason(
+    moderated_server, connect, message, rule
+):
     sender = await connect(moderated_server, wait_welcome=True)
     member = await connect(moderated_server, wait_welcome=True)
     await member.call("join-room", {"room": "mod"})
@@ -126,10 +143,14 @@ async def test_moderated_message_is_refused_over_socket_with_reason(moderated_se
 
 @pytest.mark.parametrize(
     ("message", "rule", "fragment"),
-    [("this message is far too long to pass", "max_length", "the limit is 20"),
-     ("darn", "blocked_words", "blocked word")],
+    [
+        ("this message is far too long to pass", "max_length", "the limit is 20"),
+        ("darn", "blocked_words", "blocked word"),
+    ],
 )
-async def test_moderated_message_is_refused_over_rest_with_reason(moderated_server, connect, message, rule, fragment):
+async def test_moderated_message_is_refused_over_rest_with_reason(
+    moderated_server, connect, message, rule, fragment
+):
     member = await connect(moderated_server, wait_welcome=True)
     await member.call("join-room", {"room": "mod-rest"})
     async with httpx.AsyncClient(base_url=moderated_server.url) as http:
@@ -146,7 +167,9 @@ async def test_rest_invalid_body_is_a_problem_naming_the_field(default_server):
         resp = await http.post("/rooms/r/messages", json={"mesage": "typo"})
         body = assert_problem(resp, 422, "invalid_payload")
         assert {e["loc"] for e in body["details"]["errors"]} == {"body.message", "body.mesage"}
-        resp = await http.post("/rooms/r/messages", content=b"{not json", headers={"content-type": "application/json"})
+        resp = await http.post(
+            "/rooms/r/messages", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert_problem(resp, 422, "invalid_payload")
         resp = await http.post("/events/send-message", json={"message": "x"})
         body = assert_problem(resp, 422, "invalid_payload")
@@ -164,6 +187,7 @@ async def test_rest_unknown_event_route_and_method_are_problems(default_server):
 
 async def test_rest_join_room_needs_a_connection(default_server):
     async with httpx.AsyncClient(base_url=default_server.url) as http:
-        body = assert_problem(await http.post("/events/join-room", json={"room": "x"}), 400,
-                              "connection_required")
+        body = assert_problem(
+            await http.post("/events/join-room", json={"room": "x"}), 400, "connection_required"
+        )
         assert "join-room" in body["detail"]

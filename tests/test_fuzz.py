@@ -32,13 +32,21 @@ from schemathesis.generation import GenerationMode
 
 ADMIN_KEY = "fuzz-admin-key-0c5b"
 PUBLISH_KEY = "fuzz-publish-key-7a21"
-KEYS = [{"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]},
-        {"name": "backend", "key": PUBLISH_KEY, "scopes": ["publish"]}]
+KEYS = [
+    {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]},
+    {"name": "backend", "key": PUBLISH_KEY, "scopes": ["publish"]},
+]
 PROBLEM_MEMBERS = {"type", "title", "status", "detail", "instance", "code", "details"}
 # No shrinking: a failure is reported as generated, and a run's cost stays bounded (shrinking
 # an example that waits for a missing ack took minutes).
-FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True,
-                phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 
 
 # -- REST: schemathesis over the OpenAPI document ------------------------------------------------
@@ -50,8 +58,10 @@ def rest_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     request reaches its route rather than a 429)."""
     no_limits = {"server": {"limits": {"rest_publish_per_key": 0, "rest_publish_per_address": 0}}}
     open_server = start_server(tmp_path_factory.mktemp("fuzz-open"), no_limits)
-    keyed = start_server(tmp_path_factory.mktemp("fuzz-keys"), {
-        **no_limits, "plugins": {"settings": {"auth": {"api_keys": KEYS}}}})
+    keyed = start_server(
+        tmp_path_factory.mktemp("fuzz-keys"),
+        {**no_limits, "plugins": {"settings": {"auth": {"api_keys": KEYS}}}},
+    )
     yield {"open": open_server, "keys": keyed}
     open_server.stop()
     keyed.stop()
@@ -67,13 +77,16 @@ def check_response(case: Any, response: Any) -> None:
         content_type = {k.lower(): v for k, v in response.headers.items()}.get("content-type", [""])
         assert content_type[0].startswith("application/problem+json"), where
         body = response.json()
-        assert PROBLEM_MEMBERS <= set(body), where
+        assert set(body) >= PROBLEM_MEMBERS, where
         assert body["status"] == response.status_code, where
         assert body["code"] != "internal_error", where
 
 
-@pytest.mark.parametrize("door,key", [("open", None), ("keys", ADMIN_KEY), ("keys", PUBLISH_KEY)],
-                         ids=["no-keys", "admin-key", "publish-key"])
+@pytest.mark.parametrize(
+    "door,key",
+    [("open", None), ("keys", ADMIN_KEY), ("keys", PUBLISH_KEY)],
+    ids=["no-keys", "admin-key", "publish-key"],
+)
 def test_schemathesis_finds_no_5xx_and_only_documented_problems(rest_servers, door, key):
     server = rest_servers[door]
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
@@ -81,8 +94,10 @@ def test_schemathesis_finds_no_5xx_and_only_documented_problems(rest_servers, do
     seen: set[int] = set()
 
     @FUZZ
-    @given(case=schema.as_strategy(generation_mode=GenerationMode.POSITIVE)
-           | schema.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    @given(
+        case=schema.as_strategy(generation_mode=GenerationMode.POSITIVE)
+        | schema.as_strategy(generation_mode=GenerationMode.NEGATIVE)
+    )
     def fuzz(case: Any) -> None:
         # case.headers may carry a generated Authorization: the key under test wins
         response = case.call(base_url=server.url, headers=headers, timeout=10)
@@ -103,7 +118,9 @@ def test_a_request_without_a_key_is_a_documented_401(rest_servers):
     @settings(FUZZ, max_examples=40)
     @given(case=schema.as_strategy())
     def fuzz(case: Any) -> None:
-        case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+        case.headers = {
+            k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"
+        }
         response = case.call(base_url=server.url, timeout=10)
         check_response(case, response)
         if case.operation.definition.raw.get("security"):
@@ -137,10 +154,19 @@ class LoopThread:
 SURROGATES = st.sampled_from(["\ud800", "\udfff", "a\udbffb", "\ud83d", "ok\udc00"])
 # Integers up to 61 digits: python-engineio's decoder, which the wire falls back to past 64
 # bits, refuses more than 100 digits, and what it refuses is the wire's (malformed frames).
-HUGE_NUMBERS = st.one_of(st.integers(min_value=-(2**200), max_value=2**200),
-                         st.sampled_from([2**63, -(2**63) - 1, 2**64, 1e308, -1e308, 5e-324]))
-LEAVES = st.one_of(st.none(), st.booleans(), HUGE_NUMBERS, st.floats(allow_nan=False, allow_infinity=False),
-                   st.text(max_size=40), SURROGATES, st.text(alphabet="\u202e\u200b\ufeff/*?[", max_size=8))
+HUGE_NUMBERS = st.one_of(
+    st.integers(min_value=-(2**200), max_value=2**200),
+    st.sampled_from([2**63, -(2**63) - 1, 2**64, 1e308, -1e308, 5e-324]),
+)
+LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    HUGE_NUMBERS,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+    SURROGATES,
+    st.text(alphabet="\u202e\u200b\ufeff/*?[", max_size=8),
+)
 
 
 def deep(depth: int) -> Any:
@@ -151,9 +177,13 @@ def deep(depth: int) -> Any:
 
 
 VALUES = st.one_of(
-    st.recursive(LEAVES, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                 st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                 max_leaves=12),
+    st.recursive(
+        LEAVES,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    ),
     st.integers(min_value=100, max_value=400).map(deep),
 )
 
@@ -164,16 +194,25 @@ def payloads(fields: list[str]) -> st.SearchStrategy[Any]:
     keys = st.sampled_from(fields) if fields else st.text(max_size=8)
     return st.one_of(
         st.dictionaries(st.one_of(keys, st.text(max_size=8), SURROGATES), VALUES, max_size=4),
-        st.fixed_dictionaries({f: VALUES for f in fields}) if fields else st.just({}),
+        st.fixed_dictionaries(dict.fromkeys(fields, VALUES)) if fields else st.just({}),
         VALUES,
     )
 
 
 @pytest.fixture(scope="module")
 def event_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = start_server(tmp_path_factory.mktemp("fuzz-events"), {
-        "server": {"limits": {"events_per_second": 0, "rest_publish_per_key": 0,
-                              "rest_publish_per_address": 0}}})
+    server = start_server(
+        tmp_path_factory.mktemp("fuzz-events"),
+        {
+            "server": {
+                "limits": {
+                    "events_per_second": 0,
+                    "rest_publish_per_key": 0,
+                    "rest_publish_per_address": 0,
+                }
+            }
+        },
+    )
     yield server
     server.stop()
 
@@ -214,7 +253,9 @@ def test_every_event_through_both_doors_gets_an_ack_or_the_error_shape(event_ser
 
     async def ping(seq: int) -> None:
         sent_at[seq] = time.monotonic()
-        ack = await pinger.call("send-message", {"message": {"canary": seq}, "roomID": "canary-room"}, timeout=5)
+        ack = await pinger.call(
+            "send-message", {"message": {"canary": seq}, "roomID": "canary-room"}, timeout=5
+        )
         assert ack["ok"], ack
 
     loop.run(setup())
@@ -235,7 +276,9 @@ def test_every_event_through_both_doors_gets_an_ack_or_the_error_shape(event_ser
             assert set(ack["error"]) == {"code", "message", "details"}, ack
             assert ack["error"]["code"] != "internal_error", (name, payload, ack)
         body = json.dumps(payload)  # the stdlib writes surrogates and huge numbers as they are
-        resp = http.post(f"/events/{name}", content=body, headers={"content-type": "application/json"})
+        resp = http.post(
+            f"/events/{name}", content=body, headers={"content-type": "application/json"}
+        )
         assert resp.status_code < 500, (name, payload, resp.text)
         if resp.status_code >= 400:
             assert resp.headers["content-type"].startswith("application/problem+json"), resp.text
@@ -272,13 +315,14 @@ def test_bodies_beyond_the_json_parsers_reach_are_clear_rest_errors(event_server
     """Nesting deeper than a JSON parser recurses, and an integer longer than Python converts
     (4,300 digits), are refused as 4xx problems at both REST entrances."""
     deep_text = "[" * 100_000 + "]" * 100_000
-    bodies = ['{"message": ' + deep_text + ', "roomID": "r"}',
-              '{"message": ' + "[" * 1_000 + "]" * 1_000 + ', "roomID": "r"}',
-              '{"message": ' + "9" * 5_000 + ', "roomID": "r"}']
+    bodies = [
+        '{"message": ' + deep_text + ', "roomID": "r"}',
+        '{"message": ' + "[" * 1_000 + "]" * 1_000 + ', "roomID": "r"}',
+        '{"message": ' + "9" * 5_000 + ', "roomID": "r"}',
+    ]
     with httpx.Client(base_url=event_server.url, timeout=10) as http:
         for text in bodies:
             for path in ("/events/send-message", "/rooms/r/messages"):
                 resp = http.post(path, content=text, headers={"content-type": "application/json"})
                 assert 400 <= resp.status_code < 500, (path, text[:40], resp.text)
                 assert resp.headers["content-type"].startswith("application/problem+json")
-

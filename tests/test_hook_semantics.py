@@ -23,7 +23,13 @@ import yaml
 from plugbus.core.bus import Bus
 from plugbus.core.config import LoadedConfig, load_config
 from plugbus.core.context import EventContext, Origin
-from plugbus.core.errors import ConfigError, InvalidPayload, MessageRejected, NotAllowed, UnknownEvent
+from plugbus.core.errors import (
+    ConfigError,
+    InvalidPayload,
+    MessageRejected,
+    NotAllowed,
+    UnknownEvent,
+)
 from plugbus.core.loader import LoadedPlugins, load_plugins
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -134,13 +140,19 @@ async def test_moderate_runs_in_pluggy_order_and_chains_the_event(tmp_path: Path
     assert result == {"by": "handler", "text": "hi+first+b+a+last"}
 
 
-async def test_moderate_with_no_implementation_passes_the_event_unchanged(tmp_path: Path, calls) -> None:
+async def test_moderate_with_no_implementation_passes_the_event_unchanged(
+    tmp_path: Path, calls
+) -> None:
     bus = make_bus(tmp_path, {"events": EVENTS, "h": f"{PKG}:AsyncHandler"}, settings=labels("h"))
     assert await bus.dispatch("say", {"text": "plain"}, bus.context(Origin.SOCKET)) == {
-        "by": "h", "text": "plain"}
+        "by": "h",
+        "text": "plain",
+    }
 
 
-async def test_async_veto_stops_the_chain_without_unawaited_coroutines(tmp_path: Path, calls) -> None:
+async def test_async_veto_stops_the_chain_without_unawaited_coroutines(
+    tmp_path: Path, calls
+) -> None:
     # Registered first = called last: "later_sync" and "later_async" come after the veto.
     modules = {
         "events": EVENTS,
@@ -150,7 +162,11 @@ async def test_async_veto_stops_the_chain_without_unawaited_coroutines(tmp_path:
         "earlier": f"{PKG}:AsyncModerator",
         "handler": f"{PKG}:AsyncHandler",
     }
-    bus = make_bus(tmp_path, modules, settings=labels("later_sync", "later_async", "veto", "earlier", "handler"))
+    bus = make_bus(
+        tmp_path,
+        modules,
+        settings=labels("later_sync", "later_async", "veto", "earlier", "handler"),
+    )
     order = [i.plugin_name for i in reversed(bus.pm.hook.plugbus_moderate.get_hookimpls())]
     assert order == ["earlier", "veto", "later_async", "later_sync"]
 
@@ -177,7 +193,9 @@ async def test_async_drop_stops_the_chain_and_answers_nothing(
         "drop": f"{PKG}:AsyncDrop",
         "handler": f"{PKG}:AsyncHandler",
     }
-    bus = make_bus(tmp_path, modules, settings=labels("later_async", "later_sync", "drop", "handler"))
+    bus = make_bus(
+        tmp_path, modules, settings=labels("later_async", "later_sync", "drop", "handler")
+    )
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
         warnings.simplefilter("always")
         result = await bus.dispatch("say", {"text": "spam"}, bus.context(Origin.SOCKET))
@@ -191,9 +209,16 @@ async def test_async_drop_stops_the_chain_and_answers_nothing(
 async def test_moderate_returning_the_wrong_type_names_the_plugin(
     tmp_path: Path, calls, returns: str
 ) -> None:
-    modules = {"events": EVENTS, "handler": f"{PKG}:SyncHandler", "sloppy-mod": f"{PKG}:WrongTypeModerator"}
-    bus = make_bus(tmp_path, modules, settings={"handler": {"label": "handler"},
-                                                "sloppy-mod": {"returns": returns}})
+    modules = {
+        "events": EVENTS,
+        "handler": f"{PKG}:SyncHandler",
+        "sloppy-mod": f"{PKG}:WrongTypeModerator",
+    }
+    bus = make_bus(
+        tmp_path,
+        modules,
+        settings={"handler": {"label": "handler"}, "sloppy-mod": {"returns": returns}},
+    )
     with pytest.raises(TypeError) as info:
         await bus.dispatch("say", {"text": "x"}, bus.context(Origin.REST))
     message = str(info.value)
@@ -205,13 +230,27 @@ async def test_moderate_returning_the_wrong_type_names_the_plugin(
 
 
 async def test_moderate_wrapper_sees_the_final_event(tmp_path: Path, calls) -> None:
-    modules = {"events": EVENTS, "w": f"{PKG}:ModerateWrapper", "m": f"{PKG}:AsyncModerator",
-               "h": f"{PKG}:SyncHandler"}
-    bus = make_bus(tmp_path, modules, settings={"w": {"label": "w"}, "m": {"label": "m", "suffix": "!"},
-                                                "h": {"label": "h"}})
-    assert await bus.dispatch("say", {"text": "hey"}, bus.context(Origin.REST)) == {"by": "h", "text": "hey!"}
-    assert calls == [("w", "before", "hey"), ("m", "moderate", "hey"), ("w", "after", "hey!"),
-                     ("h", "handle", "hey!")]
+    modules = {
+        "events": EVENTS,
+        "w": f"{PKG}:ModerateWrapper",
+        "m": f"{PKG}:AsyncModerator",
+        "h": f"{PKG}:SyncHandler",
+    }
+    bus = make_bus(
+        tmp_path,
+        modules,
+        settings={"w": {"label": "w"}, "m": {"label": "m", "suffix": "!"}, "h": {"label": "h"}},
+    )
+    assert await bus.dispatch("say", {"text": "hey"}, bus.context(Origin.REST)) == {
+        "by": "h",
+        "text": "hey!",
+    }
+    assert calls == [
+        ("w", "before", "hey"),
+        ("m", "moderate", "hey"),
+        ("w", "after", "hey!"),
+        ("h", "handle", "hey!"),
+    ]
 
 
 # -- plugbus_handle_event ---------------------------------------------------------------------
@@ -222,12 +261,15 @@ async def test_handle_event_first_non_none_wins_and_async_results_are_awaited(
 ) -> None:
     modules = {
         "events": EVENTS,
-        "never": f"{PKG}:SyncHandler",   # registered first: would run last
+        "never": f"{PKG}:SyncHandler",  # registered first: would run last
         "winner": f"{PKG}:AsyncHandler",
         "passer": f"{PKG}:AsyncHandler",  # registered last: runs first, returns None
     }
-    settings = {"never": {"label": "never"}, "winner": {"label": "winner"},
-                "passer": {"label": "passer", "answer": False}}
+    settings = {
+        "never": {"label": "never"},
+        "winner": {"label": "winner"},
+        "passer": {"label": "passer", "answer": False},
+    }
     bus = make_bus(tmp_path, modules, settings=settings)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -240,44 +282,70 @@ async def test_handle_event_first_non_none_wins_and_async_results_are_awaited(
 
 async def test_handle_event_all_none_gives_none(tmp_path: Path, calls) -> None:
     modules = {"events": EVENTS, "x": f"{PKG}:SyncHandler", "y": f"{PKG}:AsyncHandler"}
-    bus = make_bus(tmp_path, modules, settings={"x": {"label": "x", "answer": False},
-                                                "y": {"label": "y", "answer": False}})
+    bus = make_bus(
+        tmp_path,
+        modules,
+        settings={"x": {"label": "x", "answer": False}, "y": {"label": "y", "answer": False}},
+    )
     assert await bus.dispatch("say", {"text": "q"}, bus.context(Origin.REST)) is None
     assert calls == [("y", "handle", "q"), ("x", "handle", "q")]
 
 
 async def test_new_style_wrapper_sees_and_replaces_the_result(tmp_path: Path, calls) -> None:
     modules = {"events": EVENTS, "wrap": f"{PKG}:HandleWrapper", "h": f"{PKG}:AsyncHandler"}
-    bus = make_bus(tmp_path, modules, settings={"wrap": {"label": "wrap", "mode": "replace"},
-                                                "h": {"label": "h"}})
+    bus = make_bus(
+        tmp_path,
+        modules,
+        settings={"wrap": {"label": "wrap", "mode": "replace"}, "h": {"label": "h"}},
+    )
     result = await bus.dispatch("say", {"text": "w"}, bus.context(Origin.REST))
     assert result == {"wrapped": {"by": "h", "text": "w"}}
-    assert calls == [("wrap", "before", "w"), ("h", "handle", "w"),
-                     ("wrap", "after", {"by": "h", "text": "w"})]
+    assert calls == [
+        ("wrap", "before", "w"),
+        ("h", "handle", "w"),
+        ("wrap", "after", {"by": "h", "text": "w"}),
+    ]
 
 
 async def test_new_style_wrapper_sees_an_exception_raised_inside(tmp_path: Path, calls) -> None:
     modules = {"events": EVENTS, "wrap": f"{PKG}:HandleWrapper", "boom": f"{PKG}:RaisingHandler"}
-    bus = make_bus(tmp_path, modules, settings={"wrap": {"label": "wrap"}, "boom": {"label": "boom"}})
+    bus = make_bus(
+        tmp_path, modules, settings={"wrap": {"label": "wrap"}, "boom": {"label": "boom"}}
+    )
     with pytest.raises(NotAllowed, match="refused by the test handler"):
         await bus.dispatch("say", {"text": "e"}, bus.context(Origin.REST))
-    assert calls == [("wrap", "before", "e"), ("boom", "handle", "e"),
-                     ("wrap", "saw-error", "NotAllowed", "refused by the test handler")]
+    assert calls == [
+        ("wrap", "before", "e"),
+        ("boom", "handle", "e"),
+        ("wrap", "saw-error", "NotAllowed", "refused by the test handler"),
+    ]
 
 
 async def test_new_style_wrapper_can_turn_an_exception_into_a_result(tmp_path: Path, calls) -> None:
     modules = {"events": EVENTS, "wrap": f"{PKG}:HandleWrapper", "boom": f"{PKG}:RaisingHandler"}
-    bus = make_bus(tmp_path, modules, settings={"wrap": {"label": "wrap", "mode": "recover"},
-                                                "boom": {"label": "boom"}})
-    assert await bus.dispatch("say", {"text": "e"}, bus.context(Origin.REST)) == {"recovered": "NotAllowed"}
+    bus = make_bus(
+        tmp_path,
+        modules,
+        settings={"wrap": {"label": "wrap", "mode": "recover"}, "boom": {"label": "boom"}},
+    )
+    assert await bus.dispatch("say", {"text": "e"}, bus.context(Origin.REST)) == {
+        "recovered": "NotAllowed"
+    }
 
 
 async def test_moderation_veto_reaches_a_handle_wrapper_never(tmp_path: Path, calls) -> None:
     """The wrapper wraps handling only: a veto in moderation never reaches it."""
-    modules = {"events": EVENTS, "wrap": f"{PKG}:HandleWrapper", "veto": f"{PKG}:AsyncVeto",
-               "h": f"{PKG}:SyncHandler"}
-    bus = make_bus(tmp_path, modules, settings={"wrap": {"label": "wrap"}, "veto": {"label": "veto"},
-                                                "h": {"label": "h"}})
+    modules = {
+        "events": EVENTS,
+        "wrap": f"{PKG}:HandleWrapper",
+        "veto": f"{PKG}:AsyncVeto",
+        "h": f"{PKG}:SyncHandler",
+    }
+    bus = make_bus(
+        tmp_path,
+        modules,
+        settings={"wrap": {"label": "wrap"}, "veto": {"label": "veto"}, "h": {"label": "h"}},
+    )
     with pytest.raises(MessageRejected):
         await bus.dispatch("say", {"text": "v"}, bus.context(Origin.REST))
     assert calls == [("veto", "moderate", "v")]
@@ -286,9 +354,16 @@ async def test_moderation_veto_reaches_a_handle_wrapper_never(tmp_path: Path, ca
 # -- refusals at load time --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("cls", "hook"), [("OldStyleModerateWrapper", "plugbus_moderate"),
-                                           ("OldStyleHandleWrapper", "plugbus_handle_event")])
-def test_old_style_hookwrapper_on_an_awaited_hook_is_refused(tmp_path: Path, calls, cls: str, hook: str) -> None:
+@pytest.mark.parametrize(
+    ("cls", "hook"),
+    [
+        ("OldStyleModerateWrapper", "plugbus_moderate"),
+        ("OldStyleHandleWrapper", "plugbus_handle_event"),
+    ],
+)
+def test_old_style_hookwrapper_on_an_awaited_hook_is_refused(
+    tmp_path: Path, calls, cls: str, hook: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path, {"events": EVENTS, "legacy-wrap": f"{PKG}:{cls}"})
     message = str(info.value)
@@ -322,8 +397,10 @@ def test_misspelt_hook_is_refused_naming_the_plugin(tmp_path: Path, calls) -> No
 
 
 def test_two_plugins_registering_one_event_name_stop_the_bus_naming_both(tmp_path: Path) -> None:
-    loaded, plugins = load(tmp_path, {"dup-alpha": "plugins_for_tests.sem_dup_a",
-                                      "dup-beta": "plugins_for_tests.sem_dup_b"})
+    loaded, plugins = load(
+        tmp_path,
+        {"dup-alpha": "plugins_for_tests.sem_dup_a", "dup-beta": "plugins_for_tests.sem_dup_b"},
+    )
     with pytest.raises(ConfigError) as info:
         Bus(loaded.config, plugins)
     message = str(info.value)
@@ -332,9 +409,16 @@ def test_two_plugins_registering_one_event_name_stop_the_bus_naming_both(tmp_pat
     assert "dup-alpha" in message and "dup-beta" in message, message
 
 
-def test_two_plugins_of_one_module_registering_one_event_name_are_told_apart(tmp_path: Path) -> None:
-    loaded, plugins = load(tmp_path, {"dup-one": "plugins_for_tests.sem_dup_a:DupPluginOne",
-                                      "dup-two": "plugins_for_tests.sem_dup_a:DupPluginTwo"})
+def test_two_plugins_of_one_module_registering_one_event_name_are_told_apart(
+    tmp_path: Path,
+) -> None:
+    loaded, plugins = load(
+        tmp_path,
+        {
+            "dup-one": "plugins_for_tests.sem_dup_a:DupPluginOne",
+            "dup-two": "plugins_for_tests.sem_dup_a:DupPluginTwo",
+        },
+    )
     with pytest.raises(ConfigError) as info:
         Bus(loaded.config, plugins)
     message = str(info.value)
@@ -343,10 +427,18 @@ def test_two_plugins_of_one_module_registering_one_event_name_are_told_apart(tmp
 
 
 def test_disabled_module_plugin_is_not_registered(tmp_path: Path, calls) -> None:
-    modules = {"events": EVENTS, "blocked": f"{PKG}:SyncHandler", "ghost": "no_such_package.at_all",
-               "h": f"{PKG}:AsyncHandler"}
-    loaded, plugins = load(tmp_path, modules, disabled=["blocked", "ghost"],
-                           settings={"blocked": {"label": "blocked"}, "h": {"label": "h"}})
+    modules = {
+        "events": EVENTS,
+        "blocked": f"{PKG}:SyncHandler",
+        "ghost": "no_such_package.at_all",
+        "h": f"{PKG}:AsyncHandler",
+    }
+    _loaded, plugins = load(
+        tmp_path,
+        modules,
+        disabled=["blocked", "ghost"],
+        settings={"blocked": {"label": "blocked"}, "h": {"label": "h"}},
+    )
     assert [p.name for p in plugins.plugins] == ["events", "h"]
     assert plugins.pm.get_plugin("blocked") is None
     assert plugins.pm.is_blocked("blocked") and plugins.pm.is_blocked("ghost")
@@ -357,7 +449,10 @@ def test_disabled_module_plugin_is_not_registered(tmp_path: Path, calls) -> None
 async def test_disabled_module_plugin_never_handles_events(tmp_path: Path, calls) -> None:
     modules = {"events": EVENTS, "h": f"{PKG}:AsyncHandler", "blocked": f"{PKG}:SyncHandler"}
     bus = make_bus(tmp_path, modules, disabled=["blocked"], settings=labels("h", "blocked"))
-    assert await bus.dispatch("say", {"text": "d"}, bus.context(Origin.REST)) == {"by": "h", "text": "d"}
+    assert await bus.dispatch("say", {"text": "d"}, bus.context(Origin.REST)) == {
+        "by": "h",
+        "text": "d",
+    }
     assert calls == [("h", "handle", "d")]
 
 
@@ -398,7 +493,9 @@ async def test_invalid_payload_lists_each_error_with_loc_and_message(tmp_path: P
 
     with pytest.raises(InvalidPayload) as info:
         await bus.dispatch("say", {}, ctx)
-    assert info.value.details["errors"] == [{"loc": "text", "message": "Field required", "type": "missing"}]
+    assert info.value.details["errors"] == [
+        {"loc": "text", "message": "Field required", "type": "missing"}
+    ]
 
     with pytest.raises(InvalidPayload) as info:
         await bus.dispatch("say", ["text"], ctx)
@@ -417,14 +514,22 @@ async def test_startup_hooks_are_awaited_one_at_a_time_in_order(tmp_path: Path, 
         warnings.simplefilter("always")
         await bus.start()
         assert_no_unawaited_coroutines(caught)
-    assert calls == [("s3", "startup:begin"), ("s3", "startup:end"), ("s2", "startup"),
-                     ("s1", "startup:begin"), ("s1", "startup:end")]
+    assert calls == [
+        ("s3", "startup:begin"),
+        ("s3", "startup:end"),
+        ("s2", "startup"),
+        ("s1", "startup:begin"),
+        ("s1", "startup:end"),
+    ]
 
 
 async def test_startup_exception_stops_start_up(tmp_path: Path, calls) -> None:
     modules = {"s1": f"{PKG}:SyncLife", "s2": f"{PKG}:AsyncLife"}
-    bus = make_bus(tmp_path, modules, settings={"s1": {"label": "s1"},
-                                                "s2": {"label": "s2", "fail_startup": True}})
+    bus = make_bus(
+        tmp_path,
+        modules,
+        settings={"s1": {"label": "s1"}, "s2": {"label": "s2", "fail_startup": True}},
+    )
     with pytest.raises(RuntimeError, match="s2 cannot start"):
         await bus.start()
     assert calls == [("s2", "startup:begin"), ("s2", "startup:end")]
@@ -433,15 +538,29 @@ async def test_startup_exception_stops_start_up(tmp_path: Path, calls) -> None:
 async def test_failing_shutdown_hook_is_logged_and_the_rest_still_run(
     tmp_path: Path, calls, caplog: pytest.LogCaptureFixture
 ) -> None:
-    modules = {"s1": f"{PKG}:AsyncLife", "s2": f"{PKG}:SyncLife", "s3": f"{PKG}:AsyncLife",
-               "s4": f"{PKG}:SyncLife"}
-    settings = {"s1": {"label": "s1"}, "s2": {"label": "s2", "fail_shutdown": True},
-                "s3": {"label": "s3", "fail_shutdown": True}, "s4": {"label": "s4"}}
+    modules = {
+        "s1": f"{PKG}:AsyncLife",
+        "s2": f"{PKG}:SyncLife",
+        "s3": f"{PKG}:AsyncLife",
+        "s4": f"{PKG}:SyncLife",
+    }
+    settings = {
+        "s1": {"label": "s1"},
+        "s2": {"label": "s2", "fail_shutdown": True},
+        "s3": {"label": "s3", "fail_shutdown": True},
+        "s4": {"label": "s4"},
+    }
     bus = make_bus(tmp_path, modules, settings=settings)
     with caplog.at_level(logging.ERROR):
         await bus.stop()  # must not raise
-    assert calls == [("s4", "shutdown"), ("s3", "shutdown:begin"), ("s3", "shutdown:end"),
-                     ("s2", "shutdown"), ("s1", "shutdown:begin"), ("s1", "shutdown:end")]
+    assert calls == [
+        ("s4", "shutdown"),
+        ("s3", "shutdown:begin"),
+        ("s3", "shutdown:end"),
+        ("s2", "shutdown"),
+        ("s1", "shutdown:begin"),
+        ("s1", "shutdown:end"),
+    ]
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(failures) == 2
     for record, name in zip(failures, ["s3", "s2"], strict=True):

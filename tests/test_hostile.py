@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import jwt
-import pytest
 import yaml
 from conftest import ROOT, assert_problem, assert_refused
 
@@ -26,9 +25,11 @@ JWT_SECRET = "hostile-jwt-secret-that-is-long-enough-for-hs256"
 PUBLISH_KEY = "hostile-publish-key-41a7"
 READ_KEY = "hostile-read-key-9c03"
 ADMIN_KEY = "hostile-admin-key-5e88"
-KEYS = [{"name": "backend", "key": PUBLISH_KEY, "scopes": ["publish"]},
-        {"name": "dashboard", "key": READ_KEY, "scopes": ["read"]},
-        {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]}]
+KEYS = [
+    {"name": "backend", "key": PUBLISH_KEY, "scopes": ["publish"]},
+    {"name": "dashboard", "key": READ_KEY, "scopes": ["read"]},
+    {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]},
+]
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -36,19 +37,34 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def token(sub: str, roles: list[str] | None = None) -> str:
-    return jwt.encode({"sub": sub, "roles": roles or [], "exp": int(time.time()) + 300},
-                      JWT_SECRET, algorithm="HS256")
+    return jwt.encode(
+        {"sub": sub, "roles": roles or [], "exp": int(time.time()) + 300},
+        JWT_SECRET,
+        algorithm="HS256",
+    )
 
 
 def jwt_config(**auth: Any) -> dict[str, Any]:
-    return {"plugins": {"modules": WHOAMI, "settings": {"auth": {
-        "mode": "jwt", "jwt": {"algorithms": ["HS256"], "secret": JWT_SECRET}, **auth}}}}
+    return {
+        "plugins": {
+            "modules": WHOAMI,
+            "settings": {
+                "auth": {
+                    "mode": "jwt",
+                    "jwt": {"algorithms": ["HS256"], "secret": JWT_SECRET},
+                    **auth,
+                }
+            },
+        }
+    }
 
 
 #: The room rules of the issue's probe (and of config.yaml's example).
-RULES = [{"pattern": "staff-*", "roles": ["staff"]},
-         {"pattern": "private-{user_id}", "anyone_identified": True},
-         {"pattern": "private-*"}]
+RULES = [
+    {"pattern": "staff-*", "roles": ["staff"]},
+    {"pattern": "private-{user_id}", "anyone_identified": True},
+    {"pattern": "private-*"},
+]
 
 
 # -- item 6: presence and posting follow the room's join rules; events declare REST scopes ----
@@ -61,7 +77,9 @@ async def test_presence_of_a_restricted_room_follows_its_join_rules(serve, conne
     assert (await staff.call("join-room", {"room": "staff-ops"}))["ok"]
 
     # the probe: a client without the staff role read the sids, user ids and names of staff-ops
-    error = assert_refused(await outsider.call("room-members", {"room": "staff-ops"}), "forbidden_room")
+    error = assert_refused(
+        await outsider.call("room-members", {"room": "staff-ops"}), "forbidden_room"
+    )
     assert "may not list the members of room 'staff-ops'" in error["message"]
     assert error["details"]["rule"] == "staff-*"
     listed = (await staff.call("room-members", {"room": "staff-ops"}))["data"]
@@ -70,33 +88,65 @@ async def test_presence_of_a_restricted_room_follows_its_join_rules(serve, conne
     assert (await outsider.call("room-members", {"room": "lobby"}))["data"]["count"] == 0
 
     # ...nor may it post into the room it cannot join (require_membership is off, as shipped)
-    error = assert_refused(await outsider.call("send-message", {"message": "hi", "roomID": "staff-ops"}),
-                           "forbidden_room")
+    error = assert_refused(
+        await outsider.call("send-message", {"message": "hi", "roomID": "staff-ops"}),
+        "forbidden_room",
+    )
     assert "may not post into room 'staff-ops'" in error["message"]
     assert (await outsider.call("send-message", {"message": "hi", "roomID": "lobby"}))["ok"]
     assert staff.received("receive-message") == []
 
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         # the probe: a publish-only key read the same through POST /events/room-members
-        body = assert_problem(await http.post("/events/room-members", json={"room": "staff-ops"},
-                                              headers=bearer(PUBLISH_KEY)), 403, "insufficient_scope")
+        body = assert_problem(
+            await http.post(
+                "/events/room-members", json={"room": "staff-ops"}, headers=bearer(PUBLISH_KEY)
+            ),
+            403,
+            "insufficient_scope",
+        )
         assert body["details"] == {"required": "read", "key": "backend"}
         assert "room-members" in body["detail"]
-        assert_problem(await http.get("/rooms/staff-ops", headers=bearer(PUBLISH_KEY)), 403, "insufficient_scope")
-        for path, call in [("/events/room-members", lambda h: http.post("/events/room-members",
-                                                                        json={"room": "staff-ops"}, headers=h)),
-                           ("/rooms/staff-ops", lambda h: http.get("/rooms/staff-ops", headers=h))]:
+        assert_problem(
+            await http.get("/rooms/staff-ops", headers=bearer(PUBLISH_KEY)),
+            403,
+            "insufficient_scope",
+        )
+        for path, call in [
+            (
+                "/events/room-members",
+                lambda h: http.post("/events/room-members", json={"room": "staff-ops"}, headers=h),
+            ),
+            ("/rooms/staff-ops", lambda h: http.get("/rooms/staff-ops", headers=h)),
+        ]:
             resp = await call(bearer(READ_KEY))
             assert resp.status_code == 200, (path, resp.text)
         # messages need publish, events that declare no scope need admin
-        assert (await http.post("/events/send-message", json={"message": "m", "roomID": "lobby"},
-                                headers=bearer(PUBLISH_KEY))).status_code == 200
-        assert_problem(await http.post("/events/send-message", json={"message": "m", "roomID": "lobby"},
-                                       headers=bearer(READ_KEY)), 403, "insufficient_scope")
-        body = assert_problem(await http.post("/events/whoami", json={}, headers=bearer(PUBLISH_KEY)),
-                              403, "insufficient_scope")
+        assert (
+            await http.post(
+                "/events/send-message",
+                json={"message": "m", "roomID": "lobby"},
+                headers=bearer(PUBLISH_KEY),
+            )
+        ).status_code == 200
+        assert_problem(
+            await http.post(
+                "/events/send-message",
+                json={"message": "m", "roomID": "lobby"},
+                headers=bearer(READ_KEY),
+            ),
+            403,
+            "insufficient_scope",
+        )
+        body = assert_problem(
+            await http.post("/events/whoami", json={}, headers=bearer(PUBLISH_KEY)),
+            403,
+            "insufficient_scope",
+        )
         assert body["details"]["required"] == "admin"
-        assert (await http.post("/events/whoami", json={}, headers=bearer(ADMIN_KEY))).status_code == 200
+        assert (
+            await http.post("/events/whoami", json={}, headers=bearer(ADMIN_KEY))
+        ).status_code == 200
     assert staff.sio.connected and outsider.sio.connected
 
 
@@ -110,13 +160,21 @@ async def test_a_wildcard_user_id_does_not_open_other_peoples_private_rooms(serv
     qmark = await connect(server, auth={"token": token("b?b")})
     bracket = await connect(server, auth={"token": token("[b]ob")})
     # the probe: sub "*" joined private-bob, sub "a*" joined private-alice
-    for client, room in [(star, "private-bob"), (a_star, "private-alice"), (qmark, "private-bob"),
-                         (bracket, "private-bob")]:
+    for client, room in [
+        (star, "private-bob"),
+        (a_star, "private-alice"),
+        (qmark, "private-bob"),
+        (bracket, "private-bob"),
+    ]:
         error = assert_refused(await client.call("join-room", {"room": room}), "forbidden_room")
         assert error["details"]["rule"] == "private-*", (room, error)
     # each still owns the room named after its own id, character for character
-    for client, room in [(star, "private-*"), (a_star, "private-a*"), (qmark, "private-b?b"),
-                         (bracket, "private-[b]ob")]:
+    for client, room in [
+        (star, "private-*"),
+        (a_star, "private-a*"),
+        (qmark, "private-b?b"),
+        (bracket, "private-[b]ob"),
+    ]:
         assert (await client.call("join-room", {"room": room}))["ok"], room
 
 
@@ -128,10 +186,12 @@ async def test_lone_surrogates_are_an_invalid_payload_on_both_doors(serve, conne
     sender = await connect(server, wait_welcome=True)
     canary = await connect(server, wait_welcome=True)
     await canary.call("join-room", {"room": "r"})
-    for payload, loc in [({"message": "\ud800", "roomID": "r"}, "message"),
-                         ({"message": {"a": ["ok", "x\udfff"]}, "roomID": "r"}, "message.a.1"),
-                         ({"message": {"k\ud800": 1}, "roomID": "r"}, "message"),
-                         ({"message": "m", "roomID": "r\ud800"}, "roomID")]:
+    for payload, loc in [
+        ({"message": "\ud800", "roomID": "r"}, "message"),
+        ({"message": {"a": ["ok", "x\udfff"]}, "roomID": "r"}, "message.a.1"),
+        ({"message": {"k\ud800": 1}, "roomID": "r"}, "message"),
+        ({"message": "m", "roomID": "r\ud800"}, "roomID"),
+    ]:
         error = assert_refused(await sender.call("send-message", payload), "invalid_payload")
         assert error["details"]["errors"][0]["loc"].startswith(loc), error
         assert "lone UTF-16 surrogate" in error["message"]
@@ -145,10 +205,14 @@ async def test_lone_surrogates_are_an_invalid_payload_on_both_doors(serve, conne
             ("/rooms/r/messages", '{"message": "x\\ud800y"}', "body.message"),
             ("/moderation/bans", '{"kind": "address", "value": "\\ud800"}', "body.value"),
         ]:
-            body = assert_problem(await http.post(path, content=text, headers=raw), 422, "invalid_payload")
+            body = assert_problem(
+                await http.post(path, content=text, headers=raw), 422, "invalid_payload"
+            )
             assert body["details"]["errors"][0]["loc"] == loc, body
         # a valid pair is one character, and passes
-        resp = await http.post("/rooms/r/messages", content='{"message": "\\ud83d\\ude00"}', headers=raw)
+        resp = await http.post(
+            "/rooms/r/messages", content='{"message": "\\ud83d\\ude00"}', headers=raw
+        )
         assert resp.status_code == 200, resp.text
     assert await canary.wait_for("receive-message") == ["\U0001f600"]
     assert "Traceback" not in server.log()
@@ -162,20 +226,37 @@ async def test_sanction_duration_is_bounded_and_strictly_a_number(serve):
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         for path in ("/moderation/bans", "/moderation/mutes"):
             # the probe: 2.5e11 s answered 500 (OverflowError)
-            body = assert_problem(await http.post(path, json={"kind": "address", "value": "10.0.0.1",
-                                                              "duration": 2.5e11}), 422, "invalid_payload")
+            body = assert_problem(
+                await http.post(
+                    path, json={"kind": "address", "value": "10.0.0.1", "duration": 2.5e11}
+                ),
+                422,
+                "invalid_payload",
+            )
             assert body["details"]["errors"][0]["loc"] == "body.duration"
-            body = assert_problem(await http.post(path, json={"kind": "address", "value": "10.0.0.1",
-                                                              "duration": 3601}), 422, "invalid_payload")
+            body = assert_problem(
+                await http.post(
+                    path, json={"kind": "address", "value": "10.0.0.1", "duration": 3601}
+                ),
+                422,
+                "invalid_payload",
+            )
             assert body["details"]["limit"] == 3600
             assert body["details"]["setting"] == "plugins.settings.moderation.max_sanction_seconds"
             assert "the limit is 3600" in body["detail"]
             # the probe: true was accepted as a one-second ban
             for wrong in (True, "60", [1]):
-                body = assert_problem(await http.post(path, json={"kind": "address", "value": "10.0.0.1",
-                                                                  "duration": wrong}), 422, "invalid_payload")
+                body = assert_problem(
+                    await http.post(
+                        path, json={"kind": "address", "value": "10.0.0.1", "duration": wrong}
+                    ),
+                    422,
+                    "invalid_payload",
+                )
                 assert body["details"]["errors"][0]["loc"] == "body.duration", wrong
-            resp = await http.post(path, json={"kind": "address", "value": "10.0.0.9", "duration": 3600})
+            resp = await http.post(
+                path, json={"kind": "address", "value": "10.0.0.9", "duration": 3600}
+            )
             assert resp.status_code == 201, resp.text
         assert len((await http.get("/moderation/bans")).json()) == 1
 
@@ -186,7 +267,7 @@ async def test_sanction_duration_is_bounded_and_strictly_a_number(serve):
 def readme_lockdown() -> dict[str, Any]:
     """The plugin settings of the README's lock-down block."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Before you expose it"):]
+    section = text[text.index("## Before you expose it") :]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block, "the README's lock-down section has no yaml block"
     return yaml.safe_load(block.group(1))  # type: ignore[no-any-return]
@@ -197,8 +278,10 @@ async def test_the_readme_lock_down_locks_down(serve, connect):
     assert settings["auth"]["rooms_default"] == "closed"
     assert settings["relay"]["require_membership"] is True and settings["relay"]["sender_roles"]
     settings["auth"]["jwt"] = {"algorithms": ["HS256"], "secret": JWT_SECRET}
-    server = serve({"plugins": {"settings": settings}},
-                   env={"PLUGBUS_BACKEND_KEY": PUBLISH_KEY, "PLUGBUS_OPS_KEY": ADMIN_KEY})
+    server = serve(
+        {"plugins": {"settings": settings}},
+        env={"PLUGBUS_BACKEND_KEY": PUBLISH_KEY, "PLUGBUS_OPS_KEY": ADMIN_KEY},
+    )
     staff = await connect(server, auth={"token": token("sam", ["staff"])}, wait_welcome=True)
     user = await connect(server, auth={"token": token("eve")}, wait_welcome=True)
     admin = await connect(server, auth={"token": token("root", ["admin"])}, wait_welcome=True)
@@ -216,15 +299,29 @@ async def test_the_readme_lock_down_locks_down(serve, connect):
     await user.wait_for("receive-message")
     assert staff.received("receive-message") == ["to all"]
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        assert_problem(await http.post("/rooms/lobby/messages", json={"message": "x"}), 401, "unauthorized")
+        assert_problem(
+            await http.post("/rooms/lobby/messages", json={"message": "x"}), 401, "unauthorized"
+        )
 
 
 async def test_rooms_default_closed_needs_a_rule_and_anyone_opens_one(serve, connect):
-    server = serve({"plugins": {"settings": {"auth": {
-        "rooms_default": "closed", "rooms": [{"pattern": "lobby", "anyone": True}]}}}})
+    server = serve(
+        {
+            "plugins": {
+                "settings": {
+                    "auth": {
+                        "rooms_default": "closed",
+                        "rooms": [{"pattern": "lobby", "anyone": True}],
+                    }
+                }
+            }
+        }
+    )
     anonymous = await connect(server, wait_welcome=True)
     assert (await anonymous.call("join-room", {"room": "lobby"}))["ok"]
-    error = assert_refused(await anonymous.call("join-room", {"room": "elsewhere"}), "forbidden_room")
+    error = assert_refused(
+        await anonymous.call("join-room", {"room": "elsewhere"}), "forbidden_room"
+    )
     assert "closed by default" in error["message"]
     assert error["details"]["setting"] == "rooms_default"
 
@@ -233,33 +330,64 @@ async def test_rooms_default_closed_needs_a_rule_and_anyone_opens_one(serve, con
 
 
 async def test_rest_publishing_is_rate_limited_per_key_and_per_address(serve, connect):
-    server = serve({"server": {"limits": {"rest_publish_per_key": 1, "rest_publish_per_address": 0,
-                                          "rest_publish_burst": 3}},
-                    "plugins": {"settings": {"auth": {"api_keys": KEYS[:1] + [
-                        {"name": "other", "key": ADMIN_KEY, "scopes": ["publish"]}]}}}})
+    server = serve(
+        {
+            "server": {
+                "limits": {
+                    "rest_publish_per_key": 1,
+                    "rest_publish_per_address": 0,
+                    "rest_publish_burst": 3,
+                }
+            },
+            "plugins": {
+                "settings": {
+                    "auth": {
+                        "api_keys": KEYS[:1]
+                        + [{"name": "other", "key": ADMIN_KEY, "scopes": ["publish"]}]
+                    }
+                }
+            },
+        }
+    )
     canary = await connect(server, wait_welcome=True)
     await canary.call("join-room", {"room": "r"})
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        statuses = [(await http.post("/rooms/r/messages", json={"message": f"m{i}"},
-                                     headers=bearer(PUBLISH_KEY))).status_code for i in range(3)]
+        statuses = [
+            (
+                await http.post(
+                    "/rooms/r/messages", json={"message": f"m{i}"}, headers=bearer(PUBLISH_KEY)
+                )
+            ).status_code
+            for i in range(3)
+        ]
         assert statuses == [200, 200, 200]
-        resp = await http.post("/events/send-message", json={"message": "over", "roomID": "r"},
-                               headers=bearer(PUBLISH_KEY))
+        resp = await http.post(
+            "/events/send-message",
+            json={"message": "over", "roomID": "r"},
+            headers=bearer(PUBLISH_KEY),
+        )
         body = assert_problem(resp, 429, "rate_limited")
         assert 1 <= int(resp.headers["Retry-After"]) <= 2
         assert body["details"]["per"] == "key" and body["details"]["limit"] == 1
         assert "backend" in body["detail"]
         # another key from the same address is not touched; a socket client neither
-        assert (await http.post("/rooms/r/messages", json={"message": "other key"},
-                                headers=bearer(ADMIN_KEY))).status_code == 200
+        assert (
+            await http.post(
+                "/rooms/r/messages", json={"message": "other key"}, headers=bearer(ADMIN_KEY)
+            )
+        ).status_code == 200
         assert (await canary.call("send-message", {"message": "socket", "roomID": "r"}))["ok"]
         # reading is not publishing
         assert (await http.get("/health")).status_code == 200
     assert (await canary.wait_for("receive-message", 5))[-2:] == ["other key", "socket"]
 
-    by_address = serve({"server": {"limits": {"rest_publish_per_address": 1, "rest_publish_burst": 2}}})
+    by_address = serve(
+        {"server": {"limits": {"rest_publish_per_address": 1, "rest_publish_burst": 2}}}
+    )
     async with httpx.AsyncClient(base_url=by_address.url, timeout=10) as http:
-        statuses = [(await http.post("/messages", json={"message": "m"})).status_code for _ in range(3)]
+        statuses = [
+            (await http.post("/messages", json={"message": "m"})).status_code for _ in range(3)
+        ]
         assert statuses == [200, 200, 429]
         await asyncio.sleep(1.1)
         assert (await http.post("/messages", json={"message": "m"})).status_code == 200
@@ -277,7 +405,9 @@ async def test_rest_refusals_answer_the_right_status(serve):
 
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         # the probe: a chunked body over max_message_bytes got 400
-        resp = await http.post("/rooms/r/messages", content=chunks(), headers={"content-type": "application/json"})
+        resp = await http.post(
+            "/rooms/r/messages", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert "content-length" not in resp.request.headers
         body = assert_problem(resp, 413, "payload_too_large")
         assert body["details"]["limit"] == 5000
@@ -311,12 +441,20 @@ async def test_an_unknown_event_with_a_huge_name_is_answered_briefly(serve, conn
 async def test_room_names_refuse_look_alikes_and_slashes(serve, connect):
     server = serve()
     client = await connect(server, wait_welcome=True)
-    for name, char in [("admin\u202eniamda", "U+202E"), ("lob\u200bby", "U+200B"), ("\ufefflobby", "U+FEFF"),
-                       ("lobby\u2066", "U+2066"), ("lob\u200dby", "U+200D"), ("a\u2028b", "U+2028")]:
+    for name, char in [
+        ("admin\u202eniamda", "U+202E"),
+        ("lob\u200bby", "U+200B"),
+        ("\ufefflobby", "U+FEFF"),
+        ("lobby\u2066", "U+2066"),
+        ("lob\u200dby", "U+200D"),
+        ("a\u2028b", "U+2028"),
+    ]:
         error = assert_refused(await client.call("join-room", {"room": name}), "invalid_payload")
         assert error["details"]["character"] == char, name
         assert "invisible character" in error["message"]
-    error = assert_refused(await client.call("join-room", {"room": "team/general"}), "invalid_payload")
+    error = assert_refused(
+        await client.call("join-room", {"room": "team/general"}), "invalid_payload"
+    )
     assert "'/'" in error["message"] and "REST" in error["message"]
     assert (await client.call("join-room", {"room": "team-général ☕"}))["ok"]
     assert (await client.call("my-rooms"))["data"]["rooms"] == ["team-général ☕"]
@@ -327,8 +465,12 @@ async def test_credentials_in_the_query_string_stay_out_of_the_access_log(serve,
     secret, key = "query-token-6d1f0b", "query-key-a9e2c4"
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         assert (await http.get(f"/health?token={secret}&api_key={key}&x=1")).status_code == 200
-    await connect(server, transports=["websocket"], auth={"token": secret},
-                  headers={"Authorization": f"Bearer {secret}"})
+    await connect(
+        server,
+        transports=["websocket"],
+        auth={"token": secret},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
     await asyncio.sleep(0.2)
     log = server.log()
     assert "GET /health?token=[redacted]&api_key=[redacted]&x=1" in log
@@ -340,21 +482,34 @@ async def test_openapi_documents_problem_json_for_every_error_status(default_ser
         spec = (await http.get("/openapi.json")).json()
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     problem = spec["components"]["schemas"]["Problem"]
-    assert {"type", "title", "status", "detail", "instance", "code", "details"} <= set(problem["required"])
-    operations = [(path, method, op) for path, item in spec["paths"].items() for method, op in item.items()]
+    assert {"type", "title", "status", "detail", "instance", "code", "details"} <= set(
+        problem["required"]
+    )
+    operations = [
+        (path, method, op) for path, item in spec["paths"].items() for method, op in item.items()
+    ]
     assert len(operations) > 20
     for path, method, op in operations:
         for status in ("400", "401", "403", "404", "413", "422", "429"):
             content = op["responses"][status]["content"]
             assert set(content) == {"application/problem+json"}, (path, method, status)
-            assert content["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+            assert content["application/problem+json"]["schema"] == {
+                "$ref": "#/components/schemas/Problem"
+            }
 
 
 def test_redis_sentinel_backend_is_refused_at_config_check(tmp_path):
     config = tmp_path / "sentinel.yaml"
     config.write_text("server:\n  backend: redis+sentinel://localhost:26379/mymaster\n")
-    result = subprocess.run([sys.executable, "-m", "plugbus", "config", "check", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "plugbus", "config", "check", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result
-    assert f"{config}:2: server.backend: Value error, redis+sentinel:// is not supported yet" in result.stderr
+    assert (
+        f"{config}:2: server.backend: Value error, redis+sentinel:// is not supported yet"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr

@@ -21,7 +21,11 @@ TRANSPORTS = {
 
 @pytest.mark.parametrize("opts", TRANSPORTS.values(), ids=TRANSPORTS.keys())
 async def test_seed_flow_welcome_join_send_receive(default_server, js, opts):
-    alice, bob, outsider = await js(default_server), await js(default_server), await js(default_server)
+    alice, bob, outsider = (
+        await js(default_server),
+        await js(default_server),
+        await js(default_server),
+    )
     for client in (alice, bob, outsider):
         assert (await client.connect(**opts))["type"] == "connect"
         assert await client.wait_event("welcome") == [["Welcome to server"]]
@@ -61,7 +65,9 @@ async def test_acks_carry_results_and_errors(serve, js):
     assert invalid["error"]["details"]["errors"][0]["loc"] == "roomID"
     unknown = await client.call("no-such-event", {})
     assert unknown["error"]["code"] == "unknown_event"
-    moderated = await client.call("send-message", {"message": "far too long for ten", "roomID": "acks"})
+    moderated = await client.call(
+        "send-message", {"message": "far too long for ten", "roomID": "acks"}
+    )
     assert moderated["error"]["code"] == "message_rejected"
     assert "limit is 10" in moderated["error"]["message"]
     # Without an ack the refusal arrives as an `error` event.
@@ -80,7 +86,9 @@ async def test_rest_post_arrives_at_the_js_client(default_server, js):
     assert await client.wait_event("receive-message") == [["posted"]]
 
 
-@pytest.mark.parametrize("opts", [TRANSPORTS["websocket"], TRANSPORTS["polling"]], ids=["websocket", "polling"])
+@pytest.mark.parametrize(
+    "opts", [TRANSPORTS["websocket"], TRANSPORTS["polling"]], ids=["websocket", "polling"]
+)
 async def test_reconnects_after_server_restart(serve, js, opts):
     server = serve()
     client = await js(server)

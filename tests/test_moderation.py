@@ -22,7 +22,9 @@ EXTRA_RULE = {"extra_rule": "fixture_plugins.extra_rule"}
 WORDS = ["darn", "heck"]
 
 
-def moderation(settings: dict[str, Any], *, extra_rule: bool = False, **plugins: Any) -> dict[str, Any]:
+def moderation(
+    settings: dict[str, Any], *, extra_rule: bool = False, **plugins: Any
+) -> dict[str, Any]:
     """A config overlay with these moderation settings (and the extra-rule plugin)."""
     section: dict[str, Any] = {"settings": {"moderation": settings}, **plugins}
     if extra_rule:
@@ -32,10 +34,16 @@ def moderation(settings: dict[str, Any], *, extra_rule: bool = False, **plugins:
 
 def all_actions(action: str) -> dict[str, Any]:
     """max_length 20, blocked words and no_shouting (the fixture plugin's rule), all ``action``."""
-    return moderation({
-        "max_length": 20, "blocked_words": WORDS,
-        "rules": {name: {"action": action} for name in ("max_length", "blocked_words", "no_shouting")},
-    }, extra_rule=True)
+    return moderation(
+        {
+            "max_length": 20,
+            "blocked_words": WORDS,
+            "rules": {
+                name: {"action": action} for name in ("max_length", "blocked_words", "no_shouting")
+            },
+        },
+        extra_rule=True,
+    )
 
 
 def _module_server(tmp_path_factory: pytest.TempPathFactory, name: str, config: dict[str, Any]):
@@ -85,8 +93,6 @@ async def nothing_delivered(*clients) -> None:
         assert client.received("receive-message") == []
 
 
-
-
 SHOUT = "STOP THIS NOW"
 REFUSALS = [
     ("this message is far too long", "max_length", "the limit is 20"),
@@ -99,7 +105,9 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize(("message", "rule", "fragment"), REFUSALS, ids=[r[1] for r in REFUSALS])
-async def test_refuse_over_socket_ack_and_error_event(refuse_server, connect, message, rule, fragment):
+async def test_refuse_over_socket_ack_and_error_event(
+    refuse_server, connect, message, rule, fragment
+):
     sender = await member_of(connect, refuse_server, f"refuse-{rule}")
     member = await member_of(connect, refuse_server, f"refuse-{rule}")
     ack = await sender.call("send-message", {"message": message, "roomID": f"refuse-{rule}"})
@@ -111,15 +119,21 @@ async def test_refuse_over_socket_ack_and_error_event(refuse_server, connect, me
     [error] = await sender.wait_for("error")
     assert error["details"]["rule"] == rule
     await nothing_delivered(member, sender)
-    assert (await sender.call("send-message", {"message": "fine", "roomID": f"refuse-{rule}"}))["ok"]
+    assert (await sender.call("send-message", {"message": "fine", "roomID": f"refuse-{rule}"}))[
+        "ok"
+    ]
     assert await member.wait_for("receive-message") == ["fine"]
 
 
 @pytest.mark.parametrize("door", ["room", "events"])
 @pytest.mark.parametrize(("message", "rule", "fragment"), REFUSALS, ids=[r[1] for r in REFUSALS])
-async def test_refuse_over_rest_is_a_403_problem(refuse_server, connect, door, message, rule, fragment):
+async def test_refuse_over_rest_is_a_403_problem(
+    refuse_server, connect, door, message, rule, fragment
+):
     member = await member_of(connect, refuse_server, "refuse-rest")
-    body = assert_problem(await rest_send(refuse_server, door, "refuse-rest", message), 403, "message_rejected")
+    body = assert_problem(
+        await rest_send(refuse_server, door, "refuse-rest", message), 403, "message_rejected"
+    )
     assert body["details"]["rule"] == rule
     assert body["details"]["field"] == "message"
     assert fragment in body["detail"]
@@ -128,9 +142,19 @@ async def test_refuse_over_rest_is_a_403_problem(refuse_server, connect, door, m
 
 @pytest.mark.parametrize(
     ("message", "blocked"),
-    [("D4RN", True), ("dárn", True), ("Da\u0301rn", True), ("d@rn", True), ("DaRn!", True),
-     ("what the h3ck", True), ("dÁrN it", True), ("darned", False), ("undarn", False),
-     ("darn5", False), ("h e c k", False)],
+    [
+        ("D4RN", True),
+        ("dárn", True),
+        ("Da\u0301rn", True),
+        ("d@rn", True),
+        ("DaRn!", True),
+        ("what the h3ck", True),
+        ("dÁrN it", True),
+        ("darned", False),
+        ("undarn", False),
+        ("darn5", False),
+        ("h e c k", False),
+    ],
 )
 async def test_blocked_words_match_after_normalisation(refuse_server, connect, message, blocked):
     sender = await connect(refuse_server, wait_welcome=True)
@@ -180,7 +204,9 @@ async def test_a_rule_that_cannot_mask_refuses(mask_server, connect, door):
         ack = await sender.call("send-message", {"message": long, "roomID": "x"})
         assert ack["error"]["details"]["rule"] == "max_length"
     else:
-        body = assert_problem(await rest_send(mask_server, door, "x", long), 403, "message_rejected")
+        body = assert_problem(
+            await rest_send(mask_server, door, "x", long), 403, "message_rejected"
+        )
         assert body["details"]["rule"] == "max_length"
 
 
@@ -193,7 +219,10 @@ DROPPED = ["this message is far too long", "heck", SHOUT]
 async def test_drop_over_socket_acks_ok_and_delivers_nothing(drop_server, connect, message):
     sender = await member_of(connect, drop_server, "drop")
     member = await member_of(connect, drop_server, "drop")
-    assert await sender.call("send-message", {"message": message, "roomID": "drop"}) == {"ok": True, "data": None}
+    assert await sender.call("send-message", {"message": message, "roomID": "drop"}) == {
+        "ok": True,
+        "data": None,
+    }
     await sender.emit("send-message", {"message": message, "roomID": "drop"})
     await nothing_delivered(member, sender)
     assert sender.received("error") == []
@@ -212,7 +241,9 @@ async def test_drop_over_rest_succeeds_and_delivers_nothing(drop_server, connect
 
 
 async def test_flood_refuses_with_retry_after_then_recovers(serve, connect):
-    server = serve(moderation({"flood": {"burst": 3, "rate": 4}, "rules": {"flood": {"enabled": True}}}))
+    server = serve(
+        moderation({"flood": {"burst": 3, "rate": 4}, "rules": {"flood": {"enabled": True}}})
+    )
     flooder = await connect(server, wait_welcome=True)
     calm = await connect(server, wait_welcome=True)
     room = flooder.sio.get_sid()
@@ -240,10 +271,15 @@ async def test_flood_refuses_with_retry_after_then_recovers(serve, connect):
 async def test_slow_mode_per_room_set_over_rest(serve, connect):
     server = serve(moderation({"slow_mode": {"rooms": {"configured": 30}}}))
     assert (await rest(server, "GET", "/moderation/slow-mode")).json() == {
-        "seconds": 0, "rooms": {"configured": 30}}
+        "seconds": 0,
+        "rooms": {"configured": 30},
+    }
     resp = await rest(server, "PUT", "/moderation/slow-mode/slow", json={"seconds": 1})
     assert resp.json() == {"room": "slow", "seconds": 1}
-    assert (await rest(server, "GET", "/moderation/slow-mode")).json()["rooms"] == {"configured": 30, "slow": 1}
+    assert (await rest(server, "GET", "/moderation/slow-mode")).json()["rooms"] == {
+        "configured": 30,
+        "slow": 1,
+    }
 
     a = await member_of(connect, server, "slow")
     b = await member_of(connect, server, "slow")
@@ -251,7 +287,11 @@ async def test_slow_mode_per_room_set_over_rest(serve, connect):
     ack = await a.call("send-message", {"message": "two", "roomID": "slow"})
     assert_error_shape(ack["error"], "rate_limited")
     details = ack["error"]["details"]
-    assert details["rule"] == "slow_mode" and details["room"] == "slow" and details["field"] == "roomID"
+    assert (
+        details["rule"] == "slow_mode"
+        and details["room"] == "slow"
+        and details["field"] == "roomID"
+    )
     assert 0 < details["retry_after"] <= 1
     assert "slow mode" in ack["error"]["message"]
     # Per connection and per room: b may talk in "slow", a anywhere else.
@@ -263,11 +303,16 @@ async def test_slow_mode_per_room_set_over_rest(serve, connect):
     assert (await a.call("send-message", {"message": "three", "roomID": "slow"}))["ok"]
     assert await b.wait_for("receive-message", count=3) == ["one", "b here", "three"]
 
-    assert (await rest(server, "PUT", "/moderation/slow-mode/slow", json={"seconds": 0})).status_code == 200
+    assert (
+        await rest(server, "PUT", "/moderation/slow-mode/slow", json={"seconds": 0})
+    ).status_code == 200
     for text in ("four", "five"):
         assert (await a.call("send-message", {"message": text, "roomID": "slow"}))["ok"]
-    body = assert_problem(await rest(server, "PUT", "/moderation/slow-mode/slow", json={"seconds": -1}),
-                          422, "invalid_payload")
+    body = assert_problem(
+        await rest(server, "PUT", "/moderation/slow-mode/slow", json={"seconds": -1}),
+        422,
+        "invalid_payload",
+    )
     assert body["details"]["errors"][0]["loc"] == "body.seconds"
 
 
@@ -278,13 +323,19 @@ async def test_mute_by_connection_then_unmute(serve, connect):
     server = serve()
     muted = await member_of(connect, server, "mute")
     other = await member_of(connect, server, "mute")
-    resp = await rest(server, "POST", "/moderation/mutes",
-                      json={"kind": "connection", "value": muted.sio.get_sid(), "reason": "calm down"})
+    resp = await rest(
+        server,
+        "POST",
+        "/moderation/mutes",
+        json={"kind": "connection", "value": muted.sio.get_sid(), "reason": "calm down"},
+    )
     assert resp.status_code == 201, resp.text
     mute = resp.json()
     assert mute["kind"] == "connection" and mute["value"] == muted.sio.get_sid()
     assert mute["reason"] == "calm down" and mute["expires_at"] is None
-    assert [m["id"] for m in (await rest(server, "GET", "/moderation/mutes")).json()] == [mute["id"]]
+    assert [m["id"] for m in (await rest(server, "GET", "/moderation/mutes")).json()] == [
+        mute["id"]
+    ]
 
     ack = await muted.call("send-message", {"message": "hello?", "roomID": "mute"})
     assert_error_shape(ack["error"], "message_rejected")
@@ -300,16 +351,27 @@ async def test_mute_by_connection_then_unmute(serve, connect):
     assert (await rest(server, "GET", "/moderation/mutes")).json() == []
     assert (await muted.call("send-message", {"message": "back", "roomID": "mute"}))["ok"]
     assert await other.wait_for("receive-message", count=2) == ["you can read", "back"]
-    assert_problem(await rest(server, "DELETE", f"/moderation/mutes/{mute['id']}"), 404, "not_found")
-    body = assert_problem(await rest(server, "POST", "/moderation/mutes",
-                                     json={"kind": "connection", "value": "no-such-sid"}), 404, "not_found")
+    assert_problem(
+        await rest(server, "DELETE", f"/moderation/mutes/{mute['id']}"), 404, "not_found"
+    )
+    body = assert_problem(
+        await rest(
+            server, "POST", "/moderation/mutes", json={"kind": "connection", "value": "no-such-sid"}
+        ),
+        404,
+        "not_found",
+    )
     assert "no-such-sid" in body["detail"]
 
 
 async def test_mute_by_identity_expires(serve, connect):
     server = serve(moderation({}, extra_rule=True), env=PYTHONPATH)
-    resp = await rest(server, "POST", "/moderation/mutes",
-                      json={"kind": "identity", "value": "ada", "duration": 1})
+    resp = await rest(
+        server,
+        "POST",
+        "/moderation/mutes",
+        json={"kind": "identity", "value": "ada", "duration": 1},
+    )
     assert resp.json()["expires_at"] is not None
     ada = await connect(server, wait_welcome=True, auth={"user_id": "ada"})
     bob = await connect(server, wait_welcome=True, auth={"user_id": "bob"})
@@ -330,8 +392,12 @@ async def test_ban_by_address_disconnects_and_refuses_reconnects_until_lifted(se
     a = await connect(server, wait_welcome=True)
     b = await connect(server, wait_welcome=True)
     sids = sorted([a.sio.get_sid(), b.sio.get_sid()])
-    resp = await rest(server, "POST", "/moderation/bans",
-                      json={"kind": "address", "value": "127.0.0.1", "reason": "spamming"})
+    resp = await rest(
+        server,
+        "POST",
+        "/moderation/bans",
+        json={"kind": "address", "value": "127.0.0.1", "reason": "spamming"},
+    )
     assert resp.status_code == 201, resp.text
     ban = resp.json()
     assert sorted(ban["disconnected"]) == sids
@@ -345,7 +411,9 @@ async def test_ban_by_address_disconnects_and_refuses_reconnects_until_lifted(se
         assert error["data"]["details"]["reason"] == "spamming"
         # The REST door is the back end's: not subject to bans.
         assert (await rest_send(server, "room", "r", "still serving")).status_code == 200
-        assert [x["id"] for x in (await rest(server, "GET", "/moderation/bans")).json()] == [ban["id"]]
+        assert [x["id"] for x in (await rest(server, "GET", "/moderation/bans")).json()] == [
+            ban["id"]
+        ]
     finally:
         lifted = await rest(server, "DELETE", f"/moderation/bans/{ban['id']}")
     assert lifted.status_code == 200 and lifted.json()["kind"] == "address"
@@ -359,7 +427,12 @@ async def test_ban_by_connection_bans_its_identity(serve, connect):
     ada = await connect(server, wait_welcome=True, auth={"user_id": "ada"})
     bob = await connect(server, wait_welcome=True, auth={"user_id": "bob"})
     sid = ada.sio.get_sid()
-    resp = await rest(server, "POST", "/moderation/bans", json={"kind": "connection", "value": sid, "reason": "rude"})
+    resp = await rest(
+        server,
+        "POST",
+        "/moderation/bans",
+        json={"kind": "connection", "value": sid, "reason": "rude"},
+    )
     ban = resp.json()
     assert (ban["kind"], ban["value"], ban["sid"]) == ("identity", "ada", sid)
     assert ban["disconnected"] == [sid]
@@ -377,7 +450,9 @@ async def test_ban_by_connection_without_identity_bans_its_address(serve, connec
     a = await connect(server, wait_welcome=True)
     b = await connect(server, wait_welcome=True)
     sid_a, sid_b = a.sio.get_sid(), b.sio.get_sid()
-    ban = (await rest(server, "POST", "/moderation/bans", json={"kind": "connection", "value": sid_a})).json()
+    ban = (
+        await rest(server, "POST", "/moderation/bans", json={"kind": "connection", "value": sid_a})
+    ).json()
     try:
         assert (ban["kind"], ban["value"], ban["sid"]) == ("address", "127.0.0.1", sid_a)
         assert sorted(ban["disconnected"]) == sorted([sid_a, sid_b])
@@ -386,15 +461,24 @@ async def test_ban_by_connection_without_identity_bans_its_address(serve, connec
     finally:
         assert (await rest(server, "DELETE", f"/moderation/bans/{ban['id']}")).status_code == 200
     assert (await connect(server)).sio.connected
-    body = assert_problem(await rest(server, "POST", "/moderation/bans",
-                                     json={"kind": "connection", "value": sid_a}), 404, "not_found")
+    body = assert_problem(
+        await rest(server, "POST", "/moderation/bans", json={"kind": "connection", "value": sid_a}),
+        404,
+        "not_found",
+    )
     assert body["details"]["sid"] == sid_a
 
 
 async def test_ban_expires_after_its_duration(serve, connect):
     server = serve()
-    ban = (await rest(server, "POST", "/moderation/bans",
-                      json={"kind": "address", "value": "127.0.0.1", "reason": "cool off", "duration": 1})).json()
+    ban = (
+        await rest(
+            server,
+            "POST",
+            "/moderation/bans",
+            json={"kind": "address", "value": "127.0.0.1", "reason": "cool off", "duration": 1},
+        )
+    ).json()
     assert ban["expires_at"] is not None
     error = await refused_connect(server)
     assert "cool off" in error["message"] and "until" in error["message"]
@@ -407,13 +491,18 @@ async def test_ban_expires_after_its_duration(serve, connect):
 
 @pytest.mark.parametrize(
     ("body", "loc"),
-    [({"kind": "user", "value": "x"}, "body.kind"), ({"kind": "address", "value": ""}, "body.value"),
-     ({"kind": "address", "value": "x", "duration": 0}, "body.duration"),
-     ({"kind": "address", "value": "x", "extra": 1}, "body.extra")],
+    [
+        ({"kind": "user", "value": "x"}, "body.kind"),
+        ({"kind": "address", "value": ""}, "body.value"),
+        ({"kind": "address", "value": "x", "duration": 0}, "body.duration"),
+        ({"kind": "address", "value": "x", "extra": 1}, "body.extra"),
+    ],
 )
 async def test_sanction_bodies_are_validated(default_server, body, loc):
     for path in ("/moderation/bans", "/moderation/mutes"):
-        problem = assert_problem(await rest(default_server, "POST", path, json=body), 422, "invalid_payload")
+        problem = assert_problem(
+            await rest(default_server, "POST", path, json=body), 422, "invalid_payload"
+        )
         assert [e["loc"] for e in problem["details"]["errors"]] == [loc]
 
 
@@ -434,10 +523,14 @@ async def test_kick_disconnects_one_connection_which_may_come_back(serve, connec
     await wait_disconnected(b)
     assert c.sio.connected
     assert (await connect(server, wait_welcome=True)).sio.connected  # a kick is not a ban
-    body = assert_problem(await rest(server, "POST", "/moderation/kick", json={"sid": "nope"}), 404, "not_found")
+    body = assert_problem(
+        await rest(server, "POST", "/moderation/kick", json={"sid": "nope"}), 404, "not_found"
+    )
     assert body["details"]["sid"] == "nope"
     assert_problem(await rest(server, "DELETE", "/connections/nope"), 404, "not_found")
-    kicks = [e for e in (await rest(server, "GET", "/moderation/log")).json() if e["action"] == "kick"]
+    kicks = [
+        e for e in (await rest(server, "GET", "/moderation/log")).json() if e["action"] == "kick"
+    ]
     assert [(k["sid"], k["reason"]) for k in kicks] == [(sid_a, "bye"), (sid_b, "")]
 
 
@@ -445,8 +538,17 @@ async def test_kick_disconnects_one_connection_which_may_come_back(serve, connec
 
 
 async def test_log_records_decisions_and_sanctions(serve, connect):
-    server = serve(moderation({"blocked_words": ["darn"], "log_size": 4,
-                               "rules": {"blocked_words": {"action": "mask"}}}, extra_rule=True), env=PYTHONPATH)
+    server = serve(
+        moderation(
+            {
+                "blocked_words": ["darn"],
+                "log_size": 4,
+                "rules": {"blocked_words": {"action": "mask"}},
+            },
+            extra_rule=True,
+        ),
+        env=PYTHONPATH,
+    )
     ada = await connect(server, wait_welcome=True, auth={"user_id": "ada"})
     sid = ada.sio.get_sid()
     await ada.call("send-message", {"message": "x" * 2001, "roomID": "r"})
@@ -461,16 +563,27 @@ async def test_log_records_decisions_and_sanctions(serve, connect):
     ]
     assert {(e["event"], e["field"]) for e in entries} == {("send-message", "message")}
     assert "limit is 2000" in entries[0]["reason"] and entries[0]["time"].endswith("Z")
-    mute = (await rest(server, "POST", "/moderation/mutes",
-                       json={"kind": "identity", "value": "ada", "reason": "shh"})).json()
+    mute = (
+        await rest(
+            server,
+            "POST",
+            "/moderation/mutes",
+            json={"kind": "identity", "value": "ada", "reason": "shh"},
+        )
+    ).json()
     await rest(server, "DELETE", f"/moderation/mutes/{mute['id']}")
     latest = (await rest(server, "GET", "/moderation/log", params={"limit": 2})).json()
     assert [(e["rule"], e["action"], e["user"], e["target"], e["reason"]) for e in latest] == [
-        ("mute", "mute", "ada", "identity:ada", "shh"), ("mute", "unmute", "ada", "identity:ada", "shh")]
+        ("mute", "mute", "ada", "identity:ada", "shh"),
+        ("mute", "unmute", "ada", "identity:ada", "shh"),
+    ]
     assert len((await rest(server, "GET", "/moderation/log")).json()) == 4  # log_size
     for bad in ("0", "-1", "many"):
-        body = assert_problem(await rest(server, "GET", "/moderation/log", params={"limit": bad}),
-                              422, "invalid_payload")
+        body = assert_problem(
+            await rest(server, "GET", "/moderation/log", params={"limit": bad}),
+            422,
+            "invalid_payload",
+        )
         assert body["details"]["errors"][0]["loc"] == "query.limit"
 
 
@@ -481,18 +594,30 @@ async def test_plugin_rule_is_on_by_default_and_switchable(serve, connect):
     server = serve(moderation({}, extra_rule=True), env=PYTHONPATH)
     a = await connect(server, wait_welcome=True)
     ack = await a.call("send-message", {"message": SHOUT, "roomID": "r"})
-    assert ack["error"]["details"] == {"event": "send-message", "rule": "no_shouting", "field": "message"}
-    server = serve(moderation({"rules": {"no_shouting": {"enabled": False}}}, extra_rule=True), env=PYTHONPATH)
+    assert ack["error"]["details"] == {
+        "event": "send-message",
+        "rule": "no_shouting",
+        "field": "message",
+    }
+    server = serve(
+        moderation({"rules": {"no_shouting": {"enabled": False}}}, extra_rule=True), env=PYTHONPATH
+    )
     a = await connect(server, wait_welcome=True)
     assert (await a.call("send-message", {"message": SHOUT, "roomID": "r"}))["ok"]
 
 
 def test_unknown_rule_name_stops_start_up(tmp_path):
     with pytest.raises(RuntimeError) as info:
-        start_server(tmp_path, moderation({"rules": {"no_shoutin": {"action": "mask"}}}, extra_rule=True),
-                     PYTHONPATH)
+        start_server(
+            tmp_path,
+            moderation({"rules": {"no_shoutin": {"action": "mask"}}}, extra_rule=True),
+            PYTHONPATH,
+        )
     message = str(info.value)
-    assert "plugins.settings.moderation.rules.no_shoutin: no moderation rule named 'no_shoutin'" in message
+    assert (
+        "plugins.settings.moderation.rules.no_shoutin: no moderation rule named 'no_shoutin'"
+        in message
+    )
     assert "no_shouting" in message  # the rules there are, to spot the typo
     with pytest.raises(RuntimeError) as info:
         start_server(tmp_path, moderation({"rules": {"no_shouting": {"action": "mask"}}}))
@@ -519,7 +644,10 @@ async def test_defaults_only_limit_length(default_server, connect):
     for message in ["x" * 2000, "darn", "SHOUTING IS FINE", "again", "and again", "and again!"]:
         assert (await a.call("send-message", {"message": message, "roomID": room}))["ok"]
     assert (await rest(default_server, "GET", "/moderation/bans")).json() == []
-    assert (await rest(default_server, "GET", "/moderation/slow-mode")).json() == {"seconds": 0, "rooms": {}}
+    assert (await rest(default_server, "GET", "/moderation/slow-mode")).json() == {
+        "seconds": 0,
+        "rooms": {},
+    }
 
 
 async def test_service_runs_with_moderation_switched_off(serve, connect):
@@ -531,14 +659,26 @@ async def test_service_runs_with_moderation_switched_off(serve, connect):
 
 
 async def test_every_rule_switched_off(serve, connect):
-    rules = {n: {"enabled": False} for n in ("ban", "mute", "flood", "slow_mode", "max_length", "blocked_words")}
+    rules = {
+        n: {"enabled": False}
+        for n in ("ban", "mute", "flood", "slow_mode", "max_length", "blocked_words")
+    }
     server = serve(moderation({"max_length": 5, "blocked_words": ["darn"], "rules": rules}))
     a = await connect(server, wait_welcome=True)
-    assert (await a.call("send-message", {"message": "darn, longer than five", "roomID": "r"}))["ok"]
-    body = assert_problem(await rest(server, "POST", "/moderation/bans", json={"kind": "address", "value": "x"}),
-                          403, "not_allowed")
+    assert (await a.call("send-message", {"message": "darn, longer than five", "roomID": "r"}))[
+        "ok"
+    ]
+    body = assert_problem(
+        await rest(server, "POST", "/moderation/bans", json={"kind": "address", "value": "x"}),
+        403,
+        "not_allowed",
+    )
     assert "rules.ban.enabled" in body["detail"]
-    assert_problem(await rest(server, "PUT", "/moderation/slow-mode/r", json={"seconds": 1}), 403, "not_allowed")
+    assert_problem(
+        await rest(server, "PUT", "/moderation/slow-mode/r", json={"seconds": 1}),
+        403,
+        "not_allowed",
+    )
 
 
 async def test_openapi_documents_the_moderation_routes(default_server):
@@ -546,12 +686,22 @@ async def test_openapi_documents_the_moderation_routes(default_server):
     paths = spec["paths"]
     post = paths["/moderation/bans"]["post"]
     assert post["tags"] == ["moderation"]
-    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SanctionRequest")
-    assert post["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/BanCreated")
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/SanctionRequest"
+    )
+    assert post["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/BanCreated"
+    )
     assert set(paths["/moderation/bans/{id}"]) == {"delete"}
     assert {"get", "post"} == set(paths["/moderation/mutes"])
-    assert "put" in paths["/moderation/slow-mode/{room}"] and "get" in paths["/moderation/slow-mode"]
+    assert (
+        "put" in paths["/moderation/slow-mode/{room}"] and "get" in paths["/moderation/slow-mode"]
+    )
     assert "delete" in paths["/connections/{sid}"] and "post" in paths["/moderation/kick"]
     assert "get" in paths["/moderation/log"]
     schemas = spec["components"]["schemas"]
-    assert schemas["SanctionRequest"]["properties"]["kind"]["enum"] == ["connection", "identity", "address"]
+    assert schemas["SanctionRequest"]["properties"]["kind"]["enum"] == [
+        "connection",
+        "identity",
+        "address",
+    ]

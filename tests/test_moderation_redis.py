@@ -26,9 +26,13 @@ PYTHONPATH = {"PYTHONPATH": str(TESTS)}
 
 def node_config(redis_url: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """A node on ``redis_url`` with the identity stand-in and these moderation settings."""
-    return {"server": {"backend": redis_url},
-            "plugins": {"modules": {"extra_rule": "fixture_plugins.extra_rule"},
-                        "settings": {"moderation": settings or {}}}}
+    return {
+        "server": {"backend": redis_url},
+        "plugins": {
+            "modules": {"extra_rule": "fixture_plugins.extra_rule"},
+            "settings": {"moderation": settings or {}},
+        },
+    }
 
 
 @pytest.fixture
@@ -60,8 +64,6 @@ async def send(client, room: str, message: str) -> dict[str, Any]:
     return await client.call("send-message", {"message": message, "roomID": room})  # type: ignore[no-any-return]
 
 
-
-
 async def eventually(check: Callable[[], Any], timeout: float = 10) -> Any:
     """Await ``check()`` until it returns something truthy (or raise its last failure)."""
     deadline = time.monotonic() + timeout
@@ -81,11 +83,18 @@ async def eventually(check: Callable[[], Any], timeout: float = 10) -> Any:
 # -- bans -----------------------------------------------------------------------------------
 
 
-async def test_ban_on_one_node_holds_on_the_other_and_lifting_there_lifts_everywhere(nodes, connect):
+async def test_ban_on_one_node_holds_on_the_other_and_lifting_there_lifts_everywhere(
+    nodes, connect
+):
     a, b = nodes()
     ada_b = await user(connect, b, "ada")
     bob_b = await user(connect, b, "bob")
-    resp = await rest(a, "POST", "/moderation/bans", json={"kind": "identity", "value": "ada", "reason": "spamming"})
+    resp = await rest(
+        a,
+        "POST",
+        "/moderation/bans",
+        json={"kind": "identity", "value": "ada", "reason": "spamming"},
+    )
     assert resp.status_code == 201, resp.text
     ban = resp.json()
     assert ban["disconnected"] == []  # nothing of ada's on node A ...
@@ -108,16 +117,35 @@ async def test_ban_on_one_node_holds_on_the_other_and_lifting_there_lifts_everyw
 
     log = (await rest(a, "GET", "/moderation/log")).json()
     assert [(e["rule"], e["action"], e["target"]) for e in log] == [
-        ("ban", "ban", "identity:ada"), ("ban", "refuse", "identity:ada"),
-        ("ban", "refuse", "identity:ada"), ("ban", "unban", "identity:ada")]
+        ("ban", "ban", "identity:ada"),
+        ("ban", "refuse", "identity:ada"),
+        ("ban", "refuse", "identity:ada"),
+        ("ban", "unban", "identity:ada"),
+    ]
 
 
 async def test_a_new_ban_replaces_the_old_one_on_every_node(nodes, connect):
     a, b = nodes()
-    first = (await rest(a, "POST", "/moderation/bans", json={"kind": "identity", "value": "ada", "reason": "one"})).json()
-    second = (await rest(b, "POST", "/moderation/bans", json={"kind": "identity", "value": "ada", "reason": "two"})).json()
+    first = (
+        await rest(
+            a,
+            "POST",
+            "/moderation/bans",
+            json={"kind": "identity", "value": "ada", "reason": "one"},
+        )
+    ).json()
+    second = (
+        await rest(
+            b,
+            "POST",
+            "/moderation/bans",
+            json={"kind": "identity", "value": "ada", "reason": "two"},
+        )
+    ).json()
     for node in (a, b):
-        assert [x["id"] for x in (await rest(node, "GET", "/moderation/bans")).json()] == [second["id"]]
+        assert [x["id"] for x in (await rest(node, "GET", "/moderation/bans")).json()] == [
+            second["id"]
+        ]
     assert_problem(await rest(a, "DELETE", f"/moderation/bans/{first['id']}"), 404, "not_found")
     assert "two" in (await refused_connect(a, auth={"user_id": "ada"}))["message"]
 
@@ -130,8 +158,14 @@ async def test_mute_on_one_node_refuses_sends_on_the_other(nodes, connect):
     ada_a = await user(connect, a, "ada", "r")
     ada_b = await user(connect, b, "ada", "r")
     bob_b = await user(connect, b, "bob", "r")
-    mute = (await rest(a, "POST", "/moderation/mutes",
-                       json={"kind": "identity", "value": "ada", "reason": "calm down"})).json()
+    mute = (
+        await rest(
+            a,
+            "POST",
+            "/moderation/mutes",
+            json={"kind": "identity", "value": "ada", "reason": "calm down"},
+        )
+    ).json()
     for client in (ada_b, ada_a):
         ack = await send(client, "r", "hello?")
         assert_error_shape(ack["error"], "message_rejected")
@@ -149,7 +183,9 @@ async def test_a_mute_by_connection_ends_with_the_connection(nodes, connect, red
     a, b = nodes()
     anon = await user(connect, a, None)
     sid = anon.sio.get_sid()
-    assert (await rest(a, "POST", "/moderation/mutes", json={"kind": "connection", "value": sid})).status_code == 201
+    assert (
+        await rest(a, "POST", "/moderation/mutes", json={"kind": "connection", "value": sid})
+    ).status_code == 201
     assert [m["value"] for m in (await rest(b, "GET", "/moderation/mutes")).json()] == [sid]
     await anon.sio.disconnect()
     await eventually(lambda: _is_empty(rest(b, "GET", "/moderation/mutes")))
@@ -164,10 +200,19 @@ async def _is_empty(response) -> bool:
 
 async def test_sanctions_expire_by_duration_on_every_node(nodes, connect, redis_server):
     a, b = nodes()
-    ban = (await rest(a, "POST", "/moderation/bans",
-                      json={"kind": "identity", "value": "ada", "reason": "cool off", "duration": 1})).json()
-    mute = (await rest(b, "POST", "/moderation/mutes",
-                       json={"kind": "identity", "value": "bob", "duration": 1})).json()
+    ban = (
+        await rest(
+            a,
+            "POST",
+            "/moderation/bans",
+            json={"kind": "identity", "value": "ada", "reason": "cool off", "duration": 1},
+        )
+    ).json()
+    mute = (
+        await rest(
+            b, "POST", "/moderation/mutes", json={"kind": "identity", "value": "bob", "duration": 1}
+        )
+    ).json()
     assert ban["expires_at"] is not None and mute["expires_at"] is not None
     error = await refused_connect(b, auth={"user_id": "ada"})
     assert "cool off" in error["message"] and "until" in error["message"]
@@ -181,8 +226,10 @@ async def test_sanctions_expire_by_duration_on_every_node(nodes, connect, redis_
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         keys = sorted([k async for k in client.scan_iter("plugbus:moderation:sanction:*")])
-        assert keys == ["plugbus:moderation:sanction:ban:identity:ada",
-                        "plugbus:moderation:sanction:mute:identity:bob"]
+        assert keys == [
+            "plugbus:moderation:sanction:ban:identity:ada",
+            "plugbus:moderation:sanction:mute:identity:bob",
+        ]
         for key in keys:
             assert 0 < await client.pttl(key) <= 1000
     finally:
@@ -230,7 +277,10 @@ async def test_slow_mode_set_on_one_node_applies_on_the_other(nodes, connect):
     a, b = nodes()
     resp = await rest(a, "PUT", "/moderation/slow-mode/slow", json={"seconds": 30})
     assert resp.json() == {"room": "slow", "seconds": 30}
-    assert (await rest(b, "GET", "/moderation/slow-mode")).json() == {"seconds": 0, "rooms": {"slow": 30}}
+    assert (await rest(b, "GET", "/moderation/slow-mode")).json() == {
+        "seconds": 0,
+        "rooms": {"slow": 30},
+    }
     ada_a = await user(connect, a, "ada", "slow")
     ada_b = await user(connect, b, "ada", "slow")
     bob_b = await user(connect, b, "bob", "slow")
@@ -239,25 +289,41 @@ async def test_slow_mode_set_on_one_node_applies_on_the_other(nodes, connect):
         ack = await send(client, "slow", "two")
         assert_error_shape(ack["error"], "rate_limited")
         details = ack["error"]["details"]
-        assert details["rule"] == "slow_mode" and details["room"] == "slow" and details["seconds"] == 30
+        assert (
+            details["rule"] == "slow_mode"
+            and details["room"] == "slow"
+            and details["seconds"] == 30
+        )
         assert 28 < details["retry_after"] <= 30
     assert (await send(bob_b, "slow", "bob's turn"))["ok"]
     assert (await send(ada_a, "slow-free", "elsewhere"))["ok"]
 
-    assert (await rest(b, "PUT", "/moderation/slow-mode/slow", json={"seconds": 0})).status_code == 200
+    assert (
+        await rest(b, "PUT", "/moderation/slow-mode/slow", json={"seconds": 0})
+    ).status_code == 200
     assert (await send(ada_a, "slow", "three"))["ok"]
     assert (await rest(a, "GET", "/moderation/slow-mode")).json()["rooms"] == {"slow": 0}
 
 
-async def test_config_seeds_slow_mode_without_overwriting_run_time_changes(serve, redis_server, connect):
+async def test_config_seeds_slow_mode_without_overwriting_run_time_changes(
+    serve, redis_server, connect
+):
     config = node_config(redis_server.url, {"slow_mode": {"rooms": {"lobby": 30, "hall": 5}}})
     a = serve(config, env=PYTHONPATH)
-    assert (await rest(a, "GET", "/moderation/slow-mode")).json()["rooms"] == {"lobby": 30, "hall": 5}
-    assert (await rest(a, "PUT", "/moderation/slow-mode/lobby", json={"seconds": 2})).status_code == 200
+    assert (await rest(a, "GET", "/moderation/slow-mode")).json()["rooms"] == {
+        "lobby": 30,
+        "hall": 5,
+    }
+    assert (
+        await rest(a, "PUT", "/moderation/slow-mode/lobby", json={"seconds": 2})
+    ).status_code == 200
     # A node started later with the same config leaves the run-time change alone.
     b = serve(config, env=PYTHONPATH)
     for node in (a, b):
-        assert (await rest(node, "GET", "/moderation/slow-mode")).json()["rooms"] == {"lobby": 2, "hall": 5}
+        assert (await rest(node, "GET", "/moderation/slow-mode")).json()["rooms"] == {
+            "lobby": 2,
+            "hall": 5,
+        }
 
 
 # -- the log --------------------------------------------------------------------------------
@@ -267,9 +333,16 @@ async def test_log_on_one_node_shows_decisions_made_on_the_other(nodes, connect)
     a, b = nodes({"max_length": 10, "log_size": 3})
     ada_a = await user(connect, a, "ada")
     sid = ada_a.sio.get_sid()
-    assert (await send(ada_a, "r", "far too long for this"))["error"]["details"]["rule"] == "max_length"
+    assert (await send(ada_a, "r", "far too long for this"))["error"]["details"][
+        "rule"
+    ] == "max_length"
     [entry] = (await rest(b, "GET", "/moderation/log")).json()
-    assert (entry["rule"], entry["action"], entry["sid"], entry["user"]) == ("max_length", "refuse", sid, "ada")
+    assert (entry["rule"], entry["action"], entry["sid"], entry["user"]) == (
+        "max_length",
+        "refuse",
+        sid,
+        "ada",
+    )
     assert entry["event"] == "send-message" and "the limit is 10" in entry["reason"]
     # Capped at log_size, whichever node adds.
     bob_b = await user(connect, b, "bob")
@@ -295,7 +368,9 @@ def test_store_redis_without_a_redis_backend_stops_start_up(tmp_path):
 async def test_store_memory_keeps_moderation_per_node_even_with_redis(serve, redis_server, connect):
     config = node_config(redis_server.url, {"store": "memory"})
     a, b = serve(config, env=PYTHONPATH), serve(config, env=PYTHONPATH)
-    assert (await rest(a, "POST", "/moderation/bans", json={"kind": "identity", "value": "ada"})).status_code == 201
+    assert (
+        await rest(a, "POST", "/moderation/bans", json={"kind": "identity", "value": "ada"})
+    ).status_code == 201
     assert (await user(connect, b, "ada")).sio.connected
     assert (await rest(b, "GET", "/moderation/bans")).json() == []
     assert (await refused_connect(a, auth={"user_id": "ada"}))["message"] == "you are banned"
@@ -304,7 +379,9 @@ async def test_store_memory_keeps_moderation_per_node_even_with_redis(serve, red
 # -- a Redis outage -------------------------------------------------------------------------
 
 
-async def test_redis_outage_refuses_clearly_and_moderation_works_again_after(nodes, connect, redis_server):
+async def test_redis_outage_refuses_clearly_and_moderation_works_again_after(
+    nodes, connect, redis_server
+):
     a, b = nodes()
     ada_a = await user(connect, a, "ada", "r")
     redis_server.stop()
@@ -312,8 +389,11 @@ async def test_redis_outage_refuses_clearly_and_moderation_works_again_after(nod
         ack = await send(ada_a, "r", "anyone there?")
         assert_error_shape(ack["error"], "moderation_unavailable")
         assert "Redis" in ack["error"]["message"]
-        body = assert_problem(await rest(b, "POST", "/moderation/bans", json={"kind": "identity", "value": "eve"}),
-                              503, "moderation_unavailable")
+        body = assert_problem(
+            await rest(b, "POST", "/moderation/bans", json={"kind": "identity", "value": "eve"}),
+            503,
+            "moderation_unavailable",
+        )
         assert "try again" in body["detail"]
         assert_problem(await rest(a, "GET", "/moderation/log"), 503, "moderation_unavailable")
         error = await refused_connect(b, auth={"user_id": "cy"})
@@ -326,8 +406,11 @@ async def test_redis_outage_refuses_clearly_and_moderation_works_again_after(nod
         return bool((await send(ada_a, "r", "back")).get("ok"))
 
     await eventually(message_passes)
-    resp = await eventually(lambda: _created(rest(b, "POST", "/moderation/bans",
-                                                  json={"kind": "identity", "value": "eve"})))
+    resp = await eventually(
+        lambda: _created(
+            rest(b, "POST", "/moderation/bans", json={"kind": "identity", "value": "eve"})
+        )
+    )
     assert resp.json()["value"] == "eve"
     assert "banned" in (await refused_connect(a, auth={"user_id": "eve"}))["message"]
     assert (await user(connect, b, "cy")).sio.connected
@@ -337,6 +420,7 @@ async def test_redis_outage_refuses_clearly_and_moderation_works_again_after(nod
 
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
+
         async def both_subscribed() -> bool:
             [(_, count)] = await client.pubsub_numsub("plugbus:moderation:bans")
             return count == 2
@@ -345,7 +429,9 @@ async def test_redis_outage_refuses_clearly_and_moderation_works_again_after(nod
     finally:
         await client.aclose()
     dan_a = await user(connect, a, "dan")
-    assert (await rest(b, "POST", "/moderation/bans", json={"kind": "identity", "value": "dan"})).status_code == 201
+    assert (
+        await rest(b, "POST", "/moderation/bans", json={"kind": "identity", "value": "dan"})
+    ).status_code == 201
     await wait_disconnected(dan_a)
 
 
@@ -375,14 +461,22 @@ async def store(request, tmp_path):
         await client.aclose()
 
 
-def sanction(type: str, kind: str, value: str, *, id: str, duration: float | None = None, at: float = 0):
+def sanction(
+    type: str, kind: str, value: str, *, id: str, duration: float | None = None, at: float = 0
+):
     from datetime import UTC, datetime, timedelta
 
     from plugbus.plugins.moderation import Sanction
 
     now = datetime.now(UTC) + timedelta(seconds=at)
-    return Sanction(id=id, type=type, kind=kind, value=value, created_at=now,
-                    expires_at=now + timedelta(seconds=duration) if duration else None)
+    return Sanction(
+        id=id,
+        type=type,
+        kind=kind,
+        value=value,
+        created_at=now,
+        expires_at=now + timedelta(seconds=duration) if duration else None,
+    )
 
 
 async def test_both_stores_keep_sanctions_alike(store):
@@ -392,7 +486,9 @@ async def test_both_stores_keep_sanctions_alike(store):
     replaced = await store.add_sanction(sanction("ban", "identity", "ada", id="b3", at=2))
     assert replaced is not None and replaced.id == "b1"
     assert [s.id for s in await store.sanctions("ban")] == ["b2", "b3"]
-    found = await store.find_sanction("ban", [("connection", "x"), ("identity", "ada"), ("address", "10.0.0.1")])
+    found = await store.find_sanction(
+        "ban", [("connection", "x"), ("identity", "ada"), ("address", "10.0.0.1")]
+    )
     assert found is not None and found.id == "b3"  # the first target that has one
     assert await store.find_sanction("ban", [("identity", "bob")]) is None
     assert await store.lift_sanction("ban", "b1") is None  # replaced: gone
@@ -426,7 +522,9 @@ async def test_both_stores_count_buckets_and_slow_mode_alike(store):
     await store.set_slow_mode("lobby", 2)
     await store.seed_slow_mode({"lobby": 5, "hall": 1})  # a second node starting: no overwrite
     assert await store.slow_mode() == {"lobby": 2, "hall": 1}
-    assert await store.slow_mode_delay("hall") == 1 and await store.slow_mode_delay("nowhere") is None
+    assert (
+        await store.slow_mode_delay("hall") == 1 and await store.slow_mode_delay("nowhere") is None
+    )
     assert await store.slow_mode_wait("connection:s1", "lobby", 2) == 0
     await store.message_sent("connection:s1", "lobby")
     assert 1.9 < await store.slow_mode_wait("connection:s1", "lobby", 2) <= 2
@@ -442,7 +540,9 @@ async def test_both_stores_cap_the_log(store):
     from plugbus.plugins.moderation import LogEntry
 
     for i in range(5):
-        await store.append_log(LogEntry(time=datetime.now(UTC), rule="r", action="refuse", reason=str(i)))
+        await store.append_log(
+            LogEntry(time=datetime.now(UTC), rule="r", action="refuse", reason=str(i))
+        )
     assert [e.reason for e in await store.log(100)] == ["2", "3", "4"]
     assert [e.reason for e in await store.log(2)] == ["3", "4"]
     assert await store.log(0) == []

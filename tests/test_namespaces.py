@@ -27,10 +27,11 @@ from plugbus.core.loader import load_plugins
 TESTS = Path(__file__).resolve().parent
 PYPATH = {"PYTHONPATH": str(TESTS)}
 NAMESPACES = ["/", "/chat", "/admin"]
-CONFIG = {"server": {"namespaces": NAMESPACES},
-          "plugins": {"modules": {"two_ns": "fixture_plugins.two_namespaces:TwoNamespaces"}}}
+CONFIG = {
+    "server": {"namespaces": NAMESPACES},
+    "plugins": {"modules": {"two_ns": "fixture_plugins.two_namespaces:TwoNamespaces"}},
+}
 ADMIN = {"token": "letmein"}
-
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +52,15 @@ class Recorder:
         async def record(event: str, *args: Any) -> None:
             self.events.append((namespace, event, args))
             self.changed.set()
+
         return record
 
     def got(self, namespace: str, event: str) -> list[tuple[Any, ...]]:
         return [args for ns, name, args in self.events if ns == namespace and name == event]
 
-    async def wait(self, namespace: str, event: str, count: int = 1, timeout: float = 5) -> list[tuple[Any, ...]]:
+    async def wait(
+        self, namespace: str, event: str, count: int = 1, timeout: float = 5
+    ) -> list[tuple[Any, ...]]:
         async with asyncio.timeout(timeout):
             while len(self.got(namespace, event)) < count:
                 self.changed.clear()
@@ -68,15 +72,21 @@ class Recorder:
 async def clients() -> AsyncIterator[Any]:
     made: list[socketio.AsyncClient] = []
 
-    async def _client(srv: Server, namespaces: list[str], auth: Any = None,
-                      transports: list[str] | None = None) -> tuple[socketio.AsyncClient, Recorder]:
+    async def _client(
+        srv: Server, namespaces: list[str], auth: Any = None, transports: list[str] | None = None
+    ) -> tuple[socketio.AsyncClient, Recorder]:
         sio = socketio.AsyncClient(reconnection=False)
         rec = Recorder()
         for ns in namespaces:
             sio.on("*", rec.handler(ns), namespace=ns)
         made.append(sio)
-        await sio.connect(srv.url, namespaces=namespaces, auth=auth, wait_timeout=5,
-                          transports=transports or ["websocket"])
+        await sio.connect(
+            srv.url,
+            namespaces=namespaces,
+            auth=auth,
+            wait_timeout=5,
+            transports=transports or ["websocket"],
+        )
         return sio, rec
 
     yield _client
@@ -92,8 +102,13 @@ async def test_one_client_in_two_namespaces_is_two_connections(server, clients):
     chat = await sio.call("hello", namespace="/chat", timeout=5)
     admin = await sio.call("hello", namespace="/admin", timeout=5)
     # Handlers see the namespace through ctx and the connection; plugbus_connected saw it too.
-    assert chat["data"] == {"namespace": "/chat", "sid": chat_sid, "connection_namespace": "/chat",
-                            "connected_in": "/chat", "auth": ADMIN}
+    assert chat["data"] == {
+        "namespace": "/chat",
+        "sid": chat_sid,
+        "connection_namespace": "/chat",
+        "connected_in": "/chat",
+        "auth": ADMIN,
+    }
     assert admin["data"]["namespace"] == "/admin" and admin["data"]["sid"] == admin_sid
     assert admin["data"]["connected_in"] == "/admin"
     # The same event name in two namespaces reaches two different classes.
@@ -126,7 +141,9 @@ async def test_connect_hook_sees_the_namespace_and_may_refuse_it(server, clients
     errors: list[Any] = []
     sio.on("connect_error", lambda data=None: errors.append(data), namespace="/admin")
     with pytest.raises(socketio.exceptions.ConnectionError):
-        await sio.connect(server.url, namespaces=["/admin"], transports=["websocket"], wait_timeout=5)
+        await sio.connect(
+            server.url, namespaces=["/admin"], transports=["websocket"], wait_timeout=5
+        )
     await sio.disconnect()
     assert errors and errors[0]["data"]["code"] == "admin_only"
     # A client without a token may use /chat (python-socketio's client sends `{}` for no auth,
@@ -137,7 +154,7 @@ async def test_connect_hook_sees_the_namespace_and_may_refuse_it(server, clients
 
 async def test_positional_arguments_and_a_plain_ack(server, clients):
     alice, _ = await clients(server, ["/chat"])
-    bob, bob_rec = await clients(server, ["/chat"], transports=["polling"])
+    _bob, bob_rec = await clients(server, ["/chat"], transports=["polling"])
     ack = await alice.call("chat", ("ann", "hello there"), namespace="/chat", timeout=5)
     # error-first plain ack: null, then the handler's tuple as two more arguments
     assert isinstance(ack, tuple) and len(ack) == 3
@@ -164,7 +181,10 @@ async def test_positional_errors_name_the_argument(server, clients):
 
 async def test_a_single_non_object_payload(server, clients):
     sio, _ = await clients(server, ["/chat"])
-    assert await sio.call("shout", "hi", namespace="/chat", timeout=5) == {"ok": True, "data": {"text": "HI"}}
+    assert await sio.call("shout", "hi", namespace="/chat", timeout=5) == {
+        "ok": True,
+        "data": {"text": "HI"},
+    }
     refused = await sio.call("shout", 5, namespace="/chat", timeout=5)
     assert refused["ok"] is False
     assert refused["error"]["details"]["errors"][0]["argument"] == 1
@@ -186,10 +206,13 @@ async def test_rooms_are_per_namespace(server, clients):
     sio, rec = await clients(server, ["/", "/chat"])
     other, _ = await clients(server, ["/"])
     assert (await sio.call("join-room", {"room": "lobby"}, namespace="/", timeout=5))["ok"]
-    assert (await sio.call("enter", "lobby", namespace="/chat", timeout=5))["data"] == {"rooms": ["lobby"]}
+    assert (await sio.call("enter", "lobby", namespace="/chat", timeout=5))["data"] == {
+        "rooms": ["lobby"]
+    }
     assert (await other.call("join-room", {"room": "lobby"}, namespace="/", timeout=5))["ok"]
-    ack = await other.call("send-message", {"message": "only on /", "roomID": "lobby"},
-                           namespace="/", timeout=5)
+    ack = await other.call(
+        "send-message", {"message": "only on /", "roomID": "lobby"}, namespace="/", timeout=5
+    )
     # "lobby" of / holds two connections; "lobby" of /chat is another room
     assert ack["data"]["recipients"] == 2
     assert (await rec.wait("/", "receive-message")) == [("only on /",)]
@@ -201,17 +224,20 @@ async def test_rooms_are_per_namespace(server, clients):
 
 
 async def test_connected_hook_emits_into_its_namespace(server, clients):
-    first, first_rec = await clients(server, ["/chat"])
+    _first, first_rec = await clients(server, ["/chat"])
     second, _ = await clients(server, ["/chat"])
     arrivals = await first_rec.wait("/chat", "arrived")
     assert (second.get_sid("/chat"),) in arrivals
 
 
 async def test_rest_takes_a_namespace(server, clients):
-    listener, rec = await clients(server, ["/chat"])
+    _listener, rec = await clients(server, ["/chat"])
     async with httpx.AsyncClient(base_url=server.url) as http:
-        sent = await http.post("/events/chat", params={"namespace": "/chat"},
-                               json={"user": "ops", "text": "from the back end"})
+        sent = await http.post(
+            "/events/chat",
+            params={"namespace": "/chat"},
+            json={"user": "ops", "text": "from the back end"},
+        )
         assert sent.status_code == 200, sent.text
         message_id, recipients = sent.json()["data"]
         assert isinstance(message_id, str) and recipients >= 1
@@ -240,15 +266,20 @@ async def test_asyncapi_has_a_channel_per_namespace(server):
     ack = doc["components"]["messages"]["socketio-chat.chat.ack"]["payload"]
     assert ack["x-plugbus-ack-style"] == "plain"
     # the same name on two channels: two operations
-    assert {"receive.socketio-chat.status", "receive.socketio-admin.status"} <= set(doc["operations"])
+    assert {"receive.socketio-chat.status", "receive.socketio-admin.status"} <= set(
+        doc["operations"]
+    )
     assert "receive.send-message" in doc["operations"]  # the default namespace keeps bare names
     assert "send.socketio-admin.error" in doc["operations"]
 
 
 # -- raw frames: what the wire says, to the byte ----------------------------------------------
 
+
 async def _raw(server: Server) -> websockets.ClientConnection:
-    ws = await websockets.connect(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket")
+    ws = await websockets.connect(
+        f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
+    )
     opening = await asyncio.wait_for(ws.recv(), 5)
     assert isinstance(opening, str) and opening.startswith("0{")
     return ws
@@ -277,11 +308,14 @@ async def test_unserved_namespace_gets_the_specs_connect_error(server):
         await ws.close()
 
 
-@pytest.mark.parametrize(("connect", "expected"), [
-    ("40/chat,{}", {}),
-    ("40/chat,", None),
-    ('40/chat,{"token":"t","n":0}', {"token": "t", "n": 0}),
-])
+@pytest.mark.parametrize(
+    ("connect", "expected"),
+    [
+        ("40/chat,{}", {}),
+        ("40/chat,", None),
+        ('40/chat,{"token":"t","n":0}', {"token": "t", "n": 0}),
+    ],
+)
 async def test_connect_payload_reaches_the_connection_exactly_as_sent(server, connect, expected):
     ws = await _raw(server)
     try:
@@ -291,7 +325,7 @@ async def test_connect_payload_reaches_the_connection_exactly_as_sent(server, co
         reply = await _recv_skipping_pings(ws)
         while not reply.startswith("43/chat,7"):
             reply = await _recv_skipping_pings(ws)  # "arrived" notices of other tests' clients
-        [ack] = json.loads(reply[len("43/chat,7"):])
+        [ack] = json.loads(reply[len("43/chat,7") :])
         assert ack["ok"] is True and ack["data"]["auth"] == expected
     finally:
         await ws.close()
@@ -307,6 +341,7 @@ async def test_default_namespace_connect_payload_too(server):
 
 
 # -- the official JavaScript client -----------------------------------------------------------
+
 
 async def test_js_client_multi_argument_event_with_a_plain_ack(server, js, clients):
     listener, rec = await clients(server, ["/chat"])
@@ -331,6 +366,7 @@ async def test_js_client_is_refused_an_unserved_namespace_in_the_specs_words(ser
 
 # -- configuration and start-up ---------------------------------------------------------------
 
+
 def _config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -343,13 +379,16 @@ def test_the_old_single_namespace_key_still_works(tmp_path: Path) -> None:
     assert loaded.config.server.default_namespace == "/chat"
 
 
-@pytest.mark.parametrize(("text", "says"), [
-    ("server:\n  namespace: /a\n  namespaces: [/b]\n", "keep only `namespaces`"),
-    ("server:\n  namespaces: [/a, /a]\n", "namespace '/a' is listed twice"),
-    ("server:\n  namespaces: [chat]\n", "namespace 'chat' must start with '/'"),
-    ("server:\n  namespaces: ['/a,b']\n", "no ','"),
-    ("server:\n  namespaces: []\n", "at least 1 item"),
-])
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("server:\n  namespace: /a\n  namespaces: [/b]\n", "keep only `namespaces`"),
+        ("server:\n  namespaces: [/a, /a]\n", "namespace '/a' is listed twice"),
+        ("server:\n  namespaces: [chat]\n", "namespace 'chat' must start with '/'"),
+        ("server:\n  namespaces: ['/a,b']\n", "no ','"),
+        ("server:\n  namespaces: []\n", "at least 1 item"),
+    ],
+)
 def test_bad_namespaces_are_config_errors(tmp_path: Path, text: str, says: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(_config(tmp_path, text))
@@ -359,7 +398,9 @@ def test_bad_namespaces_are_config_errors(tmp_path: Path, text: str, says: str) 
 
 def test_an_event_for_an_unserved_namespace_stops_start_up(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(TESTS))
-    path = _config(tmp_path, "plugins:\n  modules:\n    two_ns: fixture_plugins.two_namespaces:TwoNamespaces\n")
+    path = _config(
+        tmp_path, "plugins:\n  modules:\n    two_ns: fixture_plugins.two_namespaces:TwoNamespaces\n"
+    )
     loaded = load_config(path)
     with pytest.raises(ConfigError) as info:
         Bus(loaded.config, load_plugins(loaded))
@@ -385,9 +426,12 @@ def test_a_positional_name_that_is_no_field_stops_start_up() -> None:
 
 # -- the writing guide's example is a working plugin -------------------------------------------
 
+
 def _guide_example() -> str:
     text = (TESTS.parent / "docs" / "plugins" / "writing.md").read_text(encoding="utf-8")
-    section = text.split("## Namespaces, positional arguments and plain acks", 1)[1].split("\n## ", 1)[0]
+    section = text.split("## Namespaces, positional arguments and plain acks", 1)[1].split(
+        "\n## ", 1
+    )[0]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
@@ -398,11 +442,14 @@ async def test_the_writing_guides_namespace_example_runs(plugbus_server) -> None
     from plugbus.testing import ClientRefused
 
     module = types.ModuleType("writing_md_namespaces_example")
-    exec(compile(_guide_example(), "writing.md namespaces example", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(_guide_example(), "writing.md namespaces example", "exec"), module.__dict__)
     sys.modules[module.__name__] = module
     try:
-        server = await plugbus_server(plugins={"guide": module.__name__}, builtins=[],
-                                      config={"server": {"namespaces": NAMESPACES}})
+        server = await plugbus_server(
+            plugins={"guide": module.__name__},
+            builtins=[],
+            config={"server": {"namespaces": NAMESPACES}},
+        )
         ann = await server.client(namespace="/chat", transports=["websocket"])
         bob = await server.client(namespace="/chat", transports=["websocket"])
         err, message_id = await ann.call("chat", "ann", "hi")
@@ -411,7 +458,9 @@ async def test_the_writing_guides_namespace_example_runs(plugbus_server) -> None
         with pytest.raises(ClientRefused) as refused:
             await server.client(namespace="/admin", transports=["websocket"])
         assert refused.value.error["code"] == "admin_only"
-        admin = await server.client(namespace="/admin", auth={"token": "letmein"}, transports=["websocket"])
+        admin = await server.client(
+            namespace="/admin", auth={"token": "letmein"}, transports=["websocket"]
+        )
         assert await admin.call("status") == {"ok": True, "data": {"chatting": 2}}
     finally:
         sys.modules.pop(module.__name__, None)
@@ -420,10 +469,13 @@ async def test_the_writing_guides_namespace_example_runs(plugbus_server) -> None
 async def test_rooms_of_two_namespaces_stay_apart_across_nodes(serve, redis_server, clients):
     """With a shared backend, presence keeps /chat's rooms apart from /'s rooms of the same
     name, and a broadcast to /chat from one node reaches /chat on the other."""
-    config = {**CONFIG, "server": {**CONFIG["server"], "backend": redis_server.url, "presence_ttl": 3}}
+    config = {
+        **CONFIG,
+        "server": {**CONFIG["server"], "backend": redis_server.url, "presence_ttl": 3},
+    }
     a, b = serve(config, env=PYPATH), serve(config, env=PYPATH)
     on_a, rec_a = await clients(a, ["/", "/chat"])
-    on_b, rec_b = await clients(b, ["/chat"])
+    on_b, _rec_b = await clients(b, ["/chat"])
     assert (await on_a.call("join-room", {"room": "lobby"}, namespace="/", timeout=5))["ok"]
     assert (await on_a.call("enter", "lobby", namespace="/chat", timeout=5))["ok"]
     assert (await on_b.call("enter", "lobby", namespace="/chat", timeout=5))["ok"]

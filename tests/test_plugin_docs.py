@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pluggy
 import pytest
-from plugbus.core import hookspecs
 
 from plugbus import Plugin
+from plugbus.core import hookspecs
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITING = ROOT / "docs" / "plugins" / "writing.md"
@@ -43,9 +43,11 @@ def code_blocks(path: Path) -> list[tuple[str, str]]:
 def hookspec_args() -> dict[str, tuple[str, ...]]:
     """Every hook of the contract, with its argument names."""
     marker = f"{hookspecs.PROJECT_NAME}_spec"
-    return {name: tuple(inspect.signature(func).parameters)
-            for name, func in vars(hookspecs).items()
-            if name.startswith("plugbus_") and hasattr(func, marker)}
+    return {
+        name: tuple(inspect.signature(func).parameters)
+        for name, func in vars(hookspecs).items()
+        if name.startswith("plugbus_") and hasattr(func, marker)
+    }
 
 
 def hook_sections() -> dict[str, tuple[tuple[str, ...], str]]:
@@ -55,7 +57,7 @@ def hook_sections() -> dict[str, tuple[tuple[str, ...], str]]:
     out: dict[str, tuple[tuple[str, ...], str]] = {}
     for i, m in enumerate(headings):
         end = headings[i + 1].start() if i + 1 < len(headings) else len(text)
-        body = text[m.end():end].split("\n## ")[0]
+        body = text[m.end() : end].split("\n## ")[0]
         args = tuple(a.strip() for a in m.group(2).split(",") if a.strip())
         assert m.group(1) not in out, f"{m.group(1)} is documented twice"
         out[m.group(1)] = (args, body)
@@ -78,9 +80,12 @@ def test_every_file_shown_in_the_writing_guide_is_the_templates_file_byte_for_by
         "examples/plugin-template/tests/test_echo_hooks.py",
     }
     for path, block in shown.items():
-        assert (ROOT / path).is_file(), f"{WRITING.relative_to(ROOT)} shows {path}, which does not exist"
+        assert (ROOT / path).is_file(), (
+            f"{WRITING.relative_to(ROOT)} shows {path}, which does not exist"
+        )
         assert (ROOT / path).read_text(encoding="utf-8") == block, (
-            f"the block for {path} in {WRITING.relative_to(ROOT)} differs from the file; copy it again")
+            f"the block for {path} in {WRITING.relative_to(ROOT)} differs from the file; copy it again"
+        )
 
 
 def test_the_template_imports_only_from_plugbus() -> None:
@@ -94,12 +99,25 @@ def test_the_template_imports_only_from_plugbus() -> None:
 def test_the_template_installs_and_its_own_tests_pass(tmp_path: Path) -> None:
     # A copy, so that building leaves no build/ or *.egg-info in the work tree.
     source = tmp_path / "plugin-template"
-    shutil.copytree(TEMPLATE, source, ignore=shutil.ignore_patterns(
-        "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    shutil.copytree(
+        TEMPLATE,
+        source,
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"),
+    )
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--target", str(site), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(source),
+        ],
         check=True,
     )
     assert list(site.glob("plugbus_echo-*.dist-info"))
@@ -109,12 +127,18 @@ def test_the_template_installs_and_its_own_tests_pass(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(site)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(source / "tests"), "-p", "no:cacheprovider", "-q"],
-        cwd=run, env=env, capture_output=True, text=True, timeout=300,
+        cwd=run,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    tests = sum(len(re.findall(r"^(?:async )?def test_", f.read_text(encoding="utf-8"), re.M))
-                for f in (source / "tests").glob("test_*.py"))
+    tests = sum(
+        len(re.findall(r"^(?:async )?def test_", f.read_text(encoding="utf-8"), re.M))
+        for f in (source / "tests").glob("test_*.py")
+    )
     assert re.search(rf"\b{tests} passed\b", output), output
 
 
@@ -130,7 +154,8 @@ def test_every_hook_is_documented_with_the_hookspecs_argument_names() -> None:
     assert not unknown, f"{HOOKS.relative_to(ROOT)} documents hooks that do not exist: {unknown}"
     for name, args in specs.items():
         assert documented[name][0] == args, (
-            f"{name}: documented as ({', '.join(documented[name][0])}), the hookspec takes ({', '.join(args)})")
+            f"{name}: documented as ({', '.join(documented[name][0])}), the hookspec takes ({', '.join(args)})"
+        )
 
 
 def test_the_hooks_page_names_no_hook_that_does_not_exist() -> None:
@@ -143,11 +168,15 @@ def test_every_documented_argument_is_described_and_the_call_kind_is_right() -> 
         if name not in hookspec_args():
             continue  # reported by the test above
         for arg in args:
-            assert re.search(rf"^- `{arg}`", body, re.M), f"{name}: argument {arg!r} is not described"
+            assert re.search(rf"^- `{arg}`", body, re.M), (
+                f"{name}: argument {arg!r} is not described"
+            )
         kind = KIND.search(body)
         assert kind, f"{name}: say **Awaited** or **Collected**"
         expected = "Awaited" if name in hookspecs.AWAITED_HOOKS else "Collected"
-        assert kind.group(1) == expected, f"{name} is {expected.lower()}, the page says {kind.group(1)}"
+        assert kind.group(1) == expected, (
+            f"{name} is {expected.lower()}, the page says {kind.group(1)}"
+        )
 
 
 def test_the_hook_examples_are_valid_plugins() -> None:
@@ -157,11 +186,12 @@ def test_the_hook_examples_are_valid_plugins() -> None:
     assert blocks
     for i, block in enumerate(blocks):
         module = types.ModuleType(f"hooks_md_example_{i}")
-        exec(compile(block, f"{HOOKS.name} example {i + 1}", "exec"), module.__dict__)  # noqa: S102
+        exec(compile(block, f"{HOOKS.name} example {i + 1}", "exec"), module.__dict__)
         pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         pm.add_hookspecs(hookspecs)
         plugins: list[object] = [
-            obj(obj.Settings()) for obj in vars(module).values()
+            obj(obj.Settings())
+            for obj in vars(module).values()
             if isinstance(obj, type) and issubclass(obj, Plugin) and obj is not Plugin
         ]
         if any(hasattr(f, f"{hookspecs.PROJECT_NAME}_impl") for f in vars(module).values()):

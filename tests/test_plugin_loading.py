@@ -50,13 +50,24 @@ async def test_without_relay_send_message_is_unknown_and_its_route_is_gone(serve
     async with httpx.AsyncClient(base_url=server.url) as http:
         resp = await http.post("/rooms/r/messages", json={"message": "hi"})
         assert resp.status_code == 404
-        assert [p["name"] for p in (await http.get("/plugins")).json()] == ["auth", "welcome", "rooms", "moderation"]
+        assert [p["name"] for p in (await http.get("/plugins")).json()] == [
+            "auth",
+            "welcome",
+            "rooms",
+            "moderation",
+        ]
 
 
 async def test_without_moderation_long_messages_pass(serve, connect):
-    server = serve({**without("moderation"), "plugins": {
-        "builtins": ["auth", "welcome", "rooms", "relay"],
-        "settings": {"moderation": {"max_length": 5}}}})
+    server = serve(
+        {
+            **without("moderation"),
+            "plugins": {
+                "builtins": ["auth", "welcome", "rooms", "relay"],
+                "settings": {"moderation": {"max_length": 5}},
+            },
+        }
+    )
     a = await connect(server, wait_welcome=True)
     await a.call("join-room", {"room": "r"})
     assert (await a.call("send-message", {"message": "longer than five", "roomID": "r"}))["ok"]
@@ -74,10 +85,14 @@ async def test_no_plugins_at_all_still_serves_health_and_refuses_events(serve, c
 
 
 async def test_module_plugin_by_dotted_path_registers_an_event_and_transforms(serve, connect):
-    server = serve({"plugins": {"modules": {"shout": "fixture_plugins.shout"}}},
-                   env={"PYTHONPATH": str(TESTS)})
+    server = serve(
+        {"plugins": {"modules": {"shout": "fixture_plugins.shout"}}}, env={"PYTHONPATH": str(TESTS)}
+    )
     a = await connect(server, wait_welcome=True)
-    assert await a.call("shout", {"word": "hey"}) == {"ok": True, "data": {"shouted": "HEY", "origin": "socket"}}
+    assert await a.call("shout", {"word": "hey"}) == {
+        "ok": True,
+        "data": {"shouted": "HEY", "origin": "socket"},
+    }
     await a.call("join-room", {"room": "r"})
     await a.call("send-message", {"message": "quiet", "roomID": "r"})
     assert await a.wait_for("receive-message") == ["QUIET"]
@@ -87,7 +102,11 @@ async def test_module_plugin_by_dotted_path_registers_an_event_and_transforms(se
         plugins = {p["name"]: p for p in (await http.get("/plugins")).json()}
     assert plugins["shout"]["source"] == "module"
     assert plugins["shout"]["version"] == "0.0.1"
-    assert plugins["shout"]["hooks"] == ["plugbus_handle_event", "plugbus_moderate", "plugbus_register_events"]
+    assert plugins["shout"]["hooks"] == [
+        "plugbus_handle_event",
+        "plugbus_moderate",
+        "plugbus_register_events",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +114,18 @@ def greeter_site(tmp_path_factory) -> Path:
     """The example plugin package, really built and installed (into its own directory)."""
     target = tmp_path_factory.mktemp("greeter-site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--target", str(target), str(ROOT / "examples" / "plugbus-greeter")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(ROOT / "examples" / "plugbus-greeter"),
+        ],
         check=True,
     )
     assert list(target.glob("plugbus_greeter-1.0.0.dist-info"))
@@ -111,18 +140,32 @@ async def test_example_entry_point_plugin_is_loaded_and_its_hooks_run(serve, con
         assert plugins["greeter"]["version"] == "1.0.0"
         assert plugins["greeter"]["target"] == "plugbus_greeter:GreeterPlugin"
         assert (await http.post("/events/greet", json={"who": "REST"})).json() == {
-            "ok": True, "data": {"greeting": "Hello, REST!"}}
+            "ok": True,
+            "data": {"greeting": "Hello, REST!"},
+        }
     client = await connect(server)
-    assert await client.call("greet", {"who": "Ada"}) == {"ok": True, "data": {"greeting": "Hello, Ada!"}}
+    assert await client.call("greet", {"who": "Ada"}) == {
+        "ok": True,
+        "data": {"greeting": "Hello, Ada!"},
+    }
     # Both greetings arrive: the built-in's and the plugin's.
     greetings = await client.wait_for("welcome", count=2)
-    assert sorted(greetings) == sorted(["Welcome to server", f"Hello from plugbus-greeter, {client.sio.get_sid()}!"])
+    assert sorted(greetings) == sorted(
+        ["Welcome to server", f"Hello from plugbus-greeter, {client.sio.get_sid()}!"]
+    )
 
 
 async def test_example_plugin_replaces_the_disabled_welcome(serve, connect, greeter_site):
-    server = serve({"plugins": {"entry_points": True, "builtins": ["rooms", "relay", "moderation"],
-                                "settings": {"greeter": {"greeting": "Hi {sid}"}}}},
-                   env={"PYTHONPATH": str(greeter_site)})
+    server = serve(
+        {
+            "plugins": {
+                "entry_points": True,
+                "builtins": ["rooms", "relay", "moderation"],
+                "settings": {"greeter": {"greeting": "Hi {sid}"}},
+            }
+        },
+        env={"PYTHONPATH": str(greeter_site)},
+    )
     client = await connect(server)
     assert await client.wait_for("welcome") == [f"Hi {client.sio.get_sid()}"]
     await asyncio.sleep(0.2)
@@ -130,8 +173,15 @@ async def test_example_plugin_replaces_the_disabled_welcome(serve, connect, gree
 
 
 async def test_moderation_applies_to_a_plugin_event(serve, connect, greeter_site):
-    server = serve({"plugins": {"entry_points": True, "settings": {"moderation": {"blocked_words": ["badword"]}}}},
-                   env={"PYTHONPATH": str(greeter_site)})
+    server = serve(
+        {
+            "plugins": {
+                "entry_points": True,
+                "settings": {"moderation": {"blocked_words": ["badword"]}},
+            }
+        },
+        env={"PYTHONPATH": str(greeter_site)},
+    )
     client = await connect(server)
     ack = await client.call("greet", {"who": "badword"})
     assert ack["error"]["code"] == "message_rejected"
@@ -139,8 +189,10 @@ async def test_moderation_applies_to_a_plugin_event(serve, connect, greeter_site
 
 
 async def test_disabled_entry_point_is_not_loaded(serve, greeter_site):
-    server = serve({"plugins": {"entry_points": True, "disabled": ["greeter"]}},
-                   env={"PYTHONPATH": str(greeter_site)})
+    server = serve(
+        {"plugins": {"entry_points": True, "disabled": ["greeter"]}},
+        env={"PYTHONPATH": str(greeter_site)},
+    )
     async with httpx.AsyncClient(base_url=server.url) as http:
         names = [p["name"] for p in (await http.get("/plugins")).json()]
         assert names == ALL

@@ -56,8 +56,6 @@ def with_helper(directory: Path, config: dict[str, Any]) -> tuple[dict[str, Any]
     return config, {"PYTHONPATH": str(directory)}
 
 
-
-
 async def quiet(*clients: Any, event: str = "receive-message") -> None:
     """Give stray deliveries time to arrive, then check none did."""
     await asyncio.sleep(0.3)
@@ -106,7 +104,9 @@ async def test_room_message_over_rest_returns_id_and_recipients(default_server, 
         empty = await http.post("/rooms/r-nobody/messages", json={"message": "anyone?"})
     assert resp.status_code == 200
     body = resp.json()
-    assert body == {"id": body["id"], "room": "r-rest", "recipients": 1} and HEX32.fullmatch(body["id"])
+    assert body == {"id": body["id"], "room": "r-rest", "recipients": 1} and HEX32.fullmatch(
+        body["id"]
+    )
     assert await member.wait_for("receive-message") == ["from the back end"]
     assert empty.json()["recipients"] == 0 and HEX32.fullmatch(empty.json()["id"])
 
@@ -121,7 +121,9 @@ async def test_structured_messages_are_delivered_as_sent_over_both_doors(default
     assert (await a.call("send-message", {"message": obj, "roomID": "r-json"}))["ok"] is True
     assert (await a.call("send-message", {"message": arr, "roomID": "r-json"}))["ok"] is True
     async with httpx.AsyncClient(base_url=default_server.url) as http:
-        assert (await http.post("/rooms/r-json/messages", json={"message": {"k": "v"}})).status_code == 200
+        assert (
+            await http.post("/rooms/r-json/messages", json={"message": {"k": "v"}})
+        ).status_code == 200
         resp = await http.post(f"/connections/{b.sio.get_sid()}/messages", json={"message": [1, 2]})
         assert resp.json()["recipients"] == 1
     expected = [obj, arr, {"k": "v"}]
@@ -153,8 +155,10 @@ async def test_require_membership_refuses_outsiders_on_sockets_only(serve, conne
     member = await connect(server, wait_welcome=True)
     outsider = await connect(server, transports=["polling"], wait_welcome=True)
     await member.call("join-room", {"room": "club"})
-    error = assert_refused(await outsider.call("send-message", {"message": "let me in", "roomID": "club"}),
-                           "not_allowed")
+    error = assert_refused(
+        await outsider.call("send-message", {"message": "let me in", "roomID": "club"}),
+        "not_allowed",
+    )
     assert error["details"]["room"] == "club" and error["details"]["field"] == "roomID"
     assert "club" in error["message"]
     await outsider.emit("send-message", {"message": "no ack", "roomID": "club"})
@@ -165,10 +169,14 @@ async def test_require_membership_refuses_outsiders_on_sockets_only(serve, conne
     assert ack["data"]["recipients"] == 1
     assert await member.wait_for("receive-message") == ["members only"]
     async with httpx.AsyncClient(base_url=server.url) as http:  # REST is the server: exempt
-        assert (await http.post("/rooms/club/messages", json={"message": "from ops"})).status_code == 200
+        assert (
+            await http.post("/rooms/club/messages", json={"message": "from ops"})
+        ).status_code == 200
     assert await member.wait_for("receive-message", count=2) == ["members only", "from ops"]
     await outsider.call("join-room", {"room": "club"})
-    assert (await outsider.call("send-message", {"message": "joined", "roomID": "club"}))["ok"] is True
+    assert (await outsider.call("send-message", {"message": "joined", "roomID": "club"}))[
+        "ok"
+    ] is True
 
 
 # -- direct messages ----------------------------------------------------------------------
@@ -193,7 +201,9 @@ async def test_direct_message_over_rest(default_server, connect):
     other = await connect(default_server, wait_welcome=True)
     sid = target.sio.get_sid()
     async with httpx.AsyncClient(base_url=default_server.url) as http:
-        resp = await http.post(f"/connections/{sid}/messages", json={"message": "your report is ready"})
+        resp = await http.post(
+            f"/connections/{sid}/messages", json={"message": "your report is ready"}
+        )
     assert resp.status_code == 200
     body = resp.json()
     assert body == {"id": body["id"], "to": sid, "recipients": 1} and HEX32.fullmatch(body["id"])
@@ -201,12 +211,16 @@ async def test_direct_message_over_rest(default_server, connect):
     await quiet(other)
 
 
-async def test_direct_message_to_unknown_connection_is_not_found_on_both_doors(default_server, connect):
+async def test_direct_message_to_unknown_connection_is_not_found_on_both_doors(
+    default_server, connect
+):
     a = await connect(default_server, wait_welcome=True)
     gone = await connect(default_server, wait_welcome=True)
     gone_sid = gone.sio.get_sid()
     await gone.sio.disconnect()
-    error = assert_refused(await a.call("send-direct", {"to": "nobody-here", "message": "hi"}), "not_found")
+    error = assert_refused(
+        await a.call("send-direct", {"to": "nobody-here", "message": "hi"}), "not_found"
+    )
     assert error["details"]["sid"] == "nobody-here" and error["details"]["field"] == "to"
     assert "nobody-here" in error["message"]
     await a.emit("send-direct", {"to": "nobody-here", "message": "no ack"})
@@ -219,11 +233,17 @@ async def test_direct_message_to_unknown_connection_is_not_found_on_both_doors(d
         await asyncio.sleep(0.05)
     assert_refused(ack, "not_found")
     async with httpx.AsyncClient(base_url=default_server.url) as http:
-        body = assert_problem(await http.post("/connections/nobody-here/messages", json={"message": "x"}),
-                              404, "not_found")
+        body = assert_problem(
+            await http.post("/connections/nobody-here/messages", json={"message": "x"}),
+            404,
+            "not_found",
+        )
         assert body["details"]["sid"] == "nobody-here"
-        assert_problem(await http.post(f"/connections/{gone_sid}/messages", json={"message": "x"}),
-                       404, "not_found")
+        assert_problem(
+            await http.post(f"/connections/{gone_sid}/messages", json={"message": "x"}),
+            404,
+            "not_found",
+        )
 
 
 # -- broadcast ----------------------------------------------------------------------------
@@ -236,7 +256,9 @@ async def test_broadcast_reaches_everyone_but_the_sender_unless_include_self(ser
     c = await connect(server, wait_welcome=True)
     await b.call("join-room", {"room": "somewhere"})  # rooms do not matter to a broadcast
     ack = await a.call("broadcast", {"message": "hello all"})
-    assert ack["data"] == {"id": ack["data"]["id"], "recipients": 2} and HEX32.fullmatch(ack["data"]["id"])
+    assert ack["data"] == {"id": ack["data"]["id"], "recipients": 2} and HEX32.fullmatch(
+        ack["data"]["id"]
+    )
     assert await b.wait_for("receive-message") == ["hello all"]
     assert await c.wait_for("receive-message") == ["hello all"]
     await quiet(a)
@@ -248,8 +270,10 @@ async def test_broadcast_reaches_everyone_but_the_sender_unless_include_self(ser
 
 async def test_broadcast_over_rest_reaches_every_connection(serve, connect):
     server = serve()
-    clients = [await connect(server, transports=t, wait_welcome=True)
-               for t in (["websocket"], ["polling"], ["polling", "websocket"])]
+    clients = [
+        await connect(server, transports=t, wait_welcome=True)
+        for t in (["websocket"], ["polling"], ["polling", "websocket"])
+    ]
     async with httpx.AsyncClient(base_url=server.url) as http:
         resp = await http.post("/messages", json={"message": {"alert": "deploy at 5"}})
     assert resp.status_code == 200
@@ -273,19 +297,37 @@ async def test_envelope_carries_id_sender_user_and_timestamp_over_sockets(envelo
     [env] = await bob.wait_for("receive-message")
     assert set(env) == ENVELOPE_KEYS
     assert env["id"] == ack["data"]["id"]
-    assert (env["room"], env["to"], env["from"], env["user"], env["message"]) == ("env", None, a_sid, "u-alice", "hi")
+    assert (env["room"], env["to"], env["from"], env["user"], env["message"]) == (
+        "env",
+        None,
+        a_sid,
+        "u-alice",
+        "hi",
+    )
     assert ISO_MS_UTC.fullmatch(env["ts"])
     assert await alice.wait_for("receive-message") == [env]  # one encoding, the same for all
 
     ack = await bob.call("send-direct", {"to": a_sid, "message": {"x": 1}})
     env = (await alice.wait_for("receive-message", count=2))[-1]
     assert env["id"] == ack["data"]["id"]
-    assert (env["room"], env["to"], env["from"], env["user"], env["message"]) == (None, a_sid, b_sid, None, {"x": 1})
+    assert (env["room"], env["to"], env["from"], env["user"], env["message"]) == (
+        None,
+        a_sid,
+        b_sid,
+        None,
+        {"x": 1},
+    )
 
     ack = await alice.call("broadcast", {"message": "all"})
     env = (await bob.wait_for("receive-message", count=2))[-1]
     assert env["id"] == ack["data"]["id"]
-    assert (env["room"], env["to"], env["from"], env["user"], env["message"]) == (None, None, a_sid, "u-alice", "all")
+    assert (env["room"], env["to"], env["from"], env["user"], env["message"]) == (
+        None,
+        None,
+        a_sid,
+        "u-alice",
+        "all",
+    )
 
 
 async def test_envelope_over_rest_has_no_sender(envelope_server, connect):
@@ -293,13 +335,20 @@ async def test_envelope_over_rest_has_no_sender(envelope_server, connect):
     sid = client.sio.get_sid()
     await client.call("join-room", {"room": "env-rest"})
     async with httpx.AsyncClient(base_url=envelope_server.url) as http:
-        ids = [(await http.post("/rooms/env-rest/messages", json={"message": "room"})).json()["id"],
-               (await http.post(f"/connections/{sid}/messages", json={"message": ["direct"]})).json()["id"],
-               (await http.post("/messages", json={"message": {"all": True}})).json()["id"]]
+        ids = [
+            (await http.post("/rooms/env-rest/messages", json={"message": "room"})).json()["id"],
+            (await http.post(f"/connections/{sid}/messages", json={"message": ["direct"]})).json()[
+                "id"
+            ],
+            (await http.post("/messages", json={"message": {"all": True}})).json()["id"],
+        ]
     envs = await client.wait_for("receive-message", count=3)
     assert [e["id"] for e in envs] == ids
     assert [(e["room"], e["to"], e["message"]) for e in envs] == [
-        ("env-rest", None, "room"), (None, sid, ["direct"]), (None, None, {"all": True})]
+        ("env-rest", None, "room"),
+        (None, sid, ["direct"]),
+        (None, None, {"all": True}),
+    ]
     for env in envs:
         assert set(env) == ENVELOPE_KEYS and env["from"] is None and env["user"] is None
         assert ISO_MS_UTC.fullmatch(env["ts"])
@@ -314,14 +363,18 @@ async def test_moderation_refuses_every_kind_of_message_on_both_doors(serve, con
     target = await connect(server, wait_welcome=True)
     await target.call("join-room", {"room": "mod"})
     sid = target.sio.get_sid()
-    for event, payload in [("send-message", {"message": "darn", "roomID": "mod"}),
-                           ("send-direct", {"to": sid, "message": "darn"}),
-                           ("broadcast", {"message": "oh darn", "include_self": True})]:
+    for event, payload in [
+        ("send-message", {"message": "darn", "roomID": "mod"}),
+        ("send-direct", {"to": sid, "message": "darn"}),
+        ("broadcast", {"message": "oh darn", "include_self": True}),
+    ]:
         error = assert_refused(await sender.call(event, payload), "message_rejected")
         assert error["details"]["rule"] == "blocked_words" and error["details"]["event"] == event
     async with httpx.AsyncClient(base_url=server.url) as http:
         for path in ("/rooms/mod/messages", f"/connections/{sid}/messages", "/messages"):
-            body = assert_problem(await http.post(path, json={"message": "Darn"}), 403, "message_rejected")
+            body = assert_problem(
+                await http.post(path, json={"message": "Darn"}), 403, "message_rejected"
+            )
             assert body["details"]["field"] == "message"
     await quiet(sender, target)
 
@@ -331,17 +384,23 @@ async def test_silently_dropped_message_answers_success_with_null_id(envelope_se
     target = await connect(envelope_server, wait_welcome=True)
     await target.call("join-room", {"room": "drop"})
     sid = target.sio.get_sid()
-    for event, payload in [("send-message", {"message": "drop me", "roomID": "drop"}),
-                           ("send-direct", {"to": sid, "message": "drop me"}),
-                           ("broadcast", {"message": "drop me"})]:
+    for event, payload in [
+        ("send-message", {"message": "drop me", "roomID": "drop"}),
+        ("send-direct", {"to": sid, "message": "drop me"}),
+        ("broadcast", {"message": "drop me"}),
+    ]:
         assert await sender.call(event, payload) == {"ok": True, "data": None}
     async with httpx.AsyncClient(base_url=envelope_server.url) as http:
-        resps = [await http.post(path, json={"message": "drop me"})
-                 for path in ("/rooms/drop/messages", f"/connections/{sid}/messages", "/messages")]
+        resps = [
+            await http.post(path, json={"message": "drop me"})
+            for path in ("/rooms/drop/messages", f"/connections/{sid}/messages", "/messages")
+        ]
     assert [r.status_code for r in resps] == [200, 200, 200]
-    assert [r.json() for r in resps] == [{"id": None, "room": "drop", "recipients": 0},
-                                         {"id": None, "to": sid, "recipients": 0},
-                                         {"id": None, "recipients": 0}]
+    assert [r.json() for r in resps] == [
+        {"id": None, "room": "drop", "recipients": 0},
+        {"id": None, "to": sid, "recipients": 0},
+        {"id": None, "recipients": 0},
+    ]
     await quiet(sender, target)
 
 
@@ -352,12 +411,15 @@ async def test_structured_off_accepts_text_only_on_both_doors(serve, connect):
     server = serve(relay({"structured": False}))
     a = await connect(server, wait_welcome=True)
     await a.call("join-room", {"room": "r"})
-    error = assert_refused(await a.call("send-message", {"message": {"a": 1}, "roomID": "r"}), "invalid_payload")
+    error = assert_refused(
+        await a.call("send-message", {"message": {"a": 1}, "roomID": "r"}), "invalid_payload"
+    )
     assert error["details"]["errors"][0]["loc"] == "message"
     assert_refused(await a.call("broadcast", {"message": [1]}), "invalid_payload")
     async with httpx.AsyncClient(base_url=server.url) as http:
-        body = assert_problem(await http.post("/rooms/r/messages", json={"message": {"a": 1}}),
-                              422, "invalid_payload")
+        body = assert_problem(
+            await http.post("/rooms/r/messages", json={"message": {"a": 1}}), 422, "invalid_payload"
+        )
         assert "structured messages are switched off" in body["detail"]
         assert (await http.post("/rooms/r/messages", json={"message": "text"})).status_code == 200
     assert await a.wait_for("receive-message") == ["text"]
@@ -375,7 +437,9 @@ async def test_sender_roles_restrict_sockets_but_not_rest(serve, connect, tmp_pa
     await quiet(anonymous, user, admin)
     assert (await admin.call("broadcast", {"message": "from ops"}))["data"]["recipients"] == 2
     assert await user.wait_for("receive-message") == ["from ops"]
-    assert (await user.call("send-message", {"message": "rooms are open", "roomID": "r"}))["ok"] is True
+    assert (await user.call("send-message", {"message": "rooms are open", "roomID": "r"}))[
+        "ok"
+    ] is True
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.post("/messages", json={"message": "rest"})).json()["recipients"] == 3
 
@@ -383,19 +447,28 @@ async def test_sender_roles_restrict_sockets_but_not_rest(serve, connect, tmp_pa
 async def test_direct_and_broadcast_can_be_switched_off(serve, connect):
     server = serve(relay({"direct": False, "broadcast": False}))
     a = await connect(server, wait_welcome=True)
-    for event, payload in [("send-direct", {"to": a.sio.get_sid(), "message": "x"}), ("broadcast", {"message": "x"})]:
+    for event, payload in [
+        ("send-direct", {"to": a.sio.get_sid(), "message": "x"}),
+        ("broadcast", {"message": "x"}),
+    ]:
         error = assert_refused(await a.call(event, payload), "unknown_event")
-        assert event not in error["details"]["known"] and "send-message" in error["details"]["known"]
+        assert (
+            event not in error["details"]["known"] and "send-message" in error["details"]["known"]
+        )
     async with httpx.AsyncClient(base_url=server.url) as http:
-        assert_problem(await http.post(f"/connections/{a.sio.get_sid()}/messages", json={"message": "x"}),
-                       404, "not_found")
+        assert_problem(
+            await http.post(f"/connections/{a.sio.get_sid()}/messages", json={"message": "x"}),
+            404,
+            "not_found",
+        )
         assert_problem(await http.post("/messages", json={"message": "x"}), 404, "not_found")
         assert (await http.post("/rooms/r/messages", json={"message": "x"})).status_code == 200
 
 
 def test_bad_relay_settings_stop_start_up_naming_plugin_and_key(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(textwrap.dedent("""
+    cfg.write_text(
+        textwrap.dedent("""
         plugins:
           entry_points: false
           settings:
@@ -403,9 +476,14 @@ def test_bad_relay_settings_stop_start_up_naming_plugin_and_key(tmp_path):
               envelope: maybe
               sender_roles: {shout: [admin]}
               evnt: typo
-    """).lstrip())
-    result = subprocess.run([sys.executable, "-m", "plugbus", "config", "check", str(cfg)],
-                            capture_output=True, text=True, timeout=30)
+    """).lstrip()
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "plugbus", "config", "check", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2, result
     err = result.stderr
     assert "plugin 'relay'" in err and "Traceback" not in err
@@ -421,21 +499,45 @@ def test_bad_relay_settings_stop_start_up_naming_plugin_and_key(tmp_path):
     [
         ("send-direct", {"message": "x"}, "to", "Field required"),
         ("send-direct", {"to": "", "message": "x"}, "to", "at least 1 character"),
-        ("send-direct", {"to": "s", "message": None}, "message", "valid string, a JSON object or array, or binary data"),
+        (
+            "send-direct",
+            {"to": "s", "message": None},
+            "message",
+            "valid string, a JSON object or array, or binary data",
+        ),
         ("send-direct", {"to": 5, "message": "x"}, "to", "valid string"),
         ("broadcast", {}, "message", "Field required"),
-        ("broadcast", {"message": 5}, "message", "valid string, a JSON object or array, or binary data"),
+        (
+            "broadcast",
+            {"message": 5},
+            "message",
+            "valid string, a JSON object or array, or binary data",
+        ),
         ("broadcast", {"message": "x", "include_self": "yes"}, "include_self", "valid boolean"),
-        ("broadcast", {"message": "x", "everyone": True}, "everyone", "Extra inputs are not permitted"),
-        ("send-message", {"message": 1.5, "roomID": "r"}, "message", "valid string, a JSON object or array, or binary"),
+        (
+            "broadcast",
+            {"message": "x", "everyone": True},
+            "everyone",
+            "Extra inputs are not permitted",
+        ),
+        (
+            "send-message",
+            {"message": 1.5, "roomID": "r"},
+            "message",
+            "valid string, a JSON object or array, or binary",
+        ),
         ("send-message", {"message": "x", "roomID": "r" * 257}, "roomID", "at most 256 characters"),
     ],
 )
-async def test_invalid_payloads_get_an_error_naming_the_field(default_server, connect, event, payload, loc, fragment):
+async def test_invalid_payloads_get_an_error_naming_the_field(
+    default_server, connect, event, payload, loc, fragment
+):
     client = await connect(default_server, wait_welcome=True)
     error = assert_refused(await client.call(event, payload), "invalid_payload")
     assert error["details"]["event"] == event
-    assert any(e["loc"] == loc and fragment in e["message"] for e in error["details"]["errors"]), error
+    assert any(e["loc"] == loc and fragment in e["message"] for e in error["details"]["errors"]), (
+        error
+    )
     assert client.sio.connected
 
 
@@ -462,46 +564,78 @@ async def test_service_runs_with_relay_switched_off(serve, connect):
     server = serve({"plugins": {"builtins": ["welcome", "rooms", "moderation"]}})
     client = await connect(server, wait_welcome=True)
     assert (await client.call("join-room", {"room": "r"}))["ok"] is True
-    for event, payload in [("send-message", {"message": "x", "roomID": "r"}),
-                           ("send-direct", {"to": client.sio.get_sid(), "message": "x"}),
-                           ("broadcast", {"message": "x"})]:
+    for event, payload in [
+        ("send-message", {"message": "x", "roomID": "r"}),
+        ("send-direct", {"to": client.sio.get_sid(), "message": "x"}),
+        ("broadcast", {"message": "x"}),
+    ]:
         assert_refused(await client.call(event, payload), "unknown_event")
     async with httpx.AsyncClient(base_url=server.url) as http:
-        for path in ("/rooms/r/messages", f"/connections/{client.sio.get_sid()}/messages", "/messages"):
+        for path in (
+            "/rooms/r/messages",
+            f"/connections/{client.sio.get_sid()}/messages",
+            "/messages",
+        ):
             assert_problem(await http.post(path, json={"message": "x"}), 404, "not_found")
         assert (await http.get("/health")).json()["status"] == "ok"
     await quiet(client)
 
 
 async def test_rest_routes_need_the_publish_scope_when_api_keys_are_set(serve):
-    server = serve({"plugins": {"settings": {"auth": {"api_keys": [
-        {"name": "backend", "key": "k-publish", "scopes": ["publish"]},
-        {"name": "dashboard", "key": "k-read", "scopes": ["read"]}]}}}})
+    server = serve(
+        {
+            "plugins": {
+                "settings": {
+                    "auth": {
+                        "api_keys": [
+                            {"name": "backend", "key": "k-publish", "scopes": ["publish"]},
+                            {"name": "dashboard", "key": "k-read", "scopes": ["read"]},
+                        ]
+                    }
+                }
+            }
+        }
+    )
     async with httpx.AsyncClient(base_url=server.url) as http:
         for path in ("/rooms/r/messages", "/connections/nobody/messages", "/messages"):
             assert_problem(await http.post(path, json={"message": "x"}), 401, "unauthorized")
-            body = assert_problem(await http.post(path, json={"message": "x"},
-                                                  headers={"Authorization": "Bearer k-read"}),
-                                  403, "insufficient_scope")
+            body = assert_problem(
+                await http.post(
+                    path, json={"message": "x"}, headers={"Authorization": "Bearer k-read"}
+                ),
+                403,
+                "insufficient_scope",
+            )
             assert body["details"]["required"] == "publish"
         ok = {"Authorization": "Bearer k-publish"}
-        assert (await http.post("/rooms/r/messages", json={"message": "x"}, headers=ok)).status_code == 200
+        assert (
+            await http.post("/rooms/r/messages", json={"message": "x"}, headers=ok)
+        ).status_code == 200
         assert (await http.post("/messages", json={"message": "x"}, headers=ok)).status_code == 200
-        assert_problem(await http.post("/connections/nobody/messages", json={"message": "x"}, headers=ok),
-                       404, "not_found")
+        assert_problem(
+            await http.post("/connections/nobody/messages", json={"message": "x"}, headers=ok),
+            404,
+            "not_found",
+        )
 
 
 async def test_openapi_documents_relay_routes_with_their_models(default_server):
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         spec = (await http.get("/openapi.json")).json()
     schemas = spec["components"]["schemas"]
-    for path, body, response in [("/rooms/{room}/messages", "RoomMessage", "Delivered"),
-                                 ("/connections/{sid}/messages", "DirectMessage", "DirectDelivered"),
-                                 ("/messages", "BroadcastMessage", "BroadcastDelivered")]:
+    for path, body, response in [
+        ("/rooms/{room}/messages", "RoomMessage", "Delivered"),
+        ("/connections/{sid}/messages", "DirectMessage", "DirectDelivered"),
+        ("/messages", "BroadcastMessage", "BroadcastDelivered"),
+    ]:
         post = spec["paths"][path]["post"]
         assert post["tags"] == ["relay"] and post["summary"]
-        assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(f"/{body}")
-        assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(f"/{response}")
+        assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            f"/{body}"
+        )
+        assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            f"/{response}"
+        )
         model = schemas[response]
         assert {"type": "null"} in model["properties"]["id"]["anyOf"]
         assert "recipients" in model["required"]
@@ -509,16 +643,24 @@ async def test_openapi_documents_relay_routes_with_their_models(default_server):
         assert kinds == {"string", "object", "array"}
 
 
-async def test_a_message_over_the_schema_size_limit_is_refused_and_others_go_on(default_server, connect):
+async def test_a_message_over_the_schema_size_limit_is_refused_and_others_go_on(
+    default_server, connect
+):
     from plugbus.plugins.relay import MAX_MESSAGE_BYTES
 
     client = await connect(default_server, wait_welcome=True)
     await client.call("join-room", {"room": "sizes"})
-    for message in ("x" * (MAX_MESSAGE_BYTES + 1), b"\x00" * (MAX_MESSAGE_BYTES + 1),
-                    {"parts": ["y" * 1000] * 70}):
+    for message in (
+        "x" * (MAX_MESSAGE_BYTES + 1),
+        b"\x00" * (MAX_MESSAGE_BYTES + 1),
+        {"parts": ["y" * 1000] * 70},
+    ):
         ack = await client.call("send-message", {"message": message, "roomID": "sizes"})
         assert ack["error"]["code"] == "invalid_payload"
-        assert ack["error"]["message"] == f"payload of 'send-message' is larger than its limit of {MAX_MESSAGE_BYTES} bytes"
+        assert (
+            ack["error"]["message"]
+            == f"payload of 'send-message' is larger than its limit of {MAX_MESSAGE_BYTES} bytes"
+        )
         assert ack["error"]["details"]["limit"] == MAX_MESSAGE_BYTES
     assert (await client.call("send-message", {"message": "small", "roomID": "sizes"}))["ok"]
     assert await client.wait_for("receive-message") == ["small"]

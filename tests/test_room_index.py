@@ -24,8 +24,10 @@ def _managers() -> tuple[socketio.AsyncManager, IndexedManager]:
 
 
 def _state(manager: socketio.AsyncManager) -> tuple[object, ...]:
-    rooms = {ns: {room: dict(members) for room, members in table.items()}
-             for ns, table in manager.rooms.items()}
+    rooms = {
+        ns: {room: dict(members) for room, members in table.items()}
+        for ns, table in manager.rooms.items()
+    }
     return rooms, manager.pending_connect, manager.pending_disconnect, set(manager.callbacks)
 
 
@@ -60,7 +62,9 @@ async def test_a_random_history_leaves_the_index_and_python_socketios_table_in_a
                 await manager.disconnect(sid, ns)
         assert _state(indexed) == _state(plain), f"after step {step}"
         for sid in rng.sample(sids[ns], min(3, len(sids[ns]))):
-            assert sorted(indexed.get_rooms(sid, ns)) == sorted(BaseManager.get_rooms(plain, sid, ns))
+            assert sorted(indexed.get_rooms(sid, ns)) == sorted(
+                BaseManager.get_rooms(plain, sid, ns)
+            )
     assert indexed.get_rooms("never-connected", "/") == []
     for ns, members in sids.items():
         for sid in members:

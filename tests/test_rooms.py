@@ -9,13 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import assert_problem, assert_refused
 
 TESTS = Path(__file__).resolve().parent
 IDENTITY = {"ident": "fixture_plugins.claimed_identity:IdentityPlugin"}
-STRICT_ROOMS = {"notify_membership": True, "max_name_length": 12, "max_rooms_per_connection": 3,
-                "name_pattern": "[a-z0-9-]+"}
+STRICT_ROOMS = {
+    "notify_membership": True,
+    "max_name_length": 12,
+    "max_rooms_per_connection": 3,
+    "name_pattern": "[a-z0-9-]+",
+}
 STRICT = {"plugins": {"modules": IDENTITY, "settings": {"rooms": STRICT_ROOMS}}}
 
 
@@ -35,15 +38,29 @@ def strict_server(tmp_path_factory):
 async def test_join_and_leave_acks_say_the_outcome(default_server, connect):
     client = await connect(default_server, wait_welcome=True)
     assert await client.call("join-room", {"room": "a"}) == {
-        "ok": True, "data": {"room": "a", "joined": True, "rooms": ["a"]}}
+        "ok": True,
+        "data": {"room": "a", "joined": True, "rooms": ["a"]},
+    }
     assert (await client.call("join-room", {"room": "b"}))["data"] == {
-        "room": "b", "joined": True, "rooms": ["a", "b"]}
+        "room": "b",
+        "joined": True,
+        "rooms": ["a", "b"],
+    }
     assert (await client.call("join-room", {"room": "a"}))["data"] == {
-        "room": "a", "joined": False, "rooms": ["a", "b"]}
+        "room": "a",
+        "joined": False,
+        "rooms": ["a", "b"],
+    }
     assert (await client.call("leave-room", {"room": "a"}))["data"] == {
-        "room": "a", "left": True, "rooms": ["b"]}
+        "room": "a",
+        "left": True,
+        "rooms": ["b"],
+    }
     assert (await client.call("leave-room", {"room": "a"}))["data"] == {
-        "room": "a", "left": False, "rooms": ["b"]}
+        "room": "a",
+        "left": False,
+        "rooms": ["b"],
+    }
     assert await client.call("my-rooms") == {"ok": True, "data": {"rooms": ["b"]}}
     assert await client.call("my-rooms", {}) == {"ok": True, "data": {"rooms": ["b"]}}
 
@@ -76,8 +93,11 @@ async def test_my_rooms_refuses_a_payload_with_fields(default_server, connect):
 # -- room name rules --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["tab\there", "new\nline", "nul\x00", "del\x7f", "c1\x85"],
-                         ids=["tab", "newline", "nul", "del", "c1"])
+@pytest.mark.parametrize(
+    "name",
+    ["tab\there", "new\nline", "nul\x00", "del\x7f", "c1\x85"],
+    ids=["tab", "newline", "nul", "del", "c1"],
+)
 async def test_default_rules_refuse_control_characters(default_server, connect, name):
     client = await connect(default_server, wait_welcome=True)
     error = assert_refused(await client.call("join-room", {"room": name}), "invalid_payload")
@@ -94,8 +114,13 @@ async def test_default_rules_allow_any_other_characters_up_to_128(default_server
         assert (await client.call("join-room", {"room": name}))["data"]["joined"] is True, name
     error = assert_refused(await client.call("join-room", {"room": "x" * 129}), "invalid_payload")
     assert error["details"] | {"errors": None} == {
-        "event": "join-room", "field": "room", "setting": "max_name_length", "limit": 128,
-        "length": 129, "errors": None}
+        "event": "join-room",
+        "field": "room",
+        "setting": "max_name_length",
+        "limit": 128,
+        "length": 129,
+        "errors": None,
+    }
     assert "the limit is 128" in error["message"]
     assert_refused(await client.call("join-room", {"room": ""}), "invalid_payload")
 
@@ -114,7 +139,9 @@ async def test_room_named_like_a_connection_is_refused_even_ones_own(default_ser
 async def test_configured_name_length_and_pattern(strict_server, connect):
     client = await connect(strict_server, wait_welcome=True)
     assert (await client.call("join-room", {"room": "ok-name-12ch"}))["data"]["joined"] is True
-    error = assert_refused(await client.call("join-room", {"room": "thirteen-char"}), "invalid_payload")
+    error = assert_refused(
+        await client.call("join-room", {"room": "thirteen-char"}), "invalid_payload"
+    )
     assert error["details"]["limit"] == 12 and error["details"]["setting"] == "max_name_length"
     error = assert_refused(await client.call("join-room", {"room": "Upper"}), "invalid_payload")
     assert error["details"]["pattern"] == "[a-z0-9-]+"
@@ -129,22 +156,45 @@ async def test_rooms_per_connection_limit(strict_server, connect):
         assert (await client.call("join-room", {"room": name}))["ok"] is True
     error = assert_refused(await client.call("join-room", {"room": "lim-4"}), "not_allowed")
     assert error["details"] | {"event": None} == {
-        "event": None, "field": "room", "setting": "max_rooms_per_connection", "limit": 3, "rooms": 3}
+        "event": None,
+        "field": "room",
+        "setting": "max_rooms_per_connection",
+        "limit": 3,
+        "rooms": 3,
+    }
     assert "at most 3 rooms" in error["message"]
     # Joining a room it is already in is no new room.
     assert (await client.call("join-room", {"room": "lim-1"}))["data"]["joined"] is False
     await client.call("leave-room", {"room": "lim-1"})
-    assert (await client.call("join-room", {"room": "lim-4"}))["data"]["rooms"] == ["lim-2", "lim-3", "lim-4"]
+    assert (await client.call("join-room", {"room": "lim-4"}))["data"]["rooms"] == [
+        "lim-2",
+        "lim-3",
+        "lim-4",
+    ]
     # The same limit holds for a server-side join.
     async with httpx.AsyncClient(base_url=strict_server.url) as http:
-        body = assert_problem(await http.put(f"/rooms/lim-5/members/{client.sio.get_sid()}"), 403, "not_allowed")
+        body = assert_problem(
+            await http.put(f"/rooms/lim-5/members/{client.sio.get_sid()}"), 403, "not_allowed"
+        )
     assert body["details"]["setting"] == "max_rooms_per_connection"
 
 
 async def test_custom_notice_names_and_no_room_limit(serve, connect):
-    server = serve({"plugins": {"settings": {"rooms": {
-        "notify_membership": True, "joined_event": "member-in", "left_event": "member-out",
-        "max_rooms_per_connection": 0, "max_name_length": 300}}}})
+    server = serve(
+        {
+            "plugins": {
+                "settings": {
+                    "rooms": {
+                        "notify_membership": True,
+                        "joined_event": "member-in",
+                        "left_event": "member-out",
+                        "max_rooms_per_connection": 0,
+                        "max_name_length": 300,
+                    }
+                }
+            }
+        }
+    )
     a = await connect(server, wait_welcome=True)
     b = await connect(server, wait_welcome=True)
     for i in range(105):
@@ -162,13 +212,29 @@ async def test_custom_notice_names_and_no_room_limit(serve, connect):
 
 @pytest.mark.parametrize(
     ("settings", "key", "fragment"),
-    [({"name_pattern": "[a-"}, "plugins.settings.rooms.name_pattern", "not a valid regular expression"),
-     ({"max_name_length": 0}, "plugins.settings.rooms.max_name_length", "greater than or equal to 1"),
-     ({"max_rooms_per_connection": -1}, "plugins.settings.rooms.max_rooms_per_connection",
-      "greater than or equal to 0"),
-     ({"notify": True}, "plugins.settings.rooms.notify", "unknown key"),
-     ({"joined_event": "member", "left_event": "member"}, "plugins.settings.rooms",
-      "could not tell a join from a leave")],
+    [
+        (
+            {"name_pattern": "[a-"},
+            "plugins.settings.rooms.name_pattern",
+            "not a valid regular expression",
+        ),
+        (
+            {"max_name_length": 0},
+            "plugins.settings.rooms.max_name_length",
+            "greater than or equal to 1",
+        ),
+        (
+            {"max_rooms_per_connection": -1},
+            "plugins.settings.rooms.max_rooms_per_connection",
+            "greater than or equal to 0",
+        ),
+        ({"notify": True}, "plugins.settings.rooms.notify", "unknown key"),
+        (
+            {"joined_event": "member", "left_event": "member"},
+            "plugins.settings.rooms",
+            "could not tell a join from a leave",
+        ),
+    ],
     ids=["bad-regex", "zero-length", "negative-limit", "unknown-key", "same-notice-names"],
 )
 def test_bad_settings_stop_start_up_naming_the_key(serve, settings, key, fragment):
@@ -224,8 +290,11 @@ async def test_disconnect_tells_each_room_it_was_in(strict_server, connect):
     notices = await a.wait_for("user-left", count=2)
     assert sorted(notices, key=lambda n: n["room"]) == [
         {"room": "dc-x", "sid": gone, "user": None, "count": 1},
-        {"room": "dc-y", "sid": gone, "user": None, "count": 1}]
-    assert await b.wait_for("user-left") == [{"room": "dc-z", "sid": gone, "user": None, "count": 1}]
+        {"room": "dc-y", "sid": gone, "user": None, "count": 1},
+    ]
+    assert await b.wait_for("user-left") == [
+        {"room": "dc-z", "sid": gone, "user": None, "count": 1}
+    ]
     async with httpx.AsyncClient(base_url=strict_server.url) as http:
         assert (await http.get("/rooms/dc-x")).json()["count"] == 1
 
@@ -239,10 +308,15 @@ async def test_room_members_over_socket_and_rest(strict_server, connect):
     c = await connect(strict_server, wait_welcome=True)
     for client in (a, b, c):
         await client.call("join-room", {"room": "presence"})
-    expected = {"room": "presence", "count": 3, "members": [
-        {"sid": a.sio.get_sid(), "user_id": "u-ada", "name": "Ada"},
-        {"sid": b.sio.get_sid(), "user_id": "u-nameless", "name": None},
-        {"sid": c.sio.get_sid(), "user_id": None, "name": None}]}
+    expected = {
+        "room": "presence",
+        "count": 3,
+        "members": [
+            {"sid": a.sio.get_sid(), "user_id": "u-ada", "name": "Ada"},
+            {"sid": b.sio.get_sid(), "user_id": "u-nameless", "name": None},
+            {"sid": c.sio.get_sid(), "user_id": None, "name": None},
+        ],
+    }
 
     def by_sid(data: dict[str, Any]) -> dict[str, Any]:
         return {**data, "members": sorted(data["members"], key=lambda m: m["sid"])}
@@ -256,7 +330,11 @@ async def test_room_members_over_socket_and_rest(strict_server, connect):
         listed = (await http.get("/rooms")).json()
         assert {"room": "presence", "count": 3} in listed
         assert [r["room"] for r in listed] == sorted(r["room"] for r in listed)
-        assert (await http.get("/rooms/nobody-here")).json() == {"room": "nobody-here", "count": 0, "members": []}
+        assert (await http.get("/rooms/nobody-here")).json() == {
+            "room": "nobody-here",
+            "count": 0,
+            "members": [],
+        }
     assert (await c.call("room-members", {"room": "nobody-here"}))["data"]["count"] == 0
 
 
@@ -282,14 +360,18 @@ async def test_server_side_join_and_leave_deliver_and_notify(strict_server, conn
         resp = await http.put(f"/rooms/backend/members/{sid}")
         assert resp.status_code == 200
         assert resp.json() == {"room": "backend", "sid": sid, "joined": True, "rooms": ["backend"]}
-        assert await a.wait_for("user-joined") == [{"room": "backend", "sid": sid, "user": "u-b", "count": 2}]
+        assert await a.wait_for("user-joined") == [
+            {"room": "backend", "sid": sid, "user": "u-b", "count": 2}
+        ]
         assert (await http.put(f"/rooms/backend/members/{sid}")).json()["joined"] is False
         assert (await b.call("my-rooms"))["data"]["rooms"] == ["backend"]
         await http.post("/rooms/backend/messages", json={"message": "to both"})
         assert await b.wait_for("receive-message") == ["to both"]
         resp = await http.delete(f"/rooms/backend/members/{sid}")
         assert resp.json() == {"room": "backend", "sid": sid, "left": True, "rooms": []}
-        assert await a.wait_for("user-left") == [{"room": "backend", "sid": sid, "user": "u-b", "count": 1}]
+        assert await a.wait_for("user-left") == [
+            {"room": "backend", "sid": sid, "user": "u-b", "count": 1}
+        ]
         assert (await http.delete(f"/rooms/backend/members/{sid}")).json()["left"] is False
     assert b.received("user-joined") == [] and b.received("user-left") == []
 
@@ -303,19 +385,31 @@ async def test_server_side_membership_refusals_are_problems(default_server, conn
         assert body["details"]["sid"] == "no-such-sid"
         body = assert_problem(await http.delete("/rooms/r/members/no-such-sid"), 404, "not_found")
         assert body["details"]["sid"] == "no-such-sid"
-        body = assert_problem(await http.put(f"/rooms/bad%0Aname/members/{sid}"), 422, "invalid_payload")
+        body = assert_problem(
+            await http.put(f"/rooms/bad%0Aname/members/{sid}"), 422, "invalid_payload"
+        )
         assert body["details"]["setting"] == "name_pattern"
-        body = assert_problem(await http.put(f"/rooms/{'x' * 129}/members/{sid}"), 422, "invalid_payload")
+        body = assert_problem(
+            await http.put(f"/rooms/{'x' * 129}/members/{sid}"), 422, "invalid_payload"
+        )
         assert body["details"]["limit"] == 128
-        body = assert_problem(await http.put(f"/rooms/{b.sio.get_sid()}/members/{sid}"), 403, "not_allowed")
+        body = assert_problem(
+            await http.put(f"/rooms/{b.sio.get_sid()}/members/{sid}"), 403, "not_allowed"
+        )
         assert "id of a connection" in body["detail"]
     assert (await a.call("my-rooms"))["data"]["rooms"] == []
 
 
 async def test_own_connection_events_are_refused_over_rest(default_server):
     async with httpx.AsyncClient(base_url=default_server.url) as http:
-        for event, payload in [("join-room", {"room": "x"}), ("leave-room", {"room": "x"}), ("my-rooms", {})]:
-            body = assert_problem(await http.post(f"/events/{event}", json=payload), 400, "connection_required")
+        for event, payload in [
+            ("join-room", {"room": "x"}),
+            ("leave-room", {"room": "x"}),
+            ("my-rooms", {}),
+        ]:
+            body = assert_problem(
+                await http.post(f"/events/{event}", json=payload), 400, "connection_required"
+            )
             assert event in body["detail"]
 
 
@@ -324,7 +418,9 @@ async def test_openapi_documents_the_room_routes_with_models(default_server):
         spec = (await http.get("/openapi.json")).json()
 
     def response_ref(op: dict[str, Any]) -> str:
-        return op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        return op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit(
+            "/", 1
+        )[1]
 
     paths = spec["paths"]
     assert response_ref(paths["/rooms"]["get"]) == "RoomList"
@@ -332,15 +428,20 @@ async def test_openapi_documents_the_room_routes_with_models(default_server):
     assert response_ref(paths["/rooms/{room}/members/{sid}"]["put"]) == "MemberJoined"
     assert response_ref(paths["/rooms/{room}/members/{sid}"]["delete"]) == "MemberLeft"
     assert paths["/rooms"]["get"]["tags"] == ["rooms"]
-    assert [p["name"] for p in paths["/rooms/{room}/members/{sid}"]["put"]["parameters"]] == ["room", "sid"]
+    assert [p["name"] for p in paths["/rooms/{room}/members/{sid}"]["put"]["parameters"]] == [
+        "room",
+        "sid",
+    ]
     schemas = spec["components"]["schemas"]
     assert schemas["RoomList"]["type"] == "array"
     assert set(schemas["Member"]["properties"]) == {"sid", "user_id", "name"}
 
 
 async def test_rest_scopes_reading_needs_read_and_membership_admin(serve, connect):
-    keys = [{"name": "reader", "key": "read-key", "scopes": ["read"]},
-            {"name": "ops", "key": "admin-key", "scopes": ["admin"]}]
+    keys = [
+        {"name": "reader", "key": "read-key", "scopes": ["read"]},
+        {"name": "ops", "key": "admin-key", "scopes": ["admin"]},
+    ]
     server = serve({"plugins": {"settings": {"auth": {"api_keys": keys}}}})
     client = await connect(server, wait_welcome=True)
     member = f"/rooms/scoped/members/{client.sio.get_sid()}"
@@ -355,7 +456,9 @@ async def test_rest_scopes_reading_needs_read_and_membership_admin(serve, connec
         assert (await http.get("/rooms/scoped", headers=reader)).json()["count"] == 1
 
 
-async def test_event_contract_declares_the_notices_only_when_they_are_sent(default_server, strict_server):
+async def test_event_contract_declares_the_notices_only_when_they_are_sent(
+    default_server, strict_server
+):
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         default_ops = (await http.get("/asyncapi.json")).json()["operations"]
     async with httpx.AsyncClient(base_url=strict_server.url) as http:
@@ -383,6 +486,12 @@ async def test_without_rooms_its_events_and_routes_are_gone_and_the_rest_serves(
         assert_problem(await http.get("/rooms/r"), 404, "not_found")
         assert_problem(await http.put(f"/rooms/r/members/{sid}"), 404, "not_found")
         # relay still delivers, to a connection's own id room.
-        assert (await http.post(f"/rooms/{sid}/messages", json={"message": "direct"})).status_code == 200
-        assert [p["name"] for p in (await http.get("/plugins")).json()] == ["welcome", "relay", "moderation"]
+        assert (
+            await http.post(f"/rooms/{sid}/messages", json={"message": "direct"})
+        ).status_code == 200
+        assert [p["name"] for p in (await http.get("/plugins")).json()] == [
+            "welcome",
+            "relay",
+            "moderation",
+        ]
     assert await client.wait_for("receive-message") == ["direct"]

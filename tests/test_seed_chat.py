@@ -50,7 +50,9 @@ async def test_events_of_one_connection_are_handled_in_order(default_server, con
 async def test_join_room_ack_lists_rooms_and_leave_room_leaves(default_server, connect):
     client = await connect(default_server, wait_welcome=True)
     assert await client.call("join-room", {"room": "a"}) == {
-        "ok": True, "data": {"room": "a", "joined": True, "rooms": ["a"]}}
+        "ok": True,
+        "data": {"room": "a", "joined": True, "rooms": ["a"]},
+    }
     ack = await client.call("join-room", {"room": "b"})
     assert sorted(ack["data"]["rooms"]) == ["a", "b"]
     assert (await client.call("leave-room", {"room": "a"}))["data"]["rooms"] == ["b"]

@@ -27,8 +27,14 @@ from plugbus import (
 )
 from plugbus.testing import ClientRefused, HookCalls, PlugbusServerFactory
 
-LIFE = ["plugbus_authenticate", "plugbus_connect", "plugbus_connected", "plugbus_moderate", "plugbus_handle_event",
-        "plugbus_disconnect"]
+LIFE = [
+    "plugbus_authenticate",
+    "plugbus_connect",
+    "plugbus_connected",
+    "plugbus_moderate",
+    "plugbus_handle_event",
+    "plugbus_disconnect",
+]
 
 
 class Note(Event):
@@ -70,7 +76,11 @@ class NotesPlugin(Plugin):
     @hookimpl(specname="plugbus_moderate", tryfirst=True)
     def tidy(self, event: Event) -> Event | None:
         """Strip the text, before any other moderation."""
-        return event.model_copy(update={"text": event.text.strip()}) if isinstance(event, Note) else None
+        return (
+            event.model_copy(update={"text": event.text.strip()})
+            if isinstance(event, Note)
+            else None
+        )
 
     @hookimpl(specname="plugbus_moderate", trylast=True)
     def prefix(self, event: Event) -> Event | None:
@@ -112,13 +122,19 @@ async def test_two_clients_exchange_notes_and_acks_say_what_was_sent(
     plugbus_server: PlugbusServerFactory, reset_count: None
 ) -> None:
     # By dotted path, as in config.yaml's plugins.modules (the class itself works too).
-    server = await plugbus_server(plugins={"notes": f"{__name__}:NotesPlugin"}, builtins=[],
-                                  settings={"notes": {"prefix": "> "}})
+    server = await plugbus_server(
+        plugins={"notes": f"{__name__}:NotesPlugin"},
+        builtins=[],
+        settings={"notes": {"prefix": "> "}},
+    )
     alice, bob = await server.client(), await server.client()
     assert await alice.wait_for("hello") == [alice.sid]
     assert await bob.wait_for("hello") == [bob.sid]
 
-    assert await alice.call("note", {"text": "  hi  "}) == {"ok": True, "data": {"text": "> hi", "from": alice.sid}}
+    assert await alice.call("note", {"text": "  hi  "}) == {
+        "ok": True,
+        "data": {"text": "> hi", "from": alice.sid},
+    }
     assert await bob.wait_for("note") == ["> hi"]
     assert alice.received("note") == []
 
@@ -138,8 +154,11 @@ async def test_two_clients_exchange_notes_and_acks_say_what_was_sent(
 async def test_hook_order_of_one_connections_life_with_tryfirst_and_trylast(
     plugbus_server: PlugbusServerFactory, reset_count: None
 ) -> None:
-    server = await plugbus_server(plugins={"notes": NotesPlugin}, builtins=["moderation"],
-                                  settings={"notes": {"prefix": "> "}})
+    server = await plugbus_server(
+        plugins={"notes": NotesPlugin},
+        builtins=["moderation"],
+        settings={"notes": {"prefix": "> "}},
+    )
     # Start-up: collected hooks while the app is built, then the awaited start-up.
     server.hooks.assert_order(["plugbus_register_events", "plugbus_routes", "plugbus_startup"])
     assert server.hooks.getcall("plugbus_startup").done
@@ -156,7 +175,10 @@ async def test_hook_order_of_one_connections_life_with_tryfirst_and_trylast(
 
     # tryfirst runs before the built-in moderation, trylast after it ...
     assert server.hooks.impl_order("plugbus_moderate") == [
-        "notes:tidy", "moderation:plugbus_moderate", "notes:prefix"]
+        "notes:tidy",
+        "moderation:plugbus_moderate",
+        "notes:prefix",
+    ]
     # ... and the recorder, a tryfirst wrapper around all of them, sees the event before
     # and after the whole walk; the handler got what moderation left.
     moderate = life.getcall("plugbus_moderate")
@@ -168,7 +190,7 @@ async def test_hook_order_of_one_connections_life_with_tryfirst_and_trylast(
 
 
 async def test_every_call_is_recorded_in_order_including_nested_and_refused_ones(
-    plugbus_server: PlugbusServerFactory
+    plugbus_server: PlugbusServerFactory,
 ) -> None:
     server = await plugbus_server(plugins={"notes": NotesPlugin}, builtins=["rooms"])
     server.hooks.clear()
@@ -176,7 +198,8 @@ async def test_every_call_is_recorded_in_order_including_nested_and_refused_ones
     assert (await alice.call("join-room", {"room": "r"}))["ok"] is True
     # plugbus_room_joined runs inside the handler of join-room, so it starts after it.
     server.hooks.for_connection(alice.sid).assert_order(
-        ["plugbus_connect", "plugbus_moderate", "plugbus_handle_event", "plugbus_room_joined"])
+        ["plugbus_connect", "plugbus_moderate", "plugbus_handle_event", "plugbus_room_joined"]
+    )
     assert server.hooks.getcall("plugbus_room_joined").room == "r"
 
     with pytest.raises(ClientRefused) as refused:
@@ -192,7 +215,9 @@ async def test_every_call_is_recorded_in_order_including_nested_and_refused_ones
 
 
 @pytest.mark.parametrize("transport", ["polling", "websocket"])
-async def test_clients_on_each_transport(plugbus_server: PlugbusServerFactory, transport: str) -> None:
+async def test_clients_on_each_transport(
+    plugbus_server: PlugbusServerFactory, transport: str
+) -> None:
     server = await plugbus_server(plugins={"notes": NotesPlugin}, builtins=[])
     alice = await server.client(transports=[transport])
     assert alice.sio.transport() == transport
@@ -200,19 +225,21 @@ async def test_clients_on_each_transport(plugbus_server: PlugbusServerFactory, t
 
 
 async def test_a_bad_plugin_setting_stops_start_up_with_the_loaders_message(
-    plugbus_server: PlugbusServerFactory
+    plugbus_server: PlugbusServerFactory,
 ) -> None:
     with pytest.raises(ConfigError, match=r"plugin 'notes'.*plugins\.settings\.notes\.prefix"):
         await plugbus_server(plugins={"notes": NotesPlugin}, settings={"notes": {"prefix": 3}})
 
 
-async def test_a_failing_start_up_hook_raises_in_the_test(plugbus_server: PlugbusServerFactory) -> None:
+async def test_a_failing_start_up_hook_raises_in_the_test(
+    plugbus_server: PlugbusServerFactory,
+) -> None:
     with pytest.raises(RuntimeError, match="no database"):
         await plugbus_server(plugins={"broken": BrokenStartup}, builtins=[])
 
 
 async def test_the_recorder_is_an_ordinary_plugin_and_can_be_left_out(
-    plugbus_server: PlugbusServerFactory
+    plugbus_server: PlugbusServerFactory,
 ) -> None:
     recorded = await plugbus_server(builtins=["welcome"])
     names = [p["name"] for p in (await recorded.http.get("/plugins")).json()]
@@ -235,7 +262,9 @@ async def test_the_shells_plugbus_variables_are_hidden_and_env_is_applied(
     assert (health["server"], health["plugins"]) == ("from-env", ["hook-recorder"])
 
 
-async def test_servers_stop_at_teardown_and_stop_is_idempotent(plugbus_server: PlugbusServerFactory) -> None:
+async def test_servers_stop_at_teardown_and_stop_is_idempotent(
+    plugbus_server: PlugbusServerFactory,
+) -> None:
     server = await plugbus_server(builtins=[])
     await server.client()
     await server.stop()
@@ -245,11 +274,14 @@ async def test_servers_stop_at_teardown_and_stop_is_idempotent(plugbus_server: P
 
 
 def test_the_kit_is_the_pytest11_plugin_with_no_autouse_and_prefixed_fixtures(
-    request: pytest.FixtureRequest
+    request: pytest.FixtureRequest,
 ) -> None:
     assert request.config.pluginmanager.get_plugin("plugbus") is plugbus.testing
-    fixtures = {name: obj for name, obj in vars(plugbus.testing).items()
-                if hasattr(obj, "_fixture_function_marker")}
+    fixtures = {
+        name: obj
+        for name, obj in vars(plugbus.testing).items()
+        if hasattr(obj, "_fixture_function_marker")
+    }
     assert list(fixtures) == ["plugbus_server"]
     for name, obj in fixtures.items():
         marker = obj._fixture_function_marker

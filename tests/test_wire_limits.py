@@ -9,7 +9,6 @@ import time
 
 import httpx
 import websockets
-
 from conftest import Server
 
 WS = "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
@@ -45,11 +44,15 @@ async def _health(server: Server) -> dict:
         return (await http.get(server.url + "/health")).json()
 
 
-async def test_a_binary_packet_announcing_too_many_attachments_closes_the_connection(serve, connect) -> None:
+async def test_a_binary_packet_announcing_too_many_attachments_closes_the_connection(
+    serve, connect
+) -> None:
     server = serve({"server": {"limits": {"max_binary_attachments": 4}}})
     canary = await connect(server, wait_welcome=True)
     ws = await _joined_ws(server)
-    await ws.send('451000000000-1["send-message",{"message":{"_placeholder":true,"num":0},"roomID":"r"}]')
+    await ws.send(
+        '451000000000-1["send-message",{"message":{"_placeholder":true,"num":0},"roomID":"r"}]'
+    )
     assert await _closed_within(ws, 2) < 1
     assert "announce 1 to 4 attachments, not 1000000000" in server.log()
     assert (await canary.call("join-room", {"room": "still"}))["ok"] is True
@@ -57,7 +60,9 @@ async def test_a_binary_packet_announcing_too_many_attachments_closes_the_connec
 
 async def test_binary_attachments_are_bounded_in_bytes_by_max_message_bytes(serve) -> None:
     # the original attack: a header for many attachments, then 1 MB frames until memory ran out
-    server = serve({"server": {"max_message_bytes": 200_000, "limits": {"max_binary_attachments": 10}}})
+    server = serve(
+        {"server": {"max_message_bytes": 200_000, "limits": {"max_binary_attachments": 10}}}
+    )
     ws = await _joined_ws(server)
     await ws.send('4510-["send-message",{"message":{"_placeholder":true,"num":0},"roomID":"r"}]')
     for _ in range(3):
@@ -66,11 +71,15 @@ async def test_binary_attachments_are_bounded_in_bytes_by_max_message_bytes(serv
     assert "binary attachments larger than 200000 bytes in all" in server.log()
 
 
-async def test_an_attachment_outside_a_binary_packet_and_bad_placeholders_close_the_connection(serve) -> None:
+async def test_an_attachment_outside_a_binary_packet_and_bad_placeholders_close_the_connection(
+    serve,
+) -> None:
     server = serve()
-    for frames in ([b"\x01\x02"],
-                   ['451-["send-message",{"message":{"_placeholder":true,"num":7},"roomID":"r"}]', b"x"],
-                   ['451-["send-message",{"message":{"_placeholder":true,"num":"a"},"roomID":"r"}]', b"x"]):
+    for frames in (
+        [b"\x01\x02"],
+        ['451-["send-message",{"message":{"_placeholder":true,"num":7},"roomID":"r"}]', b"x"],
+        ['451-["send-message",{"message":{"_placeholder":true,"num":"a"},"roomID":"r"}]', b"x"],
+    ):
         ws = await _joined_ws(server)
         for frame in frames:
             await ws.send(frame)
@@ -81,12 +90,21 @@ async def test_an_attachment_outside_a_binary_packet_and_bad_placeholders_close_
     assert "Traceback" not in log
 
 
-async def test_a_long_polling_client_that_stops_polling_is_dropped_past_the_send_buffer(serve, connect) -> None:
+async def test_a_long_polling_client_that_stops_polling_is_dropped_past_the_send_buffer(
+    serve, connect
+) -> None:
     # the original attack: join a busy room over long-polling, never GET again, keep answering
     # pings (here the pings are far apart), while the queue grows
-    server = serve({"server": {"ping_interval": 60, "ping_timeout": 30,
-                               "limits": {"send_buffer_bytes": 65536}},
-                    "plugins": {"disabled": ["moderation"]}})
+    server = serve(
+        {
+            "server": {
+                "ping_interval": 60,
+                "ping_timeout": 30,
+                "limits": {"send_buffer_bytes": 65536},
+            },
+            "plugins": {"disabled": ["moderation"]},
+        }
+    )
     base = f"{server.url}/socket.io/?EIO=4&transport=polling"
     async with httpx.AsyncClient(timeout=5) as http:
         sid = (await http.get(base)).text.split('"sid":"')[1].split('"')[0]
@@ -98,7 +116,9 @@ async def test_a_long_polling_client_that_stops_polling_is_dropped_past_the_send
         reader = await connect(server, transports=["websocket"], wait_welcome=True)
         await reader.call("join-room", {"room": "busy"})
         for n in range(10):
-            resp = await http.post(server.url + "/rooms/busy/messages", json={"message": f"{n}:" + "x" * 10_000})
+            resp = await http.post(
+                server.url + "/rooms/busy/messages", json={"message": f"{n}:" + "x" * 10_000}
+            )
             assert resp.status_code == 200
         await reader.wait_for("receive-message", count=10)
         assert "dropping a slow long-polling client" in server.log()
@@ -109,13 +129,22 @@ async def test_a_long_polling_client_that_stops_polling_is_dropped_past_the_send
 
 async def test_sessions_that_never_connect_are_bounded_and_counted(serve, connect) -> None:
     # the original attack: thousands of Engine.IO sessions that never send a Socket.IO CONNECT
-    server = serve({"server": {"connect_timeout": 30, "limits": {"max_connections": 300,
-                                                                 "max_connections_per_address": 5}}})
+    server = serve(
+        {
+            "server": {
+                "connect_timeout": 30,
+                "limits": {"max_connections": 300, "max_connections_per_address": 5},
+            }
+        }
+    )
     base = f"{server.url}/socket.io/?EIO=4&transport=polling"
     async with httpx.AsyncClient(timeout=5) as http:
         answers = [await http.get(base) for _ in range(8)]
     assert [r.status_code for r in answers] == [200] * 5 + [503] * 3
-    assert "too many sessions from your address are waiting to join a namespace (limit 5)" in answers[-1].text
+    assert (
+        "too many sessions from your address are waiting to join a namespace (limit 5)"
+        in answers[-1].text
+    )
     health = await _health(server)
     assert (health["sessions"], health["connections"]) == (5, 0)
     assert health["wire"]["closed"]["session_limit"] == 3
@@ -128,7 +157,10 @@ async def test_an_oversized_polling_post_gets_413_and_the_session_ends(serve) ->
         sid = (await http.get(base)).text.split('"sid":"')[1].split('"')[0]
         resp = await http.post(f"{base}&sid={sid}", content=b"4" + b"x" * 20_000)
         assert resp.status_code == 413
-        assert resp.json() == {"code": 3, "message": "Bad request: payload larger than maxPayload (10000 bytes)"}
+        assert resp.json() == {
+            "code": 3,
+            "message": "Bad request: payload larger than maxPayload (10000 bytes)",
+        }
         assert (await http.get(f"{base}&sid={sid}")).status_code == 400
 
 
@@ -148,7 +180,9 @@ async def test_a_second_connect_to_a_joined_namespace_gets_a_connect_error_objec
     await ws.close()
 
 
-async def test_a_flood_of_malformed_frames_closes_the_offender_and_spares_the_canary(serve, connect) -> None:
+async def test_a_flood_of_malformed_frames_closes_the_offender_and_spares_the_canary(
+    serve, connect
+) -> None:
     # the original attack: 10,000 `4xyz` per second, each logging a traceback
     server = serve()
     canary = await connect(server, transports=["websocket"], wait_welcome=True)

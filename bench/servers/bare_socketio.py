@@ -53,8 +53,12 @@ def refusal(code: str, message: str, **details: Any) -> dict[str, Any]:
 
 
 def check_message(payload: Any) -> dict[str, Any] | None:
-    if not isinstance(payload, dict) or not isinstance(payload.get("message"), str | dict | list) \
-            or not isinstance(payload.get("roomID"), str) or not payload["roomID"]:
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("message"), str | dict | list)
+        or not isinstance(payload.get("roomID"), str)
+        or not payload["roomID"]
+    ):
         return refusal("invalid_payload", "send-message needs {message, roomID}")
     message = payload["message"]
     if isinstance(message, str) and len(message) > MAX_LENGTH:
@@ -80,7 +84,11 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
 
 @sio.on("join-room")
 async def join_room(sid: str, payload: Any = None) -> dict[str, Any]:
-    if not isinstance(payload, dict) or not isinstance(payload.get("room"), str) or not payload["room"]:
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("room"), str)
+        or not payload["room"]
+    ):
         return refusal("invalid_payload", "join-room needs {room}")
     room = payload["room"]
     await sio.enter_room(sid, room)
@@ -111,18 +119,32 @@ async def rest(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     async def reply(status: int, body: Any) -> None:
         data = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     path, method = scope["path"], scope["method"]
     if method == "GET" and path == "/health":
-        await reply(200, {"status": "ok", "server": "bare-python-socketio",
-                          "connections": room_size(None)})  # type: ignore[arg-type]
+        await reply(
+            200, {"status": "ok", "server": "bare-python-socketio", "connections": room_size(None)}
+        )  # type: ignore[arg-type]
         return
     parts = path.split("/")
-    if method != "POST" or len(parts) != 4 or parts[1] != "rooms" or parts[3] != "messages" or not parts[2]:
+    if (
+        method != "POST"
+        or len(parts) != 4
+        or parts[1] != "rooms"
+        or parts[3] != "messages"
+        or not parts[2]
+    ):
         await reply(404, {"code": "not_found", "message": "not found", "details": {}})
         return
     chunks = []
@@ -137,8 +159,9 @@ async def rest(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await reply(422, {"code": "invalid_payload", "message": "body is not JSON", "details": {}})
         return
     room = unquote(parts[2])
-    problem = check_message({"message": body.get("message") if isinstance(body, dict) else None,
-                             "roomID": room})
+    problem = check_message(
+        {"message": body.get("message") if isinstance(body, dict) else None, "roomID": room}
+    )
     if problem is not None:
         await reply(422, problem["error"])
         return
@@ -154,8 +177,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
-                loop="uvloop", http="httptools", ws_max_size=MAX_BYTES, timeout_graceful_shutdown=2)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        lifespan="on",
+        loop="uvloop",
+        http="httptools",
+        ws_max_size=MAX_BYTES,
+        timeout_graceful_shutdown=2,
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,15 @@ def main(port: int, how: str) -> None:
     if how.startswith("uvicorn:"):
         import uvicorn
 
-        uvicorn.run(app.asgi, host="127.0.0.1", port=port, ws=how.split(":", 1)[1], lifespan="on",
-                    log_level="warning", ws_per_message_deflate=False)
+        uvicorn.run(
+            app.asgi,
+            host="127.0.0.1",
+            port=port,
+            ws=how.split(":", 1)[1],
+            lifespan="on",
+            log_level="warning",
+            ws_per_message_deflate=False,
+        )
     elif how == "hypercorn":
         import uvloop
         from hypercorn.asyncio import serve

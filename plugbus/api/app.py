@@ -100,8 +100,9 @@ def create_app(loaded: LoadedConfig) -> Application:
     rest.add_middleware(BodyLimitMiddleware, limit=config.server.max_message_bytes)
     install_problem_handlers(rest)
     limits = config.server.limits
-    limiter = PublishLimiter(limits.rest_publish_per_key, limits.rest_publish_per_address,
-                             limits.rest_publish_burst)
+    limiter = PublishLimiter(
+        limits.rest_publish_per_key, limits.rest_publish_per_address, limits.rest_publish_burst
+    )
     rest.include_router(core_router(bus, sio.eio, limiter))
     if config.server.chat_page:
         rest.include_router(chat_page_router())
@@ -127,17 +128,28 @@ def _log_wire(sio: PlugbusSocketServer) -> None:
     """Say at start-up which path the wire takes, and every seam that is not as verified."""
     report = sio.eio.report
     if report.expected_path == "direct":
-        log.info("wire: plugbus Engine.IO v4; websockets written directly to uvicorn's transport "
-                 "(websocket_writer: %s)", report.setting)
+        log.info(
+            "wire: plugbus Engine.IO v4; websockets written directly to uvicorn's transport "
+            "(websocket_writer: %s)",
+            report.setting,
+        )
     else:
-        log.warning("wire: plugbus Engine.IO v4; websockets written through ASGI send "
-                    "(websocket_writer: %s%s)", report.setting,
-                    f"; {report.direct_unavailable_reason}" if report.direct_unavailable_reason else "")
+        log.warning(
+            "wire: plugbus Engine.IO v4; websockets written through ASGI send "
+            "(websocket_writer: %s%s)",
+            report.setting,
+            f"; {report.direct_unavailable_reason}" if report.direct_unavailable_reason else "",
+        )
     for seam in report.seams:
         if not seam["version_verified"]:
-            log.warning("wire: %s %s is installed, but plugbus's seams into it were verified "
-                        "against %s (%s)", seam["package"], seam["installed"], seam["verified"],
-                        "they hold" if seam["ok"] else "missing: " + ", ".join(seam["missing"]))
+            log.warning(
+                "wire: %s %s is installed, but plugbus's seams into it were verified "
+                "against %s (%s)",
+                seam["package"],
+                seam["installed"],
+                seam["verified"],
+                "they hold" if seam["ok"] else "missing: " + ", ".join(seam["missing"]),
+            )
 
 
 def _version() -> str:

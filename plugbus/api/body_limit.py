@@ -70,9 +70,16 @@ class BodyLimitMiddleware:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        response = problem(413, "payload_too_large", _too_large_detail(self.limit),
-                           instance_of(scope), {"limit": self.limit, "setting": "server.max_message_bytes"})
-        await response({"type": "http", **{k: v for k, v in scope.items() if k != "type"}}, _no_receive, send)
+        response = problem(
+            413,
+            "payload_too_large",
+            _too_large_detail(self.limit),
+            instance_of(scope),
+            {"limit": self.limit, "setting": "server.max_message_bytes"},
+        )
+        await response(
+            {"type": "http", **{k: v for k, v in scope.items() if k != "type"}}, _no_receive, send
+        )
 
 
 async def _no_receive() -> Any:

@@ -25,7 +25,10 @@ def chat_page_router() -> APIRouter:
 
     @router.get("/static/socket.io.min.js")
     async def socketio_client() -> FileResponse:
-        return FileResponse(STATIC / "socket.io.min.js", media_type="text/javascript; charset=utf-8",
-                            headers={"Cache-Control": "public, max-age=86400"})
+        return FileResponse(
+            STATIC / "socket.io.min.js",
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     return router

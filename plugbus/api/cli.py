@@ -22,24 +22,36 @@ log = logging.getLogger("plugbus")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plugbus", description="A plugin-driven real-time event bus.")
+    parser = argparse.ArgumentParser(
+        prog="plugbus", description="A plugin-driven real-time event bus."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve Socket.IO and REST on one port")
-    serve.add_argument("--config", "-c", metavar="PATH", help="config file (default: the embedded config.yaml)")
+    serve.add_argument(
+        "--config", "-c", metavar="PATH", help="config file (default: the embedded config.yaml)"
+    )
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a config file and its plugins without serving")
-    check.add_argument("path", nargs="?", metavar="PATH", help="config file (default: the embedded one)")
+    check = config_sub.add_parser(
+        "check", help="validate a config file and its plugins without serving"
+    )
+    check.add_argument(
+        "path", nargs="?", metavar="PATH", help="config file (default: the embedded one)"
+    )
 
     plugins = sub.add_parser("plugins", help="list the plugins a config loads")
-    plugins.add_argument("--config", "-c", metavar="PATH", help="config file (default: the embedded one)")
+    plugins.add_argument(
+        "--config", "-c", metavar="PATH", help="config file (default: the embedded one)"
+    )
     plugins.add_argument("--json", action="store_true", help="print JSON")
     schema = sub.add_parser("schema", help="print the event contract (AsyncAPI 3) without serving")
-    schema.add_argument("--config", "-c", metavar="PATH", help="config file (default: the embedded one)")
+    schema.add_argument(
+        "--config", "-c", metavar="PATH", help="config file (default: the embedded one)"
+    )
     schema.add_argument("--event", metavar="NAME", help="print one event's JSON Schemas instead")
     return parser
 
@@ -93,8 +105,10 @@ def _schema(args: argparse.Namespace) -> int:
     if args.event:
         schemas = event_schemas(bus)
         if args.event not in schemas:
-            print(f"plugbus: no event named {args.event!r} (known: {', '.join(sorted(schemas))})",
-                  file=sys.stderr)
+            print(
+                f"plugbus: no event named {args.event!r} (known: {', '.join(sorted(schemas))})",
+                file=sys.stderr,
+            )
             return 2
         print(json.dumps({"name": args.event, **schemas[args.event]}, indent=2))
         return 0
@@ -112,14 +126,17 @@ def _serve(args: argparse.Namespace) -> int:
     if overrides:
         try:
             loaded.config.server = ServerSettings.model_validate(
-                {**loaded.config.server.model_dump(), **overrides})
+                {**loaded.config.server.model_dump(), **overrides}
+            )
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
             raise ConfigError(
                 f"--{err['loc'][0]} (server.{err['loc'][0]}): {err['msg']} (got {err.get('input')!r})"
             ) from None
     server = loaded.config.server
-    logging.basicConfig(level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    logging.basicConfig(
+        level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
+    )
 
     app = create_app(loaded)
     if app.bus.backend.shared:
@@ -131,9 +148,15 @@ def _serve(args: argparse.Namespace) -> int:
             await app.bus.backend.stop()
 
         asyncio.run(_probe())
-    log.info("plugbus %r with config %s; plugins: %s", server.name, loaded.path,
-             ", ".join(p.name for p in app.bus.plugins) or "none")
-    uv_config = uvicorn.Config(app.asgi, host=server.host, port=server.port, **uvicorn_options(loaded.config))
+    log.info(
+        "plugbus %r with config %s; plugins: %s",
+        server.name,
+        loaded.path,
+        ", ".join(p.name for p in app.bus.plugins) or "none",
+    )
+    uv_config = uvicorn.Config(
+        app.asgi, host=server.host, port=server.port, **uvicorn_options(loaded.config)
+    )
     for name in ("uvicorn.error", "websockets"):
         logging.getLogger(name).addFilter(_drop_frame_dumps)
     for name in ("uvicorn.access", "uvicorn.error"):
@@ -148,7 +171,8 @@ def _serve(args: argparse.Namespace) -> int:
 #: A query parameter whose name says it holds a credential, and its value.
 _SECRET_PARAM = re.compile(
     r"([?&][^=&\s\"]*(?:token|key|secret|passw|auth|jwt|signature|credential)[^=&\s\"]*=)[^&\s\"]*",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def redact_query_secrets(record: logging.LogRecord) -> bool:
@@ -156,8 +180,9 @@ def redact_query_secrets(record: logging.LogRecord) -> bool:
     even though plugbus reads them only from headers and the handshake; uvicorn's access and
     websocket lines log the whole query, so each such value is replaced with ``[redacted]``."""
     if isinstance(record.args, tuple) and any(isinstance(a, str) and "=" in a for a in record.args):
-        record.args = tuple(_SECRET_PARAM.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                            for a in record.args)
+        record.args = tuple(
+            _SECRET_PARAM.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
+        )
     return True
 
 

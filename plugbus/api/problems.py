@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -25,12 +26,22 @@ from plugbus.core.events import shorten
 log = logging.getLogger("plugbus.rest")
 
 PROBLEM_TYPE = "application/problem+json"
-_CODES_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
-                    403: "forbidden", 413: "payload_too_large", 429: "rate_limited"}
+_CODES_BY_STATUS = {
+    404: "not_found",
+    405: "method_not_allowed",
+    401: "unauthorized",
+    403: "forbidden",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
 
 
 def problem(
-    status: int, code: str, detail: str, instance: str, details: dict[str, Any] | None = None,
+    status: int,
+    code: str,
+    detail: str,
+    instance: str,
+    details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """A problem+json response."""
@@ -46,7 +57,7 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
 
-def instance_of(scope: dict[str, Any]) -> str:
+def instance_of(scope: Mapping[str, Any]) -> str:
     """The request's path as sent, percent-encoding kept: ``instance`` is a URI reference."""
     raw = scope.get("raw_path")
     return raw.decode("latin-1") if raw else quote(scope.get("path", ""))
@@ -61,9 +72,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         headers = None
         retry_after = exc.details.get("retry_after") if exc.status == 429 else None
         if isinstance(retry_after, int | float):
-            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}  # whole seconds (RFC 9110)
-        return problem(exc.status, exc.code, exc.message, instance_of(request.scope), exc.details,
-                       headers=headers)
+            # whole seconds (RFC 9110)
+            headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
+        return problem(
+            exc.status,
+            exc.code,
+            exc.message,
+            instance_of(request.scope),
+            exc.details,
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -72,8 +90,13 @@ def install_problem_handlers(app: FastAPI) -> None:
             loc = ".".join(str(p) for p in err.get("loc", ()))
             errors.append({"loc": loc, "message": err.get("msg", ""), "type": err.get("type", "")})
         summary = "; ".join(f"{e['loc']}: {e['message']}" for e in errors)
-        return problem(422, "invalid_payload", f"invalid request: {summary}",
-                       instance_of(request.scope), {"errors": errors})
+        return problem(
+            422,
+            "invalid_payload",
+            f"invalid request: {summary}",
+            instance_of(request.scope),
+            {"errors": errors},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -90,8 +113,14 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed)
             details["allowed"] = allowed
             detail = f"method {request.method} is not allowed here; allowed: {', '.join(allowed)}"
-        return problem(exc.status_code, code, detail, instance_of(request.scope), details,
-                       headers=headers or None)
+        return problem(
+            exc.status_code,
+            code,
+            detail,
+            instance_of(request.scope),
+            details,
+            headers=headers or None,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -147,7 +176,10 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer"},
         "detail": {"type": "string", "description": "What went wrong, for people."},
         "instance": {"type": "string", "description": "The request path as sent."},
-        "code": {"type": "string", "description": "Short snake_case identifier, e.g. invalid_payload."},
+        "code": {
+            "type": "string",
+            "description": "Short snake_case identifier, e.g. invalid_payload.",
+        },
         "details": {"type": "object", "description": "Machine-readable particulars."},
     },
 }

@@ -40,14 +40,18 @@ class Health(BaseModel):
     status: str = Field(description='"ok" while the server serves.')
     server: str = Field(description="server.name from the config.")
     connections: int = Field(description="Live Socket.IO connections on this node.")
-    sessions: int = Field(description="Open Engine.IO sessions on this node, including those that "
-                                      "have not joined a namespace yet.")
+    sessions: int = Field(
+        description="Open Engine.IO sessions on this node, including those that "
+        "have not joined a namespace yet."
+    )
     plugins: list[str] = Field(description="Loaded plugin names.")
-    wire: dict[str, Any] = Field(description="The wire: the websocket writer setting and the path "
-                                             "it takes (and why, where it falls back), connections "
-                                             "per path, forced closes by reason, and every "
-                                             "private seam into another library with its verified "
-                                             "and installed version.")
+    wire: dict[str, Any] = Field(
+        description="The wire: the websocket writer setting and the path "
+        "it takes (and why, where it falls back), connections "
+        "per path, forced closes by reason, and every "
+        "private seam into another library with its verified "
+        "and installed version."
+    )
 
 
 class PluginDescription(BaseModel):
@@ -76,7 +80,8 @@ def check_scope(principal: Principal | None, scope: str, what: str = "route") ->
     if principal is not None and scope not in principal.scopes:
         raise NotAllowed(
             f"this API key ({principal.name}) lacks the {scope!r} scope this {what} needs",
-            code="insufficient_scope", details={"required": scope, "key": principal.name},
+            code="insufficient_scope",
+            details={"required": scope, "key": principal.name},
         )
 
 
@@ -100,8 +105,9 @@ def require_scope(bus: Bus, scope: str | None, limiter: PublishLimiter | None = 
             check_scope(principal, scope)
         if limiter is not None:
             client = request.scope.get("client")
-            limiter.take(principal.name if principal is not None else None,
-                         client[0] if client else None)
+            limiter.take(
+                principal.name if principal is not None else None, client[0] if client else None
+            )
         return principal
 
     return Depends(dependency)
@@ -129,7 +135,10 @@ class PublishLimiter:
 
         :raises RateLimited: the key's or the address's rate is spent.
         """
-        for kind, name, rate in (("key", key, self.per_key), ("address", address, self.per_address)):
+        for kind, name, rate in (
+            ("key", key, self.per_key),
+            ("address", address, self.per_address),
+        ):
             if name is None or not rate:
                 continue
             bucket = self._buckets.get((kind, name))
@@ -143,8 +152,12 @@ class PublishLimiter:
                 raise RateLimited(
                     f"too many REST publishing requests from {shown}: at most {rate:g} per second "
                     f"(bursts of {self.burst:g}); retry in {wait:.2f} s",
-                    details={"retry_after": round(wait, 3), "limit": rate, "per": kind,
-                             "setting": f"server.limits.rest_publish_per_{kind}"},
+                    details={
+                        "retry_after": round(wait, 3),
+                        "limit": rate,
+                        "per": kind,
+                        "setting": f"server.limits.rest_publish_per_{kind}",
+                    },
                 )
 
     def _prune(self) -> None:
@@ -168,41 +181,68 @@ def core_router(bus: Bus, wire: Any, limiter: PublishLimiter | None = None) -> A
 
     @router.get("/health", response_model=Health, tags=["server"], summary="Liveness and counts")
     async def health() -> Health:
-        return Health(status="ok", server=bus.server_name, connections=bus.connection_count,
-                      sessions=len(wire.sessions), plugins=[p.name for p in bus.plugins],
-                      wire=wire.report.as_dict())
+        return Health(
+            status="ok",
+            server=bus.server_name,
+            connections=bus.connection_count,
+            sessions=len(wire.sessions),
+            plugins=[p.name for p in bus.plugins],
+            wire=wire.report.as_dict(),
+        )
 
-    @router.get("/plugins", response_model=list[PluginDescription], tags=["server"],
-                dependencies=[require_scope(bus, "read")],
-                summary="Loaded plugins with source, version and hooks")
+    @router.get(
+        "/plugins",
+        response_model=list[PluginDescription],
+        tags=["server"],
+        dependencies=[require_scope(bus, "read")],
+        summary="Loaded plugins with source, version and hooks",
+    )
     async def plugins() -> list[dict[str, Any]]:
         return [p.as_dict() for p in bus.plugins]
 
-    @router.get("/asyncapi.json", tags=["events"],
-                summary="The Socket.IO event contract as an AsyncAPI 3 document")
+    @router.get(
+        "/asyncapi.json",
+        tags=["events"],
+        summary="The Socket.IO event contract as an AsyncAPI 3 document",
+    )
     async def asyncapi(request: Request) -> dict[str, Any]:
         base = str(request.base_url).rstrip("/")
         return asyncapi_document(bus, version=request.app.version, server_url=base)
 
     namespace_query = Query(
-        None, description="The Socket.IO namespace the event belongs to (default: the first of "
-                          "server.namespaces).")
+        None,
+        description="The Socket.IO namespace the event belongs to (default: the first of "
+        "server.namespaces).",
+    )
 
-    @router.get("/events/{event}/schema", tags=["events"],
-                summary="JSON Schema of one event's payload and ack")
+    @router.get(
+        "/events/{event}/schema",
+        tags=["events"],
+        summary="JSON Schema of one event's payload and ack",
+    )
     async def event_schema(event: str, namespace: str | None = namespace_query) -> dict[str, Any]:
         ns = bus.check_namespace(namespace) if namespace is not None else bus.default_namespace
         schemas = event_schemas(bus, ns)
         if event not in schemas:
-            raise NotFound(f"no event named {event!r}",
-                           details={"event": event, "namespace": ns, "known": sorted(schemas)})
+            raise NotFound(
+                f"no event named {event!r}",
+                details={"event": event, "namespace": ns, "known": sorted(schemas)},
+            )
         return {"name": event, "namespace": ns, **schemas[event]}
 
-    @router.post("/events/{event}", response_model=EventResult, tags=["events"],
-                 dependencies=[require_scope(bus, None, limiter)],
-                 summary="Send any registered event through the pipeline, as a server")
-    async def send_event(request: Request, event: str, payload: dict[str, JsonValue],
-                         namespace: str | None = namespace_query) -> EventResult:
+    @router.post(
+        "/events/{event}",
+        response_model=EventResult,
+        tags=["events"],
+        dependencies=[require_scope(bus, None, limiter)],
+        summary="Send any registered event through the pipeline, as a server",
+    )
+    async def send_event(
+        request: Request,
+        event: str,
+        payload: dict[str, JsonValue],
+        namespace: str | None = namespace_query,
+    ) -> EventResult:
         """The generic door: the body is the event's payload — the object of its named
         fields, also for events clients send with positional arguments — validated against
         the schema its plugin registered in ``namespace``; moderation and handling are the
@@ -212,8 +252,9 @@ def core_router(bus: Bus, wire: Any, limiter: PublishLimiter | None = None) -> A
         refused here."""
         event_cls = bus.events.get(event, namespace)
         if event_cls is not None:
-            check_scope(getattr(request.state, "principal", None), event_cls.rest_scope,
-                        f"event ({event})")
+            check_scope(
+                getattr(request.state, "principal", None), event_cls.rest_scope, f"event ({event})"
+            )
         result = await bus.dispatch(event, payload, bus.context(Origin.REST, namespace=namespace))
         # a plain-ack event's handler may answer several values (a tuple): a JSON array here
         return EventResult(data=list(result) if isinstance(result, tuple) else result)
@@ -235,7 +276,9 @@ def add_plugin_routes(app: FastAPI, bus: Bus, limiter: PublishLimiter | None = N
             summary=route.summary or None,
             tags=list(route.tags) or [plugin_name],
             name=f"{plugin_name}:{route.method.lower()} {route.path}",
-            dependencies=[require_scope(bus, route.scope, limited)] if route.scope is not None else None,
+            dependencies=[require_scope(bus, route.scope, limited)]
+            if route.scope is not None
+            else None,
         )
 
 
@@ -245,7 +288,9 @@ def _endpoint(route: Route, bus: Bus) -> Any:
     params = [inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request)]
     params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=str) for n in names]
     if route.body is not None:
-        params.append(inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=route.body))
+        params.append(
+            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=route.body)
+        )
 
     async def endpoint(**kwargs: Any) -> Any:
         request: Request = kwargs.pop("request")
@@ -276,5 +321,11 @@ def _refuse_lone_surrogates(body: BaseModel) -> None:
     nor stored in Redis."""
     lone = find_lone_surrogate(body.model_dump(mode="python"))
     if lone is not None:
-        raise InvalidPayload(f"invalid request: body.{lone}: {LONE_SURROGATE}", details={"errors": [
-            {"loc": f"body.{lone}", "message": LONE_SURROGATE, "type": "string_unicode"}]})
+        raise InvalidPayload(
+            f"invalid request: body.{lone}: {LONE_SURROGATE}",
+            details={
+                "errors": [
+                    {"loc": f"body.{lone}", "message": LONE_SURROGATE, "type": "string_unicode"}
+                ]
+            },
+        )

@@ -35,7 +35,9 @@ class RoomIndexMixin:
         # the None room (everyone) and the sid's own room included, as in ``rooms``
         self._rooms_of: dict[tuple[str, str], dict[Any, None]] = {}
 
-    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
+    ) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
         self._rooms_of.setdefault((namespace, sid), {})[room] = None
 
@@ -66,5 +68,5 @@ class RoomIndexMixin:
                     del pending[namespace]
 
 
-class IndexedManager(RoomIndexMixin, socketio.AsyncManager):
+class IndexedManager(RoomIndexMixin, socketio.AsyncManager):  # type: ignore[misc]
     """python-socketio's in-memory ``AsyncManager`` with the room index."""

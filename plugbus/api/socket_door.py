@@ -65,7 +65,7 @@ def _check_event_args(args: Any) -> None:
         raise ProtocolViolation("an EVENT's data must be an array starting with the event name")
 
 
-class PlugbusSocketServer(socketio.AsyncServer):
+class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     """A python-socketio AsyncServer whose events all go through one :class:`Bus`."""
 
     def __init__(self, bus: Bus, config: Config) -> None:
@@ -76,8 +76,9 @@ class PlugbusSocketServer(socketio.AsyncServer):
             # python-socketio's own Redis manager fans every emit out to all nodes.
             # One channel for every namespace (each message names its own); named after the
             # default namespace so that nodes of a single-namespace cluster keep the channel.
-            manager = PlugbusRedisManager(bus.backend.url,
-                                          channel=bus.backend.key("socketio", server.default_namespace))
+            manager = PlugbusRedisManager(
+                bus.backend.url, channel=bus.backend.key("socketio", server.default_namespace)
+            )
         limits = server.limits
         self.wire_settings = WireSettings(
             ping_interval=server.ping_interval,
@@ -108,7 +109,11 @@ class PlugbusSocketServer(socketio.AsyncServer):
         # The default namespace: the one _handle_eio_message decodes in one step.
         self.plugbus_namespace = server.default_namespace
         self.plugbus_namespaces = frozenset(server.namespaces)
-        self._rate = (limits.events_per_second, float(limits.event_burst)) if limits.events_per_second else None
+        self._rate = (
+            (limits.events_per_second, float(limits.event_burst))
+            if limits.events_per_second
+            else None
+        )
         # an ack's Socket.IO text up to its id: "3" (ack) and the namespace
         self._ack_prefixes = {ns: "3" if ns == "/" else f"3{ns}," for ns in server.namespaces}
         self._event_prefix = "2" if self.plugbus_namespace == "/" else f"2{self.plugbus_namespace},"
@@ -128,12 +133,14 @@ class PlugbusSocketServer(socketio.AsyncServer):
         settings = self.wire_settings
         return lambda **_engineio_options: EngineServer(settings, SEAM_REPORT)
 
-    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None, *,
-                          namespace: str = "/") -> bool:
+    async def _on_connect(
+        self, sid: str, environ: dict[str, Any], auth: Any = None, *, namespace: str = "/"
+    ) -> bool:
         scope = environ.get("asgi.scope", {})
         client = scope.get("client")
         headers = {
-            k[5:].lower().replace("_", "-"): v for k, v in environ.items()
+            k[5:].lower().replace("_", "-"): v
+            for k, v in environ.items()
             if k.startswith("HTTP_") and isinstance(v, str)
         }
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
@@ -166,13 +173,22 @@ class PlugbusSocketServer(socketio.AsyncServer):
             # What the Socket.IO v5 reference server answers, to the byte
             # (`44/random,{"message":"Invalid namespace"}` in socket.io-protocol's test suite);
             # python-socketio would answer a bare string, which v5 clients cannot read.
-            await self._send_packet(eio_sid, self.packet_class(
-                packet.CONNECT_ERROR, data={"message": "Invalid namespace"}, namespace=namespace))
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    packet.CONNECT_ERROR, data={"message": "Invalid namespace"}, namespace=namespace
+                ),
+            )
             return
         if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
-            await self._send_packet(eio_sid, self.packet_class(
-                packet.CONNECT_ERROR, namespace=namespace,
-                data={"message": f"already connected to namespace {namespace}"}))
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    packet.CONNECT_ERROR,
+                    namespace=namespace,
+                    data={"message": f"already connected to namespace {namespace}"},
+                ),
+            )
             return
         key = (eio_sid, namespace)
         self._connect_payloads[key] = data
@@ -201,9 +217,9 @@ class PlugbusSocketServer(socketio.AsyncServer):
         if data.startswith(prefix):
             start = len(prefix)
             end = start
-            while data[end:end + 1].isdigit():
+            while data[end : end + 1].isdigit():
                 end += 1
-            if data[end:end + 1] == "[" and end - start <= _MAX_ID_DIGITS:
+            if data[end : end + 1] == "[" and end - start <= _MAX_ID_DIGITS:
                 try:
                     args = wire_json.loads(data[end:])
                 except ValueError:
@@ -215,14 +231,15 @@ class PlugbusSocketServer(socketio.AsyncServer):
                     raise ProtocolViolation(f"an EVENT on namespace {ns} before its CONNECT")
                 if self.manager.is_connected(sid, ns):
                     await self._handle_event_internal(
-                        self, sid, eio_sid, args, ns, int(data[start:end]) if end > start else None)
+                        self, sid, eio_sid, args, ns, int(data[start:end]) if end > start else None
+                    )
                 return
         try:
             pkt = self.packet_class(encoded_packet=data)
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's malformed packet
+        except Exception as exc:
             raise ProtocolViolation(f"malformed Socket.IO packet ({type(exc).__name__})") from None
         kind = pkt.packet_type
-        if pkt.id is not None and (pkt.id < 0 or pkt.id >= 10 ** _MAX_ID_DIGITS):
+        if pkt.id is not None and (pkt.id < 0 or pkt.id >= 10**_MAX_ID_DIGITS):
             raise ProtocolViolation("an ack id out of range")
         namespace = pkt.namespace or "/"
         if kind == packet.CONNECT:
@@ -232,7 +249,9 @@ class PlugbusSocketServer(socketio.AsyncServer):
             # Socket.IO v5: "If the server does not receive a CONNECT packet first, then it
             # MUST close the connection immediately" (Node closes on any packet for a
             # namespace the client has not joined, too)
-            raise ProtocolViolation(f"packet type {kind} on namespace {namespace} before its CONNECT")
+            raise ProtocolViolation(
+                f"packet type {kind} on namespace {namespace} before its CONNECT"
+            )
         if kind == packet.DISCONNECT:
             await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
         elif kind in (packet.EVENT, packet.BINARY_EVENT):
@@ -251,7 +270,8 @@ class PlugbusSocketServer(socketio.AsyncServer):
         if pkt.packet_type in (packet.BINARY_EVENT, packet.BINARY_ACK):
             if not 0 < count <= self._max_attachments:
                 raise ProtocolViolation(
-                    f"a binary packet must announce 1 to {self._max_attachments} attachments, not {count}")
+                    f"a binary packet must announce 1 to {self._max_attachments} attachments, not {count}"
+                )
             self._binary_packet[eio_sid] = pkt
             self._binary_bytes[eio_sid] = 0
             return
@@ -269,13 +289,17 @@ class PlugbusSocketServer(socketio.AsyncServer):
             raise ProtocolViolation("a text packet where a binary attachment was due")
         size = self._binary_bytes.get(eio_sid, 0) + len(data)
         if size > self._max_bytes:
-            raise ProtocolViolation(f"binary attachments larger than {self._max_bytes} bytes in all")
+            raise ProtocolViolation(
+                f"binary attachments larger than {self._max_bytes} bytes in all"
+            )
         self._binary_bytes[eio_sid] = size
         pkt = self._binary_packet[eio_sid]
         try:
             complete = pkt.add_attachment(data)
-        except Exception as exc:  # noqa: BLE001 - placeholders that do not fit the attachments
-            raise ProtocolViolation(f"a binary packet whose placeholders do not match ({type(exc).__name__})") from None
+        except Exception as exc:
+            raise ProtocolViolation(
+                f"a binary packet whose placeholders do not match ({type(exc).__name__})"
+            ) from None
         if complete:
             del self._binary_packet[eio_sid]
             self._binary_bytes.pop(eio_sid, None)
@@ -288,19 +312,27 @@ class PlugbusSocketServer(socketio.AsyncServer):
         self._binary_bytes.pop(eio_sid, None)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
-    async def disconnect(self, sid: str, namespace: str | None = None, ignore_queue: bool = False) -> None:
+    async def disconnect(
+        self, sid: str, namespace: str | None = None, ignore_queue: bool = False
+    ) -> None:
         """Disconnect ``sid`` from ``namespace``; the Engine.IO session closes too once it holds
         no namespace (as Node's ``socket.disconnect(true)``), so a kicked client cannot stay."""
         namespace = namespace or "/"
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         await super().disconnect(sid, namespace=namespace, ignore_queue=ignore_queue)
         if eio_sid is not None and not any(
-                self.manager.sid_from_eio_sid(eio_sid, ns) for ns in self.manager.get_namespaces()):
+            self.manager.sid_from_eio_sid(eio_sid, ns) for ns in self.manager.get_namespaces()
+        ):
             await self.eio.disconnect(eio_sid)
 
     async def _handle_event_internal(
-        self, server: socketio.AsyncServer, sid: str, eio_sid: str, data: list[Any],
-        namespace: str, id: int | None,
+        self,
+        server: socketio.AsyncServer,
+        sid: str,
+        eio_sid: str,
+        data: list[Any],
+        namespace: str,
+        id: int | None,
     ) -> None:
         name = data[0]
         wants_ack = id is not None
@@ -319,8 +351,12 @@ class PlugbusSocketServer(socketio.AsyncServer):
                         f"(bursts of {self._rate[1]:g}); retry in {wait:.2f} s",
                         details={"retry_after": round(wait, 3), "limit": self._rate[0]},
                     )
-            ctx = self.bus.context(Origin.SOCKET, connection, wants_ack=wants_ack,
-                                   namespace=namespace if connection is None else None)
+            ctx = self.bus.context(
+                Origin.SOCKET,
+                connection,
+                wants_ack=wants_ack,
+                namespace=namespace if connection is None else None,
+            )
             result = await self.bus.dispatch_args(name, data[1:], ctx)
         except PlugbusError as exc:
             error = self._refusal(exc, name)
@@ -330,15 +366,19 @@ class PlugbusSocketServer(socketio.AsyncServer):
         if wants_ack:
             # the ack's arguments: the {ok, data | error} envelope, or plain ones for events
             # that ask for them (ack_style "plain")
-            reply = ack_arguments(self.bus.events.get(name, namespace) if isinstance(name, str) else None,
-                                  result, error)
+            reply = ack_arguments(
+                self.bus.events.get(name, namespace) if isinstance(name, str) else None,
+                result,
+                error,
+            )
             # The ack encoded by hand (the same text python-socketio's Packet.encode makes,
             # tested) and handed to the session at once; binary data in the reply takes
             # python-socketio's encoder.
             body = wire_json.dumps_or_none(reply)
             if body is None:
-                await server._send_packet(eio_sid, self.packet_class(
-                    packet.ACK, namespace=namespace, id=id, data=reply))
+                await server._send_packet(
+                    eio_sid, self.packet_class(packet.ACK, namespace=namespace, id=id, data=reply)
+                )
                 return
             session = self.eio.session_of(eio_sid)
             if session is not None:
@@ -349,12 +389,21 @@ class PlugbusSocketServer(socketio.AsyncServer):
     @staticmethod
     def _refusal(exc: PlugbusError, name: Any) -> dict[str, Any]:
         error = exc.to_dict()
-        error["details"] = {"event": name if isinstance(name, str) else repr(name), **error["details"]}
+        error["details"] = {
+            "event": name if isinstance(name, str) else repr(name),
+            **error["details"],
+        }
         return error
 
 
-def deliver_here(sio: PlugbusSocketServer, namespace: str, event: str, data: Any,
-                 room: str | None, skip_sid: str | list[str] | None) -> None:
+def deliver_here(
+    sio: PlugbusSocketServer,
+    namespace: str,
+    event: str,
+    data: Any,
+    room: str | None,
+    skip_sid: str | list[str] | None,
+) -> None:
     """Deliver one event to the members of ``room`` (everyone when None) on this node.
 
     The hot path of every broadcast. The packet is encoded once and, for websocket clients on
@@ -383,7 +432,7 @@ def deliver_here(sio: PlugbusSocketServer, namespace: str, event: str, data: Any
             if frames is None:
                 frames = [encode_frame("4" + p if isinstance(p, str) else p) for p in parts]
             for frame in frames:
-                writer.write_frame(frame)  # type: ignore[union-attr]
+                writer.write_frame(frame)
         else:
             for part in parts:
                 session.send_message(part)
@@ -408,8 +457,14 @@ class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: 
             data = packet.Packet.reconstruct_binary(data[0], attachments)
         if isinstance(data, list):
             data = data[0] if len(data) == 1 else tuple(data)
-        deliver_here(self.server, message.get("namespace") or "/", message["event"], data,
-                     message.get("room"), message.get("skip_sid"))
+        deliver_here(
+            self.server,
+            message.get("namespace") or "/",
+            message["event"],
+            data,
+            message.get("room"),
+            message.get("skip_sid"),
+        )
 
 
 class SocketTransport:
@@ -420,7 +475,12 @@ class SocketTransport:
         self._sio = sio
 
     async def emit(
-        self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None,
+        self,
+        event: str,
+        data: Any,
+        *,
+        room: str | None = None,
+        skip_sid: str | None = None,
         namespace: str = "/",
     ) -> None:
         if type(self._sio.manager) is IndexedManager:
@@ -441,13 +501,16 @@ class SocketTransport:
 
     def is_member(self, sid: str, room: str, *, namespace: str = "/") -> bool:
         members = self._sio.manager.rooms.get(namespace, {}).get(room)
-        return bool(members) and sid in members  # type: ignore[operator]
+        return bool(members) and sid in members
 
     def rooms(self, *, namespace: str = "/") -> dict[str, int]:
         ns = self._sio.manager.rooms.get(namespace, {})
         everyone = ns.get(None, {})
-        return {name: len(members) for name, members in ns.items()
-                if name is not None and name not in everyone and members}
+        return {
+            name: len(members)
+            for name, members in ns.items()
+            if name is not None and name not in everyone and members
+        }
 
     def members(self, room: str, *, namespace: str = "/") -> list[str]:
         members = self._sio.manager.rooms.get(namespace, {}).get(room)

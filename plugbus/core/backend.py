@@ -27,7 +27,9 @@ def mask_url(url: str) -> str:
     user = parts.username or ""
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
+    return urlunsplit(
+        (parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment)
+    )
 
 
 class Backend:
@@ -75,8 +77,13 @@ class Backend:
         # A blocking pool: a burst of handshakes waits for a free connection instead of failing
         # (redis-py's default pool raises MaxConnectionsError past its limit).
         pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, decode_responses=True, socket_connect_timeout=5, health_check_interval=10,
-            retry_on_timeout=True, max_connections=self.max_connections, timeout=10,
+            self.url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            health_check_interval=10,
+            retry_on_timeout=True,
+            max_connections=self.max_connections,
+            timeout=10,
         )
         client = aioredis.Redis(connection_pool=pool)
         try:

@@ -12,13 +12,20 @@ from typing import Any
 
 from .backend import Backend
 from .cluster import Cluster
-from .presence import LocalPresence, RedisPresence
 from .config import Config
 from .context import Connection, EventContext, Origin
-from .errors import ConfigError, ConnectionDenied, ErrorPayload, EventDropped, NotFound, PlugbusError
+from .errors import (
+    ConfigError,
+    ConnectionDenied,
+    ErrorPayload,
+    EventDropped,
+    NotFound,
+    PlugbusError,
+)
 from .events import Event, EventRegistry, ServerEvent
 from .hooks import Hooks
 from .loader import LoadedPlugins, PluginInfo
+from .presence import LocalPresence, RedisPresence
 from .transport import Transport
 
 log = logging.getLogger("plugbus.bus")
@@ -54,11 +61,15 @@ class Bus:
                 self.events.register(event_cls, owner=owner)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-        self.events.register(ServerEvent(
-            "error", ErrorPayload,
-            "An event the client sent without asking for an ack was refused; says why.",
-            namespace=tuple(server.namespaces),
-        ), owner="plugbus")
+        self.events.register(
+            ServerEvent(
+                "error",
+                ErrorPayload,
+                "An event the client sent without asking for an ack was refused; says why.",
+                namespace=tuple(server.namespaces),
+            ),
+            owner="plugbus",
+        )
         self.backend = Backend(config.server.backend)
         self.presence: LocalPresence = LocalPresence(self)
         self.cluster = Cluster(self)
@@ -93,7 +104,11 @@ class Bus:
     # -- the pipeline -----------------------------------------------------------------------
 
     def context(
-        self, origin: Origin, connection: Connection | None = None, *, wants_ack: bool = False,
+        self,
+        origin: Origin,
+        connection: Connection | None = None,
+        *,
+        wants_ack: bool = False,
         namespace: str | None = None,
     ) -> EventContext:
         """A context for an event arriving through ``origin``: in the connection's namespace,
@@ -155,8 +170,14 @@ class Bus:
     # -- delivery ---------------------------------------------------------------------------
 
     async def emit(
-        self, event: str, data: Any, *, room: str | None = None, to: str | None = None,
-        skip_sid: str | None = None, namespace: str | None = None,
+        self,
+        event: str,
+        data: Any,
+        *,
+        room: str | None = None,
+        to: str | None = None,
+        skip_sid: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         """Send ``event`` to a room, to one connection (``to``), or to everyone (neither), in
         ``namespace`` (the default namespace when None).
@@ -167,8 +188,13 @@ class Bus:
         belong to one namespace: emitting to a connection of ``/admin`` needs
         ``namespace="/admin"`` (``connection.namespace``, or ``ctx.namespace`` in a handler).
         """
-        await self.transport.emit(event, data, room=room if room is not None else to, skip_sid=skip_sid,
-                                  namespace=namespace or self.default_namespace)
+        await self.transport.emit(
+            event,
+            data,
+            room=room if room is not None else to,
+            skip_sid=skip_sid,
+            namespace=namespace or self.default_namespace,
+        )
 
     async def join(self, sid: str, room: str) -> bool:
         """Put connection ``sid`` into ``room``: ``plugbus_authorize_join`` first, then the
@@ -315,13 +341,15 @@ class Bus:
         if limits.max_connections and len(self._connections) >= limits.max_connections:
             raise ConnectionDenied(
                 f"server is full: it holds its limit of {limits.max_connections} connections",
-                code="too_many_connections", details={"limit": limits.max_connections},
+                code="too_many_connections",
+                details={"limit": limits.max_connections},
             )
         per_address = limits.max_connections_per_address
         if per_address and self._per_address.get(connection.remote_addr, 0) >= per_address:
             raise ConnectionDenied(
                 f"too many connections from your address (limit {per_address})",
-                code="too_many_connections", details={"limit": per_address, "per": "address"},
+                code="too_many_connections",
+                details={"limit": per_address, "per": "address"},
             )
 
     def _forget(self, sid: str) -> Connection | None:

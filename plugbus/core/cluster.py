@@ -39,6 +39,7 @@ class Cluster:
         self._ops: dict[str, Operation] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._serving: set[asyncio.Task[None]] = set()
         self._timeout = timeout
 
     def register(self, name: str, operation: Operation) -> None:
@@ -62,17 +63,32 @@ class Cluster:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self._redis.publish(self._channel("ops"), json.dumps({
-                "id": request_id, "op": name, "payload": payload, "reply": self._bus.backend.node_id}))
+            await self._redis.publish(
+                self._channel("ops"),
+                json.dumps(
+                    {
+                        "id": request_id,
+                        "op": name,
+                        "payload": payload,
+                        "reply": self._bus.backend.node_id,
+                    }
+                ),
+            )
             answer = await asyncio.wait_for(future, self._timeout)
         except TimeoutError:
-            raise PlugbusError(f"the node holding {sid!r} did not answer in time", code="node_timeout",
-                               status=504, details={"sid": sid}) from None
+            raise PlugbusError(
+                f"the node holding {sid!r} did not answer in time",
+                code="node_timeout",
+                status=504,
+                details={"sid": sid},
+            ) from None
         finally:
             self._pending.pop(request_id, None)
         if "error" in answer:
             err = answer["error"]
-            raise PlugbusError(err["message"], code=err["code"], status=err["status"], details=err["details"])
+            raise PlugbusError(
+                err["message"], code=err["code"], status=err["status"], details=err["details"]
+            )
         return answer.get("result")
 
     # -- wiring -------------------------------------------------------------------------------
@@ -110,7 +126,10 @@ class Cluster:
                         if future is not None and not future.done():
                             future.set_result(data)
                     elif self._bus.connection(data["payload"].get("sid", "")) is not None:
-                        asyncio.create_task(self._serve(data))
+                        # held until done: the loop keeps only weak references to tasks
+                        task = asyncio.create_task(self._serve(data))
+                        self._serving.add(task)
+                        task.add_done_callback(self._serving.discard)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

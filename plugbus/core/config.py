@@ -47,32 +47,43 @@ class LimitsSettings(StrictModel):
 
     max_connections: int = Field(10_000, ge=0, description="Most connections this node holds.")
     max_connections_per_address: int = Field(
-        0, ge=0, description="Most connections from one client address (0 = no limit; mind proxies)."
+        0,
+        ge=0,
+        description="Most connections from one client address (0 = no limit; mind proxies).",
     )
     events_per_second: float = Field(
         100, ge=0, description="Sustained events per second one connection may send (0 = no limit)."
     )
     event_burst: int = Field(200, ge=1, description="Events one connection may send in a burst.")
     send_buffer_bytes: int = Field(
-        16 * 1024 * 1024, ge=65_536,
+        16 * 1024 * 1024,
+        ge=65_536,
         description="Most bytes waiting to be sent to one client (websocket or long-polling); a "
-                    "client that stops reading past it is dropped as a slow consumer.",
+        "client that stops reading past it is dropped as a slow consumer.",
     )
     max_binary_attachments: int = Field(
-        16, ge=1, le=10_000,
+        16,
+        ge=1,
+        le=10_000,
         description="Most binary attachments one Socket.IO packet may announce; a packet that "
-                    "announces more closes the connection.",
+        "announces more closes the connection.",
     )
     rest_publish_per_key: float = Field(
-        100, ge=0, description="Sustained REST publishing requests per second one API key may "
-                               "make (0 = no limit); past it 429 with Retry-After.",
+        100,
+        ge=0,
+        description="Sustained REST publishing requests per second one API key may "
+        "make (0 = no limit); past it 429 with Retry-After.",
     )
     rest_publish_per_address: float = Field(
-        100, ge=0, description="Sustained REST publishing requests per second from one client "
-                               "address (0 = no limit; behind a proxy everyone shares one).",
+        100,
+        ge=0,
+        description="Sustained REST publishing requests per second from one client "
+        "address (0 = no limit; behind a proxy everyone shares one).",
     )
     rest_publish_burst: int = Field(
-        200, ge=1, description="REST publishing requests one key or address may make at once.",
+        200,
+        ge=1,
+        description="REST publishing requests one key or address may make at once.",
     )
 
 
@@ -83,10 +94,11 @@ class ServerSettings(StrictModel):
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(3000, ge=0, le=65535, description="TCP port (0 picks a free one).")
     namespaces: list[str] = Field(
-        ["/"], min_length=1,
+        ["/"],
+        min_length=1,
         description='The Socket.IO namespaces served, e.g. ["/", "/admin"]. The first is the '
-                    "default namespace: events that name none belong to it, and bus.emit and "
-                    "the REST routes use it unless told otherwise.",
+        "default namespace: events that name none belong to it, and bus.emit and "
+        "the REST routes use it unless told otherwise.",
     )
     socketio_path: str = Field("socket.io", min_length=1, description="Socket.IO endpoint path.")
     transports: list[Literal["polling", "websocket"]] = Field(
@@ -95,20 +107,24 @@ class ServerSettings(StrictModel):
     ping_interval: float = Field(25, gt=0, description="Seconds between server pings.")
     ping_timeout: float = Field(20, gt=0, description="Seconds to wait for a pong.")
     connect_timeout: float = Field(
-        45, ge=0, description="Seconds an Engine.IO session may stay open without joining a "
-                              "namespace (a Socket.IO CONNECT) before it is closed; 0 = no limit.",
+        45,
+        ge=0,
+        description="Seconds an Engine.IO session may stay open without joining a "
+        "namespace (a Socket.IO CONNECT) before it is closed; 0 = no limit.",
     )
     websocket_writer: Literal["auto", "direct", "compatible"] = Field(
-        "auto", description="How websocket frames are written: direct (straight to uvicorn's "
-                            "transport; start-up fails when it cannot be had), compatible (plain "
-                            "ASGI send, any server), or auto (direct where possible, reported "
-                            "in the log and /health where not).",
+        "auto",
+        description="How websocket frames are written: direct (straight to uvicorn's "
+        "transport; start-up fails when it cannot be had), compatible (plain "
+        "ASGI send, any server), or auto (direct where possible, reported "
+        "in the log and /health where not).",
     )
     max_message_bytes: int = Field(
         1_000_000, gt=0, description="Largest Engine.IO message or HTTP body accepted."
     )
     backend: str = Field(
-        "memory", pattern=r"^(memory|rediss?://.+|redis\+sentinel://.+)$",
+        "memory",
+        pattern=r"^(memory|rediss?://.+|redis\+sentinel://.+)$",
         description="Where shared state lives: memory (one process) or a Redis URL shared by several nodes.",
     )
 
@@ -118,22 +134,29 @@ class ServerSettings(StrictModel):
         # redis-py's from_url cannot read a sentinel URL, and start-up would end in a raw
         # ValueError; say so here, where the message can name the key and the line.
         if value.startswith("redis+sentinel://"):
-            raise ValueError("redis+sentinel:// is not supported yet: point backend at the Redis "
-                             "master with a redis:// or rediss:// URL")
+            raise ValueError(
+                "redis+sentinel:// is not supported yet: point backend at the Redis "
+                "master with a redis:// or rediss:// URL"
+            )
         return value
+
     presence_ttl: float = Field(
-        30, ge=3, description="Seconds a node's presence entries outlive it (shared backend only).",
+        30,
+        ge=3,
+        description="Seconds a node's presence entries outlive it (shared backend only).",
     )
     chat_page: bool = Field(
-        True, description="Serve the built-in chat page at / (off when you serve your own front end)."
+        True,
+        description="Serve the built-in chat page at / (off when you serve your own front end).",
     )
     shutdown_timeout: int = Field(
         10, ge=0, description="Seconds to let open connections finish when stopping."
     )
     websocket_compression: bool = Field(
-        False, description="Offer permessage-deflate to websocket clients that ask for it. Off by "
-                           "default, as in Node's socket.io: compression costs CPU per message and "
-                           "per recipient, and broadcasts are sent uncompressed either way.",
+        False,
+        description="Offer permessage-deflate to websocket clients that ask for it. Off by "
+        "default, as in Node's socket.io: compression costs CPU per message and "
+        "per recipient, and broadcasts are sent uncompressed either way.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cors: CorsSettings = Field(default_factory=CorsSettings)
@@ -263,14 +286,18 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
         data = yaml.safe_load(text)
         lines = _key_lines(yaml.compose(text))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {str(exc).replace('<unicode string>', str(file))}") from None
+        raise ConfigError(
+            f"{file}: not valid YAML: {str(exc).replace('<unicode string>', str(file))}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping of sections (server, plugins) at the top")
     for key in data:
         if not isinstance(key, str):
-            raise ConfigError(located(file, lines, (str(key),), "unknown key (sections are: server, plugins)"))
+            raise ConfigError(
+                located(file, lines, (str(key),), "unknown key (sections are: server, plugins)")
+            )
     try:
         config = Config(**data)
     except ValidationError as exc:

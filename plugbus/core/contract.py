@@ -23,7 +23,10 @@ ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "plugbus's one error shape.",
     "properties": {
-        "code": {"type": "string", "description": "Short snake_case identifier, e.g. invalid_payload."},
+        "code": {
+            "type": "string",
+            "description": "Short snake_case identifier, e.g. invalid_payload.",
+        },
         "message": {"type": "string", "description": "What was wrong, for humans."},
         "details": {"type": "object", "description": "Machine-readable specifics."},
     },
@@ -57,7 +60,7 @@ class _Schemas:
         return {
             "type": "array",
             "description": f"Socket.IO arguments, in order: {', '.join(positional)} "
-                           f"(over REST: the object of the same named fields).",
+            f"(over REST: the object of the same named fields).",
             "prefixItems": [{**props.get(f, {}), "title": f} for f in positional],
             "items": False,
             "minItems": needed,
@@ -71,9 +74,9 @@ class _Schemas:
         if event_cls.ack_style == "plain":
             return {
                 "description": f"The ack of {event_cls.name!r}, when the client asked for one: "
-                               "plain arguments, error-first as in Node — null then the result "
-                               "(several arguments when the handler returns a tuple), or the "
-                               "error alone when the event was refused.",
+                "plain arguments, error-first as in Node — null then the result "
+                "(several arguments when the handler returns a tuple), or the "
+                "error alone when the event was refused.",
                 "type": "array",
                 "oneOf": [
                     {"prefixItems": [{"type": "null"}], "items": data, "minItems": 1},
@@ -84,10 +87,16 @@ class _Schemas:
         return {
             "description": f"The ack of {event_cls.name!r}, when the client asked for one.",
             "oneOf": [
-                {"type": "object", "properties": {"ok": {"const": True}, "data": data},
-                 "required": ["ok", "data"]},
-                {"type": "object", "properties": {"ok": {"const": False}, "error": error},
-                 "required": ["ok", "error"]},
+                {
+                    "type": "object",
+                    "properties": {"ok": {"const": True}, "data": data},
+                    "required": ["ok", "data"],
+                },
+                {
+                    "type": "object",
+                    "properties": {"ok": {"const": False}, "error": error},
+                    "required": ["ok", "error"],
+                },
             ],
         }
 
@@ -111,14 +120,24 @@ def event_schemas(bus: Bus, namespace: str | None = None) -> dict[str, dict[str,
     for name in bus.events.names(namespace):
         cls = bus.events.get(name, namespace)
         assert cls is not None
-        out[name] = {"direction": "client-to-server", "plugin": bus.events.owner(name, namespace),
-                     "description": _describe(cls), "payload": schemas.of(cls),
-                     "arguments": schemas.arguments(cls), "ack": schemas.ack(cls),
-                     "ack_style": cls.ack_style}
+        out[name] = {
+            "direction": "client-to-server",
+            "plugin": bus.events.owner(name, namespace),
+            "description": _describe(cls),
+            "payload": schemas.of(cls),
+            "arguments": schemas.arguments(cls),
+            "ack": schemas.ack(cls),
+            "ack_style": cls.ack_style,
+        }
     for owner, event in bus.events.server_events(namespace):
         key = name if (name := event.name) not in out else f"{name} (server)"
-        out[key] = {"direction": "server-to-client", "plugin": owner,
-                    "description": _describe(event), "payload": schemas.of(event.payload), "ack": None}
+        out[key] = {
+            "direction": "server-to-client",
+            "plugin": owner,
+            "description": _describe(event),
+            "payload": schemas.of(event.payload),
+            "ack": None,
+        }
     for entry in out.values():
         entry["$defs"] = schemas.components
     return out
@@ -129,7 +148,11 @@ def _channel_ids(namespaces: list[str]) -> dict[str, str]:
     for the others (characters AsyncAPI keys do not allow become ``-``)."""
     ids: dict[str, str] = {}
     for i, ns in enumerate(namespaces):
-        base = "socketio" if i == 0 else "socketio-" + (re.sub(r"[^A-Za-z0-9_]+", "-", ns).strip("-") or "root")
+        base = (
+            "socketio"
+            if i == 0
+            else "socketio-" + (re.sub(r"[^A-Za-z0-9_]+", "-", ns).strip("-") or "root")
+        )
         key, n = base, 2
         while key in ids.values():
             key, n = f"{base}-{n}", n + 1
@@ -159,11 +182,26 @@ def asyncapi_document(bus: Bus, *, version: str, server_url: str | None = None) 
         prefix = "" if ns == bus.default_namespace else f"{cid}."
         channel_messages: dict[str, Any] = {}
         channel_ref = {"$ref": f"#/channels/{cid}"}
-        channels[cid] = {"address": ns, "title": f"Socket.IO namespace {ns}", "messages": channel_messages}
+        channels[cid] = {
+            "address": ns,
+            "title": f"Socket.IO namespace {ns}",
+            "messages": channel_messages,
+        }
 
-        def add_message(key: str, name: str, summary: str, payload: dict[str, Any],
-                        cid: str = cid, channel_messages: dict[str, Any] = channel_messages) -> dict[str, str]:
-            messages[key] = {"name": name, "title": name, "summary": summary or name, "payload": payload}
+        def add_message(
+            key: str,
+            name: str,
+            summary: str,
+            payload: dict[str, Any],
+            cid: str = cid,
+            channel_messages: dict[str, Any] = channel_messages,
+        ) -> dict[str, str]:
+            messages[key] = {
+                "name": name,
+                "title": name,
+                "summary": summary or name,
+                "payload": payload,
+            }
             channel_messages[key] = {"$ref": f"#/components/messages/{key}"}
             return {"$ref": f"#/channels/{cid}/messages/{key}"}
 
@@ -172,9 +210,13 @@ def asyncapi_document(bus: Bus, *, version: str, server_url: str | None = None) 
             assert cls is not None
             payload = schemas.arguments(cls) or schemas.of(cls)
             msg = add_message(prefix + name, name, _describe(cls), payload)
-            ack = add_message(f"{prefix}{name}.ack", f"{name} ack", f"Ack of {name}", schemas.ack(cls))
+            ack = add_message(
+                f"{prefix}{name}.ack", f"{name} ack", f"Ack of {name}", schemas.ack(cls)
+            )
             operations[f"receive.{prefix}{name}"] = {
-                "action": "receive", "channel": channel_ref, "messages": [msg],
+                "action": "receive",
+                "channel": channel_ref,
+                "messages": [msg],
                 "summary": f"A client emits {name!r} on {ns} (plugin {bus.events.owner(name, ns)}).",
                 "reply": {"channel": channel_ref, "messages": [ack]},
             }
@@ -184,7 +226,9 @@ def asyncapi_document(bus: Bus, *, version: str, server_url: str | None = None) 
                 key += ".server"
             msg = add_message(key, event.name, _describe(event), schemas.of(event.payload))
             operations[f"send.{prefix}{event.name}"] = {
-                "action": "send", "channel": channel_ref, "messages": [msg],
+                "action": "send",
+                "channel": channel_ref,
+                "messages": [msg],
                 "summary": f"plugbus emits {event.name!r} to clients on {ns} (plugin {owner}).",
             }
     doc: dict[str, Any] = {
@@ -193,8 +237,8 @@ def asyncapi_document(bus: Bus, *, version: str, server_url: str | None = None) 
             "title": bus.server_name,
             "version": version,
             "description": "Socket.IO events of a plugbus server, generated from its loaded plugins. "
-                           "Each channel is a Socket.IO namespace. Each client event may ask for "
-                           "an ack; the reply describes it.",
+            "Each channel is a Socket.IO namespace. Each client event may ask for "
+            "an ack; the reply describes it.",
         },
         "defaultContentType": "application/json",
         "channels": channels,
@@ -204,6 +248,11 @@ def asyncapi_document(bus: Bus, *, version: str, server_url: str | None = None) 
     if server_url:
         host = server_url.split("://", 1)[-1]
         protocol = "wss" if server_url.startswith("https") else "ws"
-        doc["servers"] = {"plugbus": {"host": host, "protocol": protocol,
-                                      "pathname": "/" + bus.config.server.socketio_path}}
+        doc["servers"] = {
+            "plugbus": {
+                "host": host,
+                "protocol": protocol,
+                "pathname": "/" + bus.config.server.socketio_path,
+            }
+        }
     return doc

@@ -53,7 +53,9 @@ class ErrorPayload(BaseModel):
 
     code: str = Field(description="Short snake_case identifier, e.g. invalid_payload.")
     message: str = Field(description="What was wrong, for humans.")
-    details: dict[str, Any] = Field(description="Machine-readable specifics (field, limit, event...).")
+    details: dict[str, Any] = Field(
+        description="Machine-readable specifics (field, limit, event...)."
+    )
 
 
 class UnknownEvent(PlugbusError):

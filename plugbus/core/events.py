@@ -154,7 +154,9 @@ class EventRegistry:
                     self._server_owners[(ns, event_cls.name)] = owner
             return
         if not (isinstance(event_cls, type) and issubclass(event_cls, Event)):
-            raise ValueError(f"plugin {owner!r} registered {event_cls!r}, which is not an Event subclass")
+            raise ValueError(
+                f"plugin {owner!r} registered {event_cls!r}, which is not an Event subclass"
+            )
         name = getattr(event_cls, "name", None)
         if not isinstance(name, str) or not name:
             raise ValueError(f"plugin {owner!r} registered {event_cls.__name__} without a `name`")
@@ -177,7 +179,9 @@ class EventRegistry:
     def _check_shape(event_cls: type[Event], owner: str) -> None:
         where = f"plugin {owner!r}, event {event_cls.name!r} ({event_cls.__name__})"
         if event_cls.ack_style not in ACK_STYLES:
-            raise ValueError(f"{where}: ack_style {event_cls.ack_style!r} is not one of {', '.join(ACK_STYLES)}")
+            raise ValueError(
+                f"{where}: ack_style {event_cls.ack_style!r} is not one of {', '.join(ACK_STYLES)}"
+            )
         positional = event_cls.positional
         if positional is not None:
             if isinstance(positional, str) or not positional:
@@ -197,8 +201,12 @@ class EventRegistry:
         """Every registered client event as ``(namespace, name, class)``, the served namespaces
         in their configured order, names sorted."""
         order = {ns: i for i, ns in enumerate(self.served)}
-        return [(ns, name, cls) for (ns, name), cls in
-                sorted(self._events.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1]))]
+        return [
+            (ns, name, cls)
+            for (ns, name), cls in sorted(
+                self._events.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1])
+            )
+        ]
 
     def owner(self, name: str, namespace: str | None = None) -> str:
         """The plugin that registered client event ``name`` in ``namespace``."""
@@ -231,7 +239,9 @@ class EventRegistry:
             if ns != self.default_namespace:
                 details["namespace"] = ns
                 where = f" in namespace {ns!r}"
-            raise UnknownEvent(f"unknown event {shown!r}{where}: no loaded plugin handles it", details=details)
+            raise UnknownEvent(
+                f"unknown event {shown!r}{where}: no loaded plugin handles it", details=details
+            )
         return event_cls
 
     def parse(self, name: Any, payload: Any, namespace: str | None = None) -> Event:
@@ -248,13 +258,18 @@ class EventRegistry:
         if not isinstance(payload, dict):
             raise InvalidPayload(
                 f"invalid payload for {name!r}: expected a JSON object, got {_json_type(payload)}",
-                details={"event": name, "errors": [
-                    {"loc": "(payload)", "message": "expected an object", "type": "model_type"}
-                ]},
+                details={
+                    "event": name,
+                    "errors": [
+                        {"loc": "(payload)", "message": "expected an object", "type": "model_type"}
+                    ],
+                },
             )
         return self._validate(event_cls, name, payload)
 
-    def parse_args(self, name: Any, args: list[Any] | tuple[Any, ...], namespace: str | None = None) -> Event:
+    def parse_args(
+        self, name: Any, args: list[Any] | tuple[Any, ...], namespace: str | None = None
+    ) -> Event:
         """Validate the arguments of a Socket.IO event (everything after its name).
 
         An event with ``positional`` maps argument *i* to field *i*; any other takes one
@@ -277,9 +292,19 @@ class EventRegistry:
             raise InvalidPayload(
                 f"event {name!r} takes at most {len(positional)} argument"
                 f"{'s' if len(positional) != 1 else ''} ({', '.join(positional)}), got {len(args)}",
-                details={"event": name, "arguments": len(args), "errors": [
-                    {"loc": f"argument {i + 1}", "argument": i + 1, "message": "unexpected argument",
-                     "type": "extra_argument"} for i in range(len(positional), len(args))]},
+                details={
+                    "event": name,
+                    "arguments": len(args),
+                    "errors": [
+                        {
+                            "loc": f"argument {i + 1}",
+                            "argument": i + 1,
+                            "message": "unexpected argument",
+                            "type": "extra_argument",
+                        }
+                        for i in range(len(positional), len(args))
+                    ],
+                },
             )
         return self._validate(event_cls, name, dict(zip(positional, args, strict=False)))
 
@@ -288,8 +313,10 @@ class EventRegistry:
         if lone is not None:
             raise InvalidPayload(
                 f"invalid payload for {name!r}: {lone}: {LONE_SURROGATE}",
-                details={"event": name, "errors": [
-                    {"loc": lone, "message": LONE_SURROGATE, "type": "string_unicode"}]},
+                details={
+                    "event": name,
+                    "errors": [{"loc": lone, "message": LONE_SURROGATE, "type": "string_unicode"}],
+                },
             )
         limit = event_cls.max_bytes
         if limit is not None:
@@ -297,8 +324,17 @@ class EventRegistry:
             if size > limit:
                 raise InvalidPayload(
                     f"payload of {name!r} is larger than its limit of {limit} bytes",
-                    details={"event": name, "limit": limit, "errors": [
-                        {"loc": "(payload)", "message": f"larger than {limit} bytes", "type": "too_large"}]},
+                    details={
+                        "event": name,
+                        "limit": limit,
+                        "errors": [
+                            {
+                                "loc": "(payload)",
+                                "message": f"larger than {limit} bytes",
+                                "type": "too_large",
+                            }
+                        ],
+                    },
                 )
         try:
             return event_cls.model_validate(payload)
@@ -311,14 +347,19 @@ class EventRegistry:
                     if field in positional:
                         error["argument"] = positional.index(field) + 1
             summary = "; ".join(
-                (f"argument {e['argument']} ({e['loc']})" if "argument" in e else e["loc"]) + f": {e['message']}"
-                for e in errors)
+                (f"argument {e['argument']} ({e['loc']})" if "argument" in e else e["loc"])
+                + f": {e['message']}"
+                for e in errors
+            )
             raise InvalidPayload(
-                f"invalid payload for {name!r}: {summary}", details={"event": name, "errors": errors}
+                f"invalid payload for {name!r}: {summary}",
+                details={"event": name, "errors": errors},
             ) from None
 
 
-def ack_arguments(event_cls: type[Event] | None, result: Any, error: dict[str, Any] | None) -> list[Any]:
+def ack_arguments(
+    event_cls: type[Event] | None, result: Any, error: dict[str, Any] | None
+) -> list[Any]:
     """The arguments of the ack for an event of ``event_cls`` (None: an unknown event).
 
     The default envelope is one argument, ``{"ok": true, "data": result}`` or
@@ -341,8 +382,10 @@ def ack_arguments(event_cls: type[Event] | None, result: Any, error: dict[str, A
 #: Longest part of a client-chosen name (an unknown event's) echoed back in an error.
 SHOWN_NAME_LIMIT = 64
 
-LONE_SURROGATE = ("text contains a lone UTF-16 surrogate (such as \\ud800), which is not a "
-                  "Unicode character; send valid UTF-8 text")
+LONE_SURROGATE = (
+    "text contains a lone UTF-16 surrogate (such as \\ud800), which is not a "
+    "Unicode character; send valid UTF-8 text"
+)
 
 #: Any code point of the surrogate range: in a Python string decoded from JSON a valid
 #: surrogate pair has already become one character, so whatever is left here is lone.
@@ -430,5 +473,11 @@ def payload_size(value: Any, stop: int) -> int:
 def _json_type(value: Any) -> str:
     if value is None:
         return "nothing (null)"
-    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
-            list: "an array", bytes: "binary data"}.get(type(value), type(value).__name__)
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "an array",
+        bytes: "binary data",
+    }.get(type(value), type(value).__name__)

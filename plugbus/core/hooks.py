@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
@@ -61,7 +61,9 @@ class _OrderedHook:
             try:
                 next(gen)
             except StopIteration:
-                raise RuntimeError(f"wrapper of {self.name} in plugin {plugin!r} did not yield") from None
+                raise RuntimeError(
+                    f"wrapper of {self.name} in plugin {plugin!r} did not yield"
+                ) from None
             gens.append((gen, plugin))
         result: Any = None
         error: BaseException | None = None
@@ -86,8 +88,9 @@ class _OrderedHook:
         return result
 
 
-async def _call(func: Callable[..., Any], argnames: tuple[str, ...], is_async: bool,
-                kwargs: dict[str, Any]) -> Any:
+async def _call(
+    func: Callable[..., Any], argnames: tuple[str, ...], is_async: bool, kwargs: dict[str, Any]
+) -> Any:
     """Call one implementation with the arguments it names; await what it returns when it is
     ``async def`` or (a plain function) returned an awaitable."""
     value = func(*[kwargs[a] for a in argnames])
@@ -102,7 +105,8 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self._pm = pm
         self._awaited = {
-            name: _OrderedHook(name, getattr(pm.hook, name).get_hookimpls()) for name in AWAITED_HOOKS
+            name: _OrderedHook(name, getattr(pm.hook, name).get_hookimpls())
+            for name in AWAITED_HOOKS
         }
 
     # -- collected, synchronous hooks ------------------------------------------------------
@@ -113,10 +117,14 @@ class Hooks:
         owners: dict[type[Event] | ServerEvent, str] = {}
         for impl in self._pm.hook.plugbus_register_events.get_hookimpls():
             if not (impl.wrapper or impl.hookwrapper):
-                for cls in impl.function() or []:
+                declared = cast("list[type[Event] | ServerEvent] | None", impl.function())
+                for cls in declared or []:
                     owners.setdefault(cls, impl.plugin_name)
         out: list[tuple[str, type[Event] | ServerEvent]] = []
-        for result in self._pm.hook.plugbus_register_events():
+        results: list[list[type[Event] | ServerEvent] | None] = (
+            self._pm.hook.plugbus_register_events()
+        )
+        for result in results:
             out.extend((owners.get(cls, "(a hook wrapper)"), cls) for cls in result or [])
         return out
 
@@ -184,8 +192,11 @@ class Hooks:
 
     async def authorize_join(self, connection: Connection, room: str, bus: Bus) -> None:
         """``plugbus_authorize_join``: each awaited in order; ``NotAllowed`` propagates."""
-        await self._each("plugbus_authorize_join", {"connection": connection, "room": room, "bus": bus},
-                         keep_going=False)
+        await self._each(
+            "plugbus_authorize_join",
+            {"connection": connection, "room": room, "bus": bus},
+            keep_going=False,
+        )
 
     async def startup(self, bus: Bus) -> None:
         """``plugbus_startup``: each implementation awaited in order; an error stops start-up."""
@@ -197,21 +208,31 @@ class Hooks:
 
     async def connect(self, connection: Connection, bus: Bus) -> None:
         """``plugbus_connect``: each awaited in order; ``ConnectionDenied`` propagates."""
-        await self._each("plugbus_connect", {"connection": connection, "bus": bus}, keep_going=False)
+        await self._each(
+            "plugbus_connect", {"connection": connection, "bus": bus}, keep_going=False
+        )
 
     async def connected(self, connection: Connection, bus: Bus) -> None:
         """``plugbus_connected``: each awaited in order; errors are logged."""
-        await self._each("plugbus_connected", {"connection": connection, "bus": bus}, keep_going=True)
+        await self._each(
+            "plugbus_connected", {"connection": connection, "bus": bus}, keep_going=True
+        )
 
     async def room_joined(self, connection: Connection, room: str, bus: Bus) -> None:
         """``plugbus_room_joined``: each awaited in order; errors propagate."""
-        await self._each("plugbus_room_joined", {"connection": connection, "room": room, "bus": bus},
-                         keep_going=False)
+        await self._each(
+            "plugbus_room_joined",
+            {"connection": connection, "room": room, "bus": bus},
+            keep_going=False,
+        )
 
     async def room_left(self, connection: Connection, room: str, bus: Bus) -> None:
         """``plugbus_room_left``: each awaited in order; errors propagate."""
-        await self._each("plugbus_room_left", {"connection": connection, "room": room, "bus": bus},
-                         keep_going=False)
+        await self._each(
+            "plugbus_room_left",
+            {"connection": connection, "room": room, "bus": bus},
+            keep_going=False,
+        )
 
     def moderation_rules(self, bus: Bus) -> list[ModerationRule]:
         """Every rule from every plugin's ``plugbus_moderation_rules``."""
@@ -223,7 +244,8 @@ class Hooks:
     async def disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
         """``plugbus_disconnect``: each awaited in order; errors are logged."""
         await self._each(
-            "plugbus_disconnect", {"connection": connection, "reason": reason, "bus": bus},
+            "plugbus_disconnect",
+            {"connection": connection, "reason": reason, "bus": bus},
             keep_going=True,
         )
 

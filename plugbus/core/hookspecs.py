@@ -41,20 +41,22 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: Hooks that plugbus awaits one implementation at a time (see the module docstring).
-AWAITED_HOOKS = frozenset({
-    "plugbus_authenticate",
-    "plugbus_authenticate_request",
-    "plugbus_authorize_join",
-    "plugbus_startup",
-    "plugbus_shutdown",
-    "plugbus_connect",
-    "plugbus_connected",
-    "plugbus_disconnect",
-    "plugbus_room_joined",
-    "plugbus_room_left",
-    "plugbus_moderate",
-    "plugbus_handle_event",
-})
+AWAITED_HOOKS = frozenset(
+    {
+        "plugbus_authenticate",
+        "plugbus_authenticate_request",
+        "plugbus_authorize_join",
+        "plugbus_startup",
+        "plugbus_shutdown",
+        "plugbus_connect",
+        "plugbus_connected",
+        "plugbus_disconnect",
+        "plugbus_room_joined",
+        "plugbus_room_left",
+        "plugbus_moderate",
+        "plugbus_handle_event",
+    }
+)
 
 
 @hookspec

@@ -58,8 +58,13 @@ class PluginInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able description (settings are left out: they may hold secrets)."""
-        return {"name": self.name, "source": str(self.source), "version": self.version,
-                "target": self.target, "hooks": self.hooks}
+        return {
+            "name": self.name,
+            "source": str(self.source),
+            "version": self.version,
+            "target": self.target,
+            "hooks": self.hooks,
+        }
 
 
 @dataclass(slots=True)
@@ -101,10 +106,12 @@ def load_plugins(loaded: LoadedConfig) -> LoadedPlugins:
     version = _plugbus_version()
     for i, name in enumerate(cfg.builtins):
         if name not in BUILTINS:
-            raise ConfigError(loaded.error(
-                ("plugins", "builtins", i),
-                f"no built-in plugin named {name!r} (built-ins are: {', '.join(BUILTINS)})",
-            ))
+            raise ConfigError(
+                loaded.error(
+                    ("plugins", "builtins", i),
+                    f"no built-in plugin named {name!r} (built-ins are: {', '.join(BUILTINS)})",
+                )
+            )
         wanted.append((name, PluginSource.BUILTIN, BUILTINS[name], version))
 
     entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
@@ -119,19 +126,22 @@ def load_plugins(loaded: LoadedConfig) -> LoadedPlugins:
                     f"a replacement needs a name of its own (disable the built-in with "
                     f"plugins.builtins, and install the replacement under another name)"
                 )
-            wanted.append((ep.name, PluginSource.ENTRY_POINT, ep.value,
-                           ep.dist.version if ep.dist else None))
+            wanted.append(
+                (ep.name, PluginSource.ENTRY_POINT, ep.value, ep.dist.version if ep.dist else None)
+            )
     for name, target in cfg.modules.items():
         wanted.append((name, PluginSource.MODULE, target, None))
 
     known = set(BUILTINS) | {ep.name for ep in entry_points} | set(cfg.modules)
     for name in cfg.settings:
         if name not in known:
-            raise ConfigError(loaded.error(
-                ("plugins", "settings", name),
-                f"settings for {name!r}, but no plugin has that name "
-                f"(known: {', '.join(sorted(known))})",
-            ))
+            raise ConfigError(
+                loaded.error(
+                    ("plugins", "settings", name),
+                    f"settings for {name!r}, but no plugin has that name "
+                    f"(known: {', '.join(sorted(known))})",
+                )
+            )
 
     infos: list[PluginInfo] = []
     seen: set[str] = set()
@@ -163,8 +173,9 @@ def _settings_for(loaded: LoadedConfig, name: str, obj: Any) -> PluginSettings |
     model = getattr(obj, "Settings", None) if inspect.isclass(obj) else None
     if model is None:
         if section:
-            raise ConfigError(loaded.error(("plugins", "settings", name),
-                                           f"plugin {name!r} takes no settings"))
+            raise ConfigError(
+                loaded.error(("plugins", "settings", name), f"plugin {name!r} takes no settings")
+            )
         return None
     try:
         return model.model_validate(section)  # type: ignore[no-any-return]
@@ -176,21 +187,28 @@ def _settings_for(loaded: LoadedConfig, name: str, obj: Any) -> PluginSettings |
 
 
 def _register(
-    pm: pluggy.PluginManager, loaded: LoadedConfig, name: str, source: PluginSource,
-    target: str, version: str | None,
+    pm: pluggy.PluginManager,
+    loaded: LoadedConfig,
+    name: str,
+    source: PluginSource,
+    target: str,
+    version: str | None,
 ) -> PluginInfo:
     try:
         obj = _import_target(target)
     except Exception as exc:  # any import-time failure is the plugin's, reported as such
         key = ("plugins", "modules", name) if source is PluginSource.MODULE else ("plugins",)
-        raise ConfigError(loaded.error(
-            key, f"cannot load plugin {name!r} from {target!r} ({source}): {type(exc).__name__}: {exc}"
-        )) from None
+        raise ConfigError(
+            loaded.error(
+                key,
+                f"cannot load plugin {name!r} from {target!r} ({source}): {type(exc).__name__}: {exc}",
+            )
+        ) from None
     settings = _settings_for(loaded, name, obj)
     if inspect.isclass(obj):
         if not issubclass(obj, Plugin):
             raise ConfigError(f"plugin {name!r}: {target!r} is a class but not a plugbus.Plugin")
-        instance: Any = obj(settings)
+        instance: Any = obj(settings if settings is not None else PluginSettings())
     else:
         instance = obj
     if source is PluginSource.MODULE and version is None:

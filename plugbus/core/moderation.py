@@ -8,8 +8,8 @@ the pipeline's decision, set per rule in config.yaml.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 import dataclasses
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,7 +45,9 @@ class ModerationRule(Protocol):
 
     name: str
 
-    def check(self, event: Event, ctx: EventContext) -> Violation | None | Awaitable[Violation | None]:
+    def check(
+        self, event: Event, ctx: EventContext
+    ) -> Violation | Awaitable[Violation | None] | None:
         """Inspect one event (called once per event, before it is handled).
 
         :return: a :class:`Violation`, or None when the event is fine. May be async.

@@ -59,7 +59,9 @@ class LocalPresence:
     def _member(self, sid: str) -> Member:
         connection = self._bus.connection(sid)
         identity = connection.identity if connection is not None else None
-        return Member(sid, identity.user_id if identity else None, identity.name if identity else None)
+        return Member(
+            sid, identity.user_id if identity else None, identity.name if identity else None
+        )
 
     async def rooms(self, namespace: str | None = None) -> dict[str, int]:
         """Every named room of ``namespace`` (the default namespace when None) with its
@@ -149,8 +151,11 @@ class RedisPresence(LocalPresence):
 
     def _write_connection(self, pipe: Any, connection: Connection) -> None:
         identity = connection.identity
-        mapping = {"node": self._node, "user_id": identity.user_id if identity else "",
-                   "name": (identity.name or "") if identity else ""}
+        mapping = {
+            "node": self._node,
+            "user_id": identity.user_id if identity else "",
+            "name": (identity.name or "") if identity else "",
+        }
         pipe.hset(self._key("conn", connection.sid), mapping=mapping)
         pipe.expire(self._key("conn", connection.sid), self._ttl)
 
@@ -186,8 +191,11 @@ class RedisPresence(LocalPresence):
         gone = [sid for sid, info in zip(sids, infos, strict=True) if not info]
         if gone:  # a crashed node's connections: their entries expired
             await self._redis.srem(self._room_key(room, namespace), *gone)
-        return [Member(sid, info.get("user_id") or None, info.get("name") or None)
-                for sid, info in zip(sids, infos, strict=True) if info]
+        return [
+            Member(sid, info.get("user_id") or None, info.get("name") or None)
+            for sid, info in zip(sids, infos, strict=True)
+            if info
+        ]
 
     async def count(self, room: str, namespace: str | None = None) -> int:
         return len(await self.members(room, namespace))

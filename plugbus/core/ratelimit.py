@@ -12,7 +12,7 @@ class TokenBucket:
     :param burst: most tokens held (and so the largest burst allowed).
     """
 
-    __slots__ = ("rate", "burst", "_tokens", "_stamp")
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate

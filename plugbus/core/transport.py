@@ -15,7 +15,12 @@ class Transport(Protocol):
     namespace: rooms and connection ids belong to one namespace (the bus always passes it)."""
 
     async def emit(
-        self, event: str, data: Any, *, room: str | None = None, skip_sid: str | None = None,
+        self,
+        event: str,
+        data: Any,
+        *,
+        room: str | None = None,
+        skip_sid: str | None = None,
         namespace: str = "/",
     ) -> None:
         """Send ``event`` with ``data`` to ``room`` (a room name or a connection id), or to

@@ -61,7 +61,9 @@ class StaticToken(_Strict):
 class JwtSettings(_Strict):
     """How JSON Web Tokens are checked (mode: jwt)."""
 
-    algorithms: list[str] = Field(["HS256"], min_length=1, description="Accepted signing algorithms.")
+    algorithms: list[str] = Field(
+        ["HS256"], min_length=1, description="Accepted signing algorithms."
+    )
     secret: Secret | None = Field(None, description="Shared secret for HS* algorithms.")
     public_key: str | None = Field(None, description="PEM public key for RS*/ES*/PS* algorithms.")
     issuer: str | None = Field(None, description="Required `iss` claim, if set.")
@@ -90,7 +92,8 @@ class ApiKey(_Strict):
     name: str = Field(min_length=1, description="Shown in logs and errors instead of the key.")
     key: Secret = Field(description='The key (use "$env:NAME").')
     scopes: list[Literal["publish", "read", "admin"]] = Field(
-        ["publish"], description="publish: send messages; read: presence and plugin lists; admin: everything."
+        ["publish"],
+        description="publish: send messages; read: presence and plugin lists; admin: everything.",
     )
 
 
@@ -101,16 +104,22 @@ class RoomRule(_Strict):
     roles: list[str] = Field(default_factory=list, description="Roles allowed in.")
     users: list[str] = Field(default_factory=list, description="User ids allowed in.")
     anyone_identified: bool = Field(False, description="Allow any connection with an identity.")
-    anyone: bool = Field(False, description="Allow every connection, with an identity or without "
-                                            "(opens rooms under rooms_default: closed).")
+    anyone: bool = Field(
+        False,
+        description="Allow every connection, with an identity or without "
+        "(opens rooms under rooms_default: closed).",
+    )
 
 
 class AuthSettings(PluginSettings):
     """Settings of the auth plugin."""
 
-    mode: Literal["none", "static", "jwt"] = Field("none", description="How connections authenticate.")
+    mode: Literal["none", "static", "jwt"] = Field(
+        "none", description="How connections authenticate."
+    )
     trust_client_identity: bool = Field(
-        True, description="Mode none only: accept an unverified `auth: {user, name}` as the identity."
+        True,
+        description="Mode none only: accept an unverified `auth: {user, name}` as the identity.",
     )
     tokens: list[StaticToken] = Field(default_factory=list, description="Mode static: the tokens.")
     jwt: JwtSettings | None = Field(None, description="Mode jwt: how tokens are checked.")
@@ -119,12 +128,13 @@ class AuthSettings(PluginSettings):
     )
     admin_role: str = Field("admin", description="Role that may join every room.")
     rooms: list[RoomRule] = Field(
-        default_factory=list, description="Room rules, first match decides; rooms no rule matches "
-                                          "follow rooms_default."
+        default_factory=list,
+        description="Room rules, first match decides; rooms no rule matches follow rooms_default.",
     )
     rooms_default: Literal["open", "closed"] = Field(
-        "open", description="Rooms no rule matches: open to every connection, or closed to all but "
-                            "admin_role (lock-down: list the rooms people may join as rules)."
+        "open",
+        description="Rooms no rule matches: open to every connection, or closed to all but "
+        "admin_role (lock-down: list the rooms people may join as rules).",
     )
 
     @model_validator(mode="after")
@@ -153,11 +163,15 @@ class AuthPlugin(Plugin):
     def plugbus_startup(self, bus: Bus) -> None:
         """Warn when the server is open to anyone."""
         if self.settings.mode == "none":
-            log.warning("authentication is off (plugins.settings.auth.mode: none): anyone who can "
-                        "reach this server may connect; set mode static or jwt before exposing it")
+            log.warning(
+                "authentication is off (plugins.settings.auth.mode: none): anyone who can "
+                "reach this server may connect; set mode static or jwt before exposing it"
+            )
         if not self.settings.api_keys:
-            log.warning("REST is open (plugins.settings.auth.api_keys is empty): anyone may publish "
-                        "and moderate over REST; add API keys before exposing it")
+            log.warning(
+                "REST is open (plugins.settings.auth.api_keys is empty): anyone may publish "
+                "and moderate over REST; add API keys before exposing it"
+            )
 
     # -- Socket.IO ----------------------------------------------------------------------------
 
@@ -191,7 +205,9 @@ class AuthPlugin(Plugin):
                 match = entry
         if match is None:
             raise ConnectionDenied("invalid token", code="invalid_token")
-        return Identity(user_id=match.user_id, name=match.name or match.user_id, roles=tuple(match.roles))
+        return Identity(
+            user_id=match.user_id, name=match.name or match.user_id, roles=tuple(match.roles)
+        )
 
     def _jwt(self, token: str) -> Identity:
         cfg = self.settings.jwt
@@ -199,37 +215,62 @@ class AuthPlugin(Plugin):
         try:
             alg = jwt.get_unverified_header(token).get("alg")
         except jwt.DecodeError:
-            raise ConnectionDenied("malformed token: not a JSON Web Token", code="invalid_token") from None
+            raise ConnectionDenied(
+                "malformed token: not a JSON Web Token", code="invalid_token"
+            ) from None
         if alg not in cfg.algorithms:
-            raise ConnectionDenied(f"token signed with {alg}, which this server does not accept",
-                                   code="invalid_token", details={"accepted": cfg.algorithms})
-        key: Any = cfg.secret.get_secret_value() if alg in HMAC_ALGORITHMS and cfg.secret else cfg.public_key
+            raise ConnectionDenied(
+                f"token signed with {alg}, which this server does not accept",
+                code="invalid_token",
+                details={"accepted": cfg.algorithms},
+            )
+        key: Any = (
+            cfg.secret.get_secret_value()
+            if alg in HMAC_ALGORITHMS and cfg.secret
+            else cfg.public_key
+        )
         try:
             claims = jwt.decode(
-                token, key, algorithms=[alg], audience=cfg.audience, issuer=cfg.issuer,
-                leeway=cfg.leeway, options={"require": cfg.require, "verify_aud": cfg.audience is not None},
+                token,
+                key,
+                algorithms=[alg],
+                audience=cfg.audience,
+                issuer=cfg.issuer,
+                leeway=cfg.leeway,
+                options={"require": cfg.require, "verify_aud": cfg.audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise ConnectionDenied("token expired", code="token_expired") from None
         except jwt.ImmatureSignatureError:
-            raise ConnectionDenied("token not valid yet (nbf/iat in the future)", code="invalid_token") from None
+            raise ConnectionDenied(
+                "token not valid yet (nbf/iat in the future)", code="invalid_token"
+            ) from None
         except jwt.InvalidSignatureError:
-            raise ConnectionDenied("token signature does not verify", code="invalid_token") from None
+            raise ConnectionDenied(
+                "token signature does not verify", code="invalid_token"
+            ) from None
         except jwt.InvalidIssuerError:
             raise ConnectionDenied("token issuer is not accepted", code="invalid_token") from None
         except jwt.InvalidAudienceError:
             raise ConnectionDenied("token audience is not accepted", code="invalid_token") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise ConnectionDenied(f"token lacks the {exc.claim!r} claim", code="invalid_token") from None
+            raise ConnectionDenied(
+                f"token lacks the {exc.claim!r} claim", code="invalid_token"
+            ) from None
         except jwt.InvalidTokenError:
             raise ConnectionDenied("malformed token", code="invalid_token") from None
         user = claims.get(cfg.user_claim)
         if not isinstance(user, str | int) or user == "":
-            raise ConnectionDenied(f"token lacks the {cfg.user_claim!r} claim", code="invalid_token")
+            raise ConnectionDenied(
+                f"token lacks the {cfg.user_claim!r} claim", code="invalid_token"
+            )
         roles = claims.get(cfg.roles_claim) or []
         name = claims.get(cfg.name_claim)
-        return Identity(user_id=str(user), name=name if isinstance(name, str) else str(user),
-                        roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else ())
+        return Identity(
+            user_id=str(user),
+            name=name if isinstance(name, str) else str(user),
+            roles=tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else (),
+        )
 
     # -- REST ---------------------------------------------------------------------------------
 
@@ -268,22 +309,28 @@ class AuthPlugin(Plugin):
         for rule in self.settings.rooms:
             if not fnmatchcase(room, rule.pattern.replace("{user_id}", own)):
                 continue
-            if rule.anyone or identity is not None and (
-                self.settings.admin_role in identity.roles
-                or rule.anyone_identified
-                or identity.user_id in rule.users
-                or set(identity.roles) & set(rule.roles)
+            if rule.anyone or (
+                identity is not None
+                and (
+                    self.settings.admin_role in identity.roles
+                    or rule.anyone_identified
+                    or identity.user_id in rule.users
+                    or set(identity.roles) & set(rule.roles)
+                )
             ):
                 return
             raise NotAllowed(
-                f"you may not join room {room!r}", code="forbidden_room",
+                f"you may not join room {room!r}",
+                code="forbidden_room",
                 details={"room": room, "rule": rule.pattern},
             )
         if self.settings.rooms_default == "closed" and not (
-                identity is not None and self.settings.admin_role in identity.roles):
+            identity is not None and self.settings.admin_role in identity.roles
+        ):
             raise NotAllowed(
                 f"you may not join room {room!r}: no room rule admits you and rooms are closed by "
-                f"default", code="forbidden_room",
+                f"default",
+                code="forbidden_room",
                 details={"room": room, "rule": None, "setting": "rooms_default"},
             )
 

@@ -19,9 +19,9 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PlainValidator,
     ValidationError,
     ValidatorFunctionWrapHandler,
-    PlainValidator,
     WrapValidator,
 )
 from pydantic_core import PydanticCustomError
@@ -67,6 +67,8 @@ Message = Annotated[
     WrapValidator(_one_error),
     Field(description="The message: text, or structured JSON (an object or an array)."),
 ]
+
+
 #: Over Socket.IO a message may also be binary (a Buffer / ArrayBuffer / bytes attachment),
 #: relayed as binary. Only bytes objects count: a JSON string is never coerced to bytes.
 def _one_socket_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -84,15 +86,29 @@ SocketMessage = Annotated[
     # never calls the bytes validator
     str | Annotated[bytes, PlainValidator(_strict_bytes)] | dict[str, JsonValue] | list[JsonValue],
     WrapValidator(_one_socket_error),
-    Field(description="The message: text, structured JSON (an object or an array), or binary data."),
+    Field(
+        description="The message: text, structured JSON (an object or an array), or binary data."
+    ),
 ]
-MessageId = Annotated[str | None, Field(
-    description="The message id (32 hex digits, unique across nodes), also in every delivery's envelope; "
-                "null when moderation dropped the message silently.")]
-Recipients = Annotated[int, Field(ge=0, description="Connections on this node it was delivered to.")]
-RoomName = Annotated[str, Field(min_length=1, max_length=256, description="The room to deliver it to.")]
-Sid = Annotated[str, Field(min_length=1, max_length=256,
-                           description="The id (sid) of the connection to deliver it to.")]
+MessageId = Annotated[
+    str | None,
+    Field(
+        description="The message id (32 hex digits, unique across nodes), also in every delivery's envelope; "
+        "null when moderation dropped the message silently."
+    ),
+]
+Recipients = Annotated[
+    int, Field(ge=0, description="Connections on this node it was delivered to.")
+]
+RoomName = Annotated[
+    str, Field(min_length=1, max_length=256, description="The room to deliver it to.")
+]
+Sid = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=256, description="The id (sid) of the connection to deliver it to."
+    ),
+]
 
 
 class Delivered(BaseModel):
@@ -180,24 +196,48 @@ RelayEvent = Literal["send-message", "send-direct", "broadcast"]
 class RelaySettings(PluginSettings):
     """Settings of the relay plugin."""
 
-    event: str = Field("receive-message", min_length=1,
-                       description="Event name every delivery uses (room, direct and broadcast).")
-    envelope: bool = Field(False, description=(
-        "Deliver {id, room, to, from, user, ts, message} instead of the bare message."))
-    echo: bool = Field(True, description=(
-        "Room messages reach the sender too when it is in the room (the seed's io.to(room)); "
-        "false leaves the sender out (socket.to(room))."))
-    require_membership: bool = Field(False, description=(
-        "A connection must be in a room to send to it (REST senders are exempt)."))
-    structured: bool = Field(True, description=(
-        "Accept JSON objects and arrays as messages; false accepts text only."))
-    binary: bool = Field(True, description=(
-        "Accept binary messages over Socket.IO (relayed as binary); false refuses them."))
-    direct: bool = Field(True, description="Offer send-direct and POST /connections/{sid}/messages.")
+    event: str = Field(
+        "receive-message",
+        min_length=1,
+        description="Event name every delivery uses (room, direct and broadcast).",
+    )
+    envelope: bool = Field(
+        False,
+        description=(
+            "Deliver {id, room, to, from, user, ts, message} instead of the bare message."
+        ),
+    )
+    echo: bool = Field(
+        True,
+        description=(
+            "Room messages reach the sender too when it is in the room (the seed's io.to(room)); "
+            "false leaves the sender out (socket.to(room))."
+        ),
+    )
+    require_membership: bool = Field(
+        False,
+        description=("A connection must be in a room to send to it (REST senders are exempt)."),
+    )
+    structured: bool = Field(
+        True, description=("Accept JSON objects and arrays as messages; false accepts text only.")
+    )
+    binary: bool = Field(
+        True,
+        description=(
+            "Accept binary messages over Socket.IO (relayed as binary); false refuses them."
+        ),
+    )
+    direct: bool = Field(
+        True, description="Offer send-direct and POST /connections/{sid}/messages."
+    )
     broadcast: bool = Field(True, description="Offer broadcast and POST /messages.")
-    sender_roles: dict[RelayEvent, list[str]] = Field(default_factory=dict, description=(
-        "Per event, the identity roles (any one) a connection needs to send it; events not "
-        "listed, or listed with [], are open to every connection. REST senders are exempt."))
+    sender_roles: dict[RelayEvent, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "Per event, the identity roles (any one) a connection needs to send it; events not "
+            "listed, or listed with [], are open to every connection. REST senders are exempt."
+        ),
+    )
 
 
 class RelayPlugin(Plugin):
@@ -235,14 +275,18 @@ class RelayPlugin(Plugin):
             return await self._to_connection(event, ctx, message_id)
         return await self._to_everyone(event, ctx, message_id)
 
-    async def _to_room(self, event: SendMessage, ctx: EventContext, message_id: str) -> dict[str, Any]:
+    async def _to_room(
+        self, event: SendMessage, ctx: EventContext, message_id: str
+    ) -> dict[str, Any]:
         room, sid, settings = event.roomID, ctx.sid, self.settings
         member = False
         if ctx.connection is not None and sid is not None:
             member = ctx.bus.is_member(sid, room)
             if settings.require_membership and not member:
-                raise NotAllowed(f"not a member of room {room!r}: join it before sending to it",
-                                 details={"room": room, "field": "roomID"})
+                raise NotAllowed(
+                    f"not a member of room {room!r}: join it before sending to it",
+                    details={"room": room, "field": "roomID"},
+                )
             if not member:
                 # Who may not join a room may not post into it either (the join rules of the
                 # auth plugin, or whatever plugin answers plugbus_authorize_join).
@@ -251,20 +295,27 @@ class RelayPlugin(Plugin):
                 except NotAllowed as exc:
                     raise NotAllowed(
                         f"you may not post into room {room!r}: its join rules do not admit you",
-                        code=exc.code, details={**exc.details, "room": room, "field": "roomID"},
+                        code=exc.code,
+                        details={**exc.details, "room": room, "field": "roomID"},
                     ) from None
         skip = sid if member and not settings.echo else None
         recipients = ctx.bus.room_size(room, ctx.namespace) - (skip is not None)
         await self._emit(ctx, message_id, event.message, room=room, skip_sid=skip)
         return {"id": message_id, "room": room, "recipients": recipients}
 
-    async def _to_connection(self, event: SendDirect, ctx: EventContext, message_id: str) -> dict[str, Any]:
+    async def _to_connection(
+        self, event: SendDirect, ctx: EventContext, message_id: str
+    ) -> dict[str, Any]:
         if not await ctx.bus.presence.is_connected(event.to):  # on any node
-            raise NotFound(f"no connection with id {event.to!r}", details={"sid": event.to, "field": "to"})
+            raise NotFound(
+                f"no connection with id {event.to!r}", details={"sid": event.to, "field": "to"}
+            )
         await self._emit(ctx, message_id, event.message, to=event.to)
         return {"id": message_id, "to": event.to, "recipients": 1}
 
-    async def _to_everyone(self, event: Broadcast, ctx: EventContext, message_id: str) -> dict[str, Any]:
+    async def _to_everyone(
+        self, event: Broadcast, ctx: EventContext, message_id: str
+    ) -> dict[str, Any]:
         skip = ctx.sid if not event.include_self else None
         recipients = ctx.bus.namespace_size(ctx.namespace) - (skip is not None)
         await self._emit(ctx, message_id, event.message, skip_sid=skip)
@@ -276,35 +327,55 @@ class RelayPlugin(Plugin):
                 text = "Input should be text or JSON (binary messages are switched off)"
                 raise InvalidPayload(
                     f"invalid payload for {event.event_name!r}: message: {text}",
-                    details={"event": event.event_name,
-                             "errors": [{"loc": "message", "message": text, "type": "bytes_type"}]},
+                    details={
+                        "event": event.event_name,
+                        "errors": [{"loc": "message", "message": text, "type": "bytes_type"}],
+                    },
                 )
         elif not self.settings.structured and not isinstance(event.message, str):
             text = "Input should be a valid string (structured messages are switched off)"
             raise InvalidPayload(
                 f"invalid payload for {event.event_name!r}: message: {text}",
-                details={"event": event.event_name,
-                         "errors": [{"loc": "message", "message": text, "type": "string_type"}]},
+                details={
+                    "event": event.event_name,
+                    "errors": [{"loc": "message", "message": text, "type": "string_type"}],
+                },
             )
         needed = self.settings.sender_roles.get(event.event_name)  # type: ignore[call-overload]
         if needed and ctx.connection is not None:
             identity = ctx.connection.identity
             if identity is None or not set(needed) & set(identity.roles):
-                raise NotAllowed(f"sending {event.event_name!r} needs one of the roles: {', '.join(needed)}",
-                                 details={"roles": needed})
+                raise NotAllowed(
+                    f"sending {event.event_name!r} needs one of the roles: {', '.join(needed)}",
+                    details={"roles": needed},
+                )
 
-    async def _emit(self, ctx: EventContext, message_id: str, message: Any, *, room: str | None = None,
-                    to: str | None = None, skip_sid: str | None = None) -> None:
+    async def _emit(
+        self,
+        ctx: EventContext,
+        message_id: str,
+        message: Any,
+        *,
+        room: str | None = None,
+        to: str | None = None,
+        skip_sid: str | None = None,
+    ) -> None:
         """One ``bus.emit`` for all recipients, with the bare message or its envelope."""
         data = message
         if self.settings.envelope:
             identity = ctx.connection.identity if ctx.connection is not None else None
-            data = {"id": message_id, "room": room, "to": to, "from": ctx.sid,
-                    "user": identity.user_id if identity is not None else None,
-                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                    "message": message}
-        await ctx.bus.emit(self.settings.event, data, room=room, to=to, skip_sid=skip_sid,
-                           namespace=ctx.namespace)
+            data = {
+                "id": message_id,
+                "room": room,
+                "to": to,
+                "from": ctx.sid,
+                "user": identity.user_id if identity is not None else None,
+                "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "message": message,
+            }
+        await ctx.bus.emit(
+            self.settings.event, data, room=room, to=to, skip_sid=skip_sid, namespace=ctx.namespace
+        )
 
     @hookimpl
     def plugbus_routes(self, bus: Bus) -> list[Route]:
@@ -323,32 +394,64 @@ class RelayPlugin(Plugin):
             moderation dropped the message silently."""
             assert isinstance(req.body, RoomMessage)
             room = req.path_params["room"]
-            return await send(SendMessage.name, {"message": req.body.message, "roomID": room},
-                              {"id": None, "room": room, "recipients": 0})
+            return await send(
+                SendMessage.name,
+                {"message": req.body.message, "roomID": room},
+                {"id": None, "room": room, "recipients": 0},
+            )
 
         async def post_direct(req: RouteRequest) -> Any:
             """Send a message to one connection, as `send-direct` (404 when no connection
             has that id). `id` is null and `recipients` 0 when moderation dropped it silently."""
             assert isinstance(req.body, DirectMessage)
             sid = req.path_params["sid"]
-            return await send(SendDirect.name, {"message": req.body.message, "to": sid},
-                              {"id": None, "to": sid, "recipients": 0})
+            return await send(
+                SendDirect.name,
+                {"message": req.body.message, "to": sid},
+                {"id": None, "to": sid, "recipients": 0},
+            )
 
         async def post_all(req: RouteRequest) -> Any:
             """Send a message to every connection, as `broadcast`. `id` is null and
             `recipients` 0 when moderation dropped the message silently."""
             assert isinstance(req.body, BroadcastMessage)
-            return await send(Broadcast.name, {"message": req.body.message},
-                              {"id": None, "recipients": 0})
+            return await send(
+                Broadcast.name, {"message": req.body.message}, {"id": None, "recipients": 0}
+            )
 
-        routes = [Route("POST", "/rooms/{room}/messages", post_room, body=RoomMessage,
-                        response=Delivered, summary="Send a message to a room", scope="publish")]
+        routes = [
+            Route(
+                "POST",
+                "/rooms/{room}/messages",
+                post_room,
+                body=RoomMessage,
+                response=Delivered,
+                summary="Send a message to a room",
+                scope="publish",
+            )
+        ]
         if self.settings.direct:
-            routes.append(Route("POST", "/connections/{sid}/messages", post_direct, body=DirectMessage,
-                                response=DirectDelivered, summary="Send a message to one connection",
-                                scope="publish"))
+            routes.append(
+                Route(
+                    "POST",
+                    "/connections/{sid}/messages",
+                    post_direct,
+                    body=DirectMessage,
+                    response=DirectDelivered,
+                    summary="Send a message to one connection",
+                    scope="publish",
+                )
+            )
         if self.settings.broadcast:
-            routes.append(Route("POST", "/messages", post_all, body=BroadcastMessage,
-                                response=BroadcastDelivered, summary="Send a message to everyone",
-                                scope="publish"))
+            routes.append(
+                Route(
+                    "POST",
+                    "/messages",
+                    post_all,
+                    body=BroadcastMessage,
+                    response=BroadcastDelivered,
+                    summary="Send a message to everyone",
+                    scope="publish",
+                )
+            )
         return routes

@@ -43,20 +43,27 @@ class RoomsSettings(PluginSettings):
     """Settings of the rooms plugin (``plugins.settings.rooms``); every key is optional."""
 
     max_name_length: int = Field(
-        128, ge=1, description="Most characters in a room name a connection may join.")
+        128, ge=1, description="Most characters in a room name a connection may join."
+    )
     name_pattern: str = Field(
         DEFAULT_NAME_PATTERN,
         description="Regular expression (Python `re` syntax) the whole room name must match to "
-                    "be joined; the default allows any characters except control characters.")
+        "be joined; the default allows any characters except control characters.",
+    )
     max_rooms_per_connection: int = Field(
-        100, ge=0, description="Most rooms one connection may be in at once; 0 = no limit.")
+        100, ge=0, description="Most rooms one connection may be in at once; 0 = no limit."
+    )
     notify_membership: bool = Field(
-        False, description="Tell a room's other members when a connection joins or leaves it "
-                           "(including by disconnecting).")
+        False,
+        description="Tell a room's other members when a connection joins or leaves it "
+        "(including by disconnecting).",
+    )
     joined_event: str = Field(
-        "user-joined", min_length=1, description="Event name of the notice that someone joined.")
+        "user-joined", min_length=1, description="Event name of the notice that someone joined."
+    )
     left_event: str = Field(
-        "user-left", min_length=1, description="Event name of the notice that someone left.")
+        "user-left", min_length=1, description="Event name of the notice that someone left."
+    )
 
     @field_validator("name_pattern")
     @classmethod
@@ -70,8 +77,10 @@ class RoomsSettings(PluginSettings):
     @model_validator(mode="after")
     def _notices_differ(self) -> RoomsSettings:
         if self.joined_event == self.left_event:
-            raise ValueError(f"joined_event and left_event are both {self.joined_event!r}; "
-                             f"clients could not tell a join from a leave")
+            raise ValueError(
+                f"joined_event and left_event are both {self.joined_event!r}; "
+                f"clients could not tell a join from a leave"
+            )
         return self
 
 
@@ -82,7 +91,9 @@ class JoinAck(BaseModel):
     """Ack of ``join-room``."""
 
     room: str = Field(description="The room asked for.")
-    joined: bool = Field(description="True when the connection joined; false when it already was a member.")
+    joined: bool = Field(
+        description="True when the connection joined; false when it already was a member."
+    )
     rooms: list[str] = Field(description="All rooms the connection is in afterwards, sorted.")
 
 
@@ -194,8 +205,10 @@ class ListMembers(Event):
 def _refuse_connection_id(bus: Bus, room: str) -> None:
     """Rooms named like a live connection's id are that connection's own: never joined or listed."""
     if bus.is_connection_id(room):
-        raise NotAllowed("room name is reserved: it is the id of a connection",
-                         details={"room": room, "field": "room"})
+        raise NotAllowed(
+            "room name is reserved: it is the id of a connection",
+            details={"room": room, "field": "room"},
+        )
 
 
 def _invisible_character(name: str) -> str | None:
@@ -237,28 +250,57 @@ class RoomsPlugin(Plugin):
         limit = self.settings.max_name_length
         if len(room) > limit:
             message = f"room name is {len(room)} characters long; the limit is {limit}"
-            raise InvalidPayload(message, details={
-                "field": "room", "setting": "max_name_length", "limit": limit, "length": len(room),
-                "errors": [{"loc": "room", "message": message, "type": "string_too_long"}]})
+            raise InvalidPayload(
+                message,
+                details={
+                    "field": "room",
+                    "setting": "max_name_length",
+                    "limit": limit,
+                    "length": len(room),
+                    "errors": [{"loc": "room", "message": message, "type": "string_too_long"}],
+                },
+            )
         if "/" in room:
-            message = ("room name contains '/': REST routes name a room in one path segment "
-                       "(/rooms/{room}/...), so such a room could not be reached over REST")
-            raise InvalidPayload(message, details={
-                "field": "room", "character": "U+002F",
-                "errors": [{"loc": "room", "message": message, "type": "string_slash"}]})
+            message = (
+                "room name contains '/': REST routes name a room in one path segment "
+                "(/rooms/{room}/...), so such a room could not be reached over REST"
+            )
+            raise InvalidPayload(
+                message,
+                details={
+                    "field": "room",
+                    "character": "U+002F",
+                    "errors": [{"loc": "room", "message": message, "type": "string_slash"}],
+                },
+            )
         invisible = _invisible_character(room)
         if invisible is not None:
-            message = (f"room name contains the invisible character {invisible}; names that look "
-                       f"alike but differ must not sit side by side in room lists")
-            raise InvalidPayload(message, details={
-                "field": "room", "character": invisible.split(" ", 1)[0],
-                "errors": [{"loc": "room", "message": message, "type": "string_invisible"}]})
+            message = (
+                f"room name contains the invisible character {invisible}; names that look "
+                f"alike but differ must not sit side by side in room lists"
+            )
+            raise InvalidPayload(
+                message,
+                details={
+                    "field": "room",
+                    "character": invisible.split(" ", 1)[0],
+                    "errors": [{"loc": "room", "message": message, "type": "string_invisible"}],
+                },
+            )
         if self._pattern.fullmatch(room) is None:
             pattern = self.settings.name_pattern
             message = f"room name does not match the allowed pattern {pattern!r}"
-            raise InvalidPayload(message, details={
-                "field": "room", "setting": "name_pattern", "pattern": pattern,
-                "errors": [{"loc": "room", "message": message, "type": "string_pattern_mismatch"}]})
+            raise InvalidPayload(
+                message,
+                details={
+                    "field": "room",
+                    "setting": "name_pattern",
+                    "pattern": pattern,
+                    "errors": [
+                        {"loc": "room", "message": message, "type": "string_pattern_mismatch"}
+                    ],
+                },
+            )
         _refuse_connection_id(bus, room)
 
     async def join(self, bus: Bus, sid: str, room: str) -> bool:
@@ -280,11 +322,18 @@ class RoomsPlugin(Plugin):
         if limit and len(current) >= limit:
             raise NotAllowed(
                 f"a connection may be in at most {limit} rooms; leave one first",
-                details={"field": "room", "setting": "max_rooms_per_connection", "limit": limit,
-                         "rooms": len(current)})
+                details={
+                    "field": "room",
+                    "setting": "max_rooms_per_connection",
+                    "limit": limit,
+                    "rooms": len(current),
+                },
+            )
         return await bus.join(sid, room)
 
-    async def members(self, bus: Bus, room: str, connection: Connection | None = None) -> dict[str, Any]:
+    async def members(
+        self, bus: Bus, room: str, connection: Connection | None = None
+    ) -> dict[str, Any]:
         """Who is in ``room`` (``{room, count, members}``), on every node when the backend is
         shared; empty if nobody is.
 
@@ -300,17 +349,31 @@ class RoomsPlugin(Plugin):
             except NotAllowed as exc:
                 raise NotAllowed(
                     f"you may not list the members of room {room!r}: its join rules do not admit you",
-                    code=exc.code, details={**exc.details, "room": room},
+                    code=exc.code,
+                    details={**exc.details, "room": room},
                 ) from None
-        members = [{"sid": m.sid, "user_id": m.user_id, "name": m.name}
-                   for m in await bus.presence.members(room)]
+        members = [
+            {"sid": m.sid, "user_id": m.user_id, "name": m.name}
+            for m in await bus.presence.members(room)
+        ]
         return {"room": room, "count": len(members), "members": members}
 
-    async def _notify(self, bus: Bus, event: str, connection: Connection, room: str, count: int) -> None:
+    async def _notify(
+        self, bus: Bus, event: str, connection: Connection, room: str, count: int
+    ) -> None:
         identity = connection.identity
-        await bus.emit(event, {"room": room, "sid": connection.sid,
-                               "user": identity.user_id if identity else None, "count": count},
-                       room=room, skip_sid=connection.sid, namespace=connection.namespace)
+        await bus.emit(
+            event,
+            {
+                "room": room,
+                "sid": connection.sid,
+                "user": identity.user_id if identity else None,
+                "count": count,
+            },
+            room=room,
+            skip_sid=connection.sid,
+            namespace=connection.namespace,
+        )
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -321,10 +384,16 @@ class RoomsPlugin(Plugin):
         events: list[type[Event] | ServerEvent] = [JoinRoom, LeaveRoom, MyRooms, ListMembers]
         if self.settings.notify_membership:
             events += [
-                ServerEvent(self.settings.joined_event, MembershipNotice,
-                            "Someone joined a room you are in (you are not told of your own joins)."),
-                ServerEvent(self.settings.left_event, MembershipNotice,
-                            "Someone left a room you are in, or disconnected while in it."),
+                ServerEvent(
+                    self.settings.joined_event,
+                    MembershipNotice,
+                    "Someone joined a room you are in (you are not told of your own joins).",
+                ),
+                ServerEvent(
+                    self.settings.left_event,
+                    MembershipNotice,
+                    "Someone left a room you are in, or disconnected while in it.",
+                ),
             ]
         return events
 
@@ -344,7 +413,8 @@ class RoomsPlugin(Plugin):
         if ctx.connection is None:
             raise ConnectionRequired(
                 f"{event.event_name!r} acts on the sender's own connection; it cannot be sent "
-                f"over REST", details={"event": event.event_name},
+                f"over REST",
+                details={"event": event.event_name},
             )
         bus, sid = ctx.bus, ctx.connection.sid
         if isinstance(event, JoinRoom):
@@ -360,16 +430,26 @@ class RoomsPlugin(Plugin):
         """Called after any join (socket or REST); with ``notify_membership`` on, sends
         ``joined_event`` to the room's other members. Returns nothing."""
         if self.settings.notify_membership:
-            await self._notify(bus, self.settings.joined_event, connection, room,
-                               await bus.presence.count(room, connection.namespace))
+            await self._notify(
+                bus,
+                self.settings.joined_event,
+                connection,
+                room,
+                await bus.presence.count(room, connection.namespace),
+            )
 
     @hookimpl
     async def plugbus_room_left(self, connection: Connection, room: str, bus: Bus) -> None:
         """Called after any leave (socket or REST); with ``notify_membership`` on, sends
         ``left_event`` to the room's remaining members. Returns nothing."""
         if self.settings.notify_membership:
-            await self._notify(bus, self.settings.left_event, connection, room,
-                               await bus.presence.count(room, connection.namespace))
+            await self._notify(
+                bus,
+                self.settings.left_event,
+                connection,
+                room,
+                await bus.presence.count(room, connection.namespace),
+            )
 
     @hookimpl
     async def plugbus_disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
@@ -378,7 +458,9 @@ class RoomsPlugin(Plugin):
         if not self.settings.notify_membership:
             return
         for room in bus.rooms_of(connection.sid, connection.namespace):
-            count = max(await bus.presence.count(room, connection.namespace) - 1, 0)  # still counted until dropped
+            count = max(
+                await bus.presence.count(room, connection.namespace) - 1, 0
+            )  # still counted until dropped
             await self._notify(bus, self.settings.left_event, connection, room, count)
 
     @hookimpl
@@ -410,23 +492,57 @@ class RoomsPlugin(Plugin):
 
         async def join_here(p: dict[str, Any]) -> dict[str, Any]:
             joined = await self.join(bus, p["sid"], p["room"])
-            return {"room": p["room"], "sid": p["sid"], "joined": joined, "rooms": sorted(bus.rooms_of(p["sid"]))}
+            return {
+                "room": p["room"],
+                "sid": p["sid"],
+                "joined": joined,
+                "rooms": sorted(bus.rooms_of(p["sid"])),
+            }
 
         async def leave_here(p: dict[str, Any]) -> dict[str, Any]:
             left = await bus.leave(p["sid"], p["room"])
-            return {"room": p["room"], "sid": p["sid"], "left": left, "rooms": sorted(bus.rooms_of(p["sid"]))}
+            return {
+                "room": p["room"],
+                "sid": p["sid"],
+                "left": left,
+                "rooms": sorted(bus.rooms_of(p["sid"])),
+            }
 
         bus.cluster.register("rooms.join", join_here)
         bus.cluster.register("rooms.leave", leave_here)
 
         members = "/rooms/{room}/members/{sid}"
         return [
-            Route("GET", "/rooms", list_rooms, response=RoomList, scope="read",
-                  summary="List rooms with member counts"),
-            Route("GET", "/rooms/{room}", get_room, response=RoomMembers, scope="read",
-                  summary="List a room's members"),
-            Route("PUT", members, put_member, response=MemberJoined, scope="admin",
-                  summary="Put a connection into a room"),
-            Route("DELETE", members, delete_member, response=MemberLeft, scope="admin",
-                  summary="Take a connection out of a room"),
+            Route(
+                "GET",
+                "/rooms",
+                list_rooms,
+                response=RoomList,
+                scope="read",
+                summary="List rooms with member counts",
+            ),
+            Route(
+                "GET",
+                "/rooms/{room}",
+                get_room,
+                response=RoomMembers,
+                scope="read",
+                summary="List a room's members",
+            ),
+            Route(
+                "PUT",
+                members,
+                put_member,
+                response=MemberJoined,
+                scope="admin",
+                summary="Put a connection into a room",
+            ),
+            Route(
+                "DELETE",
+                members,
+                delete_member,
+                response=MemberLeft,
+                scope="admin",
+                summary="Take a connection out of a room",
+            ),
         ]

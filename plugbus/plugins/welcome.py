@@ -15,7 +15,16 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from plugbus import Bus, Connection, Plugin, PluginSettings, Route, RouteRequest, ServerEvent, hookimpl
+from plugbus import (
+    Bus,
+    Connection,
+    Plugin,
+    PluginSettings,
+    Route,
+    RouteRequest,
+    ServerEvent,
+    hookimpl,
+)
 
 #: The variables of the connection greeting, and those of room greetings.
 GREETING_VARIABLES = ("sid", "server", "user")
@@ -34,16 +43,20 @@ def template_checker(variables: tuple[str, ...]) -> Callable[[str], str]:
         try:
             parts = list(string.Formatter().parse(template))
         except ValueError as exc:
-            raise ValueError(f"not a valid template ({exc}); write {{{{ and }}}} for literal "
-                             f"braces") from None
+            raise ValueError(
+                f"not a valid template ({exc}); write {{{{ and }}}} for literal braces"
+            ) from None
         for _literal, field, spec, conversion in parts:
             if field is None:
                 continue
             if field not in variables:
-                raise ValueError(f"unknown template variable {{{field}}}; the variables are {allowed}")
+                raise ValueError(
+                    f"unknown template variable {{{field}}}; the variables are {allowed}"
+                )
             if spec or conversion:
-                raise ValueError(f"{{{field}}} may not carry a format spec or conversion; "
-                                 f"write just {{{field}}}")
+                raise ValueError(
+                    f"{{{field}}} may not carry a format spec or conversion; write just {{{field}}}"
+                )
         return template
 
     return check
@@ -59,16 +72,22 @@ class WelcomeSettings(PluginSettings):
     greeting: Greeting = Field(
         "Welcome to server",
         description="Template sent to each new connection; variables {sid}, {server} "
-                    "(server.name) and {user} (identity name or user id, else the sid).")
-    event: str = Field("welcome", min_length=1, description="The event name the greeting is sent as.")
+        "(server.name) and {user} (identity name or user id, else the sid).",
+    )
+    event: str = Field(
+        "welcome", min_length=1, description="The event name the greeting is sent as."
+    )
     room_greetings: dict[str, RoomGreeting] = Field(
         default_factory=dict,
         description="Room name -> template sent to a connection that has just joined that room; "
-                    "variables {sid}, {server}, {user}, {room}. An empty template sends nothing.")
+        "variables {sid}, {server}, {user}, {room}. An empty template sends nothing.",
+    )
     default_room_greeting: RoomGreeting = Field(
-        "", description="Template for joins of rooms not in room_greetings; empty = none.")
+        "", description="Template for joins of rooms not in room_greetings; empty = none."
+    )
     room_event: str = Field(
-        "welcome", min_length=1, description="The event name room greetings are sent as.")
+        "welcome", min_length=1, description="The event name room greetings are sent as."
+    )
 
 
 class Greetings(BaseModel):
@@ -86,8 +105,12 @@ class GreetingsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     greeting: Greeting | None = Field(None, description="New connection greeting template.")
-    room_greetings: dict[str, RoomGreeting] | None = Field(None, description="New room greetings map.")
-    default_room_greeting: RoomGreeting | None = Field(None, description="New default room greeting.")
+    room_greetings: dict[str, RoomGreeting] | None = Field(
+        None, description="New room greetings map."
+    )
+    default_room_greeting: RoomGreeting | None = Field(
+        None, description="New default room greeting."
+    )
 
 
 def user_of(connection: Connection) -> str:
@@ -111,8 +134,11 @@ class WelcomePlugin(Plugin):
 
     def __init__(self, settings: WelcomeSettings) -> None:
         super().__init__(settings)
-        self.greetings = Greetings(greeting=settings.greeting, room_greetings=dict(settings.room_greetings),
-                                   default_room_greeting=settings.default_room_greeting)
+        self.greetings = Greetings(
+            greeting=settings.greeting,
+            room_greetings=dict(settings.room_greetings),
+            default_room_greeting=settings.default_room_greeting,
+        )
 
     @hookimpl
     def plugbus_register_events(self) -> list[ServerEvent]:
@@ -120,10 +146,17 @@ class WelcomePlugin(Plugin):
         contract; this plugin accepts no client events."""
         greeting, room = self.settings.event, self.settings.room_event
         if greeting == room:
-            return [ServerEvent(greeting, str, "A greeting: on connect, and after joining a room "
-                                               "that has a room greeting.")]
-        return [ServerEvent(greeting, str, "The greeting, sent once on connect."),
-                ServerEvent(room, str, "A room's greeting, sent after joining a room that has one.")]
+            return [
+                ServerEvent(
+                    greeting,
+                    str,
+                    "A greeting: on connect, and after joining a room that has a room greeting.",
+                )
+            ]
+        return [
+            ServerEvent(greeting, str, "The greeting, sent once on connect."),
+            ServerEvent(room, str, "A room's greeting, sent after joining a room that has one."),
+        ]
 
     async def current(self, bus: Bus) -> Greetings:
         """The greetings in use: with a shared backend, the last ones any node's ``PUT
@@ -144,8 +177,9 @@ class WelcomePlugin(Plugin):
         if connection.namespace != bus.default_namespace:
             return
         greetings = await self.current(bus)
-        text = greetings.greeting.format(sid=connection.sid, server=bus.server_name,
-                                              user=user_of(connection))
+        text = greetings.greeting.format(
+            sid=connection.sid, server=bus.server_name, user=user_of(connection)
+        )
         await bus.emit(self.settings.event, text, to=connection.sid)
 
     @hookimpl
@@ -158,8 +192,9 @@ class WelcomePlugin(Plugin):
         greetings = await self.current(bus)
         template = greetings.room_greetings.get(room, greetings.default_room_greeting)
         if template:
-            text = template.format(sid=connection.sid, server=bus.server_name,
-                                   user=user_of(connection), room=room)
+            text = template.format(
+                sid=connection.sid, server=bus.server_name, user=user_of(connection), room=room
+            )
             await bus.emit(self.settings.room_event, text, to=connection.sid)
 
     @hookimpl
@@ -178,13 +213,27 @@ class WelcomePlugin(Plugin):
             current = await self.current(bus)
             self.greetings = current.model_copy(update=req.body.model_dump(exclude_none=True))
             if bus.backend.redis is not None:
-                await bus.backend.redis.set(bus.backend.key("welcome", "greetings"),
-                                            self.greetings.model_dump_json())
+                await bus.backend.redis.set(
+                    bus.backend.key("welcome", "greetings"), self.greetings.model_dump_json()
+                )
             return self.greetings
 
         return [
-            Route("GET", "/welcome", get_greetings, response=Greetings, scope="read",
-                  summary="Show the greetings"),
-            Route("PUT", "/welcome", put_greetings, body=GreetingsUpdate, response=Greetings, scope="admin",
-                  summary="Change the greetings at run time"),
+            Route(
+                "GET",
+                "/welcome",
+                get_greetings,
+                response=Greetings,
+                scope="read",
+                summary="Show the greetings",
+            ),
+            Route(
+                "PUT",
+                "/welcome",
+                put_greetings,
+                body=GreetingsUpdate,
+                response=Greetings,
+                scope="admin",
+                summary="Change the greetings at run time",
+            ),
         ]

@@ -51,7 +51,9 @@ __all__ = [
 
 
 @_async_fixture
-async def plugbus_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PlugbusServerFactory]:
+async def plugbus_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[PlugbusServerFactory]:
     """Factory fixture: ``server = await plugbus_server(plugins=..., builtins=..., settings=...,
     config=...)`` starts a real plugbus on a free loopback port (see
     :meth:`PlugbusServerFactory.__call__`). Servers and their clients stop when the test ends."""

@@ -61,8 +61,10 @@ class PlugbusClient:
         while len(self.received(event)) < count:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise AssertionError(f"{event!r} arrived {len(self.received(event))} times, "
-                                     f"wanted {count}; received: {self.events!r}")
+                raise AssertionError(
+                    f"{event!r} arrived {len(self.received(event))} times, "
+                    f"wanted {count}; received: {self.events!r}"
+                )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)

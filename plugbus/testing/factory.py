@@ -69,7 +69,9 @@ class PlugbusServerFactory:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         modules = {name: _target(name, plugin) for name, plugin in (plugins or {}).items()}
-        data = _kit_config(port, modules, builtins, settings or {}, config or {}, entry_points, disabled)
+        data = _kit_config(
+            port, modules, builtins, settings or {}, config or {}, entry_points, disabled
+        )
         recorder: HookRecorder | None = None
         if record_hooks:
             recorder = HookRecorder()
@@ -102,7 +104,7 @@ class PlugbusServerFactory:
         while self.servers:
             try:
                 await self.servers.pop().stop()
-            except Exception as exc:  # noqa: BLE001 - stop the others first, then report
+            except Exception as exc:
                 errors.append(exc)
         if errors:
             raise errors[0]

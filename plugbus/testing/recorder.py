@@ -51,11 +51,15 @@ class HookRecorder(HookCalls):
         if self._pm is None:
             raise RuntimeError("the recorder is not attached to a server yet")
         impls = reversed(getattr(self._pm.hook, name).get_hookimpls())
-        return [f"{i.plugin_name}:{i.function.__name__}" for i in impls
-                if not (i.wrapper or i.hookwrapper)]
+        return [
+            f"{i.plugin_name}:{i.function.__name__}"
+            for i in impls
+            if not (i.wrapper or i.hookwrapper)
+        ]
 
-    async def wait_for(self, name: str, *, sid: str | None = None, count: int = 1,
-                       timeout: float = 5.0) -> HookCall:
+    async def wait_for(
+        self, name: str, *, sid: str | None = None, count: int = 1, timeout: float = 5.0
+    ) -> HookCall:
         """Wait until hook ``name`` (about connection ``sid``, if given) has returned ``count``
         times, and return that call. Useful for hooks the server runs on its own time, such
         as ``plugbus_disconnect`` after a client left.
@@ -65,13 +69,18 @@ class HookRecorder(HookCalls):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            done = [c for c in self._calls if c.name == name and c.done and (sid is None or c.sid == sid)]
+            done = [
+                c
+                for c in self._calls
+                if c.name == name and c.done and (sid is None or c.sid == sid)
+            ]
             if len(done) >= count:
                 return done[count - 1]
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise AssertionError(f"{name} returned {len(done)} times, wanted {count}; "
-                                     f"recorded: {self.names()}")
+                raise AssertionError(
+                    f"{name} returned {len(done)} times, wanted {count}; recorded: {self.names()}"
+                )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
@@ -93,20 +102,26 @@ class HookRecorder(HookCalls):
 def _hook_argnames() -> dict[str, tuple[str, ...]]:
     """Every hookspec's name and argument names, read from the hook contract itself."""
     marker = f"{_hookspecs.PROJECT_NAME}_spec"
-    return {name: tuple(inspect.signature(func).parameters)
-            for name, func in vars(_hookspecs).items()
-            if name.startswith("plugbus_") and callable(func) and hasattr(func, marker)}
+    return {
+        name: tuple(inspect.signature(func).parameters)
+        for name, func in vars(_hookspecs).items()
+        if name.startswith("plugbus_") and callable(func) and hasattr(func, marker)
+    }
 
 
-def _recording_wrapper(recorder: HookRecorder, name: str, argnames: tuple[str, ...]) -> Callable[..., Any]:
+def _recording_wrapper(
+    recorder: HookRecorder, name: str, argnames: tuple[str, ...]
+) -> Callable[..., Any]:
     # pluggy reads an implementation's argument names from its code object, so the wrapper
     # is compiled with the hookspec's own argument names (as dataclasses builds __init__).
     if not all(a.isidentifier() for a in (name, *argnames)):
         raise ValueError(f"unexpected hook signature {name}{argnames}")
-    source = (f"def {name}({', '.join(argnames)}):\n"
-              f"    return (yield from _record(_name, {{{', '.join(f'{a!r}: {a}' for a in argnames)}}}))\n")
+    source = (
+        f"def {name}({', '.join(argnames)}):\n"
+        f"    return (yield from _record(_name, {{{', '.join(f'{a!r}: {a}' for a in argnames)}}}))\n"
+    )
     namespace: dict[str, Any] = {"_record": recorder._record, "_name": name}
-    exec(source, namespace)  # noqa: S102 - the source is built from hookspec identifiers only
+    exec(source, namespace)
     function = namespace[name]
     function.__doc__ = f"Record each call of ``{name}`` (a tryfirst new-style wrapper)."
     return hookimpl(wrapper=True, tryfirst=True)(function)  # type: ignore[no-any-return]

@@ -55,8 +55,13 @@ class PlugbusServer:
     :ivar clients: the clients connected with :meth:`client`.
     """
 
-    def __init__(self, app: Application, sock: socket.socket, config_path: Path,
-                 recorder: HookRecorder | None) -> None:
+    def __init__(
+        self,
+        app: Application,
+        sock: socket.socket,
+        config_path: Path,
+        recorder: HookRecorder | None,
+    ) -> None:
         import httpx
 
         self.app = app
@@ -104,10 +109,16 @@ class PlugbusServer:
 
         from plugbus.api.app import uvicorn_options
 
-        self._uvicorn = _server_class()(uvicorn.Config(
-            self._lifespan_spy, interface="asgi3", host="127.0.0.1", port=self.port, log_config=None,
-            **uvicorn_options(self.config),
-        ))
+        self._uvicorn = _server_class()(
+            uvicorn.Config(
+                self._lifespan_spy,
+                interface="asgi3",
+                host="127.0.0.1",
+                port=self.port,
+                log_config=None,
+                **uvicorn_options(self.config),
+            )
+        )
         self._task = asyncio.create_task(self._uvicorn.serve(sockets=[self._sock]))
         deadline = asyncio.get_running_loop().time() + timeout
         while not self._uvicorn.started:
@@ -118,9 +129,15 @@ class PlugbusServer:
                 raise RuntimeError(f"plugbus did not start within {timeout} s (see the log)")
             await asyncio.sleep(0.01)
 
-    async def client(self, *, transports: Sequence[str] | None = None, auth: Any = None,
-                     headers: Mapping[str, str] | None = None, timeout: float = 5.0,
-                     namespace: str | None = None) -> PlugbusClient:
+    async def client(
+        self,
+        *,
+        transports: Sequence[str] | None = None,
+        auth: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        namespace: str | None = None,
+    ) -> PlugbusClient:
         """Connect a new real Socket.IO client and return it once connected.
 
         :param transports: e.g. ``["websocket"]`` or ``["polling"]`` (default: those the server
@@ -141,14 +158,21 @@ class PlugbusServer:
         sio.on("*", client._receive, namespace=namespace)
         sio.on("connect_error", lambda data=None: refusals.append(data), namespace=namespace)
         try:
-            await sio.connect(self.url, namespaces=[namespace],
-                              transports=list(transports or self.config.server.transports),
-                              auth=auth, headers=dict(headers or {}), wait_timeout=timeout,
-                              socketio_path=self.config.server.socketio_path)
+            await sio.connect(
+                self.url,
+                namespaces=[namespace],
+                transports=list(transports or self.config.server.transports),
+                auth=auth,
+                headers=dict(headers or {}),
+                wait_timeout=timeout,
+                socketio_path=self.config.server.socketio_path,
+            )
         except socketio.exceptions.ConnectionError:
             await sio.disconnect()
             if refusals and isinstance(refusals[0], dict):
-                raise ClientRefused(refusals[0].get("data") or {"message": refusals[0].get("message")}) from None
+                raise ClientRefused(
+                    refusals[0].get("data") or {"message": refusals[0].get("message")}
+                ) from None
             raise
         self.clients.append(client)
         return client
@@ -157,7 +181,9 @@ class PlugbusServer:
         if self._uvicorn is not None and self._task is not None:
             self._uvicorn.should_exit = True
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.config.server.shutdown_timeout + 5)
+                await asyncio.wait_for(
+                    asyncio.shield(self._task), self.config.server.shutdown_timeout + 5
+                )
             except TimeoutError:
                 self._uvicorn.force_exit = True
                 await self._task
@@ -168,7 +194,9 @@ class PlugbusServer:
         runs). Called for you at the end of the test; calling it twice is harmless."""
         clients, self.clients = self.clients, []
         try:
-            await asyncio.gather(*(client.disconnect() for client in clients), return_exceptions=True)
+            await asyncio.gather(
+                *(client.disconnect() for client in clients), return_exceptions=True
+            )
             await self.http.aclose()
         finally:
             if self._task is not None and not self._task.done():

@@ -31,26 +31,44 @@ def _target(name: str, plugin: str | type | ModuleType) -> str:
         return plugin.__name__
     if isinstance(plugin, type) and "<locals>" not in plugin.__qualname__:
         return f"{plugin.__module__}:{plugin.__qualname__}"
-    raise TypeError(f"plugin {name!r}: give a dotted path, a module, or a module-level class "
-                    f"(plugbus imports plugins by path), not {plugin!r}")
+    raise TypeError(
+        f"plugin {name!r}: give a dotted path, a module, or a module-level class "
+        f"(plugbus imports plugins by path), not {plugin!r}"
+    )
 
 
 def _kit_config(
-    port: int, modules: dict[str, str], builtins: Sequence[str] | None,
-    settings: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any], entry_points: bool,
+    port: int,
+    modules: dict[str, str],
+    builtins: Sequence[str] | None,
+    settings: Mapping[str, Mapping[str, Any]],
+    config: Mapping[str, Any],
+    entry_points: bool,
     disabled: Sequence[str],
 ) -> dict[str, Any]:
     """The embedded default config, with the kit's server settings and the test's plugins."""
     data = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
-    section: dict[str, Any] = {"entry_points": entry_points, "disabled": list(disabled),
-                               "modules": modules, "settings": dict(settings)}
+    section: dict[str, Any] = {
+        "entry_points": entry_points,
+        "disabled": list(disabled),
+        "modules": modules,
+        "settings": dict(settings),
+    }
     if builtins is not None:
         section["builtins"] = list(builtins)
-    data = _deep_merge(data, {
-        # Short pings: a client on long-polling takes ping_interval + ping_timeout to leave.
-        "server": {"log_level": "warning", "ping_interval": 2, "ping_timeout": 5, "shutdown_timeout": 2},
-        "plugins": section,
-    })
+    data = _deep_merge(
+        data,
+        {
+            # Short pings: a client on long-polling takes ping_interval + ping_timeout to leave.
+            "server": {
+                "log_level": "warning",
+                "ping_interval": 2,
+                "ping_timeout": 5,
+                "shutdown_timeout": 2,
+            },
+            "plugins": section,
+        },
+    )
     data = _deep_merge(data, config)
     data["server"]["port"] = port  # the socket the kit bound, whatever the test said
     return data

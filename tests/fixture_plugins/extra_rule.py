@@ -35,7 +35,9 @@ class NoShouting:
             letters = [c for c in text if c.isalpha()]
             if len(letters) >= 4 and not any(c.islower() for c in letters):
                 spans = tuple(m.span() for m in _SHOUTED_WORD.finditer(text))
-                return Violation(f"{field} is in capitals; please do not shout", field=field, spans=spans)
+                return Violation(
+                    f"{field} is in capitals; please do not shout", field=field, spans=spans
+                )
         return None
 
 

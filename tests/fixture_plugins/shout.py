@@ -24,8 +24,11 @@ def plugbus_register_events():
 @hookimpl(trylast=True)
 def plugbus_moderate(event: Event, ctx: EventContext):
     """Upper-case every text field of every event (a transforming moderation)."""
-    changes = {f: getattr(event, f).upper() for f in type(event).text_fields
-               if isinstance(getattr(event, f), str)}
+    changes = {
+        f: getattr(event, f).upper()
+        for f in type(event).text_fields
+        if isinstance(getattr(event, f), str)
+    }
     return event.model_copy(update=changes) if changes else None
 
 

@@ -99,10 +99,21 @@ class TwoNamespaces(Plugin):
     def plugbus_register_events(self) -> list[type[Event] | ServerEvent]:
         """The events above, and what ``/chat`` clients receive."""
         return [
-            Chat, Shout, Enter, Hello, ChatStatus, AdminStatus,
-            ServerEvent("chat", tuple[str, str], "A chat line: (user, text) as two arguments.",
-                        namespace="/chat"),
-            ServerEvent("arrived", str, "Someone connected to /chat (their sid).", namespace="/chat"),
+            Chat,
+            Shout,
+            Enter,
+            Hello,
+            ChatStatus,
+            AdminStatus,
+            ServerEvent(
+                "chat",
+                tuple[str, str],
+                "A chat line: (user, text) as two arguments.",
+                namespace="/chat",
+            ),
+            ServerEvent(
+                "arrived", str, "Someone connected to /chat (their sid).", namespace="/chat"
+            ),
         ]
 
     @hookimpl
@@ -111,8 +122,11 @@ class TwoNamespaces(Plugin):
         if connection.namespace == "/admin":
             auth = connection.auth if isinstance(connection.auth, dict) else {}
             if auth.get("token") != self.settings.admin_token:
-                raise ConnectionDenied("/admin needs the admin token", code="admin_only",
-                                       details={"namespace": connection.namespace})
+                raise ConnectionDenied(
+                    "/admin needs the admin token",
+                    code="admin_only",
+                    details={"namespace": connection.namespace},
+                )
 
     @hookimpl
     async def plugbus_connected(self, connection: Connection, bus: Bus) -> None:
@@ -132,7 +146,9 @@ class TwoNamespaces(Plugin):
         bus = ctx.bus
         if isinstance(event, Chat):
             recipients = bus.namespace_size(ctx.namespace) - (ctx.sid is not None)
-            await bus.emit("chat", (event.user, event.text), namespace=ctx.namespace, skip_sid=ctx.sid)
+            await bus.emit(
+                "chat", (event.user, event.text), namespace=ctx.namespace, skip_sid=ctx.sid
+            )
             return new_id(), recipients
         if isinstance(event, Shout):
             return {"text": event.text.upper()}
@@ -143,13 +159,19 @@ class TwoNamespaces(Plugin):
             return {"rooms": sorted(bus.rooms_of(ctx.sid))}
         if isinstance(event, Hello):
             connection = ctx.connection
-            return {"namespace": ctx.namespace, "sid": ctx.sid,
-                    "connection_namespace": connection.namespace if connection else None,
-                    "connected_in": self.connected_in.get(ctx.sid or ""),
-                    "auth": connection.auth if connection else None}
+            return {
+                "namespace": ctx.namespace,
+                "sid": ctx.sid,
+                "connection_namespace": connection.namespace if connection else None,
+                "connected_in": self.connected_in.get(ctx.sid or ""),
+                "auth": connection.auth if connection else None,
+            }
         if isinstance(event, ChatStatus):
             return {"namespace": ctx.namespace, "connections": bus.namespace_size(ctx.namespace)}
         if isinstance(event, AdminStatus):
-            return {"namespace": ctx.namespace, "all_connections": bus.connection_count,
-                    "per_namespace": {ns: bus.namespace_size(ns) for ns in ("/", "/chat", "/admin")}}
+            return {
+                "namespace": ctx.namespace,
+                "all_connections": bus.connection_count,
+                "per_namespace": {ns: bus.namespace_size(ns) for ns in ("/", "/chat", "/admin")},
+            }
         return None

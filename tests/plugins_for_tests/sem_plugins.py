@@ -49,7 +49,7 @@ class _Recording(Plugin):
     def _changed(self, event: Event) -> Event | None:
         if self.settings.suffix is None:
             return None
-        return event.model_copy(update={"text": getattr(event, "text") + self.settings.suffix})
+        return event.model_copy(update={"text": event.text + self.settings.suffix})
 
 
 # -- plugbus_moderate --------------------------------------------------------------------------

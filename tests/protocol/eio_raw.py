@@ -28,9 +28,27 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 RS = "\x1e"  # the record separator between packets of one long-polling payload
 
 __all__ = [
-    "FAST", "RS", "SMALL", "ConnectionClosed", "InvalidStatus", "RawWebSocket", "eio_path",
-    "log_since", "open_polling", "packets", "poll", "post", "recv_frame", "reason_lines", "sio_connect_ws",
-    "shared_server", "wait_closed", "wait_log", "ws_connect", "ws_open", "ws_url",
+    "FAST",
+    "RS",
+    "SMALL",
+    "ConnectionClosed",
+    "InvalidStatus",
+    "RawWebSocket",
+    "eio_path",
+    "log_since",
+    "open_polling",
+    "packets",
+    "poll",
+    "post",
+    "reason_lines",
+    "recv_frame",
+    "shared_server",
+    "sio_connect_ws",
+    "wait_closed",
+    "wait_log",
+    "ws_connect",
+    "ws_open",
+    "ws_url",
 ]
 
 
@@ -90,15 +108,21 @@ async def poll(http: httpx.AsyncClient, sid: str, timeout: float = 3.0) -> httpx
     return await http.get(eio_path(sid=sid), timeout=timeout)
 
 
-async def post(http: httpx.AsyncClient, sid: str, body: str | bytes, timeout: float = 3.0,
-               **kwargs: Any) -> httpx.Response:
+async def post(
+    http: httpx.AsyncClient, sid: str, body: str | bytes, timeout: float = 3.0, **kwargs: Any
+) -> httpx.Response:
     return await http.post(eio_path(sid=sid), content=body, timeout=timeout, **kwargs)
 
 
 def ws_connect(server: Any, compression: str | None = None, **params: Any) -> Any:
     """``websockets`` connect to the Engine.IO endpoint (no client-side WS pings)."""
-    return connect(ws_url(server, **params), compression=compression, open_timeout=3,
-                   ping_interval=None, close_timeout=1)
+    return connect(
+        ws_url(server, **params),
+        compression=compression,
+        open_timeout=3,
+        ping_interval=None,
+        close_timeout=1,
+    )
 
 
 async def recv_frame(ws: ClientConnection, timeout: float = 3.0, answer_pings: bool = True) -> Any:
@@ -156,9 +180,29 @@ async def wait_closed(ws: ClientConnection, timeout: float) -> tuple[float, list
 
 _ACCESS = re.compile(r'^\w+:\s+\d+\.\d+\.\d+\.\d+:\d+ - "|connection (open|closed)$')
 # Words a line uses to say why a packet was refused; the tests count such lines.
-REASON_WORDS = ("invalid", "malformed", "unknown", "unsupported", "bad ", "not a", "empty",
-                "too long", "too large", "too big", "expected", "missing", "overflow", "must",
-                "cannot", "can't", "refus", "reject", "violat", "protocol", "not allowed")
+REASON_WORDS = (
+    "invalid",
+    "malformed",
+    "unknown",
+    "unsupported",
+    "bad ",
+    "not a",
+    "empty",
+    "too long",
+    "too large",
+    "too big",
+    "expected",
+    "missing",
+    "overflow",
+    "must",
+    "cannot",
+    "can't",
+    "refus",
+    "reject",
+    "violat",
+    "protocol",
+    "not allowed",
+)
 
 
 def log_since(server: Any, offset: int) -> str:
@@ -168,9 +212,13 @@ def log_since(server: Any, offset: int) -> str:
 def reason_lines(text: str) -> list[str]:
     """Lines of ``text`` that say why something was refused (uvicorn's access and
     connection lines left out)."""
-    return [line for line in text.splitlines()
-            if line.strip() and not _ACCESS.search(line)
-            and any(word in line.lower() for word in REASON_WORDS)]
+    return [
+        line
+        for line in text.splitlines()
+        if line.strip()
+        and not _ACCESS.search(line)
+        and any(word in line.lower() for word in REASON_WORDS)
+    ]
 
 
 async def wait_log(server: Any, offset: int, timeout: float = 1.0) -> str:
@@ -186,6 +234,7 @@ async def wait_log(server: Any, offset: int, timeout: float = 1.0) -> str:
 
 # --- a bare RFC 6455 client over asyncio streams -------------------------------------------
 
+
 class RawWebSocket:
     """A minimal client-side WebSocket (text/binary/close frames, no extensions) over a raw
     TCP stream, so a test can choose when it reads and see how frames share TCP reads."""
@@ -200,9 +249,13 @@ class RawWebSocket:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         key = base64.b64encode(os.urandom(16)).decode()
         path = eio_path(**{"transport": "websocket", **params})
-        writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         await writer.drain()
         head = b""
         while b"\r\n\r\n" not in head:
@@ -246,8 +299,8 @@ class RawWebSocket:
                 n, start = struct.unpack("!Q", buf[2:10])[0], 10
             if len(buf) < start + n:
                 break
-            frames.append((opcode, buf[start:start + n]))
-            buf = buf[start + n:]
+            frames.append((opcode, buf[start : start + n]))
+            buf = buf[start + n :]
         return frames, buf
 
     async def read_once(self, timeout: float = 3.0) -> bytes:

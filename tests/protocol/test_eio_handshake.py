@@ -15,8 +15,8 @@ import pytest
 from eio_raw import (
     FAST,
     ConnectionClosed,
-    eio_path,
     InvalidStatus,
+    eio_path,
     open_polling,
     shared_server,
     ws_connect,
@@ -50,7 +50,7 @@ def assert_refusal(resp: httpx.Response, code: int, word: str) -> None:
 
 
 async def test_open_packet_has_exactly_the_handshake_keys(default_server: Any) -> None:
-    """"If the server accepts the connection, then it MUST respond with an `open` packet with
+    """ "If the server accepts the connection, then it MUST respond with an `open` packet with
     the following JSON-encoded payload: sid, upgrades, pingInterval, pingTimeout, maxPayload"."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         data = await open_polling(http)
@@ -58,16 +58,20 @@ async def test_open_packet_has_exactly_the_handshake_keys(default_server: Any) -
     assert isinstance(data["sid"], str) and data["sid"]
 
 
-async def test_open_packet_intervals_are_configured_seconds_in_milliseconds(default_server: Any) -> None:
-    """"pingInterval: The ping interval ... (in milliseconds)"; "pingTimeout: The ping timeout
+async def test_open_packet_intervals_are_configured_seconds_in_milliseconds(
+    default_server: Any,
+) -> None:
+    """ "pingInterval: The ping interval ... (in milliseconds)"; "pingTimeout: The ping timeout
     ... (in milliseconds)". The test servers run with ping_interval 2 s, ping_timeout 5 s."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         data = await open_polling(http)
     assert (data["pingInterval"], data["pingTimeout"]) == (2000, 5000), data
 
 
-async def test_open_packet_subsecond_intervals_are_exact_milliseconds(subsecond_server: Any) -> None:
-    """"pingInterval: The ping interval, used in the heartbeat mechanism (in milliseconds)".
+async def test_open_packet_subsecond_intervals_are_exact_milliseconds(
+    subsecond_server: Any,
+) -> None:
+    """ "pingInterval: The ping interval, used in the heartbeat mechanism (in milliseconds)".
     ``server.ping_interval: 0.3`` is 300 ms, not 0 (a client that believes 0 pings out)."""
     async with httpx.AsyncClient(base_url=subsecond_server.url) as http:
         data = await open_polling(http)
@@ -76,7 +80,7 @@ async def test_open_packet_subsecond_intervals_are_exact_milliseconds(subsecond_
 
 
 async def test_open_packet_max_payload_is_max_message_bytes(subsecond_server: Any) -> None:
-    """"maxPayload: The maximum number of bytes per chunk, used by the client to aggregate
+    """ "maxPayload: The maximum number of bytes per chunk, used by the client to aggregate
     packets into payloads" — the configured ``server.max_message_bytes``."""
     async with httpx.AsyncClient(base_url=subsecond_server.url) as http:
         data = await open_polling(http)
@@ -84,7 +88,7 @@ async def test_open_packet_max_payload_is_max_message_bytes(subsecond_server: An
 
 
 async def test_polling_open_packet_lists_websocket_upgrade(default_server: Any) -> None:
-    """"upgrades: The list of available transport upgrades" — a polling session may upgrade
+    """ "upgrades: The list of available transport upgrades" — a polling session may upgrade
     to websocket."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         data = await open_polling(http)
@@ -92,7 +96,7 @@ async def test_polling_open_packet_lists_websocket_upgrade(default_server: Any) 
 
 
 async def test_websocket_open_packet_lists_no_upgrade(default_server: Any) -> None:
-    """"upgrades: The list of available transport upgrades" — nothing is better than a
+    """ "upgrades: The list of available transport upgrades" — nothing is better than a
     WebSocket-only session (the spec's test suite expects ``[]``), and the open packet is the
     first WebSocket frame, with the same keys as over polling."""
     async with ws_connect(default_server) as ws:
@@ -102,7 +106,7 @@ async def test_websocket_open_packet_lists_no_upgrade(default_server: Any) -> No
 
 
 async def test_handshake_without_transport_is_400(default_server: Any) -> None:
-    """"transport — Mandatory, the name of the transport." / "If a mandatory query parameter
+    """ "transport — Mandatory, the name of the transport." / "If a mandatory query parameter
     is missing, then the server MUST respond with an HTTP 400 error status.\""""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         resp = await http.get(eio_path(transport=None))
@@ -110,7 +114,7 @@ async def test_handshake_without_transport_is_400(default_server: Any) -> None:
 
 
 async def test_handshake_with_unknown_transport_is_400(default_server: Any) -> None:
-    """"transport | polling | Mandatory, the name of the transport." An unknown transport
+    """ "transport | polling | Mandatory, the name of the transport." An unknown transport
     names none (Node: 400, code 0, "Transport unknown")."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         resp = await http.get(eio_path(transport="carrier-pigeon"))
@@ -118,7 +122,7 @@ async def test_handshake_with_unknown_transport_is_400(default_server: Any) -> N
 
 
 async def test_handshake_without_eio_is_400(default_server: Any) -> None:
-    """"EIO | 4 | Mandatory, the version of the protocol." / "If a mandatory query parameter
+    """ "EIO | 4 | Mandatory, the version of the protocol." / "If a mandatory query parameter
     is missing, then the server MUST respond with an HTTP 400 error status.\""""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         resp = await http.get(eio_path(EIO=None))
@@ -127,7 +131,7 @@ async def test_handshake_without_eio_is_400(default_server: Any) -> None:
 
 @pytest.mark.parametrize("eio", ["3", "abc", "5"])
 async def test_handshake_with_unsupported_eio_is_400(default_server: Any, eio: str) -> None:
-    """"EIO | 4 | Mandatory, the version of the protocol." Any other value is a version this
+    """ "EIO | 4 | Mandatory, the version of the protocol." Any other value is a version this
     server does not speak (the spec's test suite: ``EIO=abc`` → 400; Node: code 5,
     "Unsupported protocol version")."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
@@ -137,17 +141,20 @@ async def test_handshake_with_unsupported_eio_is_400(default_server: Any, eio: s
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_request_with_unknown_sid_is_400(default_server: Any, method: str) -> None:
-    """"The server MUST return an HTTP 400 response if the session ID (from the `sid` query
+    """ "The server MUST return an HTTP 400 response if the session ID (from the `sid` query
     parameter) is not known." (stated for both sending and receiving data)."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
-        resp = await http.request(method, eio_path(sid="no-such-session"),
-                                  content="4hello" if method == "POST" else None)
+        resp = await http.request(
+            method, eio_path(sid="no-such-session"), content="4hello" if method == "POST" else None
+        )
     assert_refusal(resp, 1, "session")
 
 
 @pytest.mark.parametrize("method", ["PUT", "POST", "DELETE", "PATCH"])
-async def test_handshake_with_other_method_than_get_is_400(default_server: Any, method: str) -> None:
-    """"To establish a connection, the client MUST send an HTTP `GET` request to the server"
+async def test_handshake_with_other_method_than_get_is_400(
+    default_server: Any, method: str
+) -> None:
+    """ "To establish a connection, the client MUST send an HTTP `GET` request to the server"
     — any other method on the handshake URL is refused with 400 (the spec's test suite checks
     POST and PUT; Node: code 2, "Bad handshake method"), not 405."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
@@ -155,11 +162,15 @@ async def test_handshake_with_other_method_than_get_is_400(default_server: Any, 
     assert_refusal(resp, 2, "method")
 
 
-@pytest.mark.parametrize("params", [{"EIO": None}, {"EIO": "3"}, {"transport": None}],
-                         ids=["no-EIO", "EIO-3", "no-transport"])
-async def test_websocket_without_mandatory_parameter_is_closed(default_server: Any,
-                                                               params: dict[str, Any]) -> None:
-    """"If a mandatory query parameter is missing, then the server MUST close the WebSocket
+@pytest.mark.parametrize(
+    "params",
+    [{"EIO": None}, {"EIO": "3"}, {"transport": None}],
+    ids=["no-EIO", "EIO-3", "no-transport"],
+)
+async def test_websocket_without_mandatory_parameter_is_closed(
+    default_server: Any, params: dict[str, Any]
+) -> None:
+    """ "If a mandatory query parameter is missing, then the server MUST close the WebSocket
     connection." Refusing the upgrade request with the HTTP rule's 400 ("If a mandatory query
     parameter is missing, then the server MUST respond with an HTTP 400 error status") or
     closing before any open packet both count; opening a session, or another status, does not."""
@@ -175,7 +186,7 @@ async def test_websocket_without_mandatory_parameter_is_closed(default_server: A
 
 
 async def test_websocket_with_unknown_sid_is_refused(default_server: Any) -> None:
-    """"sid — Optional, depending on whether it's an upgrade from HTTP long-polling or not."
+    """ "sid — Optional, depending on whether it's an upgrade from HTTP long-polling or not."
     A WebSocket naming a session that does not exist upgrades nothing: "The server MUST return
     an HTTP 400 response if the session ID (from the `sid` query parameter) is not known" (the
     upgrade is an HTTP GET; Node answers it 400), or it is closed, never given a session."""

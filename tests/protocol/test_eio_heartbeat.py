@@ -37,7 +37,7 @@ def fast_server(request: pytest.FixtureRequest) -> Any:
 
 
 async def test_polling_server_pings_every_ping_interval(fast_server: Any) -> None:
-    """"At a given interval (the `pingInterval` value sent in the handshake) the server sends a
+    """ "At a given interval (the `pingInterval` value sent in the handshake) the server sends a
     `ping` packet and the client has a few seconds (the `pingTimeout` value) to send a `pong`
     packet back." Three rounds over long-polling, each ping one interval after the last pong."""
     async with httpx.AsyncClient(base_url=fast_server.url) as http:
@@ -53,7 +53,7 @@ async def test_polling_server_pings_every_ping_interval(fast_server: Any) -> Non
 
 
 async def test_polling_ping_timeout_closes_session_by_timer(fast_server: Any) -> None:
-    """"If the server does not receive a `pong` packet back, then it SHOULD consider that the
+    """ "If the server does not receive a `pong` packet back, then it SHOULD consider that the
     connection is closed." A client that stops answering is gone at pingInterval + pingTimeout
     (0.5 s) by the server's own timer, not when it next asks: a GET at 0.9 s gets 400 (the spec's
     test suite, "closes the session upon ping timeout")."""
@@ -65,7 +65,7 @@ async def test_polling_ping_timeout_closes_session_by_timer(fast_server: Any) ->
 
 
 async def test_polling_unanswered_ping_closes_pending_get(fast_server: Any) -> None:
-    """"If the server does not receive a `pong` packet back, then it SHOULD consider that the
+    """ "If the server does not receive a `pong` packet back, then it SHOULD consider that the
     connection is closed." A client that read the ping but never answered it finds its next
     GET ended by the timeout (close packet or 400) by ~pingTimeout after the ping, not held
     open as if the session were alive."""
@@ -84,7 +84,7 @@ async def test_polling_unanswered_ping_closes_pending_get(fast_server: Any) -> N
 
 
 async def test_websocket_server_pings_every_ping_interval(fast_server: Any) -> None:
-    """"At a given interval (the `pingInterval` value sent in the handshake) the server sends a
+    """ "At a given interval (the `pingInterval` value sent in the handshake) the server sends a
     `ping` packet" — over a WebSocket-only session too, three rounds."""
     async with ws_connect(fast_server) as ws:
         await ws_open(ws)
@@ -99,7 +99,7 @@ async def test_websocket_server_pings_every_ping_interval(fast_server: Any) -> N
 
 
 async def test_websocket_ping_timeout_closes_connection(fast_server: Any) -> None:
-    """"If the server does not receive a `pong` packet back, then it SHOULD consider that the
+    """ "If the server does not receive a `pong` packet back, then it SHOULD consider that the
     connection is closed." A WebSocket client that never answers is closed at about
     pingInterval + pingTimeout (0.5 s)."""
     async with ws_connect(fast_server) as ws:
@@ -110,11 +110,14 @@ async def test_websocket_ping_timeout_closes_connection(fast_server: Any) -> Non
             while True:
                 frames.append(await asyncio.wait_for(ws.recv(), 2))
         except TimeoutError:
-            raise AssertionError(f"still open 2 s after the last frame; frames {frames!r}") from None
+            raise AssertionError(
+                f"still open 2 s after the last frame; frames {frames!r}"
+            ) from None
         except ConnectionClosed:
             elapsed = time.monotonic() - start
-    assert INTERVAL + TIMEOUT - 0.1 <= elapsed <= INTERVAL + TIMEOUT + SLACK + 0.2, \
+    assert INTERVAL + TIMEOUT - 0.1 <= elapsed <= INTERVAL + TIMEOUT + SLACK + 0.2, (
         f"closed after {elapsed:.3f} s"
+    )
     assert frames[:1] == ["2"], frames
 
 
@@ -134,7 +137,7 @@ async def test_unsolicited_pong_is_not_an_error(fast_server: Any) -> None:
 
 
 async def test_socketio_session_stays_alive_answering_pings(fast_server: Any) -> None:
-    """"At a given interval ... the server sends a `ping` packet and the client has a few
+    """ "At a given interval ... the server sends a `ping` packet and the client has a few
     seconds (the `pingTimeout` value) to send a `pong` packet back." A raw client that answers
     every ping stays connected well past several intervals."""
     async with ws_connect(fast_server) as ws:

@@ -54,7 +54,9 @@ async def sio_over_polling(http: httpx.AsyncClient) -> tuple[str, str]:
     return eio_sid, json.loads(ack[2:])["sid"]
 
 
-async def collect_until(http: httpx.AsyncClient, sid: str, done: Any, timeout: float = 3.0) -> list[str]:
+async def collect_until(
+    http: httpx.AsyncClient, sid: str, done: Any, timeout: float = 3.0
+) -> list[str]:
     """Poll (answering pings) until ``done(packets)``; returns every packet received."""
     got: list[str] = []
     deadline = time.monotonic() + timeout
@@ -70,7 +72,7 @@ async def collect_until(http: httpx.AsyncClient, sid: str, done: Any, timeout: f
 
 
 async def test_polling_post_is_answered_ok(default_server: Any) -> None:
-    """"To indicate success, the server MUST return an HTTP 200 response, with the string `ok`
+    """ "To indicate success, the server MUST return an HTTP 200 response, with the string `ok`
     in the response body." — lower case, exactly."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         sid = (await open_polling(http))["sid"]
@@ -80,7 +82,7 @@ async def test_polling_post_is_answered_ok(default_server: Any) -> None:
 
 
 async def test_polling_post_payload_carries_several_packets(default_server: Any) -> None:
-    """"multiple packets might be concatenated in a single payload ... The packets are separated
+    """ "multiple packets might be concatenated in a single payload ... The packets are separated
     by the record separator character: \\x1e" — a CONNECT and an EVENT asking for an ack in one
     POST are both handled, in order."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
@@ -93,8 +95,10 @@ async def test_polling_post_payload_carries_several_packets(default_server: Any)
     assert isinstance(json.loads(ack[3:]), list), ack
 
 
-async def test_polling_get_payload_separates_packets_with_record_separator(default_server: Any) -> None:
-    """"Format: <packet type>[<data>]<separator><packet type>[<data>]..." with separator
+async def test_polling_get_payload_separates_packets_with_record_separator(
+    default_server: Any,
+) -> None:
+    """ "Format: <packet type>[<data>]<separator><packet type>[<data>]..." with separator
     \\x1e — every packet of a GET body is a whole packet, in the order sent (the CONNECT
     answer before the greeting)."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
@@ -121,7 +125,7 @@ async def test_polling_invalid_packet_closes_session(default_server: Any) -> Non
 
 
 async def test_polling_concurrent_gets_close_session(default_server: Any) -> None:
-    """"To ensure packet ordering, a client MUST NOT have more than one active `GET` request.
+    """ "To ensure packet ordering, a client MUST NOT have more than one active `GET` request.
     Should it happen, the server MUST return an HTTP 400 error status and close the session."
     The spec's test suite: the first GET gets a close packet ``1``, the second 400, and the
     session is closed."""
@@ -129,8 +133,10 @@ async def test_polling_concurrent_gets_close_session(default_server: Any) -> Non
         sid = (await open_polling(http))["sid"]
         first = asyncio.create_task(poll(http, sid))
         await asyncio.sleep(0.05)
-        second = await answered(http.get(eio_path(sid=sid, t="burst"), timeout=1),
-                                "the second concurrent GET within 1 s")
+        second = await answered(
+            http.get(eio_path(sid=sid, t="burst"), timeout=1),
+            "the second concurrent GET within 1 s",
+        )
         first_resp = await answered(asyncio.wait_for(first, 2), "the first GET within 2 s")
         after = await answered(poll(http, sid, timeout=1), "a GET after both (session alive?)")
     assert second.status_code == 400, (second.status_code, second.text)
@@ -139,21 +145,26 @@ async def test_polling_concurrent_gets_close_session(default_server: Any) -> Non
 
 
 async def test_polling_concurrent_posts_close_session(default_server: Any) -> None:
-    """"To ensure packet ordering, a client MUST NOT have more than one active `POST` request.
+    """ "To ensure packet ordering, a client MUST NOT have more than one active `POST` request.
     Should it happen, the server MUST return an HTTP 400 error status and close the session."
     The first POST is held open by sending half its body over a raw TCP connection."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         sid = (await open_polling(http))["sid"]
-        reader, writer = await asyncio.open_connection("127.0.0.1", default_server.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", default_server.port)
         try:
-            writer.write((f"POST {eio_path(sid=sid)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                          "Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 40\r\n\r\n"
-                          "4hel").encode())
+            writer.write(
+                (
+                    f"POST {eio_path(sid=sid)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    "Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 40\r\n\r\n"
+                    "4hel"
+                ).encode()
+            )
             await writer.drain()
             await asyncio.sleep(0.1)
             second = await answered(post(http, sid, "4second", timeout=2), "the second POST")
-            after = await answered(poll(http, sid, timeout=1),
-                                   "a GET after the second POST within 1 s (session alive)")
+            after = await answered(
+                poll(http, sid, timeout=1), "a GET after the second POST within 1 s (session alive)"
+            )
         finally:
             writer.close()
     assert second.status_code == 400, (second.status_code, second.text)
@@ -172,13 +183,14 @@ async def test_polling_cancelled_get_closes_session(default_server: Any) -> None
         await asyncio.sleep(0.05)
         writer.close()
         await asyncio.sleep(0.1)
-        after = await answered(poll(http, sid, timeout=1),
-                               "a GET after the cancelled one within 1 s (session alive)")
+        after = await answered(
+            poll(http, sid, timeout=1), "a GET after the cancelled one within 1 s (session alive)"
+        )
     assert after.status_code == 400, (after.status_code, after.text)
 
 
 async def test_polling_close_packet_from_client_closes_session(default_server: Any) -> None:
-    """"close | 1 | Used to indicate that a transport can be closed." The spec's test suite,
+    """ "close | 1 | Used to indicate that a transport can be closed." The spec's test suite,
     "forcefully closes the session": a POST of ``1`` answers the pending GET with a noop ``6``
     at once, and the session is gone (the next GET gets 400)."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
@@ -186,7 +198,9 @@ async def test_polling_close_packet_from_client_closes_session(default_server: A
         pending = asyncio.create_task(poll(http, sid))
         await asyncio.sleep(0.05)
         closing = await post(http, sid, "1")
-        got = await answered(asyncio.wait_for(pending, 1), "the pending GET within 1 s of the close")
+        got = await answered(
+            asyncio.wait_for(pending, 1), "the pending GET within 1 s of the close"
+        )
         after = await answered(poll(http, sid, timeout=1), "a GET after the close within 1 s")
     assert closing.status_code == 200, closing.text
     assert (got.status_code, got.text) == (200, "6")
@@ -237,13 +251,17 @@ async def test_polling_kick_closes_the_engine_session(default_server: Any) -> No
 
 
 async def test_polling_binary_packets_are_base64_with_b_prefix(default_server: Any) -> None:
-    """"Binary payloads MUST be base64-encoded and prefixed with a `b` character" — both ways:
+    """ "Binary payloads MUST be base64-encoded and prefixed with a `b` character" — both ways:
     a BINARY_EVENT posted with its attachment as ``bAQIDBA==`` comes back (broadcast to the
     sender) with its attachment as ``bAQIDBA==``."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         sid, _ = await sio_over_polling(http)
-        sent = await post(http, sid, '451-["broadcast",{"message":{"_placeholder":true,"num":0},'
-                                     '"include_self":true}]' + RS + "bAQIDBA==")
+        sent = await post(
+            http,
+            sid,
+            '451-["broadcast",{"message":{"_placeholder":true,"num":0},'
+            '"include_self":true}]' + RS + "bAQIDBA==",
+        )
         assert sent.status_code == 200, sent.text
         got = await collect_until(http, sid, lambda ps: any(p.startswith("b") for p in ps))
     got = [p for p in got if p != "2"]
@@ -252,15 +270,19 @@ async def test_polling_binary_packets_are_base64_with_b_prefix(default_server: A
 
 
 async def test_polling_binary_payload_is_sent_as_utf8_text(default_server: Any) -> None:
-    """"Binary payloads MUST be base64-encoded" and "The character encoding is UTF-8 for plain
+    """ "Binary payloads MUST be base64-encoded" and "The character encoding is UTF-8 for plain
     text and for base64-encoded binary payloads": a polling body that carries binary is
     text, so it is labelled as text (the spec's sample session: ``Content-Type: text/plain;
     charset=UTF-8``). The header rule for binary ("MUST include a `Content-Type:
     application/octet-stream` header") is for raw binary bodies, which v4 polling never sends."""
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         sid, _ = await sio_over_polling(http)
-        await post(http, sid, '451-["broadcast",{"message":{"_placeholder":true,"num":0},'
-                              '"include_self":true}]' + RS + "bAQIDBA==")
+        await post(
+            http,
+            sid,
+            '451-["broadcast",{"message":{"_placeholder":true,"num":0},'
+            '"include_self":true}]' + RS + "bAQIDBA==",
+        )
         resp = await poll(http, sid)
         while "bAQIDBA==" not in resp.text:
             assert resp.status_code == 200
@@ -271,11 +293,12 @@ async def test_polling_binary_payload_is_sent_as_utf8_text(default_server: Any) 
 
 
 async def test_polling_post_over_max_payload_is_refused(small_server: Any) -> None:
-    """"maxPayload: The maximum number of bytes per chunk" (here 1000): a POST body larger
+    """ "maxPayload: The maximum number of bytes per chunk" (here 1000): a POST body larger
     than that is refused (400 or 413), never answered ``ok``."""
     async with httpx.AsyncClient(base_url=small_server.url) as http:
         data = await open_polling(http)
         assert data["maxPayload"] == 1000
-        resp = await answered(post(http, data["sid"], "4" + "x" * 2000, timeout=1),
-                              "a 2001-byte POST within 1 s")
+        resp = await answered(
+            post(http, data["sid"], "4" + "x" * 2000, timeout=1), "a 2001-byte POST within 1 s"
+        )
     assert resp.status_code in (400, 413), (resp.status_code, resp.text)

@@ -37,8 +37,9 @@ def default_server(request: pytest.FixtureRequest) -> Any:
 def compressed_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from conftest import start_server
 
-    server = start_server(tmp_path_factory.mktemp("compressed"),
-                          {"server": {"websocket_compression": True}})
+    server = start_server(
+        tmp_path_factory.mktemp("compressed"), {"server": {"websocket_compression": True}}
+    )
     yield server
     server.stop()
 
@@ -71,7 +72,9 @@ async def test_upgrade_answers_pending_get_with_noop(default_server: Any) -> Non
             try:
                 got = await asyncio.wait_for(pending, 1)
             except (TimeoutError, httpx.TimeoutException):
-                raise AssertionError("the pending GET was not answered within 1 s of the probe") from None
+                raise AssertionError(
+                    "the pending GET was not answered within 1 s of the probe"
+                ) from None
     assert (got.status_code, got.text) == (200, "6")
 
 
@@ -127,8 +130,9 @@ async def test_packets_buffered_before_upgrade_arrive_over_websocket(default_ser
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "permessage-deflate"])
-async def test_get_after_upgrade_is_400(default_server: Any, request: pytest.FixtureRequest,
-                                       compressed: bool) -> None:
+async def test_get_after_upgrade_is_400(
+    default_server: Any, request: pytest.FixtureRequest, compressed: bool
+) -> None:
     """Once upgraded the session is the WebSocket's: the spec's test suite, "ignores HTTP
     requests with same sid after upgrade" — a GET gets 400 — and the WebSocket still works
     (also with ``server.websocket_compression: true`` and a client that offers deflate)."""
@@ -137,7 +141,9 @@ async def test_get_after_upgrade_is_400(default_server: Any, request: pytest.Fix
         sid = (await open_polling(http))["sid"]
         async with ws_connect(server, sid=sid, compression="deflate" if compressed else None) as ws:
             if compressed:
-                assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+                assert "permessage-deflate" in (
+                    ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+                )
             await probe(ws)
             await ws.send("5")
             await asyncio.sleep(0.05)
@@ -153,8 +159,10 @@ async def test_get_after_upgrade_is_400(default_server: Any, request: pytest.Fix
     assert ack.startswith("40{"), ack
 
 
-async def test_second_websocket_for_upgraded_session_is_accepted_then_closed(default_server: Any) -> None:
-    """"A client MUST NOT open more than one WebSocket connection per session. Should it
+async def test_second_websocket_for_upgraded_session_is_accepted_then_closed(
+    default_server: Any,
+) -> None:
+    """ "A client MUST NOT open more than one WebSocket connection per session. Should it
     happen, the server MUST close the WebSocket connection." — it is a WebSocket the server
     closes: the upgrade is accepted (HTTP 101) and then closed, and the first WebSocket still
     carries the session."""
@@ -170,19 +178,23 @@ async def test_second_websocket_for_upgraded_session_is_accepted_then_closed(def
                         frame = await asyncio.wait_for(second.recv(), 1)
                         raise AssertionError(f"the second WebSocket got {frame!r}")
                     except TimeoutError:
-                        raise AssertionError("the second WebSocket was still open after 1 s") from None
+                        raise AssertionError(
+                            "the second WebSocket was still open after 1 s"
+                        ) from None
                     except ConnectionClosed:
                         assert time.monotonic() - start < 1
             except InvalidStatus as exc:
-                raise AssertionError(f"the second WebSocket was refused with HTTP "
-                                     f"{exc.response.status_code}, not accepted and closed") from None
+                raise AssertionError(
+                    f"the second WebSocket was refused with HTTP "
+                    f"{exc.response.status_code}, not accepted and closed"
+                ) from None
             await ws.send("40")
             ack = await recv_frame(ws)
     assert ack.startswith("40{"), ack
 
 
 async def test_polling_session_without_websocket_transport_offers_no_upgrade(serve: Any) -> None:
-    """"upgrades: The list of available transport upgrades" — with ``server.transports:
+    """ "upgrades: The list of available transport upgrades" — with ``server.transports:
     [polling]`` there is none, and a WebSocket for the session is not accepted as one."""
     server = serve({"server": {"transports": ["polling"]}})
     async with httpx.AsyncClient(base_url=server.url) as http:

@@ -35,12 +35,14 @@ def small_ws_server(request: pytest.FixtureRequest) -> Any:
 
 
 async def test_websocket_binary_payload_is_sent_as_is(default_server: Any) -> None:
-    """"Binary payloads are sent as is, without modification." — a BINARY_EVENT's attachment
+    """ "Binary payloads are sent as is, without modification." — a BINARY_EVENT's attachment
     arrives as a binary WebSocket frame holding exactly the bytes (no type prefix, no base64),
     in the frame after its placeholder packet."""
     async with ws_connect(default_server) as ws:
         await sio_connect_ws(ws)
-        await ws.send('451-["broadcast",{"message":{"_placeholder":true,"num":0},"include_self":true}]')
+        await ws.send(
+            '451-["broadcast",{"message":{"_placeholder":true,"num":0},"include_self":true}]'
+        )
         await ws.send(b"\x01\x02\x03\x04")
         frames = [await recv_frame(ws), await recv_frame(ws)]
     assert frames[0] == '451-["receive-message",{"_placeholder":true,"num":0}]', frames
@@ -48,7 +50,7 @@ async def test_websocket_binary_payload_is_sent_as_is(default_server: Any) -> No
 
 
 async def test_websocket_packets_each_in_own_frame(default_server: Any) -> None:
-    """"Each packet (read or write) is sent its own WebSocket frame." — the CONNECT answer and
+    """ "Each packet (read or write) is sent its own WebSocket frame." — the CONNECT answer and
     the greeting that follows it are two frames, in that order, never one frame with both or a
     polling-style \\x1e payload."""
     async with ws_connect(default_server) as ws:
@@ -60,7 +62,7 @@ async def test_websocket_packets_each_in_own_frame(default_server: Any) -> None:
 
 
 async def test_raw_tcp_client_parses_frames_read_together(default_server: Any) -> None:
-    """"Each Engine.IO packet is sent in its own WebSocket frame." A client that reads late gets
+    """ "Each Engine.IO packet is sent in its own WebSocket frame." A client that reads late gets
     the CONNECT answer and the greeting in one TCP read and still finds two whole, well-formed
     frames in it (nothing split oddly or glued together)."""
     ws = await RawWebSocket.connect(default_server)
@@ -81,13 +83,13 @@ async def test_raw_tcp_client_parses_frames_read_together(default_server: Any) -
 
 
 async def test_websocket_close_packet_from_client_closes_session(default_server: Any) -> None:
-    """"close | 1 | Used to indicate that a transport can be closed." The spec's test suite,
+    """ "close | 1 | Used to indicate that a transport can be closed." The spec's test suite,
     "forcefully closes the session": a ``1`` from the client makes the server close the
     WebSocket (within 1 s)."""
     async with ws_connect(default_server) as ws:
         await ws_open(ws)
         await ws.send("1")
-        elapsed, frames = await wait_closed(ws, 1)
+        elapsed, _frames = await wait_closed(ws, 1)
     assert elapsed < 1, elapsed
 
 
@@ -104,11 +106,11 @@ async def test_websocket_invalid_packet_closes_session(default_server: Any, fram
 
 
 async def test_websocket_message_over_max_payload_closes_session(small_ws_server: Any) -> None:
-    """"maxPayload: The maximum number of bytes per chunk" (here 1000); a larger message than
+    """ "maxPayload: The maximum number of bytes per chunk" (here 1000); a larger message than
     the server accepts closes the connection (README: larger Engine.IO messages close it)."""
     async with ws_connect(small_ws_server) as ws:
         data = await ws_open(ws)
         assert data["maxPayload"] == 1000
         await ws.send("4" + "x" * 2000)
-        elapsed, frames = await wait_closed(ws, 1)
+        elapsed, _frames = await wait_closed(ws, 1)
     assert elapsed < 1, elapsed

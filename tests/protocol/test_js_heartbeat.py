@@ -20,8 +20,10 @@ def fast_js_server(request: pytest.FixtureRequest) -> Any:
     return shared_server(request, "fast", FAST)
 
 
-async def test_js_client_stays_connected_with_subsecond_ping_interval(fast_js_server: Any, js: Any) -> None:
-    """"Conversely, if the client does not receive a `ping` packet within `pingInterval +
+async def test_js_client_stays_connected_with_subsecond_ping_interval(
+    fast_js_server: Any, js: Any
+) -> None:
+    """ "Conversely, if the client does not receive a `ping` packet within `pingInterval +
     pingTimeout`, then it SHOULD consider that the connection is closed." With
     ``ping_interval: 0.3`` the client (upgrading to websocket as it does by default) stays
     connected for 5 s: no "ping timeout" disconnect, no reconnect, and it still gets acks."""

@@ -19,7 +19,9 @@ __version__ = "1.0.0"
 class GreeterSettings(PluginSettings):
     """``plugins.settings.greeter`` in config.yaml."""
 
-    greeting: str = Field("Hello from plugbus-greeter, {sid}!", description="Template; {sid} is the connection id.")
+    greeting: str = Field(
+        "Hello from plugbus-greeter, {sid}!", description="Template; {sid} is the connection id."
+    )
     event: str = Field("welcome", description="Event name the greeting is sent as.")
 
 
@@ -40,7 +42,11 @@ class GreeterPlugin(Plugin):
     @hookimpl
     async def plugbus_connected(self, connection: Connection, bus: Bus) -> None:
         """Send the templated greeting to the new connection."""
-        await bus.emit(self.settings.event, self.settings.greeting.format(sid=connection.sid), to=connection.sid)
+        await bus.emit(
+            self.settings.event,
+            self.settings.greeting.format(sid=connection.sid),
+            to=connection.sid,
+        )
 
     @hookimpl
     def plugbus_register_events(self) -> list[type[Event]]:

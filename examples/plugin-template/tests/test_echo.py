@@ -7,7 +7,9 @@ The ``plugbus_server`` fixture comes with plugbus (a pytest plugin): no conftest
 from plugbus.testing import PlugbusServerFactory
 
 
-async def test_echo_answers_the_sender_and_relays_to_the_others(plugbus_server: PlugbusServerFactory) -> None:
+async def test_echo_answers_the_sender_and_relays_to_the_others(
+    plugbus_server: PlugbusServerFactory,
+) -> None:
     # Load the plugin as users will: from its installed entry point, next to the built-ins.
     server = await plugbus_server(entry_points=True, settings={"echo": {"prefix": "echo: "}})
     alice, bob = await server.client(), await server.client()
@@ -27,4 +29,6 @@ async def test_echo_answers_the_sender_and_relays_to_the_others(plugbus_server: 
     plugins = {p["name"]: p for p in (await server.http.get("/plugins")).json()}
     assert plugins["echo"]["source"] == "entry point"
     # Every hook call is recorded: moderation ran before the handler.
-    server.hooks.for_connection(alice.sid).assert_order(["plugbus_moderate", "plugbus_handle_event"])
+    server.hooks.for_connection(alice.sid).assert_order(
+        ["plugbus_moderate", "plugbus_handle_event"]
+    )

@@ -13,8 +13,12 @@ async def test_one_connections_life(plugbus_server: PlugbusServerFactory) -> Non
     await server.hooks.wait_for("plugbus_disconnect", sid=sid)  # the server runs it on its own time
 
     assert server.hooks.for_connection(sid).names() == [
-        "plugbus_authenticate", "plugbus_connect", "plugbus_connected",
-        "plugbus_moderate", "plugbus_handle_event", "plugbus_disconnect",
+        "plugbus_authenticate",
+        "plugbus_connect",
+        "plugbus_connected",
+        "plugbus_moderate",
+        "plugbus_handle_event",
+        "plugbus_disconnect",
     ]
     handled = server.hooks.getcall("plugbus_handle_event")
     assert handled.event.text == "hi"

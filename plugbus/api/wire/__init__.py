@@ -25,6 +25,13 @@ from .writers import encode_frame
 SEAM_REPORT = seams.check()
 
 __all__ = [
-    "SEAM_REPORT", "EngineServer", "EngineSession", "ProtocolViolation", "WireApp",
-    "WireReport", "WireSettings", "encode_frame", "seams",
+    "SEAM_REPORT",
+    "EngineServer",
+    "EngineSession",
+    "ProtocolViolation",
+    "WireApp",
+    "WireReport",
+    "WireSettings",
+    "encode_frame",
+    "seams",
 ]

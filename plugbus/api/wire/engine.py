@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from . import seams
-from .session import CLOSED, CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession
+from .session import CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession
 from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue
 
 log = logging.getLogger("plugbus.wire")
@@ -38,7 +38,14 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-TRANSPORT_UNKNOWN, UNKNOWN_SID, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN, UNSUPPORTED_PROTOCOL = range(6)
+(
+    TRANSPORT_UNKNOWN,
+    UNKNOWN_SID,
+    BAD_HANDSHAKE_METHOD,
+    BAD_REQUEST,
+    FORBIDDEN,
+    UNSUPPORTED_PROTOCOL,
+) = range(6)
 _MESSAGES = {
     TRANSPORT_UNKNOWN: "Transport unknown",
     UNKNOWN_SID: "Session ID unknown",
@@ -105,10 +112,12 @@ class WireReport:
         return {
             "engine": "plugbus Engine.IO v4",
             "websocket_writer": {
-                "setting": self.setting, "path": self.expected_path,
+                "setting": self.setting,
+                "path": self.expected_path,
                 "direct_available": self.direct_available,
                 "direct_unavailable_reason": self.direct_unavailable_reason,
-                "connections": dict(self.connections), "fallbacks": dict(self.fallbacks),
+                "connections": dict(self.connections),
+                "fallbacks": dict(self.fallbacks),
             },
             "closed": dict(self.counters),
             "seams": self.seams,
@@ -148,8 +157,11 @@ class EngineServer:
         reason = None
         if not direct_ok:
             reason = "uvicorn's websockets-sansio seams do not hold: " + ", ".join(
-                seam_report.missing(seams.UVICORN_WEBSOCKET))
-        self.report = WireReport(settings.websocket_writer, direct_ok, reason, seam_report.as_dict())
+                seam_report.missing(seams.UVICORN_WEBSOCKET)
+            )
+        self.report = WireReport(
+            settings.websocket_writer, direct_ok, reason, seam_report.as_dict()
+        )
         if settings.websocket_writer == "direct" and not direct_ok:
             raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
         self._handshake_data = {
@@ -163,9 +175,11 @@ class EngineServer:
     def on(self, event: str, handler: Callable[..., Any] | None = None) -> Any:
         """Register python-socketio's ``connect``, ``message`` or ``disconnect`` handler."""
         if handler is None:
+
             def set_handler(h: Callable[..., Any]) -> Callable[..., Any]:
                 self.handlers[event] = h
                 return h
+
             return set_handler
         self.handlers[event] = handler
         return None
@@ -212,7 +226,9 @@ class EngineServer:
     def create_queue(self) -> asyncio.Queue[Any]:
         return asyncio.Queue()
 
-    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
+    def start_background_task(
+        self, target: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> asyncio.Task[Any]:
         return asyncio.ensure_future(target(*args, **kwargs))
 
     async def sleep(self, seconds: float = 0) -> None:
@@ -243,7 +259,8 @@ class EngineServer:
             session.state = CLOSING
             self._lingering[session.sid] = session
             asyncio.get_running_loop().call_later(
-                min(self.settings.ping_timeout, 5.0), self._lingering.pop, session.sid, None)
+                min(self.settings.ping_timeout, 5.0), self._lingering.pop, session.sid, None
+            )
         handler = self.handlers.get("disconnect")
         if handler is not None:
             task = asyncio.get_running_loop().create_task(handler(session.sid, reason))
@@ -255,7 +272,9 @@ class EngineServer:
         """Serve one HTTP request or websocket under the Engine.IO path."""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         q = {k: v[0] for k, v in query.items()}
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+        }
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send, q, headers)
             return
@@ -268,8 +287,12 @@ class EngineServer:
         if method == "OPTIONS":
             allow = [(b"access-control-allow-methods", b"OPTIONS, GET, POST")]
             if "access-control-request-headers" in headers:
-                allow.append((b"access-control-allow-headers",
-                              headers["access-control-request-headers"].encode("latin-1")))
+                allow.append(
+                    (
+                        b"access-control-allow-headers",
+                        headers["access-control-request-headers"].encode("latin-1"),
+                    )
+                )
             await _http(send, 204, b"", cors + allow)
             return
         problem = self._check_query(q, websocket=False)
@@ -279,13 +302,17 @@ class EngineServer:
         sid = q.get("sid")
         if sid is None:
             if method != "GET":
-                await _http_error(send, 400, BAD_HANDSHAKE_METHOD, f"a handshake is a GET, not {method}", cors)
+                await _http_error(
+                    send, 400, BAD_HANDSHAKE_METHOD, f"a handshake is a GET, not {method}", cors
+                )
                 return
             await self._polling_handshake(scope, send, headers, cors)
             return
         session = self.sessions.get(sid) or self._lingering.get(sid)
         if session is None:
-            await _http_error(send, 400, UNKNOWN_SID, "no such session (it ended, or never existed)", cors)
+            await _http_error(
+                send, 400, UNKNOWN_SID, "no such session (it ended, or never existed)", cors
+            )
             return
         if session.transport != "polling" or q.get("transport") != "polling":
             await _http_error(send, 400, BAD_REQUEST, "the session is not on long-polling", cors)
@@ -295,7 +322,9 @@ class EngineServer:
         elif method == "POST":
             await self._post(session, receive, send, cors)
         else:
-            await _http_error(send, 400, BAD_REQUEST, f"method {method} is not part of long-polling", cors)
+            await _http_error(
+                send, 400, BAD_REQUEST, f"method {method} is not part of long-polling", cors
+            )
 
     def _check_query(self, q: dict[str, str], *, websocket: bool) -> tuple[int, str] | None:
         if q.get("EIO") != "4":
@@ -335,17 +364,26 @@ class EngineServer:
         addr = client[0] if client else None
         s = self.settings
         if s.max_sessions and self._pending >= s.max_sessions:
-            return addr, (f"server is busy: {s.max_sessions} sessions are waiting to join a "
-                          "namespace (server.limits.max_connections)")
-        if s.max_sessions_per_address and self._pending_per_address.get(addr, 0) >= s.max_sessions_per_address:
-            return addr, (f"too many sessions from your address are waiting to join a namespace "
-                          f"(limit {s.max_sessions_per_address})")
+            return addr, (
+                f"server is busy: {s.max_sessions} sessions are waiting to join a "
+                "namespace (server.limits.max_connections)"
+            )
+        if (
+            s.max_sessions_per_address
+            and self._pending_per_address.get(addr, 0) >= s.max_sessions_per_address
+        ):
+            return addr, (
+                f"too many sessions from your address are waiting to join a namespace "
+                f"(limit {s.max_sessions_per_address})"
+            )
         return addr, None
 
-    def _new_session(self, scope: Scope, transport: str, addr: str | None,
-                     headers: dict[str, str]) -> EngineSession:
+    def _new_session(
+        self, scope: Scope, transport: str, addr: str | None, headers: dict[str, str]
+    ) -> EngineSession:
         environ: dict[str, Any] = {
-            "asgi.scope": scope, "REMOTE_ADDR": addr,
+            "asgi.scope": scope,
+            "REMOTE_ADDR": addr,
             "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
         }
         for name, value in headers.items():
@@ -358,8 +396,17 @@ class EngineServer:
         return session
 
     def _open_packet(self, session: EngineSession) -> str:
-        upgrades = ["websocket"] if session.transport == "polling" and "websocket" in self.settings.transports else []
-        return "0" + orjson.dumps({"sid": session.sid, "upgrades": upgrades, **self._handshake_data}).decode()
+        upgrades = (
+            ["websocket"]
+            if session.transport == "polling" and "websocket" in self.settings.transports
+            else []
+        )
+        return (
+            "0"
+            + orjson.dumps(
+                {"sid": session.sid, "upgrades": upgrades, **self._handshake_data}
+            ).decode()
+        )
 
     async def _connect_handler(self, session: EngineSession) -> bool:
         handler = self.handlers.get("connect")
@@ -369,8 +416,9 @@ class EngineServer:
 
     # -- long-polling -------------------------------------------------------------------------
 
-    async def _polling_handshake(self, scope: Scope, send: Send, headers: dict[str, str],
-                                 cors: list[tuple[bytes, bytes]]) -> None:
+    async def _polling_handshake(
+        self, scope: Scope, send: Send, headers: dict[str, str], cors: list[tuple[bytes, bytes]]
+    ) -> None:
         addr, refusal = self._admit(scope)
         if refusal is not None:
             self.count("session_limit")
@@ -385,13 +433,16 @@ class EngineServer:
         session.start(self.settings.connect_timeout)
         await _http(send, 200, self._open_packet(session).encode(), cors + _TEXT)
 
-    async def _poll(self, session: EngineSession, receive: Receive, send: Send,
-                    cors: list[tuple[bytes, bytes]]) -> None:
+    async def _poll(
+        self, session: EngineSession, receive: Receive, send: Send, cors: list[tuple[bytes, bytes]]
+    ) -> None:
         if session.poll is not None:
             # two GETs at once: the first is answered with a CLOSE, this one with 400
             session.close(Reason.TRANSPORT_ERROR)
             self.count("overlapping_poll")
-            await _http_error(send, 400, BAD_REQUEST, "overlapping GET requests on one session", cors)
+            await _http_error(
+                send, 400, BAD_REQUEST, "overlapping GET requests on one session", cors
+            )
             return
         why: str | None = None
         if not session.outbox and session.state == OPEN:
@@ -422,14 +473,17 @@ class EngineServer:
             payload = "6"  # NOOP: ends this GET so the client can finish its upgrade
         await _http(send, 200, payload.encode(), cors + _TEXT)
 
-    async def _post(self, session: EngineSession, receive: Receive, send: Send,
-                    cors: list[tuple[bytes, bytes]]) -> None:
+    async def _post(
+        self, session: EngineSession, receive: Receive, send: Send, cors: list[tuple[bytes, bytes]]
+    ) -> None:
         if session.state != OPEN:
             await _http_error(send, 400, BAD_REQUEST, "the session is closing", cors)
             return
         if session.posting:
             session.close(Reason.TRANSPORT_ERROR)
-            await _http_error(send, 400, BAD_REQUEST, "overlapping POST requests on one session", cors)
+            await _http_error(
+                send, 400, BAD_REQUEST, "overlapping POST requests on one session", cors
+            )
             return
         session.posting = True
         try:
@@ -437,8 +491,13 @@ class EngineServer:
             if body is None:
                 self.count("payload_too_large")
                 session.close(Reason.TRANSPORT_ERROR)
-                await _http_error(send, 413, BAD_REQUEST,
-                                  f"payload larger than maxPayload ({self.settings.max_payload} bytes)", cors)
+                await _http_error(
+                    send,
+                    413,
+                    BAD_REQUEST,
+                    f"payload larger than maxPayload ({self.settings.max_payload} bytes)",
+                    cors,
+                )
                 return
             try:
                 text = body.decode("utf-8")
@@ -447,7 +506,10 @@ class EngineServer:
                     if session.state != OPEN:
                         break
             except (ProtocolViolation, UnicodeDecodeError) as exc:
-                self._violation(session, str(exc) if isinstance(exc, ProtocolViolation) else "payload is not UTF-8")
+                self._violation(
+                    session,
+                    str(exc) if isinstance(exc, ProtocolViolation) else "payload is not UTF-8",
+                )
                 await _http_error(send, 400, BAD_REQUEST, str(exc), cors)
                 return
         finally:
@@ -487,14 +549,17 @@ class EngineServer:
             await handler(session.sid, data)
 
     def _violation(self, session: EngineSession, reason: str) -> None:
-        log.warning("closing %s from %s: protocol violation: %s", session.sid, session.remote_addr, reason)
+        log.warning(
+            "closing %s from %s: protocol violation: %s", session.sid, session.remote_addr, reason
+        )
         self.count("protocol_violation")
         session.close(Reason.TRANSPORT_ERROR)
 
     # -- websocket ----------------------------------------------------------------------------
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send, q: dict[str, str],
-                         headers: dict[str, str]) -> None:
+    async def _websocket(
+        self, scope: Scope, receive: Receive, send: Send, q: dict[str, str], headers: dict[str, str]
+    ) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
@@ -562,14 +627,14 @@ class EngineServer:
             session.wake(WAKE_NOOP)
             ok = True
             return True
-        except (asyncio.TimeoutError, KeyError):
+        except (TimeoutError, KeyError):
             return False
         finally:
             session.upgrading = False
             if not ok:
                 try:
                     await send({"type": "websocket.close", "code": 1002})
-                except Exception:  # noqa: BLE001 - already gone
+                except Exception:
                     pass
 
     def _make_writer(self, send: Send, session: EngineSession) -> DirectWriter | AsgiWriter | None:
@@ -592,16 +657,23 @@ class EngineServer:
             elif proto is None:
                 reason = "the ASGI send callable is not uvicorn's (an ASGI middleware wraps it)"
             else:
-                reason = f"websockets are served by {type(proto).__module__}.{type(proto).__qualname__}"
+                reason = (
+                    f"websockets are served by {type(proto).__module__}.{type(proto).__qualname__}"
+                )
             first = reason not in self.report.fallbacks
             self.report.fallbacks[reason] = self.report.fallbacks.get(reason, 0) + 1
             if setting == "direct":
                 if first:
-                    log.error("server.websocket_writer is 'direct' but %s: websocket refused", reason)
+                    log.error(
+                        "server.websocket_writer is 'direct' but %s: websocket refused", reason
+                    )
                 return None
             if first:
-                log.warning("websocket writer: compatible path (ASGI send) because %s; the "
-                            "slow-consumer limit still holds", reason)
+                log.warning(
+                    "websocket writer: compatible path (ASGI send) because %s; the "
+                    "slow-consumer limit still holds",
+                    reason,
+                )
         self.report.connections["compatible"] += 1
         return AsgiWriter(send, limit, dropped)
 
@@ -648,7 +720,7 @@ def _trim(proto: Any) -> None:
     reader (this engine) needs far less of (declared seams)."""
     proto.request = proto.response = None
     if type(proto.queue) is asyncio.Queue:
-        proto.queue = LeanReceiveQueue(list(proto.queue._queue))
+        proto.queue = LeanReceiveQueue(list(proto.queue._queue))  # type: ignore[attr-defined]
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -675,13 +747,19 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 
 async def _http(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-async def _http_error(send: Send, status: int, code: int, detail: str,
-                      cors: list[tuple[bytes, bytes]]) -> None:
+async def _http_error(
+    send: Send, status: int, code: int, detail: str, cors: list[tuple[bytes, bytes]]
+) -> None:
     body = orjson.dumps({"code": code, "message": f"{_MESSAGES[code]}: {detail}"})
     await _http(send, status, body, [*cors, (b"content-type", b"application/json")])
 
@@ -691,9 +769,16 @@ async def _deny_websocket(scope: Scope, send: Send, status: int, code: int, deta
     server supports ASGI's websocket denial response; a bare 403 otherwise."""
     if "websocket.http.response" in scope.get("extensions", {}):
         body = orjson.dumps({"code": code, "message": f"{_MESSAGES[code]}: {detail}"})
-        await send({"type": "websocket.http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008})

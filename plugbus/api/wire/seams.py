@@ -39,26 +39,46 @@ class Seam:
 
 
 SOCKETIO_SERVER = Seam(
-    "python-socketio", "5.18.1",
-    ("AsyncServer._engineio_server_class", "AsyncServer._handle_eio_connect",
-     "AsyncServer._handle_eio_message", "AsyncServer._handle_eio_disconnect",
-     "AsyncServer._handle_connect", "AsyncServer._handle_event_internal",
-     "AsyncServer._handle_ack", "AsyncServer._send_packet", "AsyncServer._trigger_event"),
+    "python-socketio",
+    "5.18.1",
+    (
+        "AsyncServer._engineio_server_class",
+        "AsyncServer._handle_eio_connect",
+        "AsyncServer._handle_eio_message",
+        "AsyncServer._handle_eio_disconnect",
+        "AsyncServer._handle_connect",
+        "AsyncServer._handle_event_internal",
+        "AsyncServer._handle_ack",
+        "AsyncServer._send_packet",
+        "AsyncServer._trigger_event",
+    ),
     "plugbus's Engine.IO server under python-socketio, and plugbus's own packet intake, "
     "CONNECT handling and event dispatch (spec conformance, limits, acks)",
 )
 SOCKETIO_MANAGERS = Seam(
-    "python-socketio", "5.18.1",
-    ("AsyncManager.basic_enter_room", "AsyncManager.basic_leave_room",
-     "AsyncManager.basic_disconnect", "AsyncManager.rooms", "AsyncRedisManager._handle_emit"),
+    "python-socketio",
+    "5.18.1",
+    (
+        "AsyncManager.basic_enter_room",
+        "AsyncManager.basic_leave_room",
+        "AsyncManager.basic_disconnect",
+        "AsyncManager.rooms",
+        "AsyncRedisManager._handle_emit",
+    ),
     "the room index beside the managers' room table, and one delivery path for every emit",
 )
 UVICORN_WEBSOCKET = Seam(
-    "uvicorn", "0.54.0",
-    ("WebSocketsSansIOProtocol.send.__self__", "WebSocketsSansIOProtocol.transport",
-     "WebSocketsSansIOProtocol.conn", "WebSocketsSansIOProtocol.close_sent",
-     "WebSocketsSansIOProtocol.request", "WebSocketsSansIOProtocol.response",
-     "WebSocketsSansIOProtocol.queue"),
+    "uvicorn",
+    "0.54.0",
+    (
+        "WebSocketsSansIOProtocol.send.__self__",
+        "WebSocketsSansIOProtocol.transport",
+        "WebSocketsSansIOProtocol.conn",
+        "WebSocketsSansIOProtocol.close_sent",
+        "WebSocketsSansIOProtocol.request",
+        "WebSocketsSansIOProtocol.response",
+        "WebSocketsSansIOProtocol.queue",
+    ),
     "the direct websocket writer: frames written to the connection's transport without a "
     "task or a queue per message, and the connection's idle memory trimmed",
     required=False,
@@ -121,8 +141,11 @@ def _resolve(names: tuple[str, ...], roots: dict[str, Any]) -> list[str]:
 def _socketio_roots() -> dict[str, Any]:
     import socketio
 
-    return {"AsyncServer": socketio.AsyncServer, "AsyncManager": _ManagerProbe(),
-            "AsyncRedisManager": socketio.AsyncRedisManager}
+    return {
+        "AsyncServer": socketio.AsyncServer,
+        "AsyncManager": _ManagerProbe(),
+        "AsyncRedisManager": socketio.AsyncRedisManager,
+    }
 
 
 class _ManagerProbe:
@@ -150,15 +173,19 @@ def _uvicorn_roots() -> dict[str, Any]:
             config = Config(app=_no_app, ws="websockets-sansio")
             # a placeholder loop: the probe is never connected, and asking asyncio for the
             # current loop at import would create one that nobody closes
-            self._proto = WebSocketsSansIOProtocol(config=config, server_state=ServerState(),
-                                                   app_state={}, _loop=_NotALoop())  # type: ignore[arg-type]
+            self._proto = WebSocketsSansIOProtocol(
+                config=config,
+                server_state=ServerState(),
+                app_state={},
+                _loop=_NotALoop(),  # type: ignore[arg-type]
+            )
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self._proto, name)
 
     try:
         return {"WebSocketsSansIOProtocol": _Probe()}
-    except Exception:  # noqa: BLE001 - a constructor that changed is a seam that no longer holds
+    except Exception:
         return {}
 
 
@@ -183,8 +210,12 @@ def check() -> SeamReport:
         missing = _resolve(seam.names, roots[seam.package]()) if installed else list(seam.names)
         ok = not missing
         report.results[seam] = {
-            "package": seam.package, "verified": seam.verified, "installed": installed,
-            "version_verified": installed == seam.verified, "ok": ok, "missing": missing,
+            "package": seam.package,
+            "verified": seam.verified,
+            "installed": installed,
+            "version_verified": installed == seam.verified,
+            "ok": ok,
+            "missing": missing,
             "why": seam.why,
         }
         if seam.required and not ok:

@@ -39,13 +39,35 @@ class EngineSession:
     """
 
     __slots__ = (
-        "sid", "server", "transport", "writer", "state", "environ", "data", "remote_addr",
-        "outbox", "outbox_bytes", "poll", "posting", "upgrading", "socketio_connected",
-        "close_reason", "_ping_timer", "_pong_timer", "_connect_timer", "_ws_send",
+        "_connect_timer",
+        "_ping_timer",
+        "_pong_timer",
+        "_ws_send",
+        "close_reason",
+        "data",
+        "environ",
+        "outbox",
+        "outbox_bytes",
+        "poll",
+        "posting",
+        "remote_addr",
+        "server",
+        "sid",
+        "socketio_connected",
+        "state",
+        "transport",
+        "upgrading",
+        "writer",
     )
 
-    def __init__(self, server: EngineServer, sid: str, transport: str, environ: dict[str, Any],
-                 remote_addr: str | None) -> None:
+    def __init__(
+        self,
+        server: EngineServer,
+        sid: str,
+        transport: str,
+        environ: dict[str, Any],
+        remote_addr: str | None,
+    ) -> None:
         self.sid = sid
         self.server = server
         self.transport = transport
@@ -86,8 +108,12 @@ class EngineSession:
         self.outbox.append(encoded)
         self.outbox_bytes += len(encoded)
         if self.outbox_bytes > self.server.settings.send_buffer_limit:
-            log.warning("dropping a slow long-polling client %s: %d bytes unsent (limit %d)",
-                        self.sid, self.outbox_bytes, self.server.settings.send_buffer_limit)
+            log.warning(
+                "dropping a slow long-polling client %s: %d bytes unsent (limit %d)",
+                self.sid,
+                self.outbox_bytes,
+                self.server.settings.send_buffer_limit,
+            )
             self.outbox.clear()
             self.outbox_bytes = 0
             self.server.count("slow_consumer")
@@ -149,11 +175,12 @@ class EngineSession:
         if writer is None:
             self.queue(PING)
         elif writer.direct:
-            writer.write_frame(_PING_FRAME)  # type: ignore[union-attr]
+            writer.write_frame(_PING_FRAME)
         else:
             writer.send(PING)
         self._pong_timer = asyncio.get_running_loop().call_later(
-            self.server.settings.ping_timeout, self._pong_missed)
+            self.server.settings.ping_timeout, self._pong_missed
+        )
 
     def on_pong(self) -> None:
         """A PONG arrived: the deadline is met, the next PING is due in ``ping_interval``."""
@@ -164,7 +191,8 @@ class EngineSession:
         self._pong_timer = None
         if self.state == OPEN:
             self._ping_timer = asyncio.get_running_loop().call_later(
-                self.server.settings.ping_interval, self._ping)
+                self.server.settings.ping_interval, self._ping
+            )
 
     def _pong_missed(self) -> None:
         self._pong_timer = None
@@ -173,8 +201,12 @@ class EngineSession:
     def _connect_expired(self) -> None:
         self._connect_timer = None
         if not self.socketio_connected and self.state == OPEN:
-            log.info("closing %s from %s: no Socket.IO CONNECT within %g s", self.sid,
-                     self.remote_addr, self.server.settings.connect_timeout)
+            log.info(
+                "closing %s from %s: no Socket.IO CONNECT within %g s",
+                self.sid,
+                self.remote_addr,
+                self.server.settings.connect_timeout,
+            )
             self.server.count("connect_timeout")
             self.close("connect timeout")
 
@@ -195,8 +227,14 @@ class EngineSession:
         if not flush:
             self.outbox.clear()
             self.outbox_bytes = 0
-        self.server.forget(self, reason, linger=flush and bool(self.outbox) and self.poll is None
-                           and self.transport == "polling")
+        self.server.forget(
+            self,
+            reason,
+            linger=flush
+            and bool(self.outbox)
+            and self.poll is None
+            and self.transport == "polling",
+        )
         self.wake(WAKE_CLOSE)
         if self._ws_send is not None:
             asyncio.get_running_loop().create_task(self._close_websocket())
@@ -210,5 +248,5 @@ class EngineSession:
                 return  # aborted already
         try:
             await ws_send({"type": "websocket.close", "code": 1000})
-        except Exception:  # noqa: BLE001 - the client is gone already
+        except Exception:
             pass

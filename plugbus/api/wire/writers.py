@@ -58,7 +58,7 @@ class DirectWriter:
     connection is closing or was dropped (the data is discarded).
     """
 
-    __slots__ = ("_proto", "_transport", "_conn", "_raw", "_limit", "_on_drop", "dropped")
+    __slots__ = ("_conn", "_limit", "_on_drop", "_proto", "_raw", "_transport", "dropped")
     direct = True
 
     def __init__(self, proto: Any, limit: int, on_drop: Callable[[], None]) -> None:
@@ -108,7 +108,9 @@ class DirectWriter:
 
     def _drop_slow(self, size: int) -> None:
         self.dropped = True
-        log.warning("dropping a slow websocket client: %d bytes unsent (limit %d)", size, self._limit)
+        log.warning(
+            "dropping a slow websocket client: %d bytes unsent (limit %d)", size, self._limit
+        )
         # abort, not close: a close frame would wait behind the unsent bytes; uvicorn's
         # connection_lost then ends the receive loop.
         self._transport.abort()
@@ -122,11 +124,15 @@ class AsgiWriter:
     ``send`` has not taken yet count against ``limit``; past it the client is a slow consumer.
     """
 
-    __slots__ = ("_send", "_limit", "_on_drop", "_queue", "_pending", "_task", "dropped", "_idle")
+    __slots__ = ("_idle", "_limit", "_on_drop", "_pending", "_queue", "_send", "_task", "dropped")
     direct = False
 
-    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]], limit: int,
-                 on_drop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        limit: int,
+        on_drop: Callable[[], None],
+    ) -> None:
         self._send = send
         self._limit = limit
         self._on_drop = on_drop
@@ -155,7 +161,9 @@ class AsgiWriter:
             size = self._pending
             self._queue.clear()
             self._pending = 0
-            log.warning("dropping a slow websocket client: %d bytes unsent (limit %d)", size, self._limit)
+            log.warning(
+                "dropping a slow websocket client: %d bytes unsent (limit %d)", size, self._limit
+            )
             self._on_drop()
             return False
         if self._task is None:
@@ -182,7 +190,7 @@ class AsgiWriter:
                     await send({"type": "websocket.send", "text": data})
                 else:
                     await send({"type": "websocket.send", "bytes": data})
-        except Exception:  # noqa: BLE001 - the client went away; the receive loop ends the session
+        except Exception:
             queue.clear()
             self._pending = 0
             self.dropped = True

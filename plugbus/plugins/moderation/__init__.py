@@ -46,6 +46,7 @@ from .pipeline import (
     builtin_rules,
     log_entry,
 )
+from .redis_store import BanNotices, RedisStore
 from .routes import (
     LOG_LIMIT,
     BanCreated,
@@ -59,7 +60,6 @@ from .routes import (
     SlowModeState,
     SlowModeUpdate,
 )
-from .redis_store import BanNotices, RedisStore
 from .rules import (
     BanRule,
     BlockedWordsRule,
@@ -89,25 +89,63 @@ from .store import LogEntry, MemoryStore, ModerationStore, Sanction, StoreUnavai
 from .text import Normaliser, mask_spans
 
 __all__ = [
+    "BUILTIN_RULES",
+    "DEFAULT_SUBSTITUTIONS",
+    "LOG_LIMIT",
+    "MAX_MASKS",
     # settings
-    "Action", "SanctionType", "TargetKind", "DEFAULT_SUBSTITUTIONS", "RuleSwitch", "OffByDefault",
-    "RuleSwitches", "FloodSettings", "SlowModeSettings", "ModerationSettings",
-    # text
-    "Normaliser", "mask_spans",
-    # store
-    "Sanction", "LogEntry", "ModerationStore", "MemoryStore", "StoreUnavailable",
-    # redis_store
-    "RedisStore", "BanNotices",
-    # rules
-    "targets_of", "sender_of", "describe_sanction", "sanction_details", "BanRule", "MuteRule", "FloodRule",
-    "SlowModeRule", "text_fields", "MaxLengthRule", "BlockedWordsRule",
-    # pipeline
-    "Step", "log_entry", "MAX_MASKS", "Pipeline", "BUILTIN_RULES", "builtin_rules", "build_pipeline",
-    # routes
-    "SanctionRequest", "BanCreated", "SanctionList", "KickRequest", "Kicked", "LogList",
-    "SlowModeState", "SlowModeUpdate", "SlowModeRoom", "LOG_LIMIT", "ModerationRoutes",
+    "Action",
+    "BanCreated",
+    "BanNotices",
+    "BanRule",
+    "BlockedWordsRule",
+    "FloodRule",
+    "FloodSettings",
+    "KickRequest",
+    "Kicked",
+    "LogEntry",
+    "LogList",
+    "MaxLengthRule",
+    "MemoryStore",
     # plugin
     "ModerationPlugin",
+    "ModerationRoutes",
+    "ModerationSettings",
+    "ModerationStore",
+    "MuteRule",
+    # text
+    "Normaliser",
+    "OffByDefault",
+    "Pipeline",
+    # redis_store
+    "RedisStore",
+    "RuleSwitch",
+    "RuleSwitches",
+    # store
+    "Sanction",
+    "SanctionList",
+    # routes
+    "SanctionRequest",
+    "SanctionType",
+    "SlowModeRoom",
+    "SlowModeRule",
+    "SlowModeSettings",
+    "SlowModeState",
+    "SlowModeUpdate",
+    # pipeline
+    "Step",
+    "StoreUnavailable",
+    "TargetKind",
+    "build_pipeline",
+    "builtin_rules",
+    "describe_sanction",
+    "log_entry",
+    "mask_spans",
+    "sanction_details",
+    "sender_of",
+    # rules
+    "targets_of",
+    "text_fields",
 ]
 
 log = logging.getLogger("plugbus.moderation")
@@ -143,8 +181,10 @@ class ModerationPlugin(Plugin):
             )
         if choice == "memory" or not backend.shared:
             if backend.shared:
-                log.warning("moderation store: memory although server.backend is shared: bans, "
-                            "mutes, delays, buckets and the log hold on this node only")
+                log.warning(
+                    "moderation store: memory although server.backend is shared: bans, "
+                    "mutes, delays, buckets and the log hold on this node only"
+                )
             return self.store
         return RedisStore(backend.redis, backend.key("moderation"), self.settings.log_size)
 
@@ -159,17 +199,25 @@ class ModerationPlugin(Plugin):
         """
         try:
             self.store = self.open_store(bus)
-            self.pipeline = build_pipeline(self.settings, self.store, bus.hooks.moderation_rules(bus))
+            self.pipeline = build_pipeline(
+                self.settings, self.store, bus.hooks.moderation_rules(bus)
+            )
         except ConfigError as exc:
             log.error("%s", exc)
             raise
         await self.store.seed_slow_mode(dict(self.settings.slow_mode.rooms))
         if isinstance(self.store, RedisStore):
-            self.notices = BanNotices(bus.backend, bus.backend.key("moderation", "bans"),
-                                      lambda ban: self.close_banned(ban, bus))
+            self.notices = BanNotices(
+                bus.backend,
+                bus.backend.key("moderation", "bans"),
+                lambda ban: self.close_banned(ban, bus),
+            )
             await self.notices.start()
-        log.info("moderation rules: %s; store: %s", ", ".join(self.pipeline.names) or "none",
-                 type(self.store).__name__)
+        log.info(
+            "moderation rules: %s; store: %s",
+            ", ".join(self.pipeline.names) or "none",
+            type(self.store).__name__,
+        )
 
     async def close_banned(self, ban: Sanction, bus: Bus) -> list[str]:
         """Disconnect this node's live connections that ``ban`` covers; their ids."""
@@ -202,8 +250,11 @@ class ModerationPlugin(Plugin):
         ban = await self.store.find_sanction("ban", targets_of(connection))
         if ban is not None:
             message = describe_sanction(ban, "banned")
-            await self.store.append_log(log_entry("ban", "refuse", message, connection=connection,
-                                                  target=(ban.kind, ban.value)))
+            await self.store.append_log(
+                log_entry(
+                    "ban", "refuse", message, connection=connection, target=(ban.kind, ban.value)
+                )
+            )
             raise ConnectionDenied(message, details={"rule": "ban", **sanction_details(ban)})
 
     @hookimpl
@@ -213,8 +264,11 @@ class ModerationPlugin(Plugin):
         try:
             await self.store.forget_connection(connection.sid)
         except StoreUnavailable:
-            log.warning("moderation: could not forget connection %s (store unavailable); a mute "
-                        "made against it stays listed until lifted", connection.sid)
+            log.warning(
+                "moderation: could not forget connection %s (store unavailable); a mute "
+                "made against it stays listed until lifted",
+                connection.sid,
+            )
 
     @hookimpl
     async def plugbus_moderate(self, event: Event, ctx: EventContext) -> Event | None:

@@ -42,17 +42,29 @@ class Step:
     action: Action
 
 
-def log_entry(rule: str, action: str, reason: str, *, event: Event | None = None,
-              connection: Connection | None = None, field: str | None = None,
-              target: tuple[str, str] | None = None) -> LogEntry:
+def log_entry(
+    rule: str,
+    action: str,
+    reason: str,
+    *,
+    event: Event | None = None,
+    connection: Connection | None = None,
+    field: str | None = None,
+    target: tuple[str, str] | None = None,
+) -> LogEntry:
     """A log entry stamped now; ``target`` is a sanction's ``(kind, value)``."""
     user = connection.identity.user_id if connection is not None and connection.identity else None
     if target is not None and target[0] == "identity":
         user = target[1]
     return LogEntry(
-        time=datetime.now(UTC), rule=rule, action=action, reason=reason,
+        time=datetime.now(UTC),
+        rule=rule,
+        action=action,
+        reason=reason,
         event=event.event_name if event is not None else None,
-        sid=connection.sid if connection is not None else None, user=user, field=field,
+        sid=connection.sid if connection is not None else None,
+        user=user,
+        field=field,
         target=f"{target[0]}:{target[1]}" if target is not None else None,
     )
 
@@ -70,10 +82,14 @@ class Pipeline:
         self.mask_char = mask_char
         # Whether each rule's check (and ``accepted``) is ``async def``, known once: the common
         # outcome — a rule with nothing to say — then costs one call, with no awaitable check.
-        self._checks = [(step, step.rule.check, inspect.iscoroutinefunction(step.rule.check))
-                        for step in steps]
-        self._accepted = [(hook, inspect.iscoroutinefunction(hook)) for hook in
-                          (getattr(step.rule, "accepted", None) for step in steps) if hook is not None]
+        self._checks = [
+            (step, step.rule.check, inspect.iscoroutinefunction(step.rule.check)) for step in steps
+        ]
+        self._accepted = [
+            (hook, inspect.iscoroutinefunction(hook))
+            for hook in (getattr(step.rule, "accepted", None) for step in steps)
+            if hook is not None
+        ]
 
     @property
     def names(self) -> list[str]:
@@ -85,9 +101,13 @@ class Pipeline:
         :raises PlugbusError: a rule refused it. :raises EventDropped: a rule dropped it."""
         original = event
         for step, check, is_async in self._checks:
-            violation = check(event, ctx)
-            if is_async or inspect.isawaitable(violation):
-                violation = await violation
+            found = check(event, ctx)
+            # is_async skips the isawaitable probe for rules known to be coroutines
+            violation = (
+                await found  # type: ignore[misc]
+                if is_async or inspect.isawaitable(found)
+                else found
+            )
             if violation is not None:
                 event = await self._apply(step, event, ctx, violation)
         for accepted, is_async in self._accepted:
@@ -96,7 +116,9 @@ class Pipeline:
                 await done
         return None if event is original else event
 
-    async def _apply(self, step: Step, event: Event, ctx: EventContext, violation: Violation | None) -> Event:
+    async def _apply(
+        self, step: Step, event: Event, ctx: EventContext, violation: Violation | None
+    ) -> Event:
         """Carry out ``step``'s action on the violation its check found, checking again after
         each mask (a masked event may still violate the rule elsewhere)."""
         rule = step.rule
@@ -115,10 +137,13 @@ class Pipeline:
                 raise EventDropped(f"{rule.name}: {violation.message}")
             break
         # Refuse (also when masking did not clear the violation: better than looping).
+        assert violation is not None  # the loop returned on None
         await self._log(rule.name, "refuse", violation, event, ctx)
         refusal: type[PlugbusError] = getattr(rule, "refusal", MessageRejected)
-        raise refusal(violation.message,
-                      details={"rule": rule.name, "field": violation.field, **violation.details})
+        raise refusal(
+            violation.message,
+            details={"rule": rule.name, "field": violation.field, **violation.details},
+        )
 
     def _masked(self, event: Event, violation: Violation) -> Event | None:
         field = violation.field
@@ -128,10 +153,19 @@ class Pipeline:
         new = mask_spans(text, violation.spans, self.mask_char)
         return event.model_copy(update={field: new}) if new != text else None
 
-    async def _log(self, rule: str, action: str, violation: Violation, event: Event,
-                   ctx: EventContext) -> None:
-        await self.store.append_log(log_entry(rule, action, violation.message, event=event,
-                                              connection=ctx.connection, field=violation.field))
+    async def _log(
+        self, rule: str, action: str, violation: Violation, event: Event, ctx: EventContext
+    ) -> None:
+        await self.store.append_log(
+            log_entry(
+                rule,
+                action,
+                violation.message,
+                event=event,
+                connection=ctx.connection,
+                field=violation.field,
+            )
+        )
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -153,8 +187,13 @@ def builtin_rules(settings: ModerationSettings, store: ModerationStore) -> list[
     ]
 
 
-def build_pipeline(settings: ModerationSettings, store: ModerationStore,
-                   added: Sequence[Any], *, complete: bool = True) -> Pipeline:
+def build_pipeline(
+    settings: ModerationSettings,
+    store: ModerationStore,
+    added: Sequence[Any],
+    *,
+    complete: bool = True,
+) -> Pipeline:
     """The pipeline of the built-ins then ``added`` (other plugins' rules), switched per settings.
 
     :param complete: ``added`` holds every rule, so a name under ``rules`` that no rule has
@@ -168,11 +207,15 @@ def build_pipeline(settings: ModerationSettings, store: ModerationStore,
     for rule in added:
         name = getattr(rule, "name", None)
         if not isinstance(name, str) or not name or not callable(getattr(rule, "check", None)):
-            raise ConfigError(f"plugin 'moderation': a plugbus_moderation_rules hook returned "
-                              f"{rule!r}, which is not a ModerationRule (a `name` and a `check`)")
+            raise ConfigError(
+                f"plugin 'moderation': a plugbus_moderation_rules hook returned "
+                f"{rule!r}, which is not a ModerationRule (a `name` and a `check`)"
+            )
         if name in names:
-            raise ConfigError(f"plugin 'moderation': two moderation rules are named {name!r}; "
-                              f"rule names must be unique")
+            raise ConfigError(
+                f"plugin 'moderation': two moderation rules are named {name!r}; "
+                f"rule names must be unique"
+            )
         names.add(name)
         rules.append(rule)
     for name in settings.rules.extra_names() if complete else ():
@@ -181,6 +224,9 @@ def build_pipeline(settings: ModerationSettings, store: ModerationStore,
                 f"plugin 'moderation': {prefix}.{name}: no moderation rule named {name!r} "
                 f"(rules: {', '.join(r.name for r in rules)}); is the plugin that adds it loaded?"
             )
-    steps = [Step(r, settings.rules.get(r.name).action) for r in rules
-             if settings.rules.get(r.name).enabled]
+    steps = [
+        Step(r, settings.rules.get(r.name).action)
+        for r in rules
+        if settings.rules.get(r.name).enabled
+    ]
     return Pipeline(steps, store, settings.mask_char)

@@ -95,8 +95,10 @@ end
 return false
 """
 
-UNAVAILABLE = ("moderation is unavailable for a moment: its shared store (Redis) cannot be "
-               "reached; try again shortly")
+UNAVAILABLE = (
+    "moderation is unavailable for a moment: its shared store (Redis) cannot be "
+    "reached; try again shortly"
+)
 
 
 class RedisStore:
@@ -141,8 +143,14 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             level = logging.DEBUG if self._down else logging.WARNING
             self._down = True
-            log.log(level, "moderation store: cannot %s: %s: %s; refusing what needs it until "
-                    "Redis answers again", what, type(exc).__name__, exc)
+            log.log(
+                level,
+                "moderation store: cannot %s: %s: %s; refusing what needs it until "
+                "Redis answers again",
+                what,
+                type(exc).__name__,
+                exc,
+            )
             raise StoreUnavailable(UNAVAILABLE, details={"store": "redis"}) from None
         if self._down:
             self._down = False
@@ -162,8 +170,11 @@ class RedisStore:
 
     async def add_sanction(self, sanction: Sanction) -> Sanction | None:
         key = self._sanction_key(sanction.type, sanction.kind, sanction.value)
-        expires = (math.ceil(sanction.expires_at.timestamp() * 1000)
-                   if sanction.expires_at is not None else None)
+        expires = (
+            math.ceil(sanction.expires_at.timestamp() * 1000)
+            if sanction.expires_at is not None
+            else None
+        )
         async with self._reaching("store a sanction"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(key, sanction.model_dump_json(), pxat=expires, get=True)
@@ -205,7 +216,9 @@ class RedisStore:
                 await self.redis.hdel(index, *stale)
         return sorted(found, key=lambda s: s.created_at)
 
-    async def find_sanction(self, type: SanctionType, targets: Iterable[tuple[TargetKind, str]]) -> Sanction | None:
+    async def find_sanction(
+        self, type: SanctionType, targets: Iterable[tuple[TargetKind, str]]
+    ) -> Sanction | None:
         keys = [self._sanction_key(type, kind, value) for kind, value in targets]
         if not keys:
             return None
@@ -222,7 +235,9 @@ class RedisStore:
 
     async def take_token(self, sender: str, burst: int, rate: float) -> float:
         async with self._reaching("take a flood token"):
-            wait = await self._take_token(keys=[self.key("bucket", sender)], args=[burst, repr(float(rate))])
+            wait = await self._take_token(
+                keys=[self.key("bucket", sender)], args=[burst, repr(float(rate))]
+            )
         return float(wait)
 
     # -- slow mode --------------------------------------------------------------------------
@@ -245,28 +260,37 @@ class RedisStore:
     async def seed_slow_mode(self, rooms: dict[str, float]) -> None:
         if not rooms:
             return
-        async with self._reaching("seed slow-mode delays"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for room, seconds in rooms.items():
-                    self._keep = max(self._keep, seconds)
-                    pipe.hsetnx(self.key("slow-mode"), room, repr(float(seconds)))
-                await pipe.execute()
+        async with (
+            self._reaching("seed slow-mode delays"),
+            self.redis.pipeline(transaction=True) as pipe,
+        ):
+            for room, seconds in rooms.items():
+                self._keep = max(self._keep, seconds)
+                pipe.hsetnx(self.key("slow-mode"), room, repr(float(seconds)))
+            await pipe.execute()
 
     async def slow_mode_wait(self, sender: str, room: str, seconds: float) -> float:
         self._keep = max(self._keep, seconds)
         async with self._reaching("read slow-mode times"):
-            wait = await self._slow_mode_wait(keys=[self.key("sent", sender)], args=[room, repr(float(seconds))])
+            wait = await self._slow_mode_wait(
+                keys=[self.key("sent", sender)], args=[room, repr(float(seconds))]
+            )
         return float(wait)
 
     async def message_sent(self, sender: str, room: str) -> None:
         async with self._reaching("record a slow-mode time"):
-            await self._message_sent(keys=[self.key("sent", sender)], args=[room, math.ceil(self._keep)])
+            await self._message_sent(
+                keys=[self.key("sent", sender)], args=[room, math.ceil(self._keep)]
+            )
 
     async def forget_connection(self, sid: str) -> None:
         sender = f"connection:{sid}"
         async with self._reaching("forget a connection"):
-            await self.redis.delete(self.key("bucket", sender), self.key("sent", sender),
-                                    self._sanction_key("mute", "connection", sid))
+            await self.redis.delete(
+                self.key("bucket", sender),
+                self.key("sent", sender),
+                self._sanction_key("mute", "connection", sid),
+            )
 
     # -- the log ----------------------------------------------------------------------------
 
@@ -279,8 +303,13 @@ class RedisStore:
                 pipe.ltrim(self.key("log"), -self.log_size, -1)
                 await pipe.execute()
         except (RedisError, OSError) as exc:  # the decision stands; only its record is lost
-            log.warning("moderation log entry lost (Redis unreachable: %s): %s %s %s",
-                        exc, entry.rule, entry.action, entry.reason)
+            log.warning(
+                "moderation log entry lost (Redis unreachable: %s): %s %s %s",
+                exc,
+                entry.rule,
+                entry.action,
+                entry.reason,
+            )
 
     async def log(self, limit: int) -> list[LogEntry]:
         if limit <= 0:
@@ -292,7 +321,9 @@ class RedisStore:
             try:
                 entries.append(LogEntry.model_validate_json(raw))
             except ValidationError:
-                log.warning("moderation store: ignoring a malformed log entry in Redis: %.200s", raw)
+                log.warning(
+                    "moderation store: ignoring a malformed log entry in Redis: %.200s", raw
+                )
         return entries
 
 
@@ -311,8 +342,9 @@ class BanNotices:
     #: Seconds between two attempts to resubscribe after Redis went away.
     RETRY = 1.0
 
-    def __init__(self, backend: Any, channel: str,
-                 on_ban: Callable[[Sanction], Awaitable[None]]) -> None:
+    def __init__(
+        self, backend: Any, channel: str, on_ban: Callable[[Sanction], Awaitable[object]]
+    ) -> None:
         self.backend = backend
         self.channel = channel
         self.on_ban = on_ban
@@ -324,8 +356,12 @@ class BanNotices:
         try:
             await self.backend.redis.publish(self.channel, message)
         except (RedisError, OSError) as exc:
-            log.warning("could not tell the other nodes about ban %s (%s); its connections there "
-                        "stay open until they send an event or reconnect", ban.id, exc)
+            log.warning(
+                "could not tell the other nodes about ban %s (%s); its connections there "
+                "stay open until they send an event or reconnect",
+                ban.id,
+                exc,
+            )
 
     async def start(self) -> None:
         """Subscribe (before returning, so no ban made after start-up is missed), then listen

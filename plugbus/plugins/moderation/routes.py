@@ -37,12 +37,19 @@ class SanctionRequest(BaseModel):
         "it has one, else its address; a mute by connection lasts while that connection does); "
         "identity: a user id; address: a remote address."
     )
-    value: str = Field(min_length=1, max_length=256, description="The connection id, user id or address.")
+    value: str = Field(
+        min_length=1, max_length=256, description="The connection id, user id or address."
+    )
     reason: str = Field("", max_length=500, description="Told to the sanctioned client and logged.")
     duration: float | None = Field(
-        None, gt=0, le=MAX_SANCTION_SECONDS, strict=True, allow_inf_nan=False,
+        None,
+        gt=0,
+        le=MAX_SANCTION_SECONDS,
+        strict=True,
+        allow_inf_nan=False,
         description="Seconds until it lapses (a number: `true` is not a duration), at most "
-        "plugins.settings.moderation.max_sanction_seconds; omitted = until lifted.")
+        "plugins.settings.moderation.max_sanction_seconds; omitted = until lifted.",
+    )
 
 
 class BanCreated(Sanction):
@@ -87,7 +94,9 @@ class SlowModeUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seconds: float = Field(ge=0, le=86400, description="Least seconds between two messages of one connection; 0 = off.")
+    seconds: float = Field(
+        ge=0, le=86400, description="Least seconds between two messages of one connection; 0 = off."
+    )
 
 
 class SlowModeRoom(BaseModel):
@@ -117,40 +126,117 @@ class ModerationRoutes:
         """Every route, for ``plugbus_routes``."""
         R = Route
         return [
-            R("POST", "/moderation/bans", self.ban, body=SanctionRequest, response=BanCreated,
-              status_code=201, summary="Ban a connection, a user id or an address"),
-            R("GET", "/moderation/bans", self.list_bans, response=SanctionList, summary="Bans in force"),
-            R("DELETE", "/moderation/bans/{id}", self.unban, response=Sanction, summary="Lift a ban"),
-            R("POST", "/moderation/mutes", self.mute, body=SanctionRequest, response=Sanction,
-              status_code=201, summary="Mute a connection, a user id or an address"),
-            R("GET", "/moderation/mutes", self.list_mutes, response=SanctionList, summary="Mutes in force"),
-            R("DELETE", "/moderation/mutes/{id}", self.unmute, response=Sanction, summary="Lift a mute"),
-            R("POST", "/moderation/kick", self.kick, body=KickRequest, response=Kicked,
-              summary="Disconnect one connection"),
-            R("DELETE", "/connections/{sid}", self.kick_by_path, response=Kicked,
-              summary="Disconnect one connection"),
-            R("GET", "/moderation/log", self.read_log, response=LogList,
-              summary="Recent moderation decisions (?limit=N, default 100)"),
-            R("GET", "/moderation/slow-mode", self.get_slow_mode, response=SlowModeState,
-              summary="Slow-mode delays"),
-            R("PUT", "/moderation/slow-mode/{room}", self.set_slow_mode, body=SlowModeUpdate,
-              response=SlowModeRoom, summary="Set a room's slow-mode delay"),
+            R(
+                "POST",
+                "/moderation/bans",
+                self.ban,
+                body=SanctionRequest,
+                response=BanCreated,
+                status_code=201,
+                summary="Ban a connection, a user id or an address",
+            ),
+            R(
+                "GET",
+                "/moderation/bans",
+                self.list_bans,
+                response=SanctionList,
+                summary="Bans in force",
+            ),
+            R(
+                "DELETE",
+                "/moderation/bans/{id}",
+                self.unban,
+                response=Sanction,
+                summary="Lift a ban",
+            ),
+            R(
+                "POST",
+                "/moderation/mutes",
+                self.mute,
+                body=SanctionRequest,
+                response=Sanction,
+                status_code=201,
+                summary="Mute a connection, a user id or an address",
+            ),
+            R(
+                "GET",
+                "/moderation/mutes",
+                self.list_mutes,
+                response=SanctionList,
+                summary="Mutes in force",
+            ),
+            R(
+                "DELETE",
+                "/moderation/mutes/{id}",
+                self.unmute,
+                response=Sanction,
+                summary="Lift a mute",
+            ),
+            R(
+                "POST",
+                "/moderation/kick",
+                self.kick,
+                body=KickRequest,
+                response=Kicked,
+                summary="Disconnect one connection",
+            ),
+            R(
+                "DELETE",
+                "/connections/{sid}",
+                self.kick_by_path,
+                response=Kicked,
+                summary="Disconnect one connection",
+            ),
+            R(
+                "GET",
+                "/moderation/log",
+                self.read_log,
+                response=LogList,
+                summary="Recent moderation decisions (?limit=N, default 100)",
+            ),
+            R(
+                "GET",
+                "/moderation/slow-mode",
+                self.get_slow_mode,
+                response=SlowModeState,
+                summary="Slow-mode delays",
+            ),
+            R(
+                "PUT",
+                "/moderation/slow-mode/{room}",
+                self.set_slow_mode,
+                body=SlowModeUpdate,
+                response=SlowModeRoom,
+                summary="Set a room's slow-mode delay",
+            ),
         ]
 
     def _require_rule(self, name: str) -> None:
         if not self.plugin.settings.rules.get(name).enabled:
-            raise NotAllowed(f"the {name} rule is switched off "
-                             f"(plugins.settings.moderation.rules.{name}.enabled)", details={"rule": name})
+            raise NotAllowed(
+                f"the {name} rule is switched off "
+                f"(plugins.settings.moderation.rules.{name}.enabled)",
+                details={"rule": name},
+            )
 
-    async def _sanction(self, type: SanctionType, body: SanctionRequest) -> tuple[Sanction, Connection | None]:
+    async def _sanction(
+        self, type: SanctionType, body: SanctionRequest
+    ) -> tuple[Sanction, Connection | None]:
         self._require_rule(type)
         bound = self.plugin.settings.max_sanction_seconds
         if body.duration is not None and body.duration > bound:
             message = f"duration is {body.duration:g} seconds; the limit is {bound:g}"
-            raise InvalidPayload(f"invalid request: body.duration: {message}", details={
-                "field": "duration", "limit": bound,
-                "setting": "plugins.settings.moderation.max_sanction_seconds",
-                "errors": [{"loc": "body.duration", "message": message, "type": "less_than_equal"}]})
+            raise InvalidPayload(
+                f"invalid request: body.duration: {message}",
+                details={
+                    "field": "duration",
+                    "limit": bound,
+                    "setting": "plugins.settings.moderation.max_sanction_seconds",
+                    "errors": [
+                        {"loc": "body.duration", "message": message, "type": "less_than_equal"}
+                    ],
+                },
+            )
         kind, value, connection = body.kind, body.value, None
         if kind == "connection":
             connection = self.bus.connection(value)
@@ -162,17 +248,26 @@ class ModerationRoutes:
                 elif connection.remote_addr:
                     kind, value = "address", connection.remote_addr
                 else:
-                    raise NotAllowed("this connection has neither a user id nor an address to ban; "
-                                     "kick it instead", details={"sid": body.value})
+                    raise NotAllowed(
+                        "this connection has neither a user id nor an address to ban; "
+                        "kick it instead",
+                        details={"sid": body.value},
+                    )
         now = datetime.now(UTC)
         sanction = Sanction(
-            id=uuid.uuid4().hex[:12], type=type, kind=kind, value=value, reason=body.reason,
-            created_at=now, expires_at=now + timedelta(seconds=body.duration) if body.duration else None,
+            id=uuid.uuid4().hex[:12],
+            type=type,
+            kind=kind,
+            value=value,
+            reason=body.reason,
+            created_at=now,
+            expires_at=now + timedelta(seconds=body.duration) if body.duration else None,
             sid=connection.sid if connection is not None else None,
         )
         await self.store.add_sanction(sanction)
-        await self.store.append_log(log_entry(
-            type, type, body.reason, connection=connection, target=(kind, value)))
+        await self.store.append_log(
+            log_entry(type, type, body.reason, connection=connection, target=(kind, value))
+        )
         return sanction, connection
 
     async def ban(self, req: RouteRequest) -> BanCreated:
@@ -205,8 +300,9 @@ class ModerationRoutes:
         sanction = await self.store.lift_sanction(type, id)
         if sanction is None:
             raise NotFound(f"no {type} with id {id!r}", details={"id": id})
-        await self.store.append_log(log_entry(type, "un" + type, sanction.reason,
-                                              target=(sanction.kind, sanction.value)))
+        await self.store.append_log(
+            log_entry(type, "un" + type, sanction.reason, target=(sanction.kind, sanction.value))
+        )
         return sanction
 
     async def unban(self, req: RouteRequest) -> Sanction:
@@ -220,8 +316,9 @@ class ModerationRoutes:
     async def _kick(self, sid: str, reason: str) -> Kicked:
         connection = self.bus.connection(sid)
         await self.bus.disconnect(sid)  # NotFound (404) for an unknown id
-        await self.store.append_log(log_entry("kick", "kick", reason, connection=connection,
-                                              target=("connection", sid)))
+        await self.store.append_log(
+            log_entry("kick", "kick", reason, connection=connection, target=("connection", sid))
+        )
         return Kicked(sid=sid, reason=reason)
 
     async def kick(self, req: RouteRequest) -> Kicked:
@@ -237,14 +334,25 @@ class ModerationRoutes:
         """The newest ``limit`` decisions (default 100), oldest first."""
         raw = req.query.get("limit", str(LOG_LIMIT))
         if not raw.isdigit() or int(raw) < 1:
-            raise InvalidPayload(f"limit must be a whole number of at least 1, got {raw!r}", details={
-                "errors": [{"loc": "query.limit", "message": "expected an integer >= 1", "type": "int_parsing"}]})
+            raise InvalidPayload(
+                f"limit must be a whole number of at least 1, got {raw!r}",
+                details={
+                    "errors": [
+                        {
+                            "loc": "query.limit",
+                            "message": "expected an integer >= 1",
+                            "type": "int_parsing",
+                        }
+                    ]
+                },
+            )
         return await self.store.log(int(raw))
 
     async def get_slow_mode(self, req: RouteRequest) -> SlowModeState:
         """The default delay and every room's."""
-        return SlowModeState(seconds=self.plugin.settings.slow_mode.seconds,
-                             rooms=await self.store.slow_mode())
+        return SlowModeState(
+            seconds=self.plugin.settings.slow_mode.seconds, rooms=await self.store.slow_mode()
+        )
 
     async def set_slow_mode(self, req: RouteRequest) -> SlowModeRoom:
         """Set one room's delay now (0 switches slow mode off there). Not authorized yet."""
@@ -253,4 +361,3 @@ class ModerationRoutes:
         room = req.path_params["room"]
         await self.store.set_slow_mode(room, req.body.seconds)
         return SlowModeRoom(room=room, seconds=req.body.seconds)
-

@@ -107,8 +107,9 @@ class FloodRule:
         """A violation (with ``retry_after``) when the sender's bucket is empty."""
         if ctx.connection is None:
             return None
-        wait = await self.store.take_token(sender_of(ctx.connection), self.settings.burst,
-                                           self.settings.rate)
+        wait = await self.store.take_token(
+            sender_of(ctx.connection), self.settings.burst, self.settings.rate
+        )
         if wait <= 0:
             return None
         wait = round(wait + 0.0005, 3)
@@ -189,7 +190,8 @@ class MaxLengthRule:
             if len(text) > self.limit:
                 return Violation(
                     f"{field} is {len(text)} characters long; the limit is {self.limit}",
-                    field=field, details={"limit": self.limit, "length": len(text)},
+                    field=field,
+                    details={"limit": self.limit, "length": len(text)},
                 )
         return None
 
@@ -202,11 +204,17 @@ class BlockedWordsRule:
 
     def __init__(self, words: Sequence[str], substitutions: dict[str, str]) -> None:
         self.normaliser = Normaliser(substitutions)
-        folded = sorted({self.normaliser.fold(w.strip()) for w in words if w.strip()} - {""},
-                        key=len, reverse=True)
+        folded = sorted(
+            {self.normaliser.fold(w.strip()) for w in words if w.strip()} - {""},
+            key=len,
+            reverse=True,
+        )
         # One pattern for all words: one scan per text, however many words there are.
-        self.pattern = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, folded)) + r")(?!\w)")
-                        if folded else None)
+        self.pattern = (
+            re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, folded)) + r")(?!\w)")
+            if folded
+            else None
+        )
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """Spans of blocked words in ``text`` (original indices)."""
@@ -226,6 +234,10 @@ class BlockedWordsRule:
             spans = self.find(text)
             if spans:
                 start, end = spans[0]
-                return Violation(f"{field} contains a blocked word", field=field,
-                                 spans=tuple(spans), details={"word": text[start:end]})
+                return Violation(
+                    f"{field} contains a blocked word",
+                    field=field,
+                    spans=tuple(spans),
+                    details={"word": text[start:end]},
+                )
         return None

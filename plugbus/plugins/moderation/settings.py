@@ -12,13 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plugbus import PluginSettings
 
-
 Action = Literal["refuse", "mask", "drop"]
 SanctionType = Literal["ban", "mute"]
 TargetKind = Literal["connection", "identity", "address"]
 
 DEFAULT_SUBSTITUTIONS: dict[str, str] = {
-    "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s",
+    "0": "o",
+    "1": "i",
+    "3": "e",
+    "4": "a",
+    "5": "s",
+    "7": "t",
+    "@": "a",
+    "$": "s",
 }
 
 
@@ -50,9 +56,15 @@ class RuleSwitches(BaseModel):
     __pydantic_extra__: dict[str, RuleSwitch] = Field(init=False)
 
     ban: RuleSwitch = Field(default_factory=RuleSwitch, description="Refuse banned clients.")
-    mute: RuleSwitch = Field(default_factory=RuleSwitch, description="Refuse text from muted clients.")
-    flood: OffByDefault = Field(default_factory=OffByDefault, description="Token bucket per connection.")
-    slow_mode: RuleSwitch = Field(default_factory=RuleSwitch, description="Delay between messages per room.")
+    mute: RuleSwitch = Field(
+        default_factory=RuleSwitch, description="Refuse text from muted clients."
+    )
+    flood: OffByDefault = Field(
+        default_factory=OffByDefault, description="Token bucket per connection."
+    )
+    slow_mode: RuleSwitch = Field(
+        default_factory=RuleSwitch, description="Delay between messages per room."
+    )
     max_length: RuleSwitch = Field(default_factory=RuleSwitch, description="Longest text field.")
     blocked_words: RuleSwitch = Field(default_factory=RuleSwitch, description="Words refused.")
 
@@ -84,7 +96,8 @@ class SlowModeSettings(BaseModel):
 
     seconds: float = Field(0, ge=0, description="Delay for rooms not listed; 0 = none.")
     rooms: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict, description="Delay per room; PUT /moderation/slow-mode/{room} changes them."
+        default_factory=dict,
+        description="Delay per room; PUT /moderation/slow-mode/{room} changes them.",
     )
 
 
@@ -95,7 +108,9 @@ MAX_SANCTION_SECONDS = 3_153_600_000
 class ModerationSettings(PluginSettings):
     """Settings of the moderation plugin."""
 
-    max_length: int = Field(2000, ge=0, description="Most characters in a text field; 0 = no limit.")
+    max_length: int = Field(
+        2000, ge=0, description="Most characters in a text field; 0 = no limit."
+    )
     blocked_words: list[str] = Field(
         default_factory=list,
         description="Words (or phrases) refused as whole words, after normalisation: any letter "
@@ -106,22 +121,34 @@ class ModerationSettings(PluginSettings):
         description="Characters read as letters when matching blocked words (4 -> a); map one "
         "to an empty string to ignore it.",
     )
-    mask_char: str = Field("*", min_length=1, max_length=1, description="Replaces masked characters.")
-    flood: FloodSettings = Field(default_factory=FloodSettings, description="Flood control parameters.")
-    slow_mode: SlowModeSettings = Field(default_factory=SlowModeSettings, description="Slow mode delays.")
+    mask_char: str = Field(
+        "*", min_length=1, max_length=1, description="Replaces masked characters."
+    )
+    flood: FloodSettings = Field(
+        default_factory=FloodSettings, description="Flood control parameters."
+    )
+    slow_mode: SlowModeSettings = Field(
+        default_factory=SlowModeSettings, description="Slow mode delays."
+    )
     max_sanction_seconds: float = Field(
-        31_536_000, gt=0, le=MAX_SANCTION_SECONDS,
+        31_536_000,
+        gt=0,
+        le=MAX_SANCTION_SECONDS,
         description="Longest duration a ban or mute may be given, in seconds (default 365 days); "
         "longer ones are refused with 422 (omit duration for a sanction that lasts until lifted).",
     )
-    log_size: int = Field(1000, ge=0, description="Moderation decisions kept for GET /moderation/log.")
+    log_size: int = Field(
+        1000, ge=0, description="Moderation decisions kept for GET /moderation/log."
+    )
     store: Literal["auto", "memory", "redis"] = Field(
         "auto",
         description="Where bans, mutes, delays, buckets and the log live: memory (this process), "
         "redis (shared by every node; needs server.backend to be a Redis URL), or auto (redis "
         "when server.backend is a Redis URL, else memory).",
     )
-    rules: RuleSwitches = Field(default_factory=RuleSwitches, description="Each rule's switch and action.")
+    rules: RuleSwitches = Field(
+        default_factory=RuleSwitches, description="Each rule's switch and action."
+    )
 
     @field_validator("substitutions")
     @classmethod

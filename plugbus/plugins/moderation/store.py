@@ -33,12 +33,16 @@ class Sanction(BaseModel):
 
     id: str = Field(description="Use it to lift the sanction.")
     type: SanctionType
-    kind: TargetKind = Field(description="What value names: a connection id, a user id or an address.")
+    kind: TargetKind = Field(
+        description="What value names: a connection id, a user id or an address."
+    )
     value: str
     reason: str = ""
     created_at: datetime
     expires_at: datetime | None = Field(None, description="When it lapses; null = until lifted.")
-    sid: str | None = Field(None, description="The connection it was made against, if made by connection.")
+    sid: str | None = Field(
+        None, description="The connection it was made against, if made by connection."
+    )
 
     def expired(self, now: datetime) -> bool:
         """True once ``expires_at`` has passed."""
@@ -77,7 +81,9 @@ class ModerationStore(Protocol):
         """Every sanction of ``type`` in force, oldest first."""
         ...
 
-    async def find_sanction(self, type: SanctionType, targets: Iterable[tuple[TargetKind, str]]) -> Sanction | None:
+    async def find_sanction(
+        self, type: SanctionType, targets: Iterable[tuple[TargetKind, str]]
+    ) -> Sanction | None:
         """The first sanction of ``type`` in force on any of ``targets``."""
         ...
 
@@ -164,7 +170,9 @@ class MemoryStore:
         found = [s for s in self._by_target.values() if s.type == type]
         return sorted(found, key=lambda s: s.created_at)
 
-    async def find_sanction(self, type: SanctionType, targets: Iterable[tuple[TargetKind, str]]) -> Sanction | None:
+    async def find_sanction(
+        self, type: SanctionType, targets: Iterable[tuple[TargetKind, str]]
+    ) -> Sanction | None:
         for kind, value in targets:
             sanction = self._by_target.get((type, kind, value))
             if sanction is None:
@@ -224,7 +232,8 @@ class MemoryStore:
         last = self._last_sent.get((sender, room))
         if last is None:
             return 0.0
-        return max(0.0, last + seconds - self._clock())
+        now: float = self._clock()
+        return max(0.0, last + seconds - now)
 
     async def message_sent(self, sender: str, room: str) -> None:
         now = self._clock()
