@@ -24,7 +24,7 @@ from .chat_page import chat_page_router
 from .problems import document_problems, install_problem_handlers
 from .rest_door import PublishLimiter, add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
-from .wire import WireApp
+from .wire import SEAM_REPORT, WireApp, limited_http_protocol, seams
 
 log = logging.getLogger("plugbus")
 
@@ -52,7 +52,7 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
     path in :mod:`plugbus.api.wire` needs; it is named here so that it stays so.
     """
     server = config.server
-    return {
+    options: dict[str, Any] = {
         "ws": "websockets-sansio",
         "ws_max_size": server.max_message_bytes,
         "ws_per_message_deflate": server.websocket_compression,
@@ -60,6 +60,11 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
         "log_level": server.log_level,
         "lifespan": "on",
     }
+    if SEAM_REPORT.holds(seams.UVICORN_HTTP):
+        options["http"] = limited_http_protocol(
+            server.limits.max_header_bytes, server.limits.max_header_count
+        )
+    return options
 
 
 def create_app(loaded: LoadedConfig) -> Application:
@@ -139,6 +144,12 @@ def _log_wire(sio: PlugbusSocketServer) -> None:
             "(websocket_writer: %s%s)",
             report.setting,
             f"; {report.direct_unavailable_reason}" if report.direct_unavailable_reason else "",
+        )
+    if not SEAM_REPORT.holds(seams.UVICORN_HTTP):
+        log.warning(
+            "wire: HTTP request heads are NOT bounded (server.limits.max_header_bytes and "
+            "max_header_count are off): uvicorn lacks %s",
+            ", ".join(SEAM_REPORT.missing(seams.UVICORN_HTTP)),
         )
     for seam in report.seams:
         if not seam["version_verified"]:

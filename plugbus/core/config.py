@@ -68,6 +68,18 @@ class LimitsSettings(StrictModel):
         description="Most binary attachments one Socket.IO packet may announce; a packet that "
         "announces more closes the connection.",
     )
+    max_header_bytes: int = Field(
+        16_384,
+        ge=0,
+        description="Most bytes of one HTTP request's head (request line and headers), as "
+        "Node's default; past it 431 and the connection is closed (0 = no limit).",
+    )
+    max_header_count: int = Field(
+        100,
+        ge=0,
+        description="Most headers one HTTP request may carry; past it 431 and the connection is "
+        "closed (0 = no limit).",
+    )
     rest_publish_per_key: float = Field(
         100,
         ge=0,

@@ -10,6 +10,7 @@ when this package is imported (:data:`SEAM_REPORT`); a missing required one stop
 * :mod:`.session` — :class:`EngineSession`, one client's session.
 * :mod:`.writers` — how packets reach a websocket: the direct writer and the ASGI writer.
 * :mod:`.asgi` — :class:`WireApp`, the ASGI app: the Engine.IO path, everything else to FastAPI.
+* :mod:`.http_limits` — bounds on an HTTP request's head, enforced below the parser.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from . import seams
 from .asgi import WireApp
 from .engine import EngineServer, ProtocolViolation, WireReport, WireSettings
+from .http_limits import limited_http_protocol
 from .session import EngineSession
 from .writers import encode_frame
 
@@ -33,5 +35,6 @@ __all__ = [
     "WireReport",
     "WireSettings",
     "encode_frame",
+    "limited_http_protocol",
     "seams",
 ]

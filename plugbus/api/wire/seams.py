@@ -12,7 +12,8 @@ it was verified against:
   the managers' ``basic_*`` room operations.
 * **uvicorn** — the direct websocket writer writes frames to the asyncio transport of uvicorn's
   websockets-sansio protocol, found as the ``__self__`` of the ASGI ``send`` callable, and trims
-  that protocol's per-connection memory (``request``, ``response``, ``queue``).
+  that protocol's per-connection memory (``request``, ``response``, ``queue``); the HTTP head
+  limits subclass its httptools protocol (``data_received`` and the parser callbacks).
 
 :func:`check` runs at import (a python-socketio attribute that is gone is a start-up error: the
 server cannot work without it) and its :class:`SeamReport` is logged at start-up and served in
@@ -83,7 +84,25 @@ UVICORN_WEBSOCKET = Seam(
     "task or a queue per message, and the connection's idle memory trimmed",
     required=False,
 )
-SEAMS = (SOCKETIO_SERVER, SOCKETIO_MANAGERS, UVICORN_WEBSOCKET)
+UVICORN_HTTP = Seam(
+    "uvicorn",
+    "0.54.0",
+    (
+        "HttpToolsProtocol.data_received",
+        "HttpToolsProtocol.on_message_begin",
+        "HttpToolsProtocol.on_header",
+        "HttpToolsProtocol.on_headers_complete",
+        "HttpToolsProtocol.on_message_complete",
+        "HttpToolsProtocol.send_400_response",
+        "HttpToolsProtocol.server_state",
+        "HttpToolsProtocol.client",
+        "HttpToolsProtocol.transport",
+    ),
+    "bounds on an HTTP request's head (server.limits.max_header_bytes, max_header_count): "
+    "bytes counted before uvicorn's httptools parser is fed, headers in its header callback",
+    required=False,
+)
+SEAMS = (SOCKETIO_SERVER, SOCKETIO_MANAGERS, UVICORN_WEBSOCKET, UVICORN_HTTP)
 
 
 class WireError(RuntimeError):
@@ -183,10 +202,23 @@ def _uvicorn_roots() -> dict[str, Any]:
         def __getattr__(self, name: str) -> Any:
             return getattr(self._proto, name)
 
+    roots: dict[str, Any] = {}
     try:
-        return {"WebSocketsSansIOProtocol": _Probe()}
+        roots["WebSocketsSansIOProtocol"] = _Probe()
     except Exception:
-        return {}
+        pass
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        roots["HttpToolsProtocol"] = HttpToolsProtocol(
+            config=Config(app=_no_app, http="httptools"),
+            server_state=ServerState(),
+            app_state={},
+            _loop=_NotALoop(),  # type: ignore[arg-type]
+        )
+    except Exception:  # httptools missing, or the constructor changed: the seam reports it
+        pass
+    return roots
 
 
 class _NotALoop:
