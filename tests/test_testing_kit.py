@@ -7,6 +7,7 @@ loaded by dotted path (``plugins.modules``), as a plugin author's would be.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import pytest
@@ -289,3 +290,42 @@ def test_the_kit_is_the_pytest11_plugin_with_no_autouse_and_prefixed_fixtures(
         assert marker.autouse is False
     for name in plugbus.testing.__all__:
         assert getattr(plugbus.testing, name).__doc__, f"{name} has no docstring"
+
+
+async def test_the_in_process_server_redacts_credentials_in_the_query_as_serve_does(
+    plugbus_server: PlugbusServerFactory,
+) -> None:
+    """A token in a query string must not reach a plugin author's test log either."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    access = logging.getLogger("uvicorn.access")
+    keep = Keep()
+    access.addHandler(keep)
+    try:
+        server = await plugbus_server(builtins=[], config={"server": {"log_level": "info"}})
+        secret = "kit-query-token-51be"
+        assert (await server.http.get(f"/health?token={secret}&x=1")).status_code == 200
+    finally:
+        access.removeHandler(keep)
+    assert any("/health?token=[redacted]&x=1" in line for line in lines), lines
+    assert not any(secret in line for line in lines)
+
+
+def test_importing_plugbus_leaves_the_host_processs_logging_alone() -> None:
+    """The wire's seam check builds uvicorn Config objects at import; uvicorn applies its own
+    logging config by default, which would take over a plugin author's test logging."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import logging, plugbus.api.app, plugbus.testing\n"
+        "for name in ('uvicorn', 'uvicorn.access', 'uvicorn.error'):\n"
+        "    logger = logging.getLogger(name)\n"
+        "    assert logger.handlers == [] and logger.propagate, (name, logger.handlers)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Sequence
 
@@ -120,6 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app, uvicorn_options
+    from .log_filters import install_log_filters
 
     loaded: LoadedConfig = load_config(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -157,39 +157,12 @@ def _serve(args: argparse.Namespace) -> int:
     uv_config = uvicorn.Config(
         app.asgi, host=server.host, port=server.port, **uvicorn_options(loaded.config)
     )
-    for name in ("uvicorn.error", "websockets"):
-        logging.getLogger(name).addFilter(_drop_frame_dumps)
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(redact_query_secrets)
+    install_log_filters()
     try:
         uvicorn.Server(uv_config).run()
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled; the stop was clean
         pass
     return 0
-
-
-#: A query parameter whose name says it holds a credential, and its value.
-_SECRET_PARAM = re.compile(
-    r"([?&][^=&\s\"]*(?:token|key|secret|passw|auth|jwt|signature|credential)[^=&\s\"]*=)[^&\s\"]*",
-    re.IGNORECASE,
-)
-
-
-def redact_query_secrets(record: logging.LogRecord) -> bool:
-    """Clients put tokens and API keys in the query string (``?token=...``, ``?api_key=...``)
-    even though plugbus reads them only from headers and the handshake; uvicorn's access and
-    websocket lines log the whole query, so each such value is replaced with ``[redacted]``."""
-    if isinstance(record.args, tuple) and any(isinstance(a, str) and "=" in a for a in record.args):
-        record.args = tuple(
-            _SECRET_PARAM.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
-        )
-    return True
-
-
-def _drop_frame_dumps(record: logging.LogRecord) -> bool:
-    """At debug level the websockets library logs every frame it reads and writes, the
-    handshake's auth payload (tokens) included; secrets must never reach a log."""
-    return not (isinstance(record.msg, str) and record.msg[:2] in ("< ", "> "))
 
 
 if __name__ == "__main__":  # pragma: no cover

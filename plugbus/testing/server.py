@@ -108,7 +108,10 @@ class PlugbusServer:
         import uvicorn
 
         from plugbus.api.app import uvicorn_options
+        from plugbus.api.log_filters import install_log_filters
 
+        # the same redaction as `plugbus serve`: a test's log never shows a token either
+        install_log_filters()
         self._uvicorn = _server_class()(
             uvicorn.Config(
                 self._lifespan_spy,

@@ -189,7 +189,9 @@ def _uvicorn_roots() -> dict[str, Any]:
         _late = ("request", "response")
 
         def __init__(self) -> None:
-            config = Config(app=_no_app, ws="websockets-sansio")
+            # log_config=None: a Config applies uvicorn's logging config by default, which
+            # would reconfigure the logging of whatever process imports plugbus
+            config = Config(app=_no_app, ws="websockets-sansio", log_config=None)
             # a placeholder loop: the probe is never connected, and asking asyncio for the
             # current loop at import would create one that nobody closes
             self._proto = WebSocketsSansIOProtocol(
@@ -211,7 +213,7 @@ def _uvicorn_roots() -> dict[str, Any]:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         roots["HttpToolsProtocol"] = HttpToolsProtocol(
-            config=Config(app=_no_app, http="httptools"),
+            config=Config(app=_no_app, http="httptools", log_config=None),
             server_state=ServerState(),
             app_state={},
             _loop=_NotALoop(),  # type: ignore[arg-type]
