@@ -22,6 +22,7 @@ from plugbus.core import Bus, Config, LoadedConfig, load_plugins
 from .body_limit import BodyLimitMiddleware
 from .chat_page import chat_page_router
 from .problems import document_problems, install_problem_handlers
+from .request_id import RequestIdMiddleware
 from .rest_door import PublishLimiter, add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
 from .wire import SEAM_REPORT, WireApp, limited_http_protocol, seams
@@ -101,8 +102,11 @@ def create_app(loaded: LoadedConfig) -> Application:
         allow_methods=cors.methods,
         allow_credentials=cors.credentials,
         allow_headers=["*"],
+        expose_headers=["X-Request-ID"],
     )
     rest.add_middleware(BodyLimitMiddleware, limit=config.server.max_message_bytes)
+    # outermost, so that refusals by the middlewares inside carry the id too
+    rest.add_middleware(RequestIdMiddleware)
     install_problem_handlers(rest)
     limits = config.server.limits
     limiter = PublishLimiter(

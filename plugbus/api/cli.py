@@ -120,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import create_app, uvicorn_options
     from .log_filters import install_log_filters
+    from .structured_logs import configure_json_logging
 
     loaded: LoadedConfig = load_config(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -134,9 +135,12 @@ def _serve(args: argparse.Namespace) -> int:
                 f"--{err['loc'][0]} (server.{err['loc'][0]}): {err['msg']} (got {err.get('input')!r})"
             ) from None
     server = loaded.config.server
-    logging.basicConfig(
-        level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
-    )
+    if server.log_format == "json":
+        configure_json_logging(server.log_level)
+    else:
+        logging.basicConfig(
+            level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
+        )
 
     app = create_app(loaded)
     if app.bus.backend.shared:
@@ -154,9 +158,10 @@ def _serve(args: argparse.Namespace) -> int:
         loaded.path,
         ", ".join(p.name for p in app.bus.plugins) or "none",
     )
-    uv_config = uvicorn.Config(
-        app.asgi, host=server.host, port=server.port, **uvicorn_options(loaded.config)
-    )
+    options = uvicorn_options(loaded.config)
+    if server.log_format == "json":
+        options["log_config"] = None  # uvicorn's loggers propagate to the JSON handler
+    uv_config = uvicorn.Config(app.asgi, host=server.host, port=server.port, **options)
     install_log_filters()
     try:
         uvicorn.Server(uv_config).run()

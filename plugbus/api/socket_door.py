@@ -48,6 +48,7 @@ from plugbus.core.ratelimit import TokenBucket
 
 from . import wire_json
 from .room_index import IndexedManager, RoomIndexMixin
+from .structured_logs import event_fields, log_context
 from .wire import SEAM_REPORT, EngineServer, ProtocolViolation, WireSettings, encode_frame
 
 log = logging.getLogger("plugbus.socket")
@@ -114,6 +115,10 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             if limits.events_per_second
             else None
         )
+        # the sid, user and event on each log line written while an event is handled; only
+        # when a format shows them, so the text format pays nothing per event
+        if server.log_format == "json":
+            self._handle_event_internal = self._handle_event_with_log_fields  # type: ignore[method-assign]
         # an ack's Socket.IO text up to its id: "3" (ack) and the namespace
         self._ack_prefixes = {ns: "3" if ns == "/" else f"3{ns}," for ns in server.namespaces}
         self._event_prefix = "2" if self.plugbus_namespace == "/" else f"2{self.plugbus_namespace},"
@@ -385,6 +390,28 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
                 session.send_message(f"{self._ack_prefixes[namespace]}{id}{body}")
         elif error is not None:
             await self.emit(ERROR_EVENT, error, to=sid, namespace=namespace)
+
+    async def _handle_event_with_log_fields(
+        self,
+        server: socketio.AsyncServer,
+        sid: str,
+        eio_sid: str,
+        data: list[Any],
+        namespace: str,
+        id: int | None,
+    ) -> None:
+        """:meth:`_handle_event_internal` with the sid, user and event on every log line
+        written meanwhile (``log_format: json``)."""
+        connection = self.bus.connection(sid)
+        identity = connection.identity if connection is not None else None
+        user = identity.user_id if identity is not None else None
+        token = log_context.set(event_fields(sid, user, data[0]))
+        try:
+            await PlugbusSocketServer._handle_event_internal(
+                self, server, sid, eio_sid, data, namespace, id
+            )
+        finally:
+            log_context.reset(token)
 
     @staticmethod
     def _refusal(exc: PlugbusError, name: Any) -> dict[str, Any]:

@@ -171,6 +171,12 @@ class ServerSettings(StrictModel):
         "per recipient, and broadcasts are sent uncompressed either way.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: lines for people; json: one JSON object per line (time, level, "
+        "logger, message, and the request_id, sid, user and event being served) for plugbus's "
+        "and uvicorn's loggers alike.",
+    )
     cors: CorsSettings = Field(default_factory=CorsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
