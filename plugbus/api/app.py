@@ -21,6 +21,7 @@ from plugbus.core import Bus, Config, LoadedConfig, load_plugins
 
 from .body_limit import BodyLimitMiddleware
 from .chat_page import chat_page_router
+from .lifecycle import Lifecycle
 from .problems import document_problems, install_problem_handlers
 from .request_id import RequestIdMiddleware
 from .rest_door import PublishLimiter, add_plugin_routes, core_router
@@ -38,12 +39,14 @@ class Application:
     :ivar bus: its bus.
     :ivar rest: the FastAPI app (for tests and OpenAPI).
     :ivar sio: the Socket.IO server.
+    :ivar lifecycle: the node's phase, readiness and drain.
     """
 
     asgi: WireApp
     bus: Bus
     rest: FastAPI
     sio: PlugbusSocketServer
+    lifecycle: Lifecycle
 
 
 def uvicorn_options(config: Config) -> dict[str, Any]:
@@ -76,14 +79,17 @@ def create_app(loaded: LoadedConfig) -> Application:
     config = loaded.config
     bus = Bus(config, load_plugins(loaded))
     sio = PlugbusSocketServer(bus, config)
+    lifecycle = Lifecycle(bus, sio.eio, config.server.drain_seconds)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         _log_wire(sio)
         await bus.start()
+        lifecycle.started()
         try:
             yield
         finally:
+            lifecycle.stopping()
             await bus.stop()
 
     rest = FastAPI(
@@ -112,13 +118,13 @@ def create_app(loaded: LoadedConfig) -> Application:
     limiter = PublishLimiter(
         limits.rest_publish_per_key, limits.rest_publish_per_address, limits.rest_publish_burst
     )
-    rest.include_router(core_router(bus, sio.eio, limiter))
+    rest.include_router(core_router(bus, sio.eio, limiter, lifecycle))
     if config.server.chat_page:
         rest.include_router(chat_page_router())
     add_plugin_routes(rest, bus, limiter)
     _document_problems(rest)
     asgi = WireApp(sio, rest, config.server.socketio_path)
-    return Application(asgi=asgi, bus=bus, rest=rest, sio=sio)
+    return Application(asgi=asgi, bus=bus, rest=rest, sio=sio, lifecycle=lifecycle)
 
 
 def _document_problems(rest: FastAPI) -> None:

@@ -7,10 +7,13 @@ stderr, names the file, the key and what was expected).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from pydantic import ValidationError
 
@@ -162,9 +165,21 @@ def _serve(args: argparse.Namespace) -> int:
     if server.log_format == "json":
         options["log_config"] = None  # uvicorn's loggers propagate to the JSON handler
     uv_config = uvicorn.Config(app.asgi, host=server.host, port=server.port, **options)
+    lifecycle = app.lifecycle
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, draining on the first SIGTERM (plugbus.api.lifecycle)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if sig == signal.SIGTERM and not self.should_exit:
+                stop = functools.partial(uvicorn.Server.handle_exit, self, sig, frame)
+                if lifecycle.drain_then(stop):
+                    return
+            super().handle_exit(sig, frame)
+
     install_log_filters()
     try:
-        uvicorn.Server(uv_config).run()
+        DrainingServer(uv_config).run()
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled; the stop was clean
         pass
     return 0

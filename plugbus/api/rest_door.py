@@ -22,6 +22,7 @@ from plugbus.core import (
     NotAllowed,
     NotFound,
     Origin,
+    PlugbusError,
     Principal,
     RateLimited,
     Route,
@@ -32,6 +33,16 @@ from plugbus.core.events import LONE_SURROGATE, find_lone_surrogate
 from plugbus.core.ratelimit import TokenBucket
 
 _PATH_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::[^}]*)?}")
+
+
+class Readiness(BaseModel):
+    """``GET /ready``."""
+
+    status: str = Field(
+        description='"ready", or why not (starting, draining, stopping, the '
+        "shared backend unreachable)."
+    )
+    phase: str = Field(description="starting | ready | draining | stopping.")
 
 
 class Health(BaseModel):
@@ -170,14 +181,44 @@ class PublishLimiter:
                 del self._buckets[k]
 
 
-def core_router(bus: Bus, wire: Any, limiter: PublishLimiter | None = None) -> APIRouter:
+def core_router(
+    bus: Bus, wire: Any, limiter: PublishLimiter | None = None, lifecycle: Any = None
+) -> APIRouter:
     """The routes every plugbus server has, whatever its plugins.
 
     :param wire: the socket server's Engine.IO server (its ``report`` and ``sessions`` feed
         ``/health``).
     :param limiter: REST publishing's rate limits.
+    :param lifecycle: the node's :class:`~plugbus.api.lifecycle.Lifecycle` (``/ready``).
     """
     router = APIRouter()
+
+    @router.get(
+        "/ready",
+        response_model=Readiness,
+        tags=["server"],
+        summary="Readiness: 200 while this node should get traffic",
+        responses={
+            503: {
+                "description": "Starting, draining, stopping, or the shared backend "
+                "does not answer (application/problem+json, code not_ready)."
+            }
+        },
+    )
+    async def ready() -> Readiness:
+        """200 while the node is ready and its shared backend answers a PING within a second;
+        503 (``not_ready``) while it starts, drains or stops, or while Redis is unreachable.
+        Point a load balancer's or Kubernetes' readiness probe here, and the liveness probe at
+        ``/health``."""
+        ok, why = await lifecycle.readiness()
+        if not ok:
+            raise PlugbusError(
+                f"not ready: {why}",
+                code="not_ready",
+                status=503,
+                details={"phase": lifecycle.phase.value},
+            )
+        return Readiness(status="ready", phase=lifecycle.phase.value)
 
     @router.get("/health", response_model=Health, tags=["server"], summary="Liveness and counts")
     async def health() -> Health:

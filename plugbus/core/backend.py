@@ -9,6 +9,7 @@ has an in-memory and a Redis implementation, and the plugins never learn which t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import Any
@@ -95,6 +96,23 @@ class Backend:
             ) from None
         self._redis = client
         log.info("shared state in Redis at %s (node %s)", mask_url(self.url), self.node_id)
+
+    async def unreachable(self, timeout: float) -> str | None:
+        """Why the shared backend does not answer a PING within ``timeout`` seconds, or None
+        when it does (always None for ``memory``)."""
+        if self.url is None:
+            return None
+        if self._redis is None:
+            return "not connected"
+        from redis.exceptions import RedisError
+
+        try:
+            await asyncio.wait_for(self._redis.ping(), timeout)
+        except TimeoutError:
+            return f"no answer to PING within {timeout:g} s"
+        except (RedisError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     async def stop(self) -> None:
         """Close the Redis connection."""

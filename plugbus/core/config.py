@@ -171,6 +171,14 @@ class ServerSettings(StrictModel):
         "per recipient, and broadcasts are sent uncompressed either way.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    drain_seconds: float = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="On SIGTERM: report not-ready, refuse new sessions and close the open ones "
+        "spread over this many seconds (clients reconnect to other nodes), then stop as "
+        "shutdown_timeout allows. 0: stop at once.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text",
         description="text: lines for people; json: one JSON object per line (time, level, "

@@ -146,6 +146,8 @@ class EngineServer:
         self.settings = settings
         self.handlers: dict[str, Callable[..., Any]] = {}
         self.sessions: dict[str, EngineSession] = {}
+        #: set by the drain (plugbus.api.lifecycle): new sessions are refused with 503
+        self.draining = False
         self._lingering: dict[str, EngineSession] = {}
         # sessions that have not joined a namespace yet, in all and per address: the limits
         # apply to them here (a joined connection is counted and limited by the bus, which
@@ -362,6 +364,8 @@ class EngineServer:
         joined a namespace yet are bounded by the connection limits, in all and per address."""
         client = scope.get("client")
         addr = client[0] if client else None
+        if self.draining:
+            return addr, "server is draining: connect to another node"
         s = self.settings
         if s.max_sessions and self._pending >= s.max_sessions:
             return addr, (
@@ -421,7 +425,7 @@ class EngineServer:
     ) -> None:
         addr, refusal = self._admit(scope)
         if refusal is not None:
-            self.count("session_limit")
+            self.count("draining" if self.draining else "session_limit")
             await _http_error(send, 503, FORBIDDEN, refusal, cors)
             return
         session = self._new_session(scope, "polling", addr, headers)
@@ -576,7 +580,7 @@ class EngineServer:
         if problem is None and sid is None:
             addr, refusal = self._admit(scope)
             if refusal is not None:
-                self.count("session_limit")
+                self.count("draining" if self.draining else "session_limit")
                 problem = (FORBIDDEN, refusal)
             else:
                 session = self._new_session(scope, "websocket", addr, headers)
