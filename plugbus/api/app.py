@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from plugbus.core import Bus, Config, LoadedConfig, load_plugins
 
+from .admin import admin_router
 from .body_limit import BodyLimitMiddleware
 from .chat_page import chat_page_router
 from .lifecycle import Lifecycle
@@ -119,6 +120,7 @@ def create_app(loaded: LoadedConfig) -> Application:
         limits.rest_publish_per_key, limits.rest_publish_per_address, limits.rest_publish_burst
     )
     rest.include_router(core_router(bus, sio.eio, limiter, lifecycle))
+    rest.include_router(admin_router(bus, sio, page=config.server.admin_page))
     if config.server.chat_page:
         rest.include_router(chat_page_router())
     add_plugin_routes(rest, bus, limiter)

@@ -171,6 +171,11 @@ class ServerSettings(StrictModel):
         "per recipient, and broadcasts are sent uncompressed either way.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    admin_page: bool = Field(
+        True,
+        description="Serve the admin view at GET /admin (a static page that reads the REST "
+        "API with an admin API key the operator types in).",
+    )
     drain_seconds: float = Field(
         10,
         ge=0,
