@@ -17,9 +17,13 @@ config:
 - every ``plugbus ...`` command line uses commands and options the CLI has;
 - every generated table (tests/doc_tables.py) is what its generator prints.
 
-hooks.md and writing.md are checked in more depth by tests/test_plugin_docs.py. Behaviour the
-pages describe is tested where the behaviour lives (tests/test_rooms.py, test_cluster.py, ...);
-the claims here are the defaults and names a reader would copy.
+Each common check is shown to refuse a page that gets its subject wrong (``PROOFS``). Beyond
+them: a page's ``states(...)`` claims tie a default stated in prose to the code; pages with
+``curl_examples_run`` have their ``curl`` examples sent to a real server (the test kit's) and
+answered as shown; the OpenAPI text says which scope each route needs and calls nothing per
+node that is cluster-wide. hooks.md and writing.md are checked in more depth by
+tests/test_plugin_docs.py; most behaviour the pages describe is tested where it lives
+(tests/test_rooms.py, test_cluster.py, ...).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from plugbus.api.rest_door import scope_note
 from plugbus.core import Bus, Event, PlugbusError, Plugin, hookspecs, load_config, load_plugins
 from plugbus.core.config import Config
 from plugbus.core.loader import BUILTINS
-from plugbus.testing import PlugbusServerFactory
+from plugbus.testing import ClientRefused, PlugbusServerFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = "GET|POST|PUT|DELETE|PATCH"
@@ -890,6 +894,32 @@ async def test_the_curl_examples_answer_as_shown(
         assert resp.is_success, f"{where}: {resp.status_code} {resp.text}"
         if curl.answer:
             assert resp.json() == json.loads(curl.answer), where
+
+
+async def test_behind_a_trusted_proxy_a_client_keeps_its_own_address(
+    plugbus_server: PlugbusServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/deployment.md (Load balancing) and moderation.md: uvicorn trusts X-Forwarded-For
+    from 127.0.0.1 and ::1 unless FORWARDED_ALLOW_IPS says otherwise, so an address ban
+    behind a proxy on the same machine bans that client, not everyone."""
+    import uvicorn
+
+    prose = " ".join((ROOT / "docs" / "deployment.md").read_text(encoding="utf-8").split())
+    assert "`127.0.0.1` and `::1` unless the environment variable `FORWARDED_ALLOW_IPS`" in prose
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    assert uvicorn.Config(app=None).forwarded_allow_ips == "127.0.0.1,::1"
+
+    server = await plugbus_server()
+    resp = await server.http.post(
+        "/moderation/bans", json={"kind": "address", "value": "203.0.113.7", "reason": "test"}
+    )
+    assert resp.status_code == 201, resp.text
+    with pytest.raises(ClientRefused) as refused:
+        await server.client(headers={"X-Forwarded-For": "203.0.113.7"})
+    assert refused.value.error["code"] == "connection_denied"
+    assert refused.value.error["details"]["rule"] == "ban", refused.value.error
+    other = await server.client(headers={"X-Forwarded-For": "198.51.100.4"})
+    assert other.sid
 
 
 # -- the checks can fail ----------------------------------------------------------------------
