@@ -52,12 +52,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
 
-# Lint, format and types first: cheap, and a failure here is a failure of the run. Skipped only
+# Lint, format, types and import layers first: cheap, and a failure here is a failure of the run. Skipped only
 # when pytest is asked for a subset (arguments given) and PLUGBUS_LINT is not 1.
 if [ "$#" -eq 0 ] || [ "${PLUGBUS_LINT:-}" = "1" ]; then
   .venv/bin/ruff check .
   .venv/bin/ruff format --check .
   .venv/bin/mypy
+  .venv/bin/lint-imports --no-logo
 fi
 
 exec .venv/bin/python -m pytest "$@"

@@ -237,6 +237,7 @@ def core_router(
         tags=["server"],
         dependencies=[require_scope(bus, "read")],
         summary="Loaded plugins with source, version and hooks",
+        description=scope_note("read"),
     )
     async def plugins() -> list[dict[str, Any]]:
         return [p.as_dict() for p in bus.plugins]
@@ -315,12 +316,30 @@ def add_plugin_routes(app: FastAPI, bus: Bus, limiter: PublishLimiter | None = N
             response_model=route.response,
             status_code=route.status_code,
             summary=route.summary or None,
+            description=describe_route(route),
             tags=list(route.tags) or [plugin_name],
             name=f"{plugin_name}:{route.method.lower()} {route.path}",
             dependencies=[require_scope(bus, route.scope, limited)]
             if route.scope is not None
             else None,
         )
+
+
+def scope_note(scope: str | None) -> str:
+    """What a route's OpenAPI description says about the API-key scope it needs."""
+    if scope is None:
+        return "Open to every caller: no API key is asked for."
+    return (
+        f"Needs an API key with the `{scope}` scope once REST callers are checked (an "
+        "authentication plugin answers `plugbus_authenticate_request`, as the `auth` plugin "
+        "does when it has `api_keys`); open to every caller until then."
+    )
+
+
+def describe_route(route: Route) -> str:
+    """A plugin route's OpenAPI description: its handler's docstring, then its scope."""
+    doc = inspect.cleandoc(route.handler.__doc__ or "")
+    return f"{doc}\n\n{scope_note(route.scope)}" if doc else scope_note(route.scope)
 
 
 def _endpoint(route: Route, bus: Bus) -> Any:

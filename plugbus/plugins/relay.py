@@ -263,7 +263,7 @@ class RelayPlugin(Plugin):
         :raises InvalidPayload: a structured message while ``structured`` is off.
         :raises NotAllowed: the sender lacks a role ``sender_roles`` asks for, or is not in
             the room while ``require_membership`` is on.
-        :raises NotFound: ``send-direct`` to a connection that does not exist on this node.
+        :raises NotFound: ``send-direct`` to a connection that does not exist (on any node).
         """
         if not isinstance(event, SendMessage | SendDirect | Broadcast):
             return None

@@ -123,7 +123,9 @@ class RoomMembers(BaseModel):
     """Ack of ``room-members`` and response of ``GET /rooms/{room}``."""
 
     room: str
-    count: int = Field(description="Members on this node (0 for a room nobody is in).")
+    count: int = Field(
+        description="Members, on every node when the backend is shared (0 for a room nobody is in)."
+    )
     members: list[Member]
 
 
@@ -131,11 +133,12 @@ class RoomCount(BaseModel):
     """One room of ``GET /rooms``."""
 
     room: str
-    count: int = Field(description="Members on this node.")
+    count: int = Field(description="Members, on every node when the backend is shared.")
 
 
 class RoomList(RootModel[list[RoomCount]]):
-    """Response of ``GET /rooms``: every room with members on this node, sorted by name."""
+    """Response of ``GET /rooms``: every room with members (on every node when the backend is
+    shared), sorted by name."""
 
 
 class MemberJoined(BaseModel):
@@ -162,7 +165,9 @@ class MembershipNotice(BaseModel):
     room: str
     sid: str = Field(description="The connection that joined or left.")
     user: str | None = Field(description="Its identity's user id, or null.")
-    count: int = Field(description="Members of the room afterwards, on this node.")
+    count: int = Field(
+        description="Members of the room afterwards, on every node when the backend is shared."
+    )
 
 
 # -- events -----------------------------------------------------------------------------------

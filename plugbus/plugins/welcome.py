@@ -3,8 +3,8 @@
 Greetings are templates: ``{sid}``, ``{server}`` and ``{user}`` in the connection greeting, the
 same plus ``{room}`` in room greetings; ``{{`` and ``}}`` write literal braces. Templates are
 checked when they are set — at start-up and by ``PUT /welcome`` — so rendering never fails.
-``GET /welcome`` shows the greetings in use and ``PUT /welcome`` changes them at run time
-(in this process's memory only).
+``GET /welcome`` shows the greetings in use and ``PUT /welcome`` changes them at run time: in
+this process's memory, or, when ``server.backend`` is Redis, in Redis for every node.
 """
 
 from __future__ import annotations

@@ -63,6 +63,9 @@ class PlugbusServerFactory:
             any other and shows in ``GET /plugins`` as ``hook-recorder``.
         :raises ConfigError: the config or a plugin is wrong (as ``plugbus serve`` would say).
         """
+        # Imported here, not at the top: pytest loads the kit (an entry-point plugin) in every
+        # session of a project that installs plugbus, and the web stack waits until a test
+        # starts a server (pyproject.toml's import layers check it).
         from plugbus.api.app import create_app
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -107,6 +107,7 @@ class PlugbusServer:
     async def _serve(self, timeout: float) -> None:
         import uvicorn
 
+        # Inside the function like every import of plugbus.api in the kit (see factory.py).
         from plugbus.api.app import uvicorn_options
         from plugbus.api.log_filters import install_log_filters
 

@@ -1,5 +1,5 @@
 """The ``/moderation`` REST routes (bans, mutes, kick, log, slow mode) and their request and
-response bodies. No authorization yet: admin roles arrive with the authentication issue."""
+response bodies. Every route keeps the default route scope, ``admin``."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ LOG_LIMIT = 100
 
 
 class ModerationRoutes:
-    """The ``/moderation`` REST routes (no authorization yet: admin roles come later)."""
+    """The ``/moderation`` REST routes (and ``DELETE /connections/{sid}``), all with the API-key
+    scope ``admin``."""
 
     def __init__(self, plugin: ModerationPlugin, bus: Bus) -> None:
         self.plugin = plugin
@@ -274,8 +275,7 @@ class ModerationRoutes:
         """Ban, and disconnect every live connection the ban covers; reconnects are refused
         with a ``connect_error`` saying why. A ban by connection bans the connection's user id
         if it has one, else its address (every client from there). With a shared store the
-        other nodes close the connections it covers there; ``disconnected`` lists this node's.
-        Not authorized yet."""
+        other nodes close the connections it covers there; ``disconnected`` lists this node's."""
         assert isinstance(req.body, SanctionRequest)
         ban, _ = await self._sanction("ban", req.body)
         closed = await self.plugin.ban_made(ban, self.bus)
@@ -283,7 +283,7 @@ class ModerationRoutes:
 
     async def mute(self, req: RouteRequest) -> Sanction:
         """Mute: the client still receives and may join rooms, but events with text are
-        refused. A mute by connection ends when that connection does. Not authorized yet."""
+        refused. A mute by connection ends when that connection does."""
         assert isinstance(req.body, SanctionRequest)
         mute, _ = await self._sanction("mute", req.body)
         return mute
@@ -306,11 +306,11 @@ class ModerationRoutes:
         return sanction
 
     async def unban(self, req: RouteRequest) -> Sanction:
-        """Lift a ban by id. Not authorized yet."""
+        """Lift a ban by id."""
         return await self._lift("ban", req.path_params["id"])
 
     async def unmute(self, req: RouteRequest) -> Sanction:
-        """Lift a mute by id. Not authorized yet."""
+        """Lift a mute by id."""
         return await self._lift("mute", req.path_params["id"])
 
     async def _kick(self, sid: str, reason: str) -> Kicked:
@@ -322,12 +322,12 @@ class ModerationRoutes:
         return Kicked(sid=sid, reason=reason)
 
     async def kick(self, req: RouteRequest) -> Kicked:
-        """Disconnect one connection (it may reconnect; ban to keep it out). Not authorized yet."""
+        """Disconnect one connection (it may reconnect; ban to keep it out)."""
         assert isinstance(req.body, KickRequest)
         return await self._kick(req.body.sid, req.body.reason)
 
     async def kick_by_path(self, req: RouteRequest) -> Kicked:
-        """Disconnect one connection, as ``POST /moderation/kick``. Not authorized yet."""
+        """Disconnect one connection, as ``POST /moderation/kick``."""
         return await self._kick(req.path_params["sid"], "")
 
     async def read_log(self, req: RouteRequest) -> list[LogEntry]:
@@ -355,7 +355,7 @@ class ModerationRoutes:
         )
 
     async def set_slow_mode(self, req: RouteRequest) -> SlowModeRoom:
-        """Set one room's delay now (0 switches slow mode off there). Not authorized yet."""
+        """Set one room's delay now (0 switches slow mode off there)."""
         assert isinstance(req.body, SlowModeUpdate)
         self._require_rule("slow_mode")
         room = req.path_params["room"]

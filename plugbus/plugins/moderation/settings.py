@@ -60,7 +60,7 @@ class RuleSwitches(BaseModel):
         default_factory=RuleSwitch, description="Refuse text from muted clients."
     )
     flood: OffByDefault = Field(
-        default_factory=OffByDefault, description="Token bucket per connection."
+        default_factory=OffByDefault, description="Token bucket per sender."
     )
     slow_mode: RuleSwitch = Field(
         default_factory=RuleSwitch, description="Delay between messages per room."
@@ -81,16 +81,20 @@ class RuleSwitches(BaseModel):
 
 
 class FloodSettings(BaseModel):
-    """``flood``: a token bucket per connection, over every event it sends."""
+    """``flood``: a token bucket per sender (its user id, else its connection), over every event
+    it sends."""
 
     model_config = ConfigDict(extra="forbid")
 
-    burst: int = Field(10, ge=1, description="Events a connection may send at once.")
+    burst: int = Field(
+        10, ge=1, description="Events a sender (its user id, else its connection) may send at once."
+    )
     rate: float = Field(2.0, gt=0, description="Events per second it earns back, up to burst.")
 
 
 class SlowModeSettings(BaseModel):
-    """``slow_mode``: the least seconds between two messages of one connection in one room."""
+    """``slow_mode``: the least seconds between two messages of one sender (its user id, else its
+    connection) in one room."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -138,7 +142,7 @@ class ModerationSettings(PluginSettings):
         "longer ones are refused with 422 (omit duration for a sanction that lasts until lifted).",
     )
     log_size: int = Field(
-        1000, ge=0, description="Moderation decisions kept for GET /moderation/log."
+        1000, ge=0, description="Moderation decisions kept for GET /moderation/log; 0 keeps none."
     )
     store: Literal["auto", "memory", "redis"] = Field(
         "auto",
