@@ -454,6 +454,8 @@ def yaml_examples_are_valid_config(page: Page, world: World, entry: Entry) -> No
     for i, block in enumerate(page.blocks("yaml")):
         data = yaml.safe_load(block)
         assert isinstance(data, dict), f"{page.name}: YAML example {i + 1} is not a mapping"
+        if "spec" in data:
+            continue  # a Kubernetes manifest: kubernetes_example_fits_the_drain checks it
         if not set(data) <= {"server", "plugins"}:
             assert set(data) <= set(BUILTINS), (
                 f"{page.name}: YAML example {i + 1} is neither a config nor plugin settings"
@@ -490,6 +492,29 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
     return {}
+
+
+def kubernetes_example_fits_the_drain(page: Page, world: World, entry: Entry) -> None:
+    """The pod spec's probes ask routes that exist on the default port, readiness is /ready and
+    liveness /health, and the grace period outlasts the drain and the shutdown that follows."""
+    manifests = [d for d in map(yaml.safe_load, page.blocks("yaml")) if "spec" in d]
+    assert manifests, f"{page.name}: no Kubernetes example"
+    server = world.bus.config.server
+    for manifest in manifests:
+        spec = manifest["spec"]
+        grace = spec["terminationGracePeriodSeconds"]
+        assert grace > server.drain_seconds + server.shutdown_timeout, (
+            grace,
+            server.drain_seconds,
+            server.shutdown_timeout,
+        )
+        (container,) = spec["containers"]
+        probes = {kind: container[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe")}
+        assert probes["readinessProbe"]["path"] == "/ready"
+        assert probes["livenessProbe"]["path"] == "/health"
+        for probe in probes.values():
+            assert probe["port"] == server.port
+            assert world.mounted("GET", probe["path"]), probe
 
 
 def cli_lines_are_real(page: Page, world: World, entry: Entry) -> None:
@@ -729,7 +754,13 @@ PAGES: dict[str, Entry] = {
                     "moderation.store",
                     "auto",
                 ),
+                (
+                    "On SIGTERM a node drains before it stops (`server.drain_seconds`, 10 by default)",
+                    "server.drain_seconds",
+                    10,
+                ),
             ),
+            kubernetes_example_fits_the_drain,
         ),
     ),
     "docs/benchmarks.md": Entry(
@@ -840,6 +871,9 @@ PER_NODE = {
     ("DirectDelivered", "recipients"),
     ("Health", "connections"),
     ("Health", "sessions"),
+    # the admin view's list of the answering node's own connections
+    ("ConnectionList", "count"),
+    ("ConnectionView", ""),
 }
 
 
