@@ -380,9 +380,15 @@ def _not_hooks() -> set[str]:
     return fixtures | packages
 
 
+def _metric_names(world: World) -> set[str]:
+    return {metric.name for metric in world.app.metrics.registry.collect()}
+
+
 def hooks_exist(page: Page, world: World, entry: Entry) -> None:
     text = "\n".join([page.prose, *page.blocks("python")])  # an nginx upstream is no hook
     named = set(re.findall(r"\bplugbus_[a-z_]+\b", text)) - _not_hooks()
+    # Prometheus metric names share the prefix; metrics_table_matches_a_scrape checks them
+    named = {n for n in named if n.removesuffix("_total") not in _metric_names(world)}
     unknown = sorted(n for n in named if not hasattr(hookspecs, n))
     assert not unknown, f"{page.name} names hooks that do not exist: {unknown}"
 
@@ -515,6 +521,34 @@ def kubernetes_example_fits_the_drain(page: Page, world: World, entry: Entry) ->
         for probe in probes.values():
             assert probe["port"] == server.port
             assert world.mounted("GET", probe["path"]), probe
+
+
+def metrics_table_matches_a_scrape(page: Page, world: World, entry: Entry) -> None:
+    """The metrics table names exactly the families a scrape of the node exposes, each with
+    its type and labels."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = {}
+    for family in text_string_to_metric_families(
+        generate_latest(world.app.metrics.registry).decode()
+    ):
+        labels = set()
+        for sample in family.samples:
+            labels |= set(sample.labels) - {"le"}
+        scraped[family.name] = (family.type, labels)
+    rows = [r for _, rs in page.tables() for r in rs if r and r[0].startswith("`plugbus_")]
+    documented = {}
+    for row in rows:
+        name = row[0].strip("`").removesuffix("_total")
+        labels = set(re.findall(r"`([a-z_]+)`", row[2]))
+        documented[name] = (row[1].strip(), labels)
+    # a family with no samples yet (labelled counters before any traffic) shows no labels
+    for name, (kind, labels) in documented.items():
+        assert name in scraped, f"{page.name} documents {name}, which the node does not expose"
+        assert scraped[name][0] == kind, (name, scraped[name][0], kind)
+        assert scraped[name][1] <= labels, (name, scraped[name][1], labels)
+    assert set(scraped) <= set(documented), f"undocumented: {set(scraped) - set(documented)}"
 
 
 def cli_lines_are_real(page: Page, world: World, entry: Entry) -> None:
@@ -763,6 +797,7 @@ PAGES: dict[str, Entry] = {
             kubernetes_example_fits_the_drain,
         ),
     ),
+    "docs/operations.md": Entry(checks=(metrics_table_matches_a_scrape,)),
     "docs/benchmarks.md": Entry(
         # A record of one run: its py-spy frames name files and lines of the commit measured
         # ("Code measured: commit ..."), and its raw stacks stayed on that machine.

@@ -23,6 +23,7 @@ from .admin import admin_router
 from .body_limit import BodyLimitMiddleware
 from .chat_page import chat_page_router
 from .lifecycle import Lifecycle
+from .metrics import Metrics, RestMetricsMiddleware, metrics_router
 from .problems import document_problems, install_problem_handlers
 from .request_id import RequestIdMiddleware
 from .rest_door import PublishLimiter, add_plugin_routes, core_router
@@ -41,6 +42,7 @@ class Application:
     :ivar rest: the FastAPI app (for tests and OpenAPI).
     :ivar sio: the Socket.IO server.
     :ivar lifecycle: the node's phase, readiness and drain.
+    :ivar metrics: the node's Prometheus metrics.
     """
 
     asgi: WireApp
@@ -48,6 +50,7 @@ class Application:
     rest: FastAPI
     sio: PlugbusSocketServer
     lifecycle: Lifecycle
+    metrics: Metrics
 
 
 def uvicorn_options(config: Config) -> dict[str, Any]:
@@ -81,6 +84,9 @@ def create_app(loaded: LoadedConfig) -> Application:
     bus = Bus(config, load_plugins(loaded))
     sio = PlugbusSocketServer(bus, config)
     lifecycle = Lifecycle(bus, sio.eio, config.server.drain_seconds)
+    metrics = Metrics(bus, sio, lifecycle)
+    # with metrics off, the doors count nothing
+    sio.metrics = metrics if config.server.metrics.enabled else None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +118,9 @@ def create_app(loaded: LoadedConfig) -> Application:
         expose_headers=["X-Request-ID"],
     )
     rest.add_middleware(BodyLimitMiddleware, limit=config.server.max_message_bytes)
+    if config.server.metrics.enabled:
+        rest.state.metrics = metrics
+        rest.add_middleware(RestMetricsMiddleware, metrics=metrics)
     # outermost, so that refusals by the middlewares inside carry the id too
     rest.add_middleware(RequestIdMiddleware)
     install_problem_handlers(rest)
@@ -121,12 +130,14 @@ def create_app(loaded: LoadedConfig) -> Application:
     )
     rest.include_router(core_router(bus, sio.eio, limiter, lifecycle))
     rest.include_router(admin_router(bus, sio, page=config.server.admin_page))
+    if config.server.metrics.enabled and not config.server.metrics.port:
+        rest.include_router(metrics_router(bus, metrics))
     if config.server.chat_page:
         rest.include_router(chat_page_router())
     add_plugin_routes(rest, bus, limiter)
     _document_problems(rest)
     asgi = WireApp(sio, rest, config.server.socketio_path)
-    return Application(asgi=asgi, bus=bus, rest=rest, sio=sio, lifecycle=lifecycle)
+    return Application(asgi=asgi, bus=bus, rest=rest, sio=sio, lifecycle=lifecycle, metrics=metrics)
 
 
 def _document_problems(rest: FastAPI) -> None:

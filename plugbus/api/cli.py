@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -178,11 +179,57 @@ def _serve(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
 
     install_log_filters()
+    main_server = DrainingServer(uv_config)
     try:
-        DrainingServer(uv_config).run()
+        if server.metrics.enabled and server.metrics.port:
+            _run_with_metrics_port(main_server, app, options)
+        else:
+            main_server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled; the stop was clean
         pass
     return 0
+
+
+def _run_with_metrics_port(main_server: Any, app: Any, options: dict[str, Any]) -> None:
+    """Serve the API and, on ``server.metrics.port``, ``/metrics`` alone: two uvicorn servers
+    on one event loop; the API's server owns the signals and the metrics server stops with
+    it."""
+    import asyncio
+    import contextlib
+
+    import uvicorn
+
+    from .metrics import metrics_app
+
+    class SideServer(uvicorn.Server):
+        """Leaves the signals to the API's server."""
+
+        def capture_signals(self) -> Any:
+            return contextlib.nullcontext()
+
+    server = app.bus.config.server
+    side_options: dict[str, Any] = {"lifespan": "off", "log_level": options["log_level"]}
+    if "log_config" in options:
+        side_options["log_config"] = options["log_config"]
+    side = SideServer(
+        uvicorn.Config(
+            metrics_app(app.bus, app.metrics),
+            host=server.host,
+            port=server.metrics.port,
+            **side_options,
+        )
+    )
+
+    async def both() -> None:
+        side_task = asyncio.get_running_loop().create_task(side.serve())
+        try:
+            await main_server.serve()
+        finally:
+            side.should_exit = True
+            await side_task
+
+    with asyncio.Runner(loop_factory=main_server.config.get_loop_factory()) as runner:
+        runner.run(both())
 
 
 if __name__ == "__main__":  # pragma: no cover

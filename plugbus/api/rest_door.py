@@ -297,7 +297,17 @@ def core_router(
             check_scope(
                 getattr(request.state, "principal", None), event_cls.rest_scope, f"event ({event})"
             )
-        result = await bus.dispatch(event, payload, bus.context(Origin.REST, namespace=namespace))
+        metrics = getattr(request.app.state, "metrics", None)
+        try:
+            result = await bus.dispatch(
+                event, payload, bus.context(Origin.REST, namespace=namespace)
+            )
+        except PlugbusError as exc:
+            if metrics is not None:
+                metrics.event("rest", event, exc.to_dict(), namespace or bus.default_namespace)
+            raise
+        if metrics is not None:
+            metrics.event("rest", event, None, namespace or bus.default_namespace)
         # a plain-ack event's handler may answer several values (a tuple): a JSON array here
         return EventResult(data=list(result) if isinstance(result, tuple) else result)
 

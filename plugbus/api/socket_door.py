@@ -47,6 +47,7 @@ from plugbus.core.events import ack_arguments
 from plugbus.core.ratelimit import TokenBucket
 
 from . import wire_json
+from .metrics import Metrics
 from .room_index import IndexedManager, RoomIndexMixin
 from .structured_logs import event_fields, log_context
 from .wire import SEAM_REPORT, EngineServer, ProtocolViolation, WireSettings, encode_frame
@@ -107,6 +108,9 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self._max_bytes = server.max_message_bytes
         self._binary_bytes: dict[str, int] = {}
         self.bus = bus
+        #: set by create_app; the door counts each event's outcome and each publish's
+        #: deliveries there
+        self.metrics: Metrics | None = None
         # The default namespace: the one _handle_eio_message decodes in one step.
         self.plugbus_namespace = server.default_namespace
         self.plugbus_namespaces = frozenset(server.namespaces)
@@ -368,6 +372,8 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         except Exception:
             log.exception("event %r from %s failed", name, sid)
             error = self._refusal(InternalError("internal error while handling the event"), name)
+        if self.metrics is not None:
+            self.metrics.event("socket", name, error, namespace)
         if wants_ack:
             # the ack's arguments: the {ok, data | error} envelope, or plain ones for events
             # that ask for them (ack_style "plain")
@@ -448,12 +454,14 @@ def deliver_here(
     skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
     frames: list[bytes] | None = None
     sessions = sio.eio.sessions
+    delivered = 0
     for sid, eio_sid in members.items():
         if sid in skip:
             continue
         session = sessions.get(eio_sid)
         if session is None:
             continue
+        delivered += 1
         writer = session.writer
         if writer is not None and writer.direct:
             if frames is None:
@@ -463,6 +471,8 @@ def deliver_here(
         else:
             for part in parts:
                 session.send_message(part)
+    if sio.metrics is not None and delivered:
+        sio.metrics.delivered(delivered, sum(len(p) for p in parts))
 
 
 class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: ignore[misc]

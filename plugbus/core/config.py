@@ -99,6 +99,19 @@ class LimitsSettings(StrictModel):
     )
 
 
+class MetricsSettings(StrictModel):
+    """Prometheus metrics at ``GET /metrics``."""
+
+    enabled: bool = Field(True, description="Serve GET /metrics.")
+    port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="0: on the API's port; another port: on that port only (on server.host), "
+        "e.g. one that only the monitoring network reaches.",
+    )
+
+
 class ServerSettings(StrictModel):
     """Where and how the server listens."""
 
@@ -192,6 +205,7 @@ class ServerSettings(StrictModel):
     )
     cors: CorsSettings = Field(default_factory=CorsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="before")
     @classmethod

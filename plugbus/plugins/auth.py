@@ -91,9 +91,10 @@ class ApiKey(_Strict):
 
     name: str = Field(min_length=1, description="Shown in logs and errors instead of the key.")
     key: Secret = Field(description='The key (use "$env:NAME").')
-    scopes: list[Literal["publish", "read", "admin"]] = Field(
+    scopes: list[Literal["publish", "read", "metrics", "admin"]] = Field(
         ["publish"],
-        description="publish: send messages; read: presence and plugin lists; admin: everything.",
+        description="publish: send messages; read: presence and plugin lists; metrics: "
+        "GET /metrics (for a Prometheus scraper); admin: everything.",
     )
 
 
@@ -292,7 +293,11 @@ class AuthPlugin(Plugin):
                 match = entry
         if match is None:
             raise Unauthorized("invalid API key")
-        scopes = {"publish", "read", "admin"} if "admin" in match.scopes else set(match.scopes)
+        scopes = (
+            {"publish", "read", "metrics", "admin"}
+            if "admin" in match.scopes
+            else set(match.scopes)
+        )
         return Principal(name=match.name, scopes=frozenset(scopes))
 
     # -- rooms --------------------------------------------------------------------------------

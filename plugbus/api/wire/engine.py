@@ -148,6 +148,8 @@ class EngineServer:
         self.sessions: dict[str, EngineSession] = {}
         #: set by the drain (plugbus.api.lifecycle): new sessions are refused with 503
         self.draining = False
+        #: sessions opened, by transport (metrics)
+        self.handshakes: dict[str, int] = {}
         self._lingering: dict[str, EngineSession] = {}
         # sessions that have not joined a namespace yet, in all and per address: the limits
         # apply to them here (a joined connection is counted and limited by the bus, which
@@ -393,6 +395,7 @@ class EngineServer:
         for name, value in headers.items():
             environ["HTTP_" + name.upper().replace("-", "_")] = value
         sid = self.generate_id()
+        self.handshakes[transport] = self.handshakes.get(transport, 0) + 1
         session = EngineSession(self, sid, transport, environ, addr)
         self.sessions[sid] = session
         self._pending += 1
