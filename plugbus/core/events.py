@@ -69,6 +69,15 @@ class Event(BaseModel):
         return type(self).name
 
 
+class ModeratedText(Event):
+    """The event :meth:`Bus.moderate_text` runs a text through moderation as: one text field.
+    Never registered, so no client can send it."""
+
+    name: ClassVar[str] = "plugbus.text"
+    text_fields: ClassVar[tuple[str, ...]] = ("text",)
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
 class ServerEvent:
     """An event the server sends to clients, declared for the exported event contract.

@@ -18,7 +18,7 @@ from plugbus import (
 
 from .settings import FloodSettings, SlowModeSettings, TargetKind
 from .store import ModerationStore, Sanction
-from .text import Normaliser
+from .text import Normaliser, strings_in
 
 
 def targets_of(connection: Connection) -> list[tuple[TargetKind, str]]:
@@ -167,11 +167,15 @@ class SlowModeRule:
 
 
 def text_fields(event: Event) -> Iterable[tuple[str, str]]:
-    """``(field, text)`` for every text field of ``event`` that holds a string."""
+    """``(path, text)`` for every string inside the text fields of ``event``: a string field
+    is its own path (``message``); strings inside lists, dicts and nested models are found
+    too (``options.1``, ``answer.text``)."""
     for field in type(event).text_fields:
-        text = getattr(event, field, None)
-        if isinstance(text, str):
-            yield field, text
+        value = getattr(event, field, None)
+        if isinstance(value, str):  # the common case, without the walk
+            yield field, value
+        elif value is not None:
+            yield from strings_in(value, field)
 
 
 class MaxLengthRule:
