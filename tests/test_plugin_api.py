@@ -159,3 +159,17 @@ async def test_polls_work_across_two_nodes_with_redis(serve: Any, redis_server: 
         await on_b.post("/events/close-poll", json={"poll": poll_id})
         closed = await on_a.post("/events/vote", json={"poll": poll_id, "option": 1})
         assert closed.status_code == 409 and closed.json()["code"] == "poll_closed"
+
+
+async def test_strings_inside_a_structured_relay_message_are_moderated(
+    plugbus_server: PlugbusServerFactory,
+) -> None:
+    server = await plugbus_server(settings=MODERATION)
+    ann = await server.client(transports=["websocket"])
+    await ann.call("join-room", {"room": "lobby"})
+    sent = {"message": {"text": "oh darn", "n": 1}, "roomID": "lobby"}
+    refused = await ann.call("send-message", sent)
+    assert refused["error"]["code"] == "message_rejected"
+    assert refused["error"]["details"]["field"] == "message.text"
+    ok = await ann.call("send-message", {"message": {"text": "fine", "n": 1}, "roomID": "lobby"})
+    assert ok["ok"] is True

@@ -70,8 +70,9 @@ class LocalPresence:
         return self._bus.rooms(namespace)
 
     async def members(self, room: str, namespace: str | None = None) -> list[Member]:
-        """The connections in ``room`` of ``namespace`` (the default namespace when None)."""
-        return [self._member(sid) for sid in self._bus.members(room, namespace)]
+        """The connections in ``room`` of ``namespace`` (the default namespace when None),
+        sorted by sid."""
+        return [self._member(sid) for sid in sorted(self._bus.members(room, namespace))]
 
     async def count(self, room: str, namespace: str | None = None) -> int:
         """How many connections are in ``room`` of ``namespace`` (default when None)."""

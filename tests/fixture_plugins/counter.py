@@ -1,3 +1,4 @@
+# tests/fixture_plugins/counter.py
 """counter: a count shared by every node (the worked example of docs/plugins/bus.md)."""
 
 from __future__ import annotations
