@@ -206,17 +206,6 @@ class EventRegistry:
         ns = namespace or self.default_namespace
         return sorted(name for (n, name) in self._events if n == ns)
 
-    def entries(self) -> list[tuple[str, str, type[Event]]]:
-        """Every registered client event as ``(namespace, name, class)``, the served namespaces
-        in their configured order, names sorted."""
-        order = {ns: i for i, ns in enumerate(self.served)}
-        return [
-            (ns, name, cls)
-            for (ns, name), cls in sorted(
-                self._events.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1])
-            )
-        ]
-
     def owner(self, name: str, namespace: str | None = None) -> str:
         """The plugin that registered client event ``name`` in ``namespace``."""
         return self._owners[(namespace or self.default_namespace, name)]
