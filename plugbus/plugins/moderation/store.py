@@ -86,6 +86,13 @@ class LogEntry(BaseModel):
     target: str | None = Field(None, description='For sanctions: "kind:value".')
 
 
+def _unavailable(exc: SharedStateUnavailable) -> StoreUnavailable:
+    """Moderation's own refusal for a shared store that cannot be reached."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    return StoreUnavailable(UNAVAILABLE, details={"store": "redis"})
+
+
 class ModerationStore:
     """Where moderation keeps its state: the plugin's :class:`~plugbus.Store` (see the keys
     above). A store that cannot reach its state raises :class:`StoreUnavailable` (except
@@ -111,9 +118,7 @@ class ModerationStore:
         try:
             yield
         except SharedStateUnavailable as exc:
-            if isinstance(exc, StoreUnavailable):
-                raise
-            raise StoreUnavailable(UNAVAILABLE, details={"store": "redis"}) from None
+            raise _unavailable(exc) from None
 
     @staticmethod
     def _sanction_key(type: str, kind: str, value: str) -> str:
@@ -183,18 +188,32 @@ class ModerationStore:
                 await self.store.hdel(index, *stale)
         return sorted(found, key=lambda s: s.created_at)
 
+    @staticmethod
+    def sanction_keys(type: SanctionType, targets: Iterable[tuple[TargetKind, str]]) -> list[str]:
+        """The keys :meth:`find_sanctioned` reads for ``targets`` (a rule may keep them)."""
+        return [f"sanction:{type}:{kind}:{value}" for kind, value in targets]
+
     async def find_sanction(
         self, type: SanctionType, targets: Iterable[tuple[TargetKind, str]]
     ) -> Sanction | None:
         """The first sanction of ``type`` in force on any of ``targets``."""
-        keys = [self._sanction_key(type, kind, value) for kind, value in targets]
+        return await self.find_sanctioned(self.sanction_keys(type, targets))
+
+    async def find_sanctioned(self, keys: list[str]) -> Sanction | None:
+        """The first sanction in force under ``keys`` (from :meth:`sanction_keys`)."""
+        # On every event (ban and mute rules): no context manager, and no clock unless found.
         if not keys:
             return None
-        async with self._reaching():
+        try:
             raws = await self.store.get_many(keys)
-        now = datetime.now(UTC)
+        except SharedStateUnavailable as exc:
+            raise _unavailable(exc) from None
+        now = None
         for raw in raws:
+            if raw is None:
+                continue
             sanction = self._parse(raw)
+            now = now or datetime.now(UTC)
             if sanction is not None and not sanction.expired(now):
                 return sanction
         return None
@@ -207,8 +226,10 @@ class ModerationStore:
         ``sender`` is ``identity:<user id>`` for a connection with an identity (so a user's
         connections share one bucket), else ``connection:<sid>`` (see ``rules.sender_of``).
         """
-        async with self._reaching():
+        try:  # on every event while flood control is on: no context manager
             return await self.store.take_token(f"bucket:{sender}", rate=rate, burst=burst)
+        except SharedStateUnavailable as exc:
+            raise _unavailable(exc) from None
 
     # -- slow mode --------------------------------------------------------------------------
 
@@ -220,8 +241,10 @@ class ModerationStore:
 
     async def slow_mode_delay(self, room: str) -> float | None:
         """The delay of ``room``, or None when it has none of its own."""
-        async with self._reaching():
+        try:  # on every message to a room: no context manager
             seconds = await self.store.hget("slow-mode", room)
+        except SharedStateUnavailable as exc:
+            raise _unavailable(exc) from None
         return None if seconds is None else float(seconds)
 
     async def set_slow_mode(self, room: str, seconds: float) -> None:
