@@ -2,12 +2,16 @@
 
 This package is the plugin-author surface: everything a plugin needs, re-exported from the
 core (as ``pytest`` re-exports ``_pytest``). Write ``from plugbus import hookimpl, Plugin``;
-never import ``plugbus.core`` directly, its layout may change.
+never import ``plugbus.core`` directly, its layout may change. ``Bus``, ``Presence``,
+``Cluster`` and ``Store`` are typing protocols: what a plugin may use of the running objects
+(docs/plugins/bus.md).
 """
 
 from plugbus.core import (
-    Bus,
+    Batch,
+    Cluster,
     ConfigError,
+    Conflict,
     Connection,
     ConnectionDenied,
     ConnectionRequired,
@@ -17,6 +21,7 @@ from plugbus.core import (
     Identity,
     InternalError,
     InvalidPayload,
+    Member,
     MessageRejected,
     ModerationRule,
     NotAllowed,
@@ -25,21 +30,31 @@ from plugbus.core import (
     PlugbusError,
     Plugin,
     PluginSettings,
+    Presence,
     Principal,
     RateLimited,
     Route,
     RouteRequest,
     Secret,
     ServerEvent,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    TextDecision,
     Unauthorized,
+    UnknownEvent,
     Violation,
     hookimpl,
     new_id,
 )
+from plugbus.core.protocols import Bus
 
 __all__ = [
+    "Batch",
     "Bus",
+    "Cluster",
     "ConfigError",
+    "Conflict",
     "Connection",
     "ConnectionDenied",
     "ConnectionRequired",
@@ -49,6 +64,7 @@ __all__ = [
     "Identity",
     "InternalError",
     "InvalidPayload",
+    "Member",
     "MessageRejected",
     "ModerationRule",
     "NotAllowed",
@@ -57,13 +73,19 @@ __all__ = [
     "PlugbusError",
     "Plugin",
     "PluginSettings",
+    "Presence",
     "Principal",
     "RateLimited",
     "Route",
     "RouteRequest",
     "Secret",
     "ServerEvent",
+    "Store",
+    "StoreUnavailable",
+    "Subscription",
+    "TextDecision",
     "Unauthorized",
+    "UnknownEvent",
     "Violation",
     "hookimpl",
     "new_id",

@@ -7,5 +7,5 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check . 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt . 2>&1 | grep -v '^WARNING: Location' || true
 exec .venv/bin/plugbus serve "$@"

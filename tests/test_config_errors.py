@@ -620,6 +620,7 @@ def test_plugins_json_lists_the_builtins_with_source_and_hooks() -> None:
             "plugbus_room_joined",
             "plugbus_room_left",
             "plugbus_routes",
+            "plugbus_startup",  # registers its cluster operations
         ],
         "relay": ["plugbus_handle_event", "plugbus_register_events", "plugbus_routes"],
         "moderation": [
@@ -700,3 +701,48 @@ def test_disabled_builtin_is_not_listed(tmp_path: Path) -> None:
     result = plugbus("config", "check", str(cfg))
     assert result.returncode == 0, result.stderr
     assert "OK (3 plugins: rooms, relay, moderation)" in result.stdout
+
+
+# 11. config check loads the plugins and runs their start-up --------------------------------
+
+
+def test_config_check_runs_plugin_start_up_and_reports_what_it_refuses(tmp_path: Path) -> None:
+    # A rule name no rule has is only known once every plugin's rules are collected, at
+    # start-up: config check used to say OK and serve then failed.
+    cfg = write(
+        tmp_path,
+        """
+        plugins:
+          settings:
+            moderation:
+              rules: {no_such_rule: {enabled: true}}
+    """,
+    )
+    result = plugbus("config", "check", str(cfg))
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("plugbus: plugin 'moderation': ")
+    assert "no moderation rule named 'no_such_rule'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_config_check_reports_a_plugin_whose_start_up_fails(tmp_path: Path) -> None:
+    plugin = tmp_path / "broken_start.py"
+    plugin.write_text(
+        "from plugbus import hookimpl\n\n\n"
+        "@hookimpl\n"
+        "def plugbus_startup(bus):\n"
+        "    raise RuntimeError('the database is not configured')\n",
+        encoding="utf-8",
+    )
+    cfg = write(
+        tmp_path,
+        """
+        plugins:
+          modules: {broken: broken_start}
+    """,
+    )
+    result = plugbus("config", "check", str(cfg), env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr == (
+        "plugbus: start-up failed: RuntimeError: the database is not configured\n"
+    )

@@ -197,7 +197,11 @@ def routes_are_mounted(page: Page, world: World, entry: Entry) -> None:
             continue  # "/moderation/..." stands for a family of routes
         named += [(method, path) for method in m[1].split("|")]
     named += [(c.method, c.path) for c in curl_examples(page)]
-    missing = [f"{m} {p}" for m, p in named if not world.mounted(m, p)]
+    missing = [
+        f"{m} {p}"
+        for m, p in named
+        if not world.mounted(m, p) and f"{m} {p}" not in entry.elsewhere
+    ]
     assert not missing, f"{page.name} names routes that are not mounted: {missing}"
 
 
@@ -269,7 +273,7 @@ def events_exist(page: Page, world: World, entry: Entry) -> None:
         if (m := re.match(r"`([^`]+)`", row[0]))
     ]
     named += re.findall(r"POST /events/([\w-]+)", page.text)
-    unknown = sorted(set(named) - known)
+    unknown = sorted(set(named) - known - set(entry.elsewhere))
     assert not unknown, f"{page.name} names events nobody registers: {unknown}"
 
 
@@ -318,6 +322,8 @@ def settings_exist(page: Page, world: World, entry: Entry) -> None:
             _resolve(doc_tables.settings_model(plugin), rest, f"{page.name}: `{span}`")
     # `$env:PLUGBUS_BACKEND_KEY` names a secret's variable, not a config key
     for var in set(re.findall(r"(?<!env:)\bPLUGBUS_([A-Z0-9_]+)", page.text)):
+        if f"PLUGBUS_{var}" in entry.elsewhere:
+            continue
         parts = var.lower().split("__")
         _resolve(Config, parts, f"{page.name}: PLUGBUS_{var}")
 
@@ -401,7 +407,11 @@ def bus_and_surface_names_exist(page: Page, world: World, entry: Entry) -> None:
             if not hasattr(world.bus, attr):
                 missing.append(f"bus.{attr}")
         for name in re.findall(r"(?<![\w.])plugbus\.(\w+)", span):
-            if not hasattr(plugbus, name) and name not in ("core", "api", "testing", "plugins"):
+            if (
+                not hasattr(plugbus, name)
+                and name not in ("core", "api", "testing", "plugins")
+                and f"plugbus.{name}" not in entry.elsewhere
+            ):
                 missing.append(f"plugbus.{name}")
     assert not missing, f"{page.name} names what does not exist: {missing}"
 
@@ -551,6 +561,15 @@ def metrics_table_matches_a_scrape(page: Page, world: World, entry: Entry) -> No
     assert set(scraped) <= set(documented), f"undocumented: {set(scraped) - set(documented)}"
 
 
+def elsewhere_is_real(page: Page, world: World, entry: Entry) -> None:
+    """What a page names from elsewhere is defined where its entry says, and the page names
+    it (an entry for a name the page dropped is stale)."""
+    for name, (path, defined_by) in entry.elsewhere.items():
+        assert name in page.text, f"{page.name}: its entry excuses {name!r}, which it never names"
+        source = (ROOT / path).read_text(encoding="utf-8")
+        assert defined_by in source, f"{page.name}: {name!r} is not defined in {path}"
+
+
 def cli_lines_are_real(page: Page, world: World, entry: Entry) -> None:
     """Each ``plugbus ...`` command line (in code blocks and code spans) uses subcommands and
     options that ``plugbus`` has."""
@@ -687,6 +706,10 @@ class Entry:
     curl_examples_run: bool = False
     #: example plugins the page configures by name: "folder:module:Class" (folder on sys.path)
     examples: dict[str, str] = field(default_factory=dict)
+    #: names the page uses that live elsewhere — an example plugin's route or event, a logger,
+    #: an environment variable that is no config key — each with the file that defines it and
+    #: the text there that does (checked by ``elsewhere_is_real``)
+    elsewhere: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def _example(self, name: str) -> type[Plugin]:
         folder, module, attr = self.examples[name].split(":")
@@ -798,6 +821,14 @@ PAGES: dict[str, Entry] = {
         ),
     ),
     "docs/operations.md": Entry(checks=(metrics_table_matches_a_scrape,)),
+    # every member and error class it names is checked by tests/test_bus_docs.py
+    "docs/plugins/bus.md": Entry(
+        elsewhere={
+            "POST /counter/clicks": ("tests/fixture_plugins/counter.py", '"/counter/{name}"'),
+            "vote": ("tests/fixture_plugins/polls.py", 'name: ClassVar[str] = "vote"'),
+            "plugbus.text": ("plugbus/core/events.py", 'name: ClassVar[str] = "plugbus.text"'),
+        }
+    ),
     "docs/benchmarks.md": Entry(
         # A record of one run: its py-spy frames name files and lines of the commit measured
         # ("Code measured: commit ..."), and its raw stacks stayed on that machine.
@@ -805,6 +836,10 @@ PAGES: dict[str, Entry] = {
         ignore_paths=("bench/results/",),
     ),
     "docs/plugins/hooks.md": Entry(
+        elsewhere={
+            "PLUGBUS_TRACE_HOOKS": ("plugbus/core/hooks.py", 'TRACE_ENV = "PLUGBUS_TRACE_HOOKS"'),
+            "plugbus.trace": ("plugbus/core/hooks.py", 'logging.getLogger("plugbus.trace")'),
+        },
         checks=(
             covered_elsewhere(
                 "test_plugin_docs.py",
@@ -816,6 +851,8 @@ PAGES: dict[str, Entry] = {
     ),
     "docs/plugins/writing.md": Entry(
         examples={"echo": "examples/plugin-template:plugbus_echo:EchoPlugin"},
+        # the in-process kit's base URL, a host name that never resolves
+        elsewhere={"plugbus.test": ("plugbus/testing/inprocess.py", '"http://plugbus.test"')},
         checks=(
             covered_elsewhere(
                 "test_plugin_docs.py",
@@ -887,7 +924,7 @@ def test_every_page_has_an_entry() -> None:
 CASES = [
     pytest.param(page, check, id=f"{page}::{check.__name__}")
     for page, entry in PAGES.items()
-    for check in (*COMMON, *entry.checks)
+    for check in (*COMMON, *((elsewhere_is_real,) if entry.elsewhere else ()), *entry.checks)
 ]
 
 
@@ -1052,3 +1089,17 @@ def test_a_check_passes_the_good_page_and_refuses_the_bad_one(
     page.write_text(bad, encoding="utf-8")
     with pytest.raises((AssertionError, pytest.fail.Exception)):
         check(Page(page), world, Entry())
+
+
+def test_elsewhere_refuses_a_name_not_defined_where_the_entry_says(
+    world: World, tmp_path: Path
+) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("Set `PLUGBUS_TRACE_HOOKS=1`.", encoding="utf-8")
+    where = ("plugbus/core/hooks.py", 'TRACE_ENV = "PLUGBUS_TRACE_HOOKS"')
+    elsewhere_is_real(Page(page), world, Entry(elsewhere={"PLUGBUS_TRACE_HOOKS": where}))
+    wrong = ("plugbus/core/hooks.py", 'TRACE_ENV = "PLUGBUS_TRACE_HOOK"')
+    with pytest.raises(AssertionError):
+        elsewhere_is_real(Page(page), world, Entry(elsewhere={"PLUGBUS_TRACE_HOOKS": wrong}))
+    with pytest.raises(AssertionError):  # a stale excuse
+        elsewhere_is_real(Page(page), world, Entry(elsewhere={"PLUGBUS_OTHER": where}))

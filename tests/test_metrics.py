@@ -113,6 +113,16 @@ async def test_traffic_on_both_doors_shows_in_the_metrics(serve, connect) -> Non
     assert value(m, "plugbus_wire_refusals_total", reason="protocol_violation") == 1
     assert value(m, "plugbus_phase", phase="ready") == 1
     assert value(m, "plugbus_phase", phase="draining") == 0
+    # every send-message went through moderation's plugbus_moderate and relay's handler
+    moderated = value(m, "plugbus_hook_seconds_count", hook="plugbus_moderate", plugin="moderation")
+    assert moderated >= 3
+    handled = value(m, "plugbus_hook_seconds_count", hook="plugbus_handle_event", plugin="relay")
+    assert handled >= 1
+    inf = value(
+        m, "plugbus_hook_seconds_bucket", hook="plugbus_moderate", plugin="moderation", le="+Inf"
+    )
+    assert inf == moderated
+    assert value(m, "plugbus_hook_seconds_sum", hook="plugbus_moderate", plugin="moderation") > 0
     # bounded labels: no room, sid or user id ever becomes a label value
     label_values = {v for (_, labels) in m for (_, v) in labels}
     for private in ("room-metrics-77", "user-ivy-31", ws.sio.get_sid("/"), poll.sio.get_sid("/")):

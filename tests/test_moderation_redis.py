@@ -1,7 +1,7 @@
 """Moderation shared through Redis: two plugbus nodes on one real redis-server.
 
 Every test starts a fresh redis-server (the ``redis_server`` fixture) and two plugbus processes
-with ``server.backend`` set to it, so the moderation store is :class:`RedisStore` (``store:
+with ``server.backend`` set to it, so the moderation store is shared in Redis (``store:
 auto``). Clients say who they are with ``auth={"user_id": ...}`` (the extra-rule fixture plugin
 stands in for authentication), so bans, mutes, flood buckets and slow-mode clocks follow a user
 from node to node.
@@ -445,20 +445,20 @@ async def _created(response) -> httpx.Response | None:
 
 @pytest.fixture(params=["memory", "redis"])
 async def store(request, tmp_path):
-    """A MemoryStore, or a RedisStore on a fresh redis-server (log_size 3), in this process."""
-    from plugbus.plugins.moderation import MemoryStore, RedisStore
+    """The moderation plugin's ModerationStore (log_size 3) on the store a node would give it:
+    in memory, or in a fresh redis-server — in this process."""
+    from plugbus.core.backend import Backend
+    from plugbus.plugins.moderation import ModerationStore
 
     if request.param == "memory":
-        yield MemoryStore(3)
-        return
-    from redis import asyncio as aioredis
-
-    server = request.getfixturevalue("redis_server")
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        backend = Backend("memory")
+    else:
+        backend = Backend(request.getfixturevalue("redis_server").url)
+    await backend.start()
     try:
-        yield RedisStore(client, "plugbus:moderation", 3)
+        yield ModerationStore(backend.store("moderation"), 3)
     finally:
-        await client.aclose()
+        await backend.stop()
 
 
 def sanction(

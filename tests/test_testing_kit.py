@@ -283,7 +283,7 @@ def test_the_kit_is_the_pytest11_plugin_with_no_autouse_and_prefixed_fixtures(
         for name, obj in vars(plugbus.testing).items()
         if hasattr(obj, "_fixture_function_marker")
     }
-    assert list(fixtures) == ["plugbus_server"]
+    assert sorted(fixtures) == ["plugbus_app", "plugbus_server"]
     for name, obj in fixtures.items():
         marker = obj._fixture_function_marker
         assert (marker.name or name).startswith("plugbus_")

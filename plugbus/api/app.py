@@ -84,7 +84,7 @@ def create_app(loaded: LoadedConfig) -> Application:
     bus = Bus(config, load_plugins(loaded))
     sio = PlugbusSocketServer(bus, config)
     lifecycle = Lifecycle(bus, sio.eio, config.server.drain_seconds)
-    metrics = Metrics(bus, sio, lifecycle)
+    metrics = Metrics(bus, sio, lifecycle, time_hooks=config.server.metrics.enabled)
     # with metrics off, the doors count nothing
     sio.metrics = metrics if config.server.metrics.enabled else None
 

@@ -78,12 +78,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(path: str | None) -> int:
+    """Build the application ``serve`` would run — load and configure every plugin, register
+    their events, build their routes — and run its start-up and shutdown, where plugins check
+    what only they know (the moderation plugin its rule names, say); nothing is served."""
+    import asyncio
+
+    from .app import create_app
+
     loaded = load_config(path)
-    plugins = load_plugins(loaded)
-    Bus(loaded.config, plugins)  # registers the events, where a clash between plugins shows up
-    names = ", ".join(p.name for p in plugins.plugins) or "none"
-    print(f"{loaded.path}: OK ({len(plugins.plugins)} plugins: {names})")
+    app = create_app(loaded)
+    error = asyncio.run(_start_and_stop(app.rest))
+    if error is not None:
+        print(f"plugbus: {error}", file=sys.stderr)
+        return 2
+    plugins = app.bus.plugins
+    names = ", ".join(p.name for p in plugins) or "none"
+    print(f"{loaded.path}: OK ({len(plugins)} plugins: {names})")
     return 0
+
+
+async def _start_and_stop(rest: Any) -> str | None:
+    """Run the ASGI lifespan's start-up and shutdown once; what failed, or None. The plugins'
+    own log lines (start-up warnings) are held back: the check's answer is its one line."""
+    logging.disable(logging.CRITICAL)
+    try:
+        async with rest.router.lifespan_context(rest):
+            pass
+    except ConfigError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"start-up failed: {type(exc).__name__}: {exc}"
+    finally:
+        logging.disable(logging.NOTSET)
+    return None
 
 
 def _plugins(args: argparse.Namespace) -> int:

@@ -20,11 +20,16 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugbus.core import Bus
+from plugbus.core.hooks import TIMING_BOUNDS
 
 from .problems import install_problem_handlers
 from .rest_door import require_scope
@@ -55,10 +60,13 @@ class Metrics:
     :param sio: the Socket.IO server (its manager maps connections to Engine.IO sessions;
         its engine counts sessions, refusals and forced closes).
     :param lifecycle: the node's lifecycle (readiness phase).
+    :param time_hooks: time every hook implementation call (``plugbus_hook_seconds``).
     """
 
-    def __init__(self, bus: Bus, sio: Any, lifecycle: Any) -> None:
+    def __init__(self, bus: Bus, sio: Any, lifecycle: Any, *, time_hooks: bool = True) -> None:
         self.bus = bus
+        #: per (hook, plugin) timings; None when metrics are off, so hooks run untimed
+        self.hook_timings = bus.hooks.time_implementations() if time_hooks else None
         self.sio = sio
         self.engine = sio.eio
         self.lifecycle = lifecycle
@@ -155,6 +163,21 @@ class _Collector(Collector):
             "Bytes of event packets written to clients on this node.",
             value=m.delivered_bytes,
         )
+        hooks = HistogramMetricFamily(
+            "plugbus_hook_seconds",
+            "Hook implementation calls by hook and plugin, and how long each took (awaited "
+            "implementations: until they returned).",
+            labels=["hook", "plugin"],
+        )
+        for (hook, plugin), (_calls, total, per_bucket) in sorted(
+            (m.hook_timings.stats if m.hook_timings is not None else {}).items()
+        ):
+            cumulative, buckets = 0, []
+            for bound, n in zip((*TIMING_BOUNDS, float("inf")), per_bucket, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            hooks.add_metric([hook, plugin], buckets, total)
+        yield hooks
         ready = GaugeMetricFamily(
             "plugbus_phase",
             "1 for the phase this node is in (starting, ready, draining, stopping).",

@@ -9,6 +9,7 @@ from .config import Config, LoadedConfig, load_config
 from .context import Connection, EventContext, Identity, Origin, Principal
 from .errors import (
     ConfigError,
+    Conflict,
     ConnectionDenied,
     ConnectionRequired,
     EventDropped,
@@ -19,6 +20,7 @@ from .errors import (
     NotFound,
     PlugbusError,
     RateLimited,
+    StoreUnavailable,
     Unauthorized,
     UnknownEvent,
 )
@@ -28,14 +30,20 @@ from .ids import new_id
 from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
 from .moderation import ModerationRule, Violation
 from .plugin import Plugin, PluginSettings, Secret
+from .presence import Member
+from .protocols import Cluster, Presence, TextDecision
 from .routes import Route, RouteRequest
+from .store import Batch, Store, Subscription
 from .transport import Transport
 
 __all__ = [
     "BUILTINS",
+    "Batch",
     "Bus",
+    "Cluster",
     "Config",
     "ConfigError",
+    "Conflict",
     "Connection",
     "ConnectionDenied",
     "ConnectionRequired",
@@ -47,6 +55,7 @@ __all__ = [
     "InternalError",
     "InvalidPayload",
     "LoadedConfig",
+    "Member",
     "MessageRejected",
     "ModerationRule",
     "NotAllowed",
@@ -57,12 +66,17 @@ __all__ = [
     "PluginInfo",
     "PluginSettings",
     "PluginSource",
+    "Presence",
     "Principal",
     "RateLimited",
     "Route",
     "RouteRequest",
     "Secret",
     "ServerEvent",
+    "Store",
+    "StoreUnavailable",
+    "Subscription",
+    "TextDecision",
     "Transport",
     "Unauthorized",
     "UnknownEvent",

@@ -2,9 +2,10 @@
 
 ``server.backend`` in config.yaml is ``memory`` (one process, nothing to set up) or a Redis URL
 (``redis://[:password@]host:port/db``, ``rediss://`` for TLS). With Redis, python-socketio's own
-Redis client manager fans broadcasts out to every node, and plugins keep their state through
-:attr:`Backend.redis` under :meth:`Backend.key` — each state interface (presence, moderation)
-has an in-memory and a Redis implementation, and the plugins never learn which they got.
+Redis client manager fans broadcasts out to every node, and plugins keep their state in a
+:class:`~plugbus.core.store.Store` (:meth:`Backend.store`), whose keys and pub/sub channels
+every node shares. The Redis client itself stays in here: nothing outside core/ and the
+socket door's client manager touches it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreUnavailable
+from .store import Hub, MemoryStore, RedisStore, Store, _Entry
 
 log = logging.getLogger("plugbus.backend")
 
@@ -37,8 +40,9 @@ class Backend:
     """The shared-state backend of one node.
 
     :ivar url: the Redis URL, or None for ``memory``.
-    :ivar node_id: this node's id (random per process), e.g. for presence entries.
+    :ivar node_id: this node's id (random per process).
     :ivar prefix: the key prefix every plugbus key starts with.
+    :ivar hub: the node's one pub/sub listener, for every store's channels.
     """
 
     #: Connections the node keeps to Redis at most; more callers wait their turn (up to 10 s).
@@ -48,54 +52,101 @@ class Backend:
         self.url: str | None = None if setting == "memory" else setting
         self.node_id = secrets.token_hex(6)
         self.prefix = prefix
+        self.hub = Hub(self)
         self._redis: Any = None
+        self._memory: dict[str, _Entry] = {}
+        self._local: dict[str, _Entry] = {}
+        self._down = False
 
     @property
     def shared(self) -> bool:
         """True when state is shared between nodes (a Redis URL is configured)."""
         return self.url is not None
 
-    @property
-    def redis(self) -> Any:
-        """The ``redis.asyncio.Redis`` client, or None with the memory backend / before start."""
-        return self._redis
-
     def key(self, *parts: str) -> str:
         """A namespaced key: ``plugbus:part:part``."""
         return ":".join((self.prefix, *parts))
 
+    def store(self, name: str, *, local: bool = False) -> Store:
+        """The store ``name``: in Redis when the backend is shared (unless ``local``), else in
+        this process (stores of one name share their keys)."""
+        if self.shared and not local:
+            return RedisStore(self, name)
+        return MemoryStore(self, name, self._local if self.shared else self._memory)
+
+    def redis_client(self) -> Any:
+        """The ``redis.asyncio.Redis`` client (core only).
+
+        :raises RuntimeError: memory backend, or before :meth:`start`.
+        """
+        if self._redis is None:
+            raise RuntimeError("no Redis client: memory backend, or the backend is not started")
+        return self._redis
+
+    async def redis_call(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run ``call(redis)``, turning a Redis outage into :class:`StoreUnavailable`. The first
+        failure of an outage is logged as a warning (the rest at debug level), and the first
+        success after it.
+
+        :raises StoreUnavailable: Redis cannot be reached.
+        :raises TypeError: the key holds another kind of value (Redis's WRONGTYPE).
+        """
+        from redis.exceptions import RedisError, ResponseError
+
+        try:
+            result = await call(self.redis_client())
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                raise TypeError(str(exc)) from None
+            raise self._unavailable(what, exc) from None
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(what, exc) from None
+        if self._down:
+            self._down = False
+            log.warning("shared state: Redis answers again")
+        return result
+
+    def _unavailable(self, what: str, exc: Exception) -> StoreUnavailable:
+        level = logging.DEBUG if self._down else logging.WARNING
+        self._down = True
+        log.log(level, "shared state: cannot %s: %s: %s", what, type(exc).__name__, exc)
+        return StoreUnavailable(
+            "shared state is unavailable for a moment: Redis cannot be reached; try again shortly",
+            details={"store": "redis"},
+        )
+
     async def start(self) -> None:
-        """Connect to Redis and check it answers.
+        """Connect to Redis and check it answers, then start the pub/sub listener.
 
         :raises ConfigError: unreachable or refusing Redis; the message names the URL with
             its password masked.
         """
-        if self.url is None:
-            return
-        from redis import asyncio as aioredis
-        from redis.exceptions import RedisError
+        if self.url is not None:
+            from redis import asyncio as aioredis
+            from redis.exceptions import RedisError
 
-        # A blocking pool: a burst of handshakes waits for a free connection instead of failing
-        # (redis-py's default pool raises MaxConnectionsError past its limit).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url,
-            decode_responses=True,
-            socket_connect_timeout=5,
-            health_check_interval=10,
-            retry_on_timeout=True,
-            max_connections=self.max_connections,
-            timeout=10,
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
-            await client.aclose()
-            raise ConfigError(
-                f"server.backend: cannot reach Redis at {mask_url(self.url)}: {exc}"
-            ) from None
-        self._redis = client
-        log.info("shared state in Redis at %s (node %s)", mask_url(self.url), self.node_id)
+            # A blocking pool: a burst of handshakes waits for a free connection instead of
+            # failing (redis-py's default pool raises MaxConnectionsError past its limit).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                decode_responses=True,
+                socket_connect_timeout=5,
+                health_check_interval=10,
+                retry_on_timeout=True,
+                max_connections=self.max_connections,
+                timeout=10,
+            )
+            client = aioredis.Redis(connection_pool=pool)
+            try:
+                await client.ping()
+            except (RedisError, OSError) as exc:
+                await client.aclose()
+                raise ConfigError(
+                    f"server.backend: cannot reach Redis at {mask_url(self.url)}: {exc}"
+                ) from None
+            self._redis = client
+            log.info("shared state in Redis at %s (node %s)", mask_url(self.url), self.node_id)
+        await self.hub.start()
 
     async def unreachable(self, timeout: float) -> str | None:
         """Why the shared backend does not answer a PING within ``timeout`` seconds, or None
@@ -115,7 +166,9 @@ class Backend:
         return None
 
     async def stop(self) -> None:
-        """Close the Redis connection."""
+        """Stop the pub/sub listener and close the Redis connection."""
+        await self.hub.stop()
         if self._redis is not None:
-            await self._redis.aclose()
+            # the pool was made here, and a client given a pool leaves it open on its own close
+            await self._redis.aclose(close_connection_pool=True)
             self._redis = None

@@ -22,26 +22,34 @@ from .errors import (
     NotFound,
     PlugbusError,
 )
-from .events import Event, EventRegistry, ServerEvent
+from .events import Event, EventRegistry, ModeratedText, ServerEvent
 from .hooks import Hooks
 from .loader import LoadedPlugins, PluginInfo
-from .presence import LocalPresence, RedisPresence
+from .moderation import ModerationRule
+from .presence import LocalPresence, SharedPresence
+from .protocols import TextDecision
+from .store import Store
 from .transport import Transport
 
 log = logging.getLogger("plugbus.bus")
+
+#: Store names plugbus uses itself (``bus.store`` refuses them).
+RESERVED_STORES = frozenset({"presence", "cluster", "socketio"})
 
 
 class Bus:
     """The running heart of one plugbus application.
 
     Built once per application from a validated config and its loaded plugins. Plugins receive
-    it in hooks (``bus``, or ``ctx.bus``) and use its public methods; the doors use
-    ``dispatch`` and the connection life-cycle methods.
+    it in hooks (``bus``, or ``ctx.bus``) typed as :class:`plugbus.Bus`, the protocol of what
+    they may use (docs/plugins/bus.md); the rest — the attributes below and the connection
+    life cycle — is for the doors in api/ and the test kit.
 
     :ivar config: the validated configuration.
     :ivar hooks: the typed hook caller.
     :ivar events: the registry of event schemas.
     :ivar plugins: what was loaded, in registration order.
+    :ivar pm: the plugin manager.
     :ivar backend: where shared state lives (memory, or Redis shared by several nodes).
     :ivar presence: who is connected and in which room, on every node.
     :ivar cluster: runs operations on the node that holds a connection.
@@ -72,7 +80,8 @@ class Bus:
         )
         self.backend = Backend(config.server.backend)
         self.presence: LocalPresence = LocalPresence(self)
-        self.cluster = Cluster(self)
+        self.cluster = Cluster(self, self.backend.store("cluster"))
+        self._moderation_rules: list[ModerationRule] | None = None
         self.cluster.register("bus.join", lambda p: self._join_here(p["sid"], p["room"]))
         self.cluster.register("bus.leave", lambda p: self._leave_here(p["sid"], p["room"]))
         self.cluster.register("bus.disconnect", lambda p: self._disconnect_here(p["sid"]))
@@ -100,6 +109,31 @@ class Bus:
     def server_name(self) -> str:
         """``server.name`` from the config."""
         return self.config.server.name
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (random per process)."""
+        return self.backend.node_id
+
+    def store(self, name: str, *, local: bool = False) -> Store:
+        """The store ``name``: in Redis shared by every node when the backend is, else (or
+        with ``local``) in this process.
+
+        :raises ValueError: an empty name, a name with ``:``, or one plugbus uses itself.
+        """
+        if not name or ":" in name or name in RESERVED_STORES:
+            raise ValueError(
+                f"store name {name!r}: use your plugin's name (not empty, no ':', and not one "
+                f"of {', '.join(sorted(RESERVED_STORES))})"
+            )
+        return self.backend.store(name, local=local)
+
+    @property
+    def moderation_rules(self) -> list[ModerationRule]:
+        """Every rule from ``plugbus_moderation_rules``, collected the first time it is read."""
+        if self._moderation_rules is None:
+            self._moderation_rules = self.hooks.moderation_rules(self)
+        return list(self._moderation_rules)
 
     # -- the pipeline -----------------------------------------------------------------------
 
@@ -166,6 +200,27 @@ class Bus:
             log.info("dropped %s from %s: %s", event.event_name, ctx.sid or ctx.origin, drop.reason)
             return None
         return await self.hooks.handle_event(event, ctx)
+
+    async def moderate_text(
+        self, text: str, *, connection: Connection | None = None
+    ) -> TextDecision:
+        """Run ``text`` through ``plugbus_moderate`` — the active rules — as the one text field
+        of an event of its own (``ModeratedText``, name ``plugbus.text``), and report what
+        they decided. Without ``connection`` only rules about content apply (length, blocked
+        words, other plugins' content rules); with it, rules about the sender too (bans,
+        mutes, and flood control, which counts the call as an event).
+        """
+        ctx = self.context(Origin.SERVER if connection is None else Origin.SOCKET, connection)
+        try:
+            moderated = await self.hooks.moderate(ModeratedText(text=text), ctx)
+            assert isinstance(moderated, ModeratedText)  # a replacement keeps the type
+        except EventDropped as drop:
+            return TextDecision("drop", None, reason=drop.reason)
+        except PlugbusError as exc:
+            return TextDecision("refuse", None, exc, exc.message)
+        if moderated.text == text:
+            return TextDecision("pass", text)
+        return TextDecision("mask", moderated.text)
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -388,7 +443,12 @@ class Bus:
         """
         await self.backend.start()
         if self.backend.shared:
-            self.presence = RedisPresence(self, ttl=self.config.server.presence_ttl)
+            self.presence = SharedPresence(
+                self,
+                self.backend.store("presence"),
+                self.backend.node_id,
+                ttl=self.config.server.presence_ttl,
+            )
         await self.presence.start()
         await self.cluster.start()
         await self.hooks.startup(self)

@@ -2,17 +2,16 @@
 
 With a shared backend, a REST call to any node may name a connection that lives on another:
 a server-side join, a leave, a kick. :meth:`Cluster.on_owner` runs the operation where the
-connection is — locally when it is here, otherwise over a Redis pub/sub channel every node
-listens to, waiting for the owner's answer (an error comes back as the same
-:class:`PlugbusError`). Plugins register their operations by name, so a plugin's own checks
-run on the owner as they would for a local call.
+connection is — locally when it is here, otherwise through the pub/sub of core's own store
+(``cluster``: channel ``ops``, which every node listens to, and ``reply:<node>``), waiting for
+the owner's answer (an error comes back as the same :class:`PlugbusError`). Plugins register
+their operations by name in ``plugbus_startup``, so a plugin's own checks run on the owner as
+they would for a local call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from .errors import InternalError, NotFound, PlugbusError
 
 if TYPE_CHECKING:
     from .bus import Bus
+    from .store import Store, Subscription
 
 log = logging.getLogger("plugbus.cluster")
 
@@ -31,20 +31,26 @@ Operation = Callable[[dict[str, Any]], Awaitable[Any]]
 class Cluster:
     """Operations by connection id, wherever the connection lives.
 
+    :param store: core's ``cluster`` store (its pub/sub carries requests and answers).
     :param timeout: seconds to wait for the owner's answer.
     """
 
-    def __init__(self, bus: Bus, timeout: float = 5.0) -> None:
+    def __init__(self, bus: Bus, store: Store, timeout: float = 5.0) -> None:
         self._bus = bus
+        self._store = store
         self._ops: dict[str, Operation] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._serving: set[asyncio.Task[None]] = set()
+        self._subscriptions: list[Subscription] = []
         self._timeout = timeout
 
     def register(self, name: str, operation: Operation) -> None:
         """Make ``operation`` (called with a JSON-able payload that names ``sid``) runnable
-        from any node under ``name``. Register in ``plugbus_startup`` or earlier."""
+        from any node under ``name``. Register in ``plugbus_startup`` or earlier.
+
+        :raises ValueError: ``name`` is registered already.
+        """
+        if name in self._ops:
+            raise ValueError(f"cluster operation {name!r} is registered already")
         self._ops[name] = operation
 
     async def on_owner(self, sid: str, name: str, payload: dict[str, Any]) -> Any:
@@ -57,22 +63,15 @@ class Cluster:
         payload = {**payload, "sid": sid}
         if self._bus.connection(sid) is not None:
             return await self._ops[name](payload)
-        if self._task is None or not await self._bus.presence.is_connected(sid):
+        if not self._subscriptions or not await self._bus.presence.is_connected(sid):
             raise NotFound(f"no connection with id {sid!r}", details={"sid": sid})
         request_id = secrets.token_hex(8)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self._redis.publish(
-                self._channel("ops"),
-                json.dumps(
-                    {
-                        "id": request_id,
-                        "op": name,
-                        "payload": payload,
-                        "reply": self._bus.backend.node_id,
-                    }
-                ),
+            await self._store.publish(
+                "ops",
+                {"id": request_id, "op": name, "payload": payload, "reply": self._bus.node_id},
             )
             answer = await asyncio.wait_for(future, self._timeout)
         except TimeoutError:
@@ -93,53 +92,28 @@ class Cluster:
 
     # -- wiring -------------------------------------------------------------------------------
 
-    @property
-    def _redis(self) -> Any:
-        return self._bus.backend.redis
-
-    def _channel(self, *parts: str) -> str:
-        return self._bus.backend.key("cluster", *parts)
-
     async def start(self) -> None:
         """Listen for operations and answers (shared backend only)."""
-        if self._bus.backend.shared:
-            self._task = asyncio.create_task(self._listen(), name="plugbus-cluster")
+        if self._store.shared:
+            self._subscriptions = [
+                await self._store.subscribe("ops", self._request),
+                await self._store.subscribe(f"reply:{self._bus.node_id}", self._answer),
+            ]
 
     async def stop(self) -> None:
         """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            await subscription.close()
 
-    async def _listen(self) -> None:
-        replies = self._channel("reply", self._bus.backend.node_id)
-        while True:  # survive Redis restarts: subscribe again after an error
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel("ops"), replies)
-                async for message in pubsub.listen():
-                    data = json.loads(message["data"])
-                    if message["channel"] == replies:
-                        future = self._pending.get(data["id"])
-                        if future is not None and not future.done():
-                            future.set_result(data)
-                    elif self._bus.connection(data["payload"].get("sid", "")) is not None:
-                        # held until done: the loop keeps only weak references to tasks
-                        task = asyncio.create_task(self._serve(data))
-                        self._serving.add(task)
-                        task.add_done_callback(self._serving.discard)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("cluster channel lost (%s); subscribing again", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+    def _answer(self, data: dict[str, Any]) -> None:
+        future = self._pending.get(data.get("id", ""))
+        if future is not None and not future.done():
+            future.set_result(data)
 
-    async def _serve(self, request: dict[str, Any]) -> None:
+    async def _request(self, request: dict[str, Any]) -> None:
+        if self._bus.connection(request.get("payload", {}).get("sid", "")) is None:
+            return  # another node's connection
         answer: dict[str, Any] = {"id": request["id"]}
         operation = self._ops.get(request["op"])
         try:
@@ -152,5 +126,7 @@ class Cluster:
             log.exception("cluster operation %s failed", request["op"])
             err = InternalError("internal error on the node holding the connection")
             answer["error"] = {**err.to_dict(), "status": err.status}
-        with contextlib.suppress(Exception):
-            await self._redis.publish(self._channel("reply", request["reply"]), json.dumps(answer))
+        try:
+            await self._store.publish(f"reply:{request['reply']}", answer)
+        except PlugbusError:
+            log.warning("could not answer cluster operation %s (store unavailable)", request["op"])

@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .bus import Bus
+    from .protocols import Bus
 
 
 class Origin(StrEnum):

@@ -100,6 +100,22 @@ class NotFound(PlugbusError):
     status = 404
 
 
+class Conflict(PlugbusError):
+    """The request clashes with the current state (a name already taken, a poll already
+    closed)."""
+
+    code = "conflict"
+    status = 409
+
+
+class StoreUnavailable(PlugbusError):
+    """Shared state cannot be reached (a Redis backend is down): what needed it is refused, and
+    works again once Redis answers (redis-py reconnects on the next command)."""
+
+    code = "store_unavailable"
+    status = 503
+
+
 class NotAllowed(PlugbusError):
     """The event is well-formed but may not be carried out (a reserved room name, say)."""
 

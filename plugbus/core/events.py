@@ -69,6 +69,15 @@ class Event(BaseModel):
         return type(self).name
 
 
+class ModeratedText(Event):
+    """The event :meth:`Bus.moderate_text` runs a text through moderation as: one text field.
+    Never registered, so no client can send it."""
+
+    name: ClassVar[str] = "plugbus.text"
+    text_fields: ClassVar[tuple[str, ...]] = ("text",)
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
 class ServerEvent:
     """An event the server sends to clients, declared for the exported event contract.
@@ -196,17 +205,6 @@ class EventRegistry:
         """The event names registered in ``namespace`` (the default namespace when None), sorted."""
         ns = namespace or self.default_namespace
         return sorted(name for (n, name) in self._events if n == ns)
-
-    def entries(self) -> list[tuple[str, str, type[Event]]]:
-        """Every registered client event as ``(namespace, name, class)``, the served namespaces
-        in their configured order, names sorted."""
-        order = {ns: i for i, ns in enumerate(self.served)}
-        return [
-            (ns, name, cls)
-            for (ns, name), cls in sorted(
-                self._events.items(), key=lambda kv: (order.get(kv[0][0], 0), kv[0][1])
-            )
-        ]
 
     def owner(self, name: str, namespace: str | None = None) -> str:
         """The plugin that registered client event ``name`` in ``namespace``."""

@@ -1,24 +1,35 @@
-"""The only caller of ``pm.hook``: typed methods, one per hook, with plugbus's call semantics.
+"""The only caller of plugbus's hooks: typed methods, one per hook, with plugbus's call semantics.
 
 pluggy calls implementations synchronously and would hand back un-awaited coroutines from
-``async def`` hooks (pluggy issues #320, #378). For the awaited hooks this module therefore
-walks pluggy's own ordered implementation list itself — tryfirst/trylast and registration
-order exactly as pluggy would use them — and awaits each implementation before calling the
-next, so an async veto stops the chain before later implementations run and no coroutine is
-ever left un-awaited. New-style wrappers (``hookimpl(wrapper=True)``, plain generators) wrap
-the whole walk as they would in pluggy.
+``async def`` hooks (pluggy issues #320, #378). This module therefore holds a port of pluggy's
+call loop (``pluggy._execution._multicall`` of pluggy 1.7): the same implementation order
+(tryfirst/trylast, then registration), the same argument passing, and the same wrapper
+semantics — new-style wrappers set up outermost first, torn down innermost first, each seeing
+the result or the exception of everything inside it, a wrapper that does not yield or yields
+twice reported as pluggy reports it. The awaited hooks use an async copy of that loop that
+awaits each implementation before calling the next; the collected hooks use the synchronous
+copy, which also tells which plugin declared what.
+
+Every call is visible to pluggy's monitoring: :class:`PluginManager` is pluggy's, and the
+monitors given to its ``add_hookcall_monitoring`` (pluggy's ``enable_tracing`` too) are called
+around every hook call plugbus makes, with pluggy's arguments and a :class:`pluggy.Result`.
+``PLUGBUS_TRACE_HOOKS=1`` installs such a monitor that logs every hook call and every
+implementation it ran, with the plugin and the duration (logger ``plugbus.trace``).
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+import os
+import time
+import warnings
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
-
-from .hookspecs import AWAITED_HOOKS
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -28,75 +39,213 @@ if TYPE_CHECKING:
     from .routes import Route
 
 log = logging.getLogger("plugbus.hooks")
+trace_log = logging.getLogger("plugbus.trace")
 
-_Impl = tuple[Callable[..., Any], tuple[str, ...], str]
-#: An implementation as the awaited hooks call it: (function, argument names, plugin name,
-#: whether it is an ``async def`` — known once, so a call needs no awaitable check).
-_Plain = tuple[Callable[..., Any], tuple[str, ...], str, bool]
+#: The environment variable that switches hook tracing on (``1``).
+TRACE_ENV = "PLUGBUS_TRACE_HOOKS"
+
+Before = Callable[[str, Sequence[pluggy.HookImpl], Mapping[str, object]], None]
+After = Callable[[pluggy.Result[Any], str, Sequence[pluggy.HookImpl], Mapping[str, object]], None]
+_Teardown = Generator[None, object, object]
 
 
-class _OrderedHook:
-    """A snapshot of one hook's implementations in call order (plugins are fixed after start)."""
+class PluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager, whose hook-call monitors also see the hooks plugbus calls itself.
 
-    __slots__ = ("name", "plain", "wrappers")
+    ``add_hookcall_monitoring`` (and so ``enable_tracing``) works as in pluggy for calls made
+    through ``pm.hook``, and the same monitors are called around every call of
+    :class:`Hooks`, awaited hooks included.
+    """
 
-    def __init__(self, name: str, impls: list[pluggy.HookImpl]) -> None:
-        self.name = name
-        ordered = list(reversed(impls))  # pluggy's own call order
-        self.wrappers: list[_Impl] = [
-            (i.function, tuple(i.argnames), i.plugin_name) for i in ordered if i.wrapper
-        ]
-        self.plain: list[_Plain] = [
-            (i.function, tuple(i.argnames), i.plugin_name, inspect.iscoroutinefunction(i.function))
-            for i in ordered
-            if not (i.wrapper or i.hookwrapper)
-        ]
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        #: ``(before, after)`` pairs in the order added; read by :class:`Hooks` on every call.
+        self.hookcall_monitors: list[tuple[Before, After]] = []
 
-    async def run(self, kwargs: dict[str, Any], inner: Callable[[], Awaitable[Any]]) -> Any:
-        if not self.wrappers:
-            return await inner()
-        gens = []
-        for func, argnames, plugin in self.wrappers:
-            gen = func(*[kwargs[a] for a in argnames])
+    def add_hookcall_monitoring(self, before: Before, after: After) -> Callable[[], None]:
+        """pluggy's ``add_hookcall_monitoring``, for plugbus's own calls as well.
+
+        :return: an undo function that removes the monitor again.
+        """
+        undo_pluggy = super().add_hookcall_monitoring(before, after)
+        pair = (before, after)
+        self.hookcall_monitors.append(pair)
+
+        def undo() -> None:
+            undo_pluggy()
+            with contextlib.suppress(ValueError):
+                self.hookcall_monitors.remove(pair)
+
+        return undo
+
+
+class _Impl:
+    """One implementation as plugbus calls it: known once, so a call needs no inspection."""
+
+    __slots__ = ("argnames", "function", "hookimpl", "is_async", "kwargnames", "plugin_name")
+
+    def __init__(self, hookimpl: pluggy.HookImpl) -> None:
+        self.hookimpl = hookimpl
+        self.function: Callable[..., Any] = hookimpl.function
+        self.argnames = tuple(hookimpl.argnames)
+        self.kwargnames = tuple(hookimpl.kwargnames)
+        self.plugin_name = hookimpl.plugin_name
+        self.is_async = inspect.iscoroutinefunction(hookimpl.function)
+
+    def call(self, kwargs: Mapping[str, Any]) -> Any:
+        """Call it with the arguments it names, as pluggy does (keyword arguments with
+        defaults only when the caller has them)."""
+        try:
+            args = [kwargs[name] for name in self.argnames]
+        except KeyError as exc:
+            raise pluggy.HookCallError(f"hook call must provide argument {exc.args[0]!r}") from exc
+        if self.kwargnames:
+            kw = {name: kwargs[name] for name in self.kwargnames if name in kwargs}
+            if kw:
+                return self.function(*args, **kw)
+        return self.function(*args)
+
+
+class _Hook:
+    """A snapshot of one hook's implementations (plugins are fixed once the bus is built)."""
+
+    __slots__ = ("fast", "impls", "name", "plain", "wrappers")
+
+    def __init__(self, caller: pluggy.HookCaller) -> None:
+        self.name: str = caller.name
+        #: pluggy's list, in pluggy's order (the last is called first), as monitors receive it.
+        self.impls = caller.get_hookimpls()
+        ordered = [_Impl(i) for i in reversed(self.impls)]
+        self.wrappers = [i for i in ordered if i.hookimpl.wrapper or i.hookimpl.hookwrapper]
+        self.plain = [i for i in ordered if not (i.hookimpl.wrapper or i.hookimpl.hookwrapper)]
+        #: (function, argument names, is async) of the plain implementations, for the per-event
+        #: path when the hook has no wrappers (None when one takes keyword arguments).
+        self.fast: list[tuple[Callable[..., Any], tuple[str, ...], bool]] | None = (
+            None
+            if any(i.kwargnames for i in self.plain)
+            else [(i.function, i.argnames, i.is_async) for i in self.plain]
+        )
+
+
+# -- pluggy's call loop, ported ------------------------------------------------------------
+
+
+def _raise_wrapfail(gen: _Teardown, msg: str) -> NoReturn:
+    co = cast("Any", gen).gi_code  # a generator's code object (typing's Generator lacks it)
+    raise RuntimeError(
+        f"wrap_controller at {co.co_name!r} {co.co_filename}:{co.co_firstlineno} {msg}"
+    )
+
+
+def _old_style_wrapper(impl: _Impl, hook_name: str, kwargs: Mapping[str, Any]) -> _Teardown:
+    """pluggy's ``run_old_style_hookwrapper``: an old-style wrapper as a new-style one."""
+    teardown = cast("_Teardown", impl.call(kwargs))
+    try:
+        next(teardown)
+    except StopIteration:
+        _raise_wrapfail(teardown, "did not yield")
+    try:
+        res = yield
+        result: pluggy.Result[Any] = pluggy.Result(res, None)
+    except BaseException as exc:
+        result = pluggy.Result(None, exc)
+    try:
+        teardown.send(result)
+    except StopIteration:
+        pass
+    except BaseException as e:
+        warnings.warn(
+            pluggy.PluggyTeardownRaisedWarning(
+                "A plugin raised an exception during an old-style hookwrapper teardown.\n"
+                f"Plugin: {impl.plugin_name}, Hook: {hook_name}\n{type(e).__name__}: {e}"
+            ),
+            stacklevel=2,
+        )
+        raise
+    else:
+        _raise_wrapfail(teardown, "has second yield")
+    finally:
+        teardown.close()
+    return result.get_result()
+
+
+def _setup_wrappers(hook: _Hook, kwargs: Mapping[str, Any], teardowns: list[_Teardown]) -> None:
+    """Run each wrapper up to its ``yield``, outermost first (pluggy's setup loop)."""
+    for impl in hook.wrappers:
+        if impl.hookimpl.hookwrapper:
+            gen = _old_style_wrapper(impl, hook.name, kwargs)
+            next(gen)
+        else:
+            gen = cast("_Teardown", impl.call(kwargs))
             try:
                 next(gen)
             except StopIteration:
-                raise RuntimeError(
-                    f"wrapper of {self.name} in plugin {plugin!r} did not yield"
-                ) from None
-            gens.append((gen, plugin))
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            result = await inner()
-        except BaseException as exc:  # handed to the wrappers, as pluggy does
-            error = exc
-        for gen, plugin in reversed(gens):
-            try:
-                if error is not None:
-                    gen.throw(error)
-                else:
-                    gen.send(result)
-            except StopIteration as stop:
-                result, error = stop.value, None
-            except BaseException as exc:
-                error = exc
-            else:
-                error = RuntimeError(f"wrapper of {self.name} in plugin {plugin!r} yielded twice")
-        if error is not None:
-            raise error
-        return result
+                _raise_wrapfail(gen, "did not yield")
+        teardowns.append(gen)
 
 
-async def _call(
-    func: Callable[..., Any], argnames: tuple[str, ...], is_async: bool, kwargs: dict[str, Any]
+def _teardown_wrappers(
+    teardowns: list[_Teardown],
+    result: Any,
+    exception: BaseException | None,
+    seen: Callable[[int, Any], None] | None = None,
 ) -> Any:
-    """Call one implementation with the arguments it names; await what it returns when it is
-    ``async def`` or (a plain function) returned an awaitable."""
-    value = func(*[kwargs[a] for a in argnames])
-    if is_async or inspect.isawaitable(value):
-        return await value
-    return value
+    """Hand the result (or the exception) to each wrapper, innermost first, exactly as pluggy's
+    ``_multicall`` does; ``seen(index, result)`` learns what each wrapper returned."""
+    for index in range(len(teardowns) - 1, -1, -1):
+        teardown = teardowns[index]
+        try:
+            if exception is not None:
+                try:
+                    teardown.throw(exception)
+                except RuntimeError as re:
+                    # a StopIteration thrown into a generator comes out as RuntimeError (#544)
+                    if isinstance(exception, StopIteration) and re.__cause__ is exception:
+                        teardown.close()
+                        continue
+                    raise
+            else:
+                teardown.send(result)
+            teardown.close()
+        except StopIteration as si:
+            result = si.value
+            exception = None
+            if seen is not None:
+                seen(index, result)
+            continue
+        except BaseException as e:
+            exception = e
+            continue
+        _raise_wrapfail(teardown, "has second yield")
+    if exception is not None:
+        raise exception
+    return result
+
+
+# -- the walks: what the plain implementations' results make ----------------------------------
+
+
+#: upper bounds, in seconds, of the duration buckets of :class:`ImplTimings`
+TIMING_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+
+
+class ImplTimings:
+    """How long each plugin's implementation of each hook took: per ``(hook, plugin)`` the
+    number of calls, their total seconds, and the calls per duration bucket
+    (:data:`TIMING_BOUNDS`, then one for longer). Plain numbers, so that timing a call costs a
+    dict update; a metrics exporter reads them when it is scraped."""
+
+    def __init__(self) -> None:
+        self.stats: dict[tuple[str, str], list[Any]] = {}
+
+    def add(self, hook: str, plugin: str, seconds: float) -> None:
+        """Count one call of ``plugin``'s ``hook`` that took ``seconds``."""
+        entry = self.stats.get((hook, plugin))
+        if entry is None:
+            entry = self.stats[(hook, plugin)] = [0, 0.0, [0] * (len(TIMING_BOUNDS) + 1)]
+        entry[0] += 1
+        entry[1] += seconds
+        entry[2][bisect.bisect_left(TIMING_BOUNDS, seconds)] += 1
 
 
 class Hooks:
@@ -104,33 +253,218 @@ class Hooks:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self._pm = pm
-        self._awaited = {
-            name: _OrderedHook(name, getattr(pm.hook, name).get_hookimpls())
-            for name in AWAITED_HOOKS
+        self._hooks = {
+            name: _Hook(caller)
+            for name, caller in vars(pm.hook).items()
+            if isinstance(caller, pluggy.HookCaller)
         }
+        monitors = getattr(pm, "hookcall_monitors", None)
+        #: the live list of monitors (empty: no monitoring, the per-event path stays lean)
+        self._monitors: list[tuple[Before, After]] = monitors if monitors is not None else []
+        self._trace = os.environ.get(TRACE_ENV, "") not in ("", "0")
+        #: per-implementation timings, once :meth:`time_implementations` asked for them
+        self.timings: ImplTimings | None = None
+        self._timed = self._trace
+        if self._trace:
+            trace_log.setLevel(logging.INFO)
+            pm.add_hookcall_monitoring(_trace_before, _trace_after)
+        self._handle = self._hooks["plugbus_handle_event"]
+        self._moderate = self._hooks["plugbus_moderate"]
+
+    # -- calling, with monitors ------------------------------------------------------------
+
+    def time_implementations(self) -> ImplTimings:
+        """Start timing every implementation call (for metrics); the timings it returns fill
+        from then on. Costs two clock reads and a dict update per implementation call."""
+        if self.timings is None:
+            self.timings = ImplTimings()
+            self._timed = True
+        return self.timings
+
+    def _done(self, hook: _Hook, impl: _Impl, started: float) -> None:
+        if self._trace:
+            _trace_impl(hook.name, impl, started)
+        if self.timings is not None:
+            self.timings.add(hook.name, impl.plugin_name, time.perf_counter() - started)
+
+    def _invoke(self, hook: _Hook, impl: _Impl, kwargs: Mapping[str, Any]) -> Any:
+        if not self._timed:
+            return impl.call(kwargs)
+        started = time.perf_counter()
+        try:
+            return impl.call(kwargs)
+        finally:
+            self._done(hook, impl, started)
+
+    async def _ainvoke(self, hook: _Hook, impl: _Impl, kwargs: Mapping[str, Any]) -> Any:
+        if not self._timed:
+            value = impl.call(kwargs)
+            if impl.is_async or inspect.isawaitable(value):
+                value = await value
+            return value
+        started = time.perf_counter()
+        try:
+            value = impl.call(kwargs)
+            if impl.is_async or inspect.isawaitable(value):
+                value = await value
+            return value
+        finally:
+            self._done(hook, impl, started)
+
+    def _monitored_sync(
+        self, hook: _Hook, kwargs: Mapping[str, Any], run: Callable[[], Any], depth: int
+    ) -> Any:
+        """pluggy's nesting of monitors: the last added is outermost."""
+        if depth < 0:
+            return run()
+        before, after = self._monitors[depth]
+        before(hook.name, hook.impls, kwargs)
+        outcome = pluggy.Result.from_call(
+            lambda: self._monitored_sync(hook, kwargs, run, depth - 1)
+        )
+        after(outcome, hook.name, hook.impls, kwargs)
+        return outcome.get_result()
+
+    async def _monitored(
+        self, hook: _Hook, kwargs: Mapping[str, Any], run: Callable[[], Any], depth: int
+    ) -> Any:
+        if depth < 0:
+            return await run()
+        before, after = self._monitors[depth]
+        before(hook.name, hook.impls, kwargs)
+        try:
+            outcome: pluggy.Result[Any] = pluggy.Result(
+                await self._monitored(hook, kwargs, run, depth - 1), None
+            )
+        except BaseException as exc:
+            outcome = pluggy.Result(None, exc)
+        after(outcome, hook.name, hook.impls, kwargs)
+        return outcome.get_result()
+
+    def _call_sync(
+        self,
+        hook: _Hook,
+        kwargs: Mapping[str, Any],
+        owners: dict[int, str] | None = None,
+    ) -> list[Any]:
+        """A collected hook: every implementation's non-None result, through the wrappers.
+        With ``owners``, each result object's ``id`` is mapped to the plugin that returned it
+        (a wrapper that adds a result is its owner)."""
+
+        def run() -> list[Any]:
+            teardowns: list[_Teardown] = []
+            results: list[Any] = []
+            exception: BaseException | None = None
+            try:
+                _setup_wrappers(hook, kwargs, teardowns)
+                for impl in hook.plain:
+                    res = self._invoke(hook, impl, kwargs)
+                    if res is not None:
+                        results.append(res)
+                        if owners is not None:
+                            owners.setdefault(id(res), impl.plugin_name)
+            except BaseException as exc:
+                exception = exc
+
+            def seen(index: int, result: Any) -> None:
+                if owners is not None and isinstance(result, list):
+                    for item in result:
+                        owners.setdefault(id(item), hook.wrappers[index].plugin_name)
+
+            return cast("list[Any]", _teardown_wrappers(teardowns, results, exception, seen))
+
+        if self._monitors:
+            return cast(
+                "list[Any]", self._monitored_sync(hook, kwargs, run, len(self._monitors) - 1)
+            )
+        return run()
+
+    async def _call(self, hook: _Hook, kwargs: Mapping[str, Any], walk: Callable[[], Any]) -> Any:
+        """An awaited hook: ``walk`` (the plain implementations) inside the wrappers."""
+
+        async def run() -> Any:
+            teardowns: list[_Teardown] = []
+            result: Any = None
+            exception: BaseException | None = None
+            try:
+                _setup_wrappers(hook, kwargs, teardowns)
+                result = await walk()
+            except BaseException as exc:
+                exception = exc
+            return _teardown_wrappers(teardowns, result, exception)
+
+        if self._monitors:
+            return await self._monitored(hook, kwargs, run, len(self._monitors) - 1)
+        if hook.wrappers:
+            return await run()
+        return await walk()
+
+    async def _each(self, name: str, kwargs: dict[str, Any], *, keep_going: bool) -> None:
+        hook = self._hooks[name]
+        fast = hook.fast
+        if (
+            fast is not None
+            and not keep_going
+            and not hook.wrappers
+            and not self._monitors
+            and not self._trace
+        ):
+            # authorize_join runs per event (posting into a room one is not in): just the calls
+            timings = self.timings
+            for index, (func, argnames, is_async) in enumerate(fast):
+                started = time.perf_counter() if timings is not None else 0.0
+                value = func(*[kwargs[a] for a in argnames])
+                if is_async or inspect.isawaitable(value):
+                    await value
+                if timings is not None:
+                    timings.add(name, hook.plain[index].plugin_name, time.perf_counter() - started)
+            return
+
+        async def walk() -> list[Any]:
+            results = []  # what pluggy would hand the wrappers: the non-None results
+            for impl in hook.plain:
+                try:
+                    result = await self._ainvoke(hook, impl, kwargs)
+                except Exception:
+                    if not keep_going:
+                        raise
+                    log.exception("%s of plugin %r failed", name, impl.plugin_name)
+                else:
+                    if result is not None:
+                        results.append(result)
+            return results
+
+        await self._call(hook, kwargs, walk)
+
+    async def _first(self, name: str, kwargs: dict[str, Any]) -> Any:
+        hook = self._hooks[name]
+
+        async def walk() -> Any:
+            for impl in hook.plain:
+                result = await self._ainvoke(hook, impl, kwargs)
+                if result is not None:
+                    return result
+            return None
+
+        return await self._call(hook, kwargs, walk)
 
     # -- collected, synchronous hooks ------------------------------------------------------
 
     def register_events(self) -> list[tuple[str, type[Event] | ServerEvent]]:
-        """Every event class from every plugin's ``plugbus_register_events``, with the name of
-        the plugin that registered it (pluggy makes the call, so wrappers apply)."""
-        owners: dict[type[Event] | ServerEvent, str] = {}
-        for impl in self._pm.hook.plugbus_register_events.get_hookimpls():
-            if not (impl.wrapper or impl.hookwrapper):
-                declared = cast("list[type[Event] | ServerEvent] | None", impl.function())
-                for cls in declared or []:
-                    owners.setdefault(cls, impl.plugin_name)
+        """Every event from every plugin's ``plugbus_register_events`` (called once), with
+        the name of the plugin that declared it — for an event a wrapper added, the
+        wrapper's plugin."""
+        owners: dict[int, str] = {}
+        results = self._call_sync(self._hooks["plugbus_register_events"], {}, owners)
         out: list[tuple[str, type[Event] | ServerEvent]] = []
-        results: list[list[type[Event] | ServerEvent] | None] = (
-            self._pm.hook.plugbus_register_events()
-        )
         for result in results:
-            out.extend((owners.get(cls, "(a hook wrapper)"), cls) for cls in result or [])
+            owner = owners.get(id(result), "plugins")
+            out.extend((owner, cls) for cls in result or [])
         return out
 
     def routes(self, bus: Bus) -> list[tuple[str, Route]]:
-        """Every route (pluggy makes the call, so wrappers apply), paired with the name of the
-        plugin whose module — or package, for a plugin split into modules — defines its handler."""
+        """Every route, paired with the name of the plugin whose module — or package, for a
+        plugin split into modules — defines its handler."""
         modules: list[tuple[str, str]] = []
         for name, plugin in self._pm.list_name_plugin():
             module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
@@ -145,42 +479,18 @@ class Hooks:
             return "plugins"
 
         out: list[tuple[str, Route]] = []
-        for result in self._pm.hook.plugbus_routes(bus=bus):
+        for result in self._call_sync(self._hooks["plugbus_routes"], {"bus": bus}):
             out.extend((owner(r), r) for r in result or [])
         return out
 
+    def moderation_rules(self, bus: Bus) -> list[ModerationRule]:
+        """Every rule from every plugin's ``plugbus_moderation_rules``."""
+        out: list[ModerationRule] = []
+        for result in self._call_sync(self._hooks["plugbus_moderation_rules"], {"bus": bus}):
+            out.extend(result or [])
+        return out
+
     # -- awaited hooks ----------------------------------------------------------------------
-
-    async def _each(self, name: str, kwargs: dict[str, Any], *, keep_going: bool) -> None:
-        hook = self._awaited[name]
-
-        async def inner() -> None:
-            for func, argnames, plugin, is_async in hook.plain:
-                try:
-                    await _call(func, argnames, is_async, kwargs)
-                except Exception:
-                    if not keep_going:
-                        raise
-                    log.exception("%s of plugin %r failed", name, plugin)
-
-        await hook.run(kwargs, inner)
-
-    async def _first(self, name: str, kwargs: dict[str, Any]) -> Any:
-        hook = self._awaited[name]
-        if hook.wrappers:
-            return await hook.run(kwargs, lambda: self._first_plain(hook, kwargs))
-        return await self._first_plain(hook, kwargs)
-
-    @staticmethod
-    async def _first_plain(hook: _OrderedHook, kwargs: dict[str, Any]) -> Any:
-        # The per-event path (handle_event): no closure, no wrapper walk when there are none.
-        for func, argnames, _plugin, is_async in hook.plain:
-            result = func(*[kwargs[a] for a in argnames])
-            if is_async or inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                return result
-        return None
 
     async def authenticate(self, connection: Connection, bus: Bus) -> Identity | None:
         """``plugbus_authenticate``: in order, the first non-None identity wins."""
@@ -234,13 +544,6 @@ class Hooks:
             keep_going=False,
         )
 
-    def moderation_rules(self, bus: Bus) -> list[ModerationRule]:
-        """Every rule from every plugin's ``plugbus_moderation_rules``."""
-        out: list[ModerationRule] = []
-        for result in self._pm.hook.plugbus_moderation_rules(bus=bus):
-            out.extend(result or [])
-        return out
-
     async def disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
         """``plugbus_disconnect``: each awaited in order; errors are logged."""
         await self._each(
@@ -251,27 +554,105 @@ class Hooks:
 
     async def moderate(self, event: Event, ctx: EventContext) -> Event:
         """``plugbus_moderate``: chained; returns the event as the last implementation left it."""
-        hook = self._awaited["plugbus_moderate"]
-        kwargs: dict[str, Any] = {"event": event, "ctx": ctx}
-        if hook.wrappers:
-            return await hook.run(kwargs, lambda: self._moderate_plain(hook, kwargs))  # type: ignore[no-any-return]
-        return await self._moderate_plain(hook, kwargs)
-
-    @staticmethod
-    async def _moderate_plain(hook: _OrderedHook, kwargs: dict[str, Any]) -> Event:
-        for func, argnames, plugin, is_async in hook.plain:
-            replaced = func(*[kwargs[a] for a in argnames])
-            if is_async or inspect.isawaitable(replaced):
-                replaced = await replaced
-            if replaced is not None:
-                if type(replaced) is not type(kwargs["event"]):
-                    raise TypeError(
-                        f"plugbus_moderate of plugin {plugin!r} returned {type(replaced).__name__}; "
-                        f"expected None or a {type(kwargs['event']).__name__}"
+        hook = self._moderate
+        fast = hook.fast
+        if fast is not None and not hook.wrappers and not self._monitors and not self._trace:
+            # The per-event path: no wrapper, no monitor, nothing but the calls (each timed
+            # when metrics ask, with two clock reads and a dict update)
+            timings = self.timings
+            for index, (func, argnames, is_async) in enumerate(fast):
+                started = time.perf_counter() if timings is not None else 0.0
+                replaced = func(*[event if a == "event" else ctx for a in argnames])
+                if is_async or inspect.isawaitable(replaced):
+                    replaced = await replaced
+                if timings is not None:
+                    timings.add(
+                        "plugbus_moderate",
+                        hook.plain[index].plugin_name,
+                        time.perf_counter() - started,
                     )
-                kwargs["event"] = replaced
-        return kwargs["event"]  # type: ignore[no-any-return]
+                if replaced is not None:
+                    event = _checked_replacement(hook.plain[index], event, replaced)
+            return event
+        kwargs = {"event": event, "ctx": ctx}
+
+        async def walk() -> Event:
+            moderated = event
+            for impl in hook.plain:
+                # a fresh dict: the monitors keep the arguments as the hook was called
+                replaced = await self._ainvoke(hook, impl, {"event": moderated, "ctx": ctx})
+                if replaced is not None:
+                    moderated = _checked_replacement(impl, moderated, replaced)
+            return moderated
+
+        return await self._call(hook, kwargs, walk)  # type: ignore[no-any-return]
 
     async def handle_event(self, event: Event, ctx: EventContext) -> Any:
         """``plugbus_handle_event``: in order, the first non-None result wins."""
+        hook = self._handle
+        fast = hook.fast
+        if fast is not None and not hook.wrappers and not self._monitors and not self._trace:
+            timings = self.timings
+            for index, (func, argnames, is_async) in enumerate(fast):
+                started = time.perf_counter() if timings is not None else 0.0
+                result = func(*[event if a == "event" else ctx for a in argnames])
+                if is_async or inspect.isawaitable(result):
+                    result = await result
+                if timings is not None:
+                    timings.add(
+                        "plugbus_handle_event",
+                        hook.plain[index].plugin_name,
+                        time.perf_counter() - started,
+                    )
+                if result is not None:
+                    return result
+            return None
         return await self._first("plugbus_handle_event", {"event": event, "ctx": ctx})
+
+
+def _checked_replacement(impl: _Impl, event: Event, replaced: Any) -> Event:
+    if type(replaced) is not type(event):
+        raise TypeError(
+            f"plugbus_moderate of plugin {impl.plugin_name!r} returned {type(replaced).__name__}; "
+            f"expected None or a {type(event).__name__}"
+        )
+    return replaced
+
+
+# -- tracing (PLUGBUS_TRACE_HOOKS=1) ---------------------------------------------------------
+
+#: When each traced call started, by the identity of its arguments' dict (one per call).
+_trace_started: dict[int, float] = {}
+
+
+def _trace_before(
+    hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, object]
+) -> None:
+    _trace_started[id(kwargs)] = time.perf_counter()
+
+
+def _trace_after(
+    outcome: pluggy.Result[Any],
+    hook_name: str,
+    impls: Sequence[pluggy.HookImpl],
+    kwargs: Mapping[str, object],
+) -> None:
+    started = _trace_started.pop(id(kwargs), None)
+    plugins = ", ".join(i.plugin_name for i in reversed(impls)) or "none"
+    trace_log.info(
+        "%s [%s] %s in %.3f ms",
+        hook_name,
+        plugins,
+        "raised " + type(outcome.exception).__name__ if outcome.exception else "returned",
+        (time.perf_counter() - started) * 1000 if started is not None else float("nan"),
+    )
+
+
+def _trace_impl(hook_name: str, impl: _Impl, started: float) -> None:
+    trace_log.info(
+        "%s: %s.%s took %.3f ms",
+        hook_name,
+        impl.plugin_name,
+        impl.function.__name__,
+        (time.perf_counter() - started) * 1000,
+    )

@@ -6,8 +6,8 @@ the same name with ``plugbus.hookimpl``; accept only the arguments you need.
 Call semantics, which every docstring below repeats for its hook:
 
 * **Collected hooks** (``plugbus_register_events``, ``plugbus_routes``,
-  ``plugbus_moderation_rules``) are called by pluggy
-  once, at start-up, synchronously; every implementation's result is used. Wrappers work.
+  ``plugbus_moderation_rules``) are called once, at start-up, synchronously, through
+  plugbus's port of pluggy's call loop; every implementation's result is used. Wrappers work.
 * **Awaited hooks** (all the others) may be ``async def`` or plain functions. plugbus calls the
   implementations one at a time, in pluggy's order (``tryfirst`` first, ``trylast`` last, and
   otherwise the most recently registered first), and awaits each before calling the next — so
@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .bus import Bus
     from .context import Connection, EventContext, Identity, Principal
     from .events import Event, ServerEvent
     from .moderation import ModerationRule
+    from .protocols import Bus
     from .routes import Route
 
 PROJECT_NAME = "plugbus"
@@ -239,7 +239,8 @@ def plugbus_room_left(connection: Connection, room: str, bus: Bus) -> None:
 def plugbus_moderation_rules(bus: Bus) -> list[ModerationRule]:
     """Add rules to the built-in moderation plugin's pipeline.
 
-    Called once at start-up by the moderation plugin (in its ``plugbus_startup``). Collected:
+    Called once, the first time ``bus.moderation_rules`` is read (the built-in moderation
+    plugin reads it in its ``plugbus_startup``). Collected:
     every implementation's rules join the pipeline after the built-in rules, and are
     switched on, off and given an action (refuse, mask, drop) in that plugin's ``rules``
     settings by their ``name``, like the built-in ones. Not awaited (must be a plain function).

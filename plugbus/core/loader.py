@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from . import hookspecs
 from .config import LoadedConfig, format_config_errors
 from .errors import ConfigError
+from .hooks import PluginManager
 from .plugin import Plugin, PluginSettings
 
 #: Built-in plugin name -> "module:Class" inside the installed package.
@@ -71,7 +72,7 @@ class PluginInfo:
 class LoadedPlugins:
     """The plugin manager and what is in it."""
 
-    pm: pluggy.PluginManager
+    pm: PluginManager
     plugins: list[PluginInfo]
 
 
@@ -97,7 +98,7 @@ def load_plugins(loaded: LoadedConfig) -> LoadedPlugins:
         clashing names, an implementation of an unknown hook, or a wrapper on an awaited hook.
     """
     cfg = loaded.config.plugins
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm = PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     for name in cfg.disabled:
         pm.set_blocked(name)

@@ -22,7 +22,8 @@ class Violation:
     """One broken rule.
 
     :ivar message: one sentence for the sender, e.g. ``"message contains a blocked word"``.
-    :ivar field: the event field at fault, when there is one.
+    :ivar field: the event field at fault, when there is one — or, for a string inside a text
+        field (a list item, a nested model's field), its path: ``options.1``, ``answer.text``.
     :ivar spans: ``(start, end)`` character ranges of the offending text within ``field``;
         the ``mask`` action replaces them. Without spans a rule cannot mask, and ``mask``
         falls back to refusing.

@@ -2,7 +2,7 @@
 
 python-socketio keeps room membership per process (``get_participants`` is local by design),
 so cluster-wide presence is plugbus's own: :class:`LocalPresence` answers from this node's
-socket server, :class:`RedisPresence` from Redis, where every node writes its connections and
+socket server, :class:`SharedPresence` from core's own store in Redis, where every node writes its connections and
 memberships. A node's entries carry a time-to-live it keeps refreshing, so the connections of
 a node that crashed disappear by themselves.
 """
@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .bus import Bus
     from .context import Connection
+    from .store import Store
 
 log = logging.getLogger("plugbus.presence")
 
@@ -69,8 +70,9 @@ class LocalPresence:
         return self._bus.rooms(namespace)
 
     async def members(self, room: str, namespace: str | None = None) -> list[Member]:
-        """The connections in ``room`` of ``namespace`` (the default namespace when None)."""
-        return [self._member(sid) for sid in self._bus.members(room, namespace)]
+        """The connections in ``room`` of ``namespace`` (the default namespace when None),
+        sorted by sid."""
+        return [self._member(sid) for sid in sorted(self._bus.members(room, namespace))]
 
     async def count(self, room: str, namespace: str | None = None) -> int:
         """How many connections are in ``room`` of ``namespace`` (default when None)."""
@@ -81,37 +83,39 @@ class LocalPresence:
         return self._bus.connection(sid) is not None
 
 
-class RedisPresence(LocalPresence):
-    """Presence shared by every node through Redis.
+class SharedPresence(LocalPresence):
+    """Presence shared by every node through core's ``presence`` store (Redis).
 
-    Keys (under ``plugbus:presence:``): ``conn:<sid>`` a hash ``{node, user_id, name}`` with a
-    TTL the node refreshes every third of it; ``room:<room>`` a set of sids; ``rooms`` the set
-    of room names — for the default namespace; another namespace's rooms are
+    Keys (under ``plugbus:presence:``): ``conn:<sid>`` the value ``{node, user_id, name}``
+    with a TTL the node refreshes every third of it; ``room:<room>`` a set of sids; ``rooms``
+    the set of room names — for the default namespace; another namespace's rooms are
     ``nsroom:<len>:<namespace>:<room>`` and ``nsrooms:<namespace>`` (the length keeps a room
-    name holding ":" from reaching into another namespace's keys). Members whose ``conn`` key has expired (their node crashed) are dropped as
-    they are found. The refresh writes the node's whole state again, so presence also comes
-    back by itself after Redis restarted empty.
+    name holding ":" from reaching into another namespace's keys). Members whose ``conn`` key
+    has expired (their node crashed) are dropped as they are found. The refresh writes the
+    node's whole state again, so presence also comes back by itself after Redis restarted
+    empty.
     """
 
-    def __init__(self, bus: Bus, ttl: float) -> None:
+    def __init__(self, bus: Bus, store: Store, node_id: str, ttl: float) -> None:
         super().__init__(bus)
-        self._redis: Any = bus.backend.redis
-        self._node = bus.backend.node_id
+        self._store = store
+        self._node = node_id
         self._ttl = max(1, int(ttl))
         self._task: asyncio.Task[None] | None = None
 
-    def _key(self, *parts: str) -> str:
-        return self._bus.backend.key("presence", *parts)
+    @staticmethod
+    def _conn(sid: str) -> str:
+        return f"conn:{sid}"
 
     def _room_key(self, room: str, namespace: str | None) -> str:
         if namespace is None or namespace == self._bus.default_namespace:
-            return self._key("room", room)
-        return self._key("nsroom", str(len(namespace)), namespace, room)
+            return f"room:{room}"
+        return f"nsroom:{len(namespace)}:{namespace}:{room}"
 
     def _rooms_key(self, namespace: str | None) -> str:
         if namespace is None or namespace == self._bus.default_namespace:
-            return self._key("rooms")
-        return self._key("nsrooms", namespace)
+            return "rooms"
+        return f"nsrooms:{namespace}"
 
     async def start(self) -> None:
         """Start refreshing this node's entries every third of the TTL."""
@@ -140,57 +144,47 @@ class RedisPresence(LocalPresence):
         connections = self._bus.connections()
         if not connections:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for connection in connections:
-            self._write_connection(pipe, connection)
-            ns = connection.namespace
-            for room in self._bus.rooms_of(connection.sid, ns):
-                pipe.sadd(self._room_key(room, ns), connection.sid)
-                pipe.sadd(self._rooms_key(ns), room)
-        await pipe.execute()
+        async with self._store.batch() as batch:
+            for connection in connections:
+                batch.set(self._conn(connection.sid), self._info(connection), ttl=self._ttl)
+                ns = connection.namespace
+                for room in self._bus.rooms_of(connection.sid, ns):
+                    batch.sadd(self._room_key(room, ns), connection.sid)
+                    batch.sadd(self._rooms_key(ns), room)
 
-    def _write_connection(self, pipe: Any, connection: Connection) -> None:
+    def _info(self, connection: Connection) -> dict[str, str]:
         identity = connection.identity
-        mapping = {
+        return {
             "node": self._node,
             "user_id": identity.user_id if identity else "",
             "name": (identity.name or "") if identity else "",
         }
-        pipe.hset(self._key("conn", connection.sid), mapping=mapping)
-        pipe.expire(self._key("conn", connection.sid), self._ttl)
 
     async def connected(self, connection: Connection) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        self._write_connection(pipe, connection)
-        await pipe.execute()
+        await self._store.set(self._conn(connection.sid), self._info(connection), ttl=self._ttl)
 
     async def disconnected(self, connection: Connection) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.delete(self._key("conn", connection.sid))
-        for room in self._bus.rooms_of(connection.sid, connection.namespace):
-            pipe.srem(self._room_key(room, connection.namespace), connection.sid)
-        await pipe.execute()
+        async with self._store.batch() as batch:
+            batch.delete(self._conn(connection.sid))
+            for room in self._bus.rooms_of(connection.sid, connection.namespace):
+                batch.srem(self._room_key(room, connection.namespace), connection.sid)
 
     async def joined(self, connection: Connection, room: str) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.sadd(self._room_key(room, connection.namespace), connection.sid)
-        pipe.sadd(self._rooms_key(connection.namespace), room)
-        await pipe.execute()
+        async with self._store.batch() as batch:
+            batch.sadd(self._room_key(room, connection.namespace), connection.sid)
+            batch.sadd(self._rooms_key(connection.namespace), room)
 
     async def left(self, connection: Connection, room: str) -> None:
-        await self._redis.srem(self._room_key(room, connection.namespace), connection.sid)
+        await self._store.srem(self._room_key(room, connection.namespace), connection.sid)
 
     async def members(self, room: str, namespace: str | None = None) -> list[Member]:
-        sids = sorted(await self._redis.smembers(self._room_key(room, namespace)))
+        sids = sorted(await self._store.smembers(self._room_key(room, namespace)))
         if not sids:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for sid in sids:
-            pipe.hgetall(self._key("conn", sid))
-        infos = await pipe.execute()
+        infos = await self._store.get_many([self._conn(sid) for sid in sids])
         gone = [sid for sid, info in zip(sids, infos, strict=True) if not info]
         if gone:  # a crashed node's connections: their entries expired
-            await self._redis.srem(self._room_key(room, namespace), *gone)
+            await self._store.srem(self._room_key(room, namespace), *gone)
         return [
             Member(sid, info.get("user_id") or None, info.get("name") or None)
             for sid, info in zip(sids, infos, strict=True)
@@ -202,13 +196,13 @@ class RedisPresence(LocalPresence):
 
     async def rooms(self, namespace: str | None = None) -> dict[str, int]:
         out: dict[str, int] = {}
-        for room in sorted(await self._redis.smembers(self._rooms_key(namespace))):
+        for room in sorted(await self._store.smembers(self._rooms_key(namespace))):
             count = await self.count(room, namespace)
             if count:
                 out[room] = count
             else:
-                await self._redis.srem(self._rooms_key(namespace), room)
+                await self._store.srem(self._rooms_key(namespace), room)
         return out
 
     async def is_connected(self, sid: str) -> bool:
-        return bool(await self._redis.exists(self._key("conn", sid)))
+        return await self._store.get(self._conn(sid)) is not None

@@ -33,6 +33,13 @@ class TokenBucket:
             return 0.0
         return (1.0 - self._tokens) / self.rate if self.rate > 0 else float("inf")
 
+    def full_at(self) -> float | None:
+        """When (``time.monotonic``) the bucket will have refilled to ``burst``; None when it
+        never refills (``rate`` 0)."""
+        if self.rate <= 0:
+            return None
+        return self._stamp + max(0.0, self.burst - self._tokens) / self.rate
+
     def full(self, now: float | None = None) -> bool:
         """Whether the bucket has refilled to ``burst`` (its owner went quiet: it may be forgotten)."""
         now = time.monotonic() if now is None else now

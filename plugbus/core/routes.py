@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from .context import Principal
 
 if TYPE_CHECKING:
-    from .bus import Bus
+    from .protocols import Bus
 
 
 @dataclass(slots=True)

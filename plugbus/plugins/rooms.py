@@ -469,6 +469,32 @@ class RoomsPlugin(Plugin):
             await self._notify(bus, self.settings.left_event, connection, room, count)
 
     @hookimpl
+    def plugbus_startup(self, bus: Bus) -> None:
+        """Called once at start-up: registers the cluster operations ``rooms.join`` and
+        ``rooms.leave``, which the REST routes run on whichever node holds the connection."""
+
+        async def join_here(p: dict[str, Any]) -> dict[str, Any]:
+            joined = await self.join(bus, p["sid"], p["room"])
+            return {
+                "room": p["room"],
+                "sid": p["sid"],
+                "joined": joined,
+                "rooms": sorted(bus.rooms_of(p["sid"])),
+            }
+
+        async def leave_here(p: dict[str, Any]) -> dict[str, Any]:
+            left = await bus.leave(p["sid"], p["room"])
+            return {
+                "room": p["room"],
+                "sid": p["sid"],
+                "left": left,
+                "rooms": sorted(bus.rooms_of(p["sid"])),
+            }
+
+        bus.cluster.register("rooms.join", join_here)
+        bus.cluster.register("rooms.leave", leave_here)
+
+    @hookimpl
     def plugbus_routes(self, bus: Bus) -> list[Route]:
         """Called once at start-up: the REST routes (see the module docstring). Reading needs
         the ``read`` API-key scope, changing membership ``admin`` (when REST keys are checked)."""
@@ -494,27 +520,6 @@ class RoomsPlugin(Plugin):
             whichever node holds it."""
             room, sid = req.path_params["room"], req.path_params["sid"]
             return await bus.cluster.on_owner(sid, "rooms.leave", {"room": room})  # type: ignore[no-any-return]
-
-        async def join_here(p: dict[str, Any]) -> dict[str, Any]:
-            joined = await self.join(bus, p["sid"], p["room"])
-            return {
-                "room": p["room"],
-                "sid": p["sid"],
-                "joined": joined,
-                "rooms": sorted(bus.rooms_of(p["sid"])),
-            }
-
-        async def leave_here(p: dict[str, Any]) -> dict[str, Any]:
-            left = await bus.leave(p["sid"], p["room"])
-            return {
-                "room": p["room"],
-                "sid": p["sid"],
-                "left": left,
-                "rooms": sorted(bus.rooms_of(p["sid"])),
-            }
-
-        bus.cluster.register("rooms.join", join_here)
-        bus.cluster.register("rooms.leave", leave_here)
 
         members = "/rooms/{room}/members/{sid}"
         return [

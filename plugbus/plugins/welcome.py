@@ -3,8 +3,8 @@
 Greetings are templates: ``{sid}``, ``{server}`` and ``{user}`` in the connection greeting, the
 same plus ``{room}`` in room greetings; ``{{`` and ``}}`` write literal braces. Templates are
 checked when they are set — at start-up and by ``PUT /welcome`` — so rendering never fails.
-``GET /welcome`` shows the greetings in use and ``PUT /welcome`` changes them at run time: in
-this process's memory, or, when ``server.backend`` is Redis, in Redis for every node.
+``GET /welcome`` shows the greetings in use and ``PUT /welcome`` changes them at run time
+(kept in the plugin's store, so with a Redis backend every node uses the new ones).
 """
 
 from __future__ import annotations
@@ -159,13 +159,12 @@ class WelcomePlugin(Plugin):
         ]
 
     async def current(self, bus: Bus) -> Greetings:
-        """The greetings in use: with a shared backend, the last ones any node's ``PUT
-        /welcome`` stored (one Redis read); otherwise this process's."""
-        redis = bus.backend.redis
-        if redis is not None:
-            raw = await redis.get(bus.backend.key("welcome", "greetings"))
-            if raw:
-                return Greetings.model_validate_json(raw)
+        """The greetings in use: the last ones a ``PUT /welcome`` stored in the plugin's store
+        (``bus.store("welcome")``, shared by every node with a Redis backend), else those of
+        the settings."""
+        stored = await bus.store("welcome").get("greetings")
+        if stored:
+            return Greetings.model_validate(stored)
         return self.greetings
 
     @hookimpl
@@ -212,10 +211,7 @@ class WelcomePlugin(Plugin):
             assert isinstance(req.body, GreetingsUpdate)
             current = await self.current(bus)
             self.greetings = current.model_copy(update=req.body.model_dump(exclude_none=True))
-            if bus.backend.redis is not None:
-                await bus.backend.redis.set(
-                    bus.backend.key("welcome", "greetings"), self.greetings.model_dump_json()
-                )
+            await bus.store("welcome").set("greetings", self.greetings.model_dump())
             return self.greetings
 
         return [

@@ -11,7 +11,9 @@ fixture is there in every test without a conftest. It has no autouse fixture::
         assert (await server.http.get("/health")).status_code == 200
         server.hooks.for_connection(alice.sid).assert_order(["plugbus_connect", "plugbus_handle_event"])
 
-``plugbus_server`` starts a real plugbus — the application ``plugbus serve`` builds, served
+``plugbus_app`` builds the same application in-process, without a port (REST and
+long-polling Socket.IO through ASGI: faster, for plugin logic). ``plugbus_server`` starts a
+real plugbus — the application ``plugbus serve`` builds, served
 by uvicorn on a free loopback port in the test's own event loop — with the given plugins and
 config. ``server.client()`` connects a real python-socketio ``AsyncClient`` that records every
 event it receives; ``server.http`` is an ``httpx.AsyncClient`` for the REST door;
@@ -28,6 +30,7 @@ import pytest
 from plugbus.testing.calls import HookCall, HookCalls
 from plugbus.testing.client import ClientRefused, PlugbusClient
 from plugbus.testing.factory import PlugbusServerFactory
+from plugbus.testing.inprocess import InProcessApp, InProcessClient, PlugbusAppFactory
 from plugbus.testing.recorder import RECORDER_NAME as RECORDER_NAME
 from plugbus.testing.recorder import HookRecorder, HookRecorderPlugin
 from plugbus.testing.server import PlugbusServer
@@ -43,9 +46,13 @@ __all__ = [
     "HookCalls",
     "HookRecorder",
     "HookRecorderPlugin",
+    "InProcessApp",
+    "InProcessClient",
+    "PlugbusAppFactory",
     "PlugbusClient",
     "PlugbusServer",
     "PlugbusServerFactory",
+    "plugbus_app",
     "plugbus_server",
 ]
 
@@ -58,6 +65,21 @@ async def plugbus_server(
     config=...)`` starts a real plugbus on a free loopback port (see
     :meth:`PlugbusServerFactory.__call__`). Servers and their clients stop when the test ends."""
     factory = PlugbusServerFactory(lambda: tmp_path_factory.mktemp("plugbus"))
+    try:
+        yield factory
+    finally:
+        await factory.aclose()
+
+
+@_async_fixture
+async def plugbus_app(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[PlugbusAppFactory]:
+    """Factory fixture: ``app = await plugbus_app(plugins=..., ...)`` — the same application
+    and arguments as ``plugbus_server``, in this process with no port: ``app.http`` calls the
+    REST door through ASGI, ``await app.client()`` connects a long-polling Socket.IO client
+    through ASGI (see :class:`InProcessApp`). Apps stop when the test ends."""
+    factory = PlugbusAppFactory(lambda: tmp_path_factory.mktemp("plugbus-app"))
     try:
         yield factory
     finally:

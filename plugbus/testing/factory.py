@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -20,6 +20,9 @@ from plugbus.testing.recorder import (
 )
 from plugbus.testing.server import PlugbusServer
 from plugbus.testing.server_config import _kit_config, _plugbus_environment, _target
+
+if TYPE_CHECKING:
+    from plugbus.api.app import Application
 
 _ids = itertools.count(1)
 
@@ -63,38 +66,25 @@ class PlugbusServerFactory:
             any other and shows in ``GET /plugins`` as ``hook-recorder``.
         :raises ConfigError: the config or a plugin is wrong (as ``plugbus serve`` would say).
         """
-        # Imported here, not at the top: pytest loads the kit (an entry-point plugin) in every
-        # session of a project that installs plugbus, and the web stack waits until a test
-        # starts a server (pyproject.toml's import layers check it).
-        from plugbus.api.app import create_app
-
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        modules = {name: _target(name, plugin) for name, plugin in (plugins or {}).items()}
-        data = _kit_config(
-            port, modules, builtins, settings or {}, config or {}, entry_points, disabled
-        )
-        recorder: HookRecorder | None = None
-        if record_hooks:
-            recorder = HookRecorder()
-            key = f"r{next(_ids)}"
-            _RECORDERS[key] = recorder
-            data["plugins"]["modules"][RECORDER_NAME] = _RECORDER_TARGET
-            data["plugins"]["settings"][RECORDER_NAME] = {"recorder": key}
-        path = self._directory() / f"plugbus-{port}.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         try:
-            with _plugbus_environment(env or {}):
-                app = create_app(load_config(path))
+            app, path, recorder = build_app(
+                self._directory(),
+                port,
+                plugins=plugins,
+                builtins=builtins,
+                settings=settings,
+                config=config,
+                entry_points=entry_points,
+                disabled=disabled,
+                env=env,
+                record_hooks=record_hooks,
+            )
         except BaseException:
             sock.close()
             raise
-        finally:
-            if recorder is not None:
-                _RECORDERS.pop(key)
-        if recorder is not None:
-            recorder._pm = app.bus.pm
         server = PlugbusServer(app, sock, path, recorder)
         self.servers.append(server)
         await server._serve(timeout)
@@ -111,3 +101,47 @@ class PlugbusServerFactory:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def build_app(
+    directory: Path,
+    port: int,
+    *,
+    plugins: Mapping[str, str | type | ModuleType] | None,
+    builtins: Sequence[str] | None,
+    settings: Mapping[str, Mapping[str, Any]] | None,
+    config: Mapping[str, Any] | None,
+    entry_points: bool,
+    disabled: Sequence[str],
+    env: Mapping[str, str] | None,
+    record_hooks: bool,
+) -> tuple[Application, Path, HookRecorder | None]:
+    """The application the kit's config makes (written to ``directory``), with its recorder.
+
+    :raises ConfigError: the config or a plugin is wrong.
+    """
+    from plugbus.api.app import create_app
+
+    modules = {name: _target(name, plugin) for name, plugin in (plugins or {}).items()}
+    data = _kit_config(
+        port, modules, builtins, settings or {}, config or {}, entry_points, disabled
+    )
+    recorder: HookRecorder | None = None
+    key = ""
+    if record_hooks:
+        recorder = HookRecorder()
+        key = f"r{next(_ids)}"
+        _RECORDERS[key] = recorder
+        data["plugins"]["modules"][RECORDER_NAME] = _RECORDER_TARGET
+        data["plugins"]["settings"][RECORDER_NAME] = {"recorder": key}
+    path = directory / f"plugbus-{port}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    try:
+        with _plugbus_environment(env or {}):
+            app = create_app(load_config(path))
+    finally:
+        if recorder is not None:
+            _RECORDERS.pop(key)
+    if recorder is not None:
+        recorder._pm = app.bus.pm
+    return app, path, recorder

@@ -99,10 +99,6 @@ class DirectWriter:
             conn.send_binary(data)
         return self.write_frame(b"".join(conn.data_to_send()))
 
-    def pending(self) -> int:
-        """Bytes written but not yet taken by the kernel."""
-        return int(self._transport.get_write_buffer_size())
-
     async def drain(self) -> None:
         """Nothing to wait for: every write is already in the transport."""
 
@@ -169,10 +165,6 @@ class AsgiWriter:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         return True
-
-    def pending(self) -> int:
-        """Bytes queued and not yet taken by ``send``."""
-        return self._pending
 
     async def drain(self) -> None:
         """Wait until every queued message was handed to ``send``."""

@@ -5,17 +5,15 @@ Rules, in the order they run: ``ban``, ``mute``, ``flood``, ``slow_mode``, ``max
 is switched on or off and given an action (``refuse``, ``mask``, ``drop``) under the
 ``rules`` key of this plugin's settings; the built-ins' own parameters are top-level keys.
 Sanctions (bans, mutes, kicks) and slow-mode delays are made at run time over REST
-(``/moderation/...``); all state sits behind :class:`ModerationStore`: in this process
-(:class:`MemoryStore`), or in Redis shared by every node (:class:`RedisStore`) when
-``server.backend`` is a Redis URL — chosen at start-up by the ``store`` setting.
-
-The REST routes carry no authorization yet: anyone who reaches the REST port may ban, mute and
-kick. Admin roles arrive with the authentication issue.
+(``/moderation/...``, the ``admin`` API-key scope); all state sits behind
+:class:`ModerationStore`, on the plugin's ``bus.store("moderation")``: in this process, or in
+Redis shared by every node when ``server.backend`` is a Redis URL — chosen at start-up by the
+``store`` setting. New bans are announced on the store's ``bans`` channel, so that every node
+closes its own connections a ban covers.
 
 The package's modules, in the order they build on one another: ``settings`` (the plugin's
-settings), ``text`` (folding and masking), ``store`` (sanctions, the log,
-:class:`ModerationStore` and :class:`MemoryStore`), ``redis_store`` (:class:`RedisStore` and
-the ban notices between nodes), ``rules`` (the built-in rules), ``pipeline`` (running the rules and
+settings), ``text`` (folding and masking), ``store`` (sanctions, the log and
+:class:`ModerationStore`), ``rules`` (the built-in rules), ``pipeline`` (running the rules and
 carrying out their actions), ``routes`` (the REST routes); this module holds the plugin and
 re-exports their public names.
 """
@@ -23,6 +21,7 @@ re-exports their public names.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from plugbus import (
     Bus,
@@ -32,8 +31,10 @@ from plugbus import (
     Event,
     EventContext,
     NotFound,
+    PlugbusError,
     Plugin,
     Route,
+    Subscription,
     hookimpl,
 )
 
@@ -46,7 +47,6 @@ from .pipeline import (
     builtin_rules,
     log_entry,
 )
-from .redis_store import BanNotices, RedisStore
 from .routes import (
     LOG_LIMIT,
     BanCreated,
@@ -85,7 +85,7 @@ from .settings import (
     SlowModeSettings,
     TargetKind,
 )
-from .store import LogEntry, MemoryStore, ModerationStore, Sanction, StoreUnavailable
+from .store import LogEntry, ModerationStore, Sanction, StoreUnavailable
 from .text import Normaliser, mask_spans
 
 __all__ = [
@@ -96,7 +96,6 @@ __all__ = [
     # settings
     "Action",
     "BanCreated",
-    "BanNotices",
     "BanRule",
     "BlockedWordsRule",
     "FloodRule",
@@ -106,7 +105,6 @@ __all__ = [
     "LogEntry",
     "LogList",
     "MaxLengthRule",
-    "MemoryStore",
     # plugin
     "ModerationPlugin",
     "ModerationRoutes",
@@ -117,8 +115,6 @@ __all__ = [
     "Normaliser",
     "OffByDefault",
     "Pipeline",
-    # redis_store
-    "RedisStore",
     "RuleSwitch",
     "RuleSwitches",
     # store
@@ -158,65 +154,66 @@ class ModerationPlugin(Plugin):
     Settings = ModerationSettings
     settings: ModerationSettings
 
+    #: The plugin's state; set at start-up, when the backend is known.
+    store: ModerationStore
+    #: The rules that run, in order; complete once start-up collected the other plugins' rules.
+    pipeline: Pipeline
+
     def __init__(self, settings: ModerationSettings) -> None:
         super().__init__(settings)
-        # In memory until start-up, when the shared backend (if any) is connected.
-        self.store: ModerationStore = MemoryStore(settings.log_size)
-        self.notices: BanNotices | None = None
-        # Built-ins only until start-up adds the other plugins' rules.
-        self.pipeline = build_pipeline(settings, self.store, [], complete=False)
+        self._bans: Subscription | None = None
 
     def open_store(self, bus: Bus) -> ModerationStore:
-        """The store the ``store`` setting asks for: :class:`RedisStore` for ``redis``, and for
-        ``auto`` when ``server.backend`` is a Redis URL; else the :class:`MemoryStore`.
+        """The store the ``store`` setting asks for: the shared ``bus.store("moderation")`` for
+        ``redis``, and for ``auto`` when ``server.backend`` is a Redis URL; else this node's
+        (``local=True``).
 
         :raises ConfigError: ``store: redis`` while ``server.backend`` is ``memory``.
         """
-        choice, backend = self.settings.store, bus.backend
-        if choice == "redis" and not backend.shared:
+        choice = self.settings.store
+        shared = bus.store("moderation")
+        if choice == "redis" and not shared.shared:
             raise ConfigError(
                 "plugin 'moderation': plugins.settings.moderation.store: 'redis' needs a shared "
                 "backend, but server.backend is 'memory'; set server.backend to a Redis URL "
                 "(redis://host:6379/0), or store to auto or memory"
             )
-        if choice == "memory" or not backend.shared:
-            if backend.shared:
-                log.warning(
-                    "moderation store: memory although server.backend is shared: bans, "
-                    "mutes, delays, buckets and the log hold on this node only"
-                )
-            return self.store
-        return RedisStore(backend.redis, backend.key("moderation"), self.settings.log_size)
+        if choice == "memory" and shared.shared:
+            log.warning(
+                "moderation store: memory although server.backend is shared: bans, "
+                "mutes, delays, buckets and the log hold on this node only"
+            )
+            return ModerationStore(bus.store("moderation", local=True), self.settings.log_size)
+        return ModerationStore(shared, self.settings.log_size)
 
     @hookimpl
     async def plugbus_startup(self, bus: Bus) -> None:
         """Open the store (see :meth:`open_store`), collect other plugins' rules into the
         pipeline, seed the slow-mode delays config gives (a room that already has a delay in a
-        shared store keeps it) and, with Redis, listen for bans made on other nodes.
+        shared store keeps it) and, with a shared store, listen for bans made on other nodes.
 
         :raises ConfigError: ``store: redis`` without a Redis backend; a rule name in settings
             that no rule has, or two rules with one name.
         """
         try:
             self.store = self.open_store(bus)
-            self.pipeline = build_pipeline(
-                self.settings, self.store, bus.hooks.moderation_rules(bus)
-            )
+            self.pipeline = build_pipeline(self.settings, self.store, bus.moderation_rules)
         except ConfigError as exc:
             log.error("%s", exc)
             raise
         await self.store.seed_slow_mode(dict(self.settings.slow_mode.rooms))
-        if isinstance(self.store, RedisStore):
-            self.notices = BanNotices(
-                bus.backend,
-                bus.backend.key("moderation", "bans"),
-                lambda ban: self.close_banned(ban, bus),
-            )
-            await self.notices.start()
+        if self.store.shared:
+
+            async def on_ban(notice: dict[str, Any]) -> None:
+                if notice.get("node") == bus.node_id:
+                    return  # this node closed its own connections when it made the ban
+                await self.close_banned(Sanction.model_validate(notice["ban"]), bus)
+
+            self._bans = await self.store.store.subscribe("bans", on_ban)
         log.info(
             "moderation rules: %s; store: %s",
             ", ".join(self.pipeline.names) or "none",
-            type(self.store).__name__,
+            "shared" if self.store.shared else "this node",
         )
 
     async def close_banned(self, ban: Sanction, bus: Bus) -> list[str]:
@@ -231,10 +228,21 @@ class ModerationPlugin(Plugin):
 
     async def ban_made(self, ban: Sanction, bus: Bus) -> list[str]:
         """Close the connections ``ban`` covers on this node (their ids) and, with a shared
-        store, tell the other nodes to close theirs."""
+        store, tell the other nodes to close theirs (a failure to tell them is logged: the
+        ban is stored and holds anyway)."""
         closed = await self.close_banned(ban, bus)
-        if self.notices is not None:
-            await self.notices.publish(ban)
+        if self.store.shared:
+            try:
+                await self.store.store.publish(
+                    "bans", {"node": bus.node_id, "ban": ban.model_dump(mode="json")}
+                )
+            except PlugbusError as exc:
+                log.warning(
+                    "could not tell the other nodes about ban %s (%s); its connections there "
+                    "stay open until they send an event or reconnect",
+                    ban.id,
+                    exc.message,
+                )
         return closed
 
     @hookimpl(trylast=True)

@@ -31,7 +31,7 @@ from .rules import (
 )
 from .settings import Action, ModerationSettings
 from .store import LogEntry, ModerationStore
-from .text import mask_spans
+from .text import mask_spans, replace_string, strings_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +146,22 @@ class Pipeline:
         )
 
     def _masked(self, event: Event, violation: Violation) -> Event | None:
-        field = violation.field
-        text = getattr(event, field, None) if field else None
-        if not violation.spans or not isinstance(text, str) or field not in type(event).text_fields:
+        """``event`` with the violation's spans masked in the string at ``violation.field`` (a
+        text field, or a path into one such as ``options.1``); None when it cannot be."""
+        at = violation.field
+        if not violation.spans or not at:
+            return None
+        field = at.split(".", 1)[0]
+        if field not in type(event).text_fields:
+            return None
+        value = getattr(event, field, None)
+        text = dict(strings_in(value, field)).get(at)
+        if text is None:
             return None
         new = mask_spans(text, violation.spans, self.mask_char)
-        return event.model_copy(update={field: new}) if new != text else None
+        if new == text:
+            return None
+        return event.model_copy(update={field: replace_string(value, field, at, new)})
 
     async def _log(
         self, rule: str, action: str, violation: Violation, event: Event, ctx: EventContext

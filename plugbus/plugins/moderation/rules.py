@@ -16,9 +16,9 @@ from plugbus import (
     Violation,
 )
 
-from .settings import FloodSettings, SlowModeSettings, TargetKind
+from .settings import FloodSettings, SanctionType, SlowModeSettings, TargetKind
 from .store import ModerationStore, Sanction
-from .text import Normaliser
+from .text import Normaliser, strings_in
 
 
 def targets_of(connection: Connection) -> list[tuple[TargetKind, str]]:
@@ -38,6 +38,18 @@ def sender_of(connection: Connection) -> str:
     if connection.identity is not None:
         return f"identity:{connection.identity.user_id}"
     return f"connection:{connection.sid}"
+
+
+def sanction_keys(store: ModerationStore, type: SanctionType, connection: Connection) -> list[str]:
+    """The store keys of ``type`` sanctions that reach ``connection``, kept in its state (its
+    id, identity and address do not change while it lives; read on every event)."""
+    cache = connection.state.get("moderation.sanction_keys")
+    if cache is None:
+        cache = connection.state["moderation.sanction_keys"] = {}
+    keys: list[str] | None = cache.get(type)
+    if keys is None:
+        keys = cache[type] = store.sanction_keys(type, targets_of(connection))
+    return keys
 
 
 def describe_sanction(sanction: Sanction, verb: str) -> str:
@@ -68,7 +80,7 @@ class BanRule:
         """A violation when the sender is banned by identity or address."""
         if ctx.connection is None:
             return None
-        ban = await self.store.find_sanction("ban", targets_of(ctx.connection))
+        ban = await self.store.find_sanctioned(sanction_keys(self.store, "ban", ctx.connection))
         if ban is None:
             return None
         return Violation(describe_sanction(ban, "banned"), details=sanction_details(ban))
@@ -86,7 +98,7 @@ class MuteRule:
         """A violation when the event carries text and its sender is muted."""
         if ctx.connection is None or not type(event).text_fields:
             return None
-        mute = await self.store.find_sanction("mute", targets_of(ctx.connection))
+        mute = await self.store.find_sanctioned(sanction_keys(self.store, "mute", ctx.connection))
         if mute is None:
             return None
         return Violation(describe_sanction(mute, "muted"), details=sanction_details(mute))
@@ -130,6 +142,8 @@ class SlowModeRule:
     def __init__(self, store: ModerationStore, settings: SlowModeSettings) -> None:
         self.store = store
         self.default = settings.seconds
+        #: (sender, room) -> the delay, for messages that passed this rule in a slow room
+        self._timed: dict[tuple[str, str], float] = {}
 
     def room_of(self, event: Event, ctx: EventContext) -> str | None:
         """The room a text event goes to, when it has a sender, text and a room field."""
@@ -149,8 +163,14 @@ class SlowModeRule:
             seconds = self.default
         if seconds <= 0:
             return None
-        wait = await self.store.slow_mode_wait(sender_of(ctx.connection), room, seconds)
+        sender = sender_of(ctx.connection)
+        wait = await self.store.slow_mode_wait(sender, room, seconds)
         if wait <= 0:
+            # remembered for ``accepted``, so that it need not read the delay again; an entry
+            # left by an event a later rule refused is replaced by the sender's next message
+            if len(self._timed) >= 10_000:
+                self._timed.clear()
+            self._timed[(sender, room)] = seconds
             return None
         wait = round(wait + 0.0005, 3)
         return Violation(
@@ -160,18 +180,26 @@ class SlowModeRule:
         )
 
     async def accepted(self, event: Event, ctx: EventContext) -> None:
-        """The event passed every rule: start the room's clock for its sender."""
+        """The event passed every rule: start the room's clock for its sender — in rooms with
+        a delay only (a message sent while a room had none does not hold back the next)."""
         room = self.room_of(event, ctx)
-        if room is not None and ctx.connection is not None:
-            await self.store.message_sent(sender_of(ctx.connection), room)
+        if room is None or ctx.connection is None or not self._timed:
+            return
+        sender = sender_of(ctx.connection)
+        if self._timed.pop((sender, room), None) is not None:
+            await self.store.message_sent(sender, room)
 
 
 def text_fields(event: Event) -> Iterable[tuple[str, str]]:
-    """``(field, text)`` for every text field of ``event`` that holds a string."""
+    """``(path, text)`` for every string inside the text fields of ``event``: a string field
+    is its own path (``message``); strings inside lists, dicts and nested models are found
+    too (``options.1``, ``answer.text``)."""
     for field in type(event).text_fields:
-        text = getattr(event, field, None)
-        if isinstance(text, str):
-            yield field, text
+        value = getattr(event, field, None)
+        if isinstance(value, str):  # the common case, without the walk
+            yield field, value
+        elif value is not None:
+            yield from strings_in(value, field)
 
 
 class MaxLengthRule:

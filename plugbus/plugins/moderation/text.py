@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import functools
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pydantic import BaseModel
 
 
 class Normaliser:
@@ -46,3 +49,46 @@ def mask_spans(text: str, spans: Iterable[tuple[int, int]], char: str) -> str:
         for i in range(max(start, 0), min(end, len(chars))):
             chars[i] = char
     return "".join(chars)
+
+
+def strings_in(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """``(path, text)`` for every string inside ``value``: itself, the items of lists and
+    tuples (``options.1``), the values of dicts (``labels.en``) and the fields of nested
+    models (``answer.text``), depth first in order."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from strings_in(getattr(value, name), f"{path}.{name}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from strings_in(item, f"{path}.{index}")
+
+
+def replace_string(value: Any, path: str, at: str, new: str) -> Any:
+    """``value`` (found at ``path``) with the string at path ``at`` replaced by ``new``; the
+    containers on the way are copied, never changed in place."""
+    if path == at:
+        return new
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            inner = f"{path}.{name}"
+            if at == inner or at.startswith(inner + "."):
+                item = replace_string(getattr(value, name), inner, at, new)
+                return value.model_copy(update={name: item})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}"
+            if at == inner or at.startswith(inner + "."):
+                return {**value, key: replace_string(item, inner, at, new)}
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            inner = f"{path}.{index}"
+            if at == inner or at.startswith(inner + "."):
+                items = list(value)
+                items[index] = replace_string(item, inner, at, new)
+                return type(value)(items) if isinstance(value, tuple) else items
+    return value
