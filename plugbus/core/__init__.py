@@ -23,11 +23,13 @@ from .errors import (
     UnknownEvent,
 )
 from .events import Event, EventRegistry, ServerEvent
+from .history import StoredEvent
 from .hookspecs import hookimpl, hookspec
 from .ids import new_id
 from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
 from .moderation import ModerationRule, Violation
 from .plugin import Plugin, PluginSettings, Secret
+from .recovery import Recovery
 from .routes import Route, RouteRequest
 from .transport import Transport
 
@@ -59,10 +61,12 @@ __all__ = [
     "PluginSource",
     "Principal",
     "RateLimited",
+    "Recovery",
     "Route",
     "RouteRequest",
     "Secret",
     "ServerEvent",
+    "StoredEvent",
     "Transport",
     "Unauthorized",
     "UnknownEvent",

@@ -33,6 +33,9 @@ class Event(BaseModel):
     the API-key scope a caller of ``POST /events/{event}`` needs (``"publish"``, ``"read"``,
     ``"admin"``...); it defaults to ``"admin"`` so that an event nobody thought about is never
     open to every key.
+    ``history`` says whether what handling it delivers is kept in room history and replayed to
+    recovering clients (``ctx.history`` starts from it; False for ephemeral events such as
+    typing indicators).
 
     Socket.IO features:
 
@@ -62,6 +65,7 @@ class Event(BaseModel):
     positional: ClassVar[tuple[str, ...] | None] = None
     ack_style: ClassVar[str] = "envelope"
     rest_scope: ClassVar[str] = "admin"
+    history: ClassVar[bool] = True
 
     @property
     def event_name(self) -> str:
