@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import restart_server
 from jsclient import JsClient
 from tcp_proxy import TcpProxy
 
@@ -254,3 +255,101 @@ async def test_a_recovered_session_causes_no_left_and_joined_notices(serve, prox
     await asyncio.sleep(0.5)
     assert observer.received("user-left") == []
     assert len(observer.received("user-joined")) == 1
+
+
+def cluster(redis: Any, **recovery: Any) -> dict[str, Any]:
+    return {
+        "server": {
+            "backend": redis.url,
+            "presence_ttl": 3,
+            "recovery": {"clients": "all", **recovery},
+        },
+        "plugins": {"modules": PROBE},
+    }
+
+
+async def test_a_client_recovers_on_the_other_node_with_nothing_lost(
+    serve, redis_server, proxy, js_at
+):
+    a = serve(cluster(redis_server), env=PYPATH)
+    b = serve(cluster(redis_server), env=PYPATH)
+    gate = await proxy(a)
+    client = await js_at(gate.url)
+    first = await client.connect(transports=["websocket"])
+    await client.call("join-room", {"room": "r"})
+    await client.call("remember", {"value": "from A"})
+
+    # published on both nodes; the client comes back through the "load balancer" to B
+    texts, before = await run_outage_scenario(client, gate, [a.url, b.url], switch_to=b.port)
+
+    again = connects(client)[1]
+    assert again["recovered"] is True and again["sid"] == first["sid"]
+    assert 10 <= before < len(texts)
+    assert_exactly_once_in_order(client, texts)
+    [recovery] = (await probe(b.url))["recoveries"]
+    assert recovery["moved"] is True and recovery["rooms"] == ["r"]
+    assert recovery["data"] == {"probe": "from A"} and recovery["replayed"] >= 1
+    assert (await probe(a.url))["recoveries"] == []
+    # B holds it now: a message published on A reaches it through the cluster
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        await http.post("/rooms/r/messages", json={"message": "after"})
+    await client.wait(is_message, count=len(texts) + 1)
+
+
+async def test_a_client_recovers_after_its_node_restarts(serve, redis_server, proxy, js_at):
+    a = serve(cluster(redis_server), env=PYPATH)
+    b = serve(cluster(redis_server), env=PYPATH)
+    gate = await proxy(a)
+    client = await js_at(gate.url)
+    first = await client.connect(transports=["websocket"])
+    await client.call("join-room", {"room": "r"})
+    texts = [f"m{i:03d}" for i in range(120)]
+    publisher = asyncio.create_task(publish([b.url], "r", texts))
+    await client.wait(is_message, count=10)
+    # A stops while the client is connected (its session goes to Redis as A shuts down) and
+    # comes back on the same port; the client keeps trying through the proxy meanwhile
+    await asyncio.to_thread(restart_server, a, PYPATH)
+    before = len(client.events("receive-message"))
+    await client.wait(lambda m: m["type"] == "connect", count=2, timeout=20)
+    await publisher
+    await client.wait(is_message, count=len(texts), timeout=10)
+    await asyncio.sleep(0.3)
+
+    [drop] = [m for m in client.lines if m["type"] == "disconnect"]
+    assert drop["reason"] == "transport close"  # not "io server disconnect": it reconnects
+    again = connects(client)[1]
+    assert again["recovered"] is True and again["sid"] == first["sid"]
+    assert before < len(texts)
+    assert_exactly_once_in_order(client, texts)
+    [recovery] = (await probe(a.url))["recoveries"]  # the new process on A's port
+    assert recovery["sid"] == first["sid"] and recovery["replayed"] >= 1
+
+
+async def test_a_client_whose_missed_messages_were_trimmed_gets_a_fresh_session(
+    serve, proxy, js_at
+):
+    server = serve(
+        {
+            "server": {
+                "recovery": {"clients": "all"},
+                "history": {"rooms": {"r": {"max_messages": 5}}},
+            },
+            "plugins": {"modules": PROBE},
+        },
+        env=PYPATH,
+    )
+    gate = await proxy(server)
+    client = await js_at(gate.url)
+    first = await client.connect(transports=["websocket"])
+    await client.call("join-room", {"room": "r"})
+    gate.accepting = False
+    gate.cut()
+    await client.wait(lambda m: m["type"] == "disconnect")
+    await publish([server.url], "r", [f"m{i}" for i in range(8)], rate=200)  # 8 > 5 kept
+    gate.accepting = True
+    await client.wait(lambda m: m["type"] == "connect", count=2, timeout=15)
+    again = connects(client)[1]
+    # rather than a recovery with a hole in it: a fresh session the client knows to resync
+    assert again["recovered"] is False and again["sid"] != first["sid"]
+    assert client.events("receive-message") == []
+    assert (await probe(server.url))["recoveries"] == []
