@@ -82,6 +82,7 @@ class Bus:
                 ErrorPayload,
                 "An event the client sent without asking for an ack was refused; says why.",
                 namespace=tuple(server.namespaces),
+                history=False,
             ),
             owner="plugbus",
         )
@@ -582,11 +583,11 @@ class Bus:
         connection.suspended = True
         loop = asyncio.get_running_loop()
         self._expiry[session.pid] = loop.call_later(
-            self.recovery.max_disconnection_s, self._spawn, self._expire(session)
+            self.recovery.max_disconnection_s, self._spawn_expiry, session
         )
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn_expiry(self, session: SuspendedSession) -> None:
+        task = asyncio.get_running_loop().create_task(self._expire(session))
         self._background.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._background.discard)
 

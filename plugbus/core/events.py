@@ -86,12 +86,18 @@ class ServerEvent:
     :ivar description: one sentence for client developers.
     :ivar namespace: the namespace (or a tuple of them) it is sent on; None is the default
         namespace.
+    :ivar history: whether the plugin sends it with ``bus.emit``'s history on (the default):
+        kept in room history and replayed to recovering clients. Either way, a client offered
+        connection state recovery receives an *offset* — a string ``"<ms>-<seq>"`` — as an
+        extra last argument of every event sent through ``bus.emit`` (the exported contract
+        says so as ``x-plugbus-offset``).
     """
 
     name: str
     payload: Any
     description: str = ""
     namespace: str | tuple[str, ...] | None = None
+    history: bool = True
 
 
 def format_validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
