@@ -352,4 +352,7 @@ async def test_a_client_whose_missed_messages_were_trimmed_gets_a_fresh_session(
     # rather than a recovery with a hole in it: a fresh session the client knows to resync
     assert again["recovered"] is False and again["sid"] != first["sid"]
     assert client.events("receive-message") == []
-    assert (await probe(server.url))["recoveries"] == []
+    seen = await probe(server.url)
+    assert seen["recoveries"] == []
+    # the old session ends now (its "left" notices are due), not at the end of its window
+    assert seen["expired"] == [{"sid": first["sid"], "rooms": ["r"]}]

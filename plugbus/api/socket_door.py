@@ -248,10 +248,14 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
                 log.info("recovery refused for %s: another identity", sid)
                 self.holding.pop(sid, None)
                 await self.manager.disconnect(sid, namespace, ignore_queue=True)
+                if claimed is not None:
+                    self.bus.abandon_session(claimed)
                 claimed, missed = None, []
                 continue
             except socketio.exceptions.ConnectionRefusedError as exc:
                 self.holding.pop(sid, None)
+                if claimed is not None:
+                    self.bus.abandon_session(claimed)
                 await self._send_packet(
                     eio_sid,
                     self.packet_class(
@@ -335,10 +339,12 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             offset = given
         else:
             log.info("recovery refused for %s: not an offset", session.sid)
+            self.bus.abandon_session(session)
             return None, "", []
         missed = await self.bus.missed(session, offset)
         if missed is None:
             log.info("recovery refused for %s: history no longer reaches back", session.sid)
+            self.bus.abandon_session(session)
             return None, "", []
         return session, offset, missed
 

@@ -587,7 +587,10 @@ class Bus:
         )
 
     def _spawn_expiry(self, session: SuspendedSession) -> None:
-        task = asyncio.get_running_loop().create_task(self._expire(session))
+        self._spawn(self._expire(session))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._background.discard)
 
@@ -599,6 +602,9 @@ class Bus:
         except Exception:
             log.exception("expiring the session of %s failed", session.sid)
             return
+        await self._expired(session)
+
+    async def _expired(self, session: SuspendedSession) -> None:
         connection = Connection(
             sid=session.sid,
             namespace=session.namespace,
@@ -608,6 +614,11 @@ class Bus:
             suspended=True,
         )
         await self.hooks.session_expired(connection, list(session.rooms), self)
+
+    def abandon_session(self, session: SuspendedSession) -> None:
+        """A claimed session will not be continued after all (its client gets a fresh one):
+        its ``plugbus_session_expired`` runs now, since no expiry will come for it."""
+        self._spawn(self._expired(session))
 
     def recovered_here(self, pid: str) -> None:
         """Stop the expiry timer of a session this node kept (it was claimed)."""
