@@ -384,6 +384,11 @@ class RedisHistory(MemoryHistory):
             ],
             args=[packed, most, int(age * 1000), self.channel],
         )
+        if not self._subscribed.is_set():
+            # The feed is down (Redis went away and the listener is subscribing again): the
+            # event was stored but this node will not hear of it, so it delivers its own now.
+            # Other nodes miss it until issue #18's resumable feed; recovery still replays it.
+            self._on_message(f"{offset} {packed.decode()}")
         return offset
 
     async def read(self, namespace: str, streams: list[StreamRead]) -> list[StoredEvent] | None:
@@ -451,6 +456,7 @@ class RedisHistory(MemoryHistory):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._subscribed.clear()
                 log.warning("history feed lost (%s); subscribing again", exc)
                 await asyncio.sleep(0.5)
             finally:
