@@ -413,37 +413,37 @@ def render(results: dict[str, Any]) -> str:
     ]
     oo = results["off_vs_on"]
     lines += [
-        "| workload | recovery | runs | median | per run | generator CPU (cores) | load avg (1 min) |",
-        "|---|---|---|---|---|---|---|",
+        "| workload | recovery | runs | server CPU per unit (median; per run) | throughput "
+        "(median; per run) | server CPU (cores) | generator CPU (cores) | load avg (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, key, unit in (
-        ("fan-out, 1000 clients", "fanout", "deliveries/s"),
-        ("echo, 100 clients", "echo", "acks/s"),
+    ratios = []
+    for name, key, unit, cpu_key in (
+        ("fan-out, 1000 clients", "fanout", "deliveries/s", "server_cpu_us_per_delivery"),
+        ("echo, 100 clients", "echo", "acks/s", "server_cpu_us_per_ack"),
     ):
+        medians = {}
         for mode in ("off", "on"):
-            runs = oo[key][mode]
-            if key == "fanout":
-                vals = [(r.get("saturation") or {}).get("deliveries_per_s") for r in runs]
-                gens = [(r.get("saturation") or {}).get("gen_cpu") for r in runs]
-            else:
-                vals = [r.get("acks_per_s") for r in runs]
-                gens = [r.get("gen_cpu") for r in runs]
+            runs = [(r.get("saturation") or {}) if key == "fanout" else r for r in oo[key][mode]]
+            vals = [r.get("deliveries_per_s" if key == "fanout" else "acks_per_s") for r in runs]
+            cpus = [r.get(cpu_key) for r in runs]
+            medians[mode] = (median(cpus), median(vals))
             lines.append(
-                f"| {name} | {mode} | {len(runs)} | {median(vals)} {unit} | "
-                f"{', '.join(str(v) for v in vals)} | {', '.join(str(g) for g in gens)} | "
-                f"{', '.join(str(r.get('loadavg', ['?'])[0]) for r in runs)} |"
+                f"| {name} | {mode} | {len(runs)} | {median(cpus)} µs "
+                f"({', '.join(str(c) for c in cpus)}) | {median(vals)} {unit} "
+                f"({', '.join(str(v) for v in vals)}) | "
+                f"{', '.join(str(r.get('server_cpu')) for r in runs)} | "
+                f"{', '.join(str(r.get('gen_cpu')) for r in runs)} | "
+                f"{', '.join(str(r.get('loadavg', ['?'])[0]) for r in oo[key][mode])} |"
             )
-    for key in ("fanout", "echo"):
-        pick = (
-            (lambda r: (r.get("saturation") or {}).get("deliveries_per_s"))
-            if key == "fanout"
-            else (lambda r: r.get("acks_per_s"))
-        )
-        off = median([pick(r) for r in oo[key]["off"]])
-        on = median([pick(r) for r in oo[key]["on"]])
-        if off and on:
-            lines.append("")
-            lines.append(f"{key}: recovery on = {on / off:.1%} of off (medians).")
+        (c_off, t_off), (c_on, t_on) = medians["off"], medians["on"]
+        if c_off and c_on and t_off and t_on:
+            ratios.append(
+                f"{key}: server CPU per unit with recovery on = {c_on / c_off:.1%} of off "
+                f"(throughput bound by it: {c_off / c_on:.1%}); measured throughput "
+                f"{t_on / t_off:.1%} (medians)."
+            )
+    lines += ["", *ratios]
     mem, red = results["memory_history"], results["redis_history"]
     lines += [
         "",
@@ -475,7 +475,11 @@ def main() -> int:
     ap.add_argument(
         "--repeat", type=int, default=4, help="runs of each mode, alternating (default 4)"
     )
+    ap.add_argument("--render", help="print the report of an earlier results file and stop")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return 0
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
     logdir = BENCH / "results" / f"recovery-{when}"
     logdir.mkdir(parents=True, exist_ok=True)

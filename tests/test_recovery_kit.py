@@ -53,3 +53,29 @@ async def test_a_plugin_sees_its_session_recovered_with_its_data(plugbus_server)
             "plugbus_session_recovered",
         ]
     )
+
+
+async def test_a_session_is_not_handed_to_another_identity(plugbus_server):
+    server = await plugbus_server(plugins={"tracker": f"{__name__}:Tracker"})
+    ann = await server.client(recovery=True, auth={"user": "ann"})
+    await ann.call("join-room", {"room": "ann-only"})
+    sid = ann.sid
+    await server.drop(ann)
+    ann.auth = {"user": "mallory", "recovery": True}  # the pid leaked to someone else
+    other = await server.reconnect(ann)
+    assert not other.recovered and other.sid != sid
+    assert (await other.call("my-rooms"))["data"]["rooms"] == []
+    assert other.received("welcome")  # a fresh session: greeted as new
+
+
+async def test_with_recovery_off_the_ack_has_no_pid_and_events_no_offset(plugbus_server):
+    server = await plugbus_server(config={"server": {"recovery": {"enabled": False}}})
+    client = await server.client(recovery=True)  # asks, but it is not offered
+    assert client.pid is None
+    await client.call("join-room", {"room": "plain"})
+    await client.call("send-message", {"message": "hi", "roomID": "plain"})
+    assert await client.wait_for("receive-message") == ["hi"]
+    assert client.offset is None
+    await server.drop(client)
+    back = await server.reconnect(client)
+    assert not back.recovered
