@@ -462,7 +462,9 @@ class FanoutReceiver:
             return
         t = now()
         try:
-            seq_s, ts_s = payload[22:-2].split(b" ", 1)
+            # the text ends at its closing quote: an offset may follow it (recovery)
+            text = payload[22:]
+            seq_s, ts_s = text[: text.index(b'"')].split(b" ", 1)
             seq = int(seq_s)
             self.counts[seq] += 1
         except (ValueError, IndexError):

@@ -620,6 +620,7 @@ def test_plugins_json_lists_the_builtins_with_source_and_hooks() -> None:
             "plugbus_room_joined",
             "plugbus_room_left",
             "plugbus_routes",
+            "plugbus_session_expired",
             "plugbus_startup",  # registers its cluster operations
         ],
         "relay": ["plugbus_handle_event", "plugbus_register_events", "plugbus_routes"],

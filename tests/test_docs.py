@@ -821,6 +821,19 @@ PAGES: dict[str, Entry] = {
         ),
     ),
     "docs/operations.md": Entry(checks=(metrics_table_matches_a_scrape,)),
+    "docs/recovery.md": Entry(
+        checks=(
+            states(
+                (
+                    "So the default 1000 messages per room",
+                    "server.history.max_messages",
+                    1000,
+                ),
+            ),
+        ),
+        # its bench figures name the run's result files, which stay on the machine measured
+        ignore_paths=("bench/results/",),
+    ),
     # every member and error class it names is checked by tests/test_bus_docs.py
     "docs/plugins/bus.md": Entry(
         elsewhere={

@@ -182,7 +182,8 @@ async def test_rest_unknown_event_route_and_method_are_problems(default_server):
         assert body["details"]["event"] == "nope"
         body = assert_problem(await http.get("/no/such/route"), 404, "not_found")
         assert "GET /no/such/route" in body["detail"]
-        assert_problem(await http.get("/rooms/r/messages"), 405, "method_not_allowed")
+        # GET reads the room's history, POST publishes; nothing answers PUT
+        assert_problem(await http.put("/rooms/r/messages", json={}), 405, "method_not_allowed")
 
 
 async def test_rest_join_room_needs_a_connection(default_server):

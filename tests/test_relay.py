@@ -571,12 +571,11 @@ async def test_service_runs_with_relay_switched_off(serve, connect):
     ]:
         assert_refused(await client.call(event, payload), "unknown_event")
     async with httpx.AsyncClient(base_url=server.url) as http:
-        for path in (
-            "/rooms/r/messages",
-            f"/connections/{client.sio.get_sid()}/messages",
-            "/messages",
-        ):
+        for path in (f"/connections/{client.sio.get_sid()}/messages", "/messages"):
             assert_problem(await http.post(path, json={"message": "x"}), 404, "not_found")
+        # the rooms plugin still reads the room's history there; nothing publishes
+        resp = await http.post("/rooms/r/messages", json={"message": "x"})
+        assert_problem(resp, 405, "method_not_allowed")
         assert (await http.get("/health")).json()["status"] == "ok"
     await quiet(client)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -361,10 +361,19 @@ def _endpoint(route: Route, bus: Bus) -> Any:
         params.append(
             inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=route.body)
         )
+    if route.query is not None:
+        params.append(
+            inspect.Parameter(
+                "query_params",
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[route.query, Query()],
+            )
+        )
 
     async def endpoint(**kwargs: Any) -> Any:
         request: Request = kwargs.pop("request")
         body = kwargs.pop("body", None)
+        query_params = kwargs.pop("query_params", None)
         if body is not None:
             _refuse_lone_surrogates(body)
         req = RouteRequest(
@@ -374,6 +383,7 @@ def _endpoint(route: Route, bus: Bus) -> Any:
             body=body,
             headers={k.lower(): v for k, v in request.headers.items()},
             principal=getattr(request.state, "principal", None),
+            params=query_params,
         )
         result = route.handler(req)
         if inspect.isawaitable(result):

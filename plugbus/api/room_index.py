@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import socketio
+from bidict import ValueDuplicationError
 
 
 class RoomIndexMixin:
@@ -48,6 +49,20 @@ class RoomIndexMixin:
             rooms.pop(room, None)
             if not rooms:
                 del self._rooms_of[(namespace, sid)]
+
+    def pre_connect_as(self, eio_sid: str, namespace: str, sid: str) -> str | None:
+        """python-socketio's ``pre_connect`` with a given sid instead of a new one: a
+        recovered session keeps its sid. None when the Engine.IO session is already in the
+        namespace or the sid is taken."""
+        if sid in self.rooms.get(namespace, {}).get(None, {}):
+            return None
+        try:
+            self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
+        except ValueDuplicationError:
+            return None
+        self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
+        self.pending_connect.setdefault(namespace, []).append(sid)
+        return sid
 
     def get_rooms(self, sid: str, namespace: str) -> list[Any]:
         """The rooms ``sid`` is in (its own sid room included, the everyone room not)."""

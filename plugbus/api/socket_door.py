@@ -13,10 +13,19 @@ with these methods of its own (declared seams, :mod:`plugbus.api.wire.seams`):
   the engine closes the connection and logs one line.
 * ``_handle_event_internal`` — the single dispatch point of every client event: ``bus.dispatch``,
   and an ack that carries a refusal when one was asked for (an ``error`` event otherwise).
-* ``_handle_connect`` — ``plugbus_connected`` runs after the client was told it is connected,
-  so a greeting never overtakes the Socket.IO ``connect``; the connect handler gets the CONNECT
-  payload as sent (python-socketio turns a falsy one into None); an unserved namespace is
-  answered as the v5 spec's server does (``{"message": "Invalid namespace"}``).
+* ``_handle_connect`` — plugbus's own CONNECT handling: ``plugbus_connected`` runs after the
+  client was told it is connected, so a greeting never overtakes the Socket.IO ``connect``;
+  the connect handler gets the CONNECT payload as sent (python-socketio turns a falsy one into
+  None); an unserved namespace is answered as the v5 spec's server does
+  (``{"message": "Invalid namespace"}``); and connection state recovery (below).
+
+Connection state recovery (``server.recovery``, docs/recovery.md), as socket.io-client >= 4.6
+expects it: a connection offered recovery gets ``{sid, pid}`` in its CONNECT ack and the offset
+of every event as the event's last argument. A client that names ``{pid, offset}`` in its
+CONNECT payload and whose session is still kept gets its sid back (the manager's
+``pre_connect_as``), its rooms, and — before anything live — the events it missed; live events
+for it are *held* meanwhile and sent after the replay, none twice (a *floor* per connection
+drops late copies of replayed events until the node's feed has passed them).
 
 Events of one connection are handled in the order sent: the server runs with
 ``async_handlers=False``, so each connection's reader awaits its event before reading the next
@@ -28,6 +37,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import time
 from typing import Any
 
 import socketio
@@ -44,7 +54,9 @@ from plugbus.core import (
     RateLimited,
 )
 from plugbus.core.events import ack_arguments
+from plugbus.core.history import StoredEvent, later, parse_offset
 from plugbus.core.ratelimit import TokenBucket
+from plugbus.core.recovery import Recovery, SessionMismatch, SuspendedSession
 
 from . import wire_json
 from .metrics import Metrics
@@ -131,6 +143,18 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         # (eio_sid, namespace) -> the CONNECT payload as the client sent it, for the connect
         # handler: python-socketio hands it None for a falsy payload, so `{}` would arrive as None
         self._connect_payloads: dict[tuple[str, str], Any] = {}
+        # (eio_sid, namespace) -> the suspended session a CONNECT claimed, for the handler
+        self._claimed: dict[tuple[str, str], SuspendedSession | None] = {}
+        # (eio_sid, namespace) -> the claimed session's rooms the connection may be in again
+        self._allowed: dict[tuple[str, str], list[str]] = {}
+        #: connections that receive each event's offset as its last argument
+        self.with_offsets: set[str] = set()
+        #: connections being recovered: what was delivered to them meanwhile, sent after the
+        #: replay — (namespace, event, args, offset, stored)
+        self.holding: dict[str, list[tuple[str, str, list[Any], str, bool]]] = {}
+        #: recovered connections: the last replayed offset (and its key); stored events up to
+        #: it that still arrive through the feed are not sent again
+        self.floors: dict[str, tuple[str, tuple[int, int]]] = {}
         for ns in server.namespaces:
             self.on("connect", functools.partial(self._on_connect, namespace=ns), namespace=ns)
             self.on("disconnect", self._on_disconnect, namespace=ns)
@@ -153,17 +177,20 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             if k.startswith("HTTP_") and isinstance(v, str)
         }
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        key = (eio_sid, namespace)
         connection = Connection(
             sid=sid,
             namespace=namespace,
             remote_addr=client[0] if client else environ.get("REMOTE_ADDR"),
-            auth=self._connect_payloads.pop((eio_sid, namespace), auth),
+            auth=self._connect_payloads.pop(key, auth),
             headers=headers,
         )
         try:
-            await self.bus.open_connection(connection)
+            self._allowed[key] = await self.bus.open_connection(connection, self._claimed.get(key))
         except ConnectionDenied as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from None
+        except SessionMismatch:
+            raise
         except Exception:
             log.exception("plugbus_connect failed for %s", sid)
             raise socketio.exceptions.ConnectionRefusedError(
@@ -174,6 +201,9 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         return True
 
     async def _on_disconnect(self, sid: str, reason: str = "") -> None:
+        self.with_offsets.discard(sid)
+        self.holding.pop(sid, None)
+        self.floors.pop(sid, None)
         await self.bus.close_connection(sid, str(reason))
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
@@ -200,17 +230,164 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             )
             return
         key = (eio_sid, namespace)
-        self._connect_payloads[key] = data
-        try:
-            await super()._handle_connect(eio_sid, namespace, data)
-        finally:
-            self._connect_payloads.pop(key, None)
-        sid = self._accepted.pop(key, None)
-        if sid is not None:
-            session = self.eio.session_of(eio_sid)
-            if session is not None:
-                session.mark_connected()  # the connect deadline no longer applies
-            await self.bus.connection_ready(sid)
+        claimed, offset, missed = await self._claim(data, namespace)
+        while True:
+            if claimed is not None:
+                sid = self.manager.pre_connect_as(eio_sid, namespace, claimed.sid)
+                if sid is not None:
+                    self.holding[sid] = []  # from now on, live events wait for the replay
+            else:
+                sid = await self.manager.pre_connect(eio_sid, namespace)
+            if sid is None:
+                await self._send_packet(
+                    eio_sid,
+                    self.packet_class(
+                        packet.CONNECT_ERROR,
+                        data={"message": "Unable to connect"},
+                        namespace=namespace,
+                    ),
+                )
+                return
+            self._connect_payloads[key] = data
+            self._claimed[key] = claimed
+            try:
+                await self._on_connect(sid, self.environ[eio_sid], data, namespace=namespace)
+            except SessionMismatch:
+                # the pid's holder is someone else now: a fresh session, with a fresh sid
+                log.info("recovery refused for %s: another identity", sid)
+                self.holding.pop(sid, None)
+                await self.manager.disconnect(sid, namespace, ignore_queue=True)
+                if claimed is not None:
+                    self.bus.abandon_session(claimed)
+                claimed, missed = None, []
+                continue
+            except socketio.exceptions.ConnectionRefusedError as exc:
+                self.holding.pop(sid, None)
+                if claimed is not None:
+                    self.bus.abandon_session(claimed)
+                await self._send_packet(
+                    eio_sid,
+                    self.packet_class(
+                        packet.CONNECT_ERROR, data=exc.error_args, namespace=namespace
+                    ),
+                )
+                await self.manager.disconnect(sid, namespace, ignore_queue=True)
+                return
+            finally:
+                self._connect_payloads.pop(key, None)
+                self._claimed.pop(key, None)
+            break
+        allowed = self._allowed.pop(key, [])
+        self._accepted.pop(key, None)
+        connection = self.bus.connection(sid)
+        if connection is None:  # gone while its hooks ran
+            self.holding.pop(sid, None)
+            return
+        recovery: Recovery | None = None
+        replay: list[StoredEvent] = []
+        if claimed is not None:
+            for room in allowed:
+                self.manager.basic_enter_room(sid, namespace, room)
+            # what was stored between the first read and the hold
+            newer = await self.bus.missed(claimed, missed[-1].id if missed else offset, allowed)
+            if newer is None:  # history trimmed meanwhile: the client recovers afresh
+                log.info("recovery of %s lost a race with history trimming", sid)
+                engine_session = self.eio.session_of(eio_sid)
+                if engine_session is not None:
+                    engine_session.close("transport close")
+                return
+            rooms = set(allowed)
+            seen: set[str] = set()
+            for event in (*missed, *newer):
+                if event.id not in seen and (event.room is None or event.room in rooms):
+                    seen.add(event.id)
+                    replay.append(event)
+            recovery = Recovery(
+                rooms=tuple(allowed),
+                refused_rooms=tuple(r for r in claimed.rooms if r not in rooms),
+                replayed=0,
+                offline_s=max(0.0, time.time() - claimed.suspended_at),
+                moved=claimed.node != self.bus.backend.node_id,
+            )
+        ack: dict[str, Any] = {"sid": sid}
+        if connection.pid is not None:
+            ack["pid"] = connection.pid
+            self.with_offsets.add(sid)
+        await self._send_packet(
+            eio_sid, self.packet_class(packet.CONNECT, ack, namespace=namespace)
+        )
+        await self.manager.connect(sid, namespace)
+        session = self.eio.session_of(eio_sid)
+        if session is not None:
+            session.mark_connected()  # the connect deadline no longer applies
+        if recovery is not None:
+            replayed = self._replay(eio_sid, sid, namespace, replay, offset)
+            recovery = Recovery(
+                recovery.rooms,
+                recovery.refused_rooms,
+                replayed,
+                recovery.offline_s,
+                recovery.moved,
+            )
+        await self.bus.connection_ready(sid, recovery)
+
+    async def _claim(
+        self, data: Any, namespace: str
+    ) -> tuple[SuspendedSession | None, str, list[StoredEvent]]:
+        """The session a CONNECT names, the offset to replay from and what it missed so far —
+        or (None, "", []) for a fresh session (none named, expired, unknown offset, or history
+        no longer holds everything it missed)."""
+        session = await self.bus.claim_session(data, namespace)
+        if session is None:
+            return None, "", []
+        self.bus.recovered_here(session.pid)
+        given = data.get("offset")
+        if given is None:
+            offset = session.origin  # it received nothing with an offset: owed all since
+        elif parse_offset(given) is not None:
+            offset = given
+        else:
+            log.info("recovery refused for %s: not an offset", session.sid)
+            self.bus.abandon_session(session)
+            return None, "", []
+        missed = await self.bus.missed(session, offset)
+        if missed is None:
+            log.info("recovery refused for %s: history no longer reaches back", session.sid)
+            self.bus.abandon_session(session)
+            return None, "", []
+        return session, offset, missed
+
+    def _replay(
+        self, eio_sid: str, sid: str, namespace: str, replay: list[StoredEvent], offset: str
+    ) -> int:
+        """Send the missed events, then what was held meanwhile (none twice); return how many
+        missed events were sent."""
+        engine_session = self.eio.session_of(eio_sid)
+        held = self.holding.pop(sid, [])
+        if engine_session is None:
+            return 0
+        last = offset
+        for event in replay:
+            self._send_event(engine_session, namespace, [event.event, *event.args, event.id])
+            last = event.id
+        last_key = parse_offset(last) or (0, 0)
+        for ns, name, args, off, stored in held:
+            if stored:
+                key = parse_offset(off) or (0, 0)
+                if key <= last_key:
+                    continue  # replayed already
+                last, last_key = off, key
+                self._send_event(engine_session, ns, [name, *args, off])
+            else:
+                self._send_event(engine_session, ns, [name, *args, later(off, last)])
+        if last_key > (parse_offset(self.bus.history.watermark) or (0, 0)):
+            self.floors[sid] = (last, last_key)
+        return len(replay)
+
+    def _send_event(self, engine_session: Any, namespace: str, data: list[Any]) -> None:
+        encoded = self.packet_class(packet.EVENT, namespace=namespace, data=data).encode()
+        for part in encoded if isinstance(encoded, list) else [encoded]:
+            engine_session.send_message(part)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         """Every Socket.IO packet a client sends (see the module docstring).
@@ -436,6 +613,7 @@ def deliver_here(
     data: Any,
     room: str | None,
     skip_sid: str | list[str] | None,
+    offset: str | None = None,
 ) -> None:
     """Deliver one event to the members of ``room`` (everyone when None) on this node.
 
@@ -444,10 +622,18 @@ def deliver_here(
     Other recipients (long-polling, the ASGI writer) get the same encoded text. Dead sessions
     are left to the engine's heartbeat. Per recipient: two dict lookups and one write.
     ``data`` follows python-socketio's emit: a tuple is several arguments, None none.
+
+    Connections offered recovery get a second encoding (made once, when the first of them is
+    met) with the offset as the last argument: ``offset`` for a stored event, the node's
+    watermark for one that is not — true either way, since this node delivers stored events
+    in offset order. Connections being recovered have the event held; recovered ones skip
+    stored events they were replayed already.
     """
     members = sio.manager.rooms.get(namespace, {}).get(room)
     if not members:
         return
+    if offset is not None and sio.floors:
+        _prune_floors(sio, offset)
     args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
     encoded = sio.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
     parts: list[str | bytes] = encoded if isinstance(encoded, list) else [encoded]
@@ -455,13 +641,26 @@ def deliver_here(
     frames: list[bytes] | None = None
     sessions = sio.eio.sessions
     delivered = 0
+    with_offsets = sio.with_offsets
+    special = sio.holding or sio.floors
+    marked: _Encoded | None = None
     for sid, eio_sid in members.items():
         if sid in skip:
+            continue
+        if special and (sid in sio.holding or sid in sio.floors):
+            _deliver_special(sio, sid, eio_sid, namespace, event, args, offset)
             continue
         session = sessions.get(eio_sid)
         if session is None:
             continue
         delivered += 1
+        if with_offsets and sid in with_offsets:
+            if marked is None:
+                marked = _Encoded(
+                    sio, namespace, [event, *args, offset or sio.bus.history.watermark]
+                )
+            marked.write(session)
+            continue
         writer = session.writer
         if writer is not None and writer.direct:
             if frames is None:
@@ -473,6 +672,69 @@ def deliver_here(
                 session.send_message(part)
     if sio.metrics is not None and delivered:
         sio.metrics.delivered(delivered, sum(len(p) for p in parts))
+
+
+class _Encoded:
+    """One packet encoded once (and framed once, for direct websocket writers)."""
+
+    __slots__ = ("frames", "parts")
+
+    def __init__(self, sio: PlugbusSocketServer, namespace: str, data: list[Any]) -> None:
+        encoded = sio.packet_class(packet.EVENT, namespace=namespace, data=data).encode()
+        self.parts: list[str | bytes] = encoded if isinstance(encoded, list) else [encoded]
+        self.frames: list[bytes] | None = None
+
+    def write(self, session: Any) -> None:
+        writer = session.writer
+        if writer is not None and writer.direct:
+            if self.frames is None:
+                self.frames = [
+                    encode_frame("4" + p if isinstance(p, str) else p) for p in self.parts
+                ]
+            for frame in self.frames:
+                writer.write_frame(frame)
+        else:
+            for part in self.parts:
+                session.send_message(part)
+
+
+def _prune_floors(sio: PlugbusSocketServer, offset: str) -> None:
+    """A stored event newer than a floor has arrived: with the feed in offset order, no copy
+    of a replayed event can follow, so that floor is done with."""
+    key = parse_offset(offset) or (0, 0)
+    for sid, (_floor, floor_key) in list(sio.floors.items()):
+        if floor_key < key:
+            del sio.floors[sid]
+
+
+def _deliver_special(
+    sio: PlugbusSocketServer,
+    sid: str,
+    eio_sid: str,
+    namespace: str,
+    event: str,
+    args: list[Any],
+    offset: str | None,
+) -> None:
+    """One recipient being recovered (hold the event) or just recovered (skip what it was
+    replayed; never let its offset go back)."""
+    held = sio.holding.get(sid)
+    watermark = sio.bus.history.watermark
+    if held is not None:
+        held.append((namespace, event, args, offset or watermark, offset is not None))
+        return
+    session = sio.eio.sessions.get(eio_sid)
+    if session is None:
+        return
+    floor, floor_key = sio.floors[sid]
+    if offset is not None:
+        if (parse_offset(offset) or (0, 0)) <= floor_key:
+            return
+        mark = offset
+    else:
+        mark = later(watermark, floor)
+    data = [event, *args, mark] if sid in sio.with_offsets else [event, *args]
+    _Encoded(sio, namespace, data).write(session)
 
 
 class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: ignore[misc]
@@ -526,6 +788,18 @@ class SocketTransport:
             # A pub/sub manager publishes the emit for the other nodes and delivers here
             # through deliver_here too (PlugbusRedisManager).
             await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=namespace)
+
+    def deliver(
+        self,
+        event: str,
+        args: tuple[Any, ...],
+        *,
+        room: str | None = None,
+        skip_sid: str | None = None,
+        namespace: str = "/",
+        offset: str | None = None,
+    ) -> None:
+        deliver_here(self._sio, namespace, event, args, room, skip_sid, offset)
 
     async def enter_room(self, sid: str, room: str, *, namespace: str = "/") -> None:
         await self._sio.enter_room(sid, room, namespace=namespace)

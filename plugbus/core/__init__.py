@@ -25,6 +25,7 @@ from .errors import (
     UnknownEvent,
 )
 from .events import Event, EventRegistry, ServerEvent
+from .history import StoredEvent
 from .hookspecs import hookimpl, hookspec
 from .ids import new_id
 from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
@@ -32,6 +33,7 @@ from .moderation import ModerationRule, Violation
 from .plugin import Plugin, PluginSettings, Secret
 from .presence import Member
 from .protocols import Cluster, Presence, TextDecision
+from .recovery import Recovery
 from .routes import Route, RouteRequest
 from .store import Batch, Store, Subscription
 from .transport import Transport
@@ -69,12 +71,14 @@ __all__ = [
     "Presence",
     "Principal",
     "RateLimited",
+    "Recovery",
     "Route",
     "RouteRequest",
     "Secret",
     "ServerEvent",
     "Store",
     "StoreUnavailable",
+    "StoredEvent",
     "Subscription",
     "TextDecision",
     "Transport",

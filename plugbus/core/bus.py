@@ -7,7 +7,11 @@ door both call ``dispatch``; nothing here knows about HTTP or python-socketio.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import secrets
+import time
 from typing import Any
 
 from .backend import Backend
@@ -23,11 +27,20 @@ from .errors import (
     PlugbusError,
 )
 from .events import Event, EventRegistry, ModeratedText, ServerEvent
+from .history import ZERO, Kind, MemoryHistory, RedisHistory, StoredEvent, StreamRead, later
 from .hooks import Hooks
 from .loader import LoadedPlugins, PluginInfo
 from .moderation import ModerationRule
 from .presence import LocalPresence, SharedPresence
 from .protocols import TextDecision
+from .recovery import (
+    RECOVERABLE_REASONS,
+    MemorySessions,
+    Recovery,
+    RedisSessions,
+    SessionMismatch,
+    SuspendedSession,
+)
 from .store import Store
 from .transport import Transport
 
@@ -53,6 +66,8 @@ class Bus:
     :ivar backend: where shared state lives (memory, or Redis shared by several nodes).
     :ivar presence: who is connected and in which room, on every node.
     :ivar cluster: runs operations on the node that holds a connection.
+    :ivar history: the rooms' history (memory, or Redis Streams with a Redis backend).
+    :ivar sessions: sessions kept for connection state recovery.
     """
 
     def __init__(self, config: Config, loaded: LoadedPlugins) -> None:
@@ -75,6 +90,7 @@ class Bus:
                 ErrorPayload,
                 "An event the client sent without asking for an ack was refused; says why.",
                 namespace=tuple(server.namespaces),
+                history=False,
             ),
             owner="plugbus",
         )
@@ -88,6 +104,13 @@ class Bus:
         self._connections: dict[str, Connection] = {}
         self._per_address: dict[str | None, int] = {}
         self._transport: Transport | None = None
+        self.recovery = server.recovery
+        self.history: MemoryHistory = MemoryHistory(server.history)
+        self.history.deliver = self._deliver
+        self.sessions: MemorySessions = MemorySessions(server.recovery.max_disconnection_s)
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -194,6 +217,8 @@ class Bus:
 
         :return: the handler's ack data, or None when moderation dropped the event silently.
         """
+        if not type(event).history:
+            ctx.history = False
         try:
             event = await self.hooks.moderate(event, ctx)
         except EventDropped as drop:
@@ -233,7 +258,8 @@ class Bus:
         to: str | None = None,
         skip_sid: str | None = None,
         namespace: str | None = None,
-    ) -> None:
+        history: bool = True,
+    ) -> str | None:
         """Send ``event`` to a room, to one connection (``to``), or to everyone (neither), in
         ``namespace`` (the default namespace when None).
 
@@ -242,14 +268,44 @@ class Bus:
         (``socket.on("chat", (user, text) => ...)``), None as none. Rooms and connection ids
         belong to one namespace: emitting to a connection of ``/admin`` needs
         ``namespace="/admin"`` (``connection.namespace``, or ``ctx.namespace`` in a handler).
+
+        The event is kept in history — the room's, the connection's or the namespace's — and
+        replayed to clients that recover, unless ``history`` is False (ephemeral events: typing
+        indicators, presence pings) or the room keeps none (``server.history.rooms``).
+
+        :return: the event's offset in history (its message id there), or None when it was
+            not kept.
         """
-        await self.transport.emit(
-            event,
-            data,
-            room=room if room is not None else to,
-            skip_sid=skip_sid,
-            namespace=namespace or self.default_namespace,
-        )
+        ns = namespace or self.default_namespace
+        kind: Kind
+        if room is not None:
+            target: str | None = room
+            kind = "sid" if room in self._connections else "room"
+        elif to is not None:
+            target, kind = to, "sid"
+        else:
+            target, kind = None, "all"
+        if history and self.history.keeps(kind, target):
+            args = data if isinstance(data, tuple) else (() if data is None else (data,))
+            return await self.history.append(ns, kind, target, event, args, skip_sid)
+        await self.transport.emit(event, data, room=target, skip_sid=skip_sid, namespace=ns)
+        return None
+
+    def _deliver(
+        self,
+        namespace: str,
+        event: str,
+        args: tuple[Any, ...],
+        target: str | None,
+        kind: str,
+        skip_sid: str | None,
+        offset: str | None,
+    ) -> None:
+        """Hand a stored event to this node's connections (history calls it, in offset order)."""
+        if self._transport is not None:
+            self._transport.deliver(
+                event, args, room=target, skip_sid=skip_sid, namespace=namespace, offset=offset
+            )
 
     async def join(self, sid: str, room: str) -> bool:
         """Put connection ``sid`` into ``room``: ``plugbus_authorize_join`` first, then the
@@ -268,6 +324,9 @@ class Bus:
             return False  # a connection is always in its own id room
         await self.hooks.authorize_join(connection, room, self)
         await self.transport.enter_room(sid, room, namespace=ns)
+        if connection.pid is not None:
+            # what the room sent before this point was never this connection's to miss
+            connection.marks[room] = self.history.watermark
         await self.presence.joined(connection, room)
         await self.hooks.room_joined(connection, room, self)
         return True
@@ -300,6 +359,7 @@ class Bus:
         if room == sid or not self.transport.is_member(sid, room, namespace=ns):
             return False  # nobody leaves its own id room
         await self.transport.leave_room(sid, room, namespace=ns)
+        connection.marks.pop(room, None)
         await self.presence.left(connection, room)
         await self.hooks.room_left(connection, room, self)
         return True
@@ -368,20 +428,58 @@ class Bus:
         namespaces counts twice)."""
         return len(self._connections)
 
-    async def open_connection(self, connection: Connection) -> None:
+    async def open_connection(
+        self, connection: Connection, session: SuspendedSession | None = None
+    ) -> list[str]:
         """Admit a new connection: check the limits, run ``plugbus_authenticate`` (setting
         ``connection.identity``), then ``plugbus_connect``; called by the socket door.
 
+        With ``session`` (a claimed :class:`SuspendedSession` whose sid the connection has)
+        the connection continues it: ``recovered``, ``pid``, ``data`` and the offsets are set
+        before the hooks run, the identity must be the session's, and the session's rooms
+        are checked against ``plugbus_authorize_join`` (not joined: the door does that).
+
+        :return: the session's rooms the connection may be in again ([] without a session).
         :raises ConnectionDenied: a limit or a plugin refused it; it is forgotten again.
+        :raises SessionMismatch: the client authenticated as someone else than the session's
+            owner; it is forgotten again (the door connects it afresh).
         """
         self._check_limits(connection)
         self._connections[connection.sid] = connection
         addr = connection.remote_addr
         self._per_address[addr] = self._per_address.get(addr, 0) + 1
+        if session is not None:
+            connection.recovered = True
+            connection.pid = session.pid
+            connection.data = session.data
+            connection.marks = {"": session.origin, **session.rooms}
+        elif self.offers_recovery(connection.auth):
+            connection.pid = secrets.token_urlsafe(16)
+            connection.marks = {"": self.history.watermark}
+        allowed: list[str] = []
         try:
             connection.identity = await self.hooks.authenticate(connection, self)
+            if session is not None:
+                # a pid is a secret, but whoever holds it must still be who the session was
+                claimed = connection.identity.user_id if connection.identity else None
+                if claimed != (session.identity[0] if session.identity else None):
+                    raise SessionMismatch(session.sid)
             await self.hooks.connect(connection, self)
-        except ConnectionDenied:
+            if session is not None:
+                for room in session.rooms:
+                    try:
+                        await self.hooks.authorize_join(connection, room, self)
+                    except PlugbusError as exc:
+                        log.info(
+                            "recovered %s is no longer admitted to %r: %s",
+                            connection.sid,
+                            room,
+                            exc.message,
+                        )
+                        connection.marks.pop(room, None)
+                    else:
+                        allowed.append(room)
+        except (ConnectionDenied, SessionMismatch):
             self._forget(connection.sid)
             raise
         except PlugbusError as exc:
@@ -390,6 +488,17 @@ class Bus:
         except Exception:
             self._forget(connection.sid)
             raise
+        return allowed
+
+    def offers_recovery(self, auth: Any) -> bool:
+        """Whether a connection whose CONNECT payload is ``auth`` is offered recovery
+        (``server.recovery``: on, and the client asked or did not decline, by ``clients``)."""
+        if not self.recovery.enabled:
+            return False
+        asked = auth.get("recovery") if isinstance(auth, dict) else None
+        if self.recovery.clients == "all":
+            return asked is not False
+        return asked is True
 
     def _check_limits(self, connection: Connection) -> None:
         limits = self.config.server.limits
@@ -417,22 +526,160 @@ class Bus:
                 self._per_address.pop(connection.remote_addr, None)
         return connection
 
-    async def connection_ready(self, sid: str) -> None:
-        """Record the connection in presence and run ``plugbus_connected`` once the client
-        knows it is connected; socket door only."""
+    async def connection_ready(self, sid: str, recovery: Recovery | None = None) -> None:
+        """Record the connection in presence and run ``plugbus_connected`` (or, for a
+        recovered one, ``plugbus_session_recovered``) once the client knows it is connected;
+        socket door only."""
         connection = self._connections.get(sid)
-        if connection is not None:
-            await self.presence.connected(connection)
+        if connection is None:
+            return
+        await self.presence.connected(connection)
+        if recovery is None:
             await self.hooks.connected(connection, self)
+            return
+        for room in recovery.rooms:
+            await self.presence.joined(connection, room)
+        await self.hooks.session_recovered(connection, recovery, self)
+
+    # -- connection state recovery ---------------------------------------------------------
+
+    async def claim_session(self, auth: Any, namespace: str) -> SuspendedSession | None:
+        """The suspended session a reconnecting client names in its CONNECT payload
+        (``{pid, offset}``), claimed for it — or None: recovery is off, the client names
+        none, it expired or was claimed already, or belongs to another namespace. Socket
+        door only."""
+        if not self.recovery.enabled or not isinstance(auth, dict):
+            return None
+        pid = auth.get("pid")
+        if not isinstance(pid, str) or not pid or len(pid) > 64:
+            return None
+        try:
+            session = await self.sessions.take(pid)
+        except Exception:
+            log.exception("reading a suspended session failed")
+            return None
+        if session is None or session.namespace != namespace or session.sid in self._connections:
+            return None
+        return session
+
+    def missed_streams(
+        self, session: SuspendedSession, offset: str, rooms: list[str] | None = None
+    ) -> list[StreamRead]:
+        """The streams a recovering session reads, each from the later of the client's
+        offset and the point the session started owing it events."""
+        start = later(offset, session.origin)
+        reads = [StreamRead("all", None, start), StreamRead("sid", session.sid, start)]
+        for room, joined in session.rooms.items():
+            if (rooms is None or room in rooms) and self.history.keeps("room", room):
+                reads.append(StreamRead("room", room, later(offset, joined)))
+        return reads
+
+    async def missed(
+        self, session: SuspendedSession, offset: str, rooms: list[str] | None = None
+    ) -> list[StoredEvent] | None:
+        """The stored events ``session`` missed after ``offset`` (skipping those not sent to
+        it), in offset order; None when history no longer holds all of them."""
+        events = await self.history.read(
+            session.namespace, self.missed_streams(session, offset, rooms)
+        )
+        if events is None:
+            return None
+        return [e for e in events if e.skip != session.sid]
 
     async def close_connection(self, sid: str, reason: str) -> None:
-        """Run ``plugbus_disconnect`` and forget the connection; called by the socket door."""
+        """Run ``plugbus_disconnect`` and forget the connection; called by the socket door.
+
+        A connection offered recovery that dropped for a reason the client recovers from is
+        first kept as a :class:`SuspendedSession` (``connection.suspended`` is True in the
+        hook), for ``server.recovery.max_disconnection_s``.
+        """
+        task = asyncio.current_task()
+        if task is not None:
+            self._closing.add(task)
+        try:
+            await self._close(sid, reason)
+        finally:
+            if task is not None:
+                self._closing.discard(task)
+
+    async def _close(self, sid: str, reason: str) -> None:
         connection = self._forget(sid)
-        if connection is not None:
-            try:
-                await self.hooks.disconnect(connection, reason, self)
-            finally:
-                await self.presence.disconnected(connection)
+        if connection is None:
+            return
+        if connection.pid is not None and reason in RECOVERABLE_REASONS and self.recovery.enabled:
+            await self._suspend(connection)
+        try:
+            await self.hooks.disconnect(connection, reason, self)
+        finally:
+            await self.presence.disconnected(connection)
+
+    async def _suspend(self, connection: Connection) -> None:
+        assert connection.pid is not None
+        origin = connection.marks.get("", ZERO)
+        session = SuspendedSession(
+            sid=connection.sid,
+            pid=connection.pid,
+            namespace=connection.namespace,
+            rooms={
+                room: connection.marks.get(room, origin)
+                for room in self.rooms_of(connection.sid, connection.namespace)
+            },
+            origin=origin,
+            identity=SuspendedSession.identity_of(connection.identity),
+            data=connection.data,
+            suspended_at=time.time(),
+            node=self.backend.node_id,
+        )
+        try:
+            await self.sessions.keep(session)
+        except Exception:
+            log.exception("keeping the session of %s for recovery failed", connection.sid)
+            return
+        connection.suspended = True
+        loop = asyncio.get_running_loop()
+        self._expiry[session.pid] = loop.call_later(
+            self.recovery.max_disconnection_s, self._spawn_expiry, session
+        )
+
+    def _spawn_expiry(self, session: SuspendedSession) -> None:
+        self._spawn(self._expire(session))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
+
+    async def _expire(self, session: SuspendedSession) -> None:
+        self._expiry.pop(session.pid, None)
+        try:
+            if not await self.sessions.expire(session.pid):
+                return  # recovered meanwhile (on this node or another)
+        except Exception:
+            log.exception("expiring the session of %s failed", session.sid)
+            return
+        await self._expired(session)
+
+    async def _expired(self, session: SuspendedSession) -> None:
+        connection = Connection(
+            sid=session.sid,
+            namespace=session.namespace,
+            identity=session.restored_identity(),
+            data=session.data,
+            pid=session.pid,
+            suspended=True,
+        )
+        await self.hooks.session_expired(connection, list(session.rooms), self)
+
+    def abandon_session(self, session: SuspendedSession) -> None:
+        """A claimed session will not be continued after all (its client gets a fresh one):
+        its ``plugbus_session_expired`` runs now, since no expiry will come for it."""
+        self._spawn(self._expired(session))
+
+    def recovered_here(self, pid: str) -> None:
+        """Stop the expiry timer of a session this node kept (it was claimed)."""
+        handle = self._expiry.pop(pid, None)
+        if handle is not None:
+            handle.cancel()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -449,6 +696,10 @@ class Bus:
                 self.backend.node_id,
                 ttl=self.config.server.presence_ttl,
             )
+            self.history = RedisHistory(self.config.server.history, self.backend)
+            self.history.deliver = self._deliver
+            self.sessions = RedisSessions(self.recovery.max_disconnection_s, self.backend)
+        await self.history.start()
         await self.presence.start()
         await self.cluster.start()
         await self.hooks.startup(self)
@@ -456,8 +707,24 @@ class Bus:
     async def stop(self) -> None:
         """Run ``plugbus_shutdown``, then close the backend."""
         try:
+            await self._settle_connections()
             await self.hooks.shutdown(self)
         finally:
+            for handle in self._expiry.values():
+                handle.cancel()
+            self._expiry.clear()
             await self.cluster.stop()
             await self.presence.stop()
+            await self.history.stop()
             await self.backend.stop()
+
+    async def _settle_connections(self) -> None:
+        """Before the backend closes: let the disconnects under way finish (their sessions
+        are being kept), and keep the sessions of the connections still open, which the
+        server is about to drop ("server shutting down": their clients recover elsewhere or
+        after the restart)."""
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=5)
+        for sid in list(self._connections):
+            with contextlib.suppress(Exception):
+                await self.close_connection(sid, "server shutting down")

@@ -8,6 +8,7 @@ where the YAML has one, the dotted key and what was expected.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from importlib import resources
@@ -112,6 +113,66 @@ class MetricsSettings(StrictModel):
     )
 
 
+class RecoverySettings(StrictModel):
+    """Connection state recovery, as socket.io-client >= 4.6 speaks it (see docs/recovery.md)."""
+
+    enabled: bool = Field(
+        True,
+        description="Offer recovery: a client that lost its connection and comes back within "
+        "max_disconnection_s gets its sid, rooms, identity and data back, and every stored "
+        "event it missed, in order.",
+    )
+    max_disconnection_s: float = Field(
+        120,
+        gt=0,
+        le=86_400,
+        description="Seconds a disconnected session is kept for recovery (Node's default: 2 min).",
+    )
+    clients: Literal["opted-in", "all"] = Field(
+        "opted-in",
+        description="Which connections are offered recovery (a pid in the CONNECT ack and an "
+        "offset as the last argument of every event sent to them): opted-in — those whose "
+        "CONNECT payload says recovery: true; all — every connection unless it says "
+        "recovery: false (Node's behaviour; clients whose handlers take a fixed number of "
+        "arguments, such as python-socketio's, must then decline).",
+    )
+
+
+class HistoryLimits(StrictModel):
+    """How much of one room's history is kept; a key left out keeps the general value."""
+
+    max_messages: int | None = Field(
+        None, ge=0, description="Most messages kept (0: no history for the room)."
+    )
+    max_age_s: float | None = Field(None, gt=0, description="Seconds a message is kept.")
+
+
+class HistorySettings(StrictModel):
+    """The bounded log of each room (and of broadcasts and direct messages) that recovery
+    replays from and that ``GET /rooms/{room}/messages`` and ``room-history`` read."""
+
+    max_messages: int = Field(
+        1000, ge=0, le=1_000_000, description="Most messages kept per room (0: no history)."
+    )
+    max_age_s: float = Field(600, gt=0, le=30 * 86_400, description="Seconds a message is kept.")
+    rooms: dict[str, HistoryLimits] = Field(
+        default_factory=dict,
+        description='Per-room limits by glob pattern (fnmatch), e.g. {"typing-*": '
+        "{max_messages: 0}}; the first matching pattern wins.",
+    )
+
+    def limits_for(self, room: str | None) -> tuple[int, float]:
+        """(max_messages, max_age_s) of ``room`` (None: broadcasts and direct messages)."""
+        if room is not None:
+            for pattern, limits in self.rooms.items():
+                if fnmatch.fnmatchcase(room, pattern):
+                    return (
+                        self.max_messages if limits.max_messages is None else limits.max_messages,
+                        self.max_age_s if limits.max_age_s is None else limits.max_age_s,
+                    )
+        return self.max_messages, self.max_age_s
+
+
 class ServerSettings(StrictModel):
     """Where and how the server listens."""
 
@@ -206,6 +267,23 @@ class ServerSettings(StrictModel):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
+
+    @model_validator(mode="after")
+    def _recovery_needs_history(self) -> ServerSettings:
+        if self.recovery.enabled and self.history.max_messages == 0:
+            raise ValueError(
+                "recovery.enabled needs a history to replay from: set history.max_messages "
+                "above 0 (or switch recovery off)"
+            )
+        if self.recovery.enabled and self.history.max_age_s < self.recovery.max_disconnection_s:
+            raise ValueError(
+                f"history.max_age_s ({self.history.max_age_s:g}) is shorter than "
+                f"recovery.max_disconnection_s ({self.recovery.max_disconnection_s:g}): a client "
+                "could come back within the window and find its messages gone"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

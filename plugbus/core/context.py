@@ -52,9 +52,19 @@ class Connection:
     ``plugbus_disconnect``. A connection belongs to one ``namespace``: a client connected to
     two namespaces is two connections, each with its own ``sid`` (Socket.IO gives each
     namespace its own), its own rooms and its own hooks. ``auth`` is the client's CONNECT
-    payload exactly as sent (``{}`` stays ``{}``; None when the client sent none). ``state`` is a free dict where plugins keep per-connection data
-    (prefix keys with the plugin's name). ``identity`` is None until an authentication plugin
-    sets it during ``plugbus_connect``.
+    payload exactly as sent (``{}`` stays ``{}``; None when the client sent none; a recovering
+    client adds ``pid`` and ``offset``). ``state`` is a free dict where plugins keep
+    per-connection data (prefix keys with the plugin's name); it lives as long as this
+    transport connection. ``data`` is the same for JSON-able data that belongs to the
+    *session*: it is kept when the connection drops and given back when the client recovers
+    (Node's ``socket.data``). ``identity`` is None until an authentication plugin sets it
+    during ``plugbus_connect``.
+
+    Connection state recovery (``server.recovery``): ``pid`` is the private session id the
+    client was given (None when it was not offered recovery; a secret — never log or send
+    it); ``recovered`` is True when this connection continues a dropped session (same sid,
+    rooms, identity and data; set before ``plugbus_authenticate`` runs); ``suspended`` is
+    True in ``plugbus_disconnect`` when the session is kept for recovery.
     """
 
     sid: str
@@ -64,6 +74,13 @@ class Connection:
     headers: dict[str, str] = field(default_factory=dict)
     identity: Identity | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    pid: str | None = None
+    recovered: bool = False
+    suspended: bool = False
+    #: offsets this connection is owed events after: "" for broadcasts and direct messages
+    #: (where it started), and each room's (where it joined); kept for recovery
+    marks: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(slots=True)
@@ -77,6 +94,9 @@ class EventContext:
     :ivar namespace: the namespace the event arrived on: the connection's, or for REST and
         server-side events the one the caller named (the default namespace otherwise).
         Emit back into it with ``ctx.bus.emit(..., namespace=ctx.namespace)``.
+    :ivar history: whether what the handler delivers for this event is kept in room history
+        (and replayed to recovering clients): the event class's ``history`` to begin with; a
+        ``plugbus_moderate`` implementation may set it to False to keep a message out.
     """
 
     bus: Bus
@@ -84,6 +104,7 @@ class EventContext:
     connection: Connection | None = None
     wants_ack: bool = False
     namespace: str = "/"
+    history: bool = True
 
     @property
     def sid(self) -> str | None:

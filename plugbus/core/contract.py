@@ -172,6 +172,7 @@ def asyncapi_document(bus: Bus, *, version: str, server_url: str | None = None) 
     """
     schemas = _Schemas()
     namespaces = list(bus.config.server.namespaces)
+    recovery = bus.config.server.recovery.enabled
     channel_ids = _channel_ids(namespaces)
     messages: dict[str, Any] = {}
     channels: dict[str, Any] = {}
@@ -225,6 +226,14 @@ def asyncapi_document(bus: Bus, *, version: str, server_url: str | None = None) 
             if key in messages:
                 key += ".server"
             msg = add_message(key, event.name, _describe(event), schemas.of(event.payload))
+            if recovery and event.name != "error":
+                messages[key]["x-plugbus-offset"] = {
+                    "description": "Sent to a client offered connection state recovery, the "
+                    "event carries one more argument after its payload: its offset, the id the "
+                    "client names when it reconnects (socket.io-client does so by itself).",
+                    "schema": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+                    "replayed": event.history,
+                }
             operations[f"send.{prefix}{event.name}"] = {
                 "action": "send",
                 "channel": channel_ref,
@@ -238,7 +247,15 @@ def asyncapi_document(bus: Bus, *, version: str, server_url: str | None = None) 
             "version": version,
             "description": "Socket.IO events of a plugbus server, generated from its loaded plugins. "
             "Each channel is a Socket.IO namespace. Each client event may ask for "
-            "an ack; the reply describes it.",
+            "an ack; the reply describes it."
+            + (
+                " Connection state recovery is on: a client offered it (CONNECT payload "
+                f"recovery: true{', or any client that does not decline' if bus.config.server.recovery.clients == 'all' else ''}) "
+                "receives {sid, pid} in its CONNECT ack and each server event's offset as an "
+                "extra last argument (x-plugbus-offset); see docs/recovery.md."
+                if recovery
+                else ""
+            ),
         },
         "defaultContentType": "application/json",
         "channels": channels,

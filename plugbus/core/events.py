@@ -33,6 +33,9 @@ class Event(BaseModel):
     the API-key scope a caller of ``POST /events/{event}`` needs (``"publish"``, ``"read"``,
     ``"admin"``...); it defaults to ``"admin"`` so that an event nobody thought about is never
     open to every key.
+    ``history`` says whether what handling it delivers is kept in room history and replayed to
+    recovering clients (``ctx.history`` starts from it; False for ephemeral events such as
+    typing indicators).
 
     Socket.IO features:
 
@@ -62,6 +65,7 @@ class Event(BaseModel):
     positional: ClassVar[tuple[str, ...] | None] = None
     ack_style: ClassVar[str] = "envelope"
     rest_scope: ClassVar[str] = "admin"
+    history: ClassVar[bool] = True
 
     @property
     def event_name(self) -> str:
@@ -91,12 +95,18 @@ class ServerEvent:
     :ivar description: one sentence for client developers.
     :ivar namespace: the namespace (or a tuple of them) it is sent on; None is the default
         namespace.
+    :ivar history: whether the plugin sends it with ``bus.emit``'s history on (the default):
+        kept in room history and replayed to recovering clients. Either way, a client offered
+        connection state recovery receives an *offset* — a string ``"<ms>-<seq>"`` — as an
+        extra last argument of every event sent through ``bus.emit`` (the exported contract
+        says so as ``x-plugbus-offset``).
     """
 
     name: str
     payload: Any
     description: str = ""
     namespace: str | tuple[str, ...] | None = None
+    history: bool = True
 
 
 def format_validation_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .context import Connection, EventContext, Identity, Principal
     from .events import Event, ServerEvent
     from .moderation import ModerationRule
+    from .recovery import Recovery
     from .routes import Route
 
 log = logging.getLogger("plugbus.hooks")
@@ -549,6 +550,22 @@ class Hooks:
         await self._each(
             "plugbus_disconnect",
             {"connection": connection, "reason": reason, "bus": bus},
+            keep_going=True,
+        )
+
+    async def session_recovered(self, connection: Connection, recovery: Recovery, bus: Bus) -> None:
+        """``plugbus_session_recovered``: each awaited in order; errors are logged."""
+        await self._each(
+            "plugbus_session_recovered",
+            {"connection": connection, "recovery": recovery, "bus": bus},
+            keep_going=True,
+        )
+
+    async def session_expired(self, connection: Connection, rooms: list[str], bus: Bus) -> None:
+        """``plugbus_session_expired``: each awaited in order; errors are logged."""
+        await self._each(
+            "plugbus_session_expired",
+            {"connection": connection, "rooms": rooms, "bus": bus},
             keep_going=True,
         )
 

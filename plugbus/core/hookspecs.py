@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .events import Event, ServerEvent
     from .moderation import ModerationRule
     from .protocols import Bus
+    from .recovery import Recovery
     from .routes import Route
 
 PROJECT_NAME = "plugbus"
@@ -55,6 +56,8 @@ AWAITED_HOOKS = frozenset(
         "plugbus_room_left",
         "plugbus_moderate",
         "plugbus_handle_event",
+        "plugbus_session_recovered",
+        "plugbus_session_expired",
     }
 )
 
@@ -282,4 +285,40 @@ def plugbus_handle_event(event: Event, ctx: EventContext) -> Any:
         an event with ``ack_style = "plain"`` the client's ack arguments are ``(null, result)``
         (a tuple result is several arguments).
     :raises PlugbusError: to refuse the event with a reason.
+    """
+
+
+@hookspec
+def plugbus_session_recovered(connection: Connection, recovery: Recovery, bus: Bus) -> None:
+    """A client came back within ``server.recovery.max_disconnection_s`` and its session was
+    restored: same sid, its rooms (those whose join rules still admit it), identity and
+    ``connection.data``; the events it missed have been sent to it, in order.
+
+    Called instead of ``plugbus_connected`` for a recovered connection (``plugbus_authenticate``
+    and ``plugbus_connect`` did run, with ``connection.recovered`` True, so a ban still
+    refuses it), after the replay and before the first event the client sends is handled.
+    ``plugbus_room_joined`` is not called for the restored rooms (nobody left them). Awaited,
+    one implementation at a time; an exception is logged and the rest still run.
+
+    :param connection: the recovered connection.
+    :param recovery: what was restored (:class:`~plugbus.Recovery`: rooms, refused rooms, how
+        many events were replayed, how long it was away, whether it moved node).
+    :param bus: the bus.
+    """
+
+
+@hookspec
+def plugbus_session_expired(connection: Connection, rooms: list[str], bus: Bus) -> None:
+    """A session kept for recovery was not claimed within its window: the client is gone.
+
+    ``plugbus_disconnect`` ran when the connection dropped, with ``connection.suspended``
+    True; what a plugin defers until the client is really gone (a "left" notice, say) it
+    does here. Called once, on the node that kept the session, ``max_disconnection_s`` after
+    the drop (not when that node stopped meanwhile). Awaited, one implementation at a time;
+    an exception is logged and the rest still run.
+
+    :param connection: the session as it was when it dropped (no longer live: emitting to
+        its sid reaches nobody).
+    :param rooms: the rooms it was in.
+    :param bus: the bus.
     """

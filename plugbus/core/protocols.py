@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .context import Connection, EventContext, Origin
     from .errors import PlugbusError
     from .events import Event
+    from .history import StoredEvent
     from .moderation import ModerationRule
     from .presence import Member
     from .store import Store
@@ -71,6 +72,22 @@ class Cluster(Protocol):
         ...
 
 
+class History(Protocol):
+    """The rooms' history (``bus.history``): what recovery replays from and what
+    ``GET /rooms/{room}/messages`` and ``room-history`` read."""
+
+    async def page(
+        self, namespace: str, room: str, after: str | None, limit: int
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events of ``room`` after offset ``after`` (from the oldest kept when
+        None), oldest first."""
+        ...
+
+    async def delete(self, namespace: str, room: str, offset: str) -> bool:
+        """Remove one event from ``room``'s history; True when it was there."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class TextDecision:
     """What the active moderation rules make of a text (:meth:`Bus.moderate_text`).
@@ -121,6 +138,11 @@ class Bus(Protocol):
     @property
     def cluster(self) -> Cluster:
         """Operations by connection id on the owning node (see :class:`Cluster`)."""
+        ...
+
+    @property
+    def history(self) -> History:
+        """The rooms' history, every node's (see :class:`History`)."""
         ...
 
     def store(self, name: str, *, local: bool = False) -> Store:
@@ -182,8 +204,10 @@ class Bus(Protocol):
         to: str | None = None,
         skip_sid: str | None = None,
         namespace: str | None = None,
-    ) -> None:
-        """Send ``event`` to a room, one connection, or everyone."""
+        history: bool = True,
+    ) -> str | None:
+        """Send ``event`` to a room, one connection, or everyone; ``history=False`` keeps it
+        out of the history. The event's offset when it was stored, else None."""
         ...
 
     async def join(self, sid: str, room: str) -> bool:
@@ -246,7 +270,7 @@ class Bus(Protocol):
         ...
 
 
-__all__ = ["Bus", "Cluster", "Operation", "Presence", "TextDecision"]
+__all__ = ["Bus", "Cluster", "History", "Operation", "Presence", "TextDecision"]
 
 if TYPE_CHECKING:  # the concrete parts satisfy the protocols (mypy checks these lines)
     from . import bus as _bus

@@ -28,6 +28,8 @@ class RouteRequest:
     :ivar path_params: the ``{name}`` parts of the path, as strings.
     :ivar query: the query string parameters.
     :ivar body: the validated request body (an instance of the route's ``body`` model) or None.
+    :ivar params: the validated query parameters (an instance of the route's ``query``
+        model) or None.
     :ivar headers: request headers, lower-cased names.
     :ivar principal: the authenticated caller, or None when no authentication plugin answered.
     """
@@ -38,6 +40,7 @@ class RouteRequest:
     body: BaseModel | None = None
     headers: dict[str, str] = field(default_factory=dict)
     principal: Principal | None = None
+    params: BaseModel | None = None
 
 
 RouteHandler = Callable[[RouteRequest], Awaitable[Any] | Any]
@@ -52,6 +55,8 @@ class Route:
     :ivar handler: called with a :class:`RouteRequest`; may be async; returns the response
         body (a model or JSON-able value) or raises :class:`~core.errors.PlugbusError`.
     :ivar body: pydantic model of the JSON request body, or None for no body.
+    :ivar query: pydantic model of the query parameters (validated, 422 when wrong, and in
+        the OpenAPI document), or None to read ``RouteRequest.query`` as it comes.
     :ivar response: pydantic model of the response body, for validation and OpenAPI.
     :ivar status_code: the success status.
     :ivar summary: one line for the OpenAPI document.
@@ -71,3 +76,4 @@ class Route:
     summary: str = ""
     tags: tuple[str, ...] = ()
     scope: str | None = "admin"
+    query: type[BaseModel] | None = None

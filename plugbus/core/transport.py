@@ -27,6 +27,20 @@ class Transport(Protocol):
         every connection of ``namespace`` when ``room`` is None; ``skip_sid`` is left out. A
         tuple ``data`` is several arguments, None none."""
 
+    def deliver(
+        self,
+        event: str,
+        args: tuple[Any, ...],
+        *,
+        room: str | None = None,
+        skip_sid: str | None = None,
+        namespace: str = "/",
+        offset: str | None = None,
+    ) -> None:
+        """Deliver a stored event to its recipients on this node only (history hands every
+        node each stored event, in offset order). Connections offered recovery receive
+        ``offset`` as the event's last argument."""
+
     async def enter_room(self, sid: str, room: str, *, namespace: str = "/") -> None:
         """Put connection ``sid`` into ``room``."""
 

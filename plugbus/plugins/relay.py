@@ -374,7 +374,13 @@ class RelayPlugin(Plugin):
                 "message": message,
             }
         await ctx.bus.emit(
-            self.settings.event, data, room=room, to=to, skip_sid=skip_sid, namespace=ctx.namespace
+            self.settings.event,
+            data,
+            room=room,
+            to=to,
+            skip_sid=skip_sid,
+            namespace=ctx.namespace,
+            history=ctx.history,
         )
 
     @hookimpl

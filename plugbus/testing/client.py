@@ -24,18 +24,34 @@ class ClientRefused(Exception):
 class PlugbusClient:
     """A real python-socketio ``AsyncClient`` on a test server that records what it receives.
 
+    A client connected with ``recovery=True`` speaks connection state recovery as
+    socket.io-client does: it keeps the ``pid`` of its CONNECT ack and the last ``offset``
+    (which it takes off each event's arguments before recording them), and
+    :meth:`PlugbusServer.reconnect` names both to come back as the same session.
+
     :ivar sio: the underlying ``socketio.AsyncClient``.
     :ivar namespace: the namespace it is connected to.
     :ivar events: every event received, in order, as ``(name, payload)``.
+    :ivar auth: the handshake ``auth`` payload it connected with.
+    :ivar pid: the private session id the server gave it (None: not offered recovery).
+    :ivar offset: the offset of the last event received (None: none yet).
+    :ivar recovered: True when it continues a session (the server gave back the pid it named).
     """
 
-    def __init__(self, sio: socketio.AsyncClient, namespace: str) -> None:
+    def __init__(self, sio: socketio.AsyncClient, namespace: str, auth: Any = None) -> None:
         self.sio = sio
         self.namespace = namespace
+        self.auth = auth
         self.events: list[tuple[str, Any]] = []
+        self.pid: str | None = None
+        self.offset: str | None = None
+        self.recovered = False
         self._changed = asyncio.Event()
 
     def _receive(self, event: str, *args: Any) -> None:
+        if self.pid is not None and args and isinstance(args[-1], str):
+            # what socket.io-client does: the last string argument is the offset
+            self.offset, args = args[-1], args[:-1]
         self.events.append((event, args[0] if len(args) == 1 else (list(args) or None)))
         self._changed.set()
 
@@ -95,3 +111,20 @@ class PlugbusClient:
 def _data(args: tuple[Any, ...]) -> Any:
     # python-socketio's own convention: a tuple is several arguments, None is none
     return args[0] if len(args) == 1 else (args or None)
+
+
+def recovery_client_class() -> type[socketio.AsyncClient]:
+    """python-socketio's ``AsyncClient`` keeping the ``pid`` of each CONNECT ack (which
+    python-socketio reads only the ``sid`` of), for :class:`PlugbusClient`."""
+    import socketio
+
+    class RecoveryClient(socketio.AsyncClient):  # type: ignore[misc]
+        plugbus_client: PlugbusClient | None = None
+
+        async def _handle_connect(self, namespace: str | None, data: Any) -> None:
+            client = self.plugbus_client
+            if client is not None and isinstance(data, dict):
+                client.pid = data.get("pid")
+            await super()._handle_connect(namespace, data)
+
+    return RecoveryClient

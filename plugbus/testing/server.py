@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plugbus.testing.client import ClientRefused, PlugbusClient
+from plugbus.testing.client import ClientRefused, PlugbusClient, recovery_client_class
 
 if TYPE_CHECKING:
     import httpx
@@ -141,6 +141,7 @@ class PlugbusServer:
         headers: Mapping[str, str] | None = None,
         timeout: float = 5.0,
         namespace: str | None = None,
+        recovery: bool = False,
     ) -> PlugbusClient:
         """Connect a new real Socket.IO client and return it once connected.
 
@@ -151,13 +152,28 @@ class PlugbusServer:
         :param namespace: the namespace to connect to (default: the first of
             ``server.namespaces``). Each namespace is its own connection: call ``client`` once
             per namespace.
+        :param recovery: ask for connection state recovery (``auth`` gets ``recovery: true``)
+            and speak it as socket.io-client does (see :class:`PlugbusClient`).
         :raises ClientRefused: a plugin refused the connection.
         """
+        if recovery:
+            auth = {**(auth if isinstance(auth, dict) else {}), "recovery": True}
+        return await self._connect(auth, transports, headers, timeout, namespace)
+
+    async def _connect(
+        self,
+        auth: Any,
+        transports: Sequence[str] | None,
+        headers: Mapping[str, str] | None,
+        timeout: float,
+        namespace: str | None,
+    ) -> PlugbusClient:
         import socketio
 
         namespace = namespace or self.config.server.default_namespace
-        sio = socketio.AsyncClient(reconnection=False)
-        client = PlugbusClient(sio, namespace)
+        sio = recovery_client_class()(reconnection=False)
+        client = PlugbusClient(sio, namespace, auth)
+        sio.plugbus_client = client
         refusals: list[Any] = []
         sio.on("*", client._receive, namespace=namespace)
         sio.on("connect_error", lambda data=None: refusals.append(data), namespace=namespace)
@@ -180,6 +196,47 @@ class PlugbusServer:
             raise
         self.clients.append(client)
         return client
+
+    async def drop(self, client: PlugbusClient, *, timeout: float = 5.0) -> None:
+        """Lose ``client``'s transport on the server side, as a dead network would (the
+        reason is ``transport close``: a client offered recovery has its session kept); return
+        once the client noticed."""
+        sio_server = self.app.sio
+        eio_sid = sio_server.manager.eio_sid_from_sid(client.sid, client.namespace)
+        session = sio_server.eio.session_of(eio_sid) if eio_sid is not None else None
+        if session is None:
+            raise RuntimeError(f"no live transport for {client.sid}")
+        session.close("transport close")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while client.sio.connected:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("the client did not notice its transport was lost")
+            await asyncio.sleep(0.01)
+
+    async def reconnect(
+        self,
+        client: PlugbusClient,
+        *,
+        transports: Sequence[str] | None = None,
+        timeout: float = 5.0,
+    ) -> PlugbusClient:
+        """Connect again as socket.io-client does after losing its connection: the same
+        ``auth`` plus the ``pid`` and last ``offset`` of ``client``. The new client's
+        ``recovered`` says whether the server restored the session (then its ``sid`` is the
+        old one, and the events it missed are in its ``events``).
+
+        :raises ClientRefused: a plugin refused the connection.
+        """
+        auth = dict(client.auth) if isinstance(client.auth, dict) else {}
+        if client.pid is not None:
+            auth["pid"] = client.pid
+            if client.offset is not None:
+                auth["offset"] = client.offset
+        back = await self._connect(auth, transports, None, timeout, client.namespace)
+        back.recovered = client.pid is not None and back.pid == client.pid
+        if back.recovered and back.offset is None:
+            back.offset = client.offset
+        return back
 
     async def _halt(self) -> None:
         if self._uvicorn is not None and self._task is not None:

@@ -9,7 +9,11 @@
 //   {"cmd": "emit", "event": E, "args": [...], "ack": true|false, "id": N}
 //   {"cmd": "transport"}            -> {"type": "transport", "name": "polling"|"websocket"}
 //   {"cmd": "disconnect"}
-// Output lines: {"type": "open", "transport"} (engine handshake), {"type": "connect", "sid"}, {"type": "connect_error", "message", "data"},
+//   {"cmd": "destroy"}              drop the TCP socket under the websocket, as a dead network does
+//                                   (no close frame; the client reconnects)
+// Output lines: {"type": "open", "transport"} (engine handshake),
+//   {"type": "connect", "sid", "transport", "recovered"} (recovered: socket.recovered),
+//   {"type": "connect_error", "message", "data"},
 //   {"type": "disconnect", "reason"}, {"type": "reconnect", "attempt"}, {"type": "upgrade", "name"},
 //   {"type": "event", "event", "args"}, {"type": "ack", "id", "args"}, {"type": "fatal", "message"}.
 import { io } from "socket.io-client";
@@ -42,7 +46,9 @@ function decode(value) {
 
 function connect({ namespace = "", ...opts }) {
   socket = io(url + namespace, { reconnectionDelay: 200, reconnectionDelayMax: 500, ...opts });
-  socket.on("connect", () => out({ type: "connect", sid: socket.id, transport: socket.io.engine.transport.name }));
+  socket.on("connect", () =>
+    out({ type: "connect", sid: socket.id, transport: socket.io.engine.transport.name, recovered: socket.recovered }),
+  );
   socket.on("connect_error", (err) => out({ type: "connect_error", message: err.message, data: err.data ?? null }));
   socket.on("disconnect", (reason) => out({ type: "disconnect", reason }));
   socket.io.on("reconnect", (attempt) => out({ type: "reconnect", attempt }));
@@ -85,6 +91,13 @@ rl.on("line", (line) => {
     case "disconnect":
       socket.disconnect();
       break;
+    case "destroy": {
+      // the ws library's net.Socket: destroyed without a close frame
+      const ws = socket.io.engine.transport.ws;
+      (ws?._socket ?? null)?.destroy();
+      out({ type: "destroyed", had_socket: Boolean(ws?._socket) });
+      break;
+    }
     default:
       out({ type: "fatal", message: `unknown command ${msg.cmd}` });
   }

@@ -1,10 +1,12 @@
 """rooms: join, leave and list rooms, with name rules, membership notices and presence.
 
 Socket.IO events: ``join-room`` ``{room}`` (the seed's), ``leave-room`` ``{room}``,
-``my-rooms`` (no payload) and ``room-members`` ``{room}``. REST: ``GET /rooms``,
-``GET /rooms/{room}``, and ``PUT``/``DELETE /rooms/{room}/members/{sid}`` to put a connection
-into a room or take it out from the server side. Both doors apply the same rules and both fire
-the same ``plugbus_room_joined``/``plugbus_room_left`` hooks, hence the same notices.
+``my-rooms`` (no payload), ``room-members`` ``{room}`` and ``room-history`` ``{room, after?,
+limit?}``. REST: ``GET /rooms``, ``GET /rooms/{room}``, ``GET /rooms/{room}/messages``,
+``DELETE /rooms/{room}/messages/{id}``, and ``PUT``/``DELETE /rooms/{room}/members/{sid}`` to
+put a connection into a room or take it out from the server side. Both doors apply the same
+rules and both fire the same ``plugbus_room_joined``/``plugbus_room_left`` hooks, hence the
+same notices. Room history is read through :mod:`plugbus.plugins.rooms.history`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from plugbus import (
     ServerEvent,
     hookimpl,
 )
+
+from .history import RoomHistory, RoomHistoryService
 
 #: Any characters but control characters (C0, DEL and C1); the whole name must match.
 DEFAULT_NAME_PATTERN = r"[^\x00-\x1f\x7f-\x9f]+"
@@ -73,6 +77,14 @@ class RoomsSettings(PluginSettings):
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
+
+    history_page_max: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Most messages one page of room history may hold (room-history, "
+        "GET /rooms/{room}/messages).",
+    )
 
     @model_validator(mode="after")
     def _notices_differ(self) -> RoomsSettings:
@@ -243,6 +255,7 @@ class RoomsPlugin(Plugin):
     def __init__(self, settings: RoomsSettings) -> None:
         super().__init__(settings)
         self._pattern = re.compile(settings.name_pattern)
+        self.history = RoomHistoryService(settings.history_page_max)
 
     # -- operations shared by both doors -------------------------------------------------
 
@@ -384,9 +397,16 @@ class RoomsPlugin(Plugin):
 
     @hookimpl
     def plugbus_register_events(self) -> list[type[Event] | ServerEvent]:
-        """Called once at start-up: ``join-room``, ``leave-room``, ``my-rooms`` and
-        ``room-members``, plus the two notices when ``notify_membership`` is on."""
-        events: list[type[Event] | ServerEvent] = [JoinRoom, LeaveRoom, MyRooms, ListMembers]
+        """Called once at start-up: ``join-room``, ``leave-room``, ``my-rooms``,
+        ``room-members`` and ``room-history``, plus the two notices when ``notify_membership``
+        is on."""
+        events: list[type[Event] | ServerEvent] = [
+            JoinRoom,
+            LeaveRoom,
+            MyRooms,
+            ListMembers,
+            RoomHistory,
+        ]
         if self.settings.notify_membership:
             events += [
                 ServerEvent(
@@ -413,6 +433,8 @@ class RoomsPlugin(Plugin):
         """
         if isinstance(event, ListMembers):
             return await self.members(ctx.bus, event.room, ctx.connection)
+        if isinstance(event, RoomHistory):
+            return await self.history.answer(event, ctx)
         if not isinstance(event, JoinRoom | LeaveRoom | MyRooms):
             return None
         if ctx.connection is None:
@@ -459,8 +481,11 @@ class RoomsPlugin(Plugin):
     @hookimpl
     async def plugbus_disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
         """Called once a connection closed, while its rooms are still readable; with
-        ``notify_membership`` on, sends ``left_event`` to each of its rooms. Returns nothing."""
-        if not self.settings.notify_membership:
+        ``notify_membership`` on, sends ``left_event`` to each of its rooms — unless the
+        session is kept for recovery (``connection.suspended``): then the notice waits for
+        ``plugbus_session_expired``, so a client that comes back never seems to have left.
+        Returns nothing."""
+        if not self.settings.notify_membership or connection.suspended:
             return
         for room in bus.rooms_of(connection.sid, connection.namespace):
             count = max(
@@ -495,6 +520,18 @@ class RoomsPlugin(Plugin):
         bus.cluster.register("rooms.leave", leave_here)
 
     @hookimpl
+    async def plugbus_session_expired(
+        self, connection: Connection, rooms: list[str], bus: Bus
+    ) -> None:
+        """Called when a session kept for recovery expired unclaimed; with
+        ``notify_membership`` on, sends the ``left_event`` its drop did not. Returns nothing."""
+        if not self.settings.notify_membership:
+            return
+        for room in rooms:
+            count = await bus.presence.count(room, connection.namespace)
+            await self._notify(bus, self.settings.left_event, connection, room, count)
+
+    @hookimpl
     def plugbus_routes(self, bus: Bus) -> list[Route]:
         """Called once at start-up: the REST routes (see the module docstring). Reading needs
         the ``read`` API-key scope, changing membership ``admin`` (when REST keys are checked)."""
@@ -523,6 +560,7 @@ class RoomsPlugin(Plugin):
 
         members = "/rooms/{room}/members/{sid}"
         return [
+            *self.history.routes(bus),
             Route(
                 "GET",
                 "/rooms",

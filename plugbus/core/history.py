@@ -1,0 +1,486 @@
+"""Room history: the bounded log that connection state recovery replays and history pages read.
+
+Every event the bus stores gets an **offset**, ``"<ms>-<seq>"``: a millisecond timestamp and a
+sequence number that one counter hands out for the whole cluster (in this process with the
+memory backend, in Redis with a Redis backend). Offsets order events across rooms, which is what
+lets a reconnecting client name one offset for all its rooms. They are also the ids of the
+messages in history and the Redis Stream entry ids, so trimming by age is Redis's own ``MINID``.
+
+An event is stored in one **stream**: a room's (``room``), a connection's own (``sid``: direct
+messages) or its namespace's (``all``: broadcasts). A recovery reads only the streams of the
+client's own rooms, its own and its namespace's — not every event of the cluster.
+
+With Redis, one Lua script takes the next offset, appends to the stream, trims it and publishes
+the event to every node, atomically: the nodes receive events in offset order, which is what
+makes an offset a truthful "everything up to here was delivered" mark. Each node delivers what
+it receives through the callback the bus gives it (:attr:`History.deliver`). A stream also
+remembers, in a *floor* key, the newest offset it ever trimmed: a recovery from an older offset
+would have a gap, and is refused rather than silently lossy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .config import HistorySettings
+
+log = logging.getLogger("plugbus.history")
+
+#: Which stream an event goes to: a room's, one connection's (direct), or everyone's.
+Kind = Literal["room", "sid", "all"]
+_KIND_CODE = {"room": "r", "sid": "s", "all": "a"}
+
+#: ``deliver(namespace, event, args, target, kind, skip_sid, offset)``: hand an event to this
+#: node's connections (the socket door's fan-out).
+Deliver = Callable[[str, str, tuple[Any, ...], str | None, str, str | None, str | None], None]
+
+ZERO = "0-0"
+
+
+def parse_offset(text: Any) -> tuple[int, int] | None:
+    """``"<ms>-<seq>"`` as a pair of integers, or None when it is not an offset."""
+    if not isinstance(text, str) or len(text) > 41:
+        return None
+    ms, sep, seq = text.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit() or not ms.isascii() or not seq.isascii():
+        return None
+    return int(ms), int(seq)
+
+
+def later(a: str, b: str) -> str:
+    """The later of two offsets."""
+    return a if (parse_offset(a) or (0, 0)) >= (parse_offset(b) or (0, 0)) else b
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event in history.
+
+    :ivar id: its offset (``"<ms>-<seq>"``), unique and ordered across the cluster.
+    :ivar event: the event name.
+    :ivar args: its arguments (binary data as bytes).
+    :ivar skip: the connection it was not sent to (the sender of an "everyone but me").
+    :ivar room: the room it was sent to (None for a broadcast or a direct message).
+    """
+
+    id: str
+    event: str
+    args: tuple[Any, ...]
+    skip: str | None = None
+    room: str | None = None
+
+    @property
+    def ts(self) -> float:
+        """When it was stored, in seconds since the epoch."""
+        return int(self.id.partition("-")[0]) / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRead:
+    """One stream a recovery reads: its kind and name, and the offset it has up to."""
+
+    kind: Kind
+    name: str | None
+    after: str
+
+
+# -- the stored form ------------------------------------------------------------------------
+# JSON with binary data lifted out as Socket.IO does it (a {"_placeholder": true, "num": i}
+# in place, the bytes base64 in "b"), so the same text is the stream entry and the message
+# every node receives.
+
+
+def _lift(value: Any, out: list[bytes]) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        out.append(bytes(value))
+        return {"_placeholder": True, "num": len(out) - 1}
+    if isinstance(value, list | tuple):
+        return [_lift(v, out) for v in value]
+    if isinstance(value, dict):
+        return {k: _lift(v, out) for k, v in value.items()}
+    return value
+
+
+def _drop(value: Any, attachments: list[bytes]) -> Any:
+    if isinstance(value, list):
+        return [_drop(v, attachments) for v in value]
+    if isinstance(value, dict):
+        if value.get("_placeholder") is True and isinstance(value.get("num"), int):
+            return attachments[value["num"]]
+        return {k: _drop(v, attachments) for k, v in value.items()}
+    return value
+
+
+def pack(
+    namespace: str,
+    event: str,
+    args: tuple[Any, ...],
+    target: str | None,
+    kind: str,
+    skip: str | None,
+) -> bytes:
+    """An event as stored and as published to the nodes."""
+    attachments: list[bytes] = []
+    lifted = _lift(list(args), attachments)
+    record: dict[str, Any] = {"n": namespace, "e": event, "a": lifted, "t": target, "k": kind}
+    if skip is not None:
+        record["x"] = skip
+    if attachments:
+        record["b"] = [base64.b64encode(a).decode() for a in attachments]
+    return orjson.dumps(record)
+
+
+def unpack(offset: str, raw: bytes | str) -> tuple[dict[str, Any], StoredEvent]:
+    """(the record, its :class:`StoredEvent`) from :func:`pack`'s text."""
+    record = orjson.loads(raw)
+    args = record["a"]
+    if "b" in record:
+        args = _drop(args, [base64.b64decode(b) for b in record["b"]])
+    room = record.get("t") if record.get("k") == "room" else None
+    return record, StoredEvent(offset, record["e"], tuple(args), record.get("x"), room)
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stream:
+    max_messages: int
+    max_age_ms: int
+    entries: deque[tuple[tuple[int, int], StoredEvent]]
+    floor: tuple[int, int] = (0, 0)
+
+    def trim(self, now_ms: int) -> None:
+        entries = self.entries
+        while len(entries) > self.max_messages:
+            self.floor = entries.popleft()[0]
+        cutoff = now_ms - self.max_age_ms
+        while entries and entries[0][0][0] < cutoff:
+            self.floor = entries.popleft()[0]
+
+
+class MemoryHistory:
+    """History in this process (the memory backend): nothing survives a restart.
+
+    :ivar watermark: the newest offset handed out; every stored event up to it was delivered.
+    """
+
+    shared = False
+
+    def __init__(self, settings: HistorySettings) -> None:
+        self.settings = settings
+        self.deliver: Deliver | None = None
+        self.watermark = ZERO
+        self._ms = 0
+        self._seq = 0
+        self._streams: dict[tuple[str, str, str | None], _Stream] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def keeps(self, kind: Kind, target: str | None) -> bool:
+        """Whether events to this stream are stored (its room's ``max_messages`` is not 0)."""
+        return self.settings.limits_for(target if kind == "room" else None)[0] > 0
+
+    def _next(self) -> tuple[int, int]:
+        now = int(time.time() * 1000)
+        self._ms = max(now, self._ms)  # never backwards, whatever the clock does
+        self._seq += 1
+        return self._ms, self._seq
+
+    def _stream(self, namespace: str, kind: Kind, name: str | None) -> _Stream:
+        key = (namespace, kind, name)
+        stream = self._streams.get(key)
+        if stream is None:
+            most, age = self.settings.limits_for(name if kind == "room" else None)
+            stream = self._streams[key] = _Stream(most, int(age * 1000), deque())
+        return stream
+
+    async def append(
+        self,
+        namespace: str,
+        kind: Kind,
+        target: str | None,
+        event: str,
+        args: tuple[Any, ...],
+        skip: str | None,
+    ) -> str:
+        """Store an event and deliver it on this node; return its offset."""
+        key = self._next()
+        offset = f"{key[0]}-{key[1]}"
+        stream = self._stream(namespace, kind, target)
+        room = target if kind == "room" else None
+        stream.entries.append((key, StoredEvent(offset, event, args, skip, room)))
+        stream.trim(key[0])
+        self.watermark = offset
+        if self.deliver is not None:
+            self.deliver(namespace, event, args, target, kind, skip, offset)
+        return offset
+
+    async def read(self, namespace: str, streams: list[StreamRead]) -> list[StoredEvent] | None:
+        """Every stored event after each stream's offset, merged in offset order; None when
+        one of the streams trimmed an event the reader has not seen (a gap)."""
+        now = int(time.time() * 1000)
+        out: list[tuple[tuple[int, int], StoredEvent]] = []
+        for want in streams:
+            stream = self._streams.get((namespace, want.kind, want.name))
+            if stream is None:
+                continue
+            stream.trim(now)
+            after = parse_offset(want.after) or (0, 0)
+            if stream.floor > after:
+                return None
+            out.extend(entry for entry in stream.entries if entry[0] > after)
+        out.sort(key=lambda entry: entry[0])
+        return [event for _, event in out]
+
+    async def page(
+        self, namespace: str, room: str, after: str | None, limit: int
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events of ``room`` after offset ``after`` (from the oldest kept
+        when None), oldest first."""
+        stream = self._streams.get((namespace, "room", room))
+        if stream is None:
+            return []
+        stream.trim(int(time.time() * 1000))
+        start = parse_offset(after) if after is not None else (0, 0)
+        out = []
+        for key, event in stream.entries:
+            if start is None or key > start:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def delete(self, namespace: str, room: str, offset: str) -> bool:
+        """Remove one event from ``room``'s history (moderation); True when it was there."""
+        stream = self._streams.get((namespace, "room", room))
+        key = parse_offset(offset)
+        if stream is None or key is None:
+            return False
+        for i, (k, _event) in enumerate(stream.entries):
+            if k == key:
+                del stream.entries[i]
+                return True
+        return False
+
+    def size(self) -> int:
+        """Events held in all streams (for memory measurements)."""
+        return sum(len(s.entries) for s in self._streams.values())
+
+    async def start(self) -> None:
+        """Drop idle streams now and then (a stream is otherwise trimmed when written)."""
+        self._sweeper = asyncio.create_task(self._sweep(), name="plugbus-history-sweep")
+
+    async def stop(self) -> None:
+        """Stop sweeping."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            now = int(time.time() * 1000)
+            for key, stream in list(self._streams.items()):
+                stream.trim(now)
+                if not stream.entries:
+                    del self._streams[key]
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+# KEYS: the clock hash, the stream, its floor key.
+# ARGV: the packed event, max_messages, max_age_ms, the delivery channel.
+# Returns the offset. TIME in a script is allowed since Redis 5 (effects are replicated).
+APPEND_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
+if now < last then now = last end
+local ms = string.format('%.0f', now)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'ms', ms)
+local id = ms .. '-' .. seq
+local maxlen = tonumber(ARGV[2])
+local maxage = tonumber(ARGV[3])
+redis.call('XADD', KEYS[2], id, 'e', ARGV[1])
+local floor = false
+local len = redis.call('XLEN', KEYS[2])
+if len > maxlen then
+  local gone = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', len - maxlen)
+  floor = gone[#gone][1]
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen)
+end
+local cutoff = string.format('%.0f', now - maxage) .. '-0'
+local old = redis.call('XREVRANGE', KEYS[2], '(' .. cutoff, '-', 'COUNT', 1)
+if #old > 0 then
+  floor = old[1][1]
+  redis.call('XTRIM', KEYS[2], 'MINID', cutoff)
+end
+if floor then redis.call('SET', KEYS[3], floor, 'PX', maxage) end
+redis.call('PEXPIRE', KEYS[2], maxage)
+redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[1])
+return id
+"""
+
+
+class RedisHistory(MemoryHistory):
+    """History in Redis Streams, shared by every node and kept across restarts.
+
+    Keys (under ``plugbus:history:``): ``clock`` (a hash: the last ``ms`` and ``seq``), one
+    stream per room, connection and namespace, ``<len(ns)>:<ns>:<r|s|a>:<name>``, and beside
+    each its floor (the same with ``R``/``S``/``A``). Every node subscribes to the ``feed``
+    channel, where the append script publishes each event with its offset.
+    """
+
+    shared = True
+
+    def __init__(self, settings: HistorySettings, backend: Backend) -> None:
+        super().__init__(settings)
+        self._backend = backend
+        self._redis: Any = backend.redis_client()
+        self._script: Any = self._redis.register_script(APPEND_SCRIPT)
+        self._clock = backend.key("history", "clock")
+        self.channel = backend.key("history", "feed")
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    def _key(self, namespace: str, kind: Kind, name: str | None, floor: bool = False) -> str:
+        code = _KIND_CODE[kind]
+        if floor:
+            code = code.upper()
+        return self._backend.key("history", str(len(namespace)), namespace, code, name or "")
+
+    async def append(
+        self,
+        namespace: str,
+        kind: Kind,
+        target: str | None,
+        event: str,
+        args: tuple[Any, ...],
+        skip: str | None,
+    ) -> str:
+        """Store the event in Redis and publish it to every node (this one included, which
+        delivers it when it arrives); return its offset."""
+        most, age = self.settings.limits_for(target if kind == "room" else None)
+        packed = pack(namespace, event, args, target, kind, skip)
+        offset: str = await self._script(
+            keys=[
+                self._clock,
+                self._key(namespace, kind, target),
+                self._key(namespace, kind, target, floor=True),
+            ],
+            args=[packed, most, int(age * 1000), self.channel],
+        )
+        if not self._subscribed.is_set():
+            # The feed is down (Redis went away and the listener is subscribing again): the
+            # event was stored but this node will not hear of it, so it delivers its own now.
+            # Other nodes miss it until issue #18's resumable feed; recovery still replays it.
+            self._on_message(f"{offset} {packed.decode()}")
+        return offset
+
+    async def read(self, namespace: str, streams: list[StreamRead]) -> list[StoredEvent] | None:
+        if not streams:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for want in streams:
+            pipe.get(self._key(namespace, want.kind, want.name, floor=True))
+            pipe.xrange(self._key(namespace, want.kind, want.name), min=f"({want.after}")
+        replies = await pipe.execute()
+        out: list[tuple[tuple[int, int], StoredEvent]] = []
+        for i, want in enumerate(streams):
+            floor, entries = replies[2 * i], replies[2 * i + 1]
+            if floor is not None and (parse_offset(floor) or (0, 0)) > (
+                parse_offset(want.after) or (0, 0)
+            ):
+                return None
+            for entry_id, fields in entries:
+                _record, stored = unpack(entry_id, fields["e"])
+                out.append((parse_offset(entry_id) or (0, 0), stored))
+        out.sort(key=lambda entry: entry[0])
+        return [event for _, event in out]
+
+    async def page(
+        self, namespace: str, room: str, after: str | None, limit: int
+    ) -> list[StoredEvent]:
+        start = "-" if after is None else f"({after}"
+        if after is not None and parse_offset(after) is None:
+            return []
+        entries = await self._redis.xrange(
+            self._key(namespace, "room", room), min=start, count=limit
+        )
+        return [unpack(entry_id, fields["e"])[1] for entry_id, fields in entries]
+
+    async def delete(self, namespace: str, room: str, offset: str) -> bool:
+        if parse_offset(offset) is None:
+            return False
+        return bool(await self._redis.xdel(self._key(namespace, "room", room), offset))
+
+    async def start(self) -> None:
+        """Subscribe to the feed, then take the current clock as this node's watermark: every
+        event after it reaches this node through the feed."""
+        self._listener = asyncio.create_task(self._listen(), name="plugbus-history-feed")
+        await asyncio.wait_for(self._subscribed.wait(), 10)
+        clock = await self._redis.hmget(self._clock, "ms", "seq")
+        if clock[0] is not None and clock[1] is not None:
+            self.watermark = later(self.watermark, f"{clock[0]}-{clock[1]}")
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def _listen(self) -> None:
+        while True:  # subscribe again after Redis went away (loss-free resumption: issue #18)
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                async for message in pubsub.listen():
+                    self._on_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._subscribed.clear()
+                log.warning("history feed lost (%s); subscribing again", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _on_message(self, data: str) -> None:
+        offset, _, raw = data.partition(" ")
+        try:
+            record, stored = unpack(offset, raw)
+        except Exception:
+            log.exception("unreadable event on the history feed")
+            return
+        self.watermark = offset
+        if self.deliver is not None:
+            try:
+                self.deliver(
+                    record["n"],
+                    stored.event,
+                    stored.args,
+                    record.get("t"),
+                    record.get("k", "room"),
+                    stored.skip,
+                    offset,
+                )
+            except Exception:
+                log.exception("delivering %s from the history feed failed", offset)

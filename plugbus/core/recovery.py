@@ -1,0 +1,171 @@
+"""Sessions kept for connection state recovery: what a dropped connection was, for a while.
+
+When a connection that was offered recovery drops for a reason the client recovers from
+(a transport closed or failed, a ping timed out, the server is shutting down), the bus keeps a
+:class:`SuspendedSession` — its sid, rooms (each with the offset it was joined at), identity,
+``connection.data`` and the offset it started at — under its private session id (``pid``) for
+``server.recovery.max_disconnection_s``. A reconnecting client names its pid and the offset of
+the last event it received; the session is *taken* (once: a second claim finds nothing) and
+the events it missed are read from history.
+
+The memory store lives in this process; the Redis store keeps each session as one key with the
+window as its time-to-live, so a client recovers on any node and after a restart. Taking is
+Redis's ``GETDEL``, so two nodes never both restore one session.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .context import Identity
+
+if TYPE_CHECKING:
+    from .backend import Backend
+
+#: Disconnect reasons a session is kept for (Node's RECOVERABLE_DISCONNECT_REASONS, in
+#: python-socketio's words): not a client's own disconnect nor a server's kick.
+RECOVERABLE_REASONS = frozenset(
+    {"transport close", "transport error", "ping timeout", "server shutting down"}
+)
+
+#: Seconds a stored session outlives its window, so that the node that suspended it still
+#: finds it when its expiry timer fires (and says it expired).
+_MARGIN_S = 30
+
+
+class SessionMismatch(Exception):
+    """A client named a session that belongs to another identity (it is connected afresh)."""
+
+
+@dataclass(slots=True)
+class SuspendedSession:
+    """A dropped connection, kept for recovery.
+
+    :ivar sid: its connection id, given back on recovery.
+    :ivar pid: its private session id (a secret the client holds).
+    :ivar namespace: its namespace.
+    :ivar rooms: each room it was in, with the offset at which it joined.
+    :ivar origin: the offset it started at (what it is owed broadcasts and direct messages from).
+    :ivar identity: who it was, as ``[user_id, name, roles]``, or None.
+    :ivar data: ``connection.data``.
+    :ivar suspended_at: when it dropped (seconds since the epoch).
+    :ivar node: the node that kept it.
+    """
+
+    sid: str
+    pid: str
+    namespace: str
+    rooms: dict[str, str]
+    origin: str
+    identity: list[Any] | None
+    data: dict[str, Any] = field(default_factory=dict)
+    suspended_at: float = 0.0
+    node: str = ""
+
+    @staticmethod
+    def identity_of(identity: Identity | None) -> list[Any] | None:
+        """An :class:`Identity` in the stored form."""
+        if identity is None:
+            return None
+        return [identity.user_id, identity.name, list(identity.roles)]
+
+    def restored_identity(self) -> Identity | None:
+        """The stored identity as an :class:`Identity`."""
+        if self.identity is None:
+            return None
+        user_id, name, roles = self.identity
+        return Identity(user_id, name, tuple(roles))
+
+    def to_json(self) -> bytes:
+        """The stored form.
+
+        :raises TypeError: ``data`` holds something JSON cannot carry.
+        """
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SuspendedSession:
+        """Read the stored form back."""
+        return cls(**orjson.loads(raw))
+
+
+class MemorySessions:
+    """Suspended sessions in this process (the memory backend)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._sessions: dict[str, SuspendedSession] = {}
+
+    async def keep(self, session: SuspendedSession) -> None:
+        """Keep ``session`` for the window."""
+        self._sessions[session.pid] = session
+
+    async def take(self, pid: str) -> SuspendedSession | None:
+        """Claim the session ``pid`` for a recovery: the session, once, when it is still
+        within its window; None otherwise."""
+        session = self._sessions.pop(pid, None)
+        if session is None or session.suspended_at + self.window < time.time():
+            return None
+        return session
+
+    async def expire(self, pid: str) -> bool:
+        """Forget session ``pid`` at the end of its window; True when it was still unclaimed
+        (so it has expired now and its ``plugbus_session_expired`` is due)."""
+        return self._sessions.pop(pid, None) is not None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+class RedisSessions(MemorySessions):
+    """Suspended sessions in Redis (``plugbus:session:<pid>``), readable by every node."""
+
+    def __init__(self, window: float, backend: Backend) -> None:
+        super().__init__(window)
+        self._redis: Any = backend.redis_client()
+        self._backend = backend
+
+    def _key(self, pid: str) -> str:
+        return self._backend.key("session", pid)
+
+    async def keep(self, session: SuspendedSession) -> None:
+        await self._redis.set(
+            self._key(session.pid), session.to_json(), px=int((self.window + _MARGIN_S) * 1000)
+        )
+
+    async def take(self, pid: str) -> SuspendedSession | None:
+        raw = await self._redis.getdel(self._key(pid))
+        if raw is None:
+            return None
+        session = SuspendedSession.from_json(raw)
+        if session.suspended_at + self.window < time.time():
+            return None
+        return session
+
+    async def expire(self, pid: str) -> bool:
+        return bool(await self._redis.delete(self._key(pid)))
+
+    def __len__(self) -> int:
+        return 0  # not counted locally
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What a recovery restored, for ``plugbus_session_recovered``.
+
+    :ivar rooms: the rooms the connection is in again.
+    :ivar refused_rooms: rooms it was in whose join rules no longer admit it (not restored).
+    :ivar replayed: how many missed events were sent to it.
+    :ivar offline_s: seconds it was away.
+    :ivar moved: True when it dropped on another node than the one it came back to.
+    """
+
+    rooms: tuple[str, ...]
+    refused_rooms: tuple[str, ...]
+    replayed: int
+    offline_s: float
+    moved: bool
