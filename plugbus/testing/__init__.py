@@ -28,6 +28,7 @@ import pytest
 from plugbus.testing.calls import HookCall, HookCalls
 from plugbus.testing.client import ClientRefused, PlugbusClient
 from plugbus.testing.factory import PlugbusServerFactory
+from plugbus.testing.process import PlugbusExited, PlugbusProcess
 from plugbus.testing.recorder import RECORDER_NAME as RECORDER_NAME
 from plugbus.testing.recorder import HookRecorder, HookRecorderPlugin
 from plugbus.testing.server import PlugbusServer
@@ -44,6 +45,8 @@ __all__ = [
     "HookRecorder",
     "HookRecorderPlugin",
     "PlugbusClient",
+    "PlugbusExited",
+    "PlugbusProcess",
     "PlugbusServer",
     "PlugbusServerFactory",
     "plugbus_server",

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     import socketio
+
+
+#: The event :meth:`PlugbusServer.settle` sends; a :class:`PlugbusClient` keeps it out of
+#: ``events``.
+SENTINEL_EVENT = "plugbus-testing-sentinel"
 
 
 class ClientRefused(Exception):
@@ -29,14 +35,79 @@ class PlugbusClient:
     :ivar events: every event received, in order, as ``(name, payload)``.
     """
 
-    def __init__(self, sio: socketio.AsyncClient, namespace: str) -> None:
+    def __init__(self, sio: socketio.AsyncClient, namespace: str = "/") -> None:
         self.sio = sio
         self.namespace = namespace
         self.events: list[tuple[str, Any]] = []
         self._changed = asyncio.Event()
+        self._sentinels: set[str] = set()
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        namespace: str = "/",
+        transports: Sequence[str] = ("polling", "websocket"),
+        auth: Any = None,
+        headers: Mapping[str, str] | None = None,
+        socketio_path: str = "socket.io",
+        timeout: float = 5.0,
+    ) -> Self:
+        """Connect a new client to the plugbus at ``url`` and return it once connected.
+
+        ``server.client()`` calls this with the server's own namespace, transports and path;
+        call it directly for a server the kit did not start. The caller disconnects it.
+
+        :raises ClientRefused: a plugin refused the connection.
+        """
+        import socketio
+
+        sio = socketio.AsyncClient(reconnection=False)
+        client = cls(sio, namespace)
+        refusals: list[Any] = []
+        sio.on("*", client._receive, namespace=namespace)
+        sio.on("disconnect", client._disconnected, namespace=namespace)
+        sio.on("connect_error", lambda data=None: refusals.append(data), namespace=namespace)
+        try:
+            await sio.connect(
+                url,
+                namespaces=[namespace],
+                transports=list(transports),
+                auth=auth,
+                headers=dict(headers or {}),
+                wait_timeout=timeout,
+                socketio_path=socketio_path,
+            )
+        except socketio.exceptions.ConnectionError:
+            await sio.disconnect()
+            if refusals and isinstance(refusals[0], dict):
+                raise ClientRefused(
+                    refusals[0].get("data") or {"message": refusals[0].get("message")}
+                ) from None
+            raise
+        return client
 
     def _receive(self, event: str, *args: Any) -> None:
-        self.events.append((event, args[0] if len(args) == 1 else (list(args) or None)))
+        if event == SENTINEL_EVENT and args:
+            self._sentinels.add(args[0])  # the kit's own, not the test's: left out of events
+        else:
+            self.events.append((event, args[0] if len(args) == 1 else (list(args) or None)))
+        self._changed.set()
+
+    async def _wait_sentinel(self, token: str, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while token not in self._sentinels:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"the kit's sentinel did not arrive within {timeout} s")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        self._sentinels.discard(token)
+
+    def _disconnected(self, *reason: Any) -> None:
         self._changed.set()
 
     @property
@@ -81,6 +152,21 @@ class PlugbusClient:
     async def emit(self, event: str, *args: Any) -> None:
         """Send ``event`` without asking for an ack (a refusal then arrives as ``error``)."""
         await self.sio.emit(event, _data(args), namespace=self.namespace)
+
+    async def wait_disconnected(self, *, timeout: float = 5.0) -> None:
+        """Wait until the connection is closed (say, a plugin kicked this client).
+
+        :raises AssertionError: still connected after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sio.connected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"still connected after {timeout} s")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def disconnect(self) -> None:
         """Close the connection (the server then runs ``plugbus_disconnect``).
