@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +17,6 @@ import jwt
 import yaml
 from conftest import ROOT, assert_problem, assert_refused, settle
 
-TESTS = Path(__file__).resolve().parent
-PYPATH = {"PYTHONPATH": str(TESTS)}
 WHOAMI = {"whoami": "fixture_plugins.whoami"}
 JWT_SECRET = "hostile-jwt-secret-that-is-long-enough-for-hs256"
 PUBLISH_KEY = "hostile-publish-key-41a7"
