@@ -21,6 +21,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,24 @@ def restart_server(server: Server, env: dict[str, str] | None = None) -> None:
     server.restart(env)
 
 
-def stop_all(servers: list[Server]) -> None:
-    """Stop servers side by side: all are interrupted first, then each is waited for."""
+#: Servers told to stop whose end nobody waited for yet (see :func:`retire`).
+_retired: list[Server] = []
+
+
+def retire(*servers: Server) -> None:
+    """Stop servers without waiting for them: each is interrupted (SIGINT, it drains and
+    exits on its own) and reaped when the session ends. A test's teardown then costs nothing,
+    and the next test starts while the last one's servers wind down; each listens on a port
+    of its own, so nothing waits on them."""
     for server in servers:
         server.interrupt()
-    for server in servers:
-        server.wait()
+    _retired.extend(servers)
+
+
+def pytest_sessionfinish() -> None:
+    for server in _retired:
+        server.wait()  # kills what did not end in time
+    _retired.clear()
 
 
 @pytest.fixture
@@ -116,7 +129,15 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         return server
 
     yield _serve
-    stop_all(servers)
+    retire(*servers)
+
+
+def serve_together(
+    serve: Callable[..., Server], *configs: dict[str, Any] | None, env: dict[str, str] | None = None
+) -> list[Server]:
+    """``serve`` each config side by side (a start is mostly a new interpreter's imports)."""
+    with ThreadPoolExecutor(len(configs)) as pool:
+        return list(pool.map(lambda config: serve(config, env), configs))
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +145,7 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     """One server with the embedded default config, shared by a module's tests."""
     server = start_server(tmp_path_factory.mktemp("default"))
     yield server
-    server.stop()
+    retire(server)
 
 
 @pytest.fixture
@@ -236,6 +257,10 @@ class RedisServer:
     def start(self) -> None:
         """Start it and wait until it answers PING; on a first start, a port taken in the
         meantime (by another test worker) means a new port."""
+        if self.proc is not None:  # started before: clients know this port, keep it
+            if not self._start_once():
+                raise RuntimeError(f"redis-server did not start again on port {self.port}")
+            return
         for _ in range(3):
             if self._start_once():
                 return
@@ -288,8 +313,7 @@ class RedisServer:
 
     def restart(self) -> None:
         self.stop()
-        if not self._start_once():
-            raise RuntimeError(f"redis-server did not restart on port {self.port}")
+        self.start()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import assert_problem, settle
+from conftest import assert_problem, retire, settle
 
 MODERATED = {"plugins": {"settings": {"moderation": {"max_length": 20, "blocked_words": ["darn"]}}}}
 
@@ -22,7 +22,7 @@ def moderated_server(tmp_path_factory):
 
     server = start_server(tmp_path_factory.mktemp("moderated"), MODERATED)
     yield server
-    server.stop()
+    retire(server)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, refused_connect, settle, start_server, wait_disconnected
+from conftest import Server, refused_connect, retire, settle, start_server, wait_disconnected
 from test_errors import assert_error_shape, assert_problem
 
 from plugbus import ConfigError
@@ -51,7 +51,7 @@ def all_actions(action: str) -> dict[str, Any]:
 def _module_server(tmp_path_factory: pytest.TempPathFactory, name: str, config: dict[str, Any]):
     server = start_server(tmp_path_factory.mktemp(name), config, PYTHONPATH)
     yield server
-    server.stop()
+    retire(server)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import assert_problem, assert_refused, settle, start_server
+from conftest import assert_problem, assert_refused, retire, settle, start_server
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 ISO_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -49,7 +49,7 @@ def envelope_server(tmp_path_factory):
         {"PYTHONPATH": str(TESTS)},
     )
     yield server
-    server.stop()
+    retire(server)
 
 
 # -- room messages ------------------------------------------------------------------------

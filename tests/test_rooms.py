@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import assert_problem, assert_refused, settle
+from conftest import assert_problem, assert_refused, retire, settle
 
 from plugbus import ConfigError
 
@@ -30,7 +30,7 @@ def strict_server(tmp_path_factory):
 
     server = start_server(tmp_path_factory.mktemp("strict"), STRICT, env={"PYTHONPATH": str(TESTS)})
     yield server
-    server.stop()
+    retire(server)
 
 
 # -- join, leave, my-rooms over Socket.IO -----------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import assert_problem, settle
+from conftest import assert_problem, retire, settle
 
 from plugbus import ConfigError
 
@@ -42,7 +42,7 @@ def templated_server(tmp_path_factory):
         tmp_path_factory.mktemp("templated"), TEMPLATED, env={"PYTHONPATH": str(TESTS)}
     )
     yield server
-    server.stop()
+    retire(server)
 
 
 # -- the connection greeting ------------------------------------------------------------------
