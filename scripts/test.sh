@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run all of it.
-#   scripts/test.sh [pytest args...]
+#   scripts/test.sh [pytest args...]        (runs on every core: pytest-xdist's -n auto)
 # Creates .venv (Python >= 3.11) when missing, installs plugbus with its test extras (pinned in
 # pyproject.toml) and runs pytest. Under CI=true a missing component is an error, never a skip.
 set -euo pipefail
@@ -60,4 +60,6 @@ if [ "$#" -eq 0 ] || [ "${PLUGBUS_LINT:-}" = "1" ]; then
   .venv/bin/mypy
 fi
 
-exec .venv/bin/python -m pytest "$@"
+# On every core (pytest-xdist; PLUGBUS_TEST_WORKERS=0 runs in this process), a module's tests on
+# one worker so that its shared servers start once; pytest's own -n or --dist given later win.
+exec .venv/bin/python -m pytest -n "${PLUGBUS_TEST_WORKERS:-auto}" --dist loadscope "$@"
