@@ -15,8 +15,12 @@ fixture is there in every test without a conftest. It has no autouse fixture::
 by uvicorn on a free loopback port in the test's own event loop — with the given plugins and
 config. ``server.client()`` connects a real python-socketio ``AsyncClient`` that records every
 event it receives; ``server.http`` is an ``httpx.AsyncClient`` for the REST door;
-``server.hooks`` records every hook call in order (see :class:`HookRecorder`). Everything is
-stopped when the test ends. The kit needs pytest-asyncio, httpx and aiohttp (the test extras).
+``server.hooks`` records every hook call in order (see :class:`HookRecorder`);
+``await server.settle(client)`` shows that nothing more is on its way to a client, without a
+sleep. ``await plugbus_server.spawn(...)`` runs ``plugbus serve`` in a child process instead
+(:class:`PlugbusProcess`), for tests about the process: its log, a kill, a restart. Everything
+is stopped when the test ends. The kit needs pytest-asyncio, httpx and aiohttp (the test
+extras).
 """
 
 from __future__ import annotations
@@ -59,7 +63,9 @@ async def plugbus_server(
 ) -> AsyncIterator[PlugbusServerFactory]:
     """Factory fixture: ``server = await plugbus_server(plugins=..., builtins=..., settings=...,
     config=...)`` starts a real plugbus on a free loopback port (see
-    :meth:`PlugbusServerFactory.__call__`). Servers and their clients stop when the test ends."""
+    :meth:`PlugbusServerFactory.__call__`); ``await plugbus_server.spawn(...)`` starts
+    ``plugbus serve`` in a child process. Servers, processes and their clients stop when the
+    test ends."""
     factory = PlugbusServerFactory(lambda: tmp_path_factory.mktemp("plugbus"))
     try:
         yield factory

@@ -171,8 +171,8 @@ class PlugbusClient:
     async def disconnect(self) -> None:
         """Close the connection (the server then runs ``plugbus_disconnect``).
 
-        A client still on long-polling takes up to ``ping_interval + ping_timeout`` seconds
-        (python-engineio waits for its pending poll); one upgraded to websocket is immediate.
+        A client still on long-polling waits for its pending poll to end (python-engineio
+        does); plugbus ends it as soon as the close arrives, so either transport is quick.
         """
         if self.sio.connected:
             await self.sio.disconnect()
