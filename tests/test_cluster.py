@@ -104,7 +104,7 @@ async def test_delivery_resumes_after_redis_restarts(two_nodes, redis_server, co
         )
         n += 1
         await on_a.call("send-message", {"message": "after restart", "roomID": "resilient"})
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
     # Presence came back too: each node wrote its state again.
     deadline = time.monotonic() + 10
     while (await room_view(b, "resilient"))["count"] != 2:
