@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run all of it.
-#   scripts/test.sh [pytest args...]
+#   scripts/test.sh [pytest args...]        (runs on every core: pytest-xdist's -n auto)
 # Creates .venv (Python >= 3.11) when missing, installs plugbus with its test extras at the exact
-# versions of constraints.txt (pyproject.toml declares ranges) and runs pytest. Under CI=true a missing component is an error, never a skip.
+# versions of constraints.txt (pyproject.toml declares ranges) and runs pytest. Under CI=true a
+# missing component is an error, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,4 +62,6 @@ if [ "$#" -eq 0 ] || [ "${PLUGBUS_LINT:-}" = "1" ]; then
   .venv/bin/lint-imports --no-logo
 fi
 
-exec .venv/bin/python -m pytest "$@"
+# On every core (pytest-xdist; PLUGBUS_TEST_WORKERS=0 runs in this process), a module's tests on
+# one worker so that its shared servers start once; pytest's own -n or --dist given later win.
+exec .venv/bin/python -m pytest -n "${PLUGBUS_TEST_WORKERS:-auto}" --dist loadscope "$@"

@@ -1,42 +1,62 @@
 """Shared test fixtures: real plugbus servers on loopback ports, real Socket.IO clients.
 
-``serve(config)`` starts ``python -m plugbus serve`` in a subprocess with a config written
-for the test (the embedded defaults, a free port, installed entry points off unless asked),
-waits until ``/health`` answers, and stops it afterwards. ``SocketClient`` wraps
-python-socketio's real AsyncClient and records every event it receives.
+They are thin layers over plugbus's own test kit (``plugbus.testing``, the pytest plugin that
+plugin authors use), so that the kit is exercised by the whole suite:
+
+- ``serve(config)`` starts ``python -m plugbus serve`` in a child process — the kit's
+  :class:`~plugbus.testing.PlugbusProcess` — with the embedded defaults, a free port and
+  installed entry points off, waits until it serves, and stops it afterwards. Tests that need
+  no process of their own (no log to read, no node to kill or restart) use the kit's in-process
+  ``plugbus_server`` fixture instead, which starts in a fraction of the time.
+- ``SocketClient`` is the kit's :class:`~plugbus.testing.PlugbusClient`: a real python-socketio
+  AsyncClient that records every event it receives.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import itertools
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import socketio
-import yaml
+
+from plugbus.testing import PlugbusClient, PlugbusProcess, PlugbusServer
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Files the tests leave for people to look at (screenshots); named in the test summary.
 ARTIFACTS = ROOT / "test-artifacts"
-_artifacts: list[Path] = []
+_artifacts: list[str] = []
+
+#: A running ``plugbus serve`` child process (the kit's class, under the suite's old name).
+Server = PlugbusProcess
 
 
 @pytest.fixture
-def record_artifact() -> Callable[[Path], None]:
+def record_artifact(request: pytest.FixtureRequest) -> Callable[[Path], None]:
     """``record_artifact(path)``: name a file in the summary at the end of the test run."""
     ARTIFACTS.mkdir(exist_ok=True)
-    return _artifacts.append
+
+    def record(path: Path) -> None:
+        # A user property travels with the test's report, so that under pytest-xdist the
+        # controller, which writes the summary, hears of files made in a worker.
+        request.node.user_properties.append(("artifact", str(path)))
+
+    return record
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _artifacts.extend(value for key, value in report.user_properties if key == "artifact")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -60,93 +80,42 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class Server:
-    """A running plugbus subprocess."""
-
-    url: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    config_path: Path
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 def start_server(
     directory: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None
 ) -> Server:
-    """Start plugbus with the embedded config overlaid by ``config``; wait until it serves."""
-    port = free_port()
-    base = yaml.safe_load((ROOT / "config.yaml").read_text())
-    # Short pings: python-engineio's polling client waits up to one ping interval to disconnect.
-    base = deep_merge(
-        base,
-        {
-            "server": {
-                "port": port,
-                "log_level": "warning",
-                "ping_interval": 2,
-                "ping_timeout": 5,
-                "shutdown_timeout": 2,
-            },
-            "plugins": {"entry_points": False},
-        },
-    )
-    merged = deep_merge(base, config or {})
+    """Start plugbus with the embedded config overlaid by ``config``; wait until it serves.
+
+    The kit's settings for a test server apply (a free port, ``log_level: warning``, pings of
+    2 s and 5 s, a 2 s shutdown, entry points off). A start that fails raises
+    :class:`~plugbus.testing.PlugbusExited` (a RuntimeError) carrying the server's output.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    config_path = directory / f"config-{port}.yaml"
-    config_path.write_text(yaml.safe_dump(merged))
-    log_path = directory / f"server-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "plugbus", "serve", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    server = Server(f"http://127.0.0.1:{port}", port, proc, config_path, log_path)
-    _wait_until_serving(server)
-    return server
+    return PlugbusProcess.start(directory, config=config, env=env)
 
 
 def restart_server(server: Server, env: dict[str, str] | None = None) -> None:
     """Stop ``server`` and start it again on the same port with the same config."""
-    server.stop()
-    with server.log_path.open("ab") as log:
-        server.proc = subprocess.Popen(
-            [sys.executable, "-m", "plugbus", "serve", "--config", str(server.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    _wait_until_serving(server)
+    server.restart(env)
 
 
-def _wait_until_serving(server: Server) -> None:
-    proc = server.proc
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"plugbus exited with {proc.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"plugbus did not start within 20 s:\n{server.log()}")
+#: Servers told to stop whose end nobody waited for yet (see :func:`retire`).
+_retired: list[Server] = []
+
+
+def retire(*servers: Server) -> None:
+    """Stop servers without waiting for them: each is interrupted (SIGINT, it drains and
+    exits on its own) and reaped when the session ends. A test's teardown then costs nothing,
+    and the next test starts while the last one's servers wind down; each listens on a port
+    of its own, so nothing waits on them."""
+    for server in servers:
+        server.interrupt()
+    _retired.extend(servers)
+
+
+def pytest_sessionfinish() -> None:
+    for server in _retired:
+        server.wait()  # kills what did not end in time
+    _retired.clear()
 
 
 @pytest.fixture
@@ -160,8 +129,15 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         return server
 
     yield _serve
-    for server in servers:
-        server.stop()
+    retire(*servers)
+
+
+def serve_together(
+    serve: Callable[..., Server], *configs: dict[str, Any] | None, env: dict[str, str] | None = None
+) -> list[Server]:
+    """``serve`` each config side by side (a start is mostly a new interpreter's imports)."""
+    with ThreadPoolExecutor(len(configs)) as pool:
+        return list(pool.map(lambda config: serve(config, env), configs))
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +145,7 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     """One server with the embedded default config, shared by a module's tests."""
     server = start_server(tmp_path_factory.mktemp("default"))
     yield server
-    server.stop()
+    retire(server)
 
 
 @pytest.fixture
@@ -185,8 +161,7 @@ async def js() -> AsyncIterator[Callable[..., Any]]:
         return client
 
     yield _start
-    for client in clients:
-        await client.close()
+    await asyncio.gather(*(client.close() for client in clients))
 
 
 def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -228,13 +203,43 @@ async def refused_connect(server: Server, **kwargs: Any) -> dict[str, Any]:
     return error  # type: ignore[no-any-return]
 
 
-async def wait_disconnected(client: SocketClient, timeout: float = 5) -> None:
+_sentinels = itertools.count(1)
+
+
+async def settle(
+    server: Any, *clients: PlugbusClient, headers: dict[str, str] | None = None
+) -> None:
+    """Wait until everything ``server`` sent ``clients`` before this call has arrived, so that
+    a following ``assert client.received(...) == []`` proves that nothing came — no sleep.
+
+    A kit server (``plugbus_server``) sends its own sentinel event (``server.settle``). A
+    ``serve`` process has no such back door: each client gets a direct message over REST
+    (the relay plugin's ``POST /connections/{sid}/messages``; ``headers`` for its API key),
+    which is taken out of ``client.events`` once it arrived. Either way the sentinel travels
+    after whatever the test did before, on the same connection, whose packets keep their order.
+    On a cluster, settle on the node that sent what must not arrive.
+    """
+    if isinstance(server, PlugbusServer):
+        await server.settle(*clients)
+        return
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10) as http:
+        for client in clients:
+            token = f"sentinel {next(_sentinels)}"  # short: it passes max_length rules too
+            seen = len(client.received("receive-message"))
+            resp = await http.post(f"/connections/{client.sid}/messages", json={"message": token})
+            assert resp.status_code == 200, resp.text
+            while True:
+                seen += 1
+                message = (await client.wait_for("receive-message", seen))[-1]
+                # an envelope (relay.envelope: true) carries the message inside
+                if token in (message, isinstance(message, dict) and message.get("message")):
+                    break
+            client.events.remove(("receive-message", message))
+
+
+async def wait_disconnected(client: PlugbusClient, timeout: float = 5) -> None:
     """Wait until the server has closed ``client``'s connection."""
-    for _ in range(int(timeout / 0.05)):
-        if not client.sio.connected:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the client is still connected")
+    await client.wait_disconnected(timeout=timeout)
 
 
 @dataclass
@@ -250,6 +255,19 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start it and wait until it answers PING; on a first start, a port taken in the
+        meantime (by another test worker) means a new port."""
+        if self.proc is not None:  # started before: clients know this port, keep it
+            if not self._start_once():
+                raise RuntimeError(f"redis-server did not start again on port {self.port}")
+            return
+        for _ in range(3):
+            if self._start_once():
+                return
+            self.port = free_port()
+        raise RuntimeError("redis-server did not start (three ports tried)")
+
+    def _start_once(self) -> bool:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed: scripts/test.sh installs it"
         self.proc = subprocess.Popen(
@@ -271,11 +289,22 @@ class RedisServer:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False  # could not bind
+            # PING, not a bare connect: the port must be this redis-server's, not a stranger's
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+                s.settimeout(1)
+                try:
+                    s.connect(("127.0.0.1", self.port))
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return True
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        self.proc.kill()
+        self.proc.wait(5)
+        return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -296,65 +325,27 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@dataclass
-class SocketClient:
-    """A real python-socketio AsyncClient that records every event it receives."""
-
-    sio: socketio.AsyncClient
-    events: list[tuple[str, Any]] = field(default_factory=list)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def received(self, event: str) -> list[Any]:
-        return [data for name, data in self.events if name == event]
+class SocketClient(PlugbusClient):
+    """The test kit's client (:class:`plugbus.testing.PlugbusClient`), with this suite's
+    ``wait_for(event, count, timeout)`` taking its timeout by position too."""
 
     async def wait_for(self, event: str, count: int = 1, timeout: float = 5.0) -> list[Any]:
-        """Wait until ``event`` arrived ``count`` times; return its payloads."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(self.received(event)) < count:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"{event!r} arrived {len(self.received(event))} times, "
-                    f"wanted {count}; got {self.events!r}"
-                )
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
-        return self.received(event)
-
-    async def call(self, event: str, *data: Any, timeout: float = 5.0) -> Any:
-        return (
-            await self.sio.call(event, data[0] if len(data) == 1 else data, timeout=timeout)
-            if data
-            else await self.sio.call(event, timeout=timeout)
-        )
-
-    async def emit(self, event: str, data: Any) -> None:
-        await self.sio.emit(event, data)
+        return await super().wait_for(event, count, timeout=timeout)
 
 
 @pytest.fixture
 async def connect() -> AsyncIterator[Callable[..., Any]]:
-    """Factory: ``await connect(server, transports=[...], auth=...)`` -> :class:`SocketClient`."""
+    """Factory: ``await connect(server, transports=[...], auth=..., headers=...)`` ->
+    :class:`SocketClient`, for a ``serve`` process or a kit server alike (anything with
+    ``url``). The clients are disconnected side by side when the test ends."""
     clients: list[SocketClient] = []
 
-    async def _connect(server: Server, wait_welcome: bool = False, **kwargs: Any) -> SocketClient:
-        client = SocketClient(socketio.AsyncClient(reconnection=False))
-
-        async def record(event: str, data: Any = None) -> None:
-            client.events.append((event, data))
-            client._changed.set()
-
-        client.sio.on("*", record)
-        await client.sio.connect(server.url, wait_timeout=5, **kwargs)
+    async def _connect(server: Any, wait_welcome: bool = False, **kwargs: Any) -> SocketClient:
+        client = await SocketClient.connect(server.url, **kwargs)
         clients.append(client)
         if wait_welcome:
             await client.wait_for("welcome")
         return client
 
     yield _connect
-    for client in clients:
-        if client.sio.connected:
-            await client.sio.disconnect()
+    await asyncio.gather(*(client.disconnect() for client in clients), return_exceptions=True)

@@ -154,7 +154,7 @@ async def test_jwt_hs256_says_why_a_token_is_refused(serve, connect):
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])
-async def test_jwt_with_a_public_key(serve, connect, alg):
+async def test_jwt_with_a_public_key(plugbus_server, connect, alg):
     private = (
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
         if alg == "RS256"
@@ -170,16 +170,9 @@ async def test_jwt_with_a_public_key(serve, connect, alg):
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    server = serve(
-        {
-            "plugins": {
-                "modules": WHOAMI,
-                "settings": {
-                    "auth": {"mode": "jwt", "jwt": {"algorithms": [alg], "public_key": public_pem}}
-                },
-            }
-        },
-        env=PYPATH,
+    server = await plugbus_server(
+        plugins=WHOAMI,
+        settings={"auth": {"mode": "jwt", "jwt": {"algorithms": [alg], "public_key": public_pem}}},
     )
     client = await connect(server, auth={"token": make_jwt(private, alg)})
     assert (await client.call("whoami"))["data"]["user_id"] == "carol"
@@ -191,16 +184,11 @@ async def test_jwt_with_a_public_key(serve, connect, alg):
     )
 
 
-async def test_a_deployment_can_swap_in_its_own_authentication(serve, connect):
+async def test_a_deployment_can_swap_in_its_own_authentication(plugbus_server, connect):
     """Switch the built-in off; a plugin of one's own answers plugbus_authenticate."""
-    server = serve(
-        {
-            "plugins": {
-                "builtins": ["welcome", "rooms", "relay"],
-                "modules": {**WHOAMI, "cookie": "fixture_plugins.cookie_auth"},
-            }
-        },
-        env=PYPATH,
+    server = await plugbus_server(
+        builtins=["welcome", "rooms", "relay"],
+        plugins={**WHOAMI, "cookie": "fixture_plugins.cookie_auth"},
     )
     ok = await connect(server, headers={"Cookie": "session=valid-session"})
     assert (await ok.call("whoami"))["data"]["user_id"] == "cookie-user"
@@ -281,16 +269,16 @@ async def test_rest_api_keys_and_scopes(serve, connect):
         assert PUBLISH_KEY not in line and ADMIN_KEY not in line
 
 
-async def test_room_rules_refuse_and_admit(serve, connect):
-    server = serve(
-        static_config(
+async def test_room_rules_refuse_and_admit(plugbus_server, connect):
+    server = await plugbus_server(
+        config=static_config(
             rooms=[
                 {"pattern": "staff-*", "roles": ["staff"]},
                 {"pattern": "private-{user_id}", "anyone_identified": True},
                 {"pattern": "private-*"},
             ]
         ),
-        env=ENV,
+        env={"ALICE_TOKEN": ALICE_TOKEN},
     )
     alice = await connect(server, auth={"token": ALICE_TOKEN})
     bob = await connect(server, auth={"token": BOB_TOKEN})
@@ -305,23 +293,28 @@ async def test_room_rules_refuse_and_admit(serve, connect):
     assert (await bob.call("join-room", {"room": "lobby"}))["ok"]
 
 
-async def test_connection_limits(serve, connect):
-    server = serve({"server": {"limits": {"max_connections": 2}}})
+async def test_connection_limits(plugbus_server, connect):
+    server = await plugbus_server(config={"server": {"limits": {"max_connections": 2}}})
     first = await connect(server)
     await connect(server)
     assert "server is full" in await refused(server)
+    gone = first.sid
     await first.sio.disconnect()
-    await asyncio.sleep(0.3)
+    await server.hooks.wait_for("plugbus_disconnect", sid=gone)  # the server let it go
     again = await connect(server)
     assert again.sio.connected
-    per_address = serve({"server": {"limits": {"max_connections_per_address": 1}}})
+    per_address = await plugbus_server(
+        config={"server": {"limits": {"max_connections_per_address": 1}}}
+    )
     one = await connect(per_address)
     assert "too many connections from your address (limit 1)" in await refused(per_address)
     assert one.sio.connected
 
 
-async def test_event_rate_limit_refuses_then_recovers(serve, connect):
-    server = serve({"server": {"limits": {"events_per_second": 5, "event_burst": 3}}})
+async def test_event_rate_limit_refuses_then_recovers(plugbus_server, connect):
+    server = await plugbus_server(
+        config={"server": {"limits": {"events_per_second": 5, "event_burst": 3}}}
+    )
     fast = await connect(server, wait_welcome=True)
     calm = await connect(server, wait_welcome=True)
     acks = [await fast.call("join-room", {"room": f"r{i}"}) for i in range(4)]
@@ -335,21 +328,16 @@ async def test_event_rate_limit_refuses_then_recovers(serve, connect):
     assert (await fast.call("join-room", {"room": "again"}))["ok"]
 
 
-async def test_oversized_messages_are_refused_at_the_transport(serve, connect):
-    server = serve(
-        {
-            "server": {"max_message_bytes": 2000},
-            "plugins": {"settings": {"moderation": {"max_length": 0}}},
-        }
+async def test_oversized_messages_are_refused_at_the_transport(plugbus_server, connect):
+    server = await plugbus_server(
+        config={"server": {"max_message_bytes": 2000}},
+        settings={"moderation": {"max_length": 0}},
     )
     big = await connect(server, transports=["websocket"], wait_welcome=True)
     other = await connect(server, wait_welcome=True)
     await other.call("join-room", {"room": "r"})
     await big.emit("send-message", {"message": "x" * 5000, "roomID": "r"})
-    for _ in range(50):
-        if not big.sio.connected:
-            break
-        await asyncio.sleep(0.1)
+    await big.wait_disconnected()
     assert not big.sio.connected  # closed with WebSocket code 1009, "message too big"
     async with httpx.AsyncClient(base_url=server.url) as http:
         body = problem(

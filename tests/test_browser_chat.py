@@ -50,8 +50,10 @@ async def say(page, text: str) -> None:
     await page.click("#send")
 
 
-async def test_two_browsers_chat_rest_escaping_and_refusals(serve, browser, record_artifact):
-    server = serve({"plugins": {"settings": {"moderation": {"blocked_words": ["forbidden"]}}}})
+async def test_two_browsers_chat_rest_escaping_and_refusals(
+    plugbus_server, browser, record_artifact
+):
+    server = await plugbus_server(settings={"moderation": {"blocked_words": ["forbidden"]}})
     alice = await open_chat(browser, server, "alice", "lobby")
     bob = await open_chat(browser, server, "bob", "lobby")
     assert await alice.text_content("#log li.system") == "Welcome to server"
@@ -111,8 +113,8 @@ async def test_chat_page_loads_socketio_client_from_plugbus_itself(default_serve
     )
 
 
-async def test_chat_page_can_be_switched_off(serve):
-    server = serve({"server": {"chat_page": False}})
+async def test_chat_page_can_be_switched_off(plugbus_server):
+    server = await plugbus_server(config={"server": {"chat_page": False}})
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/")).status_code == 404
         assert (await http.get("/static/socket.io.min.js")).status_code == 404

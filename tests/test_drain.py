@@ -277,3 +277,41 @@ async def test_a_rolling_stop_moves_every_client_to_the_surviving_node(balancer_
         for c in clients:
             with contextlib.suppress(Exception):
                 await c.sio.disconnect()
+
+
+async def test_a_rolling_stop_loses_nothing_for_a_recovering_client(serve, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """The official client on the node being stopped, messages published on the other node the
+    whole time: drained, it reconnects through the balancer to the survivor, recovers its
+    session there from Redis, and gets every acknowledged message once, in order."""
+    from jsclient import JsClient
+    from test_recovery import assert_exactly_once_in_order, connects, is_message, publish
+
+    config = {
+        "server": {
+            "backend": redis_server.url,
+            "recovery": {"clients": "all"},
+            "drain_seconds": 0.5,
+            "shutdown_timeout": 2,
+        }
+    }
+    a, b = serve(config), serve(config)
+    async with Balancer([a]) as balancer:  # only A at first: the client lands there
+        client = await JsClient.start(balancer.url)
+        try:
+            first = await client.connect(transports=["websocket"])
+            assert (await client.call("join-room", {"room": "r"}))["ok"] is True
+            balancer.backends.append(b)
+            texts = [f"m{i:03d}" for i in range(100)]
+            publisher = asyncio.create_task(publish([b.url], "r", texts, rate=50))
+            await client.wait(is_message, count=10)
+            a.proc.send_signal(signal.SIGTERM)
+            await client.wait(lambda m: m["type"] == "connect", count=2, timeout=15)
+            await publisher  # every message acknowledged (200) by B
+            await client.wait(is_message, count=len(texts), timeout=15)
+            await asyncio.sleep(0.3)  # and nothing more follows
+            again = connects(client)[1]
+            assert again["recovered"] is True and again["sid"] == first["sid"]
+            assert_exactly_once_in_order(client, texts)
+            a.proc.wait(10)
+        finally:
+            await client.close()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
-from conftest import assert_problem
+from conftest import assert_problem, retire, settle
 
 MODERATED = {"plugins": {"settings": {"moderation": {"max_length": 20, "blocked_words": ["darn"]}}}}
 
@@ -24,7 +22,7 @@ def moderated_server(tmp_path_factory):
 
     server = start_server(tmp_path_factory.mktemp("moderated"), MODERATED)
     yield server
-    server.stop()
+    retire(server)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +110,7 @@ async def test_bad_input_never_disturbs_other_clients(default_server, connect):
     assert await good.wait_for("receive-message") == ["still here"]
     assert bad.sio.connected and good.sio.connected
     # The oversized message never reached the room.
-    await asyncio.sleep(0.2)
+    await settle(default_server, good)
     assert good.received("receive-message") == ["still here"]
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         assert (await http.get("/health")).json()["status"] == "ok"
@@ -135,7 +133,7 @@ async def test_moderated_message_is_refused_over_socket_with_reason(
     await sender.emit("send-message", {"message": message, "roomID": "mod"})
     [error] = await sender.wait_for("error")
     assert error["details"]["rule"] == rule
-    await asyncio.sleep(0.2)
+    await settle(moderated_server, member)
     assert member.received("receive-message") == []
     assert (await sender.call("send-message", {"message": "fine", "roomID": "mod"}))["ok"] is True
     assert await member.wait_for("receive-message") == ["fine"]
@@ -158,7 +156,7 @@ async def test_moderated_message_is_refused_over_rest_with_reason(
     body = assert_problem(resp, 403, "message_rejected")
     assert body["details"]["rule"] == rule
     assert fragment in body["detail"]
-    await asyncio.sleep(0.2)
+    await settle(moderated_server, member)
     assert member.received("receive-message") == []
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import jsonschema
 from conftest import ROOT
 
-TESTS = Path(__file__).resolve().parent
 SPEC = (
     ROOT
     / "tests"
@@ -70,10 +68,8 @@ def test_the_validator_really_rejects_a_broken_document():
     assert list(asyncapi_validator().iter_errors(broken))
 
 
-async def test_a_plugin_event_appears_in_the_contract(serve):
-    server = serve(
-        {"plugins": {"modules": {"shout": "fixture_plugins.shout"}}}, env={"PYTHONPATH": str(TESTS)}
-    )
+async def test_a_plugin_event_appears_in_the_contract(plugbus_server):
+    server = await plugbus_server(plugins={"shout": "fixture_plugins.shout"})
     async with httpx.AsyncClient(base_url=server.url) as http:
         doc = (await http.get("/asyncapi.json")).json()
         one = await http.get("/events/shout/schema")

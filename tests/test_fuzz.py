@@ -25,7 +25,7 @@ import httpx
 import pytest
 import schemathesis
 import socketio
-from conftest import start_server
+from conftest import retire, start_server
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
@@ -63,8 +63,7 @@ def rest_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         {**no_limits, "plugins": {"settings": {"auth": {"api_keys": KEYS}}}},
     )
     yield {"open": open_server, "keys": keyed}
-    open_server.stop()
-    keyed.stop()
+    retire(open_server, keyed)
 
 
 def check_response(case: Any, response: Any) -> None:
@@ -214,7 +213,7 @@ def event_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         },
     )
     yield server
-    server.stop()
+    retire(server)
 
 
 def event_fields(server: Any) -> dict[str, list[str]]:

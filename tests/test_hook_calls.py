@@ -186,13 +186,31 @@ async def test_monitors_get_the_result_or_the_exception_as_a_pluggy_result(
 async def test_trace_hooks_logs_every_hook_of_a_full_run_with_plugins_and_durations(
     serve: Any, connect: Any
 ) -> None:
-    server = serve(env={"PLUGBUS_TRACE_HOOKS": "1"})
+    server = serve(
+        {"server": {"recovery": {"max_disconnection_s": 1}}}, env={"PLUGBUS_TRACE_HOOKS": "1"}
+    )
     client = await connect(server, transports=["websocket"], wait_welcome=True)
     assert (await client.call("join-room", {"room": "lobby"}))["ok"] is True
     assert (await client.call("leave-room", {"room": "lobby"}))["ok"] is True
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/plugins")).status_code == 200
     await client.sio.disconnect()
+    # recovery's two hooks: a session that comes back, and one that never does
+    for comes_back in (True, False):
+        lost = await connect(server, transports=["websocket"], auth={"recovery": True})
+        assert lost.pid is not None
+        sid = lost.sid
+        await lost.sio.eio.disconnect(abort=True)  # the transport is lost, not closed
+        if comes_back:
+            back = await connect(
+                server, transports=["websocket"], auth={"recovery": True, "pid": lost.pid}
+            )
+            assert back.sio.get_sid("/") == sid
+            await back.sio.disconnect()
+    deadline = asyncio.get_running_loop().time() + 5
+    while "plugbus_session_expired [" not in server.log():
+        assert asyncio.get_running_loop().time() < deadline, "no session expired"
+        await asyncio.sleep(0.1)
     await asyncio.to_thread(server.stop)
     log = server.log()
     called = set(re.findall(r"plugbus\.trace: (plugbus_\w+) \[", log))

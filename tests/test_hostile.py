@@ -10,16 +10,13 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import yaml
-from conftest import ROOT, assert_problem, assert_refused
+from conftest import ROOT, assert_problem, assert_refused, settle
 
-TESTS = Path(__file__).resolve().parent
-PYPATH = {"PYTHONPATH": str(TESTS)}
 WHOAMI = {"whoami": "fixture_plugins.whoami"}
 JWT_SECRET = "hostile-jwt-secret-that-is-long-enough-for-hs256"
 PUBLISH_KEY = "hostile-publish-key-41a7"
@@ -70,8 +67,8 @@ RULES = [
 # -- item 6: presence and posting follow the room's join rules; events declare REST scopes ----
 
 
-async def test_presence_of_a_restricted_room_follows_its_join_rules(serve, connect):
-    server = serve(jwt_config(rooms=RULES, api_keys=KEYS), env=PYPATH)
+async def test_presence_of_a_restricted_room_follows_its_join_rules(plugbus_server, connect):
+    server = await plugbus_server(config=jwt_config(rooms=RULES, api_keys=KEYS))
     staff = await connect(server, auth={"token": token("sam", ["staff"])}, wait_welcome=True)
     outsider = await connect(server, auth={"token": token("eve")}, wait_welcome=True)
     assert (await staff.call("join-room", {"room": "staff-ops"}))["ok"]
@@ -94,6 +91,7 @@ async def test_presence_of_a_restricted_room_follows_its_join_rules(serve, conne
     )
     assert "may not post into room 'staff-ops'" in error["message"]
     assert (await outsider.call("send-message", {"message": "hi", "roomID": "lobby"}))["ok"]
+    await settle(server, staff)
     assert staff.received("receive-message") == []
 
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
@@ -153,8 +151,10 @@ async def test_presence_of_a_restricted_room_follows_its_join_rules(serve, conne
 # -- item 7: an identity substituted into a room-rule glob is matched literally -----------------
 
 
-async def test_a_wildcard_user_id_does_not_open_other_peoples_private_rooms(serve, connect):
-    server = serve(jwt_config(rooms=RULES), env=PYPATH)
+async def test_a_wildcard_user_id_does_not_open_other_peoples_private_rooms(
+    plugbus_server, connect
+):
+    server = await plugbus_server(config=jwt_config(rooms=RULES))
     star = await connect(server, auth={"token": token("*")})
     a_star = await connect(server, auth={"token": token("a*")})
     qmark = await connect(server, auth={"token": token("b?b")})
@@ -221,8 +221,8 @@ async def test_lone_surrogates_are_an_invalid_payload_on_both_doors(serve, conne
 # -- item 9: sanction durations are numbers, and bounded -----------------------------------------
 
 
-async def test_sanction_duration_is_bounded_and_strictly_a_number(serve):
-    server = serve({"plugins": {"settings": {"moderation": {"max_sanction_seconds": 3600}}}})
+async def test_sanction_duration_is_bounded_and_strictly_a_number(plugbus_server):
+    server = await plugbus_server(settings={"moderation": {"max_sanction_seconds": 3600}})
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         for path in ("/moderation/bans", "/moderation/mutes"):
             # the probe: 2.5e11 s answered 500 (OverflowError)
@@ -273,13 +273,13 @@ def readme_lockdown() -> dict[str, Any]:
     return yaml.safe_load(block.group(1))  # type: ignore[no-any-return]
 
 
-async def test_the_readme_lock_down_locks_down(serve, connect):
+async def test_the_readme_lock_down_locks_down(plugbus_server, connect):
     settings = readme_lockdown()
     assert settings["auth"]["rooms_default"] == "closed"
     assert settings["relay"]["require_membership"] is True and settings["relay"]["sender_roles"]
     settings["auth"]["jwt"] = {"algorithms": ["HS256"], "secret": JWT_SECRET}
-    server = serve(
-        {"plugins": {"settings": settings}},
+    server = await plugbus_server(
+        settings=settings,
         env={"PLUGBUS_BACKEND_KEY": PUBLISH_KEY, "PLUGBUS_OPS_KEY": ADMIN_KEY},
     )
     staff = await connect(server, auth={"token": token("sam", ["staff"])}, wait_welcome=True)
@@ -304,17 +304,10 @@ async def test_the_readme_lock_down_locks_down(serve, connect):
         )
 
 
-async def test_rooms_default_closed_needs_a_rule_and_anyone_opens_one(serve, connect):
-    server = serve(
-        {
-            "plugins": {
-                "settings": {
-                    "auth": {
-                        "rooms_default": "closed",
-                        "rooms": [{"pattern": "lobby", "anyone": True}],
-                    }
-                }
-            }
+async def test_rooms_default_closed_needs_a_rule_and_anyone_opens_one(plugbus_server, connect):
+    server = await plugbus_server(
+        settings={
+            "auth": {"rooms_default": "closed", "rooms": [{"pattern": "lobby", "anyone": True}]}
         }
     )
     anonymous = await connect(server, wait_welcome=True)
@@ -329,9 +322,9 @@ async def test_rooms_default_closed_needs_a_rule_and_anyone_opens_one(serve, con
 # -- REST publishing rate limit -----------------------------------------------------------------
 
 
-async def test_rest_publishing_is_rate_limited_per_key_and_per_address(serve, connect):
-    server = serve(
-        {
+async def test_rest_publishing_is_rate_limited_per_key_and_per_address(plugbus_server, connect):
+    server = await plugbus_server(
+        config={
             "server": {
                 "limits": {
                     "rest_publish_per_key": 1,
@@ -381,8 +374,8 @@ async def test_rest_publishing_is_rate_limited_per_key_and_per_address(serve, co
         assert (await http.get("/health")).status_code == 200
     assert (await canary.wait_for("receive-message", 5))[-2:] == ["other key", "socket"]
 
-    by_address = serve(
-        {"server": {"limits": {"rest_publish_per_address": 1, "rest_publish_burst": 2}}}
+    by_address = await plugbus_server(
+        config={"server": {"limits": {"rest_publish_per_address": 1, "rest_publish_burst": 2}}}
     )
     async with httpx.AsyncClient(base_url=by_address.url, timeout=10) as http:
         statuses = [
@@ -396,8 +389,8 @@ async def test_rest_publishing_is_rate_limited_per_key_and_per_address(serve, co
 # -- REST refusals with the right answer --------------------------------------------------------
 
 
-async def test_rest_refusals_answer_the_right_status(serve):
-    server = serve({"server": {"max_message_bytes": 5000}})
+async def test_rest_refusals_answer_the_right_status(plugbus_server):
+    server = await plugbus_server(config={"server": {"max_message_bytes": 5000}})
 
     async def chunks():
         for _ in range(10):
@@ -428,8 +421,8 @@ async def test_rest_refusals_answer_the_right_status(serve):
         assert "(6000 characters)" in body["detail"]
 
 
-async def test_an_unknown_event_with_a_huge_name_is_answered_briefly(serve, connect):
-    server = serve()
+async def test_an_unknown_event_with_a_huge_name_is_answered_briefly(plugbus_server, connect):
+    server = await plugbus_server()
     client = await connect(server, wait_welcome=True)
     name = "e" * 900_000
     ack = await client.call(name, {}, timeout=10)
@@ -438,8 +431,8 @@ async def test_an_unknown_event_with_a_huge_name_is_answered_briefly(serve, conn
     assert "(900000 characters)" in error["message"]
 
 
-async def test_room_names_refuse_look_alikes_and_slashes(serve, connect):
-    server = serve()
+async def test_room_names_refuse_look_alikes_and_slashes(plugbus_server, connect):
+    server = await plugbus_server()
     client = await connect(server, wait_welcome=True)
     for name, char in [
         ("admin\u202eniamda", "U+202E"),
@@ -471,7 +464,12 @@ async def test_credentials_in_the_query_string_stay_out_of_the_access_log(serve,
         auth={"token": secret},
         headers={"Authorization": f"Bearer {secret}"},
     )
-    await asyncio.sleep(0.2)
+    # uvicorn logs the websocket's handshake line, the one that would carry the query, before
+    # the connection opens: once "connection open" is in the log, that line is there too
+    deadline = time.monotonic() + 5
+    while "connection open" not in server.log():
+        assert time.monotonic() < deadline, server.log()
+        await asyncio.sleep(0.02)
     log = server.log()
     assert "GET /health?token=[redacted]&api_key=[redacted]&x=1" in log
     assert secret not in log and key not in log

@@ -26,19 +26,29 @@ async def test_seed_flow_welcome_join_send_receive(default_server, js, opts):
         await js(default_server),
         await js(default_server),
     )
+    sids = []
     for client in (alice, bob, outsider):
-        assert (await client.connect(**opts))["type"] == "connect"
+        connected = await client.connect(**opts)
+        assert connected["type"] == "connect"
+        sids.append(connected["sid"])
         assert await client.wait_event("welcome") == [["Welcome to server"]]
     room = "js-" + "-".join(opts["transports"])
     await alice.emit("join-room", {"room": room})
     await bob.emit("join-room", {"room": room})
     await outsider.emit("join-room", {"room": room + "-other"})
-    await asyncio.sleep(0.2)
+    # One connection's events are handled in order: a later call answered means joined.
+    for client in (alice, bob, outsider):
+        await client.call("my-rooms")
     await alice.emit("send-message", {"message": "hello from alice", "roomID": room})
     assert await bob.wait_event("receive-message") == [["hello from alice"]]
     assert await alice.wait_event("receive-message") == [["hello from alice"]]
-    await asyncio.sleep(0.3)
-    assert outsider.events("receive-message") == []
+    # A sentinel sent to the outsider after alice's message was delivered: once it is there,
+    # alice's message would have been too (one connection's packets keep their order).
+    await alice.call("my-rooms")  # alice's send was handled
+    async with httpx.AsyncClient(base_url=default_server.url) as http:
+        sent = await http.post(f"/connections/{sids[2]}/messages", json={"message": "sentinel"})
+        assert sent.status_code == 200, sent.text
+    assert await outsider.wait_event("receive-message") == [["sentinel"]]
 
 
 async def test_polling_upgrades_to_websocket(default_server, js):
@@ -53,8 +63,8 @@ async def test_polling_upgrades_to_websocket(default_server, js):
     assert ack["ok"] is True
 
 
-async def test_acks_carry_results_and_errors(serve, js):
-    server = serve({"plugins": {"settings": {"moderation": {"max_length": 10}}}})
+async def test_acks_carry_results_and_errors(plugbus_server, js):
+    server = await plugbus_server(settings={"moderation": {"max_length": 10}})
     client = await js(server)
     await client.connect()
     ok = await client.call("join-room", {"room": "acks"})
@@ -135,8 +145,8 @@ async def test_binary_payloads_buffer_in_buffer_out(default_server, js, connect)
     assert await py.wait_for("receive-message") == [blob]
 
 
-async def test_binary_payloads_can_be_switched_off(serve, js):
-    server = serve({"plugins": {"settings": {"relay": {"binary": False}}}})
+async def test_binary_payloads_can_be_switched_off(plugbus_server, js):
+    server = await plugbus_server(settings={"relay": {"binary": False}})
     client = await js(server)
     await client.connect()
     ack = await client.call("send-message", {"message": b"\x00\x01", "roomID": "r"})

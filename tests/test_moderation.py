@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, refused_connect, start_server, wait_disconnected
+from conftest import Server, refused_connect, retire, settle, start_server, wait_disconnected
 from test_errors import assert_error_shape, assert_problem
+
+from plugbus import ConfigError
 
 TESTS = Path(__file__).resolve().parent
 PYTHONPATH = {"PYTHONPATH": str(TESTS)}
@@ -49,7 +51,7 @@ def all_actions(action: str) -> dict[str, Any]:
 def _module_server(tmp_path_factory: pytest.TempPathFactory, name: str, config: dict[str, Any]):
     server = start_server(tmp_path_factory.mktemp(name), config, PYTHONPATH)
     yield server
-    server.stop()
+    retire(server)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +89,9 @@ async def member_of(connect, server: Server, room: str, **kwargs: Any):
     return client
 
 
-async def nothing_delivered(*clients) -> None:
-    await asyncio.sleep(0.3)
+async def nothing_delivered(server: Any, *clients: Any) -> None:
+    """A sentinel sent after everything the test did has arrived, and no message did."""
+    await settle(server, *clients)
     for client in clients:
         assert client.received("receive-message") == []
 
@@ -118,7 +121,7 @@ async def test_refuse_over_socket_ack_and_error_event(
     await sender.emit("send-message", {"message": message, "roomID": f"refuse-{rule}"})
     [error] = await sender.wait_for("error")
     assert error["details"]["rule"] == rule
-    await nothing_delivered(member, sender)
+    await nothing_delivered(refuse_server, member, sender)
     assert (await sender.call("send-message", {"message": "fine", "roomID": f"refuse-{rule}"}))[
         "ok"
     ]
@@ -137,7 +140,7 @@ async def test_refuse_over_rest_is_a_403_problem(
     assert body["details"]["rule"] == rule
     assert body["details"]["field"] == "message"
     assert fragment in body["detail"]
-    await nothing_delivered(member)
+    await nothing_delivered(refuse_server, member)
 
 
 @pytest.mark.parametrize(
@@ -224,7 +227,8 @@ async def test_drop_over_socket_acks_ok_and_delivers_nothing(drop_server, connec
         "data": None,
     }
     await sender.emit("send-message", {"message": message, "roomID": "drop"})
-    await nothing_delivered(member, sender)
+    await sender.call("my-rooms")  # handled after the emit: one connection's events keep order
+    await nothing_delivered(drop_server, member, sender)
     assert sender.received("error") == []
 
 
@@ -234,15 +238,15 @@ async def test_drop_over_rest_succeeds_and_delivers_nothing(drop_server, connect
     resp = await rest_send(drop_server, "events", "drop-rest", message)
     assert resp.status_code == 200
     assert resp.json() == {"ok": True, "data": None}
-    await nothing_delivered(member)
+    await nothing_delivered(drop_server, member)
 
 
 # -- flood ----------------------------------------------------------------------------------
 
 
-async def test_flood_refuses_with_retry_after_then_recovers(serve, connect):
-    server = serve(
-        moderation({"flood": {"burst": 3, "rate": 4}, "rules": {"flood": {"enabled": True}}})
+async def test_flood_refuses_with_retry_after_then_recovers(plugbus_server, connect):
+    server = await plugbus_server(
+        config=moderation({"flood": {"burst": 3, "rate": 4}, "rules": {"flood": {"enabled": True}}})
     )
     flooder = await connect(server, wait_welcome=True)
     calm = await connect(server, wait_welcome=True)
@@ -268,8 +272,8 @@ async def test_flood_refuses_with_retry_after_then_recovers(serve, connect):
 # -- slow mode ------------------------------------------------------------------------------
 
 
-async def test_slow_mode_per_room_set_over_rest(serve, connect):
-    server = serve(moderation({"slow_mode": {"rooms": {"configured": 30}}}))
+async def test_slow_mode_per_room_set_over_rest(plugbus_server, connect):
+    server = await plugbus_server(config=moderation({"slow_mode": {"rooms": {"configured": 30}}}))
     assert (await rest(server, "GET", "/moderation/slow-mode")).json() == {
         "seconds": 0,
         "rooms": {"configured": 30},
@@ -319,8 +323,8 @@ async def test_slow_mode_per_room_set_over_rest(serve, connect):
 # -- mute -----------------------------------------------------------------------------------
 
 
-async def test_mute_by_connection_then_unmute(serve, connect):
-    server = serve()
+async def test_mute_by_connection_then_unmute(plugbus_server, connect):
+    server = await plugbus_server()
     muted = await member_of(connect, server, "mute")
     other = await member_of(connect, server, "mute")
     resp = await rest(
@@ -364,8 +368,8 @@ async def test_mute_by_connection_then_unmute(serve, connect):
     assert "no-such-sid" in body["detail"]
 
 
-async def test_mute_by_identity_expires(serve, connect):
-    server = serve(moderation({}, extra_rule=True), env=PYTHONPATH)
+async def test_mute_by_identity_expires(plugbus_server, connect):
+    server = await plugbus_server(config=moderation({}, extra_rule=True))
     resp = await rest(
         server,
         "POST",
@@ -387,8 +391,10 @@ async def test_mute_by_identity_expires(serve, connect):
 # -- ban ------------------------------------------------------------------------------------
 
 
-async def test_ban_by_address_disconnects_and_refuses_reconnects_until_lifted(serve, connect):
-    server = serve()
+async def test_ban_by_address_disconnects_and_refuses_reconnects_until_lifted(
+    plugbus_server, connect
+):
+    server = await plugbus_server()
     a = await connect(server, wait_welcome=True)
     b = await connect(server, wait_welcome=True)
     sids = sorted([a.sio.get_sid(), b.sio.get_sid()])
@@ -422,8 +428,8 @@ async def test_ban_by_address_disconnects_and_refuses_reconnects_until_lifted(se
     assert (await rest(server, "GET", "/moderation/bans")).json() == []
 
 
-async def test_ban_by_connection_bans_its_identity(serve, connect):
-    server = serve(moderation({}, extra_rule=True), env=PYTHONPATH)
+async def test_ban_by_connection_bans_its_identity(plugbus_server, connect):
+    server = await plugbus_server(config=moderation({}, extra_rule=True))
     ada = await connect(server, wait_welcome=True, auth={"user_id": "ada"})
     bob = await connect(server, wait_welcome=True, auth={"user_id": "bob"})
     sid = ada.sio.get_sid()
@@ -445,8 +451,8 @@ async def test_ban_by_connection_bans_its_identity(serve, connect):
     assert (await connect(server, wait_welcome=True, auth={"user_id": "ada"})).sio.connected
 
 
-async def test_ban_by_connection_without_identity_bans_its_address(serve, connect):
-    server = serve()
+async def test_ban_by_connection_without_identity_bans_its_address(plugbus_server, connect):
+    server = await plugbus_server()
     a = await connect(server, wait_welcome=True)
     b = await connect(server, wait_welcome=True)
     sid_a, sid_b = a.sio.get_sid(), b.sio.get_sid()
@@ -469,8 +475,8 @@ async def test_ban_by_connection_without_identity_bans_its_address(serve, connec
     assert body["details"]["sid"] == sid_a
 
 
-async def test_ban_expires_after_its_duration(serve, connect):
-    server = serve()
+async def test_ban_expires_after_its_duration(plugbus_server, connect):
+    server = await plugbus_server()
     ban = (
         await rest(
             server,
@@ -509,8 +515,8 @@ async def test_sanction_bodies_are_validated(default_server, body, loc):
 # -- kick -----------------------------------------------------------------------------------
 
 
-async def test_kick_disconnects_one_connection_which_may_come_back(serve, connect):
-    server = serve()
+async def test_kick_disconnects_one_connection_which_may_come_back(plugbus_server, connect):
+    server = await plugbus_server()
     a = await connect(server, wait_welcome=True)
     b = await connect(server, wait_welcome=True)
     c = await connect(server, wait_welcome=True)
@@ -537,9 +543,9 @@ async def test_kick_disconnects_one_connection_which_may_come_back(serve, connec
 # -- log ------------------------------------------------------------------------------------
 
 
-async def test_log_records_decisions_and_sanctions(serve, connect):
-    server = serve(
-        moderation(
+async def test_log_records_decisions_and_sanctions(plugbus_server, connect):
+    server = await plugbus_server(
+        config=moderation(
             {
                 "blocked_words": ["darn"],
                 "log_size": 4,
@@ -547,7 +553,6 @@ async def test_log_records_decisions_and_sanctions(serve, connect):
             },
             extra_rule=True,
         ),
-        env=PYTHONPATH,
     )
     ada = await connect(server, wait_welcome=True, auth={"user_id": "ada"})
     sid = ada.sio.get_sid()
@@ -590,8 +595,8 @@ async def test_log_records_decisions_and_sanctions(serve, connect):
 # -- a plugin's own rule, and settings errors -----------------------------------------------
 
 
-async def test_plugin_rule_is_on_by_default_and_switchable(serve, connect):
-    server = serve(moderation({}, extra_rule=True), env=PYTHONPATH)
+async def test_plugin_rule_is_on_by_default_and_switchable(plugbus_server, connect):
+    server = await plugbus_server(config=moderation({}, extra_rule=True))
     a = await connect(server, wait_welcome=True)
     ack = await a.call("send-message", {"message": SHOUT, "roomID": "r"})
     assert ack["error"]["details"] == {
@@ -599,19 +604,17 @@ async def test_plugin_rule_is_on_by_default_and_switchable(serve, connect):
         "rule": "no_shouting",
         "field": "message",
     }
-    server = serve(
-        moderation({"rules": {"no_shouting": {"enabled": False}}}, extra_rule=True), env=PYTHONPATH
+    server = await plugbus_server(
+        config=moderation({"rules": {"no_shouting": {"enabled": False}}}, extra_rule=True)
     )
     a = await connect(server, wait_welcome=True)
     assert (await a.call("send-message", {"message": SHOUT, "roomID": "r"}))["ok"]
 
 
-def test_unknown_rule_name_stops_start_up(tmp_path):
-    with pytest.raises(RuntimeError) as info:
-        start_server(
-            tmp_path,
-            moderation({"rules": {"no_shoutin": {"action": "mask"}}}, extra_rule=True),
-            PYTHONPATH,
+async def test_unknown_rule_name_stops_start_up(plugbus_server):
+    with pytest.raises(ConfigError) as info:
+        await plugbus_server(
+            config=moderation({"rules": {"no_shoutin": {"action": "mask"}}}, extra_rule=True)
         )
     message = str(info.value)
     assert (
@@ -619,15 +622,15 @@ def test_unknown_rule_name_stops_start_up(tmp_path):
         in message
     )
     assert "no_shouting" in message  # the rules there are, to spot the typo
-    with pytest.raises(RuntimeError) as info:
-        start_server(tmp_path, moderation({"rules": {"no_shouting": {"action": "mask"}}}))
+    with pytest.raises(ConfigError) as info:
+        await plugbus_server(config=moderation({"rules": {"no_shouting": {"action": "mask"}}}))
     assert "no moderation rule named 'no_shouting'" in str(info.value)
     assert "is the plugin that adds it loaded?" in str(info.value)
 
 
-def test_bad_rule_settings_are_config_errors(tmp_path):
-    with pytest.raises(RuntimeError) as info:
-        start_server(tmp_path, moderation({"rules": {"blocked_words": {"action": "hide"}}}))
+async def test_bad_rule_settings_are_config_errors(plugbus_server):
+    with pytest.raises(ConfigError) as info:
+        await plugbus_server(config=moderation({"rules": {"blocked_words": {"action": "hide"}}}))
     assert "plugins.settings.moderation.rules.blocked_words.action" in str(info.value)
     assert "'refuse', 'mask' or 'drop'" in str(info.value)
 
@@ -650,20 +653,22 @@ async def test_defaults_only_limit_length(default_server, connect):
     }
 
 
-async def test_service_runs_with_moderation_switched_off(serve, connect):
-    server = serve({"plugins": {"builtins": ["welcome", "rooms", "relay"]}})
+async def test_service_runs_with_moderation_switched_off(plugbus_server, connect):
+    server = await plugbus_server(config={"plugins": {"builtins": ["welcome", "rooms", "relay"]}})
     a = await member_of(connect, server, "r")
     assert (await a.call("send-message", {"message": "x" * 5000, "roomID": "r"}))["ok"]
     assert await a.wait_for("receive-message") == ["x" * 5000]
     assert_problem(await rest(server, "GET", "/moderation/bans"), 404, "not_found")
 
 
-async def test_every_rule_switched_off(serve, connect):
+async def test_every_rule_switched_off(plugbus_server, connect):
     rules = {
         n: {"enabled": False}
         for n in ("ban", "mute", "flood", "slow_mode", "max_length", "blocked_words")
     }
-    server = serve(moderation({"max_length": 5, "blocked_words": ["darn"], "rules": rules}))
+    server = await plugbus_server(
+        config=moderation({"max_length": 5, "blocked_words": ["darn"], "rules": rules})
+    )
     a = await connect(server, wait_welcome=True)
     assert (await a.call("send-message", {"message": "darn, longer than five", "roomID": "r"}))[
         "ok"

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, refused_connect, start_server, wait_disconnected
+from conftest import Server, refused_connect, serve_together, start_server, wait_disconnected
 from test_errors import assert_error_shape, assert_problem
 
 TESTS = Path(__file__).resolve().parent
@@ -41,7 +41,8 @@ def nodes(serve, redis_server) -> Callable[..., tuple[Server, Server]]:
 
     def _start(settings: dict[str, Any] | None = None) -> tuple[Server, Server]:
         config = node_config(redis_server.url, settings)
-        return serve(config, env=PYTHONPATH), serve(config, env=PYTHONPATH)
+        a, b = serve_together(serve, config, config, env=PYTHONPATH)
+        return a, b
 
     return _start
 
@@ -77,7 +78,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 10) -> Any:
                 raise
         if time.monotonic() > deadline:
             raise AssertionError(f"still not true after {timeout} s")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
 
 
 # -- bans -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import socketio
 import websockets
-from conftest import Server, start_server
+from conftest import Server, retire, serve_together, start_server
 from test_event_contract import assert_valid_asyncapi
 
 from plugbus.core import ConfigError, load_config
@@ -38,7 +38,7 @@ ADMIN = {"token": "letmein"}
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(tmp_path_factory.mktemp("namespaces"), CONFIG, env=PYPATH)
     yield srv
-    srv.stop()
+    retire(srv)
 
 
 class Recorder:
@@ -121,8 +121,10 @@ async def test_one_client_in_two_namespaces_is_two_connections(server, clients):
     # /chat's status takes no fields: the /admin schema did not leak into it.
     refused = await sio.call("status", {"detail": True}, namespace="/chat", timeout=5)
     assert refused["ok"] is False and refused["error"]["code"] == "invalid_payload"
-    # No welcome on /chat or /admin: the greeting belongs to the default namespace.
-    await asyncio.sleep(0.2)
+    # No welcome on /chat or /admin: the greeting belongs to the default namespace. The acks
+    # above are the sentinel: a connection's CONNECT is handled, plugbus_connected (where
+    # greetings are sent) included, before its next packet is read, and one Engine.IO
+    # connection's packets arrive in order, so a greeting would have come before them.
     assert rec.got("/chat", "welcome") == [] and rec.got("/admin", "welcome") == []
 
 
@@ -216,7 +218,12 @@ async def test_rooms_are_per_namespace(server, clients):
     # "lobby" of / holds two connections; "lobby" of /chat is another room
     assert ack["data"]["recipients"] == 2
     assert (await rec.wait("/", "receive-message")) == [("only on /",)]
-    await asyncio.sleep(0.2)
+    # A sentinel on the same Engine.IO connection (its / namespace), sent after the message:
+    # once it is there, a stray delivery to /chat would have been too.
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        sent = await http.post(f"/connections/{sio.get_sid('/')}/messages", json={"message": "s"})
+        assert sent.status_code == 200, sent.text
+    assert (await rec.wait("/", "receive-message", count=2))[-1] == ("s",)
     assert rec.got("/chat", "receive-message") == []
     async with httpx.AsyncClient(base_url=server.url) as http:
         members = (await http.get("/rooms/lobby")).json()
@@ -473,7 +480,7 @@ async def test_rooms_of_two_namespaces_stay_apart_across_nodes(serve, redis_serv
         **CONFIG,
         "server": {**CONFIG["server"], "backend": redis_server.url, "presence_ttl": 3},
     }
-    a, b = serve(config, env=PYPATH), serve(config, env=PYPATH)
+    a, b = serve_together(serve, config, config, env=PYPATH)
     on_a, rec_a = await clients(a, ["/", "/chat"])
     on_b, _rec_b = await clients(b, ["/chat"])
     assert (await on_a.call("join-room", {"room": "lobby"}, namespace="/", timeout=5))["ok"]

@@ -3,16 +3,14 @@ package's entry point."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT
+from conftest import ROOT, settle
 
-TESTS = Path(__file__).resolve().parent
 ALL = ["auth", "welcome", "rooms", "relay", "moderation"]
 
 
@@ -20,8 +18,8 @@ def without(name: str) -> dict:
     return {"plugins": {"builtins": [b for b in ALL if b != name]}}
 
 
-async def test_without_welcome_no_greeting_but_chat_works(serve, connect):
-    server = serve(without("welcome"))
+async def test_without_welcome_no_greeting_but_chat_works(plugbus_server, connect):
+    server = await plugbus_server(config=without("welcome"))
     a = await connect(server)
     await a.call("join-room", {"room": "r"})
     assert (await a.call("send-message", {"message": "hi", "roomID": "r"}))["ok"]
@@ -29,8 +27,8 @@ async def test_without_welcome_no_greeting_but_chat_works(serve, connect):
     assert a.received("welcome") == []
 
 
-async def test_without_rooms_join_room_is_unknown_and_relay_still_serves(serve, connect):
-    server = serve(without("rooms"))
+async def test_without_rooms_join_room_is_unknown_and_relay_still_serves(plugbus_server, connect):
+    server = await plugbus_server(config=without("rooms"))
     a = await connect(server, wait_welcome=True)
     ack = await a.call("join-room", {"room": "r"})
     assert ack["error"]["code"] == "unknown_event"
@@ -41,8 +39,8 @@ async def test_without_rooms_join_room_is_unknown_and_relay_still_serves(serve, 
     assert await a.wait_for("receive-message") == ["to me"]
 
 
-async def test_without_relay_send_message_is_unknown_and_its_route_is_gone(serve, connect):
-    server = serve(without("relay"))
+async def test_without_relay_send_message_is_unknown_and_its_route_is_gone(plugbus_server, connect):
+    server = await plugbus_server(config=without("relay"), record_hooks=False)
     a = await connect(server, wait_welcome=True)
     assert (await a.call("join-room", {"room": "r"}))["ok"] is True
     ack = await a.call("send-message", {"message": "hi", "roomID": "r"})
@@ -60,9 +58,9 @@ async def test_without_relay_send_message_is_unknown_and_its_route_is_gone(serve
         ]
 
 
-async def test_without_moderation_long_messages_pass(serve, connect):
-    server = serve(
-        {
+async def test_without_moderation_long_messages_pass(plugbus_server, connect):
+    server = await plugbus_server(
+        config={
             **without("moderation"),
             "plugins": {
                 "builtins": ["auth", "welcome", "rooms", "relay"],
@@ -76,8 +74,8 @@ async def test_without_moderation_long_messages_pass(serve, connect):
     assert await a.wait_for("receive-message") == ["longer than five"]
 
 
-async def test_no_plugins_at_all_still_serves_health_and_refuses_events(serve, connect):
-    server = serve({"plugins": {"builtins": []}})
+async def test_no_plugins_at_all_still_serves_health_and_refuses_events(plugbus_server, connect):
+    server = await plugbus_server(builtins=[], record_hooks=False)
     a = await connect(server)
     ack = await a.call("send-message", {"message": "x", "roomID": "r"})
     assert ack["error"]["code"] == "unknown_event"
@@ -86,10 +84,10 @@ async def test_no_plugins_at_all_still_serves_health_and_refuses_events(serve, c
         assert (await http.get("/health")).json()["plugins"] == []
 
 
-async def test_module_plugin_by_dotted_path_registers_an_event_and_transforms(serve, connect):
-    server = serve(
-        {"plugins": {"modules": {"shout": "fixture_plugins.shout"}}}, env={"PYTHONPATH": str(TESTS)}
-    )
+async def test_module_plugin_by_dotted_path_registers_an_event_and_transforms(
+    plugbus_server, connect
+):
+    server = await plugbus_server(plugins={"shout": "fixture_plugins.shout"})
     a = await connect(server, wait_welcome=True)
     assert await a.call("shout", {"word": "hey"}) == {
         "ok": True,
@@ -134,8 +132,11 @@ def greeter_site(tmp_path_factory) -> Path:
     return target
 
 
-async def test_example_entry_point_plugin_is_loaded_and_its_hooks_run(serve, connect, greeter_site):
-    server = serve({"plugins": {"entry_points": True}}, env={"PYTHONPATH": str(greeter_site)})
+async def test_example_entry_point_plugin_is_loaded_and_its_hooks_run(
+    plugbus_server, connect, greeter_site
+):
+    # The package is installed for the child process only: the kit's spawn, not in-process.
+    server = await plugbus_server.spawn(entry_points=True, env={"PYTHONPATH": str(greeter_site)})
     async with httpx.AsyncClient(base_url=server.url) as http:
         plugins = {p["name"]: p for p in (await http.get("/plugins")).json()}
         assert plugins["greeter"]["source"] == "entry point"
@@ -157,31 +158,23 @@ async def test_example_entry_point_plugin_is_loaded_and_its_hooks_run(serve, con
     )
 
 
-async def test_example_plugin_replaces_the_disabled_welcome(serve, connect, greeter_site):
-    server = serve(
-        {
-            "plugins": {
-                "entry_points": True,
-                "builtins": ["rooms", "relay", "moderation"],
-                "settings": {"greeter": {"greeting": "Hi {sid}"}},
-            }
-        },
+async def test_example_plugin_replaces_the_disabled_welcome(plugbus_server, connect, greeter_site):
+    server = await plugbus_server.spawn(
+        entry_points=True,
+        builtins=["rooms", "relay", "moderation"],
+        settings={"greeter": {"greeting": "Hi {sid}"}},
         env={"PYTHONPATH": str(greeter_site)},
     )
     client = await connect(server)
     assert await client.wait_for("welcome") == [f"Hi {client.sio.get_sid()}"]
-    await asyncio.sleep(0.2)
+    await settle(server, client)
     assert len(client.received("welcome")) == 1
 
 
-async def test_moderation_applies_to_a_plugin_event(serve, connect, greeter_site):
-    server = serve(
-        {
-            "plugins": {
-                "entry_points": True,
-                "settings": {"moderation": {"blocked_words": ["badword"]}},
-            }
-        },
+async def test_moderation_applies_to_a_plugin_event(plugbus_server, connect, greeter_site):
+    server = await plugbus_server.spawn(
+        entry_points=True,
+        settings={"moderation": {"blocked_words": ["badword"]}},
         env={"PYTHONPATH": str(greeter_site)},
     )
     client = await connect(server)
@@ -190,10 +183,9 @@ async def test_moderation_applies_to_a_plugin_event(serve, connect, greeter_site
     assert ack["error"]["details"]["field"] == "who"
 
 
-async def test_disabled_entry_point_is_not_loaded(serve, greeter_site):
-    server = serve(
-        {"plugins": {"entry_points": True, "disabled": ["greeter"]}},
-        env={"PYTHONPATH": str(greeter_site)},
+async def test_disabled_entry_point_is_not_loaded(plugbus_server, greeter_site):
+    server = await plugbus_server.spawn(
+        entry_points=True, disabled=["greeter"], env={"PYTHONPATH": str(greeter_site)}
     )
     async with httpx.AsyncClient(base_url=server.url) as http:
         names = [p["name"] for p in (await http.get("/plugins")).json()]

@@ -16,32 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import assert_problem, assert_refused, start_server
+from conftest import assert_problem, assert_refused, retire, settle, start_server
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 ISO_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 ENVELOPE_KEYS = {"id", "room", "to", "from", "user", "ts", "message"}
 
-# A module plugin for these tests: an identity (and roles) from the handshake's auth payload,
-# and a moderation step that drops the message "drop me" silently.
-HELPER = '''
-from plugbus import EventDropped, Identity, hookimpl
-
-
-@hookimpl
-def plugbus_connect(connection, bus):
-    """Take the identity from ``auth = {"user": ..., "roles": [...]}``."""
-    auth = connection.auth
-    if isinstance(auth, dict) and "user" in auth:
-        connection.identity = Identity(auth["user"], roles=tuple(auth.get("roles", ())))
-
-
-@hookimpl
-def plugbus_moderate(event, ctx):
-    """Drop "drop me" silently."""
-    if getattr(event, "message", None) == "drop me":
-        raise EventDropped("test drop")
-'''
+TESTS = Path(__file__).resolve().parent
+# The helper plugin: identities (and roles) from the handshake's auth, "drop me" dropped.
+HELPER = {"helper": "fixture_plugins.relay_helper"}
 
 
 def relay(settings: dict[str, Any] | None = None, **plugins: Any) -> dict[str, Any]:
@@ -49,16 +32,10 @@ def relay(settings: dict[str, Any] | None = None, **plugins: Any) -> dict[str, A
     return {"plugins": {**plugins, "settings": {"relay": settings or {}}}}
 
 
-def with_helper(directory: Path, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``config`` with the helper plugin loaded, and the env that lets it be imported."""
-    (directory / "relay_test_helper.py").write_text(HELPER)
-    config["plugins"]["modules"] = {"helper": "relay_test_helper"}
-    return config, {"PYTHONPATH": str(directory)}
-
-
-async def quiet(*clients: Any, event: str = "receive-message") -> None:
-    """Give stray deliveries time to arrive, then check none did."""
-    await asyncio.sleep(0.3)
+async def quiet(server: Any, *clients: Any, event: str = "receive-message") -> None:
+    """Check that no stray delivery reached ``clients``: a sentinel sent after everything the
+    test did has arrived (see ``conftest.settle``), and nothing else did."""
+    await settle(server, *clients)
     for client in clients:
         assert client.received(event) == [], client.events
 
@@ -66,11 +43,13 @@ async def quiet(*clients: Any, event: str = "receive-message") -> None:
 @pytest.fixture(scope="module")
 def envelope_server(tmp_path_factory):
     """Envelopes on, with the helper plugin (identities from auth, "drop me" dropped)."""
-    directory = tmp_path_factory.mktemp("envelope")
-    config, env = with_helper(directory, relay({"envelope": True}))
-    server = start_server(directory, config, env)
+    server = start_server(
+        tmp_path_factory.mktemp("envelope"),
+        relay({"envelope": True}, modules=HELPER),
+        {"PYTHONPATH": str(TESTS)},
+    )
     yield server
-    server.stop()
+    retire(server)
 
 
 # -- room messages ------------------------------------------------------------------------
@@ -88,12 +67,12 @@ async def test_room_message_reaches_members_with_id_and_count(default_server, co
     assert HEX32.fullmatch(ack["data"]["id"])
     assert await alice.wait_for("receive-message") == ["hi"]
     assert await bob.wait_for("receive-message") == ["hi"]
-    await quiet(carol)
+    await quiet(default_server, carol)
     # The seed lets anyone send to any room: carol is not a member, the members still get it.
     ack2 = await carol.call("send-message", {"message": "from outside", "roomID": "r-basic"})
     assert ack2["data"]["recipients"] == 2 and ack2["data"]["id"] != ack["data"]["id"]
     assert await bob.wait_for("receive-message", count=2) == ["hi", "from outside"]
-    await quiet(carol)
+    await quiet(default_server, carol)
 
 
 async def test_room_message_over_rest_returns_id_and_recipients(default_server, connect):
@@ -134,8 +113,8 @@ async def test_structured_messages_are_delivered_as_sent_over_both_doors(default
     assert (await b.wait_for("receive-message", count=5))[-1] == {"ping": 1}
 
 
-async def test_without_echo_the_sender_is_left_out_of_its_room(serve, connect):
-    server = serve(relay({"echo": False}))
+async def test_without_echo_the_sender_is_left_out_of_its_room(plugbus_server, connect):
+    server = await plugbus_server(config=relay({"echo": False}))
     a = await connect(server, wait_welcome=True)
     b = await connect(server, wait_welcome=True)
     await a.call("join-room", {"room": "r"})
@@ -150,8 +129,8 @@ async def test_without_echo_the_sender_is_left_out_of_its_room(serve, connect):
     assert await b.wait_for("receive-message", count=2) == ["not to me", "to both"]
 
 
-async def test_require_membership_refuses_outsiders_on_sockets_only(serve, connect):
-    server = serve(relay({"require_membership": True}))
+async def test_require_membership_refuses_outsiders_on_sockets_only(plugbus_server, connect):
+    server = await plugbus_server(config=relay({"require_membership": True}))
     member = await connect(server, wait_welcome=True)
     outsider = await connect(server, transports=["polling"], wait_welcome=True)
     await member.call("join-room", {"room": "club"})
@@ -164,7 +143,7 @@ async def test_require_membership_refuses_outsiders_on_sockets_only(serve, conne
     await outsider.emit("send-message", {"message": "no ack", "roomID": "club"})
     [event_error] = await outsider.wait_for("error")
     assert event_error["code"] == "not_allowed"
-    await quiet(member)
+    await quiet(server, member)
     ack = await member.call("send-message", {"message": "members only", "roomID": "club"})
     assert ack["data"]["recipients"] == 1
     assert await member.wait_for("receive-message") == ["members only"]
@@ -193,7 +172,7 @@ async def test_direct_message_reaches_only_its_target(default_server, connect):
     assert ack["data"] == {"id": ack["data"]["id"], "to": to, "recipients": 1}
     assert HEX32.fullmatch(ack["data"]["id"])
     assert await b.wait_for("receive-message") == ["psst"]
-    await quiet(a, c)
+    await quiet(default_server, a, c)
 
 
 async def test_direct_message_over_rest(default_server, connect):
@@ -208,7 +187,7 @@ async def test_direct_message_over_rest(default_server, connect):
     body = resp.json()
     assert body == {"id": body["id"], "to": sid, "recipients": 1} and HEX32.fullmatch(body["id"])
     assert await target.wait_for("receive-message") == ["your report is ready"]
-    await quiet(other)
+    await quiet(default_server, other)
 
 
 async def test_direct_message_to_unknown_connection_is_not_found_on_both_doors(
@@ -249,8 +228,10 @@ async def test_direct_message_to_unknown_connection_is_not_found_on_both_doors(
 # -- broadcast ----------------------------------------------------------------------------
 
 
-async def test_broadcast_reaches_everyone_but_the_sender_unless_include_self(serve, connect):
-    server = serve()
+async def test_broadcast_reaches_everyone_but_the_sender_unless_include_self(
+    plugbus_server, connect
+):
+    server = await plugbus_server()
     a = await connect(server, wait_welcome=True)
     b = await connect(server, transports=["polling"], wait_welcome=True)
     c = await connect(server, wait_welcome=True)
@@ -261,15 +242,15 @@ async def test_broadcast_reaches_everyone_but_the_sender_unless_include_self(ser
     )
     assert await b.wait_for("receive-message") == ["hello all"]
     assert await c.wait_for("receive-message") == ["hello all"]
-    await quiet(a)
+    await quiet(server, a)
     ack = await a.call("broadcast", {"message": "me too", "include_self": True})
     assert ack["data"]["recipients"] == 3
     for client, count in ((a, 1), (b, 2), (c, 2)):
         assert (await client.wait_for("receive-message", count=count))[-1] == "me too"
 
 
-async def test_broadcast_over_rest_reaches_every_connection(serve, connect):
-    server = serve()
+async def test_broadcast_over_rest_reaches_every_connection(plugbus_server, connect):
+    server = await plugbus_server()
     clients = [
         await connect(server, transports=t, wait_welcome=True)
         for t in (["websocket"], ["polling"], ["polling", "websocket"])
@@ -357,8 +338,8 @@ async def test_envelope_over_rest_has_no_sender(envelope_server, connect):
 # -- moderation through both doors --------------------------------------------------------
 
 
-async def test_moderation_refuses_every_kind_of_message_on_both_doors(serve, connect):
-    server = serve({"plugins": {"settings": {"moderation": {"blocked_words": ["darn"]}}}})
+async def test_moderation_refuses_every_kind_of_message_on_both_doors(plugbus_server, connect):
+    server = await plugbus_server(settings={"moderation": {"blocked_words": ["darn"]}})
     sender = await connect(server, wait_welcome=True)
     target = await connect(server, wait_welcome=True)
     await target.call("join-room", {"room": "mod"})
@@ -376,7 +357,7 @@ async def test_moderation_refuses_every_kind_of_message_on_both_doors(serve, con
                 await http.post(path, json={"message": "Darn"}), 403, "message_rejected"
             )
             assert body["details"]["field"] == "message"
-    await quiet(sender, target)
+    await quiet(server, sender, target)
 
 
 async def test_silently_dropped_message_answers_success_with_null_id(envelope_server, connect):
@@ -401,14 +382,14 @@ async def test_silently_dropped_message_answers_success_with_null_id(envelope_se
         {"id": None, "to": sid, "recipients": 0},
         {"id": None, "recipients": 0},
     ]
-    await quiet(sender, target)
+    await quiet(envelope_server, sender, target)
 
 
 # -- settings -----------------------------------------------------------------------------
 
 
-async def test_structured_off_accepts_text_only_on_both_doors(serve, connect):
-    server = serve(relay({"structured": False}))
+async def test_structured_off_accepts_text_only_on_both_doors(plugbus_server, connect):
+    server = await plugbus_server(config=relay({"structured": False}))
     a = await connect(server, wait_welcome=True)
     await a.call("join-room", {"room": "r"})
     error = assert_refused(
@@ -425,16 +406,17 @@ async def test_structured_off_accepts_text_only_on_both_doors(serve, connect):
     assert await a.wait_for("receive-message") == ["text"]
 
 
-async def test_sender_roles_restrict_sockets_but_not_rest(serve, connect, tmp_path):
-    config, env = with_helper(tmp_path, relay({"sender_roles": {"broadcast": ["admin", "ops"]}}))
-    server = serve(config, env=env)
+async def test_sender_roles_restrict_sockets_but_not_rest(plugbus_server, connect):
+    server = await plugbus_server(
+        config=relay({"sender_roles": {"broadcast": ["admin", "ops"]}}, modules=HELPER)
+    )
     anonymous = await connect(server, wait_welcome=True)
     user = await connect(server, auth={"user": "u1", "roles": ["member"]}, wait_welcome=True)
     admin = await connect(server, auth={"user": "u2", "roles": ["ops"]}, wait_welcome=True)
     for client in (anonymous, user):
         error = assert_refused(await client.call("broadcast", {"message": "all"}), "not_allowed")
         assert error["details"]["roles"] == ["admin", "ops"]
-    await quiet(anonymous, user, admin)
+    await quiet(server, anonymous, user, admin)
     assert (await admin.call("broadcast", {"message": "from ops"}))["data"]["recipients"] == 2
     assert await user.wait_for("receive-message") == ["from ops"]
     assert (await user.call("send-message", {"message": "rooms are open", "roomID": "r"}))[
@@ -444,8 +426,8 @@ async def test_sender_roles_restrict_sockets_but_not_rest(serve, connect, tmp_pa
         assert (await http.post("/messages", json={"message": "rest"})).json()["recipients"] == 3
 
 
-async def test_direct_and_broadcast_can_be_switched_off(serve, connect):
-    server = serve(relay({"direct": False, "broadcast": False}))
+async def test_direct_and_broadcast_can_be_switched_off(plugbus_server, connect):
+    server = await plugbus_server(config=relay({"direct": False, "broadcast": False}))
     a = await connect(server, wait_welcome=True)
     for event, payload in [
         ("send-direct", {"to": a.sio.get_sid(), "message": "x"}),
@@ -560,8 +542,8 @@ async def test_rest_invalid_bodies_are_problems_naming_the_field(default_server,
 # -- switched off, and documented ---------------------------------------------------------
 
 
-async def test_service_runs_with_relay_switched_off(serve, connect):
-    server = serve({"plugins": {"builtins": ["welcome", "rooms", "moderation"]}})
+async def test_service_runs_with_relay_switched_off(plugbus_server, connect):
+    server = await plugbus_server(builtins=["welcome", "rooms", "moderation"])
     client = await connect(server, wait_welcome=True)
     assert (await client.call("join-room", {"room": "r"}))["ok"] is True
     for event, payload in [
@@ -577,21 +559,17 @@ async def test_service_runs_with_relay_switched_off(serve, connect):
         resp = await http.post("/rooms/r/messages", json={"message": "x"})
         assert_problem(resp, 405, "method_not_allowed")
         assert (await http.get("/health")).json()["status"] == "ok"
-    await quiet(client)
+    await quiet(server, client)
 
 
-async def test_rest_routes_need_the_publish_scope_when_api_keys_are_set(serve):
-    server = serve(
-        {
-            "plugins": {
-                "settings": {
-                    "auth": {
-                        "api_keys": [
-                            {"name": "backend", "key": "k-publish", "scopes": ["publish"]},
-                            {"name": "dashboard", "key": "k-read", "scopes": ["read"]},
-                        ]
-                    }
-                }
+async def test_rest_routes_need_the_publish_scope_when_api_keys_are_set(plugbus_server):
+    server = await plugbus_server(
+        settings={
+            "auth": {
+                "api_keys": [
+                    {"name": "backend", "key": "k-publish", "scopes": ["publish"]},
+                    {"name": "dashboard", "key": "k-read", "scopes": ["read"]},
+                ]
             }
         }
     )

@@ -3,13 +3,14 @@ presence, and server-side membership over REST — real servers, real clients, b
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import assert_problem, assert_refused
+from conftest import assert_problem, assert_refused, retire, settle
+
+from plugbus import ConfigError
 
 TESTS = Path(__file__).resolve().parent
 IDENTITY = {"ident": "fixture_plugins.claimed_identity:IdentityPlugin"}
@@ -29,7 +30,7 @@ def strict_server(tmp_path_factory):
 
     server = start_server(tmp_path_factory.mktemp("strict"), STRICT, env={"PYTHONPATH": str(TESTS)})
     yield server
-    server.stop()
+    retire(server)
 
 
 # -- join, leave, my-rooms over Socket.IO -----------------------------------------------------
@@ -179,19 +180,15 @@ async def test_rooms_per_connection_limit(strict_server, connect):
     assert body["details"]["setting"] == "max_rooms_per_connection"
 
 
-async def test_custom_notice_names_and_no_room_limit(serve, connect):
-    server = serve(
-        {
-            "plugins": {
-                "settings": {
-                    "rooms": {
-                        "notify_membership": True,
-                        "joined_event": "member-in",
-                        "left_event": "member-out",
-                        "max_rooms_per_connection": 0,
-                        "max_name_length": 300,
-                    }
-                }
+async def test_custom_notice_names_and_no_room_limit(plugbus_server, connect):
+    server = await plugbus_server(
+        settings={
+            "rooms": {
+                "notify_membership": True,
+                "joined_event": "member-in",
+                "left_event": "member-out",
+                "max_rooms_per_connection": 0,
+                "max_name_length": 300,
             }
         }
     )
@@ -237,9 +234,9 @@ async def test_custom_notice_names_and_no_room_limit(serve, connect):
     ],
     ids=["bad-regex", "zero-length", "negative-limit", "unknown-key", "same-notice-names"],
 )
-def test_bad_settings_stop_start_up_naming_the_key(serve, settings, key, fragment):
-    with pytest.raises(RuntimeError) as info:
-        serve({"plugins": {"settings": {"rooms": settings}}})
+async def test_bad_settings_stop_start_up_naming_the_key(plugbus_server, settings, key, fragment):
+    with pytest.raises(ConfigError) as info:
+        await plugbus_server(settings={"rooms": settings})
     message = str(info.value)
     assert "plugin 'rooms'" in message and key in message
     assert fragment in message
@@ -254,7 +251,7 @@ async def test_notices_are_off_by_default(default_server, connect):
     await a.call("join-room", {"room": "quiet-notices"})
     await b.call("join-room", {"room": "quiet-notices"})
     await b.call("leave-room", {"room": "quiet-notices"})
-    await asyncio.sleep(0.3)
+    await settle(default_server, a)
     assert a.received("user-joined") == [] and a.received("user-left") == []
 
 
@@ -271,7 +268,7 @@ async def test_join_and_leave_notices_reach_the_others_only(strict_server, conne
     # A repeated join or leave changes nothing, so it tells nobody anything.
     await b.call("leave-room", {"room": "notices"})
     await a.call("join-room", {"room": "notices"})
-    await asyncio.sleep(0.3)
+    await settle(strict_server, a, b)
     assert len(a.received("user-joined")) == 1 and len(a.received("user-left")) == 1
     assert b.received("user-joined") == [] and b.received("user-left") == []
 
@@ -437,12 +434,12 @@ async def test_openapi_documents_the_room_routes_with_models(default_server):
     assert set(schemas["Member"]["properties"]) == {"sid", "user_id", "name"}
 
 
-async def test_rest_scopes_reading_needs_read_and_membership_admin(serve, connect):
+async def test_rest_scopes_reading_needs_read_and_membership_admin(plugbus_server, connect):
     keys = [
         {"name": "reader", "key": "read-key", "scopes": ["read"]},
         {"name": "ops", "key": "admin-key", "scopes": ["admin"]},
     ]
-    server = serve({"plugins": {"settings": {"auth": {"api_keys": keys}}}})
+    server = await plugbus_server(settings={"auth": {"api_keys": keys}})
     client = await connect(server, wait_welcome=True)
     member = f"/rooms/scoped/members/{client.sio.get_sid()}"
     reader, ops = ({"authorization": f"Bearer {key}"} for key in ("read-key", "admin-key"))
@@ -474,8 +471,10 @@ async def test_event_contract_declares_the_notices_only_when_they_are_sent(
 # -- switched off -----------------------------------------------------------------------------
 
 
-async def test_without_rooms_its_events_and_routes_are_gone_and_the_rest_serves(serve, connect):
-    server = serve({"plugins": {"builtins": ["welcome", "relay", "moderation"]}})
+async def test_without_rooms_its_events_and_routes_are_gone_and_the_rest_serves(
+    plugbus_server, connect
+):
+    server = await plugbus_server(builtins=["welcome", "relay", "moderation"], record_hooks=False)
     client = await connect(server, wait_welcome=True)
     for event in ["join-room", "leave-room", "my-rooms", "room-members"]:
         error = assert_refused(await client.call(event, {"room": "r"}), "unknown_event")

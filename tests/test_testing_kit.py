@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 from pydantic import Field
 
@@ -26,7 +27,13 @@ from plugbus import (
     Route,
     hookimpl,
 )
-from plugbus.testing import ClientRefused, HookCalls, PlugbusServerFactory
+from plugbus.testing import (
+    ClientRefused,
+    HookCalls,
+    PlugbusExited,
+    PlugbusProcess,
+    PlugbusServerFactory,
+)
 
 LIFE = [
     "plugbus_authenticate",
@@ -329,3 +336,57 @@ def test_importing_plugbus_leaves_the_host_processs_logging_alone() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+async def test_settle_shows_what_did_not_arrive_without_sleeping(
+    plugbus_server: PlugbusServerFactory,
+) -> None:
+    server = await plugbus_server(builtins=["rooms", "relay", "moderation"])
+    alice, bob, carol = await server.client(), await server.client(), await server.client()
+    for client in (alice, bob):
+        assert (await client.call("join-room", {"room": "r"}))["ok"] is True
+    await alice.call("send-message", {"message": "hi", "roomID": "r"})
+    await server.settle(bob, carol)
+    # what was sent before the sentinel is there without waiting for it; the sentinel is not
+    assert bob.received("receive-message") == ["hi"]
+    assert carol.received("receive-message") == []
+    assert [name for name, _ in carol.events] == []
+    # a client the server closes: wait for exactly that
+    assert (await server.http.delete(f"/connections/{carol.sid}")).status_code == 200
+    await carol.wait_disconnected()
+    assert not carol.sio.connected and bob.sio.connected
+
+
+async def test_a_plugin_under_plugbus_serve_in_a_child_process(
+    plugbus_server: PlugbusServerFactory, reset_count: None
+) -> None:
+    server = await plugbus_server.spawn(
+        plugins={"notes": NotesPlugin}, builtins=[], settings={"notes": {"prefix": "> "}}
+    )
+    assert isinstance(server, PlugbusProcess) and server.proc.poll() is None
+    alice, bob = await server.client(), await server.client(transports=["websocket"])
+    assert await alice.wait_for("hello") == [alice.sid]
+    assert await alice.call("note", {"text": " hi "}) == {
+        "ok": True,
+        "data": {"text": "> hi", "from": alice.sid},
+    }
+    assert await bob.wait_for("note") == ["> hi"]
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.get("/notes")).json() == {"count": 1}
+    assert NotesPlugin.count == 0  # the plugin ran in the child, not here
+    assert "Traceback" not in server.log()
+    server.kill()
+    await bob.wait_disconnected()
+    assert server.proc.returncode is not None
+
+
+async def test_a_child_process_that_cannot_start_says_why(
+    plugbus_server: PlugbusServerFactory,
+) -> None:
+    with pytest.raises(PlugbusExited) as exited:
+        await plugbus_server.spawn(
+            plugins={"notes": NotesPlugin}, settings={"notes": {"prefix": 3}}
+        )
+    assert exited.value.returncode == 2
+    assert "plugins.settings.notes.prefix" in exited.value.output
+    assert plugbus_server.processes == []

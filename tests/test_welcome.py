@@ -3,12 +3,13 @@ changed at run time over REST, and refusals of bad templates — real servers, r
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import assert_problem
+from conftest import assert_problem, retire, settle
+
+from plugbus import ConfigError
 
 TESTS = Path(__file__).resolve().parent
 DEFAULT_GREETINGS = {
@@ -41,7 +42,7 @@ def templated_server(tmp_path_factory):
         tmp_path_factory.mktemp("templated"), TEMPLATED, env={"PYTHONPATH": str(TESTS)}
     )
     yield server
-    server.stop()
+    retire(server)
 
 
 # -- the connection greeting ------------------------------------------------------------------
@@ -51,7 +52,7 @@ async def test_default_greeting_is_the_seeds_and_joins_add_none(default_server, 
     client = await connect(default_server)
     assert await client.wait_for("welcome") == ["Welcome to server"]
     assert (await client.call("join-room", {"room": "no-greeting"}))["ok"] is True
-    await asyncio.sleep(0.3)
+    await settle(default_server, client)
     assert client.received("welcome") == ["Welcome to server"]
 
 
@@ -119,9 +120,9 @@ async def test_greeting_template_names_the_user(templated_server, connect, auth,
         "empty-room-event",
     ],
 )
-def test_bad_templates_stop_start_up_naming_the_key(serve, settings, key, fragment):
-    with pytest.raises(RuntimeError) as info:
-        serve({"plugins": {"settings": {"welcome": settings}}})
+async def test_bad_templates_stop_start_up_naming_the_key(plugbus_server, settings, key, fragment):
+    with pytest.raises(ConfigError) as info:
+        await plugbus_server(settings={"welcome": settings})
     message = str(info.value)
     assert "plugin 'welcome'" in message and key in message
     assert fragment in message
@@ -145,7 +146,7 @@ async def test_room_greetings_are_sent_to_the_joiner_after_it_joined(templated_s
     # An empty template means no greeting for that room; a repeated join greets nobody again.
     assert (await ada.call("join-room", {"room": "quiet"}))["data"]["joined"] is True
     assert (await ada.call("join-room", {"room": "lobby"}))["data"]["joined"] is False
-    await asyncio.sleep(0.3)
+    await settle(templated_server, ada, other)
     assert len(ada.received("room-welcome")) == 2
     # Only the joiner is greeted, and only as room_event.
     assert other.received("room-welcome") == [f"Welcome to lobby, {other.sio.get_sid()}!"]
@@ -173,8 +174,8 @@ async def test_get_welcome_shows_the_greetings_in_use(default_server, templated_
         }
 
 
-async def test_put_welcome_changes_greetings_at_run_time(serve, connect):
-    server = serve()
+async def test_put_welcome_changes_greetings_at_run_time(plugbus_server, connect):
+    server = await plugbus_server()
     async with httpx.AsyncClient(base_url=server.url) as http:
         resp = await http.put("/welcome", json={"greeting": "Hello {user} from {server}"})
         assert resp.status_code == 200
@@ -219,7 +220,7 @@ async def test_put_welcome_changes_greetings_at_run_time(serve, connect):
         assert (await http.get("/welcome")).json() == resp.json()
         await first.call("leave-room", {"room": "lobby"})
         await first.call("join-room", {"room": "lobby"})
-        await asyncio.sleep(0.3)
+        await settle(server, first)
         assert len(first.received("welcome")) == 3
 
 
@@ -268,12 +269,12 @@ async def test_openapi_documents_the_welcome_routes_with_models(default_server):
     )
 
 
-async def test_rest_scopes_reading_needs_read_and_changing_admin(serve):
+async def test_rest_scopes_reading_needs_read_and_changing_admin(plugbus_server):
     keys = [
         {"name": "reader", "key": "read-key", "scopes": ["read"]},
         {"name": "ops", "key": "admin-key", "scopes": ["admin"]},
     ]
-    server = serve({"plugins": {"settings": {"auth": {"api_keys": keys}}}})
+    server = await plugbus_server(settings={"auth": {"api_keys": keys}})
     reader, ops = ({"authorization": f"Bearer {key}"} for key in ("read-key", "admin-key"))
     async with httpx.AsyncClient(base_url=server.url) as http:
         assert (await http.get("/welcome")).status_code == 401
@@ -302,14 +303,10 @@ async def test_event_contract_declares_the_greeting_events(default_server, templ
 # -- switched off -----------------------------------------------------------------------------
 
 
-async def test_without_welcome_nobody_is_greeted_and_its_routes_are_gone(serve, connect):
-    server = serve(
-        {
-            "plugins": {
-                "builtins": ["rooms", "relay", "moderation"],
-                "settings": {"welcome": {"default_room_greeting": "In {room}"}},
-            }
-        }
+async def test_without_welcome_nobody_is_greeted_and_its_routes_are_gone(plugbus_server, connect):
+    server = await plugbus_server(
+        builtins=["rooms", "relay", "moderation"],
+        settings={"welcome": {"default_room_greeting": "In {room}"}},
     )
     client = await connect(server)
     ack = await client.call("join-room", {"room": "r"})
@@ -318,5 +315,5 @@ async def test_without_welcome_nobody_is_greeted_and_its_routes_are_gone(serve, 
         assert_problem(await http.get("/welcome"), 404, "not_found")
         assert_problem(await http.put("/welcome", json={"greeting": "x"}), 404, "not_found")
         assert "welcome" not in [p["name"] for p in (await http.get("/plugins")).json()]
-    await asyncio.sleep(0.3)
+    await settle(server, client)
     assert client.received("welcome") == []

@@ -127,10 +127,10 @@ async def test_a_long_polling_client_that_stops_polling_is_dropped_past_the_send
     assert health["connections"] == 1 and health["wire"]["closed"]["slow_consumer"] == 1
 
 
-async def test_sessions_that_never_connect_are_bounded_and_counted(serve, connect) -> None:
+async def test_sessions_that_never_connect_are_bounded_and_counted(plugbus_server) -> None:
     # the original attack: thousands of Engine.IO sessions that never send a Socket.IO CONNECT
-    server = serve(
-        {
+    server = await plugbus_server(
+        config={
             "server": {
                 "connect_timeout": 30,
                 "limits": {"max_connections": 300, "max_connections_per_address": 5},
@@ -150,8 +150,8 @@ async def test_sessions_that_never_connect_are_bounded_and_counted(serve, connec
     assert health["wire"]["closed"]["session_limit"] == 3
 
 
-async def test_an_oversized_polling_post_gets_413_and_the_session_ends(serve) -> None:
-    server = serve({"server": {"max_message_bytes": 10_000}})
+async def test_an_oversized_polling_post_gets_413_and_the_session_ends(plugbus_server) -> None:
+    server = await plugbus_server(config={"server": {"max_message_bytes": 10_000}})
     base = f"{server.url}/socket.io/?EIO=4&transport=polling"
     async with httpx.AsyncClient(timeout=5) as http:
         sid = (await http.get(base)).text.split('"sid":"')[1].split('"')[0]
@@ -164,8 +164,10 @@ async def test_an_oversized_polling_post_gets_413_and_the_session_ends(serve) ->
         assert (await http.get(f"{base}&sid={sid}")).status_code == 400
 
 
-async def test_a_second_connect_to_a_joined_namespace_gets_a_connect_error_object(serve) -> None:
-    server = serve()
+async def test_a_second_connect_to_a_joined_namespace_gets_a_connect_error_object(
+    plugbus_server,
+) -> None:
+    server = await plugbus_server()
     ws = await _joined_ws(server)
     await ws.send("40")
     while True:

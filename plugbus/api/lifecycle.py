@@ -112,7 +112,8 @@ class Lifecycle:
             while sessions:
                 batch, sessions = sessions[:per_step], sessions[per_step:]
                 for session in batch:
-                    session.close("server draining")
+                    # recoverable: with a shared backend the client resumes on another node
+                    session.close("server shutting down")
                     self.drained += 1
                 if sessions:
                     await asyncio.sleep(pause)

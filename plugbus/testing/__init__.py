@@ -17,8 +17,12 @@ real plugbus — the application ``plugbus serve`` builds, served
 by uvicorn on a free loopback port in the test's own event loop — with the given plugins and
 config. ``server.client()`` connects a real python-socketio ``AsyncClient`` that records every
 event it receives; ``server.http`` is an ``httpx.AsyncClient`` for the REST door;
-``server.hooks`` records every hook call in order (see :class:`HookRecorder`). Everything is
-stopped when the test ends. The kit needs pytest-asyncio, httpx and aiohttp (the test extras).
+``server.hooks`` records every hook call in order (see :class:`HookRecorder`);
+``await server.settle(client)`` shows that nothing more is on its way to a client, without a
+sleep. ``await plugbus_server.spawn(...)`` runs ``plugbus serve`` in a child process instead
+(:class:`PlugbusProcess`), for tests about the process: its log, a kill, a restart. Everything
+is stopped when the test ends. The kit needs pytest-asyncio, httpx and aiohttp (the test
+extras).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from plugbus.testing.calls import HookCall, HookCalls
 from plugbus.testing.client import ClientRefused, PlugbusClient
 from plugbus.testing.factory import PlugbusServerFactory
 from plugbus.testing.inprocess import InProcessApp, InProcessClient, PlugbusAppFactory
+from plugbus.testing.process import PlugbusExited, PlugbusProcess
 from plugbus.testing.recorder import RECORDER_NAME as RECORDER_NAME
 from plugbus.testing.recorder import HookRecorder, HookRecorderPlugin
 from plugbus.testing.server import PlugbusServer
@@ -50,6 +55,8 @@ __all__ = [
     "InProcessClient",
     "PlugbusAppFactory",
     "PlugbusClient",
+    "PlugbusExited",
+    "PlugbusProcess",
     "PlugbusServer",
     "PlugbusServerFactory",
     "plugbus_app",
@@ -63,7 +70,9 @@ async def plugbus_server(
 ) -> AsyncIterator[PlugbusServerFactory]:
     """Factory fixture: ``server = await plugbus_server(plugins=..., builtins=..., settings=...,
     config=...)`` starts a real plugbus on a free loopback port (see
-    :meth:`PlugbusServerFactory.__call__`). Servers and their clients stop when the test ends."""
+    :meth:`PlugbusServerFactory.__call__`); ``await plugbus_server.spawn(...)`` starts
+    ``plugbus serve`` in a child process. Servers, processes and their clients stop when the
+    test ends."""
     factory = PlugbusServerFactory(lambda: tmp_path_factory.mktemp("plugbus"))
     try:
         yield factory

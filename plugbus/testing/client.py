@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     import socketio
+
+
+#: The event :meth:`PlugbusServer.settle` sends; a :class:`PlugbusClient` keeps it out of
+#: ``events``.
+SENTINEL_EVENT = "plugbus-testing-sentinel"
 
 
 class ClientRefused(Exception):
@@ -38,7 +44,7 @@ class PlugbusClient:
     :ivar recovered: True when it continues a session (the server gave back the pid it named).
     """
 
-    def __init__(self, sio: socketio.AsyncClient, namespace: str, auth: Any = None) -> None:
+    def __init__(self, sio: socketio.AsyncClient, namespace: str = "/", auth: Any = None) -> None:
         self.sio = sio
         self.namespace = namespace
         self.auth = auth
@@ -47,12 +53,78 @@ class PlugbusClient:
         self.offset: str | None = None
         self.recovered = False
         self._changed = asyncio.Event()
+        self._sentinels: set[str] = set()
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        namespace: str = "/",
+        transports: Sequence[str] = ("polling", "websocket"),
+        auth: Any = None,
+        headers: Mapping[str, str] | None = None,
+        socketio_path: str = "socket.io",
+        timeout: float = 5.0,
+    ) -> Self:
+        """Connect a new client to the plugbus at ``url`` and return it once connected.
+
+        ``server.client()`` calls this with the server's own namespace, transports and path;
+        call it directly for a server the kit did not start. The caller disconnects it.
+
+        :raises ClientRefused: a plugin refused the connection.
+        """
+        import socketio
+
+        sio = recovery_client_class()(reconnection=False)
+        client = cls(sio, namespace, auth)
+        sio.plugbus_client = client
+        refusals: list[Any] = []
+        sio.on("*", client._receive, namespace=namespace)
+        sio.on("disconnect", client._disconnected, namespace=namespace)
+        sio.on("connect_error", lambda data=None: refusals.append(data), namespace=namespace)
+        try:
+            await sio.connect(
+                url,
+                namespaces=[namespace],
+                transports=list(transports),
+                auth=auth,
+                headers=dict(headers or {}),
+                wait_timeout=timeout,
+                socketio_path=socketio_path,
+            )
+        except socketio.exceptions.ConnectionError:
+            await sio.disconnect()
+            if refusals and isinstance(refusals[0], dict):
+                raise ClientRefused(
+                    refusals[0].get("data") or {"message": refusals[0].get("message")}
+                ) from None
+            raise
+        return client
 
     def _receive(self, event: str, *args: Any) -> None:
         if self.pid is not None and args and isinstance(args[-1], str):
             # what socket.io-client does: the last string argument is the offset
             self.offset, args = args[-1], args[:-1]
-        self.events.append((event, args[0] if len(args) == 1 else (list(args) or None)))
+        if event == SENTINEL_EVENT and args:
+            self._sentinels.add(args[0])  # the kit's own, not the test's: left out of events
+        else:
+            self.events.append((event, args[0] if len(args) == 1 else (list(args) or None)))
+        self._changed.set()
+
+    async def _wait_sentinel(self, token: str, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while token not in self._sentinels:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"the kit's sentinel did not arrive within {timeout} s")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        self._sentinels.discard(token)
+
+    def _disconnected(self, *reason: Any) -> None:
         self._changed.set()
 
     @property
@@ -98,11 +170,26 @@ class PlugbusClient:
         """Send ``event`` without asking for an ack (a refusal then arrives as ``error``)."""
         await self.sio.emit(event, _data(args), namespace=self.namespace)
 
+    async def wait_disconnected(self, *, timeout: float = 5.0) -> None:
+        """Wait until the connection is closed (say, a plugin kicked this client).
+
+        :raises AssertionError: still connected after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sio.connected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"still connected after {timeout} s")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
     async def disconnect(self) -> None:
         """Close the connection (the server then runs ``plugbus_disconnect``).
 
-        A client still on long-polling takes up to ``ping_interval + ping_timeout`` seconds
-        (python-engineio waits for its pending poll); one upgraded to websocket is immediate.
+        A client still on long-polling waits for its pending poll to end (python-engineio
+        does); plugbus ends it as soon as the close arrives, so either transport is quick.
         """
         if self.sio.connected:
             await self.sio.disconnect()

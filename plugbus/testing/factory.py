@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from plugbus.core import load_config
+from plugbus.testing.process import PlugbusProcess
 from plugbus.testing.recorder import (
     _RECORDER_TARGET,
     _RECORDERS,
@@ -33,6 +35,7 @@ class PlugbusServerFactory:
     def __init__(self, directory_factory: Callable[[], Path]) -> None:
         self._directory = directory_factory
         self.servers: list[PlugbusServer] = []
+        self.processes: list[PlugbusProcess] = []
 
     async def __call__(
         self,
@@ -90,15 +93,52 @@ class PlugbusServerFactory:
         await server._serve(timeout)
         return server
 
+    async def spawn(
+        self,
+        *,
+        plugins: Mapping[str, str | type | ModuleType] | None = None,
+        builtins: Sequence[str] | None = None,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        config: Mapping[str, Any] | None = None,
+        entry_points: bool = False,
+        disabled: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        timeout: float = 20.0,
+    ) -> PlugbusProcess:
+        """Start ``python -m plugbus serve`` in a child process and return the running
+        :class:`PlugbusProcess` once it serves; it is stopped when the test ends.
+
+        The arguments are those of :meth:`__call__` (there is no hook recorder: the plugins
+        run in another process); ``env`` is the child's environment on top of the test's.
+
+        :raises PlugbusExited: the process exited before it served (its output says why).
+        """
+        process = await asyncio.to_thread(
+            PlugbusProcess.start,
+            self._directory(),
+            plugins=plugins,
+            builtins=builtins,
+            settings=settings,
+            config=config,
+            entry_points=entry_points,
+            disabled=disabled,
+            env=env,
+            timeout=timeout,
+        )
+        self.processes.append(process)
+        return process
+
     async def aclose(self) -> None:
-        """Stop every server this factory started, the newest first (all of them, even when
-        one fails to stop; the first error is raised afterwards)."""
-        errors: list[Exception] = []
-        while self.servers:
-            try:
-                await self.servers.pop().stop()
-            except Exception as exc:
-                errors.append(exc)
+        """Stop every server and process this factory started, side by side (all of them,
+        even when one fails to stop; the first error is raised afterwards)."""
+        servers, self.servers = self.servers, []
+        processes, self.processes = self.processes, []
+        results = await asyncio.gather(
+            *(server.stop() for server in servers),
+            *(process.aclose() for process in processes),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plugbus.testing.client import ClientRefused, PlugbusClient, recovery_client_class
+from plugbus.testing.client import SENTINEL_EVENT, PlugbusClient
 
 if TYPE_CHECKING:
     import httpx
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from plugbus.api.app import Application
     from plugbus.core import Bus, Config
     from plugbus.testing.recorder import HookRecorder
+
+
+_sentinel_ids = itertools.count(1)
 
 
 def _server_class() -> type[uvicorn.Server]:
@@ -168,32 +172,15 @@ class PlugbusServer:
         timeout: float,
         namespace: str | None,
     ) -> PlugbusClient:
-        import socketio
-
-        namespace = namespace or self.config.server.default_namespace
-        sio = recovery_client_class()(reconnection=False)
-        client = PlugbusClient(sio, namespace, auth)
-        sio.plugbus_client = client
-        refusals: list[Any] = []
-        sio.on("*", client._receive, namespace=namespace)
-        sio.on("connect_error", lambda data=None: refusals.append(data), namespace=namespace)
-        try:
-            await sio.connect(
-                self.url,
-                namespaces=[namespace],
-                transports=list(transports or self.config.server.transports),
-                auth=auth,
-                headers=dict(headers or {}),
-                wait_timeout=timeout,
-                socketio_path=self.config.server.socketio_path,
-            )
-        except socketio.exceptions.ConnectionError:
-            await sio.disconnect()
-            if refusals and isinstance(refusals[0], dict):
-                raise ClientRefused(
-                    refusals[0].get("data") or {"message": refusals[0].get("message")}
-                ) from None
-            raise
+        client = await PlugbusClient.connect(
+            self.url,
+            namespace=namespace or self.config.server.default_namespace,
+            transports=transports or self.config.server.transports,
+            auth=auth,
+            headers=headers,
+            socketio_path=self.config.server.socketio_path,
+            timeout=timeout,
+        )
         self.clients.append(client)
         return client
 
@@ -237,6 +224,30 @@ class PlugbusServer:
         if back.recovered and back.offset is None:
             back.offset = client.offset
         return back
+
+    async def settle(self, *clients: PlugbusClient, timeout: float = 5.0) -> None:
+        """Wait until everything the server has sent ``clients`` so far has arrived.
+
+        The server sends each client a sentinel event of the kit's own (kept out of
+        ``client.events``) and the call returns when it is there: a connection's packets
+        arrive in the order they were sent, so whatever was sent before the sentinel has been
+        received by then. This is how to show that something did *not* arrive, with no sleep::
+
+            await alice.call("send-message", {"message": "hi", "roomID": "r"})
+            await server.settle(outsider)
+            assert outsider.received("receive-message") == []
+
+        The sentinel leaves from this server: on a cluster, settle on the node that sent
+        what must not arrive, so that the sentinel takes the same road after it.
+
+        :raises AssertionError: a sentinel did not arrive within ``timeout`` seconds.
+        """
+        for client in clients:
+            token = f"s{next(_sentinel_ids)}"
+            await self.bus.emit(
+                SENTINEL_EVENT, token, to=client.sid, namespace=client.namespace, history=False
+            )
+            await client._wait_sentinel(token, timeout)
 
     async def _halt(self) -> None:
         if self._uvicorn is not None and self._task is not None:

@@ -221,15 +221,26 @@ def reason_lines(text: str) -> list[str]:
     ]
 
 
+_log_sentinels = 0
+
+
 async def wait_log(server: Any, offset: int, timeout: float = 1.0) -> str:
-    """The log written after ``offset``, once a line giving a reason is in it (or ``timeout``)."""
+    """The log written after ``offset``, once a line giving a reason is in it (or ``timeout``),
+    up to a sentinel: a request made afterwards, whose access line (the server logs at info)
+    comes after any second (duplicate) line the first one could bring."""
+    global _log_sentinels
     deadline = time.monotonic() + timeout
-    while True:
-        text = log_since(server, offset)
-        if reason_lines(text) or time.monotonic() > deadline:
-            await asyncio.sleep(0.1)  # let a second (duplicate) line land, if there is one
-            return log_since(server, offset)
+    while not reason_lines(log_since(server, offset)) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
+    _log_sentinels += 1
+    marker = f"log-sentinel={_log_sentinels}"
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        assert (await http.get(f"/health?{marker}")).status_code == 200
+    deadline = time.monotonic() + 5
+    while marker not in (text := log_since(server, offset)):
+        assert time.monotonic() < deadline, f"no access line for the sentinel in:\n{text}"
+        await asyncio.sleep(0.02)
+    return text[: text.rfind("\n", 0, text.index(marker)) + 1]  # up to the sentinel's line
 
 
 # --- a bare RFC 6455 client over asyncio streams -------------------------------------------

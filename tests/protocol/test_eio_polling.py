@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from eio_raw import RS, SMALL, eio_path, open_polling, packets, poll, post, shared_server
+from server_state import get_pending, session, until
 
 
 @pytest.fixture
@@ -124,15 +125,16 @@ async def test_polling_invalid_packet_closes_session(default_server: Any) -> Non
     assert after.status_code == 400, after.text
 
 
-async def test_polling_concurrent_gets_close_session(default_server: Any) -> None:
+async def test_polling_concurrent_gets_close_session(plugbus_server: Any) -> None:
     """ "To ensure packet ordering, a client MUST NOT have more than one active `GET` request.
     Should it happen, the server MUST return an HTTP 400 error status and close the session."
     The spec's test suite: the first GET gets a close packet ``1``, the second 400, and the
     session is closed."""
-    async with httpx.AsyncClient(base_url=default_server.url) as http:
+    server = await plugbus_server(record_hooks=False)
+    async with httpx.AsyncClient(base_url=server.url) as http:
         sid = (await open_polling(http))["sid"]
         first = asyncio.create_task(poll(http, sid))
-        await asyncio.sleep(0.05)
+        await until(get_pending(server, sid), "the first GET pending")
         second = await answered(
             http.get(eio_path(sid=sid, t="burst"), timeout=1),
             "the second concurrent GET within 1 s",
@@ -144,13 +146,14 @@ async def test_polling_concurrent_gets_close_session(default_server: Any) -> Non
     assert after.status_code == 400, after.text
 
 
-async def test_polling_concurrent_posts_close_session(default_server: Any) -> None:
+async def test_polling_concurrent_posts_close_session(plugbus_server: Any) -> None:
     """ "To ensure packet ordering, a client MUST NOT have more than one active `POST` request.
     Should it happen, the server MUST return an HTTP 400 error status and close the session."
     The first POST is held open by sending half its body over a raw TCP connection."""
-    async with httpx.AsyncClient(base_url=default_server.url) as http:
+    server = await plugbus_server(record_hooks=False)
+    async with httpx.AsyncClient(base_url=server.url) as http:
         sid = (await open_polling(http))["sid"]
-        _reader, writer = await asyncio.open_connection("127.0.0.1", default_server.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         try:
             writer.write(
                 (
@@ -160,7 +163,7 @@ async def test_polling_concurrent_posts_close_session(default_server: Any) -> No
                 ).encode()
             )
             await writer.drain()
-            await asyncio.sleep(0.1)
+            await until(lambda: session(server, sid).posting, "the first POST under way")
             second = await answered(post(http, sid, "4second", timeout=2), "the second POST")
             after = await answered(
                 poll(http, sid, timeout=1), "a GET after the second POST within 1 s (session alive)"
@@ -171,32 +174,34 @@ async def test_polling_concurrent_posts_close_session(default_server: Any) -> No
     assert after.status_code == 400, after.text
 
 
-async def test_polling_cancelled_get_closes_session(default_server: Any) -> None:
+async def test_polling_cancelled_get_closes_session(plugbus_server: Any) -> None:
     """Spec test suite, "closes the session upon cancelled polling request": a client that
     drops its pending GET has lost the packets that GET may have carried, so the session is
     closed (the next GET gets 400)."""
-    async with httpx.AsyncClient(base_url=default_server.url) as http:
+    server = await plugbus_server(record_hooks=False)
+    async with httpx.AsyncClient(base_url=server.url) as http:
         sid = (await open_polling(http))["sid"]
-        _, writer = await asyncio.open_connection("127.0.0.1", default_server.port)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(f"GET {eio_path(sid=sid)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await until(get_pending(server, sid), "the GET pending")
         writer.close()
-        await asyncio.sleep(0.1)
+        await until(lambda: session(server, sid) is None, "the session closed")
         after = await answered(
             poll(http, sid, timeout=1), "a GET after the cancelled one within 1 s (session alive)"
         )
     assert after.status_code == 400, (after.status_code, after.text)
 
 
-async def test_polling_close_packet_from_client_closes_session(default_server: Any) -> None:
+async def test_polling_close_packet_from_client_closes_session(plugbus_server: Any) -> None:
     """ "close | 1 | Used to indicate that a transport can be closed." The spec's test suite,
     "forcefully closes the session": a POST of ``1`` answers the pending GET with a noop ``6``
     at once, and the session is gone (the next GET gets 400)."""
-    async with httpx.AsyncClient(base_url=default_server.url) as http:
+    server = await plugbus_server(record_hooks=False)
+    async with httpx.AsyncClient(base_url=server.url) as http:
         sid = (await open_polling(http))["sid"]
         pending = asyncio.create_task(poll(http, sid))
-        await asyncio.sleep(0.05)
+        await until(get_pending(server, sid), "the GET pending")
         closing = await post(http, sid, "1")
         got = await answered(
             asyncio.wait_for(pending, 1), "the pending GET within 1 s of the close"
@@ -207,14 +212,15 @@ async def test_polling_close_packet_from_client_closes_session(default_server: A
     assert after.status_code == 400, after.text
 
 
-async def test_polling_forced_close_answers_pending_get_at_once(default_server: Any) -> None:
+async def test_polling_forced_close_answers_pending_get_at_once(plugbus_server: Any) -> None:
     """A session the server closes (here: kicked over REST, ``DELETE /connections/{sid}``)
     ends its pending GET at once with the packets that say so — "close | 1 | Used to indicate
     that a transport can be closed" — not by a 400 on a later request: well under 100 ms."""
-    async with httpx.AsyncClient(base_url=default_server.url) as http:
+    server = await plugbus_server(record_hooks=False)
+    async with httpx.AsyncClient(base_url=server.url) as http:
         eio_sid, sio_sid = await sio_over_polling(http)
         pending = asyncio.create_task(poll(http, eio_sid))
-        await asyncio.sleep(0.1)
+        await until(get_pending(server, eio_sid), "the GET pending")
         kicked = await http.delete(f"/connections/{sio_sid}")
         kicked_at = time.monotonic()
         got = await answered(asyncio.wait_for(pending, 3), "the pending GET within 3 s of the kick")

@@ -24,6 +24,7 @@ from eio_raw import (
     shared_server,
     ws_connect,
 )
+from server_state import get_pending, session, until
 
 
 @pytest.fixture
@@ -31,17 +32,6 @@ def default_server(request: pytest.FixtureRequest) -> Any:
     """The directory's shared server with the embedded defaults (tests/conftest.py's
     test pings: 2 s interval, 5 s timeout)."""
     return shared_server(request, "default")
-
-
-@pytest.fixture(scope="module")
-def compressed_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from conftest import start_server
-
-    server = start_server(
-        tmp_path_factory.mktemp("compressed"), {"server": {"websocket_compression": True}}
-    )
-    yield server
-    server.stop()
 
 
 async def probe(ws: Any) -> None:
@@ -60,14 +50,15 @@ async def test_upgrade_probe_is_answered_with_pong_probe(default_server: Any) ->
     assert frame == "3probe", frame
 
 
-async def test_upgrade_answers_pending_get_with_noop(default_server: Any) -> None:
+async def test_upgrade_answers_pending_get_with_noop(plugbus_server: Any) -> None:
     """The server MUST "send a `noop` packet to any pending `GET` request (if applicable) to
     cleanly close HTTP long-polling transport" — at once, not at the next ping."""
-    async with httpx.AsyncClient(base_url=default_server.url) as http:
+    server = await plugbus_server(record_hooks=False)
+    async with httpx.AsyncClient(base_url=server.url) as http:
         sid = (await open_polling(http))["sid"]
         pending = asyncio.create_task(poll(http, sid))
-        await asyncio.sleep(0.05)
-        async with ws_connect(default_server, sid=sid) as ws:
+        await until(get_pending(server, sid), "the GET pending")
+        async with ws_connect(server, sid=sid) as ws:
             await probe(ws)
             try:
                 got = await asyncio.wait_for(pending, 1)
@@ -78,16 +69,19 @@ async def test_upgrade_answers_pending_get_with_noop(default_server: Any) -> Non
     assert (got.status_code, got.text) == (200, "6")
 
 
-async def test_upgraded_websocket_carries_session_without_stray_noop(default_server: Any) -> None:
+async def test_upgraded_websocket_carries_session_without_stray_noop(
+    plugbus_server: Any,
+) -> None:
     """After "the client MUST send a `upgrade` packet to complete the upgrade" the WebSocket
     carries the session: a CONNECT sent over it is answered over it, and the first frame is
     that answer — the ``noop`` belongs to the pending GET ("send a `noop` packet to any pending
     `GET` request"), never to the WebSocket."""
-    async with httpx.AsyncClient(base_url=default_server.url) as http:
+    server = await plugbus_server(record_hooks=False)
+    async with httpx.AsyncClient(base_url=server.url) as http:
         sid = (await open_polling(http))["sid"]
         pending = asyncio.create_task(poll(http, sid))
-        await asyncio.sleep(0.05)
-        async with ws_connect(default_server, sid=sid) as ws:
+        await until(get_pending(server, sid), "the GET pending")
+        async with ws_connect(server, sid=sid) as ws:
             await probe(ws)
             await ws.send("5")
             await ws.send("40")
@@ -113,15 +107,17 @@ async def test_upgraded_websocket_sends_no_noop_without_pending_get(default_serv
     assert first.startswith("40{"), first
 
 
-async def test_packets_buffered_before_upgrade_arrive_over_websocket(default_server: Any) -> None:
+async def test_packets_buffered_before_upgrade_arrive_over_websocket(plugbus_server: Any) -> None:
     """The client pauses polling "to ensure that no packet gets lost": packets the server
     queued while no GET was pending (the CONNECT answer and the greeting) are delivered over the
     WebSocket once the upgrade completes."""
-    async with httpx.AsyncClient(base_url=default_server.url) as http:
+    server = await plugbus_server(record_hooks=False)
+    async with httpx.AsyncClient(base_url=server.url) as http:
         sid = (await open_polling(http))["sid"]
         assert (await post(http, sid, "40")).status_code == 200
-        await asyncio.sleep(0.2)  # the answer and the greeting are queued, nobody polls
-        async with ws_connect(default_server, sid=sid) as ws:
+        # the answer and the greeting are queued, nobody polls
+        await until(lambda: len(session(server, sid).outbox) == 2, "both packets queued")
+        async with ws_connect(server, sid=sid) as ws:
             await probe(ws)
             await ws.send("5")
             frames = [await recv_frame(ws), await recv_frame(ws)]
@@ -130,13 +126,13 @@ async def test_packets_buffered_before_upgrade_arrive_over_websocket(default_ser
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "permessage-deflate"])
-async def test_get_after_upgrade_is_400(
-    default_server: Any, request: pytest.FixtureRequest, compressed: bool
-) -> None:
+async def test_get_after_upgrade_is_400(plugbus_server: Any, compressed: bool) -> None:
     """Once upgraded the session is the WebSocket's: the spec's test suite, "ignores HTTP
     requests with same sid after upgrade" — a GET gets 400 — and the WebSocket still works
     (also with ``server.websocket_compression: true`` and a client that offers deflate)."""
-    server = request.getfixturevalue("compressed_server") if compressed else default_server
+    server = await plugbus_server(
+        record_hooks=False, config={"server": {"websocket_compression": compressed}}
+    )
     async with httpx.AsyncClient(base_url=server.url) as http:
         sid = (await open_polling(http))["sid"]
         async with ws_connect(server, sid=sid, compression="deflate" if compressed else None) as ws:
@@ -146,7 +142,7 @@ async def test_get_after_upgrade_is_400(
                 )
             await probe(ws)
             await ws.send("5")
-            await asyncio.sleep(0.05)
+            await until(lambda: session(server, sid).transport == "websocket", "the upgrade")
             try:
                 resp = await poll(http, sid, timeout=1)
             except httpx.TimeoutException:

@@ -6,7 +6,6 @@ encoding"; the spec's test suite where the README is silent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -39,16 +38,16 @@ CLOSE_WITHIN = 0.75
 @pytest.fixture(scope="module")
 def info_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A default server that logs at info, so a refusal logged at any level is visible."""
-    from conftest import start_server
+    from conftest import retire, start_server
 
     server = start_server(tmp_path_factory.mktemp("sioinfo"), {"server": {"log_level": "info"}})
     yield server
-    server.stop()
+    retire(server)
 
 
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from conftest import start_server
+    from conftest import retire, start_server
 
     server = start_server(
         tmp_path_factory.mktemp("siotoken"),
@@ -61,7 +60,7 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
         },
     )
     yield server
-    server.stop()
+    retire(server)
 
 
 async def test_connect_to_main_namespace_is_answered_with_sid(default_server: Any) -> None:
@@ -221,7 +220,7 @@ async def test_valid_packets_after_malformed_ones_elsewhere_still_work(info_serv
         await sio_connect_ws(good)
         await sio_connect_ws(bad)
         await bad.send("42{}")
-        await asyncio.sleep(0.2)
+        await wait_closed(bad, CLOSE_WITHIN)  # the offender is gone; the other goes on
         await good.send('421["my-rooms"]')
         ack = await recv_frame(good)
     assert ack.startswith("431["), ack
