@@ -5,7 +5,8 @@
 # (examples/plugin-template) and its own tests — a real server, the in-process app, the hook
 # recorder — and `plugbus config check` on the shipped config.
 #   scripts/test-lower-bounds.sh
-# Not part of scripts/test.sh (it downloads the older versions); run it when a range changes.
+# Not part of scripts/test.sh (it downloads the older versions); .ci/run runs it after the suite,
+# and run it yourself when a range changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
