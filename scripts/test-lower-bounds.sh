@@ -30,7 +30,12 @@ echo "lower bounds:"; sed 's/^/  /' "$VENV/lower.txt"
 quiet() { grep -v '^WARNING: Location' || true; }
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$VENV/lower.txt" 2>&1 | quiet
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c "$VENV/lower.txt" ".[testing]" 2>&1 | quiet
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps ./examples/plugin-template 2>&1 | quiet
+# from a copy: building in place would leave plugbus_echo.egg-info in the checkout, where the
+# suite's own tests would find the template's entry point beside the module they load
+template="$(mktemp -d)"
+cp -r examples/plugin-template/. "$template/"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$template" 2>&1 | quiet
+rm -rf "$template"
 echo "installed:"; "$VENV/bin/python" -m pip freeze | grep -iE "^($(sed 's/[=;].*//' "$VENV/lower.txt" | paste -sd'|'))==" | sed 's/^/  /'
 "$VENV/bin/plugbus" config check config.yaml
 # From a directory outside the checkout, so that the installed plugbus is the one imported.
