@@ -7,15 +7,13 @@ rather than after it (pytest-xdist's loadscope keeps a module on one worker).
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_bench_smoke import IN_CI, ROOT, positive, redis_available
+from test_bench_smoke import IN_CI, positive, redis_available, run_smoke
 
 # --------------------------------------------------------------------------------------------
 # the cluster workload: two plugbus nodes + redis-server against one node
@@ -29,39 +27,7 @@ def cluster_smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             pytest.fail(f"the benchmark's cluster workload cannot run under CI: {why}")
         pytest.skip(f"the benchmark's cluster workload cannot run here: {why}")
     out = tmp_path_factory.mktemp("bench-cluster")
-    cmd = [
-        "bash",
-        str(ROOT / "bench" / "run.sh"),
-        "--smoke",
-        "--only",
-        "cluster",
-        "--servers",
-        "plugbus",
-        "--out",
-        str(out / "benchmarks.md"),
-        "--json",
-        str(out / "bench.json"),
-        "--logs",
-        str(out / "logs"),
-        "--max-minutes",
-        "2",
-    ]
-    proc = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert proc.returncode == 0, (
-        f"bench/run.sh --smoke --only cluster exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-    )
-    return {
-        "json": json.loads((out / "bench.json").read_text()),
-        "md": (out / "benchmarks.md").read_text(),
-        "logs": out / "logs",
-    }
+    return run_smoke(out, "plugbus", "cluster", minutes=2)
 
 
 def test_cluster_workload_ran_on_one_node_and_on_two(cluster_smoke: dict[str, Any]) -> None:

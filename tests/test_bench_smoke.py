@@ -78,39 +78,45 @@ def positive(x: Any) -> bool:
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench")
     servers = ["plugbus", "bare"] + (["node"] if node_available() is None else [])
-    cmd = [
-        "bash",
-        str(ROOT / "bench" / "run.sh"),
-        "--smoke",
-        "--servers",
-        ",".join(servers),
-        "--only",
-        "A5,B,C20,D",  # the cluster workload: its own run below
-        "--out",
-        str(out / "benchmarks.md"),
-        "--json",
-        str(out / "bench.json"),
-        "--logs",
-        str(out / "logs"),
-        "--max-minutes",
-        "4",
-    ]
+    # the cluster workload has a module of its own (tests/test_bench_cluster_smoke.py)
+    return {"servers": servers, **run_smoke(out, ",".join(servers), "A5,B,C20,D", minutes=4)}
+
+
+def run_smoke(out: Path, servers: str, only: str, *, minutes: int) -> dict[str, Any]:
+    """``bench/run.sh --smoke`` for ``servers`` and workloads ``only``, writing into ``out``:
+    its JSON results, markdown report, stderr and logs folder."""
     proc = subprocess.run(
-        cmd,
+        [
+            "bash",
+            str(ROOT / "bench" / "run.sh"),
+            "--smoke",
+            "--servers",
+            servers,
+            "--only",
+            only,
+            "--out",
+            str(out / "benchmarks.md"),
+            "--json",
+            str(out / "bench.json"),
+            "--logs",
+            str(out / "logs"),
+            "--max-minutes",
+            str(minutes),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=360,
+        timeout=minutes * 60 + 120,
         env={**os.environ, "PYTHON": sys.executable},
     )
     assert proc.returncode == 0, (
-        f"bench/run.sh --smoke exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+        f"bench/run.sh --smoke --only {only} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     )
     return {
-        "servers": servers,
         "json": json.loads((out / "bench.json").read_text()),
         "md": (out / "benchmarks.md").read_text(),
         "stderr": proc.stderr,
+        "logs": out / "logs",
     }
 
 
