@@ -596,6 +596,39 @@ def metrics_table_matches_a_scrape(page: Page, world: World, entry: Entry) -> No
     assert set(scraped) <= set(documented), f"undocumented: {set(scraped) - set(documented)}"
 
 
+def grafana_dashboard_queries_real_metrics(page: Page, world: World, entry: Entry) -> None:
+    """docs/grafana-dashboard.json, which the page links, is a dashboard whose every query
+    names only metrics a started node exposes (a histogram by its _bucket, _sum or _count
+    series, a counter by its _total one)."""
+    assert "grafana-dashboard.json" in page.text
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text("utf-8"))
+    families = {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(_started_scrape()):
+        families[family.name] = family.type
+    series = set()
+    for name, kind in families.items():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        series |= {name + suffix for suffix in suffixes.get(kind, ("",))}
+    panels = dashboard["panels"]
+    assert panels and len({p["id"] for p in panels}) == len(panels)
+    named: set[str] = set()
+    for panel in panels:
+        assert panel["title"] and panel["targets"], panel
+        assert panel["datasource"]["type"] == "prometheus"
+        for target in panel["targets"]:
+            names = set(re.findall(r"\bplugbus_[a-z_]+\b", target["expr"]))
+            assert names, f"{panel['title']}: a query that names no plugbus metric"
+            unknown = names - series
+            assert not unknown, f"{panel['title']}: the node exposes no {sorted(unknown)}"
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+            named |= names
+    # and it shows every family the node exposes
+    shown = {n for n in families if any(s.startswith(n) for s in named)}
+    assert shown == set(families), f"not on the dashboard: {set(families) - shown}"
+
+
 def elsewhere_is_real(page: Page, world: World, entry: Entry) -> None:
     """What a page names from elsewhere is defined where its entry says, and the page names
     it (an entry for a name the page dropped is stale)."""
@@ -855,7 +888,9 @@ PAGES: dict[str, Entry] = {
             kubernetes_example_fits_the_drain,
         ),
     ),
-    "docs/operations.md": Entry(checks=(metrics_table_matches_a_scrape,)),
+    "docs/operations.md": Entry(
+        checks=(metrics_table_matches_a_scrape, grafana_dashboard_queries_real_metrics)
+    ),
     "docs/recovery.md": Entry(
         checks=(
             states(

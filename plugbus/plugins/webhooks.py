@@ -106,9 +106,6 @@ class WebhooksSettings(PluginSettings):
     def _signed(self) -> WebhooksSettings:
         if self.urls and (self.secret is None or not self.secret.get_secret_value()):
             raise ValueError("a secret is needed to sign what is sent to urls")
-        for url in self.urls:
-            if url.scheme not in ("http", "https"):
-                raise ValueError(f"{url.scheme}: a webhook URL is http or https")
         return self
 
 
