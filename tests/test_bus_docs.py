@@ -21,6 +21,7 @@ from plugbus import (
     Bus,
     Cluster,
     Connection,
+    Counter,
     EventContext,
     Member,
     Origin,
@@ -51,6 +52,7 @@ DOCUMENTED: dict[str, Any] = {
     "member": Member,
     "connection": Connection,
     "ctx": EventContext,
+    "counter": Counter,
 }
 
 
@@ -89,7 +91,7 @@ def test_the_page_names_no_member_that_does_not_exist() -> None:
 def test_the_internals_list_is_exactly_what_the_protocol_leaves_out() -> None:
     running = {n for n in dir(concrete_bus.Bus) if not n.startswith("_")}
     instance_attributes = {"config", "plugins", "pm", "hooks", "default_namespace", "events"}
-    instance_attributes |= {"backend", "presence", "cluster"}
+    instance_attributes |= {"backend", "presence", "cluster", "counters"}
     internal = set(re.findall(r"`bus\.(\w+)`", section("Not for plugins")))
     assert (running | instance_attributes) - members(Bus) == internal
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from conftest import ROOT, Server, free_port
 
-BUILTINS_LISTED = "(built-ins are: auth, welcome, rooms, relay, moderation)"
+BUILTINS_LISTED = "(built-ins are: auth, welcome, rooms, relay, moderation, webhooks)"
 INVALID_INT = "Input should be a valid integer, unable to parse string as an integer"
 
 
@@ -231,7 +231,7 @@ def test_settings_for_unknown_plugin_name_are_refused(tmp_path: Path) -> None:
     err = check_fails(cfg)
     assert err == (
         f"plugbus: {cfg}:4: plugins.settings.nosuch: settings for 'nosuch', but no "
-        f"plugin has that name (known: auth, moderation, relay, rooms, welcome)\n"
+        f"plugin has that name (known: auth, moderation, relay, rooms, webhooks, welcome)\n"
     )
 
 

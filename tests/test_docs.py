@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib.util
 import inspect
 import json
@@ -387,7 +388,16 @@ def _not_hooks() -> set[str]:
 
 
 def _metric_names(world: World) -> set[str]:
-    return {metric.name for metric in world.app.metrics.registry.collect()}
+    return {metric.name for metric in world.app.metrics.registry.collect()} | _started_metrics()
+
+
+@functools.cache
+def _started_metrics() -> frozenset[str]:
+    """The families of a started node's scrape (plugins make their counters at start-up)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = _started_scrape()
+    return frozenset(family.name for family in text_string_to_metric_families(text))
 
 
 def hooks_exist(page: Page, world: World, entry: Entry) -> None:
@@ -533,16 +543,41 @@ def kubernetes_example_fits_the_drain(page: Page, world: World, entry: Entry) ->
             assert world.mounted("GET", probe["path"]), probe
 
 
+async def _scrape_a_started_node() -> str:
+    """``/metrics`` of a started node running every built-in plugin, the optional ones too
+    (their counters are made at start-up)."""
+    from plugbus.core.config import DEFAULT_BUILTINS
+    from plugbus.testing.inprocess import PlugbusAppFactory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        factory = PlugbusAppFactory(lambda: Path(tempfile.mkdtemp(dir=tmp)))
+        try:
+            app = await factory(
+                builtins=[*DEFAULT_BUILTINS, *(n for n in BUILTINS if n not in DEFAULT_BUILTINS)],
+                # nobody listens there: no event is sent, the plugin only has to start
+                settings={"webhooks": {"urls": ["http://127.0.0.1:9/hooks"], "secret": "s"}},
+            )
+            resp = await app.http.get("/metrics")
+            assert resp.status_code == 200, resp.text
+            return resp.text
+        finally:
+            await factory.aclose()
+
+
+@functools.cache
+def _started_scrape() -> str:
+    import asyncio
+
+    return asyncio.run(_scrape_a_started_node())
+
+
 def metrics_table_matches_a_scrape(page: Page, world: World, entry: Entry) -> None:
-    """The metrics table names exactly the families a scrape of the node exposes, each with
-    its type and labels."""
-    from prometheus_client import generate_latest
+    """The metrics table names exactly the families a scrape of a started node (with every
+    built-in plugin) exposes, each with its type and labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
     scraped = {}
-    for family in text_string_to_metric_families(
-        generate_latest(world.app.metrics.registry).decode()
-    ):
+    for family in text_string_to_metric_families(_started_scrape()):
         labels = set()
         for sample in family.samples:
             labels |= set(sample.labels) - {"le"}
@@ -559,6 +594,39 @@ def metrics_table_matches_a_scrape(page: Page, world: World, entry: Entry) -> No
         assert scraped[name][0] == kind, (name, scraped[name][0], kind)
         assert scraped[name][1] <= labels, (name, scraped[name][1], labels)
     assert set(scraped) <= set(documented), f"undocumented: {set(scraped) - set(documented)}"
+
+
+def grafana_dashboard_queries_real_metrics(page: Page, world: World, entry: Entry) -> None:
+    """docs/grafana-dashboard.json, which the page links, is a dashboard whose every query
+    names only metrics a started node exposes (a histogram by its _bucket, _sum or _count
+    series, a counter by its _total one)."""
+    assert "grafana-dashboard.json" in page.text
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text("utf-8"))
+    families = {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(_started_scrape()):
+        families[family.name] = family.type
+    series = set()
+    for name, kind in families.items():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        series |= {name + suffix for suffix in suffixes.get(kind, ("",))}
+    panels = dashboard["panels"]
+    assert panels and len({p["id"] for p in panels}) == len(panels)
+    named: set[str] = set()
+    for panel in panels:
+        assert panel["title"] and panel["targets"], panel
+        assert panel["datasource"]["type"] == "prometheus"
+        for target in panel["targets"]:
+            names = set(re.findall(r"\bplugbus_[a-z_]+\b", target["expr"]))
+            assert names, f"{panel['title']}: a query that names no plugbus metric"
+            unknown = names - series
+            assert not unknown, f"{panel['title']}: the node exposes no {sorted(unknown)}"
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+            named |= names
+    # and it shows every family the node exposes
+    shown = {n for n in families if any(s.startswith(n) for s in named)}
+    assert shown == set(families), f"not on the dashboard: {set(families) - shown}"
 
 
 def elsewhere_is_real(page: Page, world: World, entry: Entry) -> None:
@@ -820,7 +888,9 @@ PAGES: dict[str, Entry] = {
             kubernetes_example_fits_the_drain,
         ),
     ),
-    "docs/operations.md": Entry(checks=(metrics_table_matches_a_scrape,)),
+    "docs/operations.md": Entry(
+        checks=(metrics_table_matches_a_scrape, grafana_dashboard_queries_real_metrics)
+    ),
     "docs/recovery.md": Entry(
         checks=(
             states(
@@ -878,6 +948,8 @@ PAGES: dict[str, Entry] = {
         checks=(openapi_models_exist("RoomList", "RoomMembers", "MemberJoined", "MemberLeft"),),
         settings_tables=("rooms",),
     ),
+    # its verification snippet is run against real deliveries by tests/test_webhooks.py
+    "docs/plugins/webhooks.md": Entry(settings_tables=("webhooks",)),
     "docs/plugins/welcome.md": Entry(
         curl_examples_run=True,
         checks=(openapi_models_exist("Greetings", "GreetingsUpdate"),),

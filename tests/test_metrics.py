@@ -111,6 +111,9 @@ async def test_traffic_on_both_doors_shows_in_the_metrics(serve, connect) -> Non
         == 1
     )
     assert value(m, "plugbus_wire_refusals_total", reason="protocol_violation") == 1
+    # moderation counts its decision by rule and action (through bus.counter)
+    decisions = "plugbus_moderation_decisions_total"
+    assert value(m, decisions, rule="blocked_words", action="refuse") == 1
     assert value(m, "plugbus_phase", phase="ready") == 1
     assert value(m, "plugbus_phase", phase="draining") == 0
     # every send-message went through moderation's plugbus_moderate and relay's handler
@@ -185,3 +188,49 @@ def test_metrics_on_their_own_port_only(serve) -> None:  # type: ignore[no-untyp
 def test_metrics_can_be_switched_off(serve) -> None:  # type: ignore[no-untyped-def]
     server = serve({"server": {"metrics": {"enabled": False}}})
     assert httpx.get(server.url + "/metrics").status_code == 404
+
+
+def text_scrape(text: str) -> dict[Any, float]:
+    out: dict[Any, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+async def test_recovered_sessions_and_replayed_packets_are_counted(plugbus_server) -> None:  # type: ignore[no-untyped-def]
+    server = await plugbus_server()
+    alice = await server.client(recovery=True)
+    bob = await server.client()
+    for c in (alice, bob):
+        await c.call("join-room", {"room": "metrics-recovery"})
+    await bob.call("send-message", {"message": "one", "roomID": "metrics-recovery"})
+    await alice.wait_for("receive-message")
+    await server.drop(alice)
+    for text in ("two", "three", "four"):
+        await bob.call("send-message", {"message": text, "roomID": "metrics-recovery"})
+    back = await server.reconnect(alice)
+    assert back.recovered
+    assert await back.wait_for("receive-message", 3) == ["two", "three", "four"]
+    m = text_scrape((await server.http.get("/metrics")).text)
+    assert value(m, "plugbus_recovered_sessions_total") == 1
+    assert value(m, "plugbus_replayed_packets_total") == 3
+
+
+async def test_redis_round_trips_and_errors(serve, connect, redis_server) -> None:  # type: ignore[no-untyped-def]
+    server = serve({"server": {"backend": redis_server.url}})
+    client = await connect(server)
+    assert (await client.call("join-room", {"room": "metrics-redis"}))["ok"]
+    m = scrape(server)
+    calls = value(m, "plugbus_redis_seconds_count")
+    assert calls >= 2  # presence: the connection, then the membership
+    assert value(m, "plugbus_redis_seconds_bucket", le="+Inf") == calls
+    assert 0 < value(m, "plugbus_redis_seconds_sum") < calls  # round trips well under 1 s
+    assert value(m, "plugbus_redis_errors_total", kind="connection") == 0
+    redis_server.stop()
+    # presence lives in Redis: listing the rooms fails while it is away, and is counted
+    resp = httpx.get(server.url + "/rooms", timeout=15)
+    assert resp.status_code == 503, resp.text
+    m = scrape(server)
+    assert value(m, "plugbus_redis_errors_total", kind="connection") >= 1
+    assert value(m, "plugbus_redis_seconds_count") > calls

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugbus.core import Bus
+from plugbus.core.backend import REDIS_BOUNDS
 from plugbus.core.hooks import TIMING_BOUNDS
 
 from .problems import install_problem_handlers
@@ -74,6 +75,8 @@ class Metrics:
         self.events: dict[tuple[str, str, str], int] = {}
         self.deliveries = 0
         self.delivered_bytes = 0
+        self.recovered_sessions = 0
+        self.replayed_packets = 0
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
         self.rest_seconds = Histogram(
@@ -95,6 +98,20 @@ class Metrics:
         """Count one publish's deliveries on this node: recipients and bytes written."""
         self.deliveries += recipients
         self.delivered_bytes += recipients * size
+
+    def recovered(self, replayed: int) -> None:
+        """Count one session recovered on this node and the packets replayed to it."""
+        self.recovered_sessions += 1
+        self.replayed_packets += replayed
+
+
+def _buckets(bounds: tuple[float, ...], per_bucket: list[int]) -> list[tuple[str, int]]:
+    """Cumulative ``(le, count)`` pairs from counts per bucket (the last one unbounded)."""
+    cumulative, out = 0, []
+    for bound, n in zip((*bounds, float("inf")), per_bucket, strict=True):
+        cumulative += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return out
 
 
 class _Collector(Collector):
@@ -172,12 +189,26 @@ class _Collector(Collector):
         for (hook, plugin), (_calls, total, per_bucket) in sorted(
             (m.hook_timings.stats if m.hook_timings is not None else {}).items()
         ):
-            cumulative, buckets = 0, []
-            for bound, n in zip((*TIMING_BOUNDS, float("inf")), per_bucket, strict=True):
-                cumulative += n
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            hooks.add_metric([hook, plugin], buckets, total)
+            hooks.add_metric([hook, plugin], _buckets(TIMING_BOUNDS, per_bucket), total)
         yield hooks
+        yield CounterMetricFamily(
+            "plugbus_recovered_sessions",
+            "Sessions recovered on this node (connection state recovery).",
+            value=m.recovered_sessions,
+        )
+        yield CounterMetricFamily(
+            "plugbus_replayed_packets",
+            "Event packets replayed to recovered sessions on this node.",
+            value=m.replayed_packets,
+        )
+        yield from self._redis()
+        for counter in list(m.bus.counters.by_name.values()):
+            family = CounterMetricFamily(
+                f"plugbus_{counter.name}", counter.help, labels=list(counter.labels)
+            )
+            for values, count in sorted(counter.values.items()):
+                family.add_metric(list(values), count)
+            yield family
         ready = GaugeMetricFamily(
             "plugbus_phase",
             "1 for the phase this node is in (starting, ready, draining, stopping).",
@@ -186,6 +217,27 @@ class _Collector(Collector):
         for phase in ("starting", "ready", "draining", "stopping"):
             ready.add_metric([phase], 1 if m.lifecycle.phase.value == phase else 0)
         yield ready
+
+    def _redis(self) -> Iterator[Any]:
+        """The backend's Redis round trips and failures (all zero with ``memory``, so that
+        dashboards and alerts need no special case)."""
+        stats = self.m.bus.backend.stats
+        seconds = HistogramMetricFamily(
+            "plugbus_redis_seconds",
+            "Calls to Redis for stores, presence, cluster operations and pub/sub, and how "
+            "long each took (waiting for a pooled connection included; none with the memory "
+            "backend).",
+        )
+        seconds.add_metric([], _buckets(REDIS_BOUNDS, stats.buckets), stats.seconds)
+        yield seconds
+        errors = CounterMetricFamily(
+            "plugbus_redis_errors",
+            "Failed calls to Redis, by kind (connection, timeout, response, wrongtype, other).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(stats.errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
 
 
 def metrics_router(bus: Bus, metrics: Metrics) -> APIRouter:

@@ -322,6 +322,8 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             session.mark_connected()  # the connect deadline no longer applies
         if recovery is not None:
             replayed = self._replay(eio_sid, sid, namespace, replay, offset)
+            if self.metrics is not None:
+                self.metrics.recovered(replayed)
             recovery = Recovery(
                 recovery.rooms,
                 recovery.refused_rooms,

@@ -32,7 +32,7 @@ from .loader import BUILTINS, PluginInfo, PluginSource, load_plugins
 from .moderation import ModerationRule, Violation
 from .plugin import Plugin, PluginSettings, Secret
 from .presence import Member
-from .protocols import Cluster, Presence, TextDecision
+from .protocols import Cluster, Counter, Presence, TextDecision
 from .recovery import Recovery
 from .routes import Route, RouteRequest
 from .store import Batch, Store, Subscription
@@ -49,6 +49,7 @@ __all__ = [
     "Connection",
     "ConnectionDenied",
     "ConnectionRequired",
+    "Counter",
     "Event",
     "EventContext",
     "EventDropped",

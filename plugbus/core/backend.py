@@ -11,8 +11,10 @@ socket door's client manager touches it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +23,32 @@ from .errors import ConfigError, StoreUnavailable
 from .store import Hub, MemoryStore, RedisStore, Store, _Entry
 
 log = logging.getLogger("plugbus.backend")
+
+#: upper bounds, in seconds, of the round-trip buckets of :class:`RedisStats`
+REDIS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+
+
+class RedisStats:
+    """The backend's Redis calls (:meth:`Backend.redis_call`): how many, their total seconds
+    and the calls per duration bucket (:data:`REDIS_BOUNDS`, then one for longer), and the
+    failures by kind (``connection``, ``timeout``, ``response``, ``wrongtype``, ``other``).
+    Plain numbers, read by the metrics exporter when it is scraped."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(REDIS_BOUNDS) + 1)
+        self.errors: dict[str, int] = {}
+
+    def add(self, seconds: float) -> None:
+        """Count one call that took ``seconds`` (failed ones included)."""
+        self.calls += 1
+        self.seconds += seconds
+        self.buckets[bisect.bisect_left(REDIS_BOUNDS, seconds)] += 1
+
+    def failed(self, kind: str) -> None:
+        """Count one failed call."""
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 def mask_url(url: str) -> str:
@@ -34,6 +62,18 @@ def mask_url(url: str) -> str:
     return urlunsplit(
         (parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment)
     )
+
+
+def _error_kind(exc: Exception) -> str:
+    """``timeout``, ``connection`` (refused, reset, closed) or ``other``."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    if isinstance(exc, RedisTimeout | TimeoutError):
+        return "timeout"
+    if isinstance(exc, RedisConnectionError | OSError):
+        return "connection"
+    return "other"
 
 
 class Backend:
@@ -57,6 +97,8 @@ class Backend:
         self._memory: dict[str, _Entry] = {}
         self._local: dict[str, _Entry] = {}
         self._down = False
+        #: round trips and failures of :meth:`redis_call`
+        self.stats = RedisStats()
 
     @property
     def shared(self) -> bool:
@@ -93,14 +135,20 @@ class Backend:
         """
         from redis.exceptions import RedisError, ResponseError
 
+        started = time.perf_counter()
         try:
             result = await call(self.redis_client())
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):
+                self.stats.failed("wrongtype")
                 raise TypeError(str(exc)) from None
+            self.stats.failed("response")
             raise self._unavailable(what, exc) from None
         except (RedisError, OSError) as exc:
+            self.stats.failed(_error_kind(exc))
             raise self._unavailable(what, exc) from None
+        finally:
+            self.stats.add(time.perf_counter() - started)
         if self._down:
             self._down = False
             log.warning("shared state: Redis answers again")

@@ -12,12 +12,14 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .backend import Backend
 from .cluster import Cluster
 from .config import Config
 from .context import Connection, EventContext, Origin
+from .counters import Counters, PluginCounter
 from .errors import (
     ConfigError,
     ConnectionDenied,
@@ -111,6 +113,8 @@ class Bus:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._closing: set[asyncio.Task[Any]] = set()
+        #: the plugins' counters (``bus.counter``), read by the metrics exporter
+        self.counters = Counters()
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -150,6 +154,15 @@ class Bus:
                 f"of {', '.join(sorted(RESERVED_STORES))})"
             )
         return self.backend.store(name, local=local)
+
+    def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> PluginCounter:
+        """The node's counter ``name`` (``plugbus_<name>_total`` in ``/metrics``), made on
+        first use; the same labels give the same counter again.
+
+        :raises ValueError: a bad or reserved name, bad labels, no help text, or a name made
+            before with other labels.
+        """
+        return self.counters.counter(name, help, labels)
 
     @property
     def moderation_rules(self) -> list[ModerationRule]:

@@ -25,13 +25,15 @@ from .errors import ConfigError
 from .hooks import PluginManager
 from .plugin import Plugin, PluginSettings
 
-#: Built-in plugin name -> "module:Class" inside the installed package.
+#: Built-in plugin name -> "module:Class" inside the installed package. Those not in
+#: ``config.DEFAULT_BUILTINS`` (webhooks) are off until ``plugins.builtins`` names them.
 BUILTINS: dict[str, str] = {
     "auth": "plugbus.plugins.auth:AuthPlugin",
     "welcome": "plugbus.plugins.welcome:WelcomePlugin",
     "rooms": "plugbus.plugins.rooms:RoomsPlugin",
     "relay": "plugbus.plugins.relay:RelayPlugin",
     "moderation": "plugbus.plugins.moderation:ModerationPlugin",
+    "webhooks": "plugbus.plugins.webhooks:WebhooksPlugin",
 }
 
 ENTRY_POINT_GROUP = "plugbus"

@@ -9,7 +9,7 @@ the store's protocol is :class:`~plugbus.core.store.Store`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -88,6 +88,18 @@ class History(Protocol):
         ...
 
 
+class Counter(Protocol):
+    """A counter of the node's metrics, made with :meth:`Bus.counter`."""
+
+    def inc(self, *values: str, amount: int = 1) -> None:
+        """Add ``amount`` (one by default, never negative) to the count of these label
+        values, given in the order of the counter's label names.
+
+        :raises ValueError: not one value per label name, or a negative amount.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class TextDecision:
     """What the active moderation rules make of a text (:meth:`Bus.moderate_text`).
@@ -150,6 +162,17 @@ class Bus(Protocol):
         backend, this process's otherwise; ``local=True`` keeps it in this process always.
 
         :raises ValueError: an empty name, one with ``:``, or one plugbus uses itself.
+        """
+        ...
+
+    def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
+        """A counter exposed in ``/metrics`` as ``plugbus_<name>_total`` with ``help`` and
+        ``labels`` (bounded values only: never a room, a sid or a user id); made on first use,
+        and the same counter when asked for again with the same labels.
+
+        :raises ValueError: a bad name (lower case, digits, ``_``; not one of plugbus's own
+            metrics; no ``_total``), bad labels, no help text, or a name already made with
+            other labels.
         """
         ...
 
@@ -270,14 +293,18 @@ class Bus(Protocol):
         ...
 
 
-__all__ = ["Bus", "Cluster", "History", "Operation", "Presence", "TextDecision"]
+__all__ = ["Bus", "Cluster", "Counter", "History", "Operation", "Presence", "TextDecision"]
 
 if TYPE_CHECKING:  # the concrete parts satisfy the protocols (mypy checks these lines)
     from . import bus as _bus
     from . import cluster as _cluster
+    from . import counters as _counters
     from . import presence as _presence
 
-    def _check(b: _bus.Bus, c: _cluster.Cluster, p: _presence.LocalPresence) -> None:
+    def _check(
+        b: _bus.Bus, c: _cluster.Cluster, p: _presence.LocalPresence, n: _counters.PluginCounter
+    ) -> None:
         _b: Bus = b
+        _n: Counter = n
         _c: Cluster = c
         _p: Presence = p

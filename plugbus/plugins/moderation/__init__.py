@@ -183,8 +183,14 @@ class ModerationPlugin(Plugin):
                 "moderation store: memory although server.backend is shared: bans, "
                 "mutes, delays, buckets and the log hold on this node only"
             )
-            return ModerationStore(bus.store("moderation", local=True), self.settings.log_size)
-        return ModerationStore(shared, self.settings.log_size)
+            shared = bus.store("moderation", local=True)
+        decisions = bus.counter(
+            "moderation_decisions",
+            "Moderation decisions by rule and action: refuse, mask and drop by the pipeline's "
+            "rules, and the sanctions made over REST (ban, unban, mute, unmute, kick).",
+            ("rule", "action"),
+        )
+        return ModerationStore(shared, self.settings.log_size, decisions)
 
     @hookimpl
     async def plugbus_startup(self, bus: Bus) -> None:

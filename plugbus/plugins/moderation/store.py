@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from plugbus import Store
+from plugbus import Counter, Store
 from plugbus import StoreUnavailable as SharedStateUnavailable
 
 from .settings import SanctionType, TargetKind
@@ -100,11 +100,14 @@ class ModerationStore:
 
     :param store: ``bus.store("moderation")`` (``local=True`` for ``store: memory``).
     :param log_size: entries the log keeps (0 keeps none).
+    :param decisions: counts every entry by rule and action, whether the log keeps it or not
+        (``plugbus_moderation_decisions_total``).
     """
 
-    def __init__(self, store: Store, log_size: int) -> None:
+    def __init__(self, store: Store, log_size: int, decisions: Counter | None = None) -> None:
         self.store = store
         self.log_size = log_size
+        self.decisions = decisions
         self._keep = SENT_KEEP  # seconds a sender's slow-mode times are kept
 
     @property
@@ -293,7 +296,10 @@ class ModerationStore:
     # -- the log ----------------------------------------------------------------------------
 
     async def append_log(self, entry: LogEntry) -> None:
-        """Add a decision to the log (the oldest fall off past the configured size)."""
+        """Count a decision and add it to the log (the oldest fall off past the configured
+        size)."""
+        if self.decisions is not None:
+            self.decisions.inc(entry.rule, entry.action)
         if self.log_size <= 0:
             return
         try:
