@@ -269,6 +269,10 @@ class Bus:
         belong to one namespace: emitting to a connection of ``/admin`` needs
         ``namespace="/admin"`` (``connection.namespace``, or ``ctx.namespace`` in a handler).
 
+        With a Redis backend the call returns once Redis has the event (it reaches every node
+        from there, after an outage too); while Redis cannot take it, it raises
+        :class:`~plugbus.BackendUnavailable` and nothing was sent.
+
         The event is kept in history — the room's, the connection's or the namespace's — and
         replayed to clients that recover, unless ``history`` is False (ephemeral events: typing
         indicators, presence pings) or the room keeps none (``server.history.rooms``).
@@ -285,8 +289,16 @@ class Bus:
             target, kind = to, "sid"
         else:
             target, kind = None, "all"
-        if history and self.history.keeps(kind, target):
+        keep = history and self.history.keeps(kind, target)
+        if keep or isinstance(self.history, RedisHistory):
             args = data if isinstance(data, tuple) else (() if data is None else (data,))
+            if not keep:
+                # Across nodes, an ephemeral event takes the feed too (issue #18): the one
+                # path between nodes that resumes after Redis went away, so nothing a client
+                # can be sent is silently dropped on the way to another node.
+                assert isinstance(self.history, RedisHistory)
+                await self.history.append(ns, kind, target, event, args, skip_sid, keep=False)
+                return None
             return await self.history.append(ns, kind, target, event, args, skip_sid)
         await self.transport.emit(event, data, room=target, skip_sid=skip_sid, namespace=ns)
         return None
