@@ -138,7 +138,10 @@ class SharedPresence(LocalPresence):
     async def reap(self, node: str) -> int:
         """Take dead ``node``'s connections out of presence (their room memberships go as
         they are read, like those of expired entries); return how many."""
-        sids = sorted(await self._store.smembers(self._node_conns(node)))
+        listed = sorted(await self._store.smembers(self._node_conns(node)))
+        infos = await self._store.get_many([self._conn(sid) for sid in listed]) if listed else []
+        # a connection recovered on another node meanwhile is that node's now
+        sids = [s for s, i in zip(listed, infos, strict=True) if i and i.get("node") == node]
         async with self._store.batch() as batch:
             for sid in sids:
                 batch.delete(self._conn(sid))
