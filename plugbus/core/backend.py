@@ -1,11 +1,10 @@
 """Where shared state lives: this process (``memory``) or a Redis server several nodes share.
 
 ``server.backend`` in config.yaml is ``memory`` (one process, nothing to set up) or a Redis URL
-(``redis://[:password@]host:port/db``, ``rediss://`` for TLS). With Redis, python-socketio's own
-Redis client manager fans broadcasts out to every node, and plugins keep their state in a
+(``redis://[:password@]host:port/db``, ``rediss://`` for TLS). With Redis, events reach every node through
+the history feed (:mod:`plugbus.core.history`), and plugins keep their state in a
 :class:`~plugbus.core.store.Store` (:meth:`Backend.store`), whose keys and pub/sub channels
-every node shares. The Redis client itself stays in here: nothing outside core/ and the
-socket door's client manager touches it.
+every node shares. The Redis client itself stays in core/: nothing outside it touches Redis.
 """
 
 from __future__ import annotations
