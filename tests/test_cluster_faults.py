@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import socketio
-from conftest import RedisServer, free_port, serve_together
+from conftest import RedisServer, deep_merge, free_port, serve_together
 from tcp_proxy import TcpProxy
 
 ROOM = "faults"
@@ -213,6 +213,31 @@ async def test_redis_down_refuses_publishes_at_once_and_loses_nothing(
     assert {code for _, _, code, _ in pub.refused} <= UNAVAILABLE
     slowest = max(took for _, _, _, took in pub.refused)
     assert slowest < 1.5, f"a refusal took {slowest:.2f} s"
+
+
+async def test_with_moderation_in_memory_the_publish_itself_is_refused(serve, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Nothing reads Redis before the message is appended (the issue's 6,001 acked during an
+    outage): the append itself refuses, with backend_unavailable, over both doors."""
+    local = deep_merge(
+        config(redis_server), {"plugins": {"settings": {"moderation": {"store": "memory"}}}}
+    )
+    a, b = serve_together(serve, local, local)
+    async with httpx.AsyncClient(base_url=b.url, timeout=5) as http:
+
+        async def outage() -> float:
+            await asyncio.to_thread(redis_server.stop)
+            await asyncio.sleep(0.3)
+            resp = await http.post(f"/rooms/{ROOM}/messages", json={"message": "rest"})
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["code"] == "backend_unavailable", resp.text
+            await asyncio.sleep(2)
+            await asyncio.to_thread(redis_server.start)
+            return time.monotonic()
+
+        pub, _subs, _back = await asyncio.wait_for(redis_fault_row(a, b, outage), 30)
+    assert len(pub.refused) >= 10, "publishes were not refused during the outage"
+    assert {code for _, _, code, _ in pub.refused} == {"backend_unavailable"}
+    assert max(took for _, _, _, took in pub.refused) < 1.5
 
 
 async def test_redis_stalled_acks_wait_at_most_a_second_and_nothing_doubles(
