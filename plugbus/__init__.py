@@ -8,6 +8,7 @@ never import ``plugbus.core`` directly, its layout may change. ``Bus``, ``Presen
 """
 
 from plugbus.core import (
+    BackendUnavailable,
     Batch,
     Cluster,
     ConfigError,
@@ -53,6 +54,7 @@ from plugbus.core import (
 from plugbus.core.protocols import Bus
 
 __all__ = [
+    "BackendUnavailable",
     "Batch",
     "Bus",
     "Cluster",

@@ -256,7 +256,7 @@ async def test_a_rolling_stop_moves_every_client_to_the_surviving_node(balancer_
                     break
                 assert time.monotonic() < deadline, (health_b["connections"], on_a)
                 await asyncio.sleep(0.1)
-            a.proc.wait(8)
+            a.proc.wait(20)
             moved = [c for c in clients if c.losses]
             assert len(moved) == on_a
             assert all(c.connects == 2 for c in moved)
@@ -312,6 +312,6 @@ async def test_a_rolling_stop_loses_nothing_for_a_recovering_client(serve, redis
             again = connects(client)[1]
             assert again["recovered"] is True and again["sid"] == first["sid"]
             assert_exactly_once_in_order(client, texts)
-            a.proc.wait(10)
+            a.proc.wait(20)  # drain, in-flight work and the backend closing, on a busy machine
         finally:
             await client.close()

@@ -34,7 +34,6 @@ Events of one connection are handled in the order sent: the server runs with
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
 import time
@@ -60,7 +59,7 @@ from plugbus.core.recovery import Recovery, SessionMismatch, SuspendedSession
 
 from . import wire_json
 from .metrics import Metrics
-from .room_index import IndexedManager, RoomIndexMixin
+from .room_index import IndexedManager
 from .structured_logs import event_fields, log_context
 from .wire import SEAM_REPORT, EngineServer, ProtocolViolation, WireSettings, encode_frame
 
@@ -85,14 +84,10 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, bus: Bus, config: Config) -> None:
         server = config.server
         cors = server.cors
+        # One local manager on every node: what crosses nodes takes the history feed (a Redis
+        # Stream every node follows from its last offset, issue #18), not python-socketio's
+        # Redis pub/sub manager, which drops what it cannot publish.
         manager: socketio.AsyncManager = IndexedManager()
-        if bus.backend.shared:
-            # python-socketio's own Redis manager fans every emit out to all nodes.
-            # One channel for every namespace (each message names its own); named after the
-            # default namespace so that nodes of a single-namespace cluster keep the channel.
-            manager = PlugbusRedisManager(
-                bus.backend.url, channel=bus.backend.key("socketio", server.default_namespace)
-            )
         limits = server.limits
         self.wire_settings = WireSettings(
             ping_interval=server.ping_interval,
@@ -739,35 +734,6 @@ def _deliver_special(
     _Encoded(sio, namespace, data).write(session)
 
 
-class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: ignore[misc]
-    """python-socketio's Redis manager, delivering each emit on this node with
-    :func:`deliver_here` instead of a task per recipient.
-
-    ``_handle_emit`` runs for the node's own emits and for those published by other nodes;
-    what it does before delivering (decoding binary data, which python-socketio base64-encodes
-    for Redis) is python-socketio's, and an emit that asks for a callback keeps its path.
-    """
-
-    async def _handle_emit(self, message: dict[str, Any]) -> None:
-        if message.get("callback") is not None or self.server is None:
-            await super()._handle_emit(message)
-            return
-        data = message["data"]
-        if message.get("binary"):
-            attachments = [base64.b64decode(a) for a in data[1:]]
-            data = packet.Packet.reconstruct_binary(data[0], attachments)
-        if isinstance(data, list):
-            data = data[0] if len(data) == 1 else tuple(data)
-        deliver_here(
-            self.server,
-            message.get("namespace") or "/",
-            message["event"],
-            data,
-            message.get("room"),
-            message.get("skip_sid"),
-        )
-
-
 class SocketTransport:
     """:class:`plugbus.core.Transport` on a python-socketio server and its client manager;
     every operation in the namespace the bus names."""
@@ -784,12 +750,7 @@ class SocketTransport:
         skip_sid: str | None = None,
         namespace: str = "/",
     ) -> None:
-        if type(self._sio.manager) is IndexedManager:
-            deliver_here(self._sio, namespace, event, data, room, skip_sid)
-        else:
-            # A pub/sub manager publishes the emit for the other nodes and delivers here
-            # through deliver_here too (PlugbusRedisManager).
-            await self._sio.emit(event, data, to=room, skip_sid=skip_sid, namespace=namespace)
+        deliver_here(self._sio, namespace, event, data, room, skip_sid)
 
     def deliver(
         self,

@@ -8,6 +8,7 @@ from .bus import Bus
 from .config import Config, LoadedConfig, load_config
 from .context import Connection, EventContext, Identity, Origin, Principal
 from .errors import (
+    BackendUnavailable,
     ConfigError,
     Conflict,
     ConnectionDenied,
@@ -40,6 +41,7 @@ from .transport import Transport
 
 __all__ = [
     "BUILTINS",
+    "BackendUnavailable",
     "Batch",
     "Bus",
     "Cluster",

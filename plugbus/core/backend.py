@@ -1,11 +1,10 @@
 """Where shared state lives: this process (``memory``) or a Redis server several nodes share.
 
 ``server.backend`` in config.yaml is ``memory`` (one process, nothing to set up) or a Redis URL
-(``redis://[:password@]host:port/db``, ``rediss://`` for TLS). With Redis, python-socketio's own
-Redis client manager fans broadcasts out to every node, and plugins keep their state in a
+(``redis://[:password@]host:port/db``, ``rediss://`` for TLS). With Redis, events reach every node through
+the history feed (:mod:`plugbus.core.history`), and plugins keep their state in a
 :class:`~plugbus.core.store.Store` (:meth:`Backend.store`), whose keys and pub/sub channels
-every node shares. The Redis client itself stays in here: nothing outside core/ and the
-socket door's client manager touches it.
+every node shares. The Redis client itself stays in core/: nothing outside it touches Redis.
 """
 
 from __future__ import annotations
@@ -85,8 +84,10 @@ class Backend:
     :ivar hub: the node's one pub/sub listener, for every store's channels.
     """
 
-    #: Connections the node keeps to Redis at most; more callers wait their turn (up to 10 s).
+    #: Connections the node keeps to Redis at most; more callers wait their turn.
     max_connections = 50
+    #: Seconds a Redis command (or a wait for a free connection) may take before it fails.
+    command_timeout = 1.0
 
     def __init__(self, setting: str, prefix: str = "plugbus") -> None:
         self.url: str | None = None if setting == "memory" else setting
@@ -99,6 +100,7 @@ class Backend:
         self._down = False
         #: round trips and failures of :meth:`redis_call`
         self.stats = RedisStats()
+        self._purging: asyncio.Task[None] | None = None
 
     @property
     def shared(self) -> bool:
@@ -133,11 +135,19 @@ class Backend:
         :raises StoreUnavailable: Redis cannot be reached.
         :raises TypeError: the key holds another kind of value (Redis's WRONGTYPE).
         """
-        from redis.exceptions import RedisError, ResponseError
+        from redis.exceptions import ConnectionError, RedisError, ResponseError
 
         started = time.perf_counter()
         try:
-            result = await call(self.redis_client())
+            try:
+                result = await call(self.redis_client())
+            except ConnectionError:
+                # Once more on a fresh connection: the pool's connections to a Redis that
+                # restarted are all dead, and a command on one never reached the new server.
+                # (Not after a timeout: a command Redis is slow to answer may still run. The
+                # history's append script never retries: it would store an event twice.)
+                self._purge()
+                result = await call(self.redis_client())
         except ResponseError as exc:
             if str(exc).startswith("WRONGTYPE"):
                 self.stats.failed("wrongtype")
@@ -157,11 +167,30 @@ class Backend:
     def _unavailable(self, what: str, exc: Exception) -> StoreUnavailable:
         level = logging.DEBUG if self._down else logging.WARNING
         self._down = True
+        self._purge()
         log.log(level, "shared state: cannot %s: %s: %s", what, type(exc).__name__, exc)
         return StoreUnavailable(
             "shared state is unavailable for a moment: Redis cannot be reached; try again shortly",
             details={"store": "redis"},
         )
+
+    def _purge(self) -> None:
+        """Close the pool's idle connections after a failure: after a Redis restart every one
+        of them is stale, and without retries (see :meth:`start`) each would fail one command
+        more; new ones are made as needed."""
+        if self._redis is None or self._purging is not None:
+            return
+        pool = self._redis.connection_pool
+
+        async def purge() -> None:
+            try:
+                await pool.disconnect(inuse_connections=False)
+            except Exception as exc:  # closing dead sockets: nothing to act on
+                log.debug("closing idle Redis connections: %s", exc)
+            finally:
+                self._purging = None
+
+        self._purging = asyncio.get_running_loop().create_task(purge())
 
     async def start(self) -> None:
         """Connect to Redis and check it answers, then start the pub/sub listener.
@@ -171,30 +200,51 @@ class Backend:
         """
         if self.url is not None:
             from redis import asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
             from redis.exceptions import RedisError
 
             # A blocking pool: a burst of handshakes waits for a free connection instead of
             # failing (redis-py's default pool raises MaxConnectionsError past its limit).
+            # Every wait is bounded (issue #18): a command Redis does not answer within
+            # `command_timeout` fails, and is never sent twice (no retry: a re-sent append
+            # script would store an event twice), so a publish is refused at once while Redis
+            # is away or stalled, never left waiting for seconds.
             pool = aioredis.BlockingConnectionPool.from_url(
                 self.url,
                 decode_responses=True,
-                socket_connect_timeout=5,
+                socket_connect_timeout=self.command_timeout,
+                socket_timeout=self.command_timeout,
                 health_check_interval=10,
-                retry_on_timeout=True,
+                retry=Retry(NoBackoff(), 0),
                 max_connections=self.max_connections,
-                timeout=10,
+                timeout=self.command_timeout,
             )
             client = aioredis.Redis(connection_pool=pool)
             try:
-                await client.ping()
-            except (RedisError, OSError) as exc:
-                await client.aclose()
+                await asyncio.wait_for(client.ping(), self.command_timeout * 2)
+            except (RedisError, OSError, TimeoutError) as exc:
+                await client.aclose(close_connection_pool=True)
+                reason = str(exc) or f"no answer within {self.command_timeout * 2:g} s"
                 raise ConfigError(
-                    f"server.backend: cannot reach Redis at {mask_url(self.url)}: {exc}"
+                    f"server.backend: cannot reach Redis at {mask_url(self.url)}: {reason}"
                 ) from None
             self._redis = client
             log.info("shared state in Redis at %s (node %s)", mask_url(self.url), self.node_id)
         await self.hub.start()
+
+    def blocking_client(self, timeout: float) -> Any:
+        """A client of its own (one connection, outside the pool) whose commands may block for
+        up to ``timeout`` seconds: the history feed's ``XREAD BLOCK`` (core only)."""
+        from redis import asyncio as aioredis
+
+        pool = self.redis_client().connection_pool
+        kwargs = {**pool.connection_kwargs, "socket_timeout": timeout}
+        return aioredis.Redis(
+            connection_pool=aioredis.ConnectionPool(
+                connection_class=pool.connection_class, max_connections=1, **kwargs
+            )
+        )
 
     async def unreachable(self, timeout: float) -> str | None:
         """Why the shared backend does not answer a PING within ``timeout`` seconds, or None

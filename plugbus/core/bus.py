@@ -115,6 +115,7 @@ class Bus:
         self._closing: set[asyncio.Task[Any]] = set()
         #: the plugins' counters (``bus.counter``), read by the metrics exporter
         self.counters = Counters()
+        self._watch: asyncio.Task[None] | None = None
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -282,6 +283,10 @@ class Bus:
         belong to one namespace: emitting to a connection of ``/admin`` needs
         ``namespace="/admin"`` (``connection.namespace``, or ``ctx.namespace`` in a handler).
 
+        With a Redis backend the call returns once Redis has the event (it reaches every node
+        from there, after an outage too); while Redis cannot take it, it raises
+        :class:`~plugbus.BackendUnavailable` and nothing was sent.
+
         The event is kept in history — the room's, the connection's or the namespace's — and
         replayed to clients that recover, unless ``history`` is False (ephemeral events: typing
         indicators, presence pings) or the room keeps none (``server.history.rooms``).
@@ -298,8 +303,16 @@ class Bus:
             target, kind = to, "sid"
         else:
             target, kind = None, "all"
-        if history and self.history.keeps(kind, target):
+        keep = history and self.history.keeps(kind, target)
+        if keep or isinstance(self.history, RedisHistory):
             args = data if isinstance(data, tuple) else (() if data is None else (data,))
+            if not keep:
+                # Across nodes, an ephemeral event takes the feed too (issue #18): the one
+                # path between nodes that resumes after Redis went away, so nothing a client
+                # can be sent is silently dropped on the way to another node.
+                assert isinstance(self.history, RedisHistory)
+                await self.history.append(ns, kind, target, event, args, skip_sid, keep=False)
+                return None
             return await self.history.append(ns, kind, target, event, args, skip_sid)
         await self.transport.emit(event, data, room=target, skip_sid=skip_sid, namespace=ns)
         return None
@@ -341,6 +354,7 @@ class Bus:
             # what the room sent before this point was never this connection's to miss
             connection.marks[room] = self.history.watermark
         await self.presence.joined(connection, room)
+        await self._write_session(connection)
         await self.hooks.room_joined(connection, room, self)
         return True
 
@@ -374,6 +388,7 @@ class Bus:
         await self.transport.leave_room(sid, room, namespace=ns)
         connection.marks.pop(room, None)
         await self.presence.left(connection, room)
+        await self._write_session(connection)
         await self.hooks.room_left(connection, room, self)
         return True
 
@@ -548,10 +563,12 @@ class Bus:
             return
         await self.presence.connected(connection)
         if recovery is None:
+            await self._write_session(connection)
             await self.hooks.connected(connection, self)
             return
         for room in recovery.rooms:
             await self.presence.joined(connection, room)
+        await self._write_session(connection)
         await self.hooks.session_recovered(connection, recovery, self)
 
     # -- connection state recovery ---------------------------------------------------------
@@ -619,17 +636,23 @@ class Bus:
         connection = self._forget(sid)
         if connection is None:
             return
-        if connection.pid is not None and reason in RECOVERABLE_REASONS and self.recovery.enabled:
-            await self._suspend(connection)
+        if connection.pid is not None and self.recovery.enabled:
+            if reason in RECOVERABLE_REASONS:
+                await self._suspend(connection)
+            else:
+                try:
+                    await self.sessions.forget(connection.pid, self.node_id)
+                except Exception as exc:  # its window runs out by itself
+                    log.warning("forgetting the session of %s failed: %s", connection.sid, exc)
         try:
             await self.hooks.disconnect(connection, reason, self)
         finally:
             await self.presence.disconnected(connection)
 
-    async def _suspend(self, connection: Connection) -> None:
+    def _session_of(self, connection: Connection, suspended_at: float) -> SuspendedSession:
         assert connection.pid is not None
         origin = connection.marks.get("", ZERO)
-        session = SuspendedSession(
+        return SuspendedSession(
             sid=connection.sid,
             pid=connection.pid,
             namespace=connection.namespace,
@@ -640,9 +663,22 @@ class Bus:
             origin=origin,
             identity=SuspendedSession.identity_of(connection.identity),
             data=connection.data,
-            suspended_at=time.time(),
+            suspended_at=suspended_at,
             node=self.backend.node_id,
         )
+
+    async def _write_session(self, connection: Connection) -> None:
+        """Write a live connection's session (Redis): if this node dies, its client recovers
+        on another node from it (issue #18)."""
+        if connection.pid is None or not self.recovery.enabled:
+            return
+        try:
+            await self.sessions.keep_live(self._session_of(connection, 0.0))
+        except Exception as exc:  # Redis away: written again at the next change
+            log.warning("writing the session of %s failed: %s", connection.sid, exc)
+
+    async def _suspend(self, connection: Connection) -> None:
+        session = self._session_of(connection, time.time())
         try:
             await self.sessions.keep(session)
         except Exception:
@@ -715,7 +751,42 @@ class Bus:
         await self.history.start()
         await self.presence.start()
         await self.cluster.start()
+        if isinstance(self.presence, SharedPresence):
+            await self.presence.beat()
+            self._watch = asyncio.create_task(self._watch_nodes(), name="plugbus-node-watch")
         await self.hooks.startup(self)
+
+    async def _watch_nodes(self) -> None:
+        """Heartbeat this node every second; clean up after nodes that stopped theirs: their
+        connections leave presence, and their live sessions start their recovery windows
+        here (issue #18)."""
+        presence = self.presence
+        assert isinstance(presence, SharedPresence)
+        while True:
+            await asyncio.sleep(1)
+            try:
+                await presence.beat()
+                for node in await presence.dead_nodes():
+                    if await presence.claim_reaping(node):
+                        await self._reap(presence, node)
+            except Exception as exc:  # Redis away: the next beat tries again
+                log.debug("node heartbeat failed: %s", exc)
+
+    async def _reap(self, presence: SharedPresence, node: str) -> None:
+        gone = await presence.reap(node)
+        sessions = await self.sessions.orphaned(node)
+        loop = asyncio.get_running_loop()
+        for session in sessions:
+            self._expiry[session.pid] = loop.call_later(
+                self.recovery.max_disconnection_s, self._spawn_expiry, session
+            )
+        log.warning(
+            "node %s stopped heartbeating: %d of its connections left presence, %d sessions "
+            "kept for recovery",
+            node,
+            gone,
+            len(sessions),
+        )
 
     async def stop(self) -> None:
         """Run ``plugbus_shutdown``, then close the backend."""
@@ -723,6 +794,10 @@ class Bus:
             await self._settle_connections()
             await self.hooks.shutdown(self)
         finally:
+            if self._watch is not None:
+                self._watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch
             for handle in self._expiry.values():
                 handle.cancel()
             self._expiry.clear()

@@ -116,6 +116,14 @@ class StoreUnavailable(PlugbusError):
     status = 503
 
 
+class BackendUnavailable(StoreUnavailable):
+    """The shared backend (Redis) cannot take a publish now: nothing was stored nor delivered,
+    and the publish is refused at once rather than acknowledged and lost (issue #18)."""
+
+    code = "backend_unavailable"
+    status = 503
+
+
 class NotAllowed(PlugbusError):
     """The event is well-formed but may not be carried out (a reserved room name, say)."""
 

@@ -10,10 +10,13 @@ An event is stored in one **stream**: a room's (``room``), a connection's own (`
 messages) or its namespace's (``all``: broadcasts). A recovery reads only the streams of the
 client's own rooms, its own and its namespace's — not every event of the cluster.
 
-With Redis, one Lua script takes the next offset, appends to the stream, trims it and publishes
-the event to every node, atomically: the nodes receive events in offset order, which is what
-makes an offset a truthful "everything up to here was delivered" mark. Each node delivers what
-it receives through the callback the bus gives it (:attr:`History.deliver`). A stream also
+With Redis, one Lua script takes the next offset, appends to the stream, trims it and appends
+the event to the cluster's **feed** (a Redis Stream of every event, in offset order, kept
+events and ephemeral ones alike), atomically. Every node follows the feed with ``XREAD`` from
+the last offset it delivered, and resumes from there after any disconnection from Redis: the
+nodes receive every event once and in offset order, which is what makes an offset a truthful
+"everything up to here was delivered" mark. Each node delivers what it reads through the
+callback the bus gives it (:attr:`History.deliver`). A stream also
 remembers, in a *floor* key, the newest offset it ever trimmed: a recovery from an older offset
 would have a gap, and is refused rather than silently lossy.
 """
@@ -26,11 +29,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+
+from .errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -130,13 +135,17 @@ def pack(
     target: str | None,
     kind: str,
     skip: str | None,
+    kept: bool = True,
 ) -> bytes:
-    """An event as stored and as published to the nodes."""
+    """An event as stored and as the nodes read it from the feed (``kept`` False: an
+    ephemeral event, on the feed only)."""
     attachments: list[bytes] = []
     lifted = _lift(list(args), attachments)
     record: dict[str, Any] = {"n": namespace, "e": event, "a": lifted, "t": target, "k": kind}
     if skip is not None:
         record["x"] = skip
+    if not kept:
+        record["v"] = 1
     if attachments:
         record["b"] = [base64.b64encode(a).decode() for a in attachments]
     return orjson.dumps(record)
@@ -301,8 +310,9 @@ class MemoryHistory:
 
 # -- Redis ----------------------------------------------------------------------------------
 
-# KEYS: the clock hash, the stream, its floor key.
-# ARGV: the packed event, max_messages, max_age_ms, the delivery channel.
+# KEYS: the clock hash, the stream, its floor key, the feed.
+# ARGV: the packed event, max_messages, max_age_ms, the feed's length, "1" to keep the event in
+# its stream ("0": an ephemeral event, on the feed only).
 # Returns the offset. TIME in a script is allowed since Redis 5 (effects are replicated).
 APPEND_SCRIPT = """
 local t = redis.call('TIME')
@@ -313,25 +323,27 @@ local ms = string.format('%.0f', now)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'ms', ms)
 local id = ms .. '-' .. seq
-local maxlen = tonumber(ARGV[2])
-local maxage = tonumber(ARGV[3])
-redis.call('XADD', KEYS[2], id, 'e', ARGV[1])
-local floor = false
-local len = redis.call('XLEN', KEYS[2])
-if len > maxlen then
-  local gone = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', len - maxlen)
-  floor = gone[#gone][1]
-  redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen)
+if ARGV[5] == '1' then
+  local maxlen = tonumber(ARGV[2])
+  local maxage = tonumber(ARGV[3])
+  redis.call('XADD', KEYS[2], id, 'e', ARGV[1])
+  local floor = false
+  local len = redis.call('XLEN', KEYS[2])
+  if len > maxlen then
+    local gone = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', len - maxlen)
+    floor = gone[#gone][1]
+    redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen)
+  end
+  local cutoff = string.format('%.0f', now - maxage) .. '-0'
+  local old = redis.call('XREVRANGE', KEYS[2], '(' .. cutoff, '-', 'COUNT', 1)
+  if #old > 0 then
+    floor = old[1][1]
+    redis.call('XTRIM', KEYS[2], 'MINID', cutoff)
+  end
+  if floor then redis.call('SET', KEYS[3], floor, 'PX', maxage) end
+  redis.call('PEXPIRE', KEYS[2], maxage)
 end
-local cutoff = string.format('%.0f', now - maxage) .. '-0'
-local old = redis.call('XREVRANGE', KEYS[2], '(' .. cutoff, '-', 'COUNT', 1)
-if #old > 0 then
-  floor = old[1][1]
-  redis.call('XTRIM', KEYS[2], 'MINID', cutoff)
-end
-if floor then redis.call('SET', KEYS[3], floor, 'PX', maxage) end
-redis.call('PEXPIRE', KEYS[2], maxage)
-redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], id, 'e', ARGV[1])
 return id
 """
 
@@ -341,11 +353,20 @@ class RedisHistory(MemoryHistory):
 
     Keys (under ``plugbus:history:``): ``clock`` (a hash: the last ``ms`` and ``seq``), one
     stream per room, connection and namespace, ``<len(ns)>:<ns>:<r|s|a>:<name>``, and beside
-    each its floor (the same with ``R``/``S``/``A``). Every node subscribes to the ``feed``
-    channel, where the append script publishes each event with its offset.
+    each its floor (the same with ``R``/``S``/``A``). ``feed`` is a stream of every event of
+    the cluster (the last :attr:`feed_length` or so): each node follows it from the last
+    offset it delivered (:attr:`watermark`), so an outage of Redis, a stall or a restart
+    delays cross-node delivery but never drops any of it.
     """
 
     shared = True
+    #: Events the feed keeps (about: Redis trims it lazily): how far a node that lost Redis
+    #: while the others kept publishing can fall behind and still resume without a gap.
+    feed_length = 100_000
+    #: Milliseconds one ``XREAD`` blocks waiting for new events.
+    block_ms = 1000
+    #: Seconds between attempts to read the feed again after Redis went away.
+    retry_s = 0.1
 
     def __init__(self, settings: HistorySettings, backend: Backend) -> None:
         super().__init__(settings)
@@ -353,9 +374,11 @@ class RedisHistory(MemoryHistory):
         self._redis: Any = backend.redis_client()
         self._script: Any = self._redis.register_script(APPEND_SCRIPT)
         self._clock = backend.key("history", "clock")
-        self.channel = backend.key("history", "feed")
+        self.feed = backend.key("history", "feed")
+        self._reader: Any = None
         self._listener: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
+        #: set while the feed is read; cleared while Redis is away
+        self.following = asyncio.Event()
 
     def _key(self, namespace: str, kind: Kind, name: str | None, floor: bool = False) -> str:
         code = _KIND_CODE[kind]
@@ -371,34 +394,59 @@ class RedisHistory(MemoryHistory):
         event: str,
         args: tuple[Any, ...],
         skip: str | None,
+        keep: bool = True,
     ) -> str:
-        """Store the event in Redis and publish it to every node (this one included, which
-        delivers it when it arrives); return its offset."""
+        """Store the event in Redis (its stream, unless ``keep`` is False, and the feed every
+        node reads, this one included, which delivers it from there); return its offset once
+        Redis has it.
+
+        :raises BackendUnavailable: Redis did not take it (down, or no answer within the
+            backend's command timeout): nothing was acknowledged.
+        """
         most, age = self.settings.limits_for(target if kind == "room" else None)
-        packed = pack(namespace, event, args, target, kind, skip)
-        offset: str = await self._script(
-            keys=[
-                self._clock,
-                self._key(namespace, kind, target),
-                self._key(namespace, kind, target, floor=True),
-            ],
-            args=[packed, most, int(age * 1000), self.channel],
-        )
-        if not self._subscribed.is_set():
-            # The feed is down (Redis went away and the listener is subscribing again): the
-            # event was stored but this node will not hear of it, so it delivers its own now.
-            # Other nodes miss it until issue #18's resumable feed; recovery still replays it.
-            self._on_message(f"{offset} {packed.decode()}")
+        packed = pack(namespace, event, args, target, kind, skip, keep)
+        try:
+            offset: str = await self._script(
+                keys=[
+                    self._clock,
+                    self._key(namespace, kind, target),
+                    self._key(namespace, kind, target, floor=True),
+                    self.feed,
+                ],
+                args=[packed, most, int(age * 1000), self.feed_length, "1" if keep else "0"],
+            )
+        except Exception as exc:
+            raise self._unavailable("publish an event", exc) from None
         return offset
+
+    def _unavailable(self, what: str, exc: Exception) -> Exception:
+        from redis.exceptions import RedisError
+
+        if not isinstance(exc, RedisError | OSError | TimeoutError):
+            return exc
+        self._backend._unavailable(what, exc)  # logged once per outage
+        return BackendUnavailable(
+            "the shared backend (Redis) cannot be reached: nothing was sent; try again shortly",
+            details={"backend": "redis"},
+        )
+
+    async def _call(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """A read or an idempotent write, through the backend (one retry on a dead
+        connection; an outage is :class:`~plugbus.StoreUnavailable`)."""
+        return await self._backend.redis_call(what, call)
 
     async def read(self, namespace: str, streams: list[StreamRead]) -> list[StoredEvent] | None:
         if not streams:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for want in streams:
-            pipe.get(self._key(namespace, want.kind, want.name, floor=True))
-            pipe.xrange(self._key(namespace, want.kind, want.name), min=f"({want.after}")
-        replies = await pipe.execute()
+
+        def run(redis: Any) -> Awaitable[Any]:
+            pipe = redis.pipeline(transaction=False)
+            for want in streams:
+                pipe.get(self._key(namespace, want.kind, want.name, floor=True))
+                pipe.xrange(self._key(namespace, want.kind, want.name), min=f"({want.after}")
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        replies = await self._call("read history", run)
         out: list[tuple[tuple[int, int], StoredEvent]] = []
         for i, want in enumerate(streams):
             floor, entries = replies[2 * i], replies[2 * i + 1]
@@ -418,59 +466,81 @@ class RedisHistory(MemoryHistory):
         start = "-" if after is None else f"({after}"
         if after is not None and parse_offset(after) is None:
             return []
-        entries = await self._redis.xrange(
-            self._key(namespace, "room", room), min=start, count=limit
-        )
+        key = self._key(namespace, "room", room)
+        entries = await self._call("read history", lambda r: r.xrange(key, min=start, count=limit))
         return [unpack(entry_id, fields["e"])[1] for entry_id, fields in entries]
 
     async def delete(self, namespace: str, room: str, offset: str) -> bool:
         if parse_offset(offset) is None:
             return False
-        return bool(await self._redis.xdel(self._key(namespace, "room", room), offset))
+        key = self._key(namespace, "room", room)
+        return bool(await self._call("delete from history", lambda r: r.xdel(key, offset)))
 
     async def start(self) -> None:
-        """Subscribe to the feed, then take the current clock as this node's watermark: every
-        event after it reaches this node through the feed."""
-        self._listener = asyncio.create_task(self._listen(), name="plugbus-history-feed")
-        await asyncio.wait_for(self._subscribed.wait(), 10)
-        clock = await self._redis.hmget(self._clock, "ms", "seq")
+        """Take the current clock as this node's watermark (every event after it reaches
+        this node through the feed), then follow the feed from there."""
+        clock = await self._call("read the clock", lambda r: r.hmget(self._clock, "ms", "seq"))
         if clock[0] is not None and clock[1] is not None:
             self.watermark = later(self.watermark, f"{clock[0]}-{clock[1]}")
+        self._reader = self._backend.blocking_client(self.block_ms / 1000 + 2)
+        self._listener = asyncio.create_task(self._follow(), name="plugbus-history-feed")
 
     async def stop(self) -> None:
-        """Stop listening."""
+        """Stop following the feed."""
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader.aclose(close_connection_pool=True)
+            self._reader = None
 
-    async def _listen(self) -> None:
-        while True:  # subscribe again after Redis went away (loss-free resumption: issue #18)
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+    async def _follow(self) -> None:
+        lost_at: float | None = None
+        while True:
             try:
-                await pubsub.subscribe(self.channel)
-                self._subscribed.set()
-                async for message in pubsub.listen():
-                    self._on_message(message["data"])
+                replies = await self._reader.xread(
+                    {self.feed: self.watermark}, count=1000, block=self.block_ms
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._subscribed.clear()
-                log.warning("history feed lost (%s); subscribing again", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                self.following.clear()
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    log.warning(
+                        "history feed lost (%s: %s); reading it again from %s",
+                        type(exc).__name__,
+                        exc,
+                        self.watermark,
+                    )
+                await asyncio.sleep(self.retry_s)
+                continue
+            self.following.set()
+            if lost_at is not None:
+                log.warning(
+                    "history feed back after %.1f s; resuming from %s",
+                    time.monotonic() - lost_at,
+                    self.watermark,
+                )
+                lost_at = None
+            if not replies:
+                continue
+            entries = (
+                replies.get(self.feed, [[]])[0] if isinstance(replies, dict) else replies[0][1]
+            )
+            for entry_id, fields in entries:
+                self._on_entry(entry_id, fields["e"])
 
-    def _on_message(self, data: str) -> None:
-        offset, _, raw = data.partition(" ")
+    def _on_entry(self, offset: str, raw: str) -> None:
+        self.watermark = offset
         try:
             record, stored = unpack(offset, raw)
         except Exception:
-            log.exception("unreadable event on the history feed")
+            log.exception("unreadable event %s on the history feed", offset)
             return
-        self.watermark = offset
         if self.deliver is not None:
             try:
                 self.deliver(
@@ -480,7 +550,7 @@ class RedisHistory(MemoryHistory):
                     record.get("t"),
                     record.get("k", "room"),
                     stored.skip,
-                    offset,
+                    None if record.get("v") else offset,
                 )
             except Exception:
                 log.exception("delivering %s from the history feed failed", offset)

@@ -107,6 +107,54 @@ class SharedPresence(LocalPresence):
     def _conn(sid: str) -> str:
         return f"conn:{sid}"
 
+    @staticmethod
+    def _node_conns(node: str) -> str:
+        return f"node-conns:{node}"
+
+    # -- node liveness (issue #18): a node that stops heartbeating is dead within
+    # NODE_TTL seconds, and the first node to notice takes its connections out of presence
+
+    #: Seconds a node counts as alive after its last heartbeat (written every second).
+    NODE_TTL = 3.0
+
+    async def beat(self) -> None:
+        """Say this node is alive (every second)."""
+        async with self._store.batch() as batch:
+            batch.set(f"alive:{self._node}", 1, ttl=self.NODE_TTL)
+            batch.sadd("nodes", self._node)
+
+    async def dead_nodes(self) -> list[str]:
+        """Nodes that were seen and have stopped heartbeating."""
+        nodes = sorted(await self._store.smembers("nodes") - {self._node})
+        if not nodes:
+            return []
+        alive = await self._store.get_many([f"alive:{n}" for n in nodes])
+        return [n for n, a in zip(nodes, alive, strict=True) if a is None]
+
+    async def claim_reaping(self, node: str) -> bool:
+        """Whether this node cleans up after dead ``node`` (one node does)."""
+        return await self._store.add(f"reaping:{node}", self._node, ttl=60)
+
+    async def reap(self, node: str) -> int:
+        """Take dead ``node``'s connections out of presence (their room memberships go as
+        they are read, like those of expired entries); return how many."""
+        listed = sorted(await self._store.smembers(self._node_conns(node)))
+        infos = await self._store.get_many([self._conn(sid) for sid in listed]) if listed else []
+        # a connection recovered on another node meanwhile is that node's now
+        sids = [s for s, i in zip(listed, infos, strict=True) if i and i.get("node") == node]
+        async with self._store.batch() as batch:
+            for sid in sids:
+                batch.delete(self._conn(sid))
+            batch.delete(self._node_conns(node))
+            batch.srem("nodes", node)
+        return len(sids)
+
+    async def retire(self) -> None:
+        """This node stops: it is no longer one of the nodes."""
+        async with self._store.batch() as batch:
+            batch.srem("nodes", self._node)
+            batch.delete(f"alive:{self._node}", self._node_conns(self._node))
+
     def _room_key(self, room: str, namespace: str | None) -> str:
         if namespace is None or namespace == self._bus.default_namespace:
             return f"room:{room}"
@@ -130,6 +178,7 @@ class SharedPresence(LocalPresence):
         with contextlib.suppress(Exception):
             for connection in self._bus.connections():
                 await self.disconnected(connection)
+            await self.retire()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -147,6 +196,7 @@ class SharedPresence(LocalPresence):
         async with self._store.batch() as batch:
             for connection in connections:
                 batch.set(self._conn(connection.sid), self._info(connection), ttl=self._ttl)
+                batch.sadd(self._node_conns(self._node), connection.sid)
                 ns = connection.namespace
                 for room in self._bus.rooms_of(connection.sid, ns):
                     batch.sadd(self._room_key(room, ns), connection.sid)
@@ -161,11 +211,14 @@ class SharedPresence(LocalPresence):
         }
 
     async def connected(self, connection: Connection) -> None:
-        await self._store.set(self._conn(connection.sid), self._info(connection), ttl=self._ttl)
+        async with self._store.batch() as batch:
+            batch.set(self._conn(connection.sid), self._info(connection), ttl=self._ttl)
+            batch.sadd(self._node_conns(self._node), connection.sid)
 
     async def disconnected(self, connection: Connection) -> None:
         async with self._store.batch() as batch:
             batch.delete(self._conn(connection.sid))
+            batch.srem(self._node_conns(self._node), connection.sid)
             for room in self._bus.rooms_of(connection.sid, connection.namespace):
                 batch.srem(self._room_key(room, connection.namespace), connection.sid)
 

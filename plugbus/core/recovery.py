@@ -96,6 +96,17 @@ class SuspendedSession:
 class MemorySessions:
     """Suspended sessions in this process (the memory backend)."""
 
+    async def keep_live(self, session: SuspendedSession) -> None:
+        """Write the session of a live connection (Redis only: in memory, a node that dies
+        takes its sessions with it)."""
+
+    async def forget(self, pid: str, node: str) -> None:
+        """A connection closed for good (nothing kept in memory while it was live)."""
+
+    async def orphaned(self, node: str) -> list[SuspendedSession]:
+        """The live sessions of a dead node (none in memory)."""
+        return []
+
     def __init__(self, window: float) -> None:
         self.window = window
         self._sessions: dict[str, SuspendedSession] = {}
@@ -121,33 +132,127 @@ class MemorySessions:
         return len(self._sessions)
 
 
+#: Delete the session at KEYS[1] if it is suspended (not the live session of a connection).
+_EXPIRE_SUSPENDED = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+if cjson.decode(v)['suspended_at'] == 0 then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
 class RedisSessions(MemorySessions):
-    """Suspended sessions in Redis (``plugbus:session:<pid>``), readable by every node."""
+    """Sessions in Redis (``plugbus:session:<pid>``), readable by every node.
+
+    A connection's session is written when it opens and whenever its rooms change, *live*
+    (``suspended_at`` 0), not only when it drops: a node that dies cannot write anything, and
+    its clients still recover on another node from what it wrote while alive. Each node lists
+    the pids of its live sessions (``plugbus:sessions-of:<node>``) so that the node that notices
+    its death can start their windows (:meth:`orphaned`).
+    """
+
+    #: Seconds a live session is kept without being written again (a connection whose rooms
+    #: never change for this long loses recovery only if its node then dies).
+    live_ttl = 86400
 
     def __init__(self, window: float, backend: Backend) -> None:
         super().__init__(window)
-        self._redis: Any = backend.redis_client()
         self._backend = backend
 
     def _key(self, pid: str) -> str:
         return self._backend.key("session", pid)
 
+    def _node_key(self, node: str) -> str:
+        return self._backend.key("sessions-of", node)
+
     async def keep(self, session: SuspendedSession) -> None:
-        await self._redis.set(
-            self._key(session.pid), session.to_json(), px=int((self.window + _MARGIN_S) * 1000)
+        await self._backend.redis_call(
+            "keep a session",
+            lambda r: r.set(
+                self._key(session.pid),
+                session.to_json(),
+                px=int((self.window + _MARGIN_S) * 1000),
+            ),
         )
 
+    async def keep_live(self, session: SuspendedSession) -> None:
+        """Write the session of a live connection (``suspended_at`` 0)."""
+
+        def run(redis: Any) -> Any:
+            pipe = redis.pipeline(transaction=False)
+            pipe.set(self._key(session.pid), session.to_json(), ex=self.live_ttl)
+            pipe.sadd(self._node_key(session.node), session.pid)
+            pipe.expire(self._node_key(session.node), self.live_ttl)
+            return pipe.execute()
+
+        await self._backend.redis_call("write a session", run)
+
+    async def forget(self, pid: str, node: str) -> None:
+        """A connection closed for good (its client left, or was sent away)."""
+
+        def run(redis: Any) -> Any:
+            pipe = redis.pipeline(transaction=False)
+            pipe.delete(self._key(pid))
+            pipe.srem(self._node_key(node), pid)
+            return pipe.execute()
+
+        await self._backend.redis_call("forget a session", run)
+
     async def take(self, pid: str) -> SuspendedSession | None:
-        raw = await self._redis.getdel(self._key(pid))
+        raw = await self._backend.redis_call("claim a session", lambda r: r.getdel(self._key(pid)))
         if raw is None:
             return None
         session = SuspendedSession.from_json(raw)
-        if session.suspended_at + self.window < time.time():
+        if session.suspended_at and session.suspended_at + self.window < time.time():
             return None
+        # suspended_at 0: the session of a connection whose node died before it noticed
         return session
 
     async def expire(self, pid: str) -> bool:
-        return bool(await self._redis.delete(self._key(pid)))
+        # only while suspended: a session recovered meanwhile is live again under its pid
+        return bool(
+            await self._backend.redis_call(
+                "expire a session", lambda r: r.eval(_EXPIRE_SUSPENDED, 1, self._key(pid))
+            )
+        )
+
+    async def orphaned(self, node: str) -> list[SuspendedSession]:
+        """The live sessions of a dead ``node``, suspended now (their windows start), and
+        the node's list of them dropped."""
+        pids = list(
+            await self._backend.redis_call(
+                "list a node's sessions", lambda r: r.smembers(self._node_key(node))
+            )
+        )
+        out: list[SuspendedSession] = []
+        if pids:
+            raws = await self._backend.redis_call(
+                "read sessions", lambda r: r.mget([self._key(p) for p in pids])
+            )
+            now = time.time()
+            for raw in raws:
+                if raw is None:
+                    continue
+                session = SuspendedSession.from_json(raw)
+                if session.suspended_at:
+                    continue  # suspended by its node already, which keeps its timer
+                session.suspended_at = now
+                out.append(session)
+
+            def run(redis: Any) -> Any:
+                pipe = redis.pipeline(transaction=False)
+                for session in out:
+                    pipe.set(
+                        self._key(session.pid),
+                        session.to_json(),
+                        px=int((self.window + _MARGIN_S) * 1000),
+                        xx=True,
+                    )
+                pipe.delete(self._node_key(node))
+                return pipe.execute()
+
+            await self._backend.redis_call("suspend a dead node's sessions", run)
+        return out
 
     def __len__(self) -> int:
         return 0  # not counted locally

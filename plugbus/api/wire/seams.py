@@ -8,8 +8,8 @@ it was verified against:
   packet codec and client managers. plugbus replaces its Engine.IO server through
   ``_engineio_server_class`` and takes over the parts of the Socket.IO session that the
   specification and plugbus's limits need (packet intake, CONNECT handling, event dispatch);
-  the Redis manager's ``_handle_emit`` is where a node delivers an emit; the room index wraps
-  the managers' ``basic_*`` room operations.
+  the room index wraps the managers' ``basic_*`` room operations (python-socketio's Redis
+  manager is not used: events cross nodes on plugbus's history feed).
 * **uvicorn** — the direct websocket writer writes frames to the asyncio transport of uvicorn's
   websockets-sansio protocol, found as the ``__self__`` of the ASGI ``send`` callable, and trims
   that protocol's per-connection memory (``request``, ``response``, ``queue``); the HTTP head
@@ -64,9 +64,8 @@ SOCKETIO_MANAGERS = Seam(
         "AsyncManager.basic_leave_room",
         "AsyncManager.basic_disconnect",
         "AsyncManager.rooms",
-        "AsyncRedisManager._handle_emit",
     ),
-    "the room index beside the managers' room table, and one delivery path for every emit",
+    "the room index beside the managers' room table",
 )
 UVICORN_WEBSOCKET = Seam(
     "uvicorn",
@@ -163,7 +162,6 @@ def _socketio_roots() -> dict[str, Any]:
     return {
         "AsyncServer": socketio.AsyncServer,
         "AsyncManager": _ManagerProbe(),
-        "AsyncRedisManager": socketio.AsyncRedisManager,
     }
 
 
