@@ -261,7 +261,7 @@ async def test_redis_stalled_acks_wait_at_most_a_second_and_nothing_doubles(
     assert slowest < 2.5, f"a refusal took {slowest:.2f} s"
 
 
-async def _node_loss_row(serve, redis_server, stop_b) -> None:  # type: ignore[no-untyped-def]
+async def _node_loss_row(serve, redis_server, stop_b, *, redis_fault: bool = False) -> None:  # type: ignore[no-untyped-def]
     """The official client on node B (through a proxy, as behind a balancer), a plain
     subscriber on B too; B is lost mid-stream; the official client comes back on A and
     recovers every acknowledged message once, in order; B's other connection leaves
@@ -280,7 +280,9 @@ async def _node_loss_row(serve, redis_server, stop_b) -> None:  # type: ignore[n
         async with traffic(a.url, [stay]) as pub:
             await js.wait(lambda m: m["type"] == "event", count=20)
             proxy.upstream = a.port  # the balancer sends it to A from now on
-            stop_b(b)
+            stopping = stop_b(b)
+            if asyncio.iscoroutine(stopping):
+                await stopping
             lost_at = time.monotonic()
             await js.wait(lambda m: m["type"] == "connect", count=2, timeout=15)
             await asyncio.sleep(1)
@@ -310,7 +312,10 @@ async def _node_loss_row(serve, redis_server, stop_b) -> None:  # type: ignore[n
         ]
         assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
         assert_nothing_acked_lost(stay, pub, "node A")
-        assert not pub.refused, pub.refused[:3]
+        if redis_fault:  # refused while Redis was away, and said why
+            assert {code for _, _, code, _ in pub.refused} <= UNAVAILABLE, pub.refused[:3]
+        else:
+            assert not pub.refused, pub.refused[:3]
     finally:
         await js.close()
         await proxy.close()
@@ -324,6 +329,25 @@ async def test_node_killed_loses_nothing_acknowledged(serve, redis_server) -> No
         b.proc.kill()
 
     await asyncio.wait_for(_node_loss_row(serve, redis_server, kill), 30)
+
+
+async def test_redis_restarted_then_a_node_killed_while_clients_publish(
+    serve, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue #15's reliability fault: Redis restarts mid-stream, and then one of the two nodes
+    is killed, while the publisher keeps going — every acknowledged message still reaches the
+    subscriber on the survivor and the official client that moves to it, once and in order."""
+
+    async def restart_redis_then_kill(b: Any) -> None:
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(redis_server.start)
+        await asyncio.sleep(0.5)  # traffic flows through the new Redis for a moment
+        b.proc.kill()
+
+    await asyncio.wait_for(
+        _node_loss_row(serve, redis_server, restart_redis_then_kill, redis_fault=True), 40
+    )
 
 
 async def test_node_stopped_loses_nothing_acknowledged(serve, redis_server) -> None:  # type: ignore[no-untyped-def]
