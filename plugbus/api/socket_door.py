@@ -53,6 +53,7 @@ from plugbus.core import (
     PlugbusError,
     RateLimited,
 )
+from plugbus.core.backend import Backend
 from plugbus.core.events import ack_arguments
 from plugbus.core.history import StoredEvent, later, parse_offset
 from plugbus.core.ratelimit import TokenBucket
@@ -91,7 +92,7 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             # One channel for every namespace (each message names its own); named after the
             # default namespace so that nodes of a single-namespace cluster keep the channel.
             manager = PlugbusRedisManager(
-                bus.backend.url, channel=bus.backend.key("socketio", server.default_namespace)
+                bus.backend, channel=bus.backend.key("socketio", server.default_namespace)
             )
         limits = server.limits
         self.wire_settings = WireSettings(
@@ -744,7 +745,27 @@ class PlugbusRedisManager(RoomIndexMixin, socketio.AsyncRedisManager):  # type: 
     ``_handle_emit`` runs for the node's own emits and for those published by other nodes;
     what it does before delivering (decoding binary data, which python-socketio base64-encodes
     for Redis) is python-socketio's, and an emit that asks for a callback keeps its path.
+
+    Its Redis client is the backend's (:meth:`Backend.new_redis_client`, through
+    ``_redis_connect``): one URL parser for every form of ``server.backend``, sentinel
+    included, and the same connection settings as the rest of the node.
     """
+
+    redis: Any  # set by python-socketio's __init__ (None) and by _redis_connect
+    pubsub: Any
+
+    def __init__(self, backend: Backend, channel: str) -> None:
+        super().__init__(backend.url, channel=channel)
+        self._backend = backend
+
+    def _redis_connect(self) -> None:
+        # python-socketio calls this again after every failed publish or subscription: the
+        # client is kept (its pool reconnects, and with Sentinel finds the current primary);
+        # only the pub/sub connection is new.
+        if self.redis is None:
+            self.redis = self._backend.new_redis_client(decode_responses=False)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         if message.get("callback") is not None or self.server is None:

@@ -1,7 +1,8 @@
 """Where shared state lives: this process (``memory``) or a Redis server several nodes share.
 
 ``server.backend`` in config.yaml is ``memory`` (one process, nothing to set up) or a Redis URL
-(``redis://[:password@]host:port/db``, ``rediss://`` for TLS). With Redis, python-socketio's own
+(``redis://[:password@]host:port/db``, ``rediss://`` for TLS, ``redis+sentinel://`` for a
+primary that Redis Sentinel watches: :mod:`plugbus.core.redis_url`). With Redis, python-socketio's own
 Redis client manager fans broadcasts out to every node, and plugins keep their state in a
 :class:`~plugbus.core.store.Store` (:meth:`Backend.store`), whose keys and pub/sub channels
 every node shares. The Redis client itself stays in here: nothing outside core/ and the
@@ -15,25 +16,18 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError, StoreUnavailable
+from .redis_url import RedisTarget, mask_url, parse_redis_url
 from .store import Hub, MemoryStore, RedisStore, Store, _Entry
+
+__all__ = ["Backend", "mask_url"]
 
 log = logging.getLogger("plugbus.backend")
 
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(
-        (parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment)
-    )
+#: Seconds to wait for a sentinel's answer: a sentinel that is down or silent is skipped for
+#: the next one instead of holding up every reconnection to the primary.
+SENTINEL_TIMEOUT = 1.0
 
 
 class Backend:
@@ -50,6 +44,9 @@ class Backend:
 
     def __init__(self, setting: str, prefix: str = "plugbus") -> None:
         self.url: str | None = None if setting == "memory" else setting
+        #: the parsed URL (None for memory); config validation parsed it once already
+        self.target: RedisTarget | None = None if self.url is None else parse_redis_url(self.url)
+        self._sentinels: list[Any] = []
         self.node_id = secrets.token_hex(6)
         self.prefix = prefix
         self.hub = Hub(self)
@@ -109,43 +106,83 @@ class Backend:
     def _unavailable(self, what: str, exc: Exception) -> StoreUnavailable:
         level = logging.DEBUG if self._down else logging.WARNING
         self._down = True
-        log.log(level, "shared state: cannot %s: %s: %s", what, type(exc).__name__, exc)
+        text = self.target.hide(str(exc)) if self.target is not None else str(exc)
+        log.log(level, "shared state: cannot %s: %s: %s", what, type(exc).__name__, text)
         return StoreUnavailable(
             "shared state is unavailable for a moment: Redis cannot be reached; try again shortly",
             details={"store": "redis"},
         )
 
+    def new_redis_client(self, *, decode_responses: bool = True) -> Any:
+        """A new ``redis.asyncio.Redis`` client for :attr:`target`, with its own blocking pool
+        of up to :attr:`max_connections` (core, and the socket door's client manager, only).
+
+        With ``redis+sentinel://`` the client's connections ask the sentinels where the
+        primary is each time they connect, so a client follows a failover by itself: a
+        connection to the old primary fails, and the next one reaches the promoted replica.
+        """
+        from redis import asyncio as aioredis
+        from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+        target = self.target
+        if target is None:
+            raise RuntimeError("no Redis client: memory backend")
+        # A blocking pool: a burst of handshakes waits for a free connection instead of
+        # failing (redis-py's default pool raises MaxConnectionsError past its limit).
+        options: dict[str, Any] = {
+            "decode_responses": decode_responses,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 10,
+            "retry_on_timeout": True,
+            "max_connections": self.max_connections,
+            "timeout": 10,
+        }
+        if not target.sentinel:
+            # the URL's own query options win over these defaults (redis-py's from_url)
+            pool = aioredis.BlockingConnectionPool.from_url(target.url, **options)
+            return aioredis.Redis(connection_pool=pool)
+
+        class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+            """redis-py's sentinel pool, waiting for a free connection like the plain one."""
+
+        assert target.service is not None  # the sentinel form names it
+        sentinels: Any = Sentinel  # untyped in redis-py
+        sentinel = sentinels(
+            list(target.sentinels),
+            sentinel_kwargs={
+                "socket_timeout": SENTINEL_TIMEOUT,
+                "socket_connect_timeout": SENTINEL_TIMEOUT,
+                **target.sentinel_options,
+            },
+        )
+        self._sentinels.append(sentinel)
+        return sentinel.master_for(
+            target.service,
+            connection_pool_class=BlockingSentinelPool,
+            **(options | target.options),
+        )
+
     async def start(self) -> None:
         """Connect to Redis and check it answers, then start the pub/sub listener.
 
-        :raises ConfigError: unreachable or refusing Redis; the message names the URL with
-            its password masked.
+        :raises ConfigError: unreachable or refusing Redis (or no sentinel knows the primary);
+            the message names the URL with its password masked.
         """
-        if self.url is not None:
-            from redis import asyncio as aioredis
+        if self.target is not None:
             from redis.exceptions import RedisError
 
-            # A blocking pool: a burst of handshakes waits for a free connection instead of
-            # failing (redis-py's default pool raises MaxConnectionsError past its limit).
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                decode_responses=True,
-                socket_connect_timeout=5,
-                health_check_interval=10,
-                retry_on_timeout=True,
-                max_connections=self.max_connections,
-                timeout=10,
-            )
-            client = aioredis.Redis(connection_pool=pool)
+            client = self.new_redis_client()
             try:
                 await client.ping()
             except (RedisError, OSError) as exc:
-                await client.aclose()
+                await client.aclose(close_connection_pool=True)
+                await self._close_sentinels()
                 raise ConfigError(
-                    f"server.backend: cannot reach Redis at {mask_url(self.url)}: {exc}"
+                    f"server.backend: cannot reach Redis at {self.target.masked}: "
+                    f"{self.target.hide(str(exc))}"
                 ) from None
             self._redis = client
-            log.info("shared state in Redis at %s (node %s)", mask_url(self.url), self.node_id)
+            log.info("shared state in Redis at %s (node %s)", self.target.masked, self.node_id)
         await self.hub.start()
 
     async def unreachable(self, timeout: float) -> str | None:
@@ -162,7 +199,7 @@ class Backend:
         except TimeoutError:
             return f"no answer to PING within {timeout:g} s"
         except (RedisError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {self.target.hide(str(exc)) if self.target else exc}"
         return None
 
     async def stop(self) -> None:
@@ -172,3 +209,9 @@ class Backend:
             # the pool was made here, and a client given a pool leaves it open on its own close
             await self._redis.aclose(close_connection_pool=True)
             self._redis = None
+        await self._close_sentinels()
+
+    async def _close_sentinels(self) -> None:
+        sentinels, self._sentinels = self._sentinels, []
+        for sentinel in sentinels:
+            await sentinel.aclose()

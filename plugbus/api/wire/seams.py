@@ -8,7 +8,8 @@ it was verified against:
   packet codec and client managers. plugbus replaces its Engine.IO server through
   ``_engineio_server_class`` and takes over the parts of the Socket.IO session that the
   specification and plugbus's limits need (packet intake, CONNECT handling, event dispatch);
-  the Redis manager's ``_handle_emit`` is where a node delivers an emit; the room index wraps
+  the Redis manager's ``_handle_emit`` is where a node delivers an emit, and its
+  ``_redis_connect`` takes its Redis client from plugbus's backend; the room index wraps
   the managers' ``basic_*`` room operations.
 * **uvicorn** — the direct websocket writer writes frames to the asyncio transport of uvicorn's
   websockets-sansio protocol, found as the ``__self__`` of the ASGI ``send`` callable, and trims
@@ -65,8 +66,11 @@ SOCKETIO_MANAGERS = Seam(
         "AsyncManager.basic_disconnect",
         "AsyncManager.rooms",
         "AsyncRedisManager._handle_emit",
+        "AsyncRedisManager._redis_connect",
     ),
-    "the room index beside the managers' room table, and one delivery path for every emit",
+    "the room index beside the managers' room table, one delivery path for every emit, and "
+    "the manager's Redis client made by plugbus's backend (one parser for every URL form; "
+    "_redis_connect sets the instance's redis, pubsub and connected)",
 )
 UVICORN_WEBSOCKET = Seam(
     "uvicorn",
