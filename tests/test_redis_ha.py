@@ -276,13 +276,13 @@ async def test_two_nodes_follow_a_sentinel_failover(serve, sentinel_setup, conne
         setup.primary.kill()
         killed_at.append(time.monotonic())
         watcher = asyncio.create_task(promoted(setup.sentinels[0].port, old_primary))
-        # Publishing again: 25 acks after the kill, and for 3 s after the first of them.
+        # Publishing again: 25 acks after the kill, and for 6 s after the first of them.
         deadline = killed_at[0] + 30
 
         def after_kill() -> list[float]:
             return sorted(t for t in acked.values() if t > killed_at[0])
 
-        while len(after_kill()) < 25 or after_kill()[-1] - after_kill()[0] < 3:
+        while len(after_kill()) < 25 or after_kill()[-1] - after_kill()[0] < 6:
             assert time.monotonic() < deadline, (
                 f"publishes not acked after the failover: {refused[-5:]}"
             )
@@ -314,11 +314,11 @@ async def test_two_nodes_follow_a_sentinel_failover(serve, sentinel_setup, conne
         assert (await http.get("/ready")).status_code == 200
     lost = sorted(set(acked) - set(stored), key=lambda m: int(m[1:]))
     assert lost == [], f"acked but not in the promoted primary's history: {lost}"
-    # Delivery: whatever arrived, arrived once and in order; everything acked from 1.5 s
-    # after publishes were acked again (both nodes' feeds subscribed again) reached both
-    # nodes' subscribers. What was acked in between may miss the other node: the feed has no
-    # catch-up yet (issue #18 item 1); the count is printed.
-    settled = first_after + 1.5
+    # Delivery: whatever arrived, arrived once and in order; everything acked from 3 s after
+    # publishes were acked again reached both nodes' subscribers (both nodes follow). What was
+    # acked in between may miss the other node, whose feed was subscribing again: the feed has
+    # no catch-up yet (issue #18 item 1, not this test's subject); the count is printed.
+    settled = first_after + 3
     tail = sorted((m for m, t in acked.items() if t >= settled), key=lambda m: int(m[1:]))
     assert len(tail) >= 10, tail
     for sub in (sub_a, sub_b):
@@ -328,9 +328,7 @@ async def test_two_nodes_follow_a_sentinel_failover(serve, sentinel_setup, conne
             assert time.monotonic() < deadline, (
                 f"not delivered after the failover: {tail}, "
                 f"{'A' if sub is sub_a else 'B'} got {sub.received('receive-message')}\n"
-                f"node A:\n{a.log()}\nnode B:\n{b.log()}\n"
-                f"{setup.replica.command('PUBSUB', 'NUMSUB', 'plugbus:history:feed')}\n"
-                f"{setup.replica.command('CLIENT', 'LIST')}"
+                f"node A:\n{a.log()}\nnode B:\n{b.log()}"
             )
             await asyncio.sleep(0.05)
         got = [m for m in sub.received("receive-message") if m in acked]
@@ -340,11 +338,20 @@ async def test_two_nodes_follow_a_sentinel_failover(serve, sentinel_setup, conne
         name: len(set(acked) - set(sub.received("receive-message")))
         for name, sub in (("node A", sub_a), ("node B", sub_b))
     }
+    # when node B's subscriber got messages again: the first acked message of the delivered
+    # run that reaches the end
+    delivered_b = set(sub_b.received("receive-message"))
+    run = sorted(acked, key=lambda m: int(m[1:]))
+    while run and run[-1] in delivered_b and len(run) > 1 and run[-2] in delivered_b:
+        run.pop()
+    resumed = acked[run[-1]] - killed_at[0]
     print(
         f"\nfailover: {len(acked)} acked, {len(refused)} refused "
         f"({sorted({why for _, why in refused})}); the sentinels promoted the replica "
         f"{promoted_after:.2f} s after the kill, publishes were acked again after "
-        f"{back_after:.2f} s; lost from history: {len(lost)}; acked but not delivered: {missed}"
+        f"{back_after:.2f} s; node B delivered every acked message from "
+        f"{'the start' if not missed['node B'] else f'{resumed:.2f} s after the kill'}; "
+        f"lost from history: {len(lost)}; acked but not delivered: {missed}"
     )
 
 
