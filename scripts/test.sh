@@ -52,6 +52,10 @@ fi
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
+# Redis Sentinel for the failover tests (tests/test_redis_ha.py).
+if ! command -v redis-sentinel >/dev/null 2>&1; then
+  apt_install redis-sentinel
+fi
 
 # Lint, format, types and import layers first: cheap, and a failure here is a failure of the run. Skipped only
 # when pytest is asked for a subset (arguments given) and PLUGBUS_LINT is not 1.

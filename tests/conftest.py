@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import shutil
 import socket
 import subprocess
@@ -242,17 +243,42 @@ async def wait_disconnected(client: PlugbusClient, timeout: float = 5) -> None:
     await client.wait_disconnected(timeout=timeout)
 
 
+#: ``PLUGBUS_TEST_REDIS_AOF=1`` runs every test's redis-server with the append-only file on
+#: (``appendfsync everysec``, as docs/deployment.md advises), ``always`` to fsync every write.
+REDIS_AOF = os.environ.get("PLUGBUS_TEST_REDIS_AOF", "")
+
+
 @dataclass
 class RedisServer:
-    """A real redis-server on a free loopback port, in a temporary directory."""
+    """A real redis-server on a free loopback port, in a temporary directory.
+
+    ``appendonly`` turns Redis's append-only file on (in ``directory``, which a restart keeps),
+    with ``appendfsync`` as given; ``args`` are more redis-server options (``--replicaof``,
+    TLS). Without AOF nothing is saved (``--save ""``): a restart starts empty.
+    """
 
     port: int
     directory: Path
     proc: subprocess.Popen[bytes] | None = None
+    appendonly: bool = REDIS_AOF not in ("", "0")
+    appendfsync: str = REDIS_AOF if REDIS_AOF in ("always", "no") else "everysec"
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self, *words: str) -> str:
+        """One command over plain TCP (redis-cli), its reply as text."""
+        exe = shutil.which("redis-cli")
+        assert exe, "redis-cli is not installed: scripts/test.sh installs redis-server"
+        result = subprocess.run(
+            [exe, "-h", "127.0.0.1", "-p", str(self.port), *words],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return result.stdout.strip()
 
     def start(self) -> None:
         """Start it and wait until it answers PING; on a first start, a port taken in the
@@ -280,9 +306,12 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                self.appendfsync,
                 "--dir",
                 str(self.directory),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -311,15 +340,31 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
 
-    def restart(self) -> None:
-        self.stop()
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to flush or save anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self, *, crash: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL when ``crash``) and start again on the same port."""
+        if crash:
+            self.kill()
+        else:
+            self.stop()
         self.start()
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A fresh redis-server for one test (started and stopped by the test's own fixture)."""
-    server = RedisServer(free_port(), tmp_path)
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server for one test (started and stopped by the test's own fixture).
+
+    Indirect parameters are :class:`RedisServer` fields:
+    ``@pytest.mark.parametrize("redis_server", [{"appendonly": True}], indirect=True)``.
+    """
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(free_port(), directory, **getattr(request, "param", {}))
     server.start()
     yield server
     server.stop()

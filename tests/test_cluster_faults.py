@@ -14,7 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +29,19 @@ ROOM = "faults"
 #: What a publish refused for an unreachable backend may say (moderation reads its store
 #: before the message reaches history, and says so in its own words).
 UNAVAILABLE = {"backend_unavailable", "store_unavailable", "moderation_unavailable"}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """The suite's redis-server with the persistence docs/deployment.md asks for
+    (``appendonly yes``, ``appendfsync everysec``): what Redis holds — history, sessions, the
+    offset clock — outlives a Redis restart, as in production."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(free_port(), directory, appendonly=True, appendfsync="everysec")
+    server.start()
+    yield server
+    server.stop()
 
 
 def config(redis: RedisServer) -> dict[str, Any]:

@@ -887,6 +887,12 @@ PAGES: dict[str, Entry] = {
             ),
             kubernetes_example_fits_the_drain,
         ),
+        elsewhere={
+            "PLUGBUS_TEST_REDIS_AOF": (
+                "tests/conftest.py",
+                'REDIS_AOF = os.environ.get("PLUGBUS_TEST_REDIS_AOF", "")',
+            ),
+        },
     ),
     "docs/operations.md": Entry(
         checks=(metrics_table_matches_a_scrape, grafana_dashboard_queries_real_metrics)

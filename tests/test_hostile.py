@@ -496,9 +496,10 @@ async def test_openapi_documents_problem_json_for_every_error_status(default_ser
             }
 
 
-def test_redis_sentinel_backend_is_refused_at_config_check(tmp_path):
+def test_a_malformed_sentinel_url_is_refused_at_config_check_with_its_password_masked(tmp_path):
     config = tmp_path / "sentinel.yaml"
-    config.write_text("server:\n  backend: redis+sentinel://localhost:26379/mymaster\n")
+    # no db in the path: python-socketio's form is /db/service_name
+    config.write_text("server:\n  backend: redis+sentinel://:hunter2@localhost:26379/mymaster\n")
     result = subprocess.run(
         [sys.executable, "-m", "plugbus", "config", "check", str(config)],
         capture_output=True,
@@ -507,7 +508,8 @@ def test_redis_sentinel_backend_is_refused_at_config_check(tmp_path):
     )
     assert result.returncode == 2, result
     assert (
-        f"{config}:2: server.backend: Value error, redis+sentinel:// is not supported yet"
-        in result.stderr
-    )
+        f"{config}:2: server.backend: Value error, redis+sentinel://:***@localhost:26379/mymaster:"
+        " the path is /db/service_name" in result.stderr
+    ), result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr

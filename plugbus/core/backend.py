@@ -1,8 +1,9 @@
 """Where shared state lives: this process (``memory``) or a Redis server several nodes share.
 
 ``server.backend`` in config.yaml is ``memory`` (one process, nothing to set up) or a Redis URL
-(``redis://[:password@]host:port/db``, ``rediss://`` for TLS). With Redis, events reach every node through
-the history feed (:mod:`plugbus.core.history`), and plugins keep their state in a
+(``redis://[:password@]host:port/db``, ``rediss://`` for TLS, ``redis+sentinel://`` for a
+primary that Redis Sentinel watches: :mod:`plugbus.core.redis_url`). With Redis, events reach
+every node through the history feed (:mod:`plugbus.core.history`), and plugins keep their state in a
 :class:`~plugbus.core.store.Store` (:meth:`Backend.store`), whose keys and pub/sub channels
 every node shares. The Redis client itself stays in core/: nothing outside it touches Redis.
 """
@@ -16,10 +17,12 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError, StoreUnavailable
+from .redis_url import RedisTarget, mask_url, parse_redis_url
 from .store import Hub, MemoryStore, RedisStore, Store, _Entry
+
+__all__ = ["Backend", "mask_url"]
 
 log = logging.getLogger("plugbus.backend")
 
@@ -50,17 +53,9 @@ class RedisStats:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(
-        (parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment)
-    )
+#: Seconds to wait for a sentinel's answer: a sentinel that is down or silent is skipped for
+#: the next one instead of holding up every reconnection to the primary.
+SENTINEL_TIMEOUT = 1.0
 
 
 def _error_kind(exc: Exception) -> str:
@@ -91,6 +86,9 @@ class Backend:
 
     def __init__(self, setting: str, prefix: str = "plugbus") -> None:
         self.url: str | None = None if setting == "memory" else setting
+        #: the parsed URL (None for memory); config validation parsed it once already
+        self.target: RedisTarget | None = None if self.url is None else parse_redis_url(self.url)
+        self._sentinels: list[Any] = []
         self.node_id = secrets.token_hex(6)
         self.prefix = prefix
         self.hub = Hub(self)
@@ -168,7 +166,8 @@ class Backend:
         level = logging.DEBUG if self._down else logging.WARNING
         self._down = True
         self._purge()
-        log.log(level, "shared state: cannot %s: %s: %s", what, type(exc).__name__, exc)
+        text = self.target.hide(str(exc)) if self.target is not None else str(exc)
+        log.log(level, "shared state: cannot %s: %s: %s", what, type(exc).__name__, text)
         return StoreUnavailable(
             "shared state is unavailable for a moment: Redis cannot be reached; try again shortly",
             details={"store": "redis"},
@@ -192,45 +191,90 @@ class Backend:
 
         self._purging = asyncio.get_running_loop().create_task(purge())
 
+    def new_redis_client(self, *, decode_responses: bool = True) -> Any:
+        """A new ``redis.asyncio.Redis`` client for :attr:`target`, with its own blocking pool
+        of up to :attr:`max_connections` (core, and the socket door's client manager, only).
+
+        With ``redis+sentinel://`` the client's connections ask the sentinels where the
+        primary is each time they connect, so a client follows a failover by itself: a
+        connection to the old primary fails, and the next one reaches the promoted replica.
+        """
+        from redis import asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+        from redis.backoff import NoBackoff
+
+        target = self.target
+        if target is None:
+            raise RuntimeError("no Redis client: memory backend")
+        # A blocking pool: a burst of handshakes waits for a free connection instead of
+        # failing (redis-py's default pool raises MaxConnectionsError past its limit).
+        # Every wait is bounded (issue #18): a command Redis does not answer within
+        # `command_timeout` fails, and is never sent twice (no retry: a re-sent append script
+        # would store an event twice), so a publish is refused at once while Redis is away or
+        # stalled, never left waiting for seconds.
+        options: dict[str, Any] = {
+            "decode_responses": decode_responses,
+            "socket_connect_timeout": self.command_timeout,
+            "socket_timeout": self.command_timeout,
+            "health_check_interval": 10,
+            "retry": Retry(NoBackoff(), 0),
+            "max_connections": self.max_connections,
+            "timeout": self.command_timeout,
+        }
+        if not target.sentinel:
+            # the URL's own query options win over these defaults (redis-py's from_url)
+            pool = aioredis.BlockingConnectionPool.from_url(target.url, **options)
+            return aioredis.Redis(connection_pool=pool)
+
+        class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+            """redis-py's sentinel pool, waiting for a free connection like the plain one."""
+
+        assert target.service is not None  # the sentinel form names it
+        sentinels: Any = Sentinel  # untyped in redis-py
+        sentinel = sentinels(
+            list(target.sentinels),
+            sentinel_kwargs={
+                "socket_timeout": SENTINEL_TIMEOUT,
+                "socket_connect_timeout": SENTINEL_TIMEOUT,
+                # each sentinel asked once per discovery (the next one is the retry): redis-py's
+                # default retries with back-off would hold start-up ~4 s per dead sentinel
+                "retry": Retry(NoBackoff(), 0),
+                **target.sentinel_options,
+            },
+        )
+        self._sentinels.append(sentinel)
+        return sentinel.master_for(
+            target.service,
+            connection_pool_class=BlockingSentinelPool,
+            **(options | target.options),
+        )
+
     async def start(self) -> None:
         """Connect to Redis and check it answers, then start the pub/sub listener.
 
-        :raises ConfigError: unreachable or refusing Redis; the message names the URL with
-            its password masked.
+        :raises ConfigError: unreachable or refusing Redis (or no sentinel knows the primary);
+            the message names the URL with its password masked.
         """
-        if self.url is not None:
-            from redis import asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
+        if self.target is not None:
             from redis.exceptions import RedisError
 
-            # A blocking pool: a burst of handshakes waits for a free connection instead of
-            # failing (redis-py's default pool raises MaxConnectionsError past its limit).
-            # Every wait is bounded (issue #18): a command Redis does not answer within
-            # `command_timeout` fails, and is never sent twice (no retry: a re-sent append
-            # script would store an event twice), so a publish is refused at once while Redis
-            # is away or stalled, never left waiting for seconds.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                decode_responses=True,
-                socket_connect_timeout=self.command_timeout,
-                socket_timeout=self.command_timeout,
-                health_check_interval=10,
-                retry=Retry(NoBackoff(), 0),
-                max_connections=self.max_connections,
-                timeout=self.command_timeout,
-            )
-            client = aioredis.Redis(connection_pool=pool)
+            client = self.new_redis_client()
+            # bounded, so that a silent listener fails start-up quickly; with Sentinel, time
+            # enough to ask each sentinel in turn (a dead one costs SENTINEL_TIMEOUT)
+            bound = self.command_timeout * 2 + SENTINEL_TIMEOUT * len(self.target.sentinels)
             try:
-                await asyncio.wait_for(client.ping(), self.command_timeout * 2)
+                await asyncio.wait_for(client.ping(), bound)
             except (RedisError, OSError, TimeoutError) as exc:
                 await client.aclose(close_connection_pool=True)
-                reason = str(exc) or f"no answer within {self.command_timeout * 2:g} s"
+                await self._close_sentinels()
+                reason = str(exc) or f"no answer within {bound:g} s"
                 raise ConfigError(
-                    f"server.backend: cannot reach Redis at {mask_url(self.url)}: {reason}"
+                    f"server.backend: cannot reach Redis at {self.target.masked}: "
+                    f"{self.target.hide(reason)}"
                 ) from None
             self._redis = client
-            log.info("shared state in Redis at %s (node %s)", mask_url(self.url), self.node_id)
+            log.info("shared state in Redis at %s (node %s)", self.target.masked, self.node_id)
         await self.hub.start()
 
     def blocking_client(self, timeout: float) -> Any:
@@ -260,7 +304,7 @@ class Backend:
         except TimeoutError:
             return f"no answer to PING within {timeout:g} s"
         except (RedisError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {self.target.hide(str(exc)) if self.target else exc}"
         return None
 
     async def stop(self) -> None:
@@ -270,3 +314,9 @@ class Backend:
             # the pool was made here, and a client given a pool leaves it open on its own close
             await self._redis.aclose(close_connection_pool=True)
             self._redis = None
+        await self._close_sentinels()
+
+    async def _close_sentinels(self) -> None:
+        sentinels, self._sentinels = self._sentinels, []
+        for sentinel in sentinels:
+            await sentinel.aclose()

@@ -216,14 +216,13 @@ class ServerSettings(StrictModel):
 
     @field_validator("backend")
     @classmethod
-    def _no_sentinel_yet(cls, value: str) -> str:
-        # redis-py's from_url cannot read a sentinel URL, and start-up would end in a raw
-        # ValueError; say so here, where the message can name the key and the line.
-        if value.startswith("redis+sentinel://"):
-            raise ValueError(
-                "redis+sentinel:// is not supported yet: point backend at the Redis "
-                "master with a redis:// or rediss:// URL"
-            )
+    def _a_redis_url_plugbus_can_use(cls, value: str) -> str:
+        # Parsed here as well as at start-up, so that a bad URL is named with its key and
+        # line by `plugbus config check` (the message masks the password).
+        if value != "memory":
+            from .redis_url import parse_redis_url
+
+            parse_redis_url(value)
         return value
 
     presence_ttl: float = Field(
@@ -443,6 +442,10 @@ def format_config_errors(
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] != "missing" and not isinstance(got, dict) and not _is_secret(loc):
+            if loc[-1:] == ("backend",) and isinstance(got, str):
+                from .redis_url import mask_url
+
+                got = mask_url(got)  # a Redis URL may hold a password
             msg += f" (got {got!r})"
         parts.append(located(file, lines, loc, msg))
     head = f"invalid configuration in {file}:" if len(parts) > 1 else "invalid configuration:"
