@@ -140,11 +140,40 @@ class PlugbusProcess:
             if self.proc.poll() is not None:
                 raise PlugbusExited(self.proc.returncode, self.log())
             with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0 and self._healthy():
+                if (
+                    probe.connect_ex(("127.0.0.1", self.port)) == 0
+                    and self._listening_here()
+                    and self._healthy()
+                ):
                     return
             time.sleep(0.01)
         self.kill()
         raise PlugbusExited(None, f"no answer within {timeout} s\n{self.log()}")
+
+    def _listening_here(self) -> bool:
+        """True when the socket listening on the port is this child's. Another process (a test
+        running beside this one) may take the port between the kit finding it free and the
+        child binding it, and would answer /health in its place; the child then fails to bind
+        and exits. On Linux the listening socket's inode is looked up among the child's file
+        descriptors; elsewhere this cannot be told and the answer is True."""
+        try:
+            with open("/proc/net/tcp", encoding="ascii") as table:
+                rows = [line.split() for line in table.readlines()[1:]]
+            fds = os.listdir(f"/proc/{self.proc.pid}/fd")
+        except OSError:
+            return True
+        listening = {
+            f"socket:[{row[9]}]"
+            for row in rows
+            if row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == self.port
+        }
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{self.proc.pid}/fd/{fd}") in listening:
+                    return True
+            except OSError:
+                continue
+        return False
 
     def _healthy(self) -> bool:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
