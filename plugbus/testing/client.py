@@ -27,7 +27,38 @@ class ClientRefused(Exception):
         self.error = error
 
 
-class PlugbusClient:
+class EventLog:
+    """What both test clients record and how a test waits on it: ``events`` as
+    ``(name, payload)`` in order, and ``_changed``, set whenever something arrives."""
+
+    events: list[tuple[str, Any]]
+    _changed: asyncio.Event
+
+    def received(self, event: str) -> list[Any]:
+        """The payloads of every ``event`` received so far, in order."""
+        return [data for name, data in self.events if name == event]
+
+    async def wait_for(self, event: str, count: int = 1, *, timeout: float = 5.0) -> list[Any]:
+        """Wait until ``event`` arrived at least ``count`` times; return all its payloads.
+
+        :raises AssertionError: not within ``timeout`` seconds (the message lists what came).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.received(event)) < count:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"{event!r} arrived {len(self.received(event))} times, "
+                    f"wanted {count}; received: {self.events!r}"
+                )
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return self.received(event)
+
+
+class PlugbusClient(EventLog):
     """A real python-socketio ``AsyncClient`` on a test server that records what it receives.
 
     A client connected with ``recovery=True`` speaks connection state recovery as
@@ -134,29 +165,6 @@ class PlugbusClient:
         if sid is None:
             raise RuntimeError("the client is not connected")
         return str(sid)
-
-    def received(self, event: str) -> list[Any]:
-        """The payloads of every ``event`` received so far, in order."""
-        return [data for name, data in self.events if name == event]
-
-    async def wait_for(self, event: str, count: int = 1, *, timeout: float = 5.0) -> list[Any]:
-        """Wait until ``event`` arrived at least ``count`` times; return all its payloads.
-
-        :raises AssertionError: not within ``timeout`` seconds (the message lists what came).
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.received(event)) < count:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"{event!r} arrived {len(self.received(event))} times, "
-                    f"wanted {count}; received: {self.events!r}"
-                )
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-        return self.received(event)
 
     async def call(self, event: str, *args: Any, timeout: float = 5.0) -> Any:
         """Send ``event`` asking for an ack, and return the ack: ``{"ok": True, "data": ...}``

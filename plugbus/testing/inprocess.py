@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from plugbus.testing.client import ClientRefused
+from plugbus.testing.client import ClientRefused, EventLog
 from plugbus.testing.factory import build_app
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 _SEPARATOR = "\x1e"
 
 
-class InProcessClient:
+class InProcessClient(EventLog):
     """A Socket.IO client on an :class:`InProcessApp`: Engine.IO v4 long-polling through ASGI.
 
     The same surface as the real-server kit's :class:`~plugbus.testing.PlugbusClient`
@@ -147,29 +147,6 @@ class InProcessClient:
         if self._sid is None:
             raise RuntimeError("the client is not connected")
         return self._sid
-
-    def received(self, event: str) -> list[Any]:
-        """The payloads of every ``event`` received so far, in order."""
-        return [data for name, data in self.events if name == event]
-
-    async def wait_for(self, event: str, count: int = 1, *, timeout: float = 5.0) -> list[Any]:
-        """Wait until ``event`` arrived at least ``count`` times; return all its payloads.
-
-        :raises AssertionError: not within ``timeout`` seconds.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.received(event)) < count:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"{event!r} arrived {len(self.received(event))} times, wanted {count}; "
-                    f"received: {self.events!r}"
-                )
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-        return self.received(event)
 
     async def call(self, event: str, *args: Any, timeout: float = 5.0) -> Any:
         """Send ``event`` asking for an ack and return it, as
