@@ -712,30 +712,8 @@ def profile_plugbus(
                 break
             time.sleep(0.5)
         time.sleep(2)
-        how = ["--native"]
-        spy = subprocess.run(
-            pin(cpus[1])
-            + [
-                pyspy,
-                "record",
-                "-p",
-                str(server.proc.pid),
-                "-d",
-                str(seconds),
-                "-r",
-                "100",
-                "-f",
-                "raw",
-                "-o",
-                str(raw),
-                *how,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-        )
-        if spy.returncode != 0 or not raw.exists():  # no native unwinding here: Python frames only
-            how = ["--nonblocking"]
+        # native unwinding first; where it cannot be had here, Python frames only
+        for how in (["--native"], ["--nonblocking"]):
             spy = subprocess.run(
                 pin(cpus[1])
                 + [
@@ -757,6 +735,8 @@ def profile_plugbus(
                 text=True,
                 timeout=seconds + 60,
             )
+            if spy.returncode == 0 and raw.exists():
+                break
         try:
             out, _ = gen.communicate(timeout=240)
         except subprocess.TimeoutExpired:
