@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from plugbus.core import Bus, Config, LoadedConfig, load_plugins
+from plugbus.core.loader import LoadedPlugins
 
 from .admin import admin_router
 from .body_limit import BodyLimitMiddleware
@@ -75,13 +76,16 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
     return options
 
 
-def create_app(loaded: LoadedConfig) -> Application:
+def create_app(loaded: LoadedConfig, plugins: LoadedPlugins | None = None) -> Application:
     """Build an application from a validated config: a fresh plugin manager, bus and doors.
+    ``plugins`` is ``load_plugins(loaded)`` when the caller has already loaded them (the CLI
+    does, to refuse a bad plugin setting before importing the doors); by default they are
+    loaded here.
 
     :raises ConfigError: a plugin could not be loaded or configured.
     """
     config = loaded.config
-    bus = Bus(config, load_plugins(loaded))
+    bus = Bus(config, plugins if plugins is not None else load_plugins(loaded))
     sio = PlugbusSocketServer(bus, config)
     lifecycle = Lifecycle(bus, sio.eio, config.server.drain_seconds)
     metrics = Metrics(bus, sio, lifecycle, time_hooks=config.server.metrics.enabled)

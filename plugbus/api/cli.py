@@ -81,19 +81,22 @@ def _check(path: str | None) -> int:
     """Build the application ``serve`` would run — load and configure every plugin, register
     their events, build their routes — and run its start-up and shutdown, where plugins check
     what only they know (the moderation plugin its rule names, say); nothing is served."""
+    loaded = load_config(path)
+    plugins = load_plugins(loaded)
+    # Imported once the config and the plugins' settings are known to be good: a mistake in
+    # them is reported before FastAPI, python-socketio and the doors load (most of start-up).
     import asyncio
 
     from .app import create_app
 
-    loaded = load_config(path)
-    app = create_app(loaded)
+    app = create_app(loaded, plugins)
     error = asyncio.run(_start_and_stop(app.rest))
     if error is not None:
         print(f"plugbus: {error}", file=sys.stderr)
         return 2
-    plugins = app.bus.plugins
-    names = ", ".join(p.name for p in plugins) or "none"
-    print(f"{loaded.path}: OK ({len(plugins)} plugins: {names})")
+    infos = app.bus.plugins
+    names = ", ".join(p.name for p in infos) or "none"
+    print(f"{loaded.path}: OK ({len(infos)} plugins: {names})")
     return 0
 
 
@@ -147,12 +150,6 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app, uvicorn_options
-    from .log_filters import install_log_filters
-    from .structured_logs import configure_json_logging
-
     loaded: LoadedConfig = load_config(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
@@ -165,6 +162,8 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--{err['loc'][0]} (server.{err['loc'][0]}): {err['msg']} (got {err.get('input')!r})"
             ) from None
+    from .structured_logs import configure_json_logging
+
     server = loaded.config.server
     if server.log_format == "json":
         configure_json_logging(server.log_level)
@@ -172,8 +171,14 @@ def _serve(args: argparse.Namespace) -> int:
         logging.basicConfig(
             level=server.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
         )
+    plugins = load_plugins(loaded)
+    # As in _check: a bad config or plugin setting is refused before the doors are imported.
+    import uvicorn
 
-    app = create_app(loaded)
+    from .app import create_app, uvicorn_options
+    from .log_filters import install_log_filters
+
+    app = create_app(loaded, plugins)
     if app.bus.backend.shared:
         # Fail before serving, with one clear line, when the shared backend is unreachable.
         import asyncio
