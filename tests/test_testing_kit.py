@@ -8,6 +8,7 @@ loaded by dotted path (``plugins.modules``), as a plugin author's would be.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import httpx
@@ -33,6 +34,8 @@ from plugbus.testing import (
     PlugbusExited,
     PlugbusProcess,
     PlugbusServerFactory,
+    fork_server,
+    fork_servers,
 )
 
 LIFE = [
@@ -357,13 +360,25 @@ async def test_settle_shows_what_did_not_arrive_without_sleeping(
     assert not carol.sio.connected and bob.sio.connected
 
 
+@pytest.fixture(params=["forked", "python -m plugbus serve"])
+def launch(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each child-process test twice: forked from the kit's fork server (as this suite's
+    conftest sets it up) and as a fresh ``python -m plugbus serve`` (the kit's default)."""
+    was_forking = fork_server.forking()
+    fork_servers(request.param == "forked")
+    yield request.param
+    fork_servers(was_forking)
+
+
 async def test_a_plugin_under_plugbus_serve_in_a_child_process(
-    plugbus_server: PlugbusServerFactory, reset_count: None
+    plugbus_server: PlugbusServerFactory, reset_count: None, launch: str
 ) -> None:
     server = await plugbus_server.spawn(
         plugins={"notes": NotesPlugin}, builtins=[], settings={"notes": {"prefix": "> "}}
     )
     assert isinstance(server, PlugbusProcess) and server.proc.poll() is None
+    forked = isinstance(server.proc, fork_server.ForkedServe)
+    assert forked == (launch == "forked")
     alice, bob = await server.client(), await server.client(transports=["websocket"])
     assert await alice.wait_for("hello") == [alice.sid]
     assert await alice.call("note", {"text": " hi "}) == {
@@ -381,7 +396,7 @@ async def test_a_plugin_under_plugbus_serve_in_a_child_process(
 
 
 async def test_a_child_process_that_cannot_start_says_why(
-    plugbus_server: PlugbusServerFactory,
+    plugbus_server: PlugbusServerFactory, launch: str
 ) -> None:
     with pytest.raises(PlugbusExited) as exited:
         await plugbus_server.spawn(

@@ -34,6 +34,7 @@ import pytest
 from plugbus.testing.calls import HookCall, HookCalls
 from plugbus.testing.client import ClientRefused, PlugbusClient
 from plugbus.testing.factory import PlugbusServerFactory
+from plugbus.testing.fork_server import fork_servers
 from plugbus.testing.inprocess import InProcessApp, InProcessClient, PlugbusAppFactory
 from plugbus.testing.process import PlugbusExited, PlugbusProcess
 from plugbus.testing.recorder import RECORDER_NAME as RECORDER_NAME
@@ -59,6 +60,7 @@ __all__ = [
     "PlugbusProcess",
     "PlugbusServer",
     "PlugbusServerFactory",
+    "fork_servers",
     "plugbus_app",
     "plugbus_server",
 ]

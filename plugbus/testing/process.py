@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from plugbus.testing import fork_server
 from plugbus.testing.client import PlugbusClient
 from plugbus.testing.server_config import _kit_config, _target
 
@@ -59,7 +60,8 @@ class PlugbusProcess:
     :ivar port: the port.
     :ivar config_path: the config file it runs with.
     :ivar log_path: the file that receives its stdout and stderr (see :meth:`log`).
-    :ivar proc: the ``subprocess.Popen`` of ``python -m plugbus serve``.
+    :ivar proc: the ``subprocess.Popen`` of ``python -m plugbus serve`` (with
+        :func:`~plugbus.testing.fork_servers` on, a forked child with the same interface).
     :ivar clients: the clients connected with :meth:`client` (disconnected by :meth:`aclose`).
     """
 
@@ -77,7 +79,7 @@ class PlugbusProcess:
         self._transports: list[str] = list(server.get("transports", ["polling", "websocket"]))
         self._socketio_path: str = server.get("socketio_path", "socket.io")
         self._shutdown_timeout: float = server.get("shutdown_timeout", 10)
-        self.proc: subprocess.Popen[bytes] = self._popen(self._env)
+        self.proc: fork_server.ServerProcess = self._popen(self._env)
 
     @classmethod
     def start(
@@ -119,11 +121,13 @@ class PlugbusProcess:
             return server
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _popen(self, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    def _popen(self, env: Mapping[str, str]) -> fork_server.ServerProcess:
         child_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PLUGBUS_")}
         child_env.update(env)
         entries = [e for e in env.get("PYTHONPATH", "").split(os.pathsep) if e]
         child_env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*entries, *_own_sys_path()]))
+        if fork_server.forking():
+            return fork_server.start(str(self.config_path), str(self.log_path), child_env)
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "plugbus", "serve", "--config", str(self.config_path)],
@@ -225,8 +229,8 @@ class PlugbusProcess:
         try:
             return self.proc.wait(self._shutdown_timeout + 5 if timeout is None else timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.returncode
+            self.kill()  # which waits for the end
+            return self.proc.wait(0)
 
     def stop(self) -> None:
         """Stop the process (SIGINT, then SIGKILL if it does not end in time). Harmless when
