@@ -166,3 +166,35 @@ async def test_a_greeting_changed_on_one_node_greets_on_every_node(two_nodes, co
     assert await client.wait_for("welcome") == [f"Hello from the cluster, {client.sio.get_sid()}"]
     await client.call("join-room", {"room": "news"})
     assert (await client.wait_for("welcome", count=2))[1] == "News room"
+
+
+async def test_a_burst_crosses_nodes_once_each_and_in_order(two_nodes, connect):
+    # Faster than one feed read per event: node B reads the events in batches and writes each
+    # recipient several frames at once (websocket) or queues them (polling); each must still
+    # get every event once, in the publisher's order. Binary data takes the entry's other
+    # form (JSON cannot carry it) in the middle of the burst.
+    a, b = two_nodes
+    publisher = await connect(a, wait_welcome=True)
+    on_b = await connect(b, wait_welcome=True)
+    polling_b = await connect(b, transports=["polling"], wait_welcome=True)
+    for client in (publisher, on_b, polling_b):
+        await client.call("join-room", {"room": "burst"})
+    sent: list = [f"m{i}" for i in range(150)]
+    sent[70] = b"\x00\x01 binary"
+    sent[71] = {"nested": [1, {"é": None}], "n": 3.5}
+    for message in sent:  # not waiting for acks: the server takes them as fast as it can
+        await publisher.sio.emit("send-message", {"message": message, "roomID": "burst"})
+    for client in (on_b, polling_b, publisher):
+        assert await client.wait_for("receive-message", count=len(sent), timeout=20) == sent
+
+
+async def test_health_says_which_redis_reply_parser_is_used(two_nodes, default_server):
+    a, _b = two_nodes
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        backend = (await http.get("/health")).json()["backend"]
+    assert backend["kind"] == "redis"
+    # hiredis is a dependency: the C parser, not redis-py's Python fallback
+    assert backend["reply_parser"] == "hiredis"
+    assert "@" not in backend["url"] or "***" in backend["url"]
+    async with httpx.AsyncClient(base_url=default_server.url) as http:
+        assert (await http.get("/health")).json()["backend"] == {"kind": "memory"}

@@ -115,3 +115,32 @@ async def test_history_is_shared_by_every_node(serve, redis_server):
         pages = [(await http.get(f"{n.url}/rooms/both/messages")).json() for n in (a, b)]
     assert pages[0] == pages[1]
     assert [m["args"][0] for m in pages[0]["messages"]] == ["on A", "on B"]
+
+
+async def test_entries_in_the_older_one_field_form_are_still_read(serve, redis_server, connect):
+    # Streams and the feed written before entries had their five fields ("e": the whole event
+    # as JSON) survive an upgrade in Redis: a node still delivers and pages them.
+    import time
+
+    from redis import asyncio as aioredis
+
+    from plugbus.core.history import pack
+
+    node = serve({"server": {"backend": redis_server.url}})
+    client = await connect(node, wait_welcome=True)
+    await client.call("join-room", {"room": "old"})
+    raw = pack("/", "receive-message", ("written before", {"n": 1}), "old", "room", None)
+    entry_id = f"{int(time.time() * 1000) + 1000}-1"  # after anything the node has delivered
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await redis.xadd("plugbus:history:1:/:r:old", {"e": raw}, id=entry_id)
+        await redis.xadd("plugbus:history:feed", {"e": raw}, id=entry_id)
+    finally:
+        await redis.aclose()
+    # two arguments: the client records them as one list
+    assert await client.wait_for("receive-message") == [["written before", {"n": 1}]]
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        page = (await http.get("/rooms/old/messages")).json()
+    assert [(m["id"], m["args"]) for m in page["messages"]] == [
+        (entry_id, ["written before", {"n": 1}])
+    ]

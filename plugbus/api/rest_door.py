@@ -63,6 +63,11 @@ class Health(BaseModel):
         "private seam into another library with its verified "
         "and installed version."
     )
+    backend: dict[str, Any] = Field(
+        description='The shared-state backend: `kind` ("memory" or "redis") and, for Redis, '
+        'its URL (password masked) and `reply_parser`: "hiredis" (redis-py\'s C parser) or '
+        '"python" (the slower fallback, also logged as a warning at start-up).'
+    )
 
 
 class PluginDescription(BaseModel):
@@ -229,6 +234,7 @@ def core_router(
             sessions=len(wire.sessions),
             plugins=[p.name for p in bus.plugins],
             wire=wire.report.as_dict(),
+            backend=bus.backend.report(),
         )
 
     @router.get(

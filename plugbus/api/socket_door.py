@@ -53,7 +53,7 @@ from plugbus.core import (
     RateLimited,
 )
 from plugbus.core.events import ack_arguments
-from plugbus.core.history import StoredEvent, later, parse_offset
+from plugbus.core.history import FeedEvent, StoredEvent, later, parse_offset
 from plugbus.core.ratelimit import TokenBucket
 from plugbus.core.recovery import Recovery, SessionMismatch, SuspendedSession
 
@@ -611,6 +611,7 @@ def deliver_here(
     room: str | None,
     skip_sid: str | list[str] | None,
     offset: str | None = None,
+    feed: FeedEvent | None = None,
 ) -> None:
     """Deliver one event to the members of ``room`` (everyone when None) on this node.
 
@@ -625,15 +626,27 @@ def deliver_here(
     watermark for one that is not — true either way, since this node delivers stored events
     in offset order. Connections being recovered have the event held; recovered ones skip
     stored events they were replayed already.
+
+    ``feed``: the event as read from the history feed; its publisher's JSON text, when there
+    is one, is sent as it is (``event`` and ``data`` are then not read), and its mark is the
+    watermark it is delivered at.
     """
     members = sio.manager.rooms.get(namespace, {}).get(room)
     if not members:
         return
     if offset is not None and sio.floors:
         _prune_floors(sio, offset)
+    watermark = sio.bus.history.watermark if feed is None else feed.mark
+    text = feed.text if feed is not None else None
+    if feed is not None and (text is None or sio.holding or sio.floors or sio.with_offsets):
+        event, data = feed.call  # the values, for the recipients the shared text does not fit
     args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
-    encoded = sio.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
-    parts: list[str | bytes] = encoded if isinstance(encoded, list) else [encoded]
+    parts: list[str | bytes]
+    if text is not None:
+        parts = [_event_prefix(namespace) + text]
+    else:
+        encoded = sio.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+        parts = encoded if isinstance(encoded, list) else [encoded]
     skip = skip_sid if isinstance(skip_sid, list) else (skip_sid,)
     frames: list[bytes] | None = None
     sessions = sio.eio.sessions
@@ -645,7 +658,7 @@ def deliver_here(
         if sid in skip:
             continue
         if special and (sid in sio.holding or sid in sio.floors):
-            _deliver_special(sio, sid, eio_sid, namespace, event, args, offset)
+            _deliver_special(sio, sid, eio_sid, namespace, event, args, offset, watermark)
             continue
         session = sessions.get(eio_sid)
         if session is None:
@@ -653,9 +666,7 @@ def deliver_here(
         delivered += 1
         if with_offsets and sid in with_offsets:
             if marked is None:
-                marked = _Encoded(
-                    sio, namespace, [event, *args, offset or sio.bus.history.watermark]
-                )
+                marked = _Encoded(sio, namespace, [event, *args, offset or watermark])
             marked.write(session)
             continue
         writer = session.writer
@@ -669,6 +680,102 @@ def deliver_here(
                 session.send_message(part)
     if sio.metrics is not None and delivered:
         sio.metrics.delivered(delivered, sum(len(p) for p in parts))
+
+
+def _event_prefix(namespace: str) -> str:
+    """An EVENT packet's text up to its JSON data (python-socketio's ``Packet.encode``)."""
+    return "2" if namespace == "/" else f"2{namespace},"
+
+
+def deliver_feed(sio: PlugbusSocketServer, events: list[FeedEvent]) -> None:
+    """Deliver events read from the history feed, in order, on this node.
+
+    Consecutive events to the same room are delivered together: each recipient gets one write
+    with all of its frames (framed once per event, for every recipient), in the events'
+    order. Whatever needs more than the publisher's encoded text — binary events, connections
+    being recovered or just recovered — takes :func:`deliver_here`, one event at a time.
+    """
+    i, n = 0, len(events)
+    while i < n:
+        first = events[i]
+        j = i + 1
+        while j < n and events[j].target == first.target and events[j].namespace == first.namespace:
+            j += 1
+        try:
+            if j - i == 1 or sio.holding or sio.floors or any(e.text is None for e in events[i:j]):
+                for e in events[i:j]:
+                    deliver_here(sio, e.namespace, "", None, e.target, e.skip, e.offset, e)
+            else:
+                _deliver_run(sio, events[i:j])
+        except Exception:
+            log.exception(
+                "delivering %s..%s from the history feed failed", first.mark, events[j - 1].mark
+            )
+        i = j
+
+
+def _deliver_run(sio: PlugbusSocketServer, run: list[FeedEvent]) -> None:
+    """Several events, each with its encoded text, to the members of one room (none of them
+    being recovered): one write per recipient."""
+    first = run[0]
+    members = sio.manager.rooms.get(first.namespace, {}).get(first.target)
+    if not members:
+        return
+    prefix = _event_prefix(first.namespace)
+    texts = [prefix + e.text for e in run]  # type: ignore[operator]  # deliver_feed checked
+    frames = [encode_frame("4" + t) for t in texts]
+    everything: bytes | None = None
+    skips = [e.skip for e in run]
+    skipping = {s for s in skips if s is not None}
+    with_offsets = sio.with_offsets
+    marked: list[str] | None = None
+    marked_frames: list[bytes] | None = None
+    sessions = sio.eio.sessions
+    recipients = 0
+    skipped = dict.fromkeys(range(len(run)), 0)
+    for sid, eio_sid in members.items():
+        session = sessions.get(eio_sid)
+        if session is None:
+            continue
+        recipients += 1
+        mine = range(len(run))
+        if sid in skipping:
+            mine = [k for k, s in enumerate(skips) if s != sid]  # type: ignore[assignment]
+            for k, s in enumerate(skips):
+                if s == sid:
+                    skipped[k] += 1
+            if not mine:
+                continue
+        writer = session.writer
+        if writer is not None and not writer.direct:
+            writer = None  # polling, or the ASGI writer: messages, not frames
+        if with_offsets and sid in with_offsets:
+            if marked is None:
+                # the offset as the last argument: the same JSON array, one element longer
+                marked = [t[:-1] + ',"' + e.mark + '"]' for t, e in zip(texts, run, strict=True)]
+                marked_frames = [encode_frame("4" + t) for t in marked]
+            if writer is not None:
+                assert marked_frames is not None
+                writer.write_frame(b"".join(marked_frames[k] for k in mine))
+            else:
+                for k in mine:
+                    session.send_message(marked[k])
+            continue
+        if writer is not None:
+            if len(mine) == len(run):
+                if everything is None:
+                    everything = b"".join(frames)
+                writer.write_frame(everything)
+            else:
+                writer.write_frame(b"".join(frames[k] for k in mine))
+        else:
+            for k in mine:
+                session.send_message(texts[k])
+    metrics = sio.metrics
+    if metrics is not None and recipients:
+        for k, t in enumerate(texts):
+            if recipients - skipped[k]:
+                metrics.delivered(recipients - skipped[k], len(t))
 
 
 class _Encoded:
@@ -712,11 +819,12 @@ def _deliver_special(
     event: str,
     args: list[Any],
     offset: str | None,
+    watermark: str,
 ) -> None:
     """One recipient being recovered (hold the event) or just recovered (skip what it was
-    replayed; never let its offset go back)."""
+    replayed; never let its offset go back). ``watermark``: the offset this node has
+    delivered up to, this event included."""
     held = sio.holding.get(sid)
-    watermark = sio.bus.history.watermark
     if held is not None:
         held.append((namespace, event, args, offset or watermark, offset is not None))
         return
@@ -763,6 +871,9 @@ class SocketTransport:
         offset: str | None = None,
     ) -> None:
         deliver_here(self._sio, namespace, event, args, room, skip_sid, offset)
+
+    def deliver_many(self, events: list[FeedEvent]) -> None:
+        deliver_feed(self._sio, events)
 
     async def enter_room(self, sid: str, room: str, *, namespace: str = "/") -> None:
         await self._sio.enter_room(sid, room, namespace=namespace)

@@ -116,6 +116,23 @@ class Backend:
             return RedisStore(self, name)
         return MemoryStore(self, name, self._local if self.shared else self._memory)
 
+    @property
+    def reply_parser(self) -> str | None:
+        """How redis-py parses Redis's replies: ``"hiredis"`` (the C parser, a dependency of
+        plugbus) or ``"python"`` (redis-py's own, several times slower per reply: the cross-node
+        path parses one ``XREAD`` reply per batch of events); None for ``memory``."""
+        if self.url is None:
+            return None
+        from redis.utils import HIREDIS_AVAILABLE
+
+        return "hiredis" if HIREDIS_AVAILABLE else "python"
+
+    def report(self) -> dict[str, Any]:
+        """The backend for ``/health``: its kind and, for Redis, the reply parser in use."""
+        if self.target is None:
+            return {"kind": "memory"}
+        return {"kind": "redis", "url": self.target.masked, "reply_parser": self.reply_parser}
+
     def redis_client(self) -> Any:
         """The ``redis.asyncio.Redis`` client (core only).
 
@@ -274,7 +291,18 @@ class Backend:
                     f"{self.target.hide(reason)}"
                 ) from None
             self._redis = client
-            log.info("shared state in Redis at %s (node %s)", self.target.masked, self.node_id)
+            log.info(
+                "shared state in Redis at %s (node %s; replies parsed by %s)",
+                self.target.masked,
+                self.node_id,
+                self.reply_parser,
+            )
+            if self.reply_parser != "hiredis":
+                # said once, at start-up and in /health: no silent fallback to the slow path
+                log.warning(
+                    "hiredis is not installed (or older than redis-py accepts): Redis replies "
+                    "are parsed in Python, which costs every node more CPU per event"
+                )
         await self.hub.start()
 
     def blocking_client(self, timeout: float) -> Any:

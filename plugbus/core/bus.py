@@ -29,7 +29,16 @@ from .errors import (
     PlugbusError,
 )
 from .events import Event, EventRegistry, ModeratedText, ServerEvent
-from .history import ZERO, Kind, MemoryHistory, RedisHistory, StoredEvent, StreamRead, later
+from .history import (
+    ZERO,
+    FeedEvent,
+    Kind,
+    MemoryHistory,
+    RedisHistory,
+    StoredEvent,
+    StreamRead,
+    later,
+)
 from .hooks import Hooks
 from .loader import LoadedPlugins, PluginInfo
 from .moderation import ModerationRule
@@ -109,6 +118,7 @@ class Bus:
         self.recovery = server.recovery
         self.history: MemoryHistory = MemoryHistory(server.history)
         self.history.deliver = self._deliver
+        self.history.deliver_many = self._deliver_many
         self.sessions: MemorySessions = MemorySessions(server.recovery.max_disconnection_s)
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -332,6 +342,11 @@ class Bus:
             self._transport.deliver(
                 event, args, room=target, skip_sid=skip_sid, namespace=namespace, offset=offset
             )
+
+    def _deliver_many(self, events: list[FeedEvent]) -> None:
+        """Hand events read from the feed to this node's connections, in offset order."""
+        if self._transport is not None:
+            self._transport.deliver_many(events)
 
     async def join(self, sid: str, room: str) -> bool:
         """Put connection ``sid`` into ``room``: ``plugbus_authorize_join`` first, then the
@@ -747,6 +762,7 @@ class Bus:
             )
             self.history = RedisHistory(self.config.server.history, self.backend)
             self.history.deliver = self._deliver
+            self.history.deliver_many = self._deliver_many
             self.sessions = RedisSessions(self.recovery.max_disconnection_s, self.backend)
         await self.history.start()
         await self.presence.start()

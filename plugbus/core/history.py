@@ -92,6 +92,55 @@ class StoredEvent:
         return int(self.id.partition("-")[0]) / 1000
 
 
+class FeedEvent:
+    """One event read from the feed, on its way to this node's connections.
+
+    :ivar namespace: its namespace.
+    :ivar target: the room or connection it goes to (None: everyone in the namespace).
+    :ivar skip: the connection it is not sent to.
+    :ivar offset: its offset when it is stored (None: an ephemeral event).
+    :ivar mark: its feed id (the offset it has, stored or not): the node's watermark once it
+        is delivered.
+    :ivar text: the JSON text of ``[event, *args]`` as the publishing node encoded it, once
+        for every node (None when it could not: binary data; :attr:`call` has the values).
+    """
+
+    __slots__ = ("_call", "mark", "namespace", "offset", "skip", "target", "text")
+
+    def __init__(
+        self,
+        namespace: str,
+        target: str | None,
+        skip: str | None,
+        offset: str | None,
+        mark: str,
+        text: str | None,
+        call: tuple[str, tuple[Any, ...]] | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.target = target
+        self.skip = skip
+        self.offset = offset
+        self.mark = mark
+        self.text = text
+        self._call = call
+
+    @property
+    def call(self) -> tuple[str, tuple[Any, ...]]:
+        """``(event, args)``, decoded from :attr:`text` the first time it is asked for (only
+        recipients that need more than the encoded text do)."""
+        if self._call is None:
+            assert self.text is not None
+            values = orjson.loads(self.text)
+            self._call = (values[0], tuple(values[1:]))
+        return self._call
+
+
+#: ``deliver_many(events)``: hand events read from the feed, in offset order, to this node's
+#: connections (the socket door's batched fan-out).
+DeliverMany = Callable[[list[FeedEvent]], None]
+
+
 @dataclass(frozen=True, slots=True)
 class StreamRead:
     """One stream a recovery reads: its kind and name, and the offset it has up to."""
@@ -102,9 +151,77 @@ class StreamRead:
 
 
 # -- the stored form ------------------------------------------------------------------------
-# JSON with binary data lifted out as Socket.IO does it (a {"_placeholder": true, "num": i}
-# in place, the bytes base64 in "b"), so the same text is the stream entry and the message
-# every node receives.
+# An entry (in its stream and on the feed alike) has five fields, always in this order, so a
+# node reading the feed takes them by position from the raw reply, with no dict per entry:
+# "k" the kind code ("r", "s", "a"; "~" after it for an ephemeral event), "n" the namespace,
+# "t" the target ("" for everyone), "x" the connection skipped ("" for none) and "d" the JSON
+# text of [event, *args] -- made once by the publishing node, and the very text every node
+# puts in its Socket.IO packet (orjson with non-string keys allowed, as the wire encodes).
+# Events JSON cannot carry (binary data) keep the older one-field form, "e": JSON with binary
+# data lifted out as Socket.IO does it (a {"_placeholder": true, "num": i} in place, the bytes
+# base64 in "b"); entries of that form written before are read as they were.
+
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def encode_call(event: str, args: tuple[Any, ...]) -> str | None:
+    """The JSON text of ``[event, *args]``, or None when JSON cannot carry it (bytes)."""
+    try:
+        return orjson.dumps([event, *args], option=_JSON_OPTIONS).decode()
+    except TypeError:
+        return None
+
+
+def entry_values(
+    namespace: str,
+    event: str,
+    args: tuple[Any, ...],
+    target: str | None,
+    kind: str,
+    skip: str | None,
+    kept: bool = True,
+) -> list[str]:
+    """An event's entry as the append script takes it: the values of "k", "n", "t", "x" and
+    "d" (the script adds the field names); "k" empty for the one-field "e" form, whose text
+    is then the last value."""
+    text = encode_call(event, args)
+    if text is None:
+        return ["", "", "", "", pack(namespace, event, args, target, kind, skip, kept).decode()]
+    code = _KIND_CODE[kind] if kept else _KIND_CODE[kind] + "~"
+    return [code, namespace, target or "", skip or "", text]
+
+
+def feed_event(offset: str, fields: list[Any]) -> FeedEvent:
+    """A feed entry (its raw field/value list) as a :class:`FeedEvent`."""
+    if fields[0] == "k":
+        code = fields[1]
+        return FeedEvent(
+            fields[3],
+            fields[5] if code[0] != "a" else None,
+            fields[7] or None,
+            offset if len(code) == 1 else None,
+            offset,
+            fields[9],
+        )
+    record, stored = unpack(offset, fields[1])
+    return FeedEvent(
+        record["n"],
+        record.get("t"),
+        stored.skip,
+        None if record.get("v") else offset,
+        offset,
+        None,
+        (stored.event, stored.args),
+    )
+
+
+def stored_event(offset: str, fields: dict[str, Any]) -> StoredEvent:
+    """A stream entry (its fields as redis-py returns them) as a :class:`StoredEvent`."""
+    if "e" in fields:
+        return unpack(offset, fields["e"])[1]
+    values = orjson.loads(fields["d"])
+    room = fields["t"] if fields["k"][0] == "r" else None
+    return StoredEvent(offset, values[0], tuple(values[1:]), fields["x"] or None, room)
 
 
 def _lift(value: Any, out: list[bytes]) -> Any:
@@ -191,6 +308,8 @@ class MemoryHistory:
     def __init__(self, settings: HistorySettings) -> None:
         self.settings = settings
         self.deliver: Deliver | None = None
+        #: the feed's batched delivery (a Redis history delivers every event through it)
+        self.deliver_many: DeliverMany | None = None
         self.watermark = ZERO
         self._ms = 0
         self._seq = 0
@@ -311,8 +430,8 @@ class MemoryHistory:
 # -- Redis ----------------------------------------------------------------------------------
 
 # KEYS: the clock hash, the stream, its floor key, the feed.
-# ARGV: the packed event, max_messages, max_age_ms, the feed's length, "1" to keep the event in
-# its stream ("0": an ephemeral event, on the feed only).
+# ARGV: max_messages, max_age_ms, the feed's length, "1" to keep the event in its stream ("0":
+# an ephemeral event, on the feed only), then the entry's five values (entry_values).
 # Returns the offset. TIME in a script is allowed since Redis 5 (effects are replicated).
 APPEND_SCRIPT = """
 local t = redis.call('TIME')
@@ -323,10 +442,16 @@ local ms = string.format('%.0f', now)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'ms', ms)
 local id = ms .. '-' .. seq
-if ARGV[5] == '1' then
-  local maxlen = tonumber(ARGV[2])
-  local maxage = tonumber(ARGV[3])
-  redis.call('XADD', KEYS[2], id, 'e', ARGV[1])
+local fields
+if ARGV[5] == '' then
+  fields = {'e', ARGV[9]}
+else
+  fields = {'k', ARGV[5], 'n', ARGV[6], 't', ARGV[7], 'x', ARGV[8], 'd', ARGV[9]}
+end
+if ARGV[4] == '1' then
+  local maxlen = tonumber(ARGV[1])
+  local maxage = tonumber(ARGV[2])
+  redis.call('XADD', KEYS[2], id, unpack(fields))
   local floor = false
   local len = redis.call('XLEN', KEYS[2])
   if len > maxlen then
@@ -334,18 +459,26 @@ if ARGV[5] == '1' then
     floor = gone[#gone][1]
     redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen)
   end
-  local cutoff = string.format('%.0f', now - maxage) .. '-0'
-  local old = redis.call('XREVRANGE', KEYS[2], '(' .. cutoff, '-', 'COUNT', 1)
-  if #old > 0 then
+  -- the oldest entry first: XREVRANGE from the cutoff walks back over every newer entry of
+  -- its listpack node (~90 us a call with a thousand entries), so it runs only when
+  -- something is old enough to trim
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #first > 0 and tonumber(string.match(first[1][1], '^(%d+)')) < now - maxage then
+    local cutoff = string.format('%.0f', now - maxage) .. '-0'
+    local old = redis.call('XREVRANGE', KEYS[2], '(' .. cutoff, '-', 'COUNT', 1)
     floor = old[1][1]
     redis.call('XTRIM', KEYS[2], 'MINID', cutoff)
   end
   if floor then redis.call('SET', KEYS[3], floor, 'PX', maxage) end
   redis.call('PEXPIRE', KEYS[2], maxage)
 end
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], id, 'e', ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], id, unpack(fields))
 return id
 """
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
 
 
 class RedisHistory(MemoryHistory):
@@ -367,6 +500,13 @@ class RedisHistory(MemoryHistory):
     block_ms = 1000
     #: Seconds between attempts to read the feed again after Redis went away.
     retry_s = 0.1
+    #: Entries one ``XREAD`` returns at most.
+    read_count = 1000
+    #: Seconds the reader waits after a read that returned events, before the next one: while
+    #: events come one at a time it adds nothing (the next ``XREAD`` blocks until one comes);
+    #: at a high rate each read carries the events of this interval, which costs each node one
+    #: Redis round trip, and each recipient one write, per batch instead of per event.
+    coalesce_s = 0.002
 
     def __init__(self, settings: HistorySettings, backend: Backend) -> None:
         super().__init__(settings)
@@ -404,7 +544,7 @@ class RedisHistory(MemoryHistory):
             backend's command timeout): nothing was acknowledged.
         """
         most, age = self.settings.limits_for(target if kind == "room" else None)
-        packed = pack(namespace, event, args, target, kind, skip, keep)
+        values = entry_values(namespace, event, args, target, kind, skip, keep)
         try:
             offset: str = await self._script(
                 keys=[
@@ -413,7 +553,7 @@ class RedisHistory(MemoryHistory):
                     self._key(namespace, kind, target, floor=True),
                     self.feed,
                 ],
-                args=[packed, most, int(age * 1000), self.feed_length, "1" if keep else "0"],
+                args=[most, int(age * 1000), self.feed_length, "1" if keep else "0", *values],
             )
         except Exception as exc:
             raise self._unavailable("publish an event", exc) from None
@@ -455,8 +595,7 @@ class RedisHistory(MemoryHistory):
             ):
                 return None
             for entry_id, fields in entries:
-                _record, stored = unpack(entry_id, fields["e"])
-                out.append((parse_offset(entry_id) or (0, 0), stored))
+                out.append((parse_offset(entry_id) or (0, 0), stored_event(entry_id, fields)))
         out.sort(key=lambda entry: entry[0])
         return [event for _, event in out]
 
@@ -468,7 +607,7 @@ class RedisHistory(MemoryHistory):
             return []
         key = self._key(namespace, "room", room)
         entries = await self._call("read history", lambda r: r.xrange(key, min=start, count=limit))
-        return [unpack(entry_id, fields["e"])[1] for entry_id, fields in entries]
+        return [stored_event(entry_id, fields) for entry_id, fields in entries]
 
     async def delete(self, namespace: str, room: str, offset: str) -> bool:
         if parse_offset(offset) is None:
@@ -483,6 +622,9 @@ class RedisHistory(MemoryHistory):
         if clock[0] is not None and clock[1] is not None:
             self.watermark = later(self.watermark, f"{clock[0]}-{clock[1]}")
         self._reader = self._backend.blocking_client(self.block_ms / 1000 + 2)
+        # the raw reply: redis-py's XREAD callback builds a dict per entry, which _follow
+        # would only take apart again
+        self._reader.set_response_callback("XREAD", _raw_reply)
         self._listener = asyncio.create_task(self._follow(), name="plugbus-history-feed")
 
     async def stop(self) -> None:
@@ -499,10 +641,11 @@ class RedisHistory(MemoryHistory):
 
     async def _follow(self) -> None:
         lost_at: float | None = None
+        feed, count, block = self.feed, self.read_count, self.block_ms
         while True:
             try:
-                replies = await self._reader.xread(
-                    {self.feed: self.watermark}, count=1000, block=self.block_ms
+                reply = await self._reader.execute_command(
+                    "XREAD", "COUNT", count, "BLOCK", block, "STREAMS", feed, self.watermark
                 )
             except asyncio.CancelledError:
                 raise
@@ -526,31 +669,31 @@ class RedisHistory(MemoryHistory):
                     self.watermark,
                 )
                 lost_at = None
-            if not replies:
+            if not reply:
                 continue
-            entries = (
-                replies.get(self.feed, [[]])[0] if isinstance(replies, dict) else replies[0][1]
-            )
-            for entry_id, fields in entries:
-                self._on_entry(entry_id, fields["e"])
+            # the raw reply (the reader has no XREAD callback): RESP2 [[feed, entries]],
+            # RESP3 {feed: entries}
+            entries = reply.get(feed, ()) if isinstance(reply, dict) else reply[0][1]
+            if entries:
+                self._on_entries(entries)
+                if len(entries) < count and self.coalesce_s:
+                    # Events come faster than one XREAD each: let a few gather, so that one
+                    # read (and each recipient's one write) carries several.
+                    await asyncio.sleep(self.coalesce_s)
 
-    def _on_entry(self, offset: str, raw: str) -> None:
-        self.watermark = offset
-        try:
-            record, stored = unpack(offset, raw)
-        except Exception:
-            log.exception("unreadable event %s on the history feed", offset)
-            return
-        if self.deliver is not None:
+    def _on_entries(self, entries: list[Any]) -> None:
+        events: list[FeedEvent] = []
+        for entry_id, fields in entries:
             try:
-                self.deliver(
-                    record["n"],
-                    stored.event,
-                    stored.args,
-                    record.get("t"),
-                    record.get("k", "room"),
-                    stored.skip,
-                    None if record.get("v") else offset,
-                )
+                events.append(feed_event(entry_id, fields))
             except Exception:
-                log.exception("delivering %s from the history feed failed", offset)
+                log.exception("unreadable event %s on the history feed", entry_id)
+        try:
+            if events and self.deliver_many is not None:
+                self.deliver_many(events)
+        except Exception:
+            log.exception(
+                "delivering %s..%s from the history feed failed", entries[0][0], entries[-1][0]
+            )
+        finally:
+            self.watermark = entries[-1][0]

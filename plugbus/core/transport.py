@@ -7,7 +7,10 @@ across nodes (a Redis manager) plugs in without the plugins noticing.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .history import FeedEvent
 
 
 class Transport(Protocol):
@@ -40,6 +43,13 @@ class Transport(Protocol):
         """Deliver a stored event to its recipients on this node only (history hands every
         node each stored event, in offset order). Connections offered recovery receive
         ``offset`` as the event's last argument."""
+
+    def deliver_many(self, events: list[FeedEvent]) -> None:
+        """Deliver events read from the history feed, in their (offset) order, to their
+        recipients on this node only: :meth:`deliver` for each, with the publisher's encoding
+        (:attr:`FeedEvent.text`) sent as it is and, where several go to one recipient, one
+        write for all of them. Each event's :attr:`FeedEvent.mark` is the offset a recovering
+        connection is told it has after that event."""
 
     async def enter_room(self, sid: str, room: str, *, namespace: str = "/") -> None:
         """Put connection ``sid`` into ``room``."""
