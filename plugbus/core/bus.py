@@ -18,7 +18,7 @@ from typing import Any
 from .backend import Backend
 from .cluster import Cluster
 from .config import Config
-from .context import Connection, EventContext, Origin
+from .context import Connection, EventContext, Identity, Origin
 from .counters import Counters, PluginCounter
 from .errors import (
     ConfigError,
@@ -113,6 +113,8 @@ class Bus:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._closing: set[asyncio.Task[Any]] = set()
+        #: rooms of a dead node's connections while their disconnect runs here
+        self._departing: dict[str, list[str]] = {}
         #: the plugins' counters (``bus.counter``), read by the metrics exporter
         self.counters = Counters()
         self._watch: asyncio.Task[None] | None = None
@@ -395,6 +397,9 @@ class Bus:
     def rooms_of(self, sid: str, namespace: str | None = None) -> list[str]:
         """The rooms connection ``sid`` is in (its own id room not counted), in its namespace
         (pass ``namespace`` when the connection may be gone, as in ``plugbus_disconnect``)."""
+        departing = self._departing.get(sid)
+        if departing is not None:  # a dead node's, whose plugbus_disconnect runs here
+            return list(departing)
         return self.transport.rooms_of(sid, namespace=namespace or self._namespace_of(sid))
 
     def rooms(self, namespace: str | None = None) -> dict[str, int]:
@@ -768,25 +773,79 @@ class Bus:
                 await presence.beat()
                 for node in await presence.dead_nodes():
                     if await presence.claim_reaping(node):
-                        await self._reap(presence, node)
+                        # beside the beat, not in its way: the dead node's disconnects may
+                        # take a while, and this node must go on heartbeating meanwhile
+                        self._spawn(self._reap(presence, node))
             except Exception as exc:  # Redis away: the next beat tries again
                 log.debug("node heartbeat failed: %s", exc)
 
     async def _reap(self, presence: SharedPresence, node: str) -> None:
-        gone = await presence.reap(node)
-        sessions = await self.sessions.orphaned(node)
+        """Run the disconnect of each connection dead ``node`` held, as a lost transport
+        would on that node (reason ``"node lost"``): ``plugbus_disconnect`` — with
+        ``suspended`` True when its session is kept for recovery, whose window starts here
+        (``plugbus_session_expired`` runs here if it lapses) — then out of presence and its
+        rooms. This node won the claim: no other node does it (issue #18)."""
+        try:
+            departed = await presence.departed(node)
+            suspended, before = await self.sessions.orphaned(node)
+        except Exception as exc:  # the claim lapses in a minute; another node tries again
+            presence.stop_departing()
+            log.warning("cleaning up after dead node %s failed: %s", node, exc)
+            return
+        # the windows start now, here: the dead node's timers died with it
         loop = asyncio.get_running_loop()
-        for session in sessions:
-            self._expiry[session.pid] = loop.call_later(
-                self.recovery.max_disconnection_s, self._spawn_expiry, session
-            )
+        now = time.time()
+        for orphan in [*suspended, *before]:
+            window = orphan.suspended_at + self.recovery.max_disconnection_s - now
+            self._expiry[orphan.pid] = loop.call_later(max(0.0, window), self._spawn_expiry, orphan)
+        kept = {session.sid: session for session in suspended}
+        try:
+            for sid, details in departed.items():
+                session = kept.get(sid)
+                if details.get("session") and session is None:
+                    # its session was claimed since: it recovered (or is recovering) elsewhere
+                    await presence.forget_departed(node, sid, {})
+                    continue
+                await self._departed(presence, node, sid, details, session)
+            await presence.forget_node(node)
+        except Exception as exc:  # Redis away: the claim lapses, the rest is done again
+            presence.stop_departing()
+            log.warning("cleaning up after dead node %s failed: %s", node, exc)
+            return
         log.warning(
-            "node %s stopped heartbeating: %d of its connections left presence, %d sessions "
-            "kept for recovery",
+            "node %s stopped heartbeating: %d of its connections disconnected here, %d "
+            "sessions kept for recovery",
             node,
-            gone,
-            len(sessions),
+            len(departed),
+            len(suspended) + len(before),
         )
+
+    async def _departed(
+        self,
+        presence: SharedPresence,
+        node: str,
+        sid: str,
+        details: dict[str, Any],
+        session: SuspendedSession | None,
+    ) -> None:
+        """The disconnect of one of dead ``node``'s connections, run here."""
+        user_id = details.get("user_id")
+        connection = Connection(
+            sid=sid,
+            namespace=details.get("namespace") or self.default_namespace,
+            identity=Identity(user_id, details.get("name"), tuple(details.get("roles") or ()))
+            if user_id
+            else None,
+            data=session.data if session is not None else {},
+            pid=session.pid if session is not None else None,
+            suspended=session is not None,
+        )
+        self._departing[sid] = list(details.get("rooms") or ())
+        try:
+            await self.hooks.disconnect(connection, "node lost", self)
+        finally:
+            self._departing.pop(sid, None)
+        await presence.forget_departed(node, sid, details)
 
     async def stop(self) -> None:
         """Run ``plugbus_shutdown``, then close the backend."""

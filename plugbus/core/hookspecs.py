@@ -203,8 +203,14 @@ def plugbus_disconnect(connection: Connection, reason: str, bus: Bus) -> None:
     ``bus.rooms_of(connection.sid)`` (they are dropped right after this hook). Awaited, one implementation at a time; an
     exception is logged and the rest still run.
 
+    With a shared backend, the connections of a node that died (its heartbeat stopped) get
+    this hook on the one surviving node that noticed, with reason ``"node lost"``: their rooms
+    are readable with ``bus.rooms_of`` there too, ``suspended`` says whether their sessions
+    are kept for recovery, and ``state`` is empty (it lived in the dead process).
+
     :param connection: the connection that left.
-    :param reason: why, in python-socketio's words (``"client disconnect"``, ``"ping timeout"``, ...).
+    :param reason: why, in python-socketio's words (``"client disconnect"``, ``"ping timeout"``, ...),
+        or ``"node lost"``.
     :param bus: the bus.
     """
 
