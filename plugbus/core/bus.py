@@ -750,7 +750,12 @@ class Bus:
                 self.backend.node_id,
                 ttl=self.config.server.presence_ttl,
             )
-            self.history = RedisHistory(self.config.server.history, self.backend)
+            self.history = RedisHistory(
+                self.config.server.history,
+                self.backend,
+                replicas=self.config.server.backend_replicas,
+                replica_timeout=self.config.server.backend_replica_timeout,
+            )
             self.history.deliver = self._deliver
             self.sessions = RedisSessions(self.recovery.max_disconnection_s, self.backend)
         await self.history.start()
