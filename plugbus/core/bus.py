@@ -852,11 +852,18 @@ class Bus:
             self._departing.pop(sid, None)
         await presence.forget_departed(node, sid, details)
 
+    #: Seconds a stop gives each of its three phases — the connections' disconnects, the
+    #: ``plugbus_shutdown`` hooks, the backend's teardown — before it goes on without what is
+    #: not done (logged): a node drained by SIGTERM exits within ``drain_seconds`` +
+    #: ``shutdown_timeout`` + about 3 x this, whatever Redis or a plugin does meanwhile.
+    STOP_PHASE_S = 1.5
+
     async def stop(self) -> None:
-        """Run ``plugbus_shutdown``, then close the backend."""
+        """Run ``plugbus_shutdown``, then close the backend; each phase bounded by
+        :attr:`STOP_PHASE_S`."""
         try:
             await self._settle_connections()
-            await self.hooks.shutdown(self)
+            await self._bounded("plugbus_shutdown", [self.hooks.shutdown(self)])
         finally:
             if self._watch is not None:
                 self._watch.cancel()
@@ -865,18 +872,70 @@ class Bus:
             for handle in self._expiry.values():
                 handle.cancel()
             self._expiry.clear()
-            await self.cluster.stop()
-            await self.presence.stop()
-            await self.history.stop()
-            await self.backend.stop()
+            await self._bounded("closing the backend", [self._teardown()])
+
+    async def _teardown(self) -> None:
+        await self.cluster.stop()
+        await self.presence.stop()
+        await self.history.stop()
+        await self.backend.stop()
+
+    async def _bounded(self, what: str, coros: list[Any]) -> None:
+        """Run ``coros`` side by side for at most :attr:`STOP_PHASE_S`; cancel what is left
+        and go on without waiting for it (a cancelled task may take its time to end)."""
+        if not coros:
+            return
+        tasks = [asyncio.ensure_future(coro) for coro in coros]
+        done, pending = await asyncio.wait(tasks, timeout=self.STOP_PHASE_S)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                log.warning("stopping: %s failed: %s: %s", what, type(exc).__name__, exc)
+        if pending:
+            for task in pending:
+                task.cancel()
+            log.warning(
+                "stopping: %s not done after %g s (%d of %d left); going on without it",
+                what,
+                self.STOP_PHASE_S,
+                len(pending),
+                len(tasks),
+            )
 
     async def _settle_connections(self) -> None:
         """Before the backend closes: let the disconnects under way finish (their sessions
-        are being kept), and keep the sessions of the connections still open, which the
-        server is about to drop ("server shutting down": their clients recover elsewhere or
-        after the restart)."""
+        are being kept), and close the connections still open, which the server is about to
+        drop ("server shutting down": their sessions are kept, their clients recover
+        elsewhere or after the restart) — side by side, not one after the other, and within
+        :attr:`STOP_PHASE_S` in all. A connection not closed by then still has the live
+        session written while it was connected, which its client can recover."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.STOP_PHASE_S
         if self._closing:
-            await asyncio.wait(list(self._closing), timeout=5)
-        for sid in list(self._connections):
-            with contextlib.suppress(Exception):
+            await asyncio.wait(list(self._closing), timeout=self.STOP_PHASE_S)
+        remaining = list(self._connections)
+        if not remaining:
+            return
+        # no more at once than the backend has connections (the others would queue there,
+        # and fail after its command timeout)
+        limit = asyncio.Semaphore(self.backend.max_connections)
+
+        async def close(sid: str) -> None:
+            async with limit:
                 await self.close_connection(sid, "server shutting down")
+
+        tasks = [loop.create_task(close(sid)) for sid in remaining]
+        done, pending = await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
+        for task in pending:
+            task.cancel()
+        failed = sum(1 for t in done if not t.cancelled() and t.exception() is not None)
+        if pending or failed:
+            log.warning(
+                "stopping: %d of %d open connections were not closed cleanly (%d still "
+                "closing after %g s, %d failed)",
+                len(pending) + failed,
+                len(remaining),
+                len(pending),
+                self.STOP_PHASE_S,
+                failed,
+            )

@@ -104,7 +104,9 @@ def plugbus_shutdown(bus: Bus) -> None:
     """The server is stopping; close what ``plugbus_startup`` opened.
 
     Called once, after the server stops accepting connections. Awaited, one implementation at
-    a time. An exception is logged and the remaining implementations still run.
+    a time. An exception is logged and the remaining implementations still run. All of them
+    together get 1.5 s (``Bus.STOP_PHASE_S``): what is still running then is cancelled and the
+    stop goes on (logged), so that a node exits within its grace period.
 
     :param bus: the bus.
     """

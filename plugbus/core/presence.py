@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .bus import Bus
     from .context import Connection
-    from .store import Store
+    from .store import Batch, Store
 
 log = logging.getLogger("plugbus.presence")
 
@@ -184,12 +184,6 @@ class SharedPresence(LocalPresence):
             batch.delete(self._node_conns(node))
             batch.srem("nodes", node)
 
-    async def retire(self) -> None:
-        """This node stops: it is no longer one of the nodes."""
-        async with self._store.batch() as batch:
-            batch.srem("nodes", self._node)
-            batch.delete(f"alive:{self._node}", self._node_conns(self._node))
-
     def _room_key(self, room: str, namespace: str | None) -> str:
         if namespace is None or namespace == self._bus.default_namespace:
             return f"room:{room}"
@@ -205,15 +199,20 @@ class SharedPresence(LocalPresence):
         self._task = asyncio.create_task(self._heartbeat(), name="plugbus-presence-heartbeat")
 
     async def stop(self) -> None:
-        """Stop refreshing and remove this node's entries."""
+        """Stop refreshing and remove this node's entries (in one round trip, however many
+        connections are left)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
-            for connection in self._bus.connections():
-                await self.disconnected(connection)
-            await self.retire()
+        try:
+            async with self._store.batch() as batch:
+                for connection in self._bus.connections():
+                    self._remove(batch, connection)
+                batch.srem("nodes", self._node)
+                batch.delete(f"alive:{self._node}", self._node_conns(self._node))
+        except Exception as exc:  # their TTLs end them; survivors see this node as dead
+            log.warning("presence: removing this node's entries failed: %s", exc)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -265,10 +264,13 @@ class SharedPresence(LocalPresence):
 
     async def disconnected(self, connection: Connection) -> None:
         async with self._store.batch() as batch:
-            batch.delete(self._conn(connection.sid))
-            batch.hdel(self._node_conns(self._node), connection.sid)
-            for room in self._bus.rooms_of(connection.sid, connection.namespace):
-                batch.srem(self._room_key(room, connection.namespace), connection.sid)
+            self._remove(batch, connection)
+
+    def _remove(self, batch: Batch, connection: Connection) -> None:
+        batch.delete(self._conn(connection.sid))
+        batch.hdel(self._node_conns(self._node), connection.sid)
+        for room in self._bus.rooms_of(connection.sid, connection.namespace):
+            batch.srem(self._room_key(room, connection.namespace), connection.sid)
 
     async def joined(self, connection: Connection, room: str) -> None:
         async with self._store.batch() as batch:
