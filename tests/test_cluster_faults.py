@@ -450,12 +450,13 @@ async def test_a_direct_message_to_a_dead_nodes_connection_is_refused_once_its_h
         if not ack["ok"]:
             break
         acked.append(body)
-        assert time.monotonic() - killed < 5, "still acked 5 s after the node died"
+        assert time.monotonic() - killed < 6, "still acked 6 s after the node died"
         await asyncio.sleep(0.1)
     stale_after = time.monotonic() - killed
     assert_refused(ack, "not_found")
     assert acked, "not even the first message after the kill was acked"
-    assert stale_after < 3.5, f"refused only {stale_after:.2f} s after the kill"
+    # the bound is 3 s (the heartbeat's TTL); the rest is headroom for a loaded machine
+    assert stale_after < 4.5, f"refused only {stale_after:.2f} s after the kill"
     async with httpx.AsyncClient(base_url=a.url, timeout=5) as http:
         resp = await http.post(f"/connections/{sid}/messages", json={"message": "rest"})
         assert_problem(resp, 404, "not_found")
@@ -518,7 +519,8 @@ async def test_a_dead_nodes_connections_leave_their_rooms_once_with_the_usual_no
         notices = (await client.wait_for("user-left", 2, timeout=10))[:2]
         assert {n["sid"]: n["count"] for n in notices} == expected, notices
     took = time.monotonic() - killed
-    assert took < 6, f"user-left {took:.1f} s after the node died"
+    # documented: about 4 s (3 s heartbeat TTL, checked every second); headroom for load
+    assert took < 8, f"user-left {took:.1f} s after the node died"
     for client in (on_a, on_c):
         notices = await client.wait_for("user-left", 3, timeout=10)
         assert notices[2] == {"room": room, "sid": recovering, "user": None, "count": 2}

@@ -129,6 +129,9 @@ class SharedPresence(LocalPresence):
         async with self._store.batch() as batch:
             batch.set(f"alive:{self._node}", 1, ttl=self.NODE_TTL)
             batch.sadd("nodes", self._node)
+            # taken for dead while alive (a stalled loop)? then a later real death must
+            # find no claim standing in the way of its clean-up
+            batch.delete(f"reaping:{self._node}")
 
     async def dead_nodes(self) -> list[str]:
         """Nodes that were seen and have stopped heartbeating."""
