@@ -104,8 +104,9 @@ class SharedPresence(LocalPresence):
         self._node = node_id
         self._ttl = max(1, int(ttl))
         self._task: asyncio.Task[None] | None = None
-        #: a dead node's connections whose disconnect runs here now (still members meanwhile)
-        self._departing: dict[str, Member] = {}
+        #: a dead node's connections whose disconnect runs here now, each with its namespace
+        #: and rooms: still members of those rooms meanwhile
+        self._departing: dict[str, tuple[Member, str, frozenset[str]]] = {}
 
     @staticmethod
     def _conn(sid: str) -> str:
@@ -114,7 +115,7 @@ class SharedPresence(LocalPresence):
     @staticmethod
     def _node_conns(node: str) -> str:
         # a hash, sid -> what the survivors need to run its disconnect if the node dies
-        # (Connection.details): kept without a TTL, unlike conn:<sid>, so that it is still
+        # (_details): kept without a TTL, unlike conn:<sid>, so that it is still
         # there when a survivor notices the death, whatever presence_ttl is
         return f"conns-of:{node}"
 
@@ -162,9 +163,9 @@ class SharedPresence(LocalPresence):
             if isinstance(listed[sid], dict) and (not info or info.get("node") == node)
         }
         for sid, details in out.items():
-            self._departing[sid] = Member(
-                sid, details.get("user_id") or None, details.get("name") or None
-            )
+            member = Member(sid, details.get("user_id") or None, details.get("name") or None)
+            namespace = details.get("namespace") or self._bus.default_namespace
+            self._departing[sid] = (member, namespace, frozenset(details.get("rooms") or ()))
         return out
 
     async def forget_departed(self, node: str, sid: str, details: dict[str, Any]) -> None:
@@ -287,13 +288,23 @@ class SharedPresence(LocalPresence):
             batch.hset(self._node_conns(self._node), {connection.sid: self._details(connection)})
 
     async def members(self, room: str, namespace: str | None = None) -> list[Member]:
-        sids = sorted(await self._store.smembers(self._room_key(room, namespace)))
+        listed = await self._store.smembers(self._room_key(room, namespace))
+        # a dead node's connection counts until its disconnect ran here, even when its entry
+        # expired (or was dropped from the room's set by an earlier read)
+        ns = namespace or self._bus.default_namespace
+        departing = {
+            sid: member
+            for sid, (member, their_ns, rooms) in self._departing.items()
+            if their_ns == ns and room in rooms
+        }
+        sids = sorted(listed | departing.keys())
         if not sids:
             return []
         infos = await self._store.get_many([self._conn(sid) for sid in sids])
-        departing = self._departing
         gone = [
-            sid for sid, info in zip(sids, infos, strict=True) if not info and sid not in departing
+            sid
+            for sid, info in zip(sids, infos, strict=True)
+            if not info and sid in listed and sid not in departing
         ]
         if gone:  # a crashed node's connections: their entries expired
             await self._store.srem(self._room_key(room, namespace), *gone)
