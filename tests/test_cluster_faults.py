@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,15 @@ from typing import Any
 import httpx
 import pytest
 import socketio
-from conftest import RedisServer, deep_merge, free_port, serve_together
+from conftest import (
+    RedisServer,
+    assert_problem,
+    assert_refused,
+    deep_merge,
+    free_port,
+    serve_together,
+    settle,
+)
 from tcp_proxy import TcpProxy
 
 ROOM = "faults"
@@ -402,3 +411,145 @@ def test_a_silent_redis_stops_start_up_quickly(tmp_path) -> None:  # type: ignor
     assert "cannot reach Redis at redis://:***@127.0.0.1" in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
     assert took < 5, f"start-up took {took:.1f} s to give up"
+
+
+def presence_entry(redis: RedisServer, sid: str) -> dict[str, Any] | None:
+    """Connection ``sid``'s presence entry, ``{node, user_id, name}``, as Redis holds it."""
+    raw = redis.command("GET", f"plugbus:presence:conn:{sid}")
+    return json.loads(raw) if raw else None
+
+
+async def test_a_direct_message_to_a_dead_nodes_connection_is_refused_once_its_heartbeat_is_stale(
+    serve, redis_server, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """No survivor cleans up after B here (the claim is the test's), and presence entries
+    last 30 s: the refusal comes from B's heartbeat alone, within its 3 s bound, over both
+    doors. What was acked before is in the connection's history: its client recovers it."""
+    slow_presence = deep_merge(config(redis_server), {"server": {"presence_ttl": 30}})
+    a, b = serve_together(serve, slow_presence, slow_presence)
+    sender = await connect(a, transports=["websocket"], auth={"recovery": False})
+    doomed = await connect(b, transports=["websocket"], auth={"recovery": True})
+    sid = doomed.sid
+    assert (await sender.call("send-direct", {"to": sid, "message": "alive"}))["ok"] is True
+    assert await doomed.wait_for("receive-message") == ["alive"]
+    entry = presence_entry(redis_server, sid)
+    assert entry is not None
+    node_b = entry["node"]
+    assert redis_server.command("SET", f"plugbus:presence:reaping:{node_b}", '"test"', "EX", "60")
+
+    b.proc.kill()
+    killed = time.monotonic()
+    left_ms = int(redis_server.command("PTTL", f"plugbus:presence:alive:{node_b}"))
+    assert left_ms > 500, f"B's heartbeat was nearly stale when it was killed ({left_ms} ms)"
+    acked: list[str] = []
+    n = 0
+    while True:  # acked while B's heartbeat is fresh, then refused
+        body = f"window {n:03d}"
+        n += 1
+        ack = await sender.call("send-direct", {"to": sid, "message": body})
+        if not ack["ok"]:
+            break
+        acked.append(body)
+        assert time.monotonic() - killed < 6, "still acked 6 s after the node died"
+        await asyncio.sleep(0.1)
+    stale_after = time.monotonic() - killed
+    assert_refused(ack, "not_found")
+    assert acked, "not even the first message after the kill was acked"
+    # the bound is 3 s (the heartbeat's TTL); the rest is headroom for a loaded machine
+    assert stale_after < 4.5, f"refused only {stale_after:.2f} s after the kill"
+    async with httpx.AsyncClient(base_url=a.url, timeout=5) as http:
+        resp = await http.post(f"/connections/{sid}/messages", json={"message": "rest"})
+        assert_problem(resp, 404, "not_found")
+    # the heartbeat decided: B's entry is still in presence (nobody reaped it)
+    assert presence_entry(redis_server, sid) == entry
+
+    back = await connect(
+        a,
+        transports=["websocket"],
+        auth={"recovery": True, "pid": doomed.pid, "offset": doomed.offset},
+    )
+    assert back.sid == sid and back.pid == doomed.pid
+    assert await back.wait_for("receive-message", len(acked)) == acked
+    assert (await sender.call("send-direct", {"to": sid, "message": "back"}))["ok"] is True
+    assert await back.wait_for("receive-message", len(acked) + 1) == [*acked, "back"]
+
+
+async def test_a_dead_nodes_connections_leave_their_rooms_once_with_the_usual_notices(
+    serve, redis_server, connect
+) -> None:  # type: ignore[no-untyped-def]
+    """Three nodes; B is killed with three members of a room the others share: the first
+    survivor to notice (one of two) runs each connection's disconnect: user-left for the
+    two without recovery at once, for the one with recovery when its window lapses, each
+    once, with the room's count after it; presence lists only the survivors' members."""
+    room = "lobby"
+    cfg = deep_merge(
+        config(redis_server),
+        {
+            "server": {"recovery": {"max_disconnection_s": 2}},
+            "plugins": {"settings": {"rooms": {"notify_membership": True}}},
+        },
+    )
+    a, b, c = serve_together(serve, cfg, cfg, cfg)
+    plain = {"recovery": False}
+    on_a = await connect(a, transports=["websocket"], auth=plain)
+    on_c = await connect(c, transports=["websocket"], auth=plain)
+    doomed = [
+        await connect(b, transports=["websocket"], auth=plain),
+        await connect(b, transports=["websocket"], auth=plain),
+        await connect(b, transports=["websocket"], auth={"recovery": True}),
+    ]
+    recovering = doomed[2].sid
+    for client in (on_a, on_c, *doomed):
+        assert (await client.call("join-room", {"room": room}))["ok"] is True
+    await on_a.wait_for("user-joined", 4)
+    await on_c.wait_for("user-joined", 3)
+    node_b = presence_entry(redis_server, doomed[0].sid)["node"]  # type: ignore[index]
+
+    b.proc.kill()
+    killed = time.monotonic()
+
+    async def read_presence_meanwhile() -> None:
+        # reads drop members whose entries expired (presence_ttl 3 s, before the clean-up
+        # runs): the notices' counts must not depend on that
+        async with httpx.AsyncClient(base_url=a.url, timeout=5) as http:
+            while True:
+                await http.get(f"/rooms/{room}")
+                await asyncio.sleep(0.1)
+
+    # each departing connection still counts until its disconnect ran (sorted sid order),
+    # as a closing one does; the recovering one's notice waits for its window
+    expected: dict[str, int] = {}
+    count = 5
+    for sid in sorted(d.sid for d in doomed):
+        count -= 1
+        if sid != recovering:
+            expected[sid] = count
+    reader = asyncio.create_task(read_presence_meanwhile())
+    try:
+        for client in (on_a, on_c):
+            notices = (await client.wait_for("user-left", 2, timeout=10))[:2]
+            assert {n["sid"]: n["count"] for n in notices} == expected, notices
+    finally:
+        reader.cancel()
+    took = time.monotonic() - killed
+    # documented: about 4 s (3 s heartbeat TTL, checked every second); headroom for load
+    assert took < 8, f"user-left {took:.1f} s after the node died"
+    for client in (on_a, on_c):
+        notices = await client.wait_for("user-left", 3, timeout=10)
+        assert notices[2] == {"room": room, "sid": recovering, "user": None, "count": 2}
+
+    async def done() -> bool:
+        nodes = redis_server.command("SMEMBERS", "plugbus:presence:nodes").split()
+        return node_b not in nodes
+
+    await eventually(done, 10, "B is still listed as a node")
+    await settle(a, on_a)
+    await settle(c, on_c)
+    for client in (on_a, on_c):  # once each: no second survivor cleaned up after B
+        assert len(client.received("user-left")) == 3
+    async with httpx.AsyncClient(timeout=5) as http:
+        for node in (a, c):
+            view = (await http.get(f"{node.url}/rooms/{room}")).json()
+            assert {m["sid"] for m in view["members"]} == {on_a.sid, on_c.sid}, view
+            assert view["count"] == 2
+    assert redis_server.command("EXISTS", f"plugbus:presence:conns-of:{node_b}") == "0"

@@ -575,3 +575,86 @@ async def test_bans_and_room_history_outlive_a_redis_crash_only_with_aof(
     else:
         assert bans == []
         assert history["messages"] == []
+
+
+# -- waiting for replicas -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def primary_and_replica(tmp_path: Path) -> Any:
+    """A primary and one replica linked to it, on loopback ports."""
+    primary = RedisServer(free_port(), tmp_path / "primary")
+    replica = RedisServer(free_port(), tmp_path / "replica")
+    started: list[RedisServer] = []
+    try:
+        for server in (primary, replica):
+            server.directory.mkdir()
+        primary.start()
+        started.append(primary)
+        replica.args = ("--replicaof", "127.0.0.1", str(primary.port))
+        replica.start()
+        started.append(replica)
+        _wait(
+            "the replica's link to the primary",
+            lambda: "master_link_status:up" in replica.command("INFO", "replication"),
+            10,
+        )
+        yield primary, replica
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+async def test_with_backend_replicas_a_publish_is_acked_only_once_a_replica_has_it(
+    plugbus_server, primary_and_replica
+):
+    """``backend_replicas: 1``: with the replica up, publishes over both doors are acked and
+    the replica holds them; with it stopped, each is refused with backend_unavailable within
+    the timeout and a little, never acked."""
+    primary, replica = primary_and_replica
+    server = await plugbus_server(
+        config={
+            "server": {
+                "backend": primary.url,
+                "backend_replicas": 1,
+                "backend_replica_timeout": 0.2,
+            }
+        }
+    )
+    client = await server.client()
+    await client.call("join-room", {"room": "wait"})
+    sent = await server.http.post("/rooms/wait/messages", json={"message": "rest"})
+    assert sent.status_code == 200, sent.text
+    ack = await client.call("send-message", {"message": "socket", "roomID": "wait"})
+    assert ack["ok"] is True, ack
+    stream = replica.command("KEYS", "plugbus:history:*:/:r:wait").split()
+    assert len(stream) == 1
+    assert replica.command("XLEN", stream[0]) == "2"  # both on the replica when acked
+
+    replica.stop()
+    _wait(
+        "the primary to see its replica gone",
+        lambda: "connected_slaves:0" in primary.command("INFO", "replication"),
+        10,
+    )
+    started = time.monotonic()
+    refused = await server.http.post("/rooms/wait/messages", json={"message": "unconfirmed"})
+    took = time.monotonic() - started
+    assert refused.status_code == 503, refused.text
+    problem = refused.json()
+    assert problem["code"] == "backend_unavailable"
+    assert problem["details"] == {"backend": "redis", "replicas": 0, "wanted": 1}
+    assert took < 1.5, f"the refusal took {took:.2f} s"
+    ack = await client.call("send-message", {"message": "unconfirmed too", "roomID": "wait"})
+    assert ack["ok"] is False and ack["error"]["code"] == "backend_unavailable", ack
+
+
+def test_backend_replicas_need_a_redis_backend():
+    from pydantic import ValidationError
+
+    from plugbus.core.config import ServerSettings
+
+    with pytest.raises(ValidationError, match="backend_replicas needs a Redis backend"):
+        ServerSettings(backend="memory", backend_replicas=1)
+    with pytest.raises(ValidationError, match="backend_replica_timeout"):
+        ServerSettings(backend="redis://127.0.0.1:6379/0", backend_replica_timeout=2)

@@ -146,7 +146,8 @@ async def test_token_buckets_and_the_clock(store: Store) -> None:
 async def test_batches_write_together(store: Store) -> None:
     async with store.batch() as batch:
         batch.set("a", {"x": 1}, ttl=5)
-        batch.hset("h", {"f": "v"})
+        batch.hset("h", {"f": "v", "g": "w"})
+        batch.hdel("h", "g")
         batch.sadd("s", "m1", "m2")
         batch.srem("s", "m1")
         batch.expire("h", 0.2)

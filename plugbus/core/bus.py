@@ -18,7 +18,7 @@ from typing import Any
 from .backend import Backend
 from .cluster import Cluster
 from .config import Config
-from .context import Connection, EventContext, Origin
+from .context import Connection, EventContext, Identity, Origin
 from .counters import Counters, PluginCounter
 from .errors import (
     ConfigError,
@@ -123,6 +123,8 @@ class Bus:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._closing: set[asyncio.Task[Any]] = set()
+        #: rooms of a dead node's connections while their disconnect runs here
+        self._departing: dict[str, list[str]] = {}
         #: the plugins' counters (``bus.counter``), read by the metrics exporter
         self.counters = Counters()
         self._watch: asyncio.Task[None] | None = None
@@ -410,6 +412,9 @@ class Bus:
     def rooms_of(self, sid: str, namespace: str | None = None) -> list[str]:
         """The rooms connection ``sid`` is in (its own id room not counted), in its namespace
         (pass ``namespace`` when the connection may be gone, as in ``plugbus_disconnect``)."""
+        departing = self._departing.get(sid)
+        if departing is not None:  # a dead node's, whose plugbus_disconnect runs here
+            return list(departing)
         return self.transport.rooms_of(sid, namespace=namespace or self._namespace_of(sid))
 
     def rooms(self, namespace: str | None = None) -> dict[str, int]:
@@ -760,7 +765,12 @@ class Bus:
                 self.backend.node_id,
                 ttl=self.config.server.presence_ttl,
             )
-            self.history = RedisHistory(self.config.server.history, self.backend)
+            self.history = RedisHistory(
+                self.config.server.history,
+                self.backend,
+                replicas=self.config.server.backend_replicas,
+                replica_timeout=self.config.server.backend_replica_timeout,
+            )
             self.history.deliver = self._deliver
             self.history.deliver_many = self._deliver_many
             self.sessions = RedisSessions(self.recovery.max_disconnection_s, self.backend)
@@ -784,31 +794,92 @@ class Bus:
                 await presence.beat()
                 for node in await presence.dead_nodes():
                     if await presence.claim_reaping(node):
-                        await self._reap(presence, node)
+                        # beside the beat, not in its way: the dead node's disconnects may
+                        # take a while, and this node must go on heartbeating meanwhile
+                        self._spawn(self._reap(presence, node))
             except Exception as exc:  # Redis away: the next beat tries again
                 log.debug("node heartbeat failed: %s", exc)
 
     async def _reap(self, presence: SharedPresence, node: str) -> None:
-        gone = await presence.reap(node)
-        sessions = await self.sessions.orphaned(node)
+        """Run the disconnect of each connection dead ``node`` held, as a lost transport
+        would on that node (reason ``"node lost"``): ``plugbus_disconnect`` — with
+        ``suspended`` True when its session is kept for recovery, whose window starts here
+        (``plugbus_session_expired`` runs here if it lapses) — then out of presence and its
+        rooms. This node won the claim: no other node does it (issue #18)."""
+        try:
+            departed = await presence.departed(node)
+            suspended, before = await self.sessions.orphaned(node)
+        except Exception as exc:  # the claim lapses in a minute; another node tries again
+            presence.stop_departing()
+            log.warning("cleaning up after dead node %s failed: %s", node, exc)
+            return
+        # the windows start now, here: the dead node's timers died with it
         loop = asyncio.get_running_loop()
-        for session in sessions:
-            self._expiry[session.pid] = loop.call_later(
-                self.recovery.max_disconnection_s, self._spawn_expiry, session
-            )
+        now = time.time()
+        for orphan in [*suspended, *before]:
+            window = orphan.suspended_at + self.recovery.max_disconnection_s - now
+            self._expiry[orphan.pid] = loop.call_later(max(0.0, window), self._spawn_expiry, orphan)
+        kept = {session.sid: session for session in suspended}
+        try:
+            for sid, details in departed.items():
+                session = kept.get(sid)
+                if details.get("session") and session is None:
+                    # its session was claimed since: it recovered (or is recovering) elsewhere
+                    await presence.forget_departed(node, sid, {})
+                    continue
+                await self._departed(presence, node, sid, details, session)
+            await presence.forget_node(node)
+        except Exception as exc:  # Redis away: the claim lapses, the rest is done again
+            presence.stop_departing()
+            log.warning("cleaning up after dead node %s failed: %s", node, exc)
+            return
         log.warning(
-            "node %s stopped heartbeating: %d of its connections left presence, %d sessions "
-            "kept for recovery",
+            "node %s stopped heartbeating: %d of its connections disconnected here, %d "
+            "sessions kept for recovery",
             node,
-            gone,
-            len(sessions),
+            len(departed),
+            len(suspended) + len(before),
         )
 
+    async def _departed(
+        self,
+        presence: SharedPresence,
+        node: str,
+        sid: str,
+        details: dict[str, Any],
+        session: SuspendedSession | None,
+    ) -> None:
+        """The disconnect of one of dead ``node``'s connections, run here."""
+        user_id = details.get("user_id")
+        connection = Connection(
+            sid=sid,
+            namespace=details.get("namespace") or self.default_namespace,
+            identity=Identity(user_id, details.get("name"), tuple(details.get("roles") or ()))
+            if user_id
+            else None,
+            data=session.data if session is not None else {},
+            pid=session.pid if session is not None else None,
+            suspended=session is not None,
+        )
+        self._departing[sid] = list(details.get("rooms") or ())
+        try:
+            await self.hooks.disconnect(connection, "node lost", self)
+        finally:
+            self._departing.pop(sid, None)
+        await presence.forget_departed(node, sid, details)
+
+    #: Seconds a stop gives each of its three phases — the connections' disconnects, the
+    #: ``plugbus_shutdown`` hooks, the backend's teardown — before it goes on without what is
+    #: not done (logged): a node drained by SIGTERM exits within ``drain_seconds`` +
+    #: ``shutdown_timeout`` + about 3 x this, whatever Redis or a plugin does meanwhile.
+    STOP_PHASE_S = 1.5
+
     async def stop(self) -> None:
-        """Run ``plugbus_shutdown``, then close the backend."""
+        """Run ``plugbus_shutdown``, then close the backend; each phase bounded by
+        :attr:`STOP_PHASE_S`."""
         try:
             await self._settle_connections()
-            await self.hooks.shutdown(self)
+            await self._bounded("plugbus_shutdown", [self.hooks.shutdown(self)])
         finally:
             if self._watch is not None:
                 self._watch.cancel()
@@ -817,18 +888,70 @@ class Bus:
             for handle in self._expiry.values():
                 handle.cancel()
             self._expiry.clear()
-            await self.cluster.stop()
-            await self.presence.stop()
-            await self.history.stop()
-            await self.backend.stop()
+            await self._bounded("closing the backend", [self._teardown()])
+
+    async def _teardown(self) -> None:
+        await self.cluster.stop()
+        await self.presence.stop()
+        await self.history.stop()
+        await self.backend.stop()
+
+    async def _bounded(self, what: str, coros: list[Any]) -> None:
+        """Run ``coros`` side by side for at most :attr:`STOP_PHASE_S`; cancel what is left
+        and go on without waiting for it (a cancelled task may take its time to end)."""
+        if not coros:
+            return
+        tasks = [asyncio.ensure_future(coro) for coro in coros]
+        done, pending = await asyncio.wait(tasks, timeout=self.STOP_PHASE_S)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                log.warning("stopping: %s failed: %s: %s", what, type(exc).__name__, exc)
+        if pending:
+            for task in pending:
+                task.cancel()
+            log.warning(
+                "stopping: %s not done after %g s (%d of %d left); going on without it",
+                what,
+                self.STOP_PHASE_S,
+                len(pending),
+                len(tasks),
+            )
 
     async def _settle_connections(self) -> None:
         """Before the backend closes: let the disconnects under way finish (their sessions
-        are being kept), and keep the sessions of the connections still open, which the
-        server is about to drop ("server shutting down": their clients recover elsewhere or
-        after the restart)."""
+        are being kept), and close the connections still open, which the server is about to
+        drop ("server shutting down": their sessions are kept, their clients recover
+        elsewhere or after the restart) — side by side, not one after the other, and within
+        :attr:`STOP_PHASE_S` in all. A connection not closed by then still has the live
+        session written while it was connected, which its client can recover."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.STOP_PHASE_S
         if self._closing:
-            await asyncio.wait(list(self._closing), timeout=5)
-        for sid in list(self._connections):
-            with contextlib.suppress(Exception):
+            await asyncio.wait(list(self._closing), timeout=self.STOP_PHASE_S)
+        remaining = list(self._connections)
+        if not remaining:
+            return
+        # no more at once than the backend has connections (the others would queue there,
+        # and fail after its command timeout)
+        limit = asyncio.Semaphore(self.backend.max_connections)
+
+        async def close(sid: str) -> None:
+            async with limit:
                 await self.close_connection(sid, "server shutting down")
+
+        tasks = [loop.create_task(close(sid)) for sid in remaining]
+        done, pending = await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
+        for task in pending:
+            task.cancel()
+        failed = sum(1 for t in done if not t.cancelled() and t.exception() is not None)
+        if pending or failed:
+            log.warning(
+                "stopping: %d of %d open connections were not closed cleanly (%d still "
+                "closing after %g s, %d failed)",
+                len(pending) + failed,
+                len(remaining),
+                len(pending),
+                self.STOP_PHASE_S,
+                failed,
+            )

@@ -225,6 +225,21 @@ class ServerSettings(StrictModel):
             parse_redis_url(value)
         return value
 
+    backend_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="With a Redis backend: acknowledge a publish only once this many replicas "
+        "confirm they have it (Redis WAIT, pipelined after the append), so that a failover "
+        "cannot lose it; 0: once the primary has it.",
+    )
+    backend_replica_timeout: float = Field(
+        0.1,
+        gt=0,
+        le=0.5,
+        description="Seconds a publish waits for backend_replicas to confirm it; fewer in time: "
+        "the publish is refused (backend_unavailable), never acknowledged.",
+    )
     presence_ttl: float = Field(
         30,
         ge=3,
@@ -268,6 +283,15 @@ class ServerSettings(StrictModel):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
+
+    @model_validator(mode="after")
+    def _replicas_need_redis(self) -> ServerSettings:
+        if self.backend_replicas and self.backend == "memory":
+            raise ValueError(
+                "backend_replicas needs a Redis backend (server.backend is memory: there are "
+                "no replicas to wait for)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _recovery_needs_history(self) -> ServerSettings:

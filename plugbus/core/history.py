@@ -508,11 +508,20 @@ class RedisHistory(MemoryHistory):
     #: Redis round trip, and each recipient one write, per batch instead of per event.
     coalesce_s = 0.002
 
-    def __init__(self, settings: HistorySettings, backend: Backend) -> None:
+    def __init__(
+        self,
+        settings: HistorySettings,
+        backend: Backend,
+        replicas: int = 0,
+        replica_timeout: float = 0.1,
+    ) -> None:
         super().__init__(settings)
         self._backend = backend
         self._redis: Any = backend.redis_client()
         self._script: Any = self._redis.register_script(APPEND_SCRIPT)
+        #: replicas that must confirm an append before it is acknowledged (``WAIT``)
+        self.replicas = replicas
+        self._replica_timeout_ms = max(1, round(replica_timeout * 1000))
         self._clock = backend.key("history", "clock")
         self.feed = backend.key("history", "feed")
         self._reader: Any = None
@@ -545,19 +554,55 @@ class RedisHistory(MemoryHistory):
         """
         most, age = self.settings.limits_for(target if kind == "room" else None)
         values = entry_values(namespace, event, args, target, kind, skip, keep)
+        keys = [
+            self._clock,
+            self._key(namespace, kind, target),
+            self._key(namespace, kind, target, floor=True),
+            self.feed,
+        ]
+        argv = [most, int(age * 1000), self.feed_length, "1" if keep else "0", *values]
         try:
-            offset: str = await self._script(
-                keys=[
-                    self._clock,
-                    self._key(namespace, kind, target),
-                    self._key(namespace, kind, target, floor=True),
-                    self.feed,
-                ],
-                args=[most, int(age * 1000), self.feed_length, "1" if keep else "0", *values],
-            )
+            if self.replicas:
+                offset, confirmed = await self._append_and_wait(keys, argv)
+            else:
+                offset = await self._script(keys=keys, args=argv)
         except Exception as exc:
             raise self._unavailable("publish an event", exc) from None
-        return offset
+        if self.replicas and confirmed < self.replicas:
+            log.warning(
+                "publish %s refused: %d of %d replicas confirmed it within %d ms",
+                offset,
+                confirmed,
+                self.replicas,
+                self._replica_timeout_ms,
+            )
+            raise BackendUnavailable(
+                f"the shared backend's replicas did not confirm the event in time "
+                f"({confirmed} of {self.replicas}): it was not acknowledged (it may still be "
+                "delivered); try again shortly",
+                details={"backend": "redis", "replicas": confirmed, "wanted": self.replicas},
+            )
+        return str(offset)
+
+    async def _append_and_wait(self, keys: list[str], argv: list[Any]) -> tuple[str, int]:
+        """The append script and ``WAIT replicas timeout`` in one round trip: (the offset,
+        how many replicas confirmed it)."""
+        from redis.exceptions import NoScriptError
+
+        def run() -> Awaitable[list[Any]]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.evalsha(self._script.sha, len(keys), *keys, *argv)
+            pipe.wait(self.replicas, self._replica_timeout_ms)
+            return pipe.execute()  # type: ignore[no-any-return]
+
+        try:
+            offset, confirmed = await run()
+        except NoScriptError:
+            # Redis restarted (its script cache is empty): the script did not run, so
+            # loading it and sending it again cannot store the event twice
+            await self._redis.script_load(APPEND_SCRIPT)
+            offset, confirmed = await run()
+        return offset, int(confirmed)
 
     def _unavailable(self, what: str, exc: Exception) -> Exception:
         from redis.exceptions import RedisError

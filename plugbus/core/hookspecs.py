@@ -104,7 +104,9 @@ def plugbus_shutdown(bus: Bus) -> None:
     """The server is stopping; close what ``plugbus_startup`` opened.
 
     Called once, after the server stops accepting connections. Awaited, one implementation at
-    a time. An exception is logged and the remaining implementations still run.
+    a time. An exception is logged and the remaining implementations still run. All of them
+    together get 1.5 s (``Bus.STOP_PHASE_S``): what is still running then is cancelled and the
+    stop goes on (logged), so that a node exits within its grace period.
 
     :param bus: the bus.
     """
@@ -203,8 +205,14 @@ def plugbus_disconnect(connection: Connection, reason: str, bus: Bus) -> None:
     ``bus.rooms_of(connection.sid)`` (they are dropped right after this hook). Awaited, one implementation at a time; an
     exception is logged and the rest still run.
 
+    With a shared backend, the connections of a node that died (its heartbeat stopped) get
+    this hook on the one surviving node that noticed, with reason ``"node lost"``: their rooms
+    are readable with ``bus.rooms_of`` there too, ``suspended`` says whether their sessions
+    are kept for recovery, and ``state`` is empty (it lived in the dead process).
+
     :param connection: the connection that left.
-    :param reason: why, in python-socketio's words (``"client disconnect"``, ``"ping timeout"``, ...).
+    :param reason: why, in python-socketio's words (``"client disconnect"``, ``"ping timeout"``, ...),
+        or ``"node lost"``.
     :param bus: the bus.
     """
 

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .bus import Bus
     from .context import Connection
-    from .store import Store
+    from .store import Batch, Store
 
 log = logging.getLogger("plugbus.presence")
 
@@ -87,7 +87,9 @@ class SharedPresence(LocalPresence):
     """Presence shared by every node through core's ``presence`` store (Redis).
 
     Keys (under ``plugbus:presence:``): ``conn:<sid>`` the value ``{node, user_id, name}``
-    with a TTL the node refreshes every third of it; ``room:<room>`` a set of sids; ``rooms``
+    with a TTL the node refreshes every third of it; ``conns-of:<node>`` a hash of each of the
+    node's connections (its namespace, identity and rooms, without a TTL: what a survivor needs
+    to run its disconnect when the node dies); ``room:<room>`` a set of sids; ``rooms``
     the set of room names — for the default namespace; another namespace's rooms are
     ``nsroom:<len>:<namespace>:<room>`` and ``nsrooms:<namespace>`` (the length keeps a room
     name holding ":" from reaching into another namespace's keys). Members whose ``conn`` key
@@ -102,6 +104,9 @@ class SharedPresence(LocalPresence):
         self._node = node_id
         self._ttl = max(1, int(ttl))
         self._task: asyncio.Task[None] | None = None
+        #: a dead node's connections whose disconnect runs here now, each with its namespace
+        #: and rooms: still members of those rooms meanwhile
+        self._departing: dict[str, tuple[Member, str, frozenset[str]]] = {}
 
     @staticmethod
     def _conn(sid: str) -> str:
@@ -109,7 +114,10 @@ class SharedPresence(LocalPresence):
 
     @staticmethod
     def _node_conns(node: str) -> str:
-        return f"node-conns:{node}"
+        # a hash, sid -> what the survivors need to run its disconnect if the node dies
+        # (_details): kept without a TTL, unlike conn:<sid>, so that it is still
+        # there when a survivor notices the death, whatever presence_ttl is
+        return f"conns-of:{node}"
 
     # -- node liveness (issue #18): a node that stops heartbeating is dead within
     # NODE_TTL seconds, and the first node to notice takes its connections out of presence
@@ -122,6 +130,9 @@ class SharedPresence(LocalPresence):
         async with self._store.batch() as batch:
             batch.set(f"alive:{self._node}", 1, ttl=self.NODE_TTL)
             batch.sadd("nodes", self._node)
+            # taken for dead while alive (a stalled loop)? then a later real death must
+            # find no claim standing in the way of its clean-up
+            batch.delete(f"reaping:{self._node}")
 
     async def dead_nodes(self) -> list[str]:
         """Nodes that were seen and have stopped heartbeating."""
@@ -132,28 +143,50 @@ class SharedPresence(LocalPresence):
         return [n for n, a in zip(nodes, alive, strict=True) if a is None]
 
     async def claim_reaping(self, node: str) -> bool:
-        """Whether this node cleans up after dead ``node`` (one node does)."""
+        """Whether this node cleans up after dead ``node`` (one node does: a SET NX claim)."""
         return await self._store.add(f"reaping:{node}", self._node, ttl=60)
 
-    async def reap(self, node: str) -> int:
-        """Take dead ``node``'s connections out of presence (their room memberships go as
-        they are read, like those of expired entries); return how many."""
-        listed = sorted(await self._store.smembers(self._node_conns(node)))
-        infos = await self._store.get_many([self._conn(sid) for sid in listed]) if listed else []
-        # a connection recovered on another node meanwhile is that node's now
-        sids = [s for s, i in zip(listed, infos, strict=True) if i and i.get("node") == node]
+    async def departed(self, node: str) -> dict[str, dict[str, Any]]:
+        """Dead ``node``'s connections that are still its own, by sid, each with what it
+        was (:meth:`_details`): not those that closed before it died, nor those that
+        recovered on another node meanwhile. Until :meth:`forget_departed` takes one out,
+        it still counts as a member of its rooms, as a closing connection does while its
+        ``plugbus_disconnect`` runs (its ``conn`` entry may have expired already)."""
+        listed = await self._store.hgetall(self._node_conns(node))
+        if not listed:
+            return {}
+        sids = sorted(listed)
+        infos = await self._store.get_many([self._conn(sid) for sid in sids])
+        out = {
+            sid: listed[sid]
+            for sid, info in zip(sids, infos, strict=True)
+            if isinstance(listed[sid], dict) and (not info or info.get("node") == node)
+        }
+        for sid, details in out.items():
+            member = Member(sid, details.get("user_id") or None, details.get("name") or None)
+            namespace = details.get("namespace") or self._bus.default_namespace
+            self._departing[sid] = (member, namespace, frozenset(details.get("rooms") or ()))
+        return out
+
+    async def forget_departed(self, node: str, sid: str, details: dict[str, Any]) -> None:
+        """Take one of dead ``node``'s connections out of presence and its rooms."""
+        self._departing.pop(sid, None)
+        namespace = details.get("namespace")
         async with self._store.batch() as batch:
-            for sid in sids:
-                batch.delete(self._conn(sid))
+            batch.delete(self._conn(sid))
+            batch.hdel(self._node_conns(node), sid)
+            for room in details.get("rooms") or ():
+                batch.srem(self._room_key(room, namespace), sid)
+
+    def stop_departing(self) -> None:
+        """A clean-up failed half-way: its connections no longer count as members here."""
+        self._departing.clear()
+
+    async def forget_node(self, node: str) -> None:
+        """Dead ``node`` is no longer one of the nodes (its connections were handled)."""
+        async with self._store.batch() as batch:
             batch.delete(self._node_conns(node))
             batch.srem("nodes", node)
-        return len(sids)
-
-    async def retire(self) -> None:
-        """This node stops: it is no longer one of the nodes."""
-        async with self._store.batch() as batch:
-            batch.srem("nodes", self._node)
-            batch.delete(f"alive:{self._node}", self._node_conns(self._node))
 
     def _room_key(self, room: str, namespace: str | None) -> str:
         if namespace is None or namespace == self._bus.default_namespace:
@@ -170,15 +203,20 @@ class SharedPresence(LocalPresence):
         self._task = asyncio.create_task(self._heartbeat(), name="plugbus-presence-heartbeat")
 
     async def stop(self) -> None:
-        """Stop refreshing and remove this node's entries."""
+        """Stop refreshing and remove this node's entries (in one round trip, however many
+        connections are left)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
-            for connection in self._bus.connections():
-                await self.disconnected(connection)
-            await self.retire()
+        try:
+            async with self._store.batch() as batch:
+                for connection in self._bus.connections():
+                    self._remove(batch, connection)
+                batch.srem("nodes", self._node)
+                batch.delete(f"alive:{self._node}", self._node_conns(self._node))
+        except Exception as exc:  # their TTLs end them; survivors see this node as dead
+            log.warning("presence: removing this node's entries failed: %s", exc)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -194,9 +232,9 @@ class SharedPresence(LocalPresence):
         if not connections:
             return
         async with self._store.batch() as batch:
+            batch.hset(self._node_conns(self._node), {c.sid: self._details(c) for c in connections})
             for connection in connections:
                 batch.set(self._conn(connection.sid), self._info(connection), ttl=self._ttl)
-                batch.sadd(self._node_conns(self._node), connection.sid)
                 ns = connection.namespace
                 for room in self._bus.rooms_of(connection.sid, ns):
                     batch.sadd(self._room_key(room, ns), connection.sid)
@@ -210,38 +248,72 @@ class SharedPresence(LocalPresence):
             "name": (identity.name or "") if identity else "",
         }
 
+    def _details(self, connection: Connection) -> dict[str, Any]:
+        """What a survivor needs to run this connection's disconnect should this node die."""
+        identity = connection.identity
+        return {
+            "namespace": connection.namespace,
+            "user_id": identity.user_id if identity else None,
+            "name": identity.name if identity else None,
+            "roles": list(identity.roles) if identity else [],
+            "rooms": self._bus.rooms_of(connection.sid, connection.namespace),
+            # its live session is in Redis (recovery): the survivor suspends it
+            "session": connection.pid is not None and self._bus.recovery.enabled,
+        }
+
     async def connected(self, connection: Connection) -> None:
         async with self._store.batch() as batch:
             batch.set(self._conn(connection.sid), self._info(connection), ttl=self._ttl)
-            batch.sadd(self._node_conns(self._node), connection.sid)
+            batch.hset(self._node_conns(self._node), {connection.sid: self._details(connection)})
 
     async def disconnected(self, connection: Connection) -> None:
         async with self._store.batch() as batch:
-            batch.delete(self._conn(connection.sid))
-            batch.srem(self._node_conns(self._node), connection.sid)
-            for room in self._bus.rooms_of(connection.sid, connection.namespace):
-                batch.srem(self._room_key(room, connection.namespace), connection.sid)
+            self._remove(batch, connection)
+
+    def _remove(self, batch: Batch, connection: Connection) -> None:
+        batch.delete(self._conn(connection.sid))
+        batch.hdel(self._node_conns(self._node), connection.sid)
+        for room in self._bus.rooms_of(connection.sid, connection.namespace):
+            batch.srem(self._room_key(room, connection.namespace), connection.sid)
 
     async def joined(self, connection: Connection, room: str) -> None:
         async with self._store.batch() as batch:
             batch.sadd(self._room_key(room, connection.namespace), connection.sid)
             batch.sadd(self._rooms_key(connection.namespace), room)
+            batch.hset(self._node_conns(self._node), {connection.sid: self._details(connection)})
 
     async def left(self, connection: Connection, room: str) -> None:
-        await self._store.srem(self._room_key(room, connection.namespace), connection.sid)
+        async with self._store.batch() as batch:
+            batch.srem(self._room_key(room, connection.namespace), connection.sid)
+            batch.hset(self._node_conns(self._node), {connection.sid: self._details(connection)})
 
     async def members(self, room: str, namespace: str | None = None) -> list[Member]:
-        sids = sorted(await self._store.smembers(self._room_key(room, namespace)))
+        listed = await self._store.smembers(self._room_key(room, namespace))
+        # a dead node's connection counts until its disconnect ran here, even when its entry
+        # expired (or was dropped from the room's set by an earlier read)
+        ns = namespace or self._bus.default_namespace
+        departing = {
+            sid: member
+            for sid, (member, their_ns, rooms) in self._departing.items()
+            if their_ns == ns and room in rooms
+        }
+        sids = sorted(listed | departing.keys())
         if not sids:
             return []
         infos = await self._store.get_many([self._conn(sid) for sid in sids])
-        gone = [sid for sid, info in zip(sids, infos, strict=True) if not info]
+        gone = [
+            sid
+            for sid, info in zip(sids, infos, strict=True)
+            if not info and sid in listed and sid not in departing
+        ]
         if gone:  # a crashed node's connections: their entries expired
             await self._store.srem(self._room_key(room, namespace), *gone)
         return [
             Member(sid, info.get("user_id") or None, info.get("name") or None)
-            for sid, info in zip(sids, infos, strict=True)
             if info
+            else departing[sid]
+            for sid, info in zip(sids, infos, strict=True)
+            if info or sid in departing
         ]
 
     async def count(self, room: str, namespace: str | None = None) -> int:
@@ -258,4 +330,14 @@ class SharedPresence(LocalPresence):
         return out
 
     async def is_connected(self, sid: str) -> bool:
-        return await self._store.get(self._conn(sid)) is not None
+        """True when connection ``sid`` is live: its entry is in presence and its node's
+        heartbeat is fresh (issue #18: a killed node's entries outlive it until a survivor
+        notices, up to :attr:`NODE_TTL` plus a beat; what is sent to them meanwhile is not
+        acknowledged as if it could be delivered)."""
+        info = await self._store.get(self._conn(sid))
+        if not info:
+            return False
+        node = info.get("node")
+        if node == self._node or not node:
+            return True
+        return await self._store.get(f"alive:{node}") is not None

@@ -103,9 +103,9 @@ class MemorySessions:
     async def forget(self, pid: str, node: str) -> None:
         """A connection closed for good (nothing kept in memory while it was live)."""
 
-    async def orphaned(self, node: str) -> list[SuspendedSession]:
-        """The live sessions of a dead node (none in memory)."""
-        return []
+    async def orphaned(self, node: str) -> tuple[list[SuspendedSession], list[SuspendedSession]]:
+        """The sessions of a dead node (none in memory)."""
+        return [], []
 
     def __init__(self, window: float) -> None:
         self.window = window
@@ -216,15 +216,17 @@ class RedisSessions(MemorySessions):
             )
         )
 
-    async def orphaned(self, node: str) -> list[SuspendedSession]:
-        """The live sessions of a dead ``node``, suspended now (their windows start), and
-        the node's list of them dropped."""
+    async def orphaned(self, node: str) -> tuple[list[SuspendedSession], list[SuspendedSession]]:
+        """The sessions of a dead ``node``, and the node's list of them dropped: (its live
+        sessions, suspended now: their windows start; the sessions it had suspended before
+        it died, whose expiry timers died with it)."""
         pids = list(
             await self._backend.redis_call(
                 "list a node's sessions", lambda r: r.smembers(self._node_key(node))
             )
         )
         out: list[SuspendedSession] = []
+        before: list[SuspendedSession] = []
         if pids:
             raws = await self._backend.redis_call(
                 "read sessions", lambda r: r.mget([self._key(p) for p in pids])
@@ -235,7 +237,8 @@ class RedisSessions(MemorySessions):
                     continue
                 session = SuspendedSession.from_json(raw)
                 if session.suspended_at:
-                    continue  # suspended by its node already, which keeps its timer
+                    before.append(session)
+                    continue
                 session.suspended_at = now
                 out.append(session)
 
@@ -252,7 +255,7 @@ class RedisSessions(MemorySessions):
                 return pipe.execute()
 
             await self._backend.redis_call("suspend a dead node's sessions", run)
-        return out
+        return out, before
 
     def __len__(self) -> int:
         return 0  # not counted locally

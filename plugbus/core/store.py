@@ -69,6 +69,10 @@ class Batch(Protocol):
         """As :meth:`Store.hset`."""
         ...
 
+    def hdel(self, key: str, *fields: str) -> None:
+        """As :meth:`Store.hdel`."""
+        ...
+
     def sadd(self, key: str, *members: str, ttl: float | None = None) -> None:
         """As :meth:`Store.sadd`."""
         ...
@@ -418,6 +422,9 @@ class _MemoryBatch:
     def hset(self, key: str, mapping: Mapping[str, Any], *, ttl: float | None = None) -> None:
         self.ops.append(("hset", (key, dict(mapping)), {"ttl": ttl}))
 
+    def hdel(self, key: str, *fields: str) -> None:
+        self.ops.append(("hdel", (key, *fields), {}))
+
     def sadd(self, key: str, *members: str, ttl: float | None = None) -> None:
         self.ops.append(("sadd", (key, *members), {"ttl": ttl}))
 
@@ -727,6 +734,11 @@ class _RedisBatch:
             self.ops.append(lambda p: p.hset(full, mapping=items))
         if ttl is not None:
             self.expire(key, ttl)
+
+    def hdel(self, key: str, *fields: str) -> None:
+        full = self._store.full(key)
+        if fields:
+            self.ops.append(lambda p: p.hdel(full, *fields))
 
     def sadd(self, key: str, *members: str, ttl: float | None = None) -> None:
         full = self._store.full(key)
