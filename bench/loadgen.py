@@ -224,7 +224,10 @@ class Client:
         self._send_frame(text)
 
     def emit(self, event: str, data: Any, ack_id: int | None = None) -> None:
-        body = json.dumps([event, data], separators=(",", ":")).encode()
+        self.emit_encoded(json.dumps([event, data], separators=(",", ":")).encode(), ack_id)
+
+    def emit_encoded(self, body: bytes, ack_id: int | None = None) -> None:
+        """Emit ``[event, data]`` already encoded as JSON (echo sends the same one each time)."""
         self._send_frame(b"42" + (str(ack_id).encode() if ack_id is not None else b"") + body)
 
     def call(self, event: str, data: Any) -> asyncio.Future[bytes]:
@@ -909,12 +912,15 @@ async def echo(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     sent_at: dict[Client, float] = {}
     rtts: list[float] = []
     state = {"acks": 0, "record": False, "stop": False}
-    body = {"message": "ping", "roomID": args.room}
+    # encoded once: JSON encoding per event was ~2.4 of the ~5.4 us of Python per ack
+    body = json.dumps(
+        ["send-message", {"message": "ping", "roomID": args.room}], separators=(",", ":")
+    ).encode()
 
     def fire(cl: Client) -> None:
         cl.next_id += 1
         sent_at[cl] = now()
-        cl.emit("send-message", body, cl.next_id)
+        cl.emit_encoded(body, cl.next_id)
 
     def on_ack(cl: Client, ack_id: int, payload: bytes) -> None:
         t = now()
