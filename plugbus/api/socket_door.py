@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from typing import Any
 
@@ -70,6 +71,8 @@ ERROR_EVENT = "error"
 
 #: Ack ids longer than this are refused (JavaScript's integers are exact below 2**53).
 _MAX_ID_DIGITS = 15
+
+_ASCII_DIGITS = re.compile("[0-9]*")
 
 
 def _check_event_args(args: Any) -> None:
@@ -399,9 +402,13 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         prefix = self._event_prefix
         if data.startswith(prefix):
             start = len(prefix)
-            end = start
-            while data[end : end + 1].isdigit():
-                end += 1
+            # the ack id's ASCII digits in one regex step; past any other character that
+            # str.isdigit accepts, the character-by-character scan decides, as it always did
+            head = _ASCII_DIGITS.match(data, start)
+            end = head.end() if head is not None else start
+            if data[end : end + 1] != "[":
+                while data[end : end + 1].isdigit():
+                    end += 1
             if data[end : end + 1] == "[" and end - start <= _MAX_ID_DIGITS:
                 try:
                     args = wire_json.loads(data[end:])
@@ -546,16 +553,14 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         except Exception:
             log.exception("event %r from %s failed", name, sid)
             error = self._refusal(InternalError("internal error while handling the event"), name)
+        # the event's schema, looked up once for the metrics and the ack
+        event_cls = self.bus.events.get(name, namespace) if isinstance(name, str) else None
         if self.metrics is not None:
-            self.metrics.event("socket", name, error, namespace)
+            self.metrics.event("socket", name, error, namespace, known=event_cls is not None)
         if wants_ack:
             # the ack's arguments: the {ok, data | error} envelope, or plain ones for events
             # that ask for them (ack_style "plain")
-            reply = ack_arguments(
-                self.bus.events.get(name, namespace) if isinstance(name, str) else None,
-                result,
-                error,
-            )
+            reply = ack_arguments(event_cls, result, error)
             # The ack encoded by hand (the same text python-socketio's Packet.encode makes,
             # tested) and handed to the session at once; binary data in the reply takes
             # python-socketio's encoder.

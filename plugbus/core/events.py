@@ -260,7 +260,9 @@ class EventRegistry:
         :raises InvalidPayload: the payload is not an object or does not fit the schema;
             ``details["errors"]`` lists each problem with its location.
         """
-        event_cls = self._schema(name, namespace)
+        return self._parse(self._schema(name, namespace), name, payload)
+
+    def _parse(self, event_cls: type[Event], name: Any, payload: Any) -> Event:
         if payload is None and not any(f.is_required() for f in event_cls.model_fields.values()):
             payload = {}  # an event with no required fields may be sent without a payload
         if not isinstance(payload, dict):
@@ -295,7 +297,7 @@ class EventRegistry:
                     f"event {name!r} must carry one payload argument, got {len(args)}",
                     details={"event": name, "arguments": len(args)},
                 )
-            return self.parse(name, args[0] if args else None, namespace)
+            return self._parse(event_cls, name, args[0] if args else None)
         if len(args) > len(positional):
             raise InvalidPayload(
                 f"event {name!r} takes at most {len(positional)} argument"
@@ -457,6 +459,17 @@ def _location(link: Any) -> str:
 def payload_size(value: Any, stop: int) -> int:
     """The size of ``value`` as JSON text (binary data by its length), counted until it passes
     ``stop`` — so an oversized payload costs no more than the limit to refuse."""
+    if type(value) is dict:
+        # The common payload, an object of strings (``{message, roomID}``), in one pass;
+        # anything else, or a total past ``stop``, is counted by the walk below.
+        size = 2
+        for key, val in value.items():
+            if type(key) is not str or type(val) is not str:
+                break
+            size += len(key.encode()) + len(val.encode()) + 6
+        else:
+            if size <= stop:
+                return size
     size = 0
     todo = [value]
     while todo and size <= stop:

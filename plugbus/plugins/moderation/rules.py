@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from plugbus import (
@@ -179,15 +179,22 @@ class SlowModeRule:
             details={"room": room, "seconds": seconds, "retry_after": wait},
         )
 
-    async def accepted(self, event: Event, ctx: EventContext) -> None:
+    def accepted(self, event: Event, ctx: EventContext) -> Awaitable[None] | None:
         """The event passed every rule: start the room's clock for its sender — in rooms with
-        a delay only (a message sent while a room had none does not hold back the next)."""
+        a delay only (a message sent while a room had none does not hold back the next).
+
+        :return: the store write to await, or None when there is none (no slow room was
+            written to: the common case costs no coroutine).
+        """
+        if not self._timed:
+            return None
         room = self.room_of(event, ctx)
-        if room is None or ctx.connection is None or not self._timed:
-            return
+        if room is None or ctx.connection is None:
+            return None
         sender = sender_of(ctx.connection)
         if self._timed.pop((sender, room), None) is not None:
-            await self.store.message_sent(sender, room)
+            return self.store.message_sent(sender, room)
+        return None
 
 
 def text_fields(event: Event) -> Iterable[tuple[str, str]]:
