@@ -48,6 +48,7 @@ from plugbus.core import (
     Config,
     Connection,
     ConnectionDenied,
+    EventContext,
     InternalError,
     Origin,
     PlugbusError,
@@ -541,11 +542,10 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
                         f"(bursts of {self._rate[1]:g}); retry in {wait:.2f} s",
                         details={"retry_after": round(wait, 3), "limit": self._rate[0]},
                     )
-            ctx = self.bus.context(
-                Origin.SOCKET,
-                connection,
-                wants_ack=wants_ack,
-                namespace=namespace if connection is None else None,
+            ctx = (
+                EventContext(self.bus, Origin.SOCKET, connection, wants_ack, connection.namespace)
+                if connection is not None
+                else self.bus.context(Origin.SOCKET, wants_ack=wants_ack, namespace=namespace)
             )
             result = await self.bus.dispatch_args(name, data[1:], ctx)
         except PlugbusError as exc:

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
@@ -527,9 +527,11 @@ class Hooks:
         """``plugbus_authenticate_request``: in order, the first non-None principal wins."""
         return await self._first("plugbus_authenticate_request", {"headers": headers, "bus": bus})  # type: ignore[no-any-return]
 
-    async def authorize_join(self, connection: Connection, room: str, bus: Bus) -> None:
-        """``plugbus_authorize_join``: each awaited in order; ``NotAllowed`` propagates."""
-        await self._each(
+    def authorize_join(self, connection: Connection, room: str, bus: Bus) -> Awaitable[None]:
+        """``plugbus_authorize_join``: each awaited in order; ``NotAllowed`` propagates.
+        (The walk's coroutine itself, for the caller to await: it runs per event, for posts
+        into a room the sender is not in.)"""
+        return self._each(
             "plugbus_authorize_join",
             {"connection": connection, "room": room, "bus": bus},
             keep_going=False,
