@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any, ClassVar
 
 import pytest
 
-from plugbus.core.events import payload_size
+from plugbus import Event, InvalidPayload
+from plugbus.core.events import EventRegistry, payload_size
 from plugbus.core.history import StoredEvent, _stored_event
 from plugbus.testing import PlugbusAppFactory
 
@@ -33,6 +35,36 @@ def test_an_object_of_strings_is_counted_as_the_walk_counts_it(payload: dict[str
 def test_an_object_with_other_values_takes_the_walk() -> None:
     payload = {"message": ["a", 1, None], "roomID": "r"}
     assert payload_size(payload, 1 << 20) == payload_size([payload], 1 << 20) - 3
+
+
+class Ping(Event):
+    name: ClassVar[str] = "ping"
+    text: str
+
+
+class CheckedPing(Event):
+    """Overrides ``model_validate``: the registry must call it, not the schema validator."""
+
+    name: ClassVar[str] = "checked-ping"
+    text: str
+    seen: ClassVar[list[Any]] = []
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> CheckedPing:
+        cls.seen.append(obj)
+        return super().model_validate({"text": str(obj["text"]).upper()}, **kwargs)
+
+
+def test_events_validate_through_their_model_validate_when_they_override_it() -> None:
+    registry = EventRegistry()
+    registry.register(Ping, owner="tests")
+    registry.register(CheckedPing, owner="tests")
+    ping = registry.parse_args("ping", [{"text": "hi"}])
+    assert type(ping) is Ping and ping.text == "hi"
+    with pytest.raises(InvalidPayload):
+        registry.parse_args("ping", [{"text": 1}])
+    checked = registry.parse_args("checked-ping", [{"text": "hi"}])
+    assert checked.text == "HI" and CheckedPing.seen == [{"text": "hi"}]  # type: ignore[attr-defined]
 
 
 def test_history_entries_are_the_frozen_dataclass() -> None:

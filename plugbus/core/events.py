@@ -8,9 +8,10 @@ that says which field was wrong and why.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -135,6 +136,9 @@ class EventRegistry:
         self._owners: dict[tuple[str, str], str] = {}
         self._server_events: dict[tuple[str, str], ServerEvent] = {}
         self._server_owners: dict[tuple[str, str], str] = {}
+        #: per event class: whether it keeps pydantic's own ``model_validate`` (then its
+        #: schema validator is called directly, without that method's Python frame)
+        self._plain_validate: dict[type[Event], bool] = {}
 
     def namespaces_of(self, declared: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
         """A ``namespace`` declaration as the tuple of namespaces it means."""
@@ -346,7 +350,15 @@ class EventRegistry:
                         ],
                     },
                 )
+        plain = self._plain_validate.get(event_cls)
+        if plain is None:
+            plain = self._plain_validate[event_cls] = (
+                inspect.getattr_static(event_cls, "model_validate") is _MODEL_VALIDATE
+            )
         try:
+            if plain:
+                # what BaseModel.model_validate(payload) does, to the call
+                return cast("Event", event_cls.__pydantic_validator__.validate_python(payload))
             return event_cls.model_validate(payload)
         except ValidationError as exc:
             errors = format_validation_errors(exc)
@@ -365,6 +377,10 @@ class EventRegistry:
                 f"invalid payload for {name!r}: {summary}",
                 details={"event": name, "errors": errors},
             ) from None
+
+
+#: pydantic's own ``model_validate`` (a classmethod object), to tell a class that overrides it
+_MODEL_VALIDATE = BaseModel.__dict__["model_validate"]
 
 
 def ack_arguments(
