@@ -87,9 +87,21 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
 
-    def event(self, door: str, name: Any, error: dict[str, Any] | None, namespace: str) -> None:
-        """Count one event received at ``door`` ("socket" or "rest") and its outcome."""
-        if not isinstance(name, str) or self.bus.events.get(name, namespace) is None:
+    def event(
+        self,
+        door: str,
+        name: Any,
+        error: dict[str, Any] | None,
+        namespace: str,
+        *,
+        known: bool | None = None,
+    ) -> None:
+        """Count one event received at ``door`` ("socket" or "rest") and its outcome;
+        ``known`` says whether ``name`` is a registered event in ``namespace`` when the caller
+        looked it up already (None: looked up here)."""
+        if known is None:
+            known = isinstance(name, str) and self.bus.events.get(name, namespace) is not None
+        if not known:
             name = UNKNOWN_EVENT
         key = (door, name, outcome_of(error))
         self.events[key] = self.events.get(key, 0) + 1

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from typing import Any
 
@@ -47,6 +48,7 @@ from plugbus.core import (
     Config,
     Connection,
     ConnectionDenied,
+    EventContext,
     InternalError,
     Origin,
     PlugbusError,
@@ -70,6 +72,8 @@ ERROR_EVENT = "error"
 
 #: Ack ids longer than this are refused (JavaScript's integers are exact below 2**53).
 _MAX_ID_DIGITS = 15
+
+_ASCII_DIGITS = re.compile("[0-9]*")
 
 
 def _check_event_args(args: Any) -> None:
@@ -399,9 +403,13 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         prefix = self._event_prefix
         if data.startswith(prefix):
             start = len(prefix)
-            end = start
-            while data[end : end + 1].isdigit():
-                end += 1
+            # the ack id's ASCII digits in one regex step; past any other character that
+            # str.isdigit accepts, the character-by-character scan decides, as it always did
+            head = _ASCII_DIGITS.match(data, start)
+            end = head.end() if head is not None else start
+            if data[end : end + 1] != "[":
+                while data[end : end + 1].isdigit():
+                    end += 1
             if data[end : end + 1] == "[" and end - start <= _MAX_ID_DIGITS:
                 try:
                     args = wire_json.loads(data[end:])
@@ -534,11 +542,10 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
                         f"(bursts of {self._rate[1]:g}); retry in {wait:.2f} s",
                         details={"retry_after": round(wait, 3), "limit": self._rate[0]},
                     )
-            ctx = self.bus.context(
-                Origin.SOCKET,
-                connection,
-                wants_ack=wants_ack,
-                namespace=namespace if connection is None else None,
+            ctx = (
+                EventContext(self.bus, Origin.SOCKET, connection, wants_ack, connection.namespace)
+                if connection is not None
+                else self.bus.context(Origin.SOCKET, wants_ack=wants_ack, namespace=namespace)
             )
             result = await self.bus.dispatch_args(name, data[1:], ctx)
         except PlugbusError as exc:
@@ -546,16 +553,14 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         except Exception:
             log.exception("event %r from %s failed", name, sid)
             error = self._refusal(InternalError("internal error while handling the event"), name)
+        # the event's schema, looked up once for the metrics and the ack
+        event_cls = self.bus.events.get(name, namespace) if isinstance(name, str) else None
         if self.metrics is not None:
-            self.metrics.event("socket", name, error, namespace)
+            self.metrics.event("socket", name, error, namespace, known=event_cls is not None)
         if wants_ack:
             # the ack's arguments: the {ok, data | error} envelope, or plain ones for events
             # that ask for them (ack_style "plain")
-            reply = ack_arguments(
-                self.bus.events.get(name, namespace) if isinstance(name, str) else None,
-                result,
-                error,
-            )
+            reply = ack_arguments(event_cls, result, error)
             # The ack encoded by hand (the same text python-socketio's Packet.encode makes,
             # tested) and handed to the session at once; binary data in the reply takes
             # python-socketio's encoder.

@@ -8,9 +8,10 @@ that says which field was wrong and why.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -135,6 +136,9 @@ class EventRegistry:
         self._owners: dict[tuple[str, str], str] = {}
         self._server_events: dict[tuple[str, str], ServerEvent] = {}
         self._server_owners: dict[tuple[str, str], str] = {}
+        #: per event class: whether it keeps pydantic's own ``model_validate`` (then its
+        #: schema validator is called directly, without that method's Python frame)
+        self._plain_validate: dict[type[Event], bool] = {}
 
     def namespaces_of(self, declared: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
         """A ``namespace`` declaration as the tuple of namespaces it means."""
@@ -260,7 +264,9 @@ class EventRegistry:
         :raises InvalidPayload: the payload is not an object or does not fit the schema;
             ``details["errors"]`` lists each problem with its location.
         """
-        event_cls = self._schema(name, namespace)
+        return self._parse(self._schema(name, namespace), name, payload)
+
+    def _parse(self, event_cls: type[Event], name: Any, payload: Any) -> Event:
         if payload is None and not any(f.is_required() for f in event_cls.model_fields.values()):
             payload = {}  # an event with no required fields may be sent without a payload
         if not isinstance(payload, dict):
@@ -295,7 +301,7 @@ class EventRegistry:
                     f"event {name!r} must carry one payload argument, got {len(args)}",
                     details={"event": name, "arguments": len(args)},
                 )
-            return self.parse(name, args[0] if args else None, namespace)
+            return self._parse(event_cls, name, args[0] if args else None)
         if len(args) > len(positional):
             raise InvalidPayload(
                 f"event {name!r} takes at most {len(positional)} argument"
@@ -344,7 +350,15 @@ class EventRegistry:
                         ],
                     },
                 )
+        plain = self._plain_validate.get(event_cls)
+        if plain is None:
+            plain = self._plain_validate[event_cls] = (
+                inspect.getattr_static(event_cls, "model_validate") is _MODEL_VALIDATE
+            )
         try:
+            if plain:
+                # what BaseModel.model_validate(payload) does, to the call
+                return cast("Event", event_cls.__pydantic_validator__.validate_python(payload))
             return event_cls.model_validate(payload)
         except ValidationError as exc:
             errors = format_validation_errors(exc)
@@ -363,6 +377,10 @@ class EventRegistry:
                 f"invalid payload for {name!r}: {summary}",
                 details={"event": name, "errors": errors},
             ) from None
+
+
+#: pydantic's own ``model_validate`` (a classmethod object), to tell a class that overrides it
+_MODEL_VALIDATE = BaseModel.__dict__["model_validate"]
 
 
 def ack_arguments(
@@ -457,6 +475,17 @@ def _location(link: Any) -> str:
 def payload_size(value: Any, stop: int) -> int:
     """The size of ``value`` as JSON text (binary data by its length), counted until it passes
     ``stop`` — so an oversized payload costs no more than the limit to refuse."""
+    if type(value) is dict:
+        # The common payload, an object of strings (``{message, roomID}``), in one pass;
+        # anything else, or a total past ``stop``, is counted by the walk below.
+        size = 2
+        for key, val in value.items():
+            if type(key) is not str or type(val) is not str:
+                break
+            size += len(key.encode()) + len(val.encode()) + 6
+        else:
+            if size <= stop:
+                return size
     size = 0
     todo = [value]
     while todo and size <= stop:

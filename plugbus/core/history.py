@@ -141,6 +141,27 @@ class FeedEvent:
 DeliverMany = Callable[[list[FeedEvent]], None]
 
 
+_new_object = object.__new__
+_set_id, _set_event, _set_args, _set_skip, _set_room = (
+    StoredEvent.__dict__[name].__set__ for name in ("id", "event", "args", "skip", "room")
+)
+
+
+def _stored_event(
+    id: str, event: str, args: tuple[Any, ...], skip: str | None, room: str | None
+) -> StoredEvent:
+    """``StoredEvent(id, event, args, skip, room)`` at half the cost, for the memory history's
+    append (once per emitted event): a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``; this sets the slots through their descriptors directly."""
+    stored: StoredEvent = _new_object(StoredEvent)
+    _set_id(stored, id)
+    _set_event(stored, event)
+    _set_args(stored, args)
+    _set_skip(stored, skip)
+    _set_room(stored, room)
+    return stored
+
+
 @dataclass(frozen=True, slots=True)
 class StreamRead:
     """One stream a recovery reads: its kind and name, and the offset it has up to."""
@@ -346,10 +367,16 @@ class MemoryHistory:
         """Store an event and deliver it on this node; return its offset."""
         key = self._next()
         offset = f"{key[0]}-{key[1]}"
-        stream = self._stream(namespace, kind, target)
-        room = target if kind == "room" else None
-        stream.entries.append((key, StoredEvent(offset, event, args, skip, room)))
-        stream.trim(key[0])
+        stream = self._streams.get((namespace, kind, target))
+        if stream is None:
+            stream = self._stream(namespace, kind, target)
+        entries = stream.entries
+        entries.append(
+            (key, _stored_event(offset, event, args, skip, target if kind == "room" else None))
+        )
+        # trim only when something is to go: the first test of each of trim's loops
+        if len(entries) > stream.max_messages or entries[0][0][0] < key[0] - stream.max_age_ms:
+            stream.trim(key[0])
         self.watermark = offset
         if self.deliver is not None:
             self.deliver(namespace, event, args, target, kind, skip, offset)

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
@@ -107,6 +107,22 @@ class _Impl:
         return self.function(*args)
 
 
+class _Call:
+    """One plain implementation on the per-event path, with what a call needs known once."""
+
+    __slots__ = ("argnames", "entry", "function", "is_async", "pair", "plugin_name")
+
+    def __init__(self, impl: _Impl) -> None:
+        self.function = impl.function
+        self.argnames = impl.argnames
+        self.is_async = impl.is_async
+        self.plugin_name = impl.plugin_name
+        #: takes exactly ``(event, ctx)``: called without building an argument list
+        self.pair = impl.argnames == ("event", "ctx")
+        #: its :class:`ImplTimings` entry, fetched at its first timed call
+        self.entry: list[Any] | None = None
+
+
 class _Hook:
     """A snapshot of one hook's implementations (plugins are fixed once the bus is built)."""
 
@@ -119,12 +135,12 @@ class _Hook:
         ordered = [_Impl(i) for i in reversed(self.impls)]
         self.wrappers = [i for i in ordered if i.hookimpl.wrapper or i.hookimpl.hookwrapper]
         self.plain = [i for i in ordered if not (i.hookimpl.wrapper or i.hookimpl.hookwrapper)]
-        #: (function, argument names, is async) of the plain implementations, for the per-event
-        #: path when the hook has no wrappers (None when one takes keyword arguments).
-        self.fast: list[tuple[Callable[..., Any], tuple[str, ...], bool]] | None = (
+        #: the plain implementations for the per-event path when the hook has no wrappers
+        #: (None when one takes keyword arguments or there are wrappers: the full loop runs)
+        self.fast: list[_Call] | None = (
             None
-            if any(i.kwargnames for i in self.plain)
-            else [(i.function, i.argnames, i.is_async) for i in self.plain]
+            if self.wrappers or any(i.kwargnames for i in self.plain)
+            else [_Call(i) for i in self.plain]
         )
 
 
@@ -239,14 +255,30 @@ class ImplTimings:
     def __init__(self) -> None:
         self.stats: dict[tuple[str, str], list[Any]] = {}
 
-    def add(self, hook: str, plugin: str, seconds: float) -> None:
-        """Count one call of ``plugin``'s ``hook`` that took ``seconds``."""
+    def entry(self, hook: str, plugin: str) -> list[Any]:
+        """The ``[calls, seconds, per bucket]`` of ``plugin``'s ``hook``, made on first use."""
         entry = self.stats.get((hook, plugin))
         if entry is None:
             entry = self.stats[(hook, plugin)] = [0, 0.0, [0] * (len(TIMING_BOUNDS) + 1)]
+        return entry
+
+    def add(self, hook: str, plugin: str, seconds: float) -> None:
+        """Count one call of ``plugin``'s ``hook`` that took ``seconds``."""
+        entry = self.entry(hook, plugin)
         entry[0] += 1
         entry[1] += seconds
         entry[2][bisect.bisect_left(TIMING_BOUNDS, seconds)] += 1
+
+
+def _timed(timings: ImplTimings, hook: str, call: _Call, started: float) -> None:
+    """Count one per-event call of ``call`` (its entry looked up once, then kept)."""
+    seconds = time.perf_counter() - started
+    entry = call.entry
+    if entry is None:
+        entry = call.entry = timings.entry(hook, call.plugin_name)
+    entry[0] += 1
+    entry[1] += seconds
+    entry[2][bisect.bisect_left(TIMING_BOUNDS, seconds)] += 1
 
 
 class Hooks:
@@ -300,13 +332,13 @@ class Hooks:
     async def _ainvoke(self, hook: _Hook, impl: _Impl, kwargs: Mapping[str, Any]) -> Any:
         if not self._timed:
             value = impl.call(kwargs)
-            if impl.is_async or inspect.isawaitable(value):
+            if impl.is_async or (value is not None and inspect.isawaitable(value)):
                 value = await value
             return value
         started = time.perf_counter()
         try:
             value = impl.call(kwargs)
-            if impl.is_async or inspect.isawaitable(value):
+            if impl.is_async or (value is not None and inspect.isawaitable(value)):
                 value = await value
             return value
         finally:
@@ -403,22 +435,16 @@ class Hooks:
     async def _each(self, name: str, kwargs: dict[str, Any], *, keep_going: bool) -> None:
         hook = self._hooks[name]
         fast = hook.fast
-        if (
-            fast is not None
-            and not keep_going
-            and not hook.wrappers
-            and not self._monitors
-            and not self._trace
-        ):
+        if fast is not None and not keep_going and not self._monitors and not self._trace:
             # authorize_join runs per event (posting into a room one is not in): just the calls
             timings = self.timings
-            for index, (func, argnames, is_async) in enumerate(fast):
+            for call in fast:
                 started = time.perf_counter() if timings is not None else 0.0
-                value = func(*[kwargs[a] for a in argnames])
-                if is_async or inspect.isawaitable(value):
+                value = call.function(*[kwargs[a] for a in call.argnames])
+                if call.is_async or (value is not None and inspect.isawaitable(value)):
                     await value
                 if timings is not None:
-                    timings.add(name, hook.plain[index].plugin_name, time.perf_counter() - started)
+                    _timed(timings, name, call, started)
             return
 
         async def walk() -> list[Any]:
@@ -501,9 +527,11 @@ class Hooks:
         """``plugbus_authenticate_request``: in order, the first non-None principal wins."""
         return await self._first("plugbus_authenticate_request", {"headers": headers, "bus": bus})  # type: ignore[no-any-return]
 
-    async def authorize_join(self, connection: Connection, room: str, bus: Bus) -> None:
-        """``plugbus_authorize_join``: each awaited in order; ``NotAllowed`` propagates."""
-        await self._each(
+    def authorize_join(self, connection: Connection, room: str, bus: Bus) -> Awaitable[None]:
+        """``plugbus_authorize_join``: each awaited in order; ``NotAllowed`` propagates.
+        (The walk's coroutine itself, for the caller to await: it runs per event, for posts
+        into a room the sender is not in.)"""
+        return self._each(
             "plugbus_authorize_join",
             {"connection": connection, "room": room, "bus": bus},
             keep_going=False,
@@ -571,26 +599,27 @@ class Hooks:
 
     async def moderate(self, event: Event, ctx: EventContext) -> Event:
         """``plugbus_moderate``: chained; returns the event as the last implementation left it."""
-        hook = self._moderate
-        fast = hook.fast
-        if fast is not None and not hook.wrappers and not self._monitors and not self._trace:
+        fast = self._moderate.fast
+        if fast is not None and not self._monitors and not self._trace:
             # The per-event path: no wrapper, no monitor, nothing but the calls (each timed
-            # when metrics ask, with two clock reads and a dict update)
+            # when metrics ask, with two clock reads and a few additions)
             timings = self.timings
-            for index, (func, argnames, is_async) in enumerate(fast):
+            for call in fast:
                 started = time.perf_counter() if timings is not None else 0.0
-                replaced = func(*[event if a == "event" else ctx for a in argnames])
-                if is_async or inspect.isawaitable(replaced):
+                if call.pair:
+                    replaced = call.function(event, ctx)
+                else:
+                    replaced = call.function(
+                        *[event if a == "event" else ctx for a in call.argnames]
+                    )
+                if call.is_async or (replaced is not None and inspect.isawaitable(replaced)):
                     replaced = await replaced
                 if timings is not None:
-                    timings.add(
-                        "plugbus_moderate",
-                        hook.plain[index].plugin_name,
-                        time.perf_counter() - started,
-                    )
+                    _timed(timings, "plugbus_moderate", call, started)
                 if replaced is not None:
-                    event = _checked_replacement(hook.plain[index], event, replaced)
+                    event = _checked_replacement(call.plugin_name, event, replaced)
             return event
+        hook = self._moderate
         kwargs = {"event": event, "ctx": ctx}
 
         async def walk() -> Event:
@@ -599,38 +628,36 @@ class Hooks:
                 # a fresh dict: the monitors keep the arguments as the hook was called
                 replaced = await self._ainvoke(hook, impl, {"event": moderated, "ctx": ctx})
                 if replaced is not None:
-                    moderated = _checked_replacement(impl, moderated, replaced)
+                    moderated = _checked_replacement(impl.plugin_name, moderated, replaced)
             return moderated
 
         return await self._call(hook, kwargs, walk)  # type: ignore[no-any-return]
 
     async def handle_event(self, event: Event, ctx: EventContext) -> Any:
         """``plugbus_handle_event``: in order, the first non-None result wins."""
-        hook = self._handle
-        fast = hook.fast
-        if fast is not None and not hook.wrappers and not self._monitors and not self._trace:
+        fast = self._handle.fast
+        if fast is not None and not self._monitors and not self._trace:
             timings = self.timings
-            for index, (func, argnames, is_async) in enumerate(fast):
+            for call in fast:
                 started = time.perf_counter() if timings is not None else 0.0
-                result = func(*[event if a == "event" else ctx for a in argnames])
-                if is_async or inspect.isawaitable(result):
+                if call.pair:
+                    result = call.function(event, ctx)
+                else:
+                    result = call.function(*[event if a == "event" else ctx for a in call.argnames])
+                if call.is_async or (result is not None and inspect.isawaitable(result)):
                     result = await result
                 if timings is not None:
-                    timings.add(
-                        "plugbus_handle_event",
-                        hook.plain[index].plugin_name,
-                        time.perf_counter() - started,
-                    )
+                    _timed(timings, "plugbus_handle_event", call, started)
                 if result is not None:
                     return result
             return None
         return await self._first("plugbus_handle_event", {"event": event, "ctx": ctx})
 
 
-def _checked_replacement(impl: _Impl, event: Event, replaced: Any) -> Event:
+def _checked_replacement(plugin_name: str, event: Event, replaced: Any) -> Event:
     if type(replaced) is not type(event):
         raise TypeError(
-            f"plugbus_moderate of plugin {impl.plugin_name!r} returned {type(replaced).__name__}; "
+            f"plugbus_moderate of plugin {plugin_name!r} returned {type(replaced).__name__}; "
             f"expected None or a {type(event).__name__}"
         )
     return replaced

@@ -265,6 +265,11 @@ class RelayPlugin(Plugin):
             the room while ``require_membership`` is on.
         :raises NotFound: ``send-direct`` to a connection that does not exist (on any node).
         """
+        # The exact class first: isinstance on a pydantic model class goes through ABCMeta's
+        # Python-level __instancecheck__, several times an event otherwise.
+        if type(event) is SendMessage:
+            self._check_sender(event, ctx)
+            return await self._to_room(event, ctx, new_id())
         if not isinstance(event, SendMessage | SendDirect | Broadcast):
             return None
         self._check_sender(event, ctx)

@@ -21,6 +21,7 @@ re-exports their public names.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from plugbus import (
@@ -285,11 +286,12 @@ class ModerationPlugin(Plugin):
             )
 
     @hookimpl
-    async def plugbus_moderate(self, event: Event, ctx: EventContext) -> Event | None:
+    def plugbus_moderate(self, event: Event, ctx: EventContext) -> Awaitable[Event | None]:
         """Run the pipeline: None to let the event through, a masked copy, or a refusal
         (:class:`MessageRejected`, or :class:`RateLimited` for flood and slow mode) or
-        :class:`EventDropped`, as each rule's action says."""
-        return await self.pipeline.run(event, ctx)
+        :class:`EventDropped`, as each rule's action says. (The pipeline's coroutine itself,
+        awaited by the caller: one coroutine an event instead of two.)"""
+        return self.pipeline.run(event, ctx)
 
     @hookimpl
     def plugbus_routes(self, bus: Bus) -> list[Route]:

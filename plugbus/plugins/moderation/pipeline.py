@@ -102,17 +102,19 @@ class Pipeline:
         original = event
         for step, check, is_async in self._checks:
             found = check(event, ctx)
-            # is_async skips the isawaitable probe for rules known to be coroutines
+            # is_async skips the isawaitable probe for rules known to be coroutines, and None
+            # (a sync rule with nothing to say) skips it too: for an object that is neither
+            # a coroutine nor a generator it is an ABC check, in Python
             violation = (
                 await found  # type: ignore[misc]
-                if is_async or inspect.isawaitable(found)
+                if is_async or (found is not None and inspect.isawaitable(found))
                 else found
             )
             if violation is not None:
                 event = await self._apply(step, event, ctx, violation)
         for accepted, is_async in self._accepted:
             done = accepted(event, ctx)
-            if is_async or inspect.isawaitable(done):
+            if is_async or (done is not None and inspect.isawaitable(done)):
                 await done
         return None if event is original else event
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar
 
 from plugbus import (
@@ -179,27 +179,37 @@ class SlowModeRule:
             details={"room": room, "seconds": seconds, "retry_after": wait},
         )
 
-    async def accepted(self, event: Event, ctx: EventContext) -> None:
+    def accepted(self, event: Event, ctx: EventContext) -> Awaitable[None] | None:
         """The event passed every rule: start the room's clock for its sender — in rooms with
-        a delay only (a message sent while a room had none does not hold back the next)."""
+        a delay only (a message sent while a room had none does not hold back the next).
+
+        :return: the store write to await, or None when there is none (no slow room was
+            written to: the common case costs no coroutine).
+        """
+        if not self._timed:
+            return None
         room = self.room_of(event, ctx)
-        if room is None or ctx.connection is None or not self._timed:
-            return
+        if room is None or ctx.connection is None:
+            return None
         sender = sender_of(ctx.connection)
         if self._timed.pop((sender, room), None) is not None:
-            await self.store.message_sent(sender, room)
+            return self.store.message_sent(sender, room)
+        return None
 
 
-def text_fields(event: Event) -> Iterable[tuple[str, str]]:
+def text_fields(event: Event) -> list[tuple[str, str]]:
     """``(path, text)`` for every string inside the text fields of ``event``: a string field
     is its own path (``message``); strings inside lists, dicts and nested models are found
-    too (``options.1``, ``answer.text``)."""
+    too (``options.1``, ``answer.text``). A list, not a generator: two rules read it on every
+    event, and a generator costs more than the one or two strings it usually yields."""
+    out: list[tuple[str, str]] = []
     for field in type(event).text_fields:
         value = getattr(event, field, None)
         if isinstance(value, str):  # the common case, without the walk
-            yield field, value
+            out.append((field, value))
         elif value is not None:
-            yield from strings_in(value, field)
+            out.extend(strings_in(value, field))
+    return out
 
 
 class MaxLengthRule:
@@ -258,6 +268,8 @@ class BlockedWordsRule:
 
     def check(self, event: Event, ctx: EventContext) -> Violation | None:
         """A violation for the first text field holding a blocked word, with every span in it."""
+        if self.pattern is None:  # no words are blocked: no text to look at
+            return None
         for field, text in text_fields(event):
             spans = self.find(text)
             if spans:
