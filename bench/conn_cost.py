@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -136,7 +137,7 @@ async def _round(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile:
             spy = subprocess.Popen(
                 [
-                    str(Path(sys.executable).parent / "py-spy"),
+                    shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
                     "record",
                     "--native",
                     "-r",
@@ -210,7 +211,11 @@ def main() -> None:
     p.add_argument("--tracemalloc", action="store_true")
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--profile", metavar="PATH", help="py-spy raw stacks of the connect window")
+    p.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="py-spy raw stacks (native frames, 200 Hz) of the connect window; needs py-spy",
+    )
     args = p.parse_args()
     for _ in range(args.rounds):
         print(json.dumps(asyncio.run(_round(args))), flush=True)

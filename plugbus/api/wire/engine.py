@@ -262,6 +262,7 @@ class EngineServer:
         """Close every session (the server is stopping)."""
         for session in list(self.sessions.values()):
             session.close(Reason.SERVER_DISCONNECT)
+        self.timers.stop()
 
     def count(self, what: str) -> None:
         """Count one refusal or forced close by kind (``GET /health``)."""

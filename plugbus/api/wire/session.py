@@ -38,7 +38,9 @@ class TimerQueue:
     As the delay is the same for every entry and the loop's clock never goes back, entries are
     appended in deadline order: a deque is the whole schedule, and only its head is armed. A
     session cancels by forgetting the deadline it holds (``due`` returns None); its entry
-    stays until it comes due and is then skipped. Per session that is one small tuple instead
+    stays until it comes due and is then skipped, so a closed session's object is kept that
+    long (at most the delay: ``connect_timeout``, ``ping_interval`` or ``ping_timeout``), not
+    freed at once. Per session that is one small tuple instead
     of an event-loop timer handle (~0.3 KB with uvloop); with ~10k sessions each PONG also
     costs an append instead of a timer-heap insertion.
     """
@@ -83,7 +85,7 @@ class TimerQueue:
             self._armed = loop.call_at(entries[0][0], self._run)
 
     def stop(self) -> None:
-        """Forget every entry (the engine is shutting down)."""
+        """Forget every entry (the engine is shutting down, every session closed)."""
         self._entries.clear()
         if self._armed is not None:
             self._armed.cancel()
@@ -101,6 +103,11 @@ class SessionTimers:
         self.connect = TimerQueue(
             connect_timeout, EngineSession.connect_due, EngineSession.connect_expired
         )
+
+    def stop(self) -> None:
+        """Forget every deadline (the engine is shutting down)."""
+        for queue in (self.ping, self.pong, self.connect):
+            queue.stop()
 
 
 class EngineSession:
