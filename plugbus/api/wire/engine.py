@@ -174,10 +174,18 @@ class EngineServer:
             raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
         self._id_pool = b""
         self._id_at = 0
-        self._handshake_data = {
+        handshake = {
             "pingInterval": round(settings.ping_interval * 1000),
             "pingTimeout": round(settings.ping_timeout * 1000),
             "maxPayload": settings.max_payload,
+        }
+        # The OPEN packet after the sid, encoded once: by upgrades offered (a polling session
+        # is offered the websocket when it is served).
+        self._open_tails = {
+            offered: orjson.dumps({"upgrades": ["websocket"] if offered else [], **handshake})
+            .decode()
+            .replace("{", ",", 1)
+            for offered in (False, True)
         }
 
     # -- what python-socketio calls -------------------------------------------------------------
@@ -424,17 +432,9 @@ class EngineServer:
         return session
 
     def _open_packet(self, session: EngineSession) -> str:
-        upgrades = (
-            ["websocket"]
-            if session.transport == "polling" and "websocket" in self.settings.transports
-            else []
-        )
-        return (
-            "0"
-            + orjson.dumps(
-                {"sid": session.sid, "upgrades": upgrades, **self._handshake_data}
-            ).decode()
-        )
+        offered = session.transport == "polling" and "websocket" in self.settings.transports
+        # generate_id's sids are base64url: nothing in them needs JSON escaping
+        return '0{"sid":"' + session.sid + '"' + self._open_tails[offered]
 
     async def _connect_handler(self, session: EngineSession) -> bool:
         handler = self.handlers.get("connect")
