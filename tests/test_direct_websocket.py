@@ -17,7 +17,10 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from plugbus.api import wire_json
-from plugbus.api.wire.writers import LeanReceiveQueue, encode_frame
+from plugbus.api.wire import seams
+from plugbus.api.wire.engine import EngineServer, WireSettings
+from plugbus.api.wire.session import TimerQueue
+from plugbus.api.wire.writers import LeanReceiveQueue, LeanWritableFlag, encode_frame
 
 
 def parse_frame(data: bytes) -> Frame:
@@ -202,6 +205,69 @@ async def test_the_lean_receive_queue_hands_items_over_in_order() -> None:
         await cancelled
     queue.put_nowait("after a cancelled reader")  # no waiter left behind to trip over
     assert await asyncio.wait_for(queue.get(), 1) == "after a cancelled reader"
+
+
+async def test_the_lean_writable_flag_holds_senders_until_set() -> None:
+    flag = LeanWritableFlag(True)
+    assert flag.is_set()
+    assert await asyncio.wait_for(flag.wait(), 1) is True  # set: no waiting
+    flag.clear()
+    first, second = asyncio.ensure_future(flag.wait()), asyncio.ensure_future(flag.wait())
+    await asyncio.sleep(0.01)
+    assert not first.done() and not second.done()
+    flag.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), 1) == [True, True]
+    flag.clear()
+    cancelled = asyncio.ensure_future(flag.wait())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    flag.set()  # a cancelled waiter left behind is skipped
+    assert flag.is_set()
+
+
+class _Timed:
+    """Stands in for an EngineSession in a TimerQueue: a sid and the deadline it holds."""
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        self.due: float | None = None
+
+
+async def test_a_timer_queue_fires_due_entries_in_order_and_skips_cancelled_or_moved_ones() -> None:
+    fired: list[str] = []
+    queue = TimerQueue(0.3, lambda s: s.due, lambda s: fired.append(s.sid))  # type: ignore[arg-type, attr-defined]
+
+    async def until(expected: list[str]) -> None:
+        for _ in range(300):
+            if len(fired) >= len(expected):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # and nothing more
+        assert fired == expected
+
+    a, b, c, d = (_Timed(name) for name in "abcd")
+    for timed in (a, b, c, d):
+        timed.due = queue.add(timed)  # type: ignore[arg-type]
+    b.due = None  # cancelled
+    await asyncio.sleep(0.01)
+    c.due = queue.add(c)  # type: ignore[arg-type]  # moved later: its first entry is stale
+    await asyncio.sleep(0)
+    assert fired == []  # nothing is due before its delay
+    await until(["a", "d", "c"])
+    e = _Timed("e")
+    e.due = queue.add(e)  # type: ignore[arg-type]  # the queue re-arms after running empty
+    await until(["a", "d", "c", "e"])
+    queue.stop()
+
+
+def test_session_ids_are_unguessable_url_safe_and_distinct_across_refills() -> None:
+    engine = EngineServer(WireSettings(), seams.check())
+    ids = [engine.generate_id() for _ in range(1000)]  # ~4 refills of the random pool
+    assert len(set(ids)) == len(ids)
+    for sid in ids:
+        assert len(sid) == 20 and sid.replace("-", "a").replace("_", "a").isalnum()
 
 
 @pytest.mark.parametrize("compression", [False, True])

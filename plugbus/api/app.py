@@ -65,6 +65,11 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
         "ws": "websockets-sansio",
         "ws_max_size": server.max_message_bytes,
         "ws_per_message_deflate": server.websocket_compression,
+        # Engine.IO's heartbeat (server.ping_interval / ping_timeout) already finds dead
+        # peers; uvicorn's own websocket PING every 20 s would cost every idle connection a
+        # timer (~0.5 KB) and the server a frame each way, for nothing Engine.IO does not do
+        # (Node's engine.io sends no websocket-level pings either).
+        "ws_ping_interval": None,
         "timeout_graceful_shutdown": server.shutdown_timeout,
         "log_level": server.log_level,
         "lifespan": "on",

@@ -170,11 +170,9 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     ) -> bool:
         scope = environ.get("asgi.scope", {})
         client = scope.get("client")
-        headers = {
-            k[5:].lower().replace("_", "-"): v
-            for k, v in environ.items()
-            if k.startswith("HTTP_") and isinstance(v, str)
-        }
+        # plugbus's engine parsed them once (lower-cased); shared, not copied, as every idle
+        # connection keeps both
+        headers = environ["plugbus.headers"]
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         key = (eio_sid, namespace)
         connection = Connection(

@@ -20,7 +20,7 @@ import asyncio
 import base64
 import binascii
 import logging
-import secrets
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +29,8 @@ from urllib.parse import parse_qs
 import orjson
 
 from . import seams
-from .session import CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession
-from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue
+from .session import CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession, SessionTimers
+from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue, LeanWritableFlag
 
 log = logging.getLogger("plugbus.wire")
 
@@ -146,6 +146,10 @@ class EngineServer:
         self.settings = settings
         self.handlers: dict[str, Callable[..., Any]] = {}
         self.sessions: dict[str, EngineSession] = {}
+        #: every session's heartbeat and connect deadlines, behind one loop timer per kind
+        self.timers = SessionTimers(
+            settings.ping_interval, settings.ping_timeout, settings.connect_timeout
+        )
         #: set by the drain (plugbus.api.lifecycle): new sessions are refused with 503
         self.draining = False
         #: sessions opened, by transport (metrics)
@@ -168,10 +172,20 @@ class EngineServer:
         )
         if settings.websocket_writer == "direct" and not direct_ok:
             raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
-        self._handshake_data = {
+        self._id_pool = b""
+        self._id_at = 0
+        handshake = {
             "pingInterval": round(settings.ping_interval * 1000),
             "pingTimeout": round(settings.ping_timeout * 1000),
             "maxPayload": settings.max_payload,
+        }
+        # The OPEN packet after the sid, encoded once: by upgrades offered (a polling session
+        # is offered the websocket when it is served).
+        self._open_tails = {
+            offered: orjson.dumps({"upgrades": ["websocket"] if offered else [], **handshake})
+            .decode()
+            .replace("{", ",", 1)
+            for offered in (False, True)
         }
 
     # -- what python-socketio calls -------------------------------------------------------------
@@ -239,12 +253,24 @@ class EngineServer:
         await asyncio.sleep(seconds)
 
     def generate_id(self) -> str:
-        return secrets.token_urlsafe(15)
+        """An unguessable session id: 15 bytes from the OS's CSPRNG, base64url (20 chars).
+
+        The bytes are read from ``os.urandom`` 4 KB at a time and handed out 15 at a time: one
+        system call per ~270 sessions instead of one per session (as Node's base64id does).
+        """
+        pool = self._id_pool
+        if len(pool) - self._id_at < 15:
+            pool = self._id_pool = os.urandom(4095)
+            self._id_at = 0
+        at = self._id_at
+        self._id_at = at + 15
+        return base64.urlsafe_b64encode(pool[at : at + 15]).decode("ascii")
 
     async def shutdown(self) -> None:
         """Close every session (the server is stopping)."""
         for session in list(self.sessions.values()):
             session.close(Reason.SERVER_DISCONNECT)
+        self.timers.stop()
 
     def count(self, what: str) -> None:
         """Count one refusal or forced close by kind (``GET /health``)."""
@@ -272,16 +298,17 @@ class EngineServer:
 
     # -- ASGI ---------------------------------------------------------------------------------
 
-    async def handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one HTTP request or websocket under the Engine.IO path."""
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        q = {k: v[0] for k, v in query.items()}
-        headers = {
-            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
-        }
+    def handle_request(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """Serve one HTTP request or websocket under the Engine.IO path: returns the coroutine
+        to await. Not a coroutine itself, so that no frame of it stays suspended above each
+        open websocket for the connection's life (every idle connection holds its chain of
+        coroutine frames)."""
         if scope["type"] == "websocket":
-            await self._websocket(scope, receive, send, q, headers)
-            return
+            return self._websocket(scope, receive, send)
+        return self._http_request(scope, receive, send)
+
+    async def _http_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        q, headers = _request_parts(scope)
         method = scope.get("method", "GET")
         cors = self._cors_headers(headers)
         if cors is None:
@@ -387,13 +414,15 @@ class EngineServer:
     def _new_session(
         self, scope: Scope, transport: str, addr: str | None, headers: dict[str, str]
     ) -> EngineSession:
+        # The request's headers once, lower-cased, under "plugbus.headers" (the socket door
+        # hands this very dict to the Connection), not copied again as WSGI's HTTP_* keys:
+        # every idle connection keeps its environ, and nothing reads those keys.
         environ: dict[str, Any] = {
             "asgi.scope": scope,
             "REMOTE_ADDR": addr,
             "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+            "plugbus.headers": headers,
         }
-        for name, value in headers.items():
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
         sid = self.generate_id()
         self.handshakes[transport] = self.handshakes.get(transport, 0) + 1
         session = EngineSession(self, sid, transport, environ, addr)
@@ -403,17 +432,9 @@ class EngineServer:
         return session
 
     def _open_packet(self, session: EngineSession) -> str:
-        upgrades = (
-            ["websocket"]
-            if session.transport == "polling" and "websocket" in self.settings.transports
-            else []
-        )
-        return (
-            "0"
-            + orjson.dumps(
-                {"sid": session.sid, "upgrades": upgrades, **self._handshake_data}
-            ).decode()
-        )
+        offered = session.transport == "polling" and "websocket" in self.settings.transports
+        # generate_id's sids are base64url: nothing in them needs JSON escaping
+        return '0{"sid":"' + session.sid + '"' + self._open_tails[offered]
 
     async def _connect_handler(self, session: EngineSession) -> bool:
         handler = self.handlers.get("connect")
@@ -564,12 +585,15 @@ class EngineServer:
 
     # -- websocket ----------------------------------------------------------------------------
 
-    async def _websocket(
-        self, scope: Scope, receive: Receive, send: Send, q: dict[str, str], headers: dict[str, str]
-    ) -> None:
+    async def _websocket_open(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> EngineSession | None:
+        """The websocket's handshake (a new session, or a polling session's upgrade): the
+        session it carries from now on, or None when it was refused or closed."""
         message = await receive()
         if message["type"] != "websocket.connect":
-            return
+            return None
+        q, headers = _request_parts(scope)
         problem = self._check_query(q, websocket=True)
         if problem is None and self._cors_headers(headers) is None:
             self.count("forbidden_origin")
@@ -594,25 +618,25 @@ class EngineServer:
         if problem is not None or session is None:
             code, text = problem or (BAD_REQUEST, "bad request")
             await _deny_websocket(scope, send, 403 if code == FORBIDDEN else 400, code, text)
-            return
+            return None
         await send({"type": "websocket.accept"})
         if sid is not None:
             if session.transport != "polling" or session.upgrading or session.state != OPEN:
                 # a second websocket for a session that has one (or is getting one)
                 await send({"type": "websocket.close", "code": 1008})
-                return
+                return None
             if not await self._upgrade(session, receive, send):
-                return
+                return None
         else:
             writer = self._make_writer(send, session)
             if writer is None:
                 session.close(Reason.TRANSPORT_ERROR)
                 await send({"type": "websocket.close", "code": 1011})
-                return
+                return None
             writer.send(self._open_packet(session))
             session.use_writer(writer, send)
             session.start(self.settings.connect_timeout)
-        await self._websocket_loop(session, receive)
+        return session
 
     async def _upgrade(self, session: EngineSession, receive: Receive, send: Send) -> bool:
         """The probe handshake of a polling session moving to this websocket."""
@@ -646,11 +670,7 @@ class EngineServer:
 
     def _make_writer(self, send: Send, session: EngineSession) -> DirectWriter | AsgiWriter | None:
         limit = self.settings.send_buffer_limit
-
-        def dropped() -> None:
-            self.count("slow_consumer")
-            session.close(Reason.TRANSPORT_ERROR, flush=False)
-
+        dropped = session.drop_slow
         setting = self.settings.websocket_writer
         if setting != "compatible":
             proto = getattr(send, "__self__", None)
@@ -684,7 +704,12 @@ class EngineServer:
         self.report.connections["compatible"] += 1
         return AsgiWriter(send, limit, dropped)
 
-    async def _websocket_loop(self, session: EngineSession, receive: Receive) -> None:
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One websocket, from its handshake to its end. Its frame is the one this connection
+        keeps for its life (the handshake's locals are gone with ``_websocket_open``'s)."""
+        session = await self._websocket_open(scope, receive, send)
+        if session is None:
+            return
         on_message = self.handlers.get("message")
         sid = session.sid
         max_payload = self.settings.max_payload
@@ -721,13 +746,41 @@ class EngineServer:
 _TEXT = [(b"content-type", b"text/plain; charset=UTF-8")]
 
 
+def _request_parts(scope: Scope) -> tuple[dict[str, str], dict[str, str]]:
+    """The query (first value of each parameter) and the headers (lower-cased names, the last
+    of a repeated header) of a request."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    headers = {
+        k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+    }
+    return {k: v[0] for k, v in query.items()}, headers
+
+
 def _trim(proto: Any) -> None:
     """uvicorn keeps the handshake's request and response (~3.5 KB) for the connection's life
-    but reads neither after the accept, and an asyncio.Queue for received messages that one
-    reader (this engine) needs far less of (declared seams)."""
+    but reads neither after the accept, an asyncio.Queue for received messages that one
+    reader (this engine) needs far less of, and an asyncio.Event for "writable" that holds a
+    deque of waiters whether or not anything waits (declared seams).
+
+    The request's headers are emptied as well as dropped: websockets' handshake parser is a
+    generator that stays suspended in its frame-parsing loop for the connection's life with
+    the request (~1.5 KB of headers) still in a local variable. uvicorn copied them into the
+    ASGI scope before the application ran, and nothing reads the request again.
+    """
+    request = proto.request
+    if request is not None:
+        request.headers.clear()
     proto.request = proto.response = None
+    # The scope's raw header list (~0.8 KB) too: the engine parsed it into the session's
+    # environ before this runs, the ASGI app (this engine) is the scope's only reader from
+    # here on, and uvicorn keeps the scope for the connection's life.
+    scope = getattr(proto, "scope", None)
+    if scope is not None:
+        scope["headers"] = []
     if type(proto.queue) is asyncio.Queue:
         proto.queue = LeanReceiveQueue(list(proto.queue._queue))  # type: ignore[attr-defined]
+    if type(proto.writable) is asyncio.Event:
+        proto.writable = LeanWritableFlag(proto.writable.is_set())
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -12,7 +12,7 @@ it was verified against:
   manager is not used: events cross nodes on plugbus's history feed).
 * **uvicorn** — the direct websocket writer writes frames to the asyncio transport of uvicorn's
   websockets-sansio protocol, found as the ``__self__`` of the ASGI ``send`` callable, and trims
-  that protocol's per-connection memory (``request``, ``response``, ``queue``); the HTTP head
+  that protocol's per-connection memory (``request``, ``response``, ``queue``, ``writable``, the scope's ``headers``); the HTTP head
   limits subclass its httptools protocol (``data_received`` and the parser callbacks).
 
 :func:`check` runs at import (a python-socketio attribute that is gone is a start-up error: the
@@ -78,6 +78,8 @@ UVICORN_WEBSOCKET = Seam(
         "WebSocketsSansIOProtocol.request",
         "WebSocketsSansIOProtocol.response",
         "WebSocketsSansIOProtocol.queue",
+        "WebSocketsSansIOProtocol.writable",
+        "WebSocketsSansIOProtocol.scope",
     ),
     "the direct websocket writer: frames written to the connection's transport without a "
     "task or a queue per message, and the connection's idle memory trimmed",
@@ -184,7 +186,7 @@ def _uvicorn_roots() -> dict[str, Any]:
 
     class _Probe:
         # set during the websocket handshake, so not on a fresh instance
-        _late = ("request", "response")
+        _late = ("request", "response", "scope")
 
         def __init__(self) -> None:
             # log_config=None: a Config applies uvicorn's logging config by default, which
