@@ -782,17 +782,17 @@ PY_PACKAGES = [  # (label, first component of a Python frame's file path)
     ("pydantic", ("pydantic", "pydantic_core")),
     ("pluggy", ("pluggy",)),
 ]
+#: The pipeline's entry and the emit inside it, as py-spy names their frames (the pipeline's
+#: own cost is the samples in the first and not in the second).
+PIPELINE_FRAME = "Bus.dispatch_args (plugbus/core/bus.py"
+EMIT_FRAME = "Bus.emit (plugbus/core/bus.py"
 HIGHLIGHTS = [  # (label, substring of a frame) -> inclusive share
-    ("plugbus pipeline and delivery (`Bus.dispatch`)", "Bus.dispatch (core/bus.py"),
-    ("delivery through python-socketio (`AsyncManager.emit`)", "AsyncManager.emit (socketio/"),
+    ("plugbus pipeline and delivery (`Bus.dispatch_args`)", PIPELINE_FRAME),
+    ("delivery to this node's connections (`deliver_here`)", "deliver_here (plugbus/api/"),
+    ("the wire's direct websocket writes (`DirectWriter`)", "DirectWriter."),
     (
-        "`asyncio.create_task` (python-socketio: one task per recipient)",
-        "create_task (asyncio/tasks.py",
-    ),
-    ("python-engineio's per-socket writer tasks", "writer (engineio/async_socket.py"),
-    (
-        "uvicorn's websocket send (`WebSocketsSansIOProtocol.send`)",
-        "WebSocketsSansIOProtocol.send (",
+        "uvicorn's websocket read (`WebSocketsSansIOProtocol.data_received`)",
+        "WebSocketsSansIOProtocol.data_received (",
     ),
     ("CPython's cyclic garbage collector (`gc_collect_main`)", "gc_collect_main"),
     ("`write()` system calls (socket writes)", "write (libc"),
@@ -851,9 +851,7 @@ def summarise_profile(text: str) -> dict[str, Any]:
         for label, needle in HIGHLIGHTS:
             if any(needle in f for f in frames):
                 hl[label] += count
-        if any("Bus.dispatch (core/bus.py" in f for f in frames) and not any(
-            "Bus.emit (core/bus.py" in f for f in frames
-        ):
+        if any(PIPELINE_FRAME in f for f in frames) and not any(EMIT_FRAME in f for f in frames):
             pipeline_only += count
     if not total:
         return {"samples": 0}
@@ -871,7 +869,7 @@ def summarise_profile(text: str) -> dict[str, Any]:
     highlights.insert(
         1,
         (
-            "plugbus pipeline without the delivery (`Bus.dispatch` minus `Bus.emit`)",
+            "plugbus pipeline without the delivery (`Bus.dispatch_args` minus `Bus.emit`)",
             share(pipeline_only),
         ),
     )
@@ -1395,12 +1393,12 @@ def render(run: Run, selected: list[Workload]) -> str:
         "- **Cluster (cluster100, cluster1000):** plugbus only, against itself. The fan-out workload (A) is "
         "run twice in a row: on one plugbus node with the memory backend, then with the room's clients split "
         "evenly over two plugbus nodes sharing a fresh `redis-server` (`server.backend: "
-        "redis://127.0.0.1:PORT/0`, python-socketio's Redis manager: every broadcast is published to Redis "
-        "once and each node delivers to its own members; the publisher is on node A). Both nodes and Redis "
+        "redis://127.0.0.1:PORT/0`: every event is appended once to Redis's feed stream, which each node "
+        "reads (`XREAD`) and delivers to its own members; the publisher is on node A). Both nodes and Redis "
         "share the single node's core, so the cluster has no more CPU than the one node; its *server CPU* "
         "is the sum of the three processes'. Before measuring, probe messages are published until one "
-        "reaches every client (a node subscribes to Redis only when its first client connects). Clients "
-        "connect 25 handshakes at a time per node (see the note on Redis connections), in both set-ups. "
+        "reaches every client (so that both nodes are reading the feed and every client has joined). Clients "
+        "connect 25 handshakes at a time per node, in both set-ups (more at once exhausted a node's Redis connection pool). "
         "*p50 / p99 at saturation* is the publish → receive latency of the deliveries counted in the "
         "saturation window: with a closed loop of ~10,000 deliveries in flight it is mostly queueing "
         "(≈ window ÷ rate, Little's law), so it compares the two set-ups at the same window, not the "
@@ -1640,11 +1638,11 @@ def targets(run: Run) -> list[str]:
                 effs.append(e)
     prof = run.profile_echo or {}
     share = dict(prof.get("highlights") or []).get(
-        "plugbus pipeline without the delivery (`Bus.dispatch` minus `Bus.emit`)"
+        "plugbus pipeline without the delivery (`Bus.dispatch_args` minus `Bus.emit`)"
     )
     if share is not None:
         parts.append(
-            f"under echo, the pipeline itself (`Bus.dispatch` minus the delivery) takes {share} % "
+            f"under echo, the pipeline itself (`Bus.dispatch_args` minus the delivery) takes {share} % "
             "of plugbus's samples (py-spy, below): plugbus is faster than bare because its Socket.IO "
             "transport does less, not because the pipeline is free"
         )
