@@ -467,15 +467,25 @@ class Target:
         return client
 
     async def clients(
-        self, n: int, concurrency: int = 100, room: str | None = None, timeout: float = 60.0
+        self,
+        n: int,
+        concurrency: int = 100,
+        room: str | None = None,
+        timeout: float = 60.0,
+        handshakes: list[float] | None = None,
     ) -> list[Client]:
-        """``n`` connected clients, ``concurrency`` handshakes at a time; joined to ``room``."""
+        """``n`` connected clients, ``concurrency`` handshakes at a time; joined to ``room``.
+        ``handshakes`` receives each one's seconds from its TCP connect to Socket.IO connected
+        (not the time it waited for its turn)."""
         sem = asyncio.Semaphore(concurrency)
         out: list[Client] = []
 
         async def one() -> None:
             async with sem:
+                t0 = now()
                 c = await self.client()
+                if handshakes is not None:
+                    handshakes.append(now() - t0)
                 out.append(c)
                 if room is not None:
                     await asyncio.wait_for(c.call("join-room", {"room": room}), 30)
@@ -969,7 +979,10 @@ async def connect(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     pid = args.server_pid
     rss0 = proc_rss_kb(pid)
     win = Window(pid)
-    clients = await target.clients(n, concurrency=args.concurrency, timeout=args.connect_timeout)
+    handshakes: list[float] = []
+    clients = await target.clients(
+        n, concurrency=args.concurrency, timeout=args.connect_timeout, handshakes=handshakes
+    )
     win.close()
     await asyncio.sleep(args.settle)  # greetings delivered, buffers settled
     rss1 = proc_rss_kb(pid)
@@ -981,6 +994,8 @@ async def connect(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         "connect_s": round(win.wall, 3),
         "connects_per_s": round(n / win.wall, 1),
         "greetings": sum(c.events for c in clients),
+        "handshake_p50_ms": ms(pct(handshakes, 50)),
+        "handshake_p99_ms": ms(pct(handshakes, 99)),
         **win.report(n, "connection"),
     }
     if rss0 is not None and rss1 is not None:
