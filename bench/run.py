@@ -1552,7 +1552,15 @@ def cluster_section(run: Run, w: Workload) -> list[str]:
                 parts.append(
                     f"{label} {ratio(get(two, path), get(one, path), gen_bound(path, two, one))}"
                 )
-            out += ["**Two nodes + Redis ÷ one node:** " + ", ".join(parts) + ".", ""]
+            out += [
+                "**Two nodes + Redis ÷ one node:** " + ", ".join(parts) + ".",
+                "",
+                "Events cross nodes through Redis Streams (issue #18: nothing acknowledged is lost "
+                "when Redis restarts or a node dies); what that path costs against the Redis "
+                "pub/sub path it replaced, and what the encode-once feed entries saved since, is "
+                'measured in `bench/README.md` ("Cross-node fan-out").',
+                "",
+            ]
     out += [
         "Ladder of offered rates (deliveries/s → delivered fraction, p50 / p99 ms; ✓ = sustained; "
         "for two nodes also node A / node B p99):",

@@ -3,6 +3,7 @@ package's entry point."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,13 @@ async def test_module_plugin_by_dotted_path_registers_an_event_and_transforms(
 def greeter_site(tmp_path_factory) -> Path:
     """The example plugin package, really built and installed (into its own directory)."""
     target = tmp_path_factory.mktemp("greeter-site")
+    # built from a copy: pip builds a local project in place, which left build/ and
+    # *.egg-info in the checkout
+    source = shutil.copytree(
+        ROOT / "examples" / "plugbus-greeter",
+        tmp_path_factory.mktemp("greeter-src") / "plugbus-greeter",
+        ignore=shutil.ignore_patterns("build", "*.egg-info"),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -124,7 +132,7 @@ def greeter_site(tmp_path_factory) -> Path:
             "--no-deps",
             "--target",
             str(target),
-            str(ROOT / "examples" / "plugbus-greeter"),
+            str(source),
         ],
         check=True,
     )

@@ -301,7 +301,8 @@ class Bus:
 
         The event is kept in history — the room's, the connection's or the namespace's — and
         replayed to clients that recover, unless ``history`` is False (ephemeral events: typing
-        indicators, presence pings) or the room keeps none (``server.history.rooms``).
+        indicators, presence pings), the room keeps none (``server.history.rooms``), or it goes
+        to a connection of this node that was not offered recovery (nothing would read it).
 
         :return: the event's offset in history (its message id there), or None when it was
             not kept.
@@ -316,6 +317,13 @@ class Bus:
         else:
             target, kind = None, "all"
         keep = history and self.history.keeps(kind, target)
+        if keep and kind == "sid":
+            local = self._connections.get(target) if target is not None else None
+            if local is not None and local.pid is None:
+                # only a recovering client reads its connection's stream back, and this one
+                # was not offered recovery: keeping its events (each greeting, say) would
+                # cost memory and a write per event that nothing ever reads
+                keep = False
         if keep or isinstance(self.history, RedisHistory):
             args = data if isinstance(data, tuple) else (() if data is None else (data,))
             if not keep:
