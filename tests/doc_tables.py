@@ -146,7 +146,9 @@ def regenerate(text: str) -> str:
 
 
 def pages() -> list[Path]:
-    return sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+    return sorted(
+        [ROOT / "README.md", ROOT / "bench" / "README.md", *(ROOT / "docs").rglob("*.md")]
+    )
 
 
 def main() -> int:

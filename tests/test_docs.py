@@ -402,7 +402,8 @@ def _started_metrics() -> frozenset[str]:
 
 def hooks_exist(page: Page, world: World, entry: Entry) -> None:
     text = "\n".join([page.prose, *page.blocks("python")])  # an nginx upstream is no hook
-    named = set(re.findall(r"\bplugbus_[a-z_]+\b", text)) - _not_hooks()
+    # a file name (bench/servers/plugbus_on.py) is no hook
+    named = set(re.findall(r"(?<![\w/])plugbus_[a-z_]+\b(?!\.py)", text)) - _not_hooks()
     # Prometheus metric names share the prefix; metrics_table_matches_a_scrape checks them
     named = {n for n in named if n.removesuffix("_total") not in _metric_names(world)}
     unknown = sorted(n for n in named if not hasattr(hookspecs, n))
@@ -644,7 +645,11 @@ def cli_lines_are_real(page: Page, world: World, entry: Entry) -> None:
     lines = [line for block in page.blocks() for line in block.split("\n")]
     lines += page.inline_code()
     for line in lines:
-        m = re.search(r"(?:^|[\s&;(])plugbus ((?:[a-z-]+\s?)+.*?)(?:\s+#.*)?$", line.strip())
+        # the command starts the line or follows `&&`, `;`, `(`, `$ ` or `python -m`; a bare
+        # "plugbus" elsewhere is an argument (`bench/run.sh --servers plugbus --out -`)
+        m = re.search(
+            r"(?:^|[&;(]\s*|-m\s+|\$\s+)plugbus ((?:[a-z-]+\s?)+.*?)(?:\s+#.*)?$", line.strip()
+        )
         if m is None or "plugbus[" in line:
             continue
         words = re.sub(r"[\[\]]", " ", m[1]).split()
@@ -831,6 +836,9 @@ def _kit_server_attributes() -> set[str]:
 
 
 PAGES: dict[str, Entry] = {
+    "bench/README.md": Entry(
+        elsewhere={"plugbus.headers": ("plugbus/api/wire/engine.py", '"plugbus.headers"')},
+    ),
     "README.md": Entry(
         curl_examples_run=True,
         checks=(
