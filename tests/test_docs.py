@@ -837,6 +837,8 @@ def _kit_server_attributes() -> set[str]:
 
 PAGES: dict[str, Entry] = {
     "bench/README.md": Entry(
+        # the benchmark's output directory, made by its first run (not committed)
+        ignore_paths=("bench/results/",),
         elsewhere={"plugbus.headers": ("plugbus/api/wire/engine.py", '"plugbus.headers"')},
     ),
     "README.md": Entry(
