@@ -456,27 +456,22 @@ class RoomsPlugin(Plugin):
     async def plugbus_room_joined(self, connection: Connection, room: str, bus: Bus) -> None:
         """Called after any join (socket or REST); with ``notify_membership`` on, sends
         ``joined_event`` to the room's other members. Returns nothing."""
-        if self.settings.notify_membership:
-            await self._notify(
-                bus,
-                self.settings.joined_event,
-                connection,
-                room,
-                await bus.presence.count(room, connection.namespace),
-            )
+        await self._notify_membership(bus, self.settings.joined_event, connection, room)
 
     @hookimpl
     async def plugbus_room_left(self, connection: Connection, room: str, bus: Bus) -> None:
         """Called after any leave (socket or REST); with ``notify_membership`` on, sends
         ``left_event`` to the room's remaining members. Returns nothing."""
+        await self._notify_membership(bus, self.settings.left_event, connection, room)
+
+    async def _notify_membership(
+        self, bus: Bus, event: str, connection: Connection, room: str
+    ) -> None:
+        """With ``notify_membership`` on, tell ``room``'s other members that ``connection``
+        joined or left (``event``), with the room's member count now."""
         if self.settings.notify_membership:
-            await self._notify(
-                bus,
-                self.settings.left_event,
-                connection,
-                room,
-                await bus.presence.count(room, connection.namespace),
-            )
+            count = await bus.presence.count(room, connection.namespace)
+            await self._notify(bus, event, connection, room, count)
 
     @hookimpl
     async def plugbus_disconnect(self, connection: Connection, reason: str, bus: Bus) -> None:
