@@ -51,11 +51,9 @@ def test_conn_cost_measures_connections_against_a_real_server() -> None:
     result = json.loads(out.strip().splitlines()[-1])
     assert result["clients"] == 30
     assert result["alive"] == 30 and result["greetings"] == 30
-    for key in (
-        "server_cpu_us_per_connection",
-        "connects_per_s",
-        "handshake_p50_ms",
-        "handshake_p99_ms",
-    ):
+    for key in ("connects_per_s", "handshake_p50_ms", "handshake_p99_ms"):
         assert _positive(result[key]), (key, result)
+    # /proc counts CPU in 10 ms ticks: 30 connections may well take less than one
+    cpu = result["server_cpu_us_per_connection"]
+    assert isinstance(cpu, int | float) and math.isfinite(cpu) and cpu >= 0, result
     assert isinstance(result["rss_per_connection_kb"], int | float)
