@@ -674,7 +674,7 @@ def profile_plugbus(
     (``kind="echo"``)."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
-        return {"error": "py-spy is not installed (pip install py-spy)"}
+        return {"error": "py-spy is not installed (pip install -c constraints.txt -e '.[bench]')"}
     version = subprocess.run([pyspy, "--version"], capture_output=True, text=True).stdout.strip()
     clients = ("1000" if kind == "fanout" else "100") if mode != "smoke" else "5"
     seconds = 8 if mode != "smoke" else 2

@@ -8,7 +8,8 @@
 #                --merge RESULTS.json (add this run's workloads to an earlier run's report)
 # Needs: the project's .venv (scripts/test.sh makes it) and, for the Node server,
 #        `npm ci` in bench/servers/node (done here when node_modules is missing); for the
-#        cluster workloads, redis-server.
+#        cluster workloads, redis-server; for --profile, py-spy (the `bench` extra,
+#        installed here when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -22,5 +23,12 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
         || [ bench/servers/node/package-lock.json -nt bench/servers/node/node_modules/.package-lock.json ]; }; then
   (cd bench/servers/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# --profile needs py-spy in the interpreter's environment: the `bench` extra, pinned.
+case " $* " in
+  *" --profile "*)
+    if [ ! -x "$(dirname "$PY")/py-spy" ] && ! command -v py-spy >/dev/null 2>&1; then
+      "$PY" -m pip install -q -c constraints.txt -e ".[bench]"
+    fi ;;
+esac
 export BENCH_COMMAND="bench/run.sh $*"
 exec "$PY" bench/run.py "$@"
