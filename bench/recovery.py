@@ -35,7 +35,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -212,19 +211,7 @@ def start_node(port: int, redis_url: str, logdir: Path, name: str) -> harness.Se
             env=env,
             cwd=ROOT,
         )
-    server = harness.Server("plugbus", port, proc, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited: {log.read_text()[-1500:]}")
-        try:
-            with urllib.request.urlopen(server.url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return server
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{name} did not start")
+    return harness.wait_serving(harness.Server(name, port, proc, log))
 
 
 class StormClient:

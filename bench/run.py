@@ -346,11 +346,19 @@ def start_server(
         proc = subprocess.Popen(
             pin(cpu) + cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT
         )
-    server = Server(name, port, proc, log)
-    deadline = time.monotonic() + 30
+    return wait_serving(Server(name, port, proc, log))
+
+
+def wait_serving(server: Server, timeout: float = 30) -> Server:
+    """``server`` once it answers ``GET /health`` with 200; stopped, and a RuntimeError with
+    its log's end, when it exits or does not answer within ``timeout`` seconds."""
+    proc, log = server.proc, server.log
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"{server.name} exited with {proc.returncode}:\n{log.read_text()[-2000:]}"
+            )
         try:
             with urllib.request.urlopen(server.url + "/health", timeout=1) as r:
                 if r.status == 200:
@@ -359,7 +367,9 @@ def start_server(
             pass
         time.sleep(0.05)
     server.stop()
-    raise RuntimeError(f"{name} did not serve /health within 30 s:\n{log.read_text()[-2000:]}")
+    raise RuntimeError(
+        f"{server.name} did not serve /health within {timeout:g} s:\n{log.read_text()[-2000:]}"
+    )
 
 
 @dataclass
