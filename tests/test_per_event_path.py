@@ -17,6 +17,8 @@ from plugbus.core.context import Connection
 from plugbus.core.events import EventRegistry, payload_size
 from plugbus.core.history import MemoryHistory, StoredEvent, StreamRead, _stored_event
 from plugbus.core.loader import load_plugins
+from plugbus.plugins.moderation.rules import MaxLengthRule, text_fields
+from plugbus.plugins.relay import SendMessage
 from plugbus.testing import PlugbusAppFactory
 
 
@@ -213,3 +215,32 @@ async def test_a_full_memory_stream_drops_its_oldest_as_trim_did(most: int) -> N
         if 4 - most > 0:
             assert await history.read("/", [StreamRead("room", "r", offsets[3 - most])]) is None
     assert history.watermark == offsets[-1]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "short",
+        "x" * 21,
+        {"a": "short", "b": ["fine", "y" * 25], "c": "z" * 30},
+        ["ok", {"deep": "w" * 40}],
+        {"n": 1, "none": None},
+    ],
+)
+def test_max_length_finds_the_field_the_text_fields_walk_finds(message: Any) -> None:
+    """MaxLengthRule measures string fields where it finds them (no list of every string):
+    it reports the first text over the limit in text_fields' order, with its path."""
+    event = SendMessage(message=message, roomID="r")
+    rule = MaxLengthRule(20)
+    expected = next(((p, t) for p, t in text_fields(event) if len(t) > 20), None)
+    violation = rule.check(event, None)  # type: ignore[arg-type]
+    if expected is None:
+        assert violation is None
+    else:
+        assert violation is not None
+        assert violation.field == expected[0]
+        assert violation.details == {"limit": 20, "length": len(expected[1])}
+        assert (
+            violation.message
+            == f"{expected[0]} is {len(expected[1])} characters long; the limit is 20"
+        )

@@ -293,9 +293,19 @@ class EventRegistry:
         :raises InvalidPayload: too many arguments, or one that does not fit; each error in
             ``details["errors"]`` names its ``argument`` (1 = the first after the name).
         """
-        event_cls = self._schema(name, namespace)
+        # _schema's lookup inline (every socket event); an unknown name, or a name that is
+        # not exactly a str, takes _schema, which raises or finds it as before
+        event_cls = (
+            self._events.get((namespace or self.default_namespace, name))
+            if type(name) is str
+            else None
+        )
+        if event_cls is None:
+            event_cls = self._schema(name, namespace)
         positional = event_cls.positional
         if positional is None:
+            if len(args) == 1 and type(args[0]) is dict:
+                return self._validate(event_cls, name, args[0])  # what _parse does with it
             if len(args) > 1:
                 raise InvalidPayload(
                     f"event {name!r} must carry one payload argument, got {len(args)}",

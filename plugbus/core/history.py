@@ -339,6 +339,8 @@ class MemoryHistory:
 
     def keeps(self, kind: Kind, target: str | None) -> bool:
         """Whether events to this stream are stored (its room's ``max_messages`` is not 0)."""
+        if not self.settings.rooms:  # no per-room limits: every stream is kept alike
+            return self.settings.max_messages > 0
         return self.settings.limits_for(target if kind == "room" else None)[0] > 0
 
     def _next(self) -> tuple[int, int]:

@@ -111,7 +111,7 @@ class _Impl:
 class _Call:
     """One plain implementation on the per-event path, with what a call needs known once."""
 
-    __slots__ = ("argnames", "entry", "function", "is_async", "pair", "plugin_name")
+    __slots__ = ("argnames", "entry", "function", "is_async", "join_pair", "pair", "plugin_name")
 
     def __init__(self, impl: _Impl) -> None:
         self.function = impl.function
@@ -120,6 +120,8 @@ class _Call:
         self.plugin_name = impl.plugin_name
         #: takes exactly ``(event, ctx)``: called without building an argument list
         self.pair = impl.argnames == ("event", "ctx")
+        #: takes exactly ``(connection, room)`` (``plugbus_authorize_join`` without the bus)
+        self.join_pair = impl.argnames == ("connection", "room")
         #: its :class:`ImplTimings` entry, fetched at its first timed call
         self.entry: list[Any] | None = None
 
@@ -274,7 +276,6 @@ class ImplTimings:
 _perf_counter = time.perf_counter
 _bisect_left = bisect.bisect_left
 _Coroutine = types.CoroutineType
-_CONNECTION_ROOM = ("connection", "room")
 
 
 class _Done:
@@ -323,7 +324,11 @@ class Hooks:
             trace_log.setLevel(logging.INFO)
             pm.add_hookcall_monitoring(_trace_before, _trace_after)
         self._handle = self._hooks["plugbus_handle_event"]
-        self._authorize = self._hooks["plugbus_authorize_join"]
+        authorize = self._hooks["plugbus_authorize_join"].fast
+        #: authorize_join's implementations when none is ``async def`` (they run in the call)
+        self._authorize_sync = (
+            authorize if authorize is not None and not any(c.is_async for c in authorize) else None
+        )
         self._moderate = self._hooks["plugbus_moderate"]
 
     # -- calling, with monitors ------------------------------------------------------------
@@ -554,8 +559,8 @@ class Hooks:
         (The walk's coroutine itself, for the caller to await: it runs per event, for posts
         into a room the sender is not in. When every implementation is synchronous, as the
         auth plugin's is, they run here, and what is returned is already done.)"""
-        fast = self._authorize.fast
-        if fast is None or self._monitors or self._trace or any(c.is_async for c in fast):
+        fast = self._authorize_sync
+        if fast is None or self._monitors or self._trace:
             return self._each(
                 "plugbus_authorize_join",
                 {"connection": connection, "room": room, "bus": bus},
@@ -564,7 +569,7 @@ class Hooks:
         timings = self.timings
         for index, call in enumerate(fast):
             started = _perf_counter() if timings is not None else 0.0
-            if call.argnames == _CONNECTION_ROOM:
+            if call.join_pair:
                 value = call.function(connection, room)
             else:
                 kwargs = {"connection": connection, "room": room, "bus": bus}
