@@ -244,3 +244,29 @@ def test_max_length_finds_the_field_the_text_fields_walk_finds(message: Any) -> 
             violation.message
             == f"{expected[0]} is {len(expected[1])} characters long; the limit is 20"
         )
+
+
+class Limited(Event):
+    name: ClassVar[str] = "limited"
+    max_bytes: ClassVar[int | None] = 40
+    text: str
+
+
+@pytest.mark.parametrize("text", ["a", "é", "\u2713\u2713", "plain ascii"])
+def test_an_object_of_ascii_strings_is_sized_and_checked_as_the_walks_do(text: str) -> None:
+    """An object of ASCII strings is sized in one pass (no surrogate check, no encode): at the
+    limit it passes and one byte over it is refused, where payload_size says; other text takes
+    both walks, with the same answers."""
+    registry = EventRegistry()
+    registry.register(Limited, owner="tests")
+    fits = 40 - payload_size({"text": ""}, 1 << 20)  # UTF-8 bytes the text may take
+    unit = len(text.encode())
+    at_limit = text * (fits // unit) + "x" * (fits % unit)
+    assert payload_size({"text": at_limit}, 1 << 20) == 40
+    assert registry.parse_args("limited", [{"text": at_limit}]).text == at_limit  # type: ignore[attr-defined]
+    with pytest.raises(InvalidPayload) as over:
+        registry.parse_args("limited", [{"text": at_limit + "x"}])
+    assert over.value.message == "payload of 'limited' is larger than its limit of 40 bytes"
+    assert over.value.details["errors"][0]["type"] == "too_large"
+    with pytest.raises(InvalidPayload, match="lone UTF-16 surrogate"):
+        registry.parse_args("limited", [{"text": "a\ud800"}])
