@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import yaml
 
-from plugbus import Event, InvalidPayload
+from plugbus import Event, InvalidPayload, NotAllowed
+from plugbus.core.bus import Bus
+from plugbus.core.config import HistorySettings, load_config
+from plugbus.core.context import Connection
 from plugbus.core.events import EventRegistry, payload_size
-from plugbus.core.history import StoredEvent, _stored_event
+from plugbus.core.history import MemoryHistory, StoredEvent, StreamRead, _stored_event
+from plugbus.core.loader import load_plugins
+from plugbus.plugins.moderation.rules import MaxLengthRule, text_fields
+from plugbus.plugins.relay import SendMessage
 from plugbus.testing import PlugbusAppFactory
 
 
@@ -103,3 +111,162 @@ async def test_hook_timings_count_every_per_event_call(plugbus_app: PlugbusAppFa
     assert timings.stats[("plugbus_authorize_join", "auth")][0] == 3
     text = (await app.http.get("/metrics")).text
     assert 'hook="plugbus_moderate",plugin="moderation"' in text
+
+
+JOIN = "plugins_for_tests.join_plugins"
+
+
+@pytest.mark.parametrize("room", ["open", "no-first", "no-deferred", "no-last"])
+async def test_authorize_join_without_a_coroutine_calls_as_the_general_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: str
+) -> None:
+    """``Hooks.authorize_join`` runs synchronous implementations at once and hands back an
+    awaitable already done; one that returns an awaitable hands the rest of the walk to a
+    coroutine. Either way: the same calls in the same order, the same refusal, and each call
+    timed, as the general walk (``Hooks._each``) does it."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    from plugins_for_tests import join_plugins
+
+    modules = {
+        name: f"{JOIN}:{cls}" for name, cls in [("a", "First"), ("b", "Deferred"), ("c", "Last")]
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump({"plugins": {"builtins": [], "entry_points": False, "modules": modules}}),
+        encoding="utf-8",
+    )
+    loaded = load_config(path)
+    bus = Bus(loaded.config, load_plugins(loaded))
+    timings = bus.hooks.time_implementations()
+    connection = Connection("sid-1", "/")
+
+    async def outcome(call: Any) -> tuple[list[Any], Any]:
+        join_plugins.RECORD.clear()
+        try:
+            await call()
+            result: Any = "passed"
+        except NotAllowed as exc:
+            result = exc.message
+        return list(join_plugins.RECORD), result
+
+    fast = await outcome(lambda: bus.hooks.authorize_join(connection, room, bus))
+    counted = {plugin: entry[0] for (hook, plugin), entry in timings.stats.items()}
+    general = await outcome(
+        lambda: bus.hooks._each(
+            "plugbus_authorize_join",
+            {"connection": connection, "room": room, "bus": bus},
+            keep_going=False,
+        )
+    )
+    assert fast == general
+    # pluggy's order (the last registered first); a refusal ends the walk
+    calls = [
+        ("last", room, "plugbus"),
+        ("deferred called", room),
+        ("deferred awaited", room),
+        ("first", room),
+    ]
+    expected = {
+        "open": (calls, "passed", {"c": 1, "b": 1, "a": 1}),
+        "no-first": (calls, "first says no", {"c": 1, "b": 1}),
+        "no-deferred": (calls[:3], "deferred says no", {"c": 1}),
+        "no-last": (calls[:1], "last says no", {}),
+    }[room]
+    assert fast == (expected[0], expected[1])
+    assert counted == expected[2]  # each implementation timed once it has returned
+
+
+async def test_authorize_join_of_synchronous_implementations_makes_no_coroutine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    from plugins_for_tests import join_plugins
+
+    path = tmp_path / "config.yaml"
+    modules = {"a": f"{JOIN}:First", "c": f"{JOIN}:Last"}
+    path.write_text(
+        yaml.safe_dump({"plugins": {"builtins": [], "entry_points": False, "modules": modules}}),
+        encoding="utf-8",
+    )
+    loaded = load_config(path)
+    bus = Bus(loaded.config, load_plugins(loaded))
+    join_plugins.RECORD.clear()
+    done = bus.hooks.authorize_join(Connection("sid-1", "/"), "open", bus)
+    assert not asyncio.iscoroutine(done)
+    assert join_plugins.RECORD == [("last", "open", "plugbus"), ("first", "open")]
+    assert await done is None
+    with pytest.raises(NotAllowed, match="first says no"):
+        await bus.hooks.authorize_join(Connection("sid-1", "/"), "no-first", bus)
+
+
+@pytest.mark.parametrize("most", [0, 1, 3])
+async def test_a_full_memory_stream_drops_its_oldest_as_trim_did(most: int) -> None:
+    """The memory history's append takes the oldest entry out of a full stream itself (not
+    through ``trim``): what is kept, and the floor that tells a reader of a gap, are trim's."""
+    history = MemoryHistory(HistorySettings(max_messages=most))
+    offsets = [await history.append("/", "room", "r", "m", (i,), None) for i in range(5)]
+    kept = await history.page("/", "r", None, 10)
+    assert [e.args for e in kept] == [(i,) for i in range(5)][5 - most :] if most else kept == []
+    assert len(history._streams[("/", "room", "r")].entries) == most
+    if most:
+        # reading from the last dropped offset on misses nothing; from before it, a gap
+        after_dropped = StreamRead("room", "r", offsets[4 - most])
+        assert [e.id for e in await history.read("/", [after_dropped]) or []] == offsets[5 - most :]
+        if 4 - most > 0:
+            assert await history.read("/", [StreamRead("room", "r", offsets[3 - most])]) is None
+    assert history.watermark == offsets[-1]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "short",
+        "x" * 21,
+        {"a": "short", "b": ["fine", "y" * 25], "c": "z" * 30},
+        ["ok", {"deep": "w" * 40}],
+        {"n": 1, "none": None},
+    ],
+)
+def test_max_length_finds_the_field_the_text_fields_walk_finds(message: Any) -> None:
+    """MaxLengthRule measures string fields where it finds them (no list of every string):
+    it reports the first text over the limit in text_fields' order, with its path."""
+    event = SendMessage(message=message, roomID="r")
+    rule = MaxLengthRule(20)
+    expected = next(((p, t) for p, t in text_fields(event) if len(t) > 20), None)
+    violation = rule.check(event, None)  # type: ignore[arg-type]
+    if expected is None:
+        assert violation is None
+    else:
+        assert violation is not None
+        assert violation.field == expected[0]
+        assert violation.details == {"limit": 20, "length": len(expected[1])}
+        assert (
+            violation.message
+            == f"{expected[0]} is {len(expected[1])} characters long; the limit is 20"
+        )
+
+
+class Limited(Event):
+    name: ClassVar[str] = "limited"
+    max_bytes: ClassVar[int | None] = 40
+    text: str
+
+
+@pytest.mark.parametrize("text", ["a", "é", "\u2713\u2713", "plain ascii"])
+def test_an_object_of_ascii_strings_is_sized_and_checked_as_the_walks_do(text: str) -> None:
+    """An object of ASCII strings is sized in one pass (no surrogate check, no encode): at the
+    limit it passes and one byte over it is refused, where payload_size says; other text takes
+    both walks, with the same answers."""
+    registry = EventRegistry()
+    registry.register(Limited, owner="tests")
+    fits = 40 - payload_size({"text": ""}, 1 << 20)  # UTF-8 bytes the text may take
+    unit = len(text.encode())
+    at_limit = text * (fits // unit) + "x" * (fits % unit)
+    assert payload_size({"text": at_limit}, 1 << 20) == 40
+    assert registry.parse_args("limited", [{"text": at_limit}]).text == at_limit  # type: ignore[attr-defined]
+    with pytest.raises(InvalidPayload) as over:
+        registry.parse_args("limited", [{"text": at_limit + "x"}])
+    assert over.value.message == "payload of 'limited' is larger than its limit of 40 bytes"
+    assert over.value.details["errors"][0]["type"] == "too_large"
+    with pytest.raises(InvalidPayload, match="lone UTF-16 surrogate"):
+        registry.parse_args("limited", [{"text": "a\ud800"}])

@@ -103,7 +103,7 @@ class Metrics:
             known = isinstance(name, str) and self.bus.events.get(name, namespace) is not None
         if not known:
             name = UNKNOWN_EVENT
-        key = (door, name, outcome_of(error))
+        key = (door, name, "ok" if error is None else outcome_of(error))
         self.events[key] = self.events.get(key, 0) + 1
 
     def delivered(self, recipients: int, size: int) -> None:

@@ -40,6 +40,7 @@ import re
 import time
 from typing import Any
 
+import orjson
 import socketio
 from socketio import packet
 
@@ -74,6 +75,12 @@ ERROR_EVENT = "error"
 _MAX_ID_DIGITS = 15
 
 _ASCII_DIGITS = re.compile("[0-9]*")
+
+_orjson_loads = orjson.loads
+_orjson_dumps = orjson.dumps
+_JSONDecodeError = orjson.JSONDecodeError
+#: wire_json's options (dumps_or_none's), for the ack encoded in the door
+_ORJSON_OPTIONS = wire_json.ORJSON_OPTIONS
 
 
 def _check_event_args(args: Any) -> None:
@@ -409,11 +416,18 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
                 while data[end : end + 1].isdigit():
                     end += 1
             if data[end : end + 1] == "[" and end - start <= _MAX_ID_DIGITS:
+                text = data[end:]
                 try:
-                    args = wire_json.loads(data[end:])
-                except ValueError:
-                    raise ProtocolViolation("an EVENT whose arguments are not JSON") from None
-                _check_event_args(args)
+                    # orjson first, without wire_json.loads's frame; what it refuses is read as
+                    # wire_json.loads reads it (python-engineio's json)
+                    args = _orjson_loads(text)
+                except _JSONDecodeError:
+                    try:
+                        args = wire_json.loads(text)
+                    except ValueError:
+                        raise ProtocolViolation("an EVENT whose arguments are not JSON") from None
+                if type(args) is not list or not args or type(args[0]) is not str:
+                    _check_event_args(args)  # raises
                 ns = self.plugbus_namespace
                 sid = self.manager.sid_from_eio_sid(eio_sid, ns)
                 if sid is None:
@@ -558,11 +572,18 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if wants_ack:
             # the ack's arguments: the {ok, data | error} envelope, or plain ones for events
             # that ask for them (ack_style "plain")
-            reply = ack_arguments(event_cls, result, error)
+            reply = (
+                [{"ok": True, "data": result}]  # ack_arguments' answer for an accepted event
+                if error is None and event_cls is not None and event_cls.ack_style == "envelope"
+                else ack_arguments(event_cls, result, error)
+            )
             # The ack encoded by hand (the same text python-socketio's Packet.encode makes,
             # tested) and handed to the session at once; binary data in the reply takes
             # python-socketio's encoder.
-            body = wire_json.dumps_or_none(reply)
+            try:
+                body: str | None = _orjson_dumps(reply, option=_ORJSON_OPTIONS).decode()
+            except TypeError:
+                body = None  # what wire_json.dumps_or_none answers
             if body is None:
                 await server._send_packet(
                     eio_sid, self.packet_class(packet.ACK, namespace=namespace, id=id, data=reply)

@@ -26,6 +26,8 @@ from engineio import json as _engineio_json
 JSONDecodeError = _stdlib_json.JSONDecodeError
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+#: the options of every orjson.dumps here (the socket door encodes its acks with them too)
+ORJSON_OPTIONS = _OPTIONS
 
 
 def dumps(obj: Any, **kwargs: Any) -> str:

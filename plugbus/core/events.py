@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, NoReturn, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -293,9 +293,19 @@ class EventRegistry:
         :raises InvalidPayload: too many arguments, or one that does not fit; each error in
             ``details["errors"]`` names its ``argument`` (1 = the first after the name).
         """
-        event_cls = self._schema(name, namespace)
+        # _schema's lookup inline (every socket event); an unknown name, or a name that is
+        # not exactly a str, takes _schema, which raises or finds it as before
+        event_cls = (
+            self._events.get((namespace or self.default_namespace, name))
+            if type(name) is str
+            else None
+        )
+        if event_cls is None:
+            event_cls = self._schema(name, namespace)
         positional = event_cls.positional
         if positional is None:
+            if len(args) == 1 and type(args[0]) is dict:
+                return self._validate(event_cls, name, args[0])  # what _parse does with it
             if len(args) > 1:
                 raise InvalidPayload(
                     f"event {name!r} must carry one payload argument, got {len(args)}",
@@ -322,7 +332,8 @@ class EventRegistry:
             )
         return self._validate(event_cls, name, dict(zip(positional, args, strict=False)))
 
-    def _validate(self, event_cls: type[Event], name: Any, payload: dict[str, Any]) -> Event:
+    def _check_text(self, event_cls: type[Event], name: Any, payload: dict[str, Any]) -> None:
+        """Refuse a payload with a lone surrogate, or one larger than the event's limit."""
         lone = find_lone_surrogate(payload)
         if lone is not None:
             raise InvalidPayload(
@@ -333,23 +344,45 @@ class EventRegistry:
                 },
             )
         limit = event_cls.max_bytes
-        if limit is not None:
-            size = payload_size(payload, limit)
-            if size > limit:
-                raise InvalidPayload(
-                    f"payload of {name!r} is larger than its limit of {limit} bytes",
-                    details={
-                        "event": name,
-                        "limit": limit,
-                        "errors": [
-                            {
-                                "loc": "(payload)",
-                                "message": f"larger than {limit} bytes",
-                                "type": "too_large",
-                            }
-                        ],
-                    },
-                )
+        if limit is not None and payload_size(payload, limit) > limit:
+            self._too_large(name, limit)
+
+    @staticmethod
+    def _too_large(name: Any, limit: int) -> NoReturn:
+        raise InvalidPayload(
+            f"payload of {name!r} is larger than its limit of {limit} bytes",
+            details={
+                "event": name,
+                "limit": limit,
+                "errors": [
+                    {
+                        "loc": "(payload)",
+                        "message": f"larger than {limit} bytes",
+                        "type": "too_large",
+                    }
+                ],
+            },
+        )
+
+    def _validate(self, event_cls: type[Event], name: Any, payload: dict[str, Any]) -> Event:
+        # The common payload, an object of ASCII strings ({message, roomID}), in one pass: it
+        # holds no surrogate, and its size is what payload_size counts (an ASCII string's
+        # UTF-8 length is its length). Anything else takes both walks.
+        size = 2
+        for key, val in payload.items():
+            if (
+                type(key) is not str
+                or type(val) is not str
+                or not key.isascii()
+                or not val.isascii()
+            ):
+                size = -1
+                break
+            size += len(key) + len(val) + 6
+        if size < 0:
+            self._check_text(event_cls, name, payload)
+        elif event_cls.max_bytes is not None and size > event_cls.max_bytes:
+            self._too_large(name, event_cls.max_bytes)
         plain = self._plain_validate.get(event_cls)
         if plain is None:
             plain = self._plain_validate[event_cls] = (

@@ -339,6 +339,8 @@ class MemoryHistory:
 
     def keeps(self, kind: Kind, target: str | None) -> bool:
         """Whether events to this stream are stored (its room's ``max_messages`` is not 0)."""
+        if not self.settings.rooms:  # no per-room limits: every stream is kept alike
+            return self.settings.max_messages > 0
         return self.settings.limits_for(target if kind == "room" else None)[0] > 0
 
     def _next(self) -> tuple[int, int]:
@@ -365,12 +367,21 @@ class MemoryHistory:
         skip: str | None,
     ) -> str:
         """Store an event and deliver it on this node; return its offset."""
-        key = self._next()
+        # _next, inline (once per emitted event)
+        now = int(time.time() * 1000)
+        if now > self._ms:  # never backwards, whatever the clock does
+            self._ms = now
+        self._seq += 1
+        key = (self._ms, self._seq)
         offset = f"{key[0]}-{key[1]}"
         stream = self._streams.get((namespace, kind, target))
         if stream is None:
             stream = self._stream(namespace, kind, target)
         entries = stream.entries
+        if len(entries) >= stream.max_messages and entries:
+            # a full stream (every event, once a room has a history): the oldest goes, as
+            # trim would take it after the append, without trim's call and loop
+            stream.floor = entries.popleft()[0]
         entries.append(
             (key, _stored_event(offset, event, args, skip, target if kind == "room" else None))
         )

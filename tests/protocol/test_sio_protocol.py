@@ -185,6 +185,8 @@ MALFORMED = {
     "junk-before-array": '42abc["x"]',
     "unknown-type": '49["x"]',  # types are 0-6
     "empty-array": "421[]",  # "MUST be a non-empty array"
+    "name-not-string": '421[1,"x"]',  # the event name first
+    "arguments-not-json": '421["x",',  # the door's JSON read refuses it
     "huge-ack-id": "42" + "1" * 5000 + '["x"]',  # an id is an integer, not 5000 digits
     "unknown-eio-type": "9hello",  # not an Engine.IO packet type (0-6)
 }

@@ -155,15 +155,21 @@ class SlowModeRule:
 
     async def check(self, event: Event, ctx: EventContext) -> Violation | None:
         """A violation (with ``retry_after``) when the sender wrote to the room too recently."""
-        room = self.room_of(event, ctx)
-        if room is None or ctx.connection is None:
+        # room_of, inline (every event)
+        cls = type(event)
+        field = cls.room_field
+        connection = ctx.connection
+        if connection is None or not field or not cls.text_fields:
+            return None
+        room = getattr(event, field, None)
+        if not isinstance(room, str):
             return None
         seconds = await self.store.slow_mode_delay(room)
         if seconds is None:
             seconds = self.default
         if seconds <= 0:
             return None
-        sender = sender_of(ctx.connection)
+        sender = sender_of(connection)
         wait = await self.store.slow_mode_wait(sender, room, seconds)
         if wait <= 0:
             # remembered for ``accepted``, so that it need not read the delay again; an entry
@@ -222,16 +228,28 @@ class MaxLengthRule:
 
     def check(self, event: Event, ctx: EventContext) -> Violation | None:
         """A violation for the first text field over the limit."""
-        if not self.limit:
+        limit = self.limit
+        if not limit:
             return None
-        for field, text in text_fields(event):
-            if len(text) > self.limit:
-                return Violation(
-                    f"{field} is {len(text)} characters long; the limit is {self.limit}",
-                    field=field,
-                    details={"limit": self.limit, "length": len(text)},
-                )
+        # text_fields' walk without its list: a string field (the common case) is measured
+        # where it is found
+        for field in type(event).text_fields:
+            value = getattr(event, field, None)
+            if isinstance(value, str):
+                if len(value) > limit:
+                    return self._violation(field, value)
+            elif value is not None:
+                for path, text in strings_in(value, field):
+                    if len(text) > limit:
+                        return self._violation(path, text)
         return None
+
+    def _violation(self, field: str, text: str) -> Violation:
+        return Violation(
+            f"{field} is {len(text)} characters long; the limit is {self.limit}",
+            field=field,
+            details={"limit": self.limit, "length": len(text)},
+        )
 
 
 class BlockedWordsRule:
