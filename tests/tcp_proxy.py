@@ -4,7 +4,8 @@ Clients connect to the proxy; each connection is piped to the current upstream p
 aborts every piped connection on both sides at once (an RST, no websocket close frame) — the
 server sees its transport fail, the client sees its connection die and reconnects through the
 proxy. ``upstream`` may be changed at any time: new connections go to the new port, as behind a
-load balancer that sends a reconnecting client to another node.
+load balancer that sends a reconnecting client to another node. ``delay`` (seconds) holds each
+chunk that long before passing it on (one after another), either way: a slow link.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def _abort(writer: asyncio.StreamWriter) -> None:
 class TcpProxy:
     """``await TcpProxy.start(upstream_port)``; ``url``; ``cut()``; ``close()``."""
 
-    def __init__(self, upstream: int) -> None:
+    def __init__(self, upstream: int, delay: float = 0.0) -> None:
         self.upstream = upstream
+        self.delay = delay
         self.port = 0
         self.accepting = True
         self._server: asyncio.Server | None = None
@@ -36,8 +38,8 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def start(cls, upstream: int) -> TcpProxy:
-        proxy = cls(upstream)
+    async def start(cls, upstream: int, delay: float = 0.0) -> TcpProxy:
+        proxy = cls(upstream, delay)
         proxy._server = await asyncio.start_server(proxy._accept, "127.0.0.1", 0)
         proxy.port = proxy._server.sockets[0].getsockname()[1]
         return proxy
@@ -70,6 +72,8 @@ class TcpProxy:
     ) -> None:
         try:
             while data := await src.read(65536):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):

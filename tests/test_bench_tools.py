@@ -1,6 +1,7 @@
 """The benchmark's stand-alone tools run and print well-formed figures.
 
-``bench/echo_path.py`` (the echoed event's CPU per stage, in process) and
+``bench/echo_path.py`` (the echoed event's CPU per stage, in process),
+``bench/connect_path.py`` (plugbus's CPU per Socket.IO CONNECT, in process) and
 ``bench/conn_cost.py`` (CPU and memory per websocket connection, against a real
 ``plugbus serve``) are not part of ``bench/run.sh``, so nothing else runs them. This runs each
 on a tiny configuration and checks the shape of what it prints, never the figures' size:
@@ -37,6 +38,19 @@ def test_echo_path_reports_every_stage_per_event() -> None:
     stages = {m[1]: float(m[2]) for m in re.finditer(r"(?m)^(\w+)\s+([\d.]+)$", out)}
     for stage in ("door", "dispatch", "parse", "moderate", "handle", "emit"):
         assert _positive(stages.get(stage)), f"no figure for {stage!r} in:\n{out}"
+
+
+def test_connect_path_reports_the_cpu_of_one_connect() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/connect_path.py", "--connections", "300", "--repeat", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    found = re.search(r"^([\d.]+) µs of thread CPU per CONNECT$", out, re.M)
+    assert found is not None and _positive(float(found[1])), out
 
 
 def test_conn_cost_measures_connections_against_a_real_server() -> None:

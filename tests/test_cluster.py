@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 from conftest import RedisServer, free_port, serve_together, settle
+from tcp_proxy import TcpProxy
 
 
 def cluster_config(redis: RedisServer, **server) -> dict:
@@ -56,6 +57,30 @@ async def test_direct_message_reaches_a_connection_on_the_other_node(two_nodes, 
     assert await target.wait_for("receive-message") == ["psst"]
     missing = await sender.call("send-direct", {"to": "no-such-sid", "message": "x"})
     assert missing["error"]["code"] == "not_found"
+
+
+async def test_a_direct_message_sent_as_soon_as_a_connect_returns_on_another_node_arrives(
+    serve, redis_server, connect
+):
+    """Presence has a connection before its CONNECT ack, so once the client's connect has
+    returned on node B, node A finds it. B reaches Redis over a slow link (50 ms each way), so
+    a presence write made after the ack would land well after A looked."""
+    proxy = await TcpProxy.start(redis_server.port, delay=0.05)
+    try:
+        slow = {"server": {"backend": f"redis://127.0.0.1:{proxy.port}/0", "presence_ttl": 30}}
+        a = await asyncio.to_thread(serve, cluster_config(redis_server, presence_ttl=30))
+        b = await asyncio.to_thread(serve, slow)
+        sender = await connect(a, transports=["websocket"], wait_welcome=True)
+        for n in range(3):
+            target = await connect(b, transports=["websocket"])
+            ack = await asyncio.wait_for(
+                sender.call("send-direct", {"to": target.sio.get_sid(), "message": f"now {n}"}),
+                10,
+            )
+            assert ack["ok"] is True, ack
+            assert await target.wait_for("receive-message") == [f"now {n}"]
+    finally:
+        await proxy.close()
 
 
 async def test_presence_is_the_same_on_every_node(two_nodes, connect):

@@ -428,9 +428,7 @@ async def test_a_direct_message_to_a_dead_nodes_connection_is_refused_once_its_h
     slow_presence = deep_merge(config(redis_server), {"server": {"presence_ttl": 30}})
     a, b = serve_together(serve, slow_presence, slow_presence)
     sender = await connect(a, transports=["websocket"], auth={"recovery": False})
-    # presence has the connection once its greeting is sent (both follow the CONNECT ack):
-    # only then can node A find it
-    doomed = await connect(b, transports=["websocket"], auth={"recovery": True}, wait_welcome=True)
+    doomed = await connect(b, transports=["websocket"], auth={"recovery": True})
     sid = doomed.sid
     assert (await sender.call("send-direct", {"to": sid, "message": "alive"}))["ok"] is True
     assert await doomed.wait_for("receive-message") == ["alive"]

@@ -20,7 +20,12 @@ from plugbus.api import wire_json
 from plugbus.api.wire import seams
 from plugbus.api.wire.engine import EngineServer, WireSettings
 from plugbus.api.wire.session import TimerQueue
-from plugbus.api.wire.writers import LeanReceiveQueue, LeanWritableFlag, encode_frame
+from plugbus.api.wire.writers import (
+    DirectWriter,
+    LeanReceiveQueue,
+    LeanWritableFlag,
+    encode_frame,
+)
 
 
 def parse_frame(data: bytes) -> Frame:
@@ -441,3 +446,36 @@ async def test_plugbus_serve_with_the_shipped_config_takes_the_direct_path(serve
         assert health["sessions"] == 1
     finally:
         await client.disconnect()
+
+
+async def test_the_connect_ack_and_the_greeting_leave_in_one_write(plugbus_server) -> None:
+    """The socket door holds a session's frames from its CONNECT ack to the end of that loop
+    turn: the ack and the welcome greeting reach the socket in one write, the ack first (a
+    system call each cost more than framing both)."""
+    server = await plugbus_server()
+    url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
+    async with websockets.connect(url) as ws:
+        opened = json.loads((await ws.recv())[1:])
+        session = server.app.sio.eio.session_of(opened["sid"])
+        writer = session.writer
+        assert isinstance(writer, DirectWriter)
+        real = writer._transport
+        writes: list[bytes] = []
+
+        class Counting:
+            """uvloop's transport, with each write recorded."""
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+            def write(self, data: bytes) -> None:
+                writes.append(bytes(data))
+                real.write(data)
+
+        writer._transport = Counting()
+        await ws.send("40")
+        ack = await asyncio.wait_for(ws.recv(), 5)
+        greeting = await asyncio.wait_for(ws.recv(), 5)
+    assert isinstance(ack, str) and ack.startswith('40{"sid":'), ack
+    assert isinstance(greeting, str) and greeting.startswith('42["welcome",'), greeting
+    assert writes[:1] == [encode_frame(ack) + encode_frame(greeting)], writes

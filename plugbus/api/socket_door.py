@@ -34,6 +34,7 @@ Events of one connection are handled in the order sent: the server runs with
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -65,6 +66,7 @@ from .metrics import Metrics
 from .room_index import IndexedManager
 from .structured_logs import event_fields, log_context
 from .wire import SEAM_REPORT, EngineServer, ProtocolViolation, WireSettings, encode_frame
+from .wire.writers import DirectWriter
 
 log = logging.getLogger("plugbus.socket")
 
@@ -141,6 +143,8 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         # when a format shows them, so the text format pays nothing per event
         if server.log_format == "json":
             self._handle_event_internal = self._handle_event_with_log_fields  # type: ignore[method-assign]
+        # a CONNECT packet's text up to its JSON data
+        self._connect_prefixes = {ns: "0" if ns == "/" else f"0{ns}," for ns in server.namespaces}
         # an ack's Socket.IO text up to its id: "3" (ack) and the namespace
         self._ack_prefixes = {ns: "3" if ns == "/" else f"3{ns}," for ns in server.namespaces}
         self._event_prefix = "2" if self.plugbus_namespace == "/" else f"2{self.plugbus_namespace},"
@@ -317,11 +321,23 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if connection.pid is not None:
             ack["pid"] = connection.pid
             self.with_offsets.add(sid)
-        await self._send_packet(
-            eio_sid, self.packet_class(packet.CONNECT, ack, namespace=namespace)
-        )
-        await self.manager.connect(sid, namespace)
+        # Presence before the ack: once the client's connect returns, another node's
+        # send-direct to it must find it.
+        await self.bus.connection_accepted(sid)
+        if self.bus.connection(sid) is None:  # gone while presence was written
+            self.holding.pop(sid, None)
+            return
         session = self.eio.session_of(eio_sid)
+        if session is not None:
+            writer = session.writer
+            if isinstance(writer, DirectWriter):
+                # the ack, the greeting (plugbus_connected, when it needs no I/O) and a
+                # recovered client's replay leave in one write, at the end of this loop turn
+                writer.hold()
+                asyncio.get_running_loop().call_soon(writer.release)
+            # the CONNECT packet as python-socketio's Packet.encode writes it, without one
+            session.send_message(self._connect_prefixes[namespace] + wire_json.dumps(ack))
+        await self.manager.connect(sid, namespace)
         if session is not None:
             session.mark_connected()  # the connect deadline no longer applies
         if recovery is not None:

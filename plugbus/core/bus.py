@@ -591,14 +591,26 @@ class Bus:
                 self._per_address.pop(connection.remote_addr, None)
         return connection
 
-    async def connection_ready(self, sid: str, recovery: Recovery | None = None) -> None:
-        """Record the connection in presence and run ``plugbus_connected`` (or, for a
-        recovered one, ``plugbus_session_recovered``) once the client knows it is connected;
-        socket door only."""
+    async def connection_accepted(self, sid: str) -> None:
+        """Record an admitted connection in presence, before the client is told it is
+        connected: a ``send-direct`` from another node right after the client's connect
+        returns finds it. A presence write that fails is logged, not fatal (the connection
+        works on this node; presence's refresh writes it again). Socket door only."""
         connection = self._connections.get(sid)
         if connection is None:
             return
-        await self.presence.connected(connection)
+        try:
+            await self.presence.connected(connection)
+        except Exception as exc:
+            log.warning("presence could not record connection %s: %s", sid, exc)
+
+    async def connection_ready(self, sid: str, recovery: Recovery | None = None) -> None:
+        """Run ``plugbus_connected`` (or, for a recovered one, ``plugbus_session_recovered``)
+        once the client knows it is connected (presence has it already:
+        :meth:`connection_accepted`); socket door only."""
+        connection = self._connections.get(sid)
+        if connection is None:
+            return
         if recovery is None:
             await self._write_session(connection)
             await self.hooks.connected(connection, self)

@@ -462,14 +462,20 @@ class Hooks:
     async def _each(self, name: str, kwargs: dict[str, Any], *, keep_going: bool) -> None:
         hook = self._hooks[name]
         fast = hook.fast
-        if fast is not None and not keep_going and not self._monitors and not self._trace:
-            # authorize_join runs per event (posting into a room one is not in): just the calls
+        if fast is not None and not self._monitors and not self._trace:
+            # authorize_join runs per event (posting into a room one is not in), connect and
+            # connected per connection: just the calls
             timings = self.timings
             for call in fast:
                 started = time.perf_counter() if timings is not None else 0.0
-                value = call.function(*[kwargs[a] for a in call.argnames])
-                if call.is_async or (value is not None and inspect.isawaitable(value)):
-                    await value
+                try:
+                    value = call.function(*[kwargs[a] for a in call.argnames])
+                    if call.is_async or (value is not None and inspect.isawaitable(value)):
+                        await value
+                except Exception:
+                    if not keep_going:
+                        raise
+                    log.exception("%s of plugin %r failed", name, call.plugin_name)
                 if timings is not None:
                     _timed(timings, name, call, started)
             return
@@ -492,6 +498,20 @@ class Hooks:
 
     async def _first(self, name: str, kwargs: dict[str, Any]) -> Any:
         hook = self._hooks[name]
+        fast = hook.fast
+        if fast is not None and not self._monitors and not self._trace:
+            # authenticate runs per connection: just the calls, as _each's
+            timings = self.timings
+            for call in fast:
+                started = time.perf_counter() if timings is not None else 0.0
+                value = call.function(*[kwargs[a] for a in call.argnames])
+                if call.is_async or (value is not None and inspect.isawaitable(value)):
+                    value = await value
+                if timings is not None:
+                    _timed(timings, name, call, started)
+                if value is not None:
+                    return value
+            return None
 
         async def walk() -> Any:
             for impl in hook.plain:

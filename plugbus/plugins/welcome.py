@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -23,6 +23,7 @@ from plugbus import (
     Route,
     RouteRequest,
     ServerEvent,
+    Store,
     hookimpl,
 )
 
@@ -139,6 +140,16 @@ class WelcomePlugin(Plugin):
             room_greetings=dict(settings.room_greetings),
             default_room_greeting=settings.default_room_greeting,
         )
+        # read on every connect: the store object made once per bus, and the greetings a
+        # PUT stored validated once per value, not once per connection
+        self._store: tuple[Bus, Store] | None = None
+        self._stored: tuple[Any, Greetings] | None = None
+
+    def _store_of(self, bus: Bus) -> Store:
+        held = self._store
+        if held is None or held[0] is not bus:
+            held = self._store = (bus, bus.store("welcome"))
+        return held[1]
 
     @hookimpl
     def plugbus_register_events(self) -> list[ServerEvent]:
@@ -162,9 +173,14 @@ class WelcomePlugin(Plugin):
         """The greetings in use: the last ones a ``PUT /welcome`` stored in the plugin's store
         (``bus.store("welcome")``, shared by every node with a Redis backend), else those of
         the settings."""
-        stored = await bus.store("welcome").get("greetings")
+        stored = await self._store_of(bus).get("greetings")
         if stored:
-            return Greetings.model_validate(stored)
+            known = self._stored
+            if known is not None and known[0] == stored:
+                return known[1]
+            greetings = Greetings.model_validate(stored)
+            self._stored = (stored, greetings)
+            return greetings
         return self.greetings
 
     @hookimpl
@@ -211,7 +227,7 @@ class WelcomePlugin(Plugin):
             assert isinstance(req.body, GreetingsUpdate)
             current = await self.current(bus)
             self.greetings = current.model_copy(update=req.body.model_dump(exclude_none=True))
-            await bus.store("welcome").set("greetings", self.greetings.model_dump())
+            await self._store_of(bus).set("greetings", self.greetings.model_dump())
             return self.greetings
 
         return [

@@ -749,11 +749,20 @@ _TEXT = [(b"content-type", b"text/plain; charset=UTF-8")]
 def _request_parts(scope: Scope) -> tuple[dict[str, str], dict[str, str]]:
     """The query (first value of each parameter) and the headers (lower-cased names, the last
     of a repeated header) of a request."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    text = scope.get("query_string", b"").decode("latin-1")
     headers = {
         k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
     }
-    return {k: v[0] for k, v in query.items()}, headers
+    if "%" in text or "+" in text:
+        return {k: v[0] for k, v in parse_qs(text).items()}, headers
+    # every handshake's query (EIO=4&transport=websocket&t=...) has nothing to decode: split
+    # it as parse_qs would (blank values and names without "=" dropped, the first value kept)
+    query: dict[str, str] = {}
+    for pair in text.split("&"):
+        name, _, value = pair.partition("=")
+        if value and name not in query:
+            query[name] = value
+    return query, headers
 
 
 def _trim(proto: Any) -> None:

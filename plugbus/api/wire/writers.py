@@ -58,7 +58,16 @@ class DirectWriter:
     connection is closing or was dropped (the data is discarded).
     """
 
-    __slots__ = ("_conn", "_limit", "_on_drop", "_proto", "_raw", "_transport", "dropped")
+    __slots__ = (
+        "_conn",
+        "_held",
+        "_limit",
+        "_on_drop",
+        "_proto",
+        "_raw",
+        "_transport",
+        "dropped",
+    )
     direct = True
 
     def __init__(self, proto: Any, limit: int, on_drop: Callable[[], None]) -> None:
@@ -68,6 +77,7 @@ class DirectWriter:
         self._raw = not proto.conn.extensions
         self._limit = limit
         self._on_drop = on_drop
+        self._held: list[bytes] | None = None
         self.dropped = False
 
     @property
@@ -75,10 +85,26 @@ class DirectWriter:
         """Whether frames written now can still reach the client."""
         return not (self.dropped or self._proto.close_sent or self._transport.is_closing())
 
+    def hold(self) -> None:
+        """Keep the frames written from now on until :meth:`release`, which writes them in
+        one system call. On loopback and LAN a ``write`` costs more than framing a small
+        message, and the CONNECT ack and the greeting go out together (the socket door)."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Write what :meth:`hold` kept (in order), and write directly again."""
+        held, self._held = self._held, None
+        if held:
+            self.write_frame(held[0] if len(held) == 1 else b"".join(held))
+
     def write_frame(self, frame: bytes) -> bool:
         """Write a frame made by :func:`encode_frame`; ``False`` if the connection is gone."""
         if not self.open:
             return False
+        if self._held is not None:
+            self._held.append(frame)
+            return True
         transport = self._transport
         transport.write(frame)
         if transport.get_write_buffer_size() > self._limit:

@@ -163,6 +163,8 @@ class ModerationPlugin(Plugin):
     def __init__(self, settings: ModerationSettings) -> None:
         super().__init__(settings)
         self._bans: Subscription | None = None
+        # looked up on every connect; the settings do not change while the plugin runs
+        self._ban_on = settings.rules.get("ban").enabled
 
     def open_store(self, bus: Bus) -> ModerationStore:
         """The store the ``store`` setting asks for: the shared ``bus.store("moderation")`` for
@@ -260,7 +262,7 @@ class ModerationPlugin(Plugin):
         While a shared store is unreachable connects are refused too, with code
         ``moderation_unavailable``: bans cannot be checked.
         """
-        if not self.settings.rules.get("ban").enabled:
+        if not self._ban_on:
             return
         ban = await self.store.find_sanction("ban", targets_of(connection))
         if ban is not None:
