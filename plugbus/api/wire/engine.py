@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from . import seams
+from .reader import MASK_IMPL, ReaderProtocol
 from .session import CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession, SessionTimers
 from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue, LeanWritableFlag
 
@@ -100,6 +101,15 @@ class WireReport:
     connections: dict[str, int] = field(default_factory=lambda: {"direct": 0, "compatible": 0})
     fallbacks: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    #: the websocket reader uvicorn was given (``plugbus.api.app.uvicorn_options``): None when
+    #: websockets are read through uvicorn's receive queue, with why in ``reader_reason``
+    reader: str | None = None
+    reader_reason: str | None = None
+    #: connections read by the direct reader or by websockets' parser (under ``reader``)
+    readers: dict[str, int] = field(default_factory=lambda: {"direct": 0, "websockets": 0})
+    reader_not_attached: dict[str, int] = field(default_factory=dict)
+    #: connections the direct reader handed to websockets mid-way, by the first frame's kind
+    reader_switched: dict[str, int] = field(default_factory=dict)
 
     @property
     def expected_path(self) -> str:
@@ -119,6 +129,15 @@ class WireReport:
                 "connections": dict(self.connections),
                 "fallbacks": dict(self.fallbacks),
             },
+            "websocket_reader": {
+                "path": "direct" if self.reader else "uvicorn",
+                "protocol": self.reader,
+                "unavailable_reason": self.reader_reason,
+                "unmask": MASK_IMPL,
+                "connections_total": dict(self.readers),
+                "not_attached": dict(self.reader_not_attached),
+                "switched_to_websockets": dict(self.reader_switched),
+            },
             "closed": dict(self.counters),
             "seams": self.seams,
         }
@@ -130,6 +149,20 @@ def _direct_protocol_class() -> type | None:
     except ImportError:
         return None
     return WebSocketsSansIOProtocol
+
+
+def reader_protocol(
+    setting: str, seam_report: seams.SeamReport
+) -> tuple[type[ReaderProtocol] | None, str | None]:
+    """The websocket protocol class to give uvicorn (``Config(ws=...)``) for a
+    ``server.websocket_writer`` setting, or None and why uvicorn's own is used instead."""
+    if setting == "compatible":
+        return None, "server.websocket_writer is 'compatible'"
+    if not seam_report.holds(seams.UVICORN_READER):
+        return None, "uvicorn's websockets-sansio reader seams do not hold: " + ", ".join(
+            seam_report.missing(seams.UVICORN_READER)
+        )
+    return ReaderProtocol, None
 
 
 class EngineServer:
@@ -170,6 +203,9 @@ class EngineServer:
         self.report = WireReport(
             settings.websocket_writer, direct_ok, reason, seam_report.as_dict()
         )
+        reader, self.report.reader_reason = reader_protocol(settings.websocket_writer, seam_report)
+        if reader is not None:
+            self.report.reader = f"{reader.__module__}.{reader.__qualname__}"
         if settings.websocket_writer == "direct" and not direct_ok:
             raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
         self._id_pool = b""
@@ -675,7 +711,9 @@ class EngineServer:
         if setting != "compatible":
             proto = getattr(send, "__self__", None)
             cls = self._direct_class
-            if cls is not None and type(proto) is cls:
+            # exact types, not isinstance: a subclass of uvicorn's protocol other than
+            # plugbus's own reader may write frames its own way
+            if cls is not None and (type(proto) is cls or type(proto) is ReaderProtocol):
                 self.report.connections["direct"] += 1
                 _trim(proto)
                 return DirectWriter(proto, limit, dropped)
@@ -704,12 +742,81 @@ class EngineServer:
         self.report.connections["compatible"] += 1
         return AsgiWriter(send, limit, dropped)
 
+    def _attach_reader(self, session: EngineSession, send: Send, upgraded: bool) -> None:
+        """Give the connection to the direct reader (:mod:`.reader`) when uvicorn serves it
+        with :class:`~.reader.ReaderProtocol` and the direct writer; from then on its messages
+        reach ``on_message`` from the protocol's ``data_received``, and the receive loop of
+        :meth:`_websocket` only sees the disconnect."""
+        proto = getattr(send, "__self__", None)
+        if type(proto) is not ReaderProtocol:
+            return
+        readers = self.report.readers
+        writer = session.writer
+        if writer is None or not writer.direct:
+            reason = "the connection has the compatible writer"
+        elif proto.attach(*self._reader_callbacks(session)):
+            readers["direct"] += 1
+            return
+        elif upgraded:
+            reason = "upgraded from long-polling (websockets parsed the probe)"
+        else:
+            reason = "frames arrived before the handshake's answer"
+        readers["websockets"] += 1
+        not_attached = self.report.reader_not_attached
+        not_attached[reason] = not_attached.get(reason, 0) + 1
+
+    def _reader_callbacks(
+        self, session: EngineSession
+    ) -> tuple[
+        Callable[[str | bytes], Any], Callable[[BaseException], None], Callable[[str], None]
+    ]:
+        """The direct reader's handler (one message: the same checks as :meth:`_websocket`'s
+        loop, and ``on_message``'s coroutine for the reader to drive), what it calls when that
+        coroutine raises, and what it calls when it hands the connection to websockets."""
+        on_message = self.handlers.get("message")
+        sid = session.sid
+        max_payload = self.settings.max_payload
+        control = self._control
+        violation = self._violation
+
+        def handle(data: str | bytes) -> Any:
+            if session.state != OPEN:
+                return None
+            try:
+                if type(data) is str:
+                    if data[:1] == "4" and on_message is not None:
+                        if len(data) > max_payload:
+                            raise ProtocolViolation("message larger than maxPayload")
+                        return on_message(sid, data[1:])
+                    control(session, data)
+                    return None
+                if len(data) > max_payload:
+                    raise ProtocolViolation("message larger than maxPayload")
+                return on_message(sid, data) if on_message is not None else None
+            except ProtocolViolation as exc:
+                violation(session, str(exc))
+                return None
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, ProtocolViolation):
+                violation(session, str(exc))
+                return
+            log.error("closing %s: its message handler failed", session.sid, exc_info=exc)
+            session.close(Reason.TRANSPORT_ERROR)
+
+        def switched(reason: str) -> None:
+            switches = self.report.reader_switched
+            switches[reason] = switches.get(reason, 0) + 1
+
+        return handle, failed, switched
+
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One websocket, from its handshake to its end. Its frame is the one this connection
         keeps for its life (the handshake's locals are gone with ``_websocket_open``'s)."""
         session = await self._websocket_open(scope, receive, send)
         if session is None:
             return
+        self._attach_reader(session, send, b"sid=" in scope.get("query_string", b""))
         on_message = self.handlers.get("message")
         sid = session.sid
         max_payload = self.settings.max_payload

@@ -10,10 +10,14 @@ it was verified against:
   specification and plugbus's limits need (packet intake, CONNECT handling, event dispatch);
   the room index wraps the managers' ``basic_*`` room operations (python-socketio's Redis
   manager is not used: events cross nodes on plugbus's history feed).
-* **uvicorn** — the direct websocket writer writes frames to the asyncio transport of uvicorn's
+* **uvicorn** — the direct websocket reader (:mod:`plugbus.api.wire.reader`) subclasses its
+  websockets-sansio protocol: ``data_received`` parses plain frames itself and the messages
+  websockets assembles are routed to the same dispatcher (``send_receive_event_to_app``);
+  the direct websocket writer writes frames to the asyncio transport of uvicorn's
   websockets-sansio protocol, found as the ``__self__`` of the ASGI ``send`` callable, and trims
   that protocol's per-connection memory (``request``, ``response``, ``queue``, ``writable``, the scope's ``headers``); the HTTP head
   limits subclass its httptools protocol (``data_received`` and the parser callbacks).
+* **websockets** — the direct reader unmasks with ``websockets.speedups.apply_mask`` (C).
 
 :func:`check` runs at import (a python-socketio attribute that is gone is a start-up error: the
 server cannot work without it) and its :class:`SeamReport` is logged at start-up and served in
@@ -103,7 +107,47 @@ UVICORN_HTTP = Seam(
     "bytes counted before uvicorn's httptools parser is fed, headers in its header callback",
     required=False,
 )
-SEAMS = (SOCKETIO_SERVER, SOCKETIO_MANAGERS, UVICORN_WEBSOCKET, UVICORN_HTTP)
+UVICORN_READER = Seam(
+    "uvicorn",
+    "0.54.0",
+    (
+        "WebSocketsSansIOProtocol.data_received",
+        "WebSocketsSansIOProtocol.send_receive_event_to_app",
+        "WebSocketsSansIOProtocol.handle_parser_exception",
+        "WebSocketsSansIOProtocol.connection_lost",
+        "WebSocketsSansIOProtocol.handshake_initiated",
+        "WebSocketsSansIOProtocol.close_sent",
+        "WebSocketsSansIOProtocol.read_paused",
+        "WebSocketsSansIOProtocol.frames",
+        "WebSocketsSansIOProtocol.curr_msg_data_type",
+        "WebSocketsSansIOProtocol.queue",
+        "WebSocketsSansIOProtocol.conn",
+        "WebSocketsSansIOProtocol.config",
+        "WebSocketsSansIOProtocol.loop",
+        "WebSocketsSansIOProtocol.logger",
+        "WebSocketsSansIOProtocol.transport",
+    ),
+    "the direct websocket reader (plugbus.api.wire.reader.ReaderProtocol, given to uvicorn "
+    "as Config(ws=...)): plain frames parsed in data_received and dispatched eagerly; "
+    "websockets' messages routed to the same dispatcher after a switch",
+    required=False,
+)
+WEBSOCKETS_SPEEDUPS = Seam(
+    "websockets",
+    "17.4",
+    ("speedups.apply_mask",),
+    "the direct websocket reader unmasks frames with websockets' C helper (its pure-Python "
+    "twin in websockets.utils is used when the C extension is absent)",
+    required=False,
+)
+SEAMS = (
+    SOCKETIO_SERVER,
+    SOCKETIO_MANAGERS,
+    UVICORN_WEBSOCKET,
+    UVICORN_HTTP,
+    UVICORN_READER,
+    WEBSOCKETS_SPEEDUPS,
+)
 
 
 class WireError(RuntimeError):
@@ -223,6 +267,14 @@ def _uvicorn_roots() -> dict[str, Any]:
     return roots
 
 
+def _websockets_roots() -> dict[str, Any]:
+    try:
+        from websockets import speedups
+    except ImportError:
+        return {}
+    return {"speedups": speedups}
+
+
 class _NotALoop:
     """Stands in for the event loop of a protocol object that is only inspected."""
 
@@ -238,7 +290,11 @@ def check() -> SeamReport:
         the package, the installed and the verified version, and what is missing.
     """
     report = SeamReport()
-    roots = {"python-socketio": _socketio_roots, "uvicorn": _uvicorn_roots}
+    roots = {
+        "python-socketio": _socketio_roots,
+        "uvicorn": _uvicorn_roots,
+        "websockets": _websockets_roots,
+    }
     for seam in SEAMS:
         installed = _installed(seam.package)
         missing = _resolve(seam.names, roots[seam.package]()) if installed else list(seam.names)
