@@ -265,3 +265,26 @@ async def test_close_frame_is_answered_and_the_session_ends(default_server: Any)
         assert await asyncio.wait_for(ws.reader.read(), 5) == b""  # and the TCP connection ends
     finally:
         await ws.close()
+
+
+async def test_messages_that_suspend_keep_order_and_run_as_the_connection_task(
+    serve: Any, redis_server: Any
+) -> None:
+    """With the Redis backend every event awaits Redis (its client needs a current task for
+    its timeouts), so each message suspends in its eager step and the connection's task
+    finishes it; the json log format sets a context variable before that suspension and
+    resets it after, which fails if the steps ran in different contexts."""
+    server = serve({"server": {"backend": redis_server.url, "log_format": "json"}})
+    ws = await joined(server)
+    try:
+        ws.writer.write(
+            frame(OP_TEXT, b'421["join-room",{"room":"reader"}]')
+            + b"".join(event(i) for i in range(2, 22))
+        )
+        assert await acks(ws, 21) == list(range(1, 22))
+    finally:
+        await ws.close()
+    health = reader_health(server)
+    assert health["connections_total"] == {"direct": 1, "websockets": 0}, health
+    log = server.log()
+    assert "Traceback" not in log and "inside a task" not in log, log[-3000:]

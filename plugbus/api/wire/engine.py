@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from . import seams
-from .reader import MASK_IMPL, ReaderProtocol
+from .reader import MASK_IMPL, RESUME, ReaderProtocol
 from .session import CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession, SessionTimers
 from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue, LeanWritableFlag
 
@@ -742,21 +742,26 @@ class EngineServer:
         self.report.connections["compatible"] += 1
         return AsgiWriter(send, limit, dropped)
 
-    def _attach_reader(self, session: EngineSession, send: Send, upgraded: bool) -> None:
+    def _attach_reader(
+        self, session: EngineSession, send: Send, upgraded: bool
+    ) -> ReaderProtocol | None:
         """Give the connection to the direct reader (:mod:`.reader`) when uvicorn serves it
         with :class:`~.reader.ReaderProtocol` and the direct writer; from then on its messages
         reach ``on_message`` from the protocol's ``data_received``, and the receive loop of
-        :meth:`_websocket` only sees the disconnect."""
+        :meth:`_websocket` only sees the disconnect, and :data:`~.reader.RESUME` when a
+        message suspended in its eager step and this task is to finish it."""
         proto = getattr(send, "__self__", None)
         if type(proto) is not ReaderProtocol:
-            return
+            return None
         readers = self.report.readers
         writer = session.writer
         if writer is None or not writer.direct:
             reason = "the connection has the compatible writer"
-        elif proto.attach(*self._reader_callbacks(session)):
+        elif (host := asyncio.current_task()) is None:  # pragma: no cover - uvicorn's task
+            reason = "no current task"
+        elif proto.attach(*self._reader_callbacks(session), host):
             readers["direct"] += 1
-            return
+            return proto
         elif upgraded:
             reason = "upgraded from long-polling (websockets parsed the probe)"
         else:
@@ -764,6 +769,7 @@ class EngineServer:
         readers["websockets"] += 1
         not_attached = self.report.reader_not_attached
         not_attached[reason] = not_attached.get(reason, 0) + 1
+        return None
 
     def _reader_callbacks(
         self, session: EngineSession
@@ -816,13 +822,17 @@ class EngineServer:
         session = await self._websocket_open(scope, receive, send)
         if session is None:
             return
-        self._attach_reader(session, send, b"sid=" in scope.get("query_string", b""))
+        reader = self._attach_reader(session, send, b"sid=" in scope.get("query_string", b""))
         on_message = self.handlers.get("message")
         sid = session.sid
         max_payload = self.settings.max_payload
         try:
             while session.state == OPEN:
                 message = await receive()
+                if message is RESUME and reader is not None:
+                    # the direct reader's message suspended: this task finishes it
+                    await reader.run_pending()
+                    continue
                 if message["type"] != "websocket.receive":
                     session.close(Reason.TRANSPORT_CLOSE)
                     break
@@ -844,6 +854,8 @@ class EngineServer:
                 except ProtocolViolation as exc:
                     self._violation(session, str(exc))
         finally:
+            if reader is not None:
+                reader.abandon()
             writer = session.writer
             if writer is not None:
                 self.report.connections["direct" if writer.direct else "compatible"] -= 1

@@ -14,18 +14,23 @@ protocol error), and message order is kept across the switch because websockets'
 then routed to the same dispatcher.
 
 Dispatch is eager: the engine's handler returns the message's coroutine, which is driven at
-once with ``send(None)``; if it completes without suspending, no task is made. If it suspends,
-later messages of the connection wait behind it (order per connection is kept: Socket.IO acks
-and events stay in order) and one task finishes them; while any wait, reading is paused, as
-uvicorn's receive queue does.
+once with ``send(None)``; if it completes without suspending, no task is woken or made. The
+step runs as the connection's own ASGI task (``asyncio.current_task()`` is that task, as on
+uvicorn's path: ``asyncio.timeout``, redis-py and ``Bus.close_connection`` need one) and in a
+context of the connection's own. If it suspends, later messages of the connection wait behind
+it (order per connection is kept: Socket.IO acks and events stay in order) and the
+connection's task, woken through uvicorn's receive queue, finishes them; while any wait,
+reading is paused, as uvicorn's receive queue does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
+from contextvars import Context, copy_context
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -50,36 +55,44 @@ _TEXT = 0x81  # FIN, RSV clear, opcode 1
 _BINARY = 0x82  # FIN, RSV clear, opcode 2
 
 
+#: what a suspended message's coroutine has not done yet (its first step)
+_NOT_STARTED = object()
+
+#: put in uvicorn's receive queue to wake the connection's task: a message suspended
+RESUME: Any = {"type": "plugbus.reader.resume"}
+
+
 class _Resume:
-    """Awaiting this continues a coroutine that was started by hand and suspended on
-    ``yielded``: what ``yield from`` does, so a task can take the coroutine over mid-way
-    (Python 3.12's eager tasks do the same inside asyncio)."""
+    """Awaiting this drives a message's coroutine to its end from wherever it is: not started
+    (``_NOT_STARTED``) or suspended on ``yielded`` after an eager step. Each step runs in the
+    connection's context, like its eager steps, so that a context variable set before a
+    suspension is still set after it (what ``yield from`` does, plus the context)."""
 
-    __slots__ = ("_coro", "_yielded")
+    __slots__ = ("_context", "_coro", "_yielded")
 
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    def __init__(self, context: Context, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._context = context
         self._coro = coro
         self._yielded = yielded
 
     def __await__(self) -> Generator[Any, Any, None]:
-        coro, value = self._coro, self._yielded
+        run, coro, value = self._context.run, self._coro, self._yielded
         self._yielded = None
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # cancellation and the like reach the coroutine
+        try:
+            if value is _NOT_STARTED:
+                value = run(coro.send, None)
+            while True:
                 try:
-                    value = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration:
-                    return
+                    sent = yield value
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:  # a cancellation reaches the coroutine
+                    value = run(coro.throw, exc)
+                else:
+                    value = run(coro.send, sent)
+        except StopIteration:
+            return
 
 
 class ReaderProtocol(WebSocketsSansIOProtocol):
@@ -96,9 +109,13 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     _direct = False
     _partial: bytes = b""
     _on_switch: Callable[[str], None] | None = None
+    #: the connection's ASGI task, and the context every message's steps run in
+    _host: asyncio.Task[Any]  # set by attach, before any message is delivered
+    _context: Context | None = None
+    #: a message suspended in its eager step, for the host to finish; messages behind it
+    _pending: tuple[Coroutine[Any, Any, None], Any] | None = None
     _backlog: deque[str | bytes] | None = None
-    #: the task finishing a suspended message (and those behind it), or None
-    _task: asyncio.Task[None] | None = None
+    _busy = False
 
     # -- reading ------------------------------------------------------------------------
 
@@ -179,15 +196,30 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
 
     # -- dispatch -----------------------------------------------------------------------
 
-    def attach(self, handler: Handler, on_error: OnError, on_switch: Callable[[str], None]) -> bool:
+    def attach(
+        self,
+        handler: Handler,
+        on_error: OnError,
+        on_switch: Callable[[str], None],
+        host: asyncio.Task[Any],
+    ) -> bool:
         """Take the connection's messages from now on: parsed here while frames are plain,
         by websockets otherwise, and dispatched to ``handler`` in order. ``False`` (and
-        nothing changes) when websockets already holds bytes of a frame."""
+        nothing changes) when websockets already holds bytes of a frame.
+
+        ``host`` is the connection's ASGI task (the caller): each message's eager step runs
+        as if in it (``asyncio.current_task()`` is ``host``, as ``asyncio.timeout`` and
+        redis-py need) and in a context of the connection's own (copied from the caller's);
+        a message that suspends is finished by ``host``, woken by :data:`RESUME` in
+        uvicorn's receive queue, which then awaits :meth:`run_pending`.
+        """
         if not self._clean or not self.queue.empty() or self.close_sent:
             return False
         self._handler = handler
         self._on_error = on_error
         self._on_switch = on_switch
+        self._host = host
+        self._context = copy_context()
         self._direct = True
         return True
 
@@ -215,7 +247,7 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
             self._deliver(bytes(data))
 
     def _deliver(self, message: str | bytes) -> None:
-        if self._task is not None:
+        if self._busy:
             backlog = self._backlog
             if backlog is None:
                 backlog = self._backlog = deque()
@@ -227,35 +259,60 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         coro = self._handler(message)  # type: ignore[misc]
         if coro is None:
             return
+        loop, host = self.loop, self._host
         try:
-            yielded = coro.send(None)
+            _enter_task(loop, host)
+        except RuntimeError:  # pragma: no cover - called from inside a task, not a callback
+            self._pend(coro, _NOT_STARTED)
+            return
+        try:
+            yielded = self._context.run(coro.send, None)  # type: ignore[union-attr]
         except StopIteration:
             return
         except Exception as exc:
             self._on_error(exc)  # type: ignore[misc]
             return
-        self._task = self.loop.create_task(self._finish(coro, yielded))
+        finally:
+            _leave_task(loop, host)
+        self._pend(coro, yielded)
 
-    async def _finish(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-        """Finish a suspended message, then the messages that arrived behind it."""
-        handler = self._handler
-        assert handler is not None
+    def _pend(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._busy = True
+        self._pending = (coro, yielded)
+        self.queue.put_nowait(RESUME)
+
+    async def run_pending(self) -> None:
+        """Finish the suspended message, then the messages that arrived behind it (called
+        by the connection's task when it receives :data:`RESUME`)."""
+        pending, self._pending = self._pending, None
+        handler, context = self._handler, self._context
+        assert handler is not None and context is not None
         try:
-            await _Resume(coro, yielded)
+            if pending is not None:
+                await _Resume(context, *pending)
             backlog = self._backlog
             while backlog:
-                next_coro = handler(backlog.popleft())
-                if next_coro is not None:
-                    await next_coro
+                coro = handler(backlog.popleft())
+                if coro is not None:
+                    await _Resume(context, coro, _NOT_STARTED)
         except Exception as exc:
             if self._backlog:
                 self._backlog.clear()
             self._on_error(exc)  # type: ignore[misc]
         finally:
-            self._task = None
+            self._busy = False
             if self.read_paused and not self.close_sent:
                 self.read_paused = False
                 self.transport.resume_reading()
+
+    def abandon(self) -> None:
+        """The connection's task is ending: drop what waits (a suspended message is closed)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].close()
+        if self._backlog:
+            self._backlog.clear()
+        self._busy = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._backlog:
