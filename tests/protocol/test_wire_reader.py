@@ -288,3 +288,57 @@ async def test_messages_that_suspend_keep_order_and_run_as_the_connection_task(
     assert health["connections_total"] == {"direct": 1, "websockets": 0}, health
     log = server.log()
     assert "Traceback" not in log and "inside a task" not in log, log[-3000:]
+
+
+async def test_a_session_upgraded_from_polling_is_read_directly(default_server: Any) -> None:
+    """python-socketio's client starts on long-polling and upgrades; once websockets' parser
+    has taken the probe and the upgrade packet and waits between messages, the direct reader
+    takes the connection over (nothing is re-parsed, nothing lost)."""
+    import socketio
+
+    before = reader_health(default_server)["connections_total"]["direct"]
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(default_server.url, transports=["polling", "websocket"], wait_timeout=5)
+    try:
+        for _ in range(50):
+            if client.transport() == "websocket":
+                break
+            await asyncio.sleep(0.05)
+        assert client.transport() == "websocket"
+        await asyncio.sleep(0.2)  # the server's side of the upgrade has ended
+        for i in range(5):
+            ack = await client.call(
+                "send-message", {"message": f"m{i}", "roomID": "upgraded"}, timeout=5
+            )
+            assert isinstance(ack, dict) and "ok" in ack, ack
+    finally:
+        await client.disconnect()
+    after = reader_health(default_server)
+    assert after["connections_total"]["direct"] == before + 1, after
+
+
+async def test_messages_right_behind_the_upgrade_are_taken_over_in_order(
+    default_server: Any,
+) -> None:
+    """The upgrade packet and two events in one TCP write: websockets parses all three before
+    the engine has finished the upgrade; the reader takes the two queued events over, ahead of
+    what it reads itself, and everything is answered in order."""
+    from eio_raw import open_polling, poll, post
+
+    before = reader_health(default_server)["connections_total"]["direct"]
+    async with httpx.AsyncClient(base_url=default_server.url, timeout=5) as http:
+        sid = (await open_polling(http))["sid"]
+        assert (await post(http, sid, "40")).text == "ok"
+        assert "40{" in (await poll(http, sid)).text
+        ws = await RawWebSocket.connect(default_server, sid=sid)
+        try:
+            ws.writer.write(frame(OP_TEXT, b"2probe"))
+            assert await next_frame(ws) == (OP_TEXT, b"3probe")
+            ws.writer.write(frame(OP_TEXT, b"5") + event(1) + event(2))
+            await ws.writer.drain()
+            ws.writer.write(event(3))
+            assert await acks(ws, 3) == [1, 2, 3]
+        finally:
+            await ws.close()
+    after = reader_health(default_server)
+    assert after["connections_total"]["direct"] == before + 1, after

@@ -158,9 +158,14 @@ def reader_protocol(
     ``server.websocket_writer`` setting, or None and why uvicorn's own is used instead."""
     if setting == "compatible":
         return None, "server.websocket_writer is 'compatible'"
-    if not seam_report.holds(seams.UVICORN_READER):
-        return None, "uvicorn's websockets-sansio reader seams do not hold: " + ", ".join(
-            seam_report.missing(seams.UVICORN_READER)
+    missing = [
+        name
+        for seam in (seams.UVICORN_READER, seams.WEBSOCKETS_PARSER)
+        for name in seam_report.missing(seam)
+    ]
+    if missing:
+        return None, "the direct reader's uvicorn/websockets seams do not hold: " + ", ".join(
+            missing
         )
     return ReaderProtocol, None
 
@@ -763,7 +768,7 @@ class EngineServer:
             readers["direct"] += 1
             return proto
         elif upgraded:
-            reason = "upgraded from long-polling (websockets parsed the probe)"
+            reason = "upgraded from long-polling: a message came right behind the upgrade"
         else:
             reason = "frames arrived before the handshake's answer"
         readers["websockets"] += 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
@@ -34,6 +35,8 @@ from contextvars import Context, copy_context
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+from websockets.streams import StreamReader
 
 log = logging.getLogger("plugbus.wire")
 
@@ -99,9 +102,8 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol with plugbus's direct frame reader and eager,
     in-order dispatch (see the module docstring)."""
 
-    #: whether the connection's handshake chunk ended exactly at the request's end
-    #: (nothing of a frame went into websockets' parser before :meth:`attach`)
-    _clean = False
+    #: the largest frame websockets would take as a message's first (its max_size)
+    _max_size = 0
     #: the attached reader: the engine's handler, or None (websockets' path, ASGI queue)
     _handler: Handler | None = None
     _on_error: OnError | None = None
@@ -122,27 +124,15 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         if self._direct:
             self._read(self._partial + data if self._partial else data)
-            return
-        if self._handler is None and not self.handshake_initiated:
+        else:
             super().data_received(data)
-            # uvicorn's httptools protocol hands over exactly the upgrade request's head;
-            # a chunk that ends anywhere else may hold (part of) a frame websockets has
-            # started to parse, and the connection keeps websockets' reader
-            self._clean = (
-                self.handshake_initiated
-                and data.endswith(b"\r\n\r\n")
-                and data.find(b"\r\n\r\n") == len(data) - 4
-            )
-            return
-        self._clean = False
-        super().data_received(data)
 
     def _read(self, buf: bytes) -> None:
         """Parse the plain frames at the head of ``buf``; keep a partial one; hand the
         rest to websockets at the first frame this reader does not take."""
         n = len(buf)
         pos = 0
-        max_size = self.config.ws_max_size
+        max_size = self._max_size
         while n - pos >= 2:
             if self.close_sent:
                 break  # the closing handshake is websockets'
@@ -205,7 +195,8 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     ) -> bool:
         """Take the connection's messages from now on: parsed here while frames are plain,
         by websockets otherwise, and dispatched to ``handler`` in order. ``False`` (and
-        nothing changes) when websockets already holds bytes of a frame.
+        nothing changes) when websockets is not between two messages (it holds bytes of a
+        frame or part of a fragmented message) or a message waits in uvicorn's queue.
 
         ``host`` is the connection's ASGI task (the caller): each message's eager step runs
         as if in it (``asyncio.current_task()`` is ``host``, as ``asyncio.timeout`` and
@@ -213,14 +204,37 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         a message that suspends is finished by ``host``, woken by :data:`RESUME` in
         uvicorn's receive queue, which then awaits :meth:`run_pending`.
         """
-        if not self._clean or not self.queue.empty() or self.close_sent:
+        conn = self.conn
+        if self.close_sent or not _at_frame_boundary(conn):
             return False
+        queued: list[str | bytes] = []
+        if not self.queue.empty():
+            # messages websockets parsed before now (right behind an upgrade): taken over,
+            # in order, ahead of anything read from here on
+            take = getattr(self.queue, "take_messages", None)
+            taken = take() if take is not None else None
+            if taken is None:
+                return False
+            queued = taken
+        limits = [n for n in (conn.max_message_size, conn.max_fragment_size) if n is not None]
+        self._max_size = min(limits) if limits else sys.maxsize
         self._handler = handler
         self._on_error = on_error
         self._on_switch = on_switch
         self._host = host
         self._context = copy_context()
         self._direct = True
+        if queued:
+            # the caller is the host task itself, so these cannot run eagerly: the first
+            # waits (not started) and the rest queue behind it for run_pending
+            first = handler(queued[0])
+            self._backlog = deque(queued[1:])
+            if first is not None:
+                self._pend(first, _NOT_STARTED)
+            elif self._backlog:
+                self._busy = True
+                self._pending = None
+                self.queue.put_nowait(RESUME)
         return True
 
     def send_receive_event_to_app(self) -> None:
@@ -320,6 +334,22 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         self._partial = b""
         self._direct = False
         super().connection_lost(exc)
+
+
+_AT_EOF = StreamReader.at_eof.__code__
+
+
+def _at_frame_boundary(conn: Any) -> bool:
+    """Whether websockets' parser waits for the first byte of a new message: open, no byte
+    buffered, no fragmented message under way, and its parse generator suspended in
+    ``StreamReader.at_eof`` (where ``Protocol.parse`` waits between frames; mid-frame it is
+    in ``read_exact``) — declared websockets seams."""
+    if conn.state is not State.OPEN or conn.reader.buffer or conn.current_size is not None:
+        return False
+    gen = conn.parser
+    while (inner := getattr(gen, "gi_yieldfrom", None)) is not None:
+        gen = inner
+    return getattr(gen, "gi_code", None) is _AT_EOF
 
 
 def _why(rest: bytes, proto: Any) -> str:

@@ -17,7 +17,9 @@ it was verified against:
   websockets-sansio protocol, found as the ``__self__`` of the ASGI ``send`` callable, and trims
   that protocol's per-connection memory (``request``, ``response``, ``queue``, ``writable``, the scope's ``headers``); the HTTP head
   limits subclass its httptools protocol (``data_received`` and the parser callbacks).
-* **websockets** — the direct reader unmasks with ``websockets.speedups.apply_mask`` (C).
+* **websockets** — the direct reader unmasks with ``websockets.speedups.apply_mask`` (C), and
+  takes a connection over only where ``ServerProtocol``'s parse generator waits between two
+  messages (``StreamReader.at_eof``, an empty buffer, no fragmented message under way).
 
 :func:`check` runs at import (a python-socketio attribute that is gone is a start-up error: the
 server cannot work without it) and its :class:`SeamReport` is logged at start-up and served in
@@ -140,6 +142,23 @@ WEBSOCKETS_SPEEDUPS = Seam(
     "twin in websockets.utils is used when the C extension is absent)",
     required=False,
 )
+WEBSOCKETS_PARSER = Seam(
+    "websockets",
+    "17.4",
+    (
+        "ServerProtocol.parser",
+        "ServerProtocol.reader",
+        "ServerProtocol.current_size",
+        "ServerProtocol.max_message_size",
+        "ServerProtocol.max_fragment_size",
+        "StreamReader.at_eof",
+        "StreamReader.buffer",
+    ),
+    "the direct websocket reader takes a connection over only where websockets' parser is "
+    "between two messages: no byte buffered, no fragmented message under way, its parse "
+    "generator waiting in StreamReader.at_eof; and it refuses frames above the same size",
+    required=False,
+)
 SEAMS = (
     SOCKETIO_SERVER,
     SOCKETIO_MANAGERS,
@@ -147,6 +166,7 @@ SEAMS = (
     UVICORN_HTTP,
     UVICORN_READER,
     WEBSOCKETS_SPEEDUPS,
+    WEBSOCKETS_PARSER,
 )
 
 
@@ -268,11 +288,22 @@ def _uvicorn_roots() -> dict[str, Any]:
 
 
 def _websockets_roots() -> dict[str, Any]:
+    roots: dict[str, Any] = {}
+    try:
+        from websockets.server import ServerProtocol
+        from websockets.streams import StreamReader
+
+        roots["ServerProtocol"] = ServerProtocol()
+        roots["StreamReader"] = StreamReader()
+    except Exception:  # renamed or its constructor changed: the seam reports the names
+        pass
     try:
         from websockets import speedups
+
+        roots["speedups"] = speedups
     except ImportError:
-        return {}
-    return {"speedups": speedups}
+        pass
+    return roots
 
 
 class _NotALoop:
