@@ -213,6 +213,8 @@ class EngineServer:
             self.report.reader = f"{reader.__module__}.{reader.__qualname__}"
         if settings.websocket_writer == "direct" and not direct_ok:
             raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
+        #: python-socketio's message handler, for the direct reader (set at its first use)
+        self._on_message: Callable[..., Any] | None = None
         self._id_pool = b""
         self._id_at = 0
         handshake = {
@@ -758,13 +760,14 @@ class EngineServer:
         proto = getattr(send, "__self__", None)
         if type(proto) is not ReaderProtocol:
             return None
+        self._on_message = self.handlers.get("message")
         readers = self.report.readers
         writer = session.writer
         if writer is None or not writer.direct:
             reason = "the connection has the compatible writer"
         elif (host := asyncio.current_task()) is None:  # pragma: no cover - uvicorn's task
             reason = "no current task"
-        elif proto.attach(*self._reader_callbacks(session), host):
+        elif proto.attach(self, session, host):
             readers["direct"] += 1
             return proto
         elif upgraded:
@@ -776,50 +779,43 @@ class EngineServer:
         not_attached[reason] = not_attached.get(reason, 0) + 1
         return None
 
-    def _reader_callbacks(
-        self, session: EngineSession
-    ) -> tuple[
-        Callable[[str | bytes], Any], Callable[[BaseException], None], Callable[[str], None]
-    ]:
-        """The direct reader's handler (one message: the same checks as :meth:`_websocket`'s
-        loop, and ``on_message``'s coroutine for the reader to drive), what it calls when that
-        coroutine raises, and what it calls when it hands the connection to websockets."""
-        on_message = self.handlers.get("message")
-        sid = session.sid
-        max_payload = self.settings.max_payload
-        control = self._control
-        violation = self._violation
+    # -- what the direct reader (.reader.ReaderProtocol) calls -----------------------------
+    # methods of the engine with the session passed in, not closures per connection: an idle
+    # connection holds nothing for them
 
-        def handle(data: str | bytes) -> Any:
-            if session.state != OPEN:
+    def reader_message(self, session: EngineSession, data: str | bytes) -> Any:
+        """One message: the same checks as :meth:`_websocket`'s loop; ``on_message``'s
+        coroutine for the reader to drive, or None."""
+        if session.state != OPEN:
+            return None
+        on_message = self._on_message
+        try:
+            if type(data) is str:
+                if data[:1] == "4" and on_message is not None:
+                    if len(data) > self.settings.max_payload:
+                        raise ProtocolViolation("message larger than maxPayload")
+                    return on_message(session.sid, data[1:])
+                self._control(session, data)
                 return None
-            try:
-                if type(data) is str:
-                    if data[:1] == "4" and on_message is not None:
-                        if len(data) > max_payload:
-                            raise ProtocolViolation("message larger than maxPayload")
-                        return on_message(sid, data[1:])
-                    control(session, data)
-                    return None
-                if len(data) > max_payload:
-                    raise ProtocolViolation("message larger than maxPayload")
-                return on_message(sid, data) if on_message is not None else None
-            except ProtocolViolation as exc:
-                violation(session, str(exc))
-                return None
+            if len(data) > self.settings.max_payload:
+                raise ProtocolViolation("message larger than maxPayload")
+            return on_message(session.sid, data) if on_message is not None else None
+        except ProtocolViolation as exc:
+            self._violation(session, str(exc))
+            return None
 
-        def failed(exc: BaseException) -> None:
-            if isinstance(exc, ProtocolViolation):
-                violation(session, str(exc))
-                return
-            log.error("closing %s: its message handler failed", session.sid, exc_info=exc)
-            session.close(Reason.TRANSPORT_ERROR)
+    def reader_failed(self, session: EngineSession, exc: BaseException) -> None:
+        """A message's coroutine raised: the session closes (one log line)."""
+        if isinstance(exc, ProtocolViolation):
+            self._violation(session, str(exc))
+            return
+        log.error("closing %s: its message handler failed", session.sid, exc_info=exc)
+        session.close(Reason.TRANSPORT_ERROR)
 
-        def switched(reason: str) -> None:
-            switches = self.report.reader_switched
-            switches[reason] = switches.get(reason, 0) + 1
-
-        return handle, failed, switched
+    def reader_switched(self, reason: str) -> None:
+        """The reader handed a connection to websockets' parser (counted by ``reason``)."""
+        switches = self.report.reader_switched
+        switches[reason] = switches.get(reason, 0) + 1
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One websocket, from its handshake to its end. Its frame is the one this connection

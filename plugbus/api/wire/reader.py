@@ -30,9 +30,9 @@ import logging
 import sys
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from contextvars import Context, copy_context
-from typing import Any
+from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
@@ -40,10 +40,19 @@ from websockets.streams import StreamReader
 
 log = logging.getLogger("plugbus.wire")
 
-#: The engine's per-message handler: the message's coroutine, or None when nothing waits.
-Handler = Callable[[str | bytes], Coroutine[Any, Any, None] | None]
-#: Called with an exception raised by a message's coroutine (the engine closes the session).
-OnError = Callable[[BaseException], None]
+
+class Sink(Protocol):
+    """What the reader hands messages to (the engine), with the connection's session."""
+
+    def reader_message(self, session: Any, data: str | bytes) -> Any:
+        """The message's coroutine, or None when nothing waits."""
+
+    def reader_failed(self, session: Any, exc: BaseException) -> None:
+        """A message's coroutine raised (the engine closes the session)."""
+
+    def reader_switched(self, reason: str) -> None:
+        """The connection was handed to websockets' parser, because of ``reason``."""
+
 
 try:  # the C helper websockets' own parser uses; its pure-Python twin is ~20x slower
     from websockets.speedups import apply_mask
@@ -104,13 +113,12 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
 
     #: the largest frame websockets would take as a message's first (its max_size)
     _max_size = 0
-    #: the attached reader: the engine's handler, or None (websockets' path, ASGI queue)
-    _handler: Handler | None = None
-    _on_error: OnError | None = None
+    #: the attached reader's engine and session; None: websockets' path, ASGI queue
+    _sink: Sink | None = None
+    _session: Any = None
     #: True while frames are parsed here; False once websockets has them for good
     _direct = False
     _partial: bytes = b""
-    _on_switch: Callable[[str], None] | None = None
     #: the connection's ASGI task, and the context every message's steps run in
     _host: asyncio.Task[Any]  # set by attach, before any message is delivered
     _context: Context | None = None
@@ -180,21 +188,15 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         rest of the connection (its messages still come to :meth:`_deliver`)."""
         self._direct = False
         self._partial = b""
-        if self._on_switch is not None:
-            self._on_switch(_why(rest, self))
+        if self._sink is not None:
+            self._sink.reader_switched(_why(rest, self))
         super().data_received(rest)
 
     # -- dispatch -----------------------------------------------------------------------
 
-    def attach(
-        self,
-        handler: Handler,
-        on_error: OnError,
-        on_switch: Callable[[str], None],
-        host: asyncio.Task[Any],
-    ) -> bool:
+    def attach(self, sink: Sink, session: Any, host: asyncio.Task[Any]) -> bool:
         """Take the connection's messages from now on: parsed here while frames are plain,
-        by websockets otherwise, and dispatched to ``handler`` in order. ``False`` (and
+        by websockets otherwise, and dispatched to ``sink.reader_message`` in order. ``False`` (and
         nothing changes) when websockets is not between two messages (it holds bytes of a
         frame or part of a fragmented message) or a message waits in uvicorn's queue.
 
@@ -218,16 +220,15 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
             queued = taken
         limits = [n for n in (conn.max_message_size, conn.max_fragment_size) if n is not None]
         self._max_size = min(limits) if limits else sys.maxsize
-        self._handler = handler
-        self._on_error = on_error
-        self._on_switch = on_switch
+        self._sink = sink
+        self._session = session
         self._host = host
         self._context = copy_context()
         self._direct = True
         if queued:
             # the caller is the host task itself, so these cannot run eagerly: the first
             # waits (not started) and the rest queue behind it for run_pending
-            first = handler(queued[0])
+            first = sink.reader_message(session, queued[0])
             self._backlog = deque(queued[1:])
             if first is not None:
                 self._pend(first, _NOT_STARTED)
@@ -238,8 +239,7 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         return True
 
     def send_receive_event_to_app(self) -> None:
-        handler = self._handler
-        if handler is None:
+        if self._sink is None:
             super().send_receive_event_to_app()
             return
         # a message websockets assembled (after a switch): same checks as uvicorn's
@@ -270,7 +270,7 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
                 self.read_paused = True
                 self.transport.pause_reading()
             return
-        coro = self._handler(message)  # type: ignore[misc]
+        coro = self._sink.reader_message(self._session, message)  # type: ignore[union-attr]
         if coro is None:
             return
         loop, host = self.loop, self._host
@@ -284,7 +284,7 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         except StopIteration:
             return
         except Exception as exc:
-            self._on_error(exc)  # type: ignore[misc]
+            self._sink.reader_failed(self._session, exc)  # type: ignore[union-attr]
             return
         finally:
             _leave_task(loop, host)
@@ -299,20 +299,20 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         """Finish the suspended message, then the messages that arrived behind it (called
         by the connection's task when it receives :data:`RESUME`)."""
         pending, self._pending = self._pending, None
-        handler, context = self._handler, self._context
-        assert handler is not None and context is not None
+        sink, session, context = self._sink, self._session, self._context
+        assert sink is not None and context is not None
         try:
             if pending is not None:
                 await _Resume(context, *pending)
             backlog = self._backlog
             while backlog:
-                coro = handler(backlog.popleft())
+                coro = sink.reader_message(session, backlog.popleft())
                 if coro is not None:
                     await _Resume(context, coro, _NOT_STARTED)
         except Exception as exc:
             if self._backlog:
                 self._backlog.clear()
-            self._on_error(exc)  # type: ignore[misc]
+            sink.reader_failed(session, exc)
         finally:
             self._busy = False
             if self.read_paused and not self.close_sent:
