@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from . import seams
-from .reader import MASK_IMPL, RESUME, ReaderProtocol
+from .reader import HANDSHAKES, MASK_IMPL, RESUME, ReaderProtocol
 from .session import CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession, SessionTimers
 from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue, LeanWritableFlag
 
@@ -134,6 +134,7 @@ class WireReport:
                 "protocol": self.reader,
                 "unavailable_reason": self.reader_reason,
                 "unmask": MASK_IMPL,
+                "handshakes_in_process": dict(HANDSHAKES),
                 "connections_total": dict(self.readers),
                 "not_attached": dict(self.reader_not_attached),
                 "switched_to_websockets": dict(self.reader_switched),

@@ -26,6 +26,9 @@ reading is paused, as uvicorn's receive queue does.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import logging
 import sys
 from asyncio.tasks import _enter_task, _leave_task
@@ -33,8 +36,13 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from contextvars import Context, copy_context
 from typing import Any, Protocol
+from urllib.parse import unquote
 
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
+from websockets.http11 import _token_re as _TOKEN
+from websockets.http11 import _value_re as _VALUE
 from websockets.protocol import State
 from websockets.streams import StreamReader
 
@@ -113,6 +121,10 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
 
     #: the largest frame websockets would take as a message's first (its max_size)
     _max_size = 0
+    #: a handshake taken by :meth:`_handshake`: its Sec-WebSocket-Accept until the accept
+    #: is sent, and what the client sent before that answer
+    _accept: bytes | None = None
+    _early: list[bytes] | None = None
     #: the attached reader's engine and session; None: websockets' path, ASGI queue
     _sink: Sink | None = None
     _session: Any = None
@@ -132,8 +144,171 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         if self._direct:
             self._read(self._partial + data if self._partial else data)
-        else:
+        elif self._early is not None:
+            # a client that did not wait for the handshake's answer: its bytes wait for it
+            # (websockets' parser still expects an HTTP request), reading paused meanwhile
+            self._early.append(data)
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+        elif self.handshake_initiated or not self._handshake(data):
             super().data_received(data)
+
+    # -- the opening handshake (RFC 6455 §4.2) ------------------------------------------
+
+    def _handshake(self, data: bytes) -> bool:
+        """Take a plain, valid opening handshake without websockets' HTTP parser; False
+        (nothing done) for anything else, which websockets then parses and answers.
+
+        ``data`` is uvicorn's re-built request head (httptools parsed it first). Taken: one
+        complete head; ``GET`` with an ASCII origin-form target over ``HTTP/1.1``; header
+        names and values that websockets' own grammar accepts, no more of them or longer
+        lines than it takes; a ``Host``; ``Upgrade`` exactly ``websocket``; a ``Connection``
+        with the ``upgrade`` token; one ``Sec-WebSocket-Key`` that is base64 of 16 bytes; one
+        ``Sec-WebSocket-Version: 13``; no body; no ``Sec-WebSocket-Protocol`` (websockets
+        negotiates it), and no ``Sec-WebSocket-Extensions`` when compression is on.
+        """
+        if self.conn.state is not State.CONNECTING:
+            return False
+        if not self._take_handshake(data):
+            HANDSHAKES["websockets"] += 1
+            return False
+        HANDSHAKES["direct"] += 1
+        return True
+
+    def _take_handshake(self, data: bytes) -> bool:
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end != len(data) - 4:
+            return False
+        lines = data[:end].split(b"\r\n")
+        if len(lines) > _MAX_HEADERS + 1 or any(len(line) > _MAX_LINE for line in lines):
+            return False
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
+            return False
+        target = parts[1]
+        if not target.startswith(b"/") or not target.isascii():
+            return False
+        headers: list[tuple[bytes, bytes]] = []
+        key = version = upgrade = None
+        host = connection_upgrade = False
+        deflate = self.config.ws_per_message_deflate
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            value = value.strip(b" \t")
+            if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+                return False
+            headers.append((name, value))
+            lname = name.lower()
+            if lname == b"sec-websocket-key":
+                if key is not None:
+                    return False
+                key = value
+            elif lname == b"sec-websocket-version":
+                if version is not None:
+                    return False
+                version = value
+            elif lname == b"upgrade":
+                if upgrade is not None:
+                    return False
+                upgrade = value
+            elif lname == b"connection":
+                for token in value.split(b","):
+                    token = token.strip(b" \t")
+                    if not _TOKEN.fullmatch(token):
+                        return False
+                    connection_upgrade = connection_upgrade or token.lower() == b"upgrade"
+            elif lname == b"host":
+                host = True
+            elif (
+                lname in _NEGOTIATED
+                or (lname == b"sec-websocket-extensions" and deflate)
+                or (lname == b"content-length" and value != b"0")
+            ):
+                return False
+        if (
+            not host
+            or not connection_upgrade
+            or upgrade is None
+            or upgrade.lower() != b"websocket"
+            or version != b"13"
+            or key is None
+        ):
+            return False
+        try:
+            if len(base64.b64decode(key, validate=True)) != 16:
+                return False
+        except binascii.Error:
+            return False
+        self._accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        self._early = []
+        # uvicorn's handle_connect keeps websockets' Request here; nothing reads it after
+        # the scope is built (plugbus's _trim drops it)
+        self.request = None  # type: ignore[assignment]
+        self.handshake_initiated = True
+        raw_path, _, query_string = target.partition(b"?")
+        root_path = self.root_path
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": root_path + unquote(raw_path.decode("ascii")),
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+        return True
+
+    async def send(self, message: Any) -> None:
+        accept = self._accept
+        if accept is None or message["type"] != "websocket.accept":
+            # websockets' handshake, every refusal, and everything after the accept
+            await super().send(message)
+            return
+        self._accept = None
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        self.logger.info(
+            '%s - "WebSocket %s" [accepted]',
+            get_client_addr(self.scope),
+            get_path_with_query_string(self.scope),
+        )
+        # the same head websockets' Response would serialize: its three headers, then
+        # uvicorn's default headers and the application's, names lower-cased (uvicorn's
+        # send drops websockets' Date in favour of its own)
+        out = [_SWITCHING, accept, b"\r\n"]
+        for name, value in [*self.default_headers, *message.get("headers", [])]:
+            out += [name.lower(), b": ", value, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            out += [b"Sec-WebSocket-Protocol: ", subprotocol.encode("latin-1"), b"\r\n"]
+        out.append(b"\r\n")
+        early, self._early = self._early, None
+        if self.transport.is_closing():
+            return
+        self.handshake_complete = True
+        conn = self.conn
+        conn.state = State.OPEN
+        conn.logger.info("connection open")  # what websockets' send_response logs
+        # websockets' parser, restarted in the open state, waits for the first frame
+        conn.parser = conn.parse()
+        next(conn.parser)
+        self.transport.write(b"".join(out))
+        self.start_keepalive()
+        if early:
+            super().data_received(b"".join(early))
 
     def _read(self, buf: bytes) -> None:
         """Parse the plain frames at the head of ``buf``; keep a partial one; hand the
@@ -336,7 +511,21 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         super().connection_lost(exc)
 
 
+#: opening handshakes in this process, by who parsed them (``GET /health``)
+HANDSHAKES = {"direct": 0, "websockets": 0}
+
 _AT_EOF = StreamReader.at_eof.__code__
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+_SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+# websockets' request limits and header grammar (websockets.http11), so that what is taken
+# here is exactly what its parser would take
+_MAX_HEADERS = MAX_NUM_HEADERS
+_MAX_LINE = MAX_LINE_LENGTH - 2  # its limit counts the CRLF
+#: request headers websockets negotiates or refuses: such a request takes its path
+_NEGOTIATED = frozenset((b"sec-websocket-protocol", b"transfer-encoding"))
 
 
 def _at_frame_boundary(conn: Any) -> bool:
