@@ -41,12 +41,16 @@ from urllib.parse import unquote
 from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
-from websockets.http11 import _token_re as _TOKEN
-from websockets.http11 import _value_re as _VALUE
 from websockets.protocol import State
 from websockets.streams import StreamReader
 
 log = logging.getLogger("plugbus.wire")
+
+try:  # websockets' header grammar (declared seams: without them the reader is not used)
+    from websockets.http11 import _token_re as _TOKEN
+    from websockets.http11 import _value_re as _VALUE
+except ImportError:  # pragma: no cover
+    _TOKEN = _VALUE = None  # type: ignore[assignment]
 
 
 class Sink(Protocol):
@@ -168,7 +172,7 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         ``Sec-WebSocket-Version: 13``; no body; no ``Sec-WebSocket-Protocol`` (websockets
         negotiates it), and no ``Sec-WebSocket-Extensions`` when compression is on.
         """
-        if self.conn.state is not State.CONNECTING:
+        if self.conn.state is not State.CONNECTING or _TOKEN is None:
             return False
         if not self._take_handshake(data):
             HANDSHAKES["websockets"] += 1

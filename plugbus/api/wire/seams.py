@@ -128,10 +128,30 @@ UVICORN_READER = Seam(
         "WebSocketsSansIOProtocol.loop",
         "WebSocketsSansIOProtocol.logger",
         "WebSocketsSansIOProtocol.transport",
+        # the opening handshake it answers itself
+        "WebSocketsSansIOProtocol.send",
+        "WebSocketsSansIOProtocol.run_asgi",
+        "WebSocketsSansIOProtocol.on_task_complete",
+        "WebSocketsSansIOProtocol.tasks",
+        "WebSocketsSansIOProtocol.default_headers",
+        "WebSocketsSansIOProtocol.writable",
+        "WebSocketsSansIOProtocol.disconnected",
+        "WebSocketsSansIOProtocol.handshake_complete",
+        "WebSocketsSansIOProtocol.start_keepalive",
+        "WebSocketsSansIOProtocol.root_path",
+        "WebSocketsSansIOProtocol.asgi_version",
+        "WebSocketsSansIOProtocol.app_state",
+        "WebSocketsSansIOProtocol.scheme",
+        "WebSocketsSansIOProtocol.server",
+        "WebSocketsSansIOProtocol.client",
+        "utils.ClientDisconnected",
+        "utils.get_client_addr",
+        "utils.get_path_with_query_string",
     ),
     "the direct websocket reader (plugbus.api.wire.reader.ReaderProtocol, given to uvicorn "
     "as Config(ws=...)): plain frames parsed in data_received and dispatched eagerly; "
-    "websockets' messages routed to the same dispatcher after a switch",
+    "websockets' messages routed to the same dispatcher after a switch; the opening "
+    "handshake answered without websockets' HTTP parser (uvicorn's scope, task and 101)",
     required=False,
 )
 WEBSOCKETS_SPEEDUPS = Seam(
@@ -153,10 +173,20 @@ WEBSOCKETS_PARSER = Seam(
         "ServerProtocol.max_fragment_size",
         "StreamReader.at_eof",
         "StreamReader.buffer",
+        # the opening handshake: websockets' grammar and limits, its state and parser
+        "http11._token_re",
+        "http11._value_re",
+        "http11.MAX_NUM_HEADERS",
+        "http11.MAX_LINE_LENGTH",
+        "ServerProtocol.state",
+        "ServerProtocol.parse",
+        "ServerProtocol.logger",
     ),
     "the direct websocket reader takes a connection over only where websockets' parser is "
     "between two messages: no byte buffered, no fragmented message under way, its parse "
-    "generator waiting in StreamReader.at_eof; and it refuses frames above the same size",
+    "generator waiting in StreamReader.at_eof; and it refuses frames above the same size; "
+    "a handshake it answers is checked with websockets' header grammar and limits, and the "
+    "connection is then put in the OPEN state with its parser restarted",
     required=False,
 )
 SEAMS = (
@@ -270,6 +300,12 @@ def _uvicorn_roots() -> dict[str, Any]:
 
     roots: dict[str, Any] = {}
     try:
+        from uvicorn.protocols import utils
+
+        roots["utils"] = utils
+    except ImportError:
+        pass
+    try:
         roots["WebSocketsSansIOProtocol"] = _Probe()
     except Exception:
         pass
@@ -290,11 +326,13 @@ def _uvicorn_roots() -> dict[str, Any]:
 def _websockets_roots() -> dict[str, Any]:
     roots: dict[str, Any] = {}
     try:
+        from websockets import http11
         from websockets.server import ServerProtocol
         from websockets.streams import StreamReader
 
         roots["ServerProtocol"] = ServerProtocol()
         roots["StreamReader"] = StreamReader()
+        roots["http11"] = http11
     except Exception:  # renamed or its constructor changed: the seam reports the names
         pass
     try:
