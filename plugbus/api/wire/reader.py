@@ -13,6 +13,12 @@ to anything unusual is websockets' own (1009 for oversized, 1007 for invalid UTF
 protocol error), and message order is kept across the switch because websockets' messages are
 then routed to the same dispatcher.
 
+The opening handshake is answered here too when it is plain and valid (:meth:`ReaderProtocol._handshake`:
+uvicorn's httptools protocol has parsed the request already, and websockets' Python HTTP
+parser, ``Request``/``Response`` objects and ``accept`` cost a fifth of a connection's CPU);
+the 101 written on the accept is byte for byte the one websockets and uvicorn would write.
+Any other request is websockets', with its answers.
+
 Dispatch is eager: the engine's handler returns the message's coroutine, which is driven at
 once with ``send(None)``; if it completes without suspending, no task is woken or made. The
 step runs as the connection's own ASGI task (``asyncio.current_task()`` is that task, as on
