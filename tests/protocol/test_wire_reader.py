@@ -342,3 +342,22 @@ async def test_messages_right_behind_the_upgrade_are_taken_over_in_order(
             await ws.close()
     after = reader_health(default_server)
     assert after["connections_total"]["direct"] == before + 1, after
+
+
+async def test_the_compatible_setting_reads_through_uvicorns_queue(serve: Any) -> None:
+    """``server.websocket_writer: compatible`` gives uvicorn its own protocol class: messages
+    come through its receive queue, in order, and /health says so."""
+    server = serve({"server": {"websocket_writer": "compatible"}})
+    health = reader_health(server)
+    assert health["path"] == "uvicorn" and health["protocol"] is None, health
+    assert "compatible" in health["unavailable_reason"], health
+    ws = await joined(server)
+    try:
+        ws.writer.write(b"".join(event(i) for i in range(1, 6)))
+        assert await acks(ws, 5) == [1, 2, 3, 4, 5]
+    finally:
+        await ws.close()
+    after = reader_health(server)
+    assert after["connections_total"] == {"direct": 0, "websockets": 0}, after
+    assert after["handshakes_in_process"] == {"direct": 0, "websockets": 0}, after
+    assert "websocket frames read through uvicorn's receive queue" in server.log()
