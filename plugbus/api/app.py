@@ -29,7 +29,8 @@ from .problems import document_problems, install_problem_handlers
 from .request_id import RequestIdMiddleware
 from .rest_door import PublishLimiter, add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
-from .wire import SEAM_REPORT, WireApp, limited_http_protocol, seams
+from .wire import SEAM_REPORT, WireApp, limited_http_protocol, reader_protocol, seams
+from .wire.reader import MASK_IMPL
 
 log = logging.getLogger("plugbus")
 
@@ -74,6 +75,11 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
         "log_level": server.log_level,
         "lifespan": "on",
     }
+    reader, _ = reader_protocol(server.websocket_writer, SEAM_REPORT)
+    if reader is not None:
+        # plugbus's own subclass of websockets-sansio: plain frames read without a queue,
+        # a task or an ASGI event per message (wire/reader.py); /health says which is in use
+        options["ws"] = reader
     if SEAM_REPORT.holds(seams.UVICORN_HTTP):
         options["http"] = limited_http_protocol(
             server.limits.max_header_bytes, server.limits.max_header_count
@@ -176,6 +182,15 @@ def _log_wire(sio: PlugbusSocketServer) -> None:
             "(websocket_writer: %s%s)",
             report.setting,
             f"; {report.direct_unavailable_reason}" if report.direct_unavailable_reason else "",
+        )
+    if report.reader is not None:
+        log.info(
+            "wire: websocket frames read directly by %s (unmask: %s)", report.reader, MASK_IMPL
+        )
+    else:
+        log.warning(
+            "wire: websocket frames read through uvicorn's receive queue (%s)",
+            report.reader_reason,
         )
     if not SEAM_REPORT.holds(seams.UVICORN_HTTP):
         log.warning(

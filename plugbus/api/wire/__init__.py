@@ -9,6 +9,7 @@ when this package is imported (:data:`SEAM_REPORT`); a missing required one stop
 * :mod:`.engine` — :class:`EngineServer`, the Engine.IO server python-socketio runs on.
 * :mod:`.session` — :class:`EngineSession`, one client's session.
 * :mod:`.writers` — how packets reach a websocket: the direct writer and the ASGI writer.
+* :mod:`.reader` — how frames come in: the direct reader under uvicorn (eager dispatch).
 * :mod:`.asgi` — :class:`WireApp`, the ASGI app: the Engine.IO path, everything else to FastAPI.
 * :mod:`.http_limits` — bounds on an HTTP request's head, enforced below the parser.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from . import seams
 from .asgi import WireApp
-from .engine import EngineServer, ProtocolViolation, WireReport, WireSettings
+from .engine import EngineServer, ProtocolViolation, WireReport, WireSettings, reader_protocol
 from .http_limits import limited_http_protocol
 from .session import EngineSession
 from .writers import encode_frame
@@ -36,5 +37,6 @@ __all__ = [
     "WireSettings",
     "encode_frame",
     "limited_http_protocol",
+    "reader_protocol",
     "seams",
 ]

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from . import seams
+from .reader import HANDSHAKES, MASK_IMPL, RESUME, ReaderProtocol
 from .session import CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession, SessionTimers
 from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue, LeanWritableFlag
 
@@ -100,6 +101,15 @@ class WireReport:
     connections: dict[str, int] = field(default_factory=lambda: {"direct": 0, "compatible": 0})
     fallbacks: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    #: the websocket reader uvicorn was given (``plugbus.api.app.uvicorn_options``): None when
+    #: websockets are read through uvicorn's receive queue, with why in ``reader_reason``
+    reader: str | None = None
+    reader_reason: str | None = None
+    #: connections read by the direct reader or by websockets' parser (under ``reader``)
+    readers: dict[str, int] = field(default_factory=lambda: {"direct": 0, "websockets": 0})
+    reader_not_attached: dict[str, int] = field(default_factory=dict)
+    #: connections the direct reader handed to websockets mid-way, by the first frame's kind
+    reader_switched: dict[str, int] = field(default_factory=dict)
 
     @property
     def expected_path(self) -> str:
@@ -119,6 +129,16 @@ class WireReport:
                 "connections": dict(self.connections),
                 "fallbacks": dict(self.fallbacks),
             },
+            "websocket_reader": {
+                "path": "direct" if self.reader else "uvicorn",
+                "protocol": self.reader,
+                "unavailable_reason": self.reader_reason,
+                "unmask": MASK_IMPL,
+                "handshakes_in_process": dict(HANDSHAKES),
+                "connections_total": dict(self.readers),
+                "not_attached": dict(self.reader_not_attached),
+                "switched_to_websockets": dict(self.reader_switched),
+            },
             "closed": dict(self.counters),
             "seams": self.seams,
         }
@@ -130,6 +150,25 @@ def _direct_protocol_class() -> type | None:
     except ImportError:
         return None
     return WebSocketsSansIOProtocol
+
+
+def reader_protocol(
+    setting: str, seam_report: seams.SeamReport
+) -> tuple[type[ReaderProtocol] | None, str | None]:
+    """The websocket protocol class to give uvicorn (``Config(ws=...)``) for a
+    ``server.websocket_writer`` setting, or None and why uvicorn's own is used instead."""
+    if setting == "compatible":
+        return None, "server.websocket_writer is 'compatible'"
+    missing = [
+        name
+        for seam in (seams.UVICORN_READER, seams.WEBSOCKETS_PARSER)
+        for name in seam_report.missing(seam)
+    ]
+    if missing:
+        return None, "the direct reader's uvicorn/websockets seams do not hold: " + ", ".join(
+            missing
+        )
+    return ReaderProtocol, None
 
 
 class EngineServer:
@@ -170,8 +209,13 @@ class EngineServer:
         self.report = WireReport(
             settings.websocket_writer, direct_ok, reason, seam_report.as_dict()
         )
+        reader, self.report.reader_reason = reader_protocol(settings.websocket_writer, seam_report)
+        if reader is not None:
+            self.report.reader = f"{reader.__module__}.{reader.__qualname__}"
         if settings.websocket_writer == "direct" and not direct_ok:
             raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
+        #: python-socketio's message handler, for the direct reader (set at its first use)
+        self._on_message: Callable[..., Any] | None = None
         self._id_pool = b""
         self._id_at = 0
         handshake = {
@@ -675,7 +719,9 @@ class EngineServer:
         if setting != "compatible":
             proto = getattr(send, "__self__", None)
             cls = self._direct_class
-            if cls is not None and type(proto) is cls:
+            # exact types, not isinstance: a subclass of uvicorn's protocol other than
+            # plugbus's own reader may write frames its own way
+            if cls is not None and (type(proto) is cls or type(proto) is ReaderProtocol):
                 self.report.connections["direct"] += 1
                 _trim(proto)
                 return DirectWriter(proto, limit, dropped)
@@ -704,18 +750,91 @@ class EngineServer:
         self.report.connections["compatible"] += 1
         return AsgiWriter(send, limit, dropped)
 
+    def _attach_reader(
+        self, session: EngineSession, send: Send, upgraded: bool
+    ) -> ReaderProtocol | None:
+        """Give the connection to the direct reader (:mod:`.reader`) when uvicorn serves it
+        with :class:`~.reader.ReaderProtocol` and the direct writer; from then on its messages
+        reach ``on_message`` from the protocol's ``data_received``, and the receive loop of
+        :meth:`_websocket` only sees the disconnect, and :data:`~.reader.RESUME` when a
+        message suspended in its eager step and this task is to finish it."""
+        proto = getattr(send, "__self__", None)
+        if type(proto) is not ReaderProtocol:
+            return None
+        self._on_message = self.handlers.get("message")
+        readers = self.report.readers
+        writer = session.writer
+        if writer is None or not writer.direct:
+            reason = "the connection has the compatible writer"
+        elif (host := asyncio.current_task()) is None:  # pragma: no cover - uvicorn's task
+            reason = "no current task"
+        elif proto.attach(self, session, host):
+            readers["direct"] += 1
+            return proto
+        elif upgraded:
+            reason = "upgraded from long-polling: a message came right behind the upgrade"
+        else:
+            reason = "frames arrived before the handshake's answer"
+        readers["websockets"] += 1
+        not_attached = self.report.reader_not_attached
+        not_attached[reason] = not_attached.get(reason, 0) + 1
+        return None
+
+    # -- what the direct reader (.reader.ReaderProtocol) calls -----------------------------
+    # methods of the engine with the session passed in, not closures per connection: an idle
+    # connection holds nothing for them
+
+    def reader_message(self, session: EngineSession, data: str | bytes) -> Any:
+        """One message: the same checks as :meth:`_websocket`'s loop; ``on_message``'s
+        coroutine for the reader to drive, or None."""
+        if session.state != OPEN:
+            return None
+        on_message = self._on_message
+        try:
+            if type(data) is str:
+                if data[:1] == "4" and on_message is not None:
+                    if len(data) > self.settings.max_payload:
+                        raise ProtocolViolation("message larger than maxPayload")
+                    return on_message(session.sid, data[1:])
+                self._control(session, data)
+                return None
+            if len(data) > self.settings.max_payload:
+                raise ProtocolViolation("message larger than maxPayload")
+            return on_message(session.sid, data) if on_message is not None else None
+        except ProtocolViolation as exc:
+            self._violation(session, str(exc))
+            return None
+
+    def reader_failed(self, session: EngineSession, exc: BaseException) -> None:
+        """A message's coroutine raised: the session closes (one log line)."""
+        if isinstance(exc, ProtocolViolation):
+            self._violation(session, str(exc))
+            return
+        log.error("closing %s: its message handler failed", session.sid, exc_info=exc)
+        session.close(Reason.TRANSPORT_ERROR)
+
+    def reader_switched(self, reason: str) -> None:
+        """The reader handed a connection to websockets' parser (counted by ``reason``)."""
+        switches = self.report.reader_switched
+        switches[reason] = switches.get(reason, 0) + 1
+
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One websocket, from its handshake to its end. Its frame is the one this connection
         keeps for its life (the handshake's locals are gone with ``_websocket_open``'s)."""
         session = await self._websocket_open(scope, receive, send)
         if session is None:
             return
+        reader = self._attach_reader(session, send, b"sid=" in scope.get("query_string", b""))
         on_message = self.handlers.get("message")
         sid = session.sid
         max_payload = self.settings.max_payload
         try:
             while session.state == OPEN:
                 message = await receive()
+                if message is RESUME and reader is not None:
+                    # the direct reader's message suspended: this task finishes it
+                    await reader.run_pending()
+                    continue
                 if message["type"] != "websocket.receive":
                     session.close(Reason.TRANSPORT_CLOSE)
                     break
@@ -737,6 +856,8 @@ class EngineServer:
                 except ProtocolViolation as exc:
                     self._violation(session, str(exc))
         finally:
+            if reader is not None:
+                reader.abandon()
             writer = session.writer
             if writer is not None:
                 self.report.connections["direct" if writer.direct else "compatible"] -= 1

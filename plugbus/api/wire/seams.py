@@ -10,10 +10,16 @@ it was verified against:
   specification and plugbus's limits need (packet intake, CONNECT handling, event dispatch);
   the room index wraps the managers' ``basic_*`` room operations (python-socketio's Redis
   manager is not used: events cross nodes on plugbus's history feed).
-* **uvicorn** — the direct websocket writer writes frames to the asyncio transport of uvicorn's
+* **uvicorn** — the direct websocket reader (:mod:`plugbus.api.wire.reader`) subclasses its
+  websockets-sansio protocol: ``data_received`` parses plain frames itself and the messages
+  websockets assembles are routed to the same dispatcher (``send_receive_event_to_app``);
+  the direct websocket writer writes frames to the asyncio transport of uvicorn's
   websockets-sansio protocol, found as the ``__self__`` of the ASGI ``send`` callable, and trims
   that protocol's per-connection memory (``request``, ``response``, ``queue``, ``writable``, the scope's ``headers``); the HTTP head
   limits subclass its httptools protocol (``data_received`` and the parser callbacks).
+* **websockets** — the direct reader unmasks with ``websockets.speedups.apply_mask`` (C), and
+  takes a connection over only where ``ServerProtocol``'s parse generator waits between two
+  messages (``StreamReader.at_eof``, an empty buffer, no fragmented message under way).
 
 :func:`check` runs at import (a python-socketio attribute that is gone is a start-up error: the
 server cannot work without it) and its :class:`SeamReport` is logged at start-up and served in
@@ -103,7 +109,95 @@ UVICORN_HTTP = Seam(
     "bytes counted before uvicorn's httptools parser is fed, headers in its header callback",
     required=False,
 )
-SEAMS = (SOCKETIO_SERVER, SOCKETIO_MANAGERS, UVICORN_WEBSOCKET, UVICORN_HTTP)
+UVICORN_READER = Seam(
+    "uvicorn",
+    "0.54.0",
+    (
+        "WebSocketsSansIOProtocol.data_received",
+        "WebSocketsSansIOProtocol.send_receive_event_to_app",
+        "WebSocketsSansIOProtocol.handle_parser_exception",
+        "WebSocketsSansIOProtocol.connection_lost",
+        "WebSocketsSansIOProtocol.handshake_initiated",
+        "WebSocketsSansIOProtocol.close_sent",
+        "WebSocketsSansIOProtocol.read_paused",
+        "WebSocketsSansIOProtocol.frames",
+        "WebSocketsSansIOProtocol.curr_msg_data_type",
+        "WebSocketsSansIOProtocol.queue",
+        "WebSocketsSansIOProtocol.conn",
+        "WebSocketsSansIOProtocol.config",
+        "WebSocketsSansIOProtocol.loop",
+        "WebSocketsSansIOProtocol.logger",
+        "WebSocketsSansIOProtocol.transport",
+        # the opening handshake it answers itself
+        "WebSocketsSansIOProtocol.send",
+        "WebSocketsSansIOProtocol.run_asgi",
+        "WebSocketsSansIOProtocol.on_task_complete",
+        "WebSocketsSansIOProtocol.tasks",
+        "WebSocketsSansIOProtocol.default_headers",
+        "WebSocketsSansIOProtocol.writable",
+        "WebSocketsSansIOProtocol.disconnected",
+        "WebSocketsSansIOProtocol.handshake_complete",
+        "WebSocketsSansIOProtocol.start_keepalive",
+        "WebSocketsSansIOProtocol.root_path",
+        "WebSocketsSansIOProtocol.asgi_version",
+        "WebSocketsSansIOProtocol.app_state",
+        "WebSocketsSansIOProtocol.scheme",
+        "WebSocketsSansIOProtocol.server",
+        "WebSocketsSansIOProtocol.client",
+        "utils.ClientDisconnected",
+        "utils.get_client_addr",
+        "utils.get_path_with_query_string",
+    ),
+    "the direct websocket reader (plugbus.api.wire.reader.ReaderProtocol, given to uvicorn "
+    "as Config(ws=...)): plain frames parsed in data_received and dispatched eagerly; "
+    "websockets' messages routed to the same dispatcher after a switch; the opening "
+    "handshake answered without websockets' HTTP parser (uvicorn's scope, task and 101)",
+    required=False,
+)
+WEBSOCKETS_SPEEDUPS = Seam(
+    "websockets",
+    "17.4",
+    ("speedups.apply_mask",),
+    "the direct websocket reader unmasks frames with websockets' C helper (its pure-Python "
+    "twin in websockets.utils is used when the C extension is absent)",
+    required=False,
+)
+WEBSOCKETS_PARSER = Seam(
+    "websockets",
+    "17.4",
+    (
+        "ServerProtocol.parser",
+        "ServerProtocol.reader",
+        "ServerProtocol.current_size",
+        "ServerProtocol.max_message_size",
+        "ServerProtocol.max_fragment_size",
+        "StreamReader.at_eof",
+        "StreamReader.buffer",
+        # the opening handshake: websockets' grammar and limits, its state and parser
+        "http11._token_re",
+        "http11._value_re",
+        "http11.MAX_NUM_HEADERS",
+        "http11.MAX_LINE_LENGTH",
+        "ServerProtocol.state",
+        "ServerProtocol.parse",
+        "ServerProtocol.logger",
+    ),
+    "the direct websocket reader takes a connection over only where websockets' parser is "
+    "between two messages: no byte buffered, no fragmented message under way, its parse "
+    "generator waiting in StreamReader.at_eof; and it refuses frames above the same size; "
+    "a handshake it answers is checked with websockets' header grammar and limits, and the "
+    "connection is then put in the OPEN state with its parser restarted",
+    required=False,
+)
+SEAMS = (
+    SOCKETIO_SERVER,
+    SOCKETIO_MANAGERS,
+    UVICORN_WEBSOCKET,
+    UVICORN_HTTP,
+    UVICORN_READER,
+    WEBSOCKETS_SPEEDUPS,
+    WEBSOCKETS_PARSER,
+)
 
 
 class WireError(RuntimeError):
@@ -206,6 +300,12 @@ def _uvicorn_roots() -> dict[str, Any]:
 
     roots: dict[str, Any] = {}
     try:
+        from uvicorn.protocols import utils
+
+        roots["utils"] = utils
+    except ImportError:
+        pass
+    try:
         roots["WebSocketsSansIOProtocol"] = _Probe()
     except Exception:
         pass
@@ -219,6 +319,27 @@ def _uvicorn_roots() -> dict[str, Any]:
             _loop=_NotALoop(),  # type: ignore[arg-type]
         )
     except Exception:  # httptools missing, or the constructor changed: the seam reports it
+        pass
+    return roots
+
+
+def _websockets_roots() -> dict[str, Any]:
+    roots: dict[str, Any] = {}
+    try:
+        from websockets import http11
+        from websockets.server import ServerProtocol
+        from websockets.streams import StreamReader
+
+        roots["ServerProtocol"] = ServerProtocol()
+        roots["StreamReader"] = StreamReader()
+        roots["http11"] = http11
+    except Exception:  # renamed or its constructor changed: the seam reports the names
+        pass
+    try:
+        from websockets import speedups
+
+        roots["speedups"] = speedups
+    except ImportError:
         pass
     return roots
 
@@ -238,7 +359,11 @@ def check() -> SeamReport:
         the package, the installed and the verified version, and what is missing.
     """
     report = SeamReport()
-    roots = {"python-socketio": _socketio_roots, "uvicorn": _uvicorn_roots}
+    roots = {
+        "python-socketio": _socketio_roots,
+        "uvicorn": _uvicorn_roots,
+        "websockets": _websockets_roots,
+    }
     for seam in SEAMS:
         installed = _installed(seam.package)
         missing = _resolve(seam.names, roots[seam.package]()) if installed else list(seam.names)

@@ -256,6 +256,16 @@ class LeanReceiveQueue:
     def empty(self) -> bool:
         return not self._items
 
+    def take_messages(self) -> list[str | bytes] | None:
+        """Remove and return the data of every waiting message when all are
+        ``websocket.receive`` (the direct reader takes them over, in order); None, and
+        nothing removed, when anything else waits."""
+        items = self._items
+        if any(item.get("type") != "websocket.receive" for item in items):
+            return None
+        self._items = []
+        return [item["text"] if item.get("text") is not None else item["bytes"] for item in items]
+
     def qsize(self) -> int:
         return len(self._items)
 

@@ -1,0 +1,570 @@
+"""The direct websocket reader: plain frames parsed in ``data_received`` and handed to the
+engine without a queue, a task or an ASGI event per message.
+
+:class:`ReaderProtocol` is uvicorn's websockets-sansio protocol (declared seams,
+:mod:`plugbus.api.wire.seams`) with a fast path in front of websockets' frame parser. uvicorn
+takes it through its public ``Config(ws=<class>)`` parameter (:func:`plugbus.api.app.uvicorn_options`).
+websockets keeps everything but the common case: the handshake, close, ping/pong, fragmented and
+compressed messages, and every error. Once the engine has attached a reader
+(:meth:`ReaderProtocol.attach`), a frame is taken directly when it is FIN, RSV-clear, masked,
+text or binary, not above ``ws_max_size`` and (text) valid UTF-8; the first frame that is not
+is handed, with every byte after it, to websockets for the rest of the connection, so the answer
+to anything unusual is websockets' own (1009 for oversized, 1007 for invalid UTF-8, 1002 for a
+protocol error), and message order is kept across the switch because websockets' messages are
+then routed to the same dispatcher.
+
+The opening handshake is answered here too when it is plain and valid (:meth:`ReaderProtocol._handshake`:
+uvicorn's httptools protocol has parsed the request already, and websockets' Python HTTP
+parser, ``Request``/``Response`` objects and ``accept`` cost a fifth of a connection's CPU);
+the 101 written on the accept is byte for byte the one websockets and uvicorn would write.
+Any other request is websockets', with its answers.
+
+Dispatch is eager: the engine's handler returns the message's coroutine, which is driven at
+once with ``send(None)``; if it completes without suspending, no task is woken or made. The
+step runs as the connection's own ASGI task (``asyncio.current_task()`` is that task, as on
+uvicorn's path: ``asyncio.timeout``, redis-py and ``Bus.close_connection`` need one) and in a
+context of the connection's own. If it suspends, later messages of the connection wait behind
+it (order per connection is kept: Socket.IO acks and events stay in order) and the
+connection's task, woken through uvicorn's receive queue, finishes them; while any wait,
+reading is paused, as uvicorn's receive queue does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import sys
+from asyncio.tasks import _enter_task, _leave_task
+from collections import deque
+from collections.abc import Coroutine, Generator
+from contextvars import Context, copy_context
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
+from websockets.protocol import State
+from websockets.streams import StreamReader
+
+log = logging.getLogger("plugbus.wire")
+
+try:  # websockets' header grammar (declared seams: without them the reader is not used)
+    from websockets.http11 import _token_re as _TOKEN
+    from websockets.http11 import _value_re as _VALUE
+except ImportError:  # pragma: no cover
+    _TOKEN = _VALUE = None  # type: ignore[assignment]
+
+
+class Sink(Protocol):
+    """What the reader hands messages to (the engine), with the connection's session."""
+
+    def reader_message(self, session: Any, data: str | bytes) -> Any:
+        """The message's coroutine, or None when nothing waits."""
+
+    def reader_failed(self, session: Any, exc: BaseException) -> None:
+        """A message's coroutine raised (the engine closes the session)."""
+
+    def reader_switched(self, reason: str) -> None:
+        """The connection was handed to websockets' parser, because of ``reason``."""
+
+
+try:  # the C helper websockets' own parser uses; its pure-Python twin is ~20x slower
+    from websockets.speedups import apply_mask
+
+    MASK_IMPL = "websockets.speedups (C)"
+except ImportError:  # pragma: no cover - a websockets build without its C extension
+    from websockets.utils import apply_mask
+
+    MASK_IMPL = "websockets.utils (pure Python)"
+
+_TEXT = 0x81  # FIN, RSV clear, opcode 1
+_BINARY = 0x82  # FIN, RSV clear, opcode 2
+
+
+#: what a suspended message's coroutine has not done yet (its first step)
+_NOT_STARTED = object()
+
+#: put in uvicorn's receive queue to wake the connection's task: a message suspended
+RESUME: Any = {"type": "plugbus.reader.resume"}
+
+
+class _Resume:
+    """Awaiting this drives a message's coroutine to its end from wherever it is: not started
+    (``_NOT_STARTED``) or suspended on ``yielded`` after an eager step. Each step runs in the
+    connection's context, like its eager steps, so that a context variable set before a
+    suspension is still set after it (what ``yield from`` does, plus the context)."""
+
+    __slots__ = ("_context", "_coro", "_yielded")
+
+    def __init__(self, context: Context, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._context = context
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        run, coro, value = self._context.run, self._coro, self._yielded
+        self._yielded = None
+        try:
+            if value is _NOT_STARTED:
+                value = run(coro.send, None)
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:  # a cancellation reaches the coroutine
+                    value = run(coro.throw, exc)
+                else:
+                    value = run(coro.send, sent)
+        except StopIteration:
+            return
+
+
+class ReaderProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol with plugbus's direct frame reader and eager,
+    in-order dispatch (see the module docstring)."""
+
+    #: the largest frame websockets would take as a message's first (its max_size)
+    _max_size = 0
+    #: a handshake taken by :meth:`_handshake`: its Sec-WebSocket-Accept until the accept
+    #: is sent, and what the client sent before that answer
+    _accept: bytes | None = None
+    _early: list[bytes] | None = None
+    #: the attached reader's engine and session; None: websockets' path, ASGI queue
+    _sink: Sink | None = None
+    _session: Any = None
+    #: True while frames are parsed here; False once websockets has them for good
+    _direct = False
+    _partial: bytes = b""
+    #: the connection's ASGI task, and the context every message's steps run in
+    _host: asyncio.Task[Any]  # set by attach, before any message is delivered
+    _context: Context | None = None
+    #: a message suspended in its eager step, for the host to finish; messages behind it
+    _pending: tuple[Coroutine[Any, Any, None], Any] | None = None
+    _backlog: deque[str | bytes] | None = None
+    _busy = False
+
+    # -- reading ------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._direct:
+            self._read(self._partial + data if self._partial else data)
+        elif self._early is not None:
+            # a client that did not wait for the handshake's answer: its bytes wait for it
+            # (websockets' parser still expects an HTTP request), reading paused meanwhile
+            self._early.append(data)
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+        elif self.handshake_initiated or not self._handshake(data):
+            super().data_received(data)
+
+    # -- the opening handshake (RFC 6455 §4.2) ------------------------------------------
+
+    def _handshake(self, data: bytes) -> bool:
+        """Take a plain, valid opening handshake without websockets' HTTP parser; False
+        (nothing done) for anything else, which websockets then parses and answers.
+
+        ``data`` is uvicorn's re-built request head (httptools parsed it first). Taken: one
+        complete head; ``GET`` with an ASCII origin-form target over ``HTTP/1.1``; header
+        names and values that websockets' own grammar accepts, no more of them or longer
+        lines than it takes; a ``Host``; ``Upgrade`` exactly ``websocket``; a ``Connection``
+        with the ``upgrade`` token; one ``Sec-WebSocket-Key`` that is base64 of 16 bytes; one
+        ``Sec-WebSocket-Version: 13``; no body; no ``Sec-WebSocket-Protocol`` (websockets
+        negotiates it), and no ``Sec-WebSocket-Extensions`` when compression is on.
+        """
+        if self.conn.state is not State.CONNECTING or _TOKEN is None:
+            return False
+        if not self._take_handshake(data):
+            HANDSHAKES["websockets"] += 1
+            return False
+        HANDSHAKES["direct"] += 1
+        return True
+
+    def _take_handshake(self, data: bytes) -> bool:
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end != len(data) - 4:
+            return False
+        lines = data[:end].split(b"\r\n")
+        if len(lines) > _MAX_HEADERS + 1 or any(len(line) > _MAX_LINE for line in lines):
+            return False
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
+            return False
+        target = parts[1]
+        if not target.startswith(b"/") or not target.isascii():
+            return False
+        headers: list[tuple[bytes, bytes]] = []
+        key = version = upgrade = None
+        host = connection_upgrade = False
+        deflate = self.config.ws_per_message_deflate
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            value = value.strip(b" \t")
+            if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+                return False
+            headers.append((name, value))
+            lname = name.lower()
+            if lname == b"sec-websocket-key":
+                if key is not None:
+                    return False
+                key = value
+            elif lname == b"sec-websocket-version":
+                if version is not None:
+                    return False
+                version = value
+            elif lname == b"upgrade":
+                if upgrade is not None:
+                    return False
+                upgrade = value
+            elif lname == b"connection":
+                for token in value.split(b","):
+                    token = token.strip(b" \t")
+                    if not _TOKEN.fullmatch(token):
+                        return False
+                    connection_upgrade = connection_upgrade or token.lower() == b"upgrade"
+            elif lname == b"host":
+                host = True
+            elif (
+                lname in _NEGOTIATED
+                or (lname == b"sec-websocket-extensions" and deflate)
+                or (lname == b"content-length" and value != b"0")
+            ):
+                return False
+        if (
+            not host
+            or not connection_upgrade
+            or upgrade is None
+            or upgrade.lower() != b"websocket"
+            or version != b"13"
+            or key is None
+        ):
+            return False
+        try:
+            if len(base64.b64decode(key, validate=True)) != 16:
+                return False
+        except binascii.Error:
+            return False
+        self._accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        self._early = []
+        # uvicorn's handle_connect keeps websockets' Request here; nothing reads it after
+        # the scope is built (plugbus's _trim drops it)
+        self.request = None  # type: ignore[assignment]
+        self.handshake_initiated = True
+        raw_path, _, query_string = target.partition(b"?")
+        root_path = self.root_path
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": root_path + unquote(raw_path.decode("ascii")),
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+        return True
+
+    async def send(self, message: Any) -> None:
+        accept = self._accept
+        if accept is None or message["type"] != "websocket.accept":
+            # websockets' handshake, every refusal, and everything after the accept
+            await super().send(message)
+            return
+        self._accept = None
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        self.logger.info(
+            '%s - "WebSocket %s" [accepted]',
+            get_client_addr(self.scope),
+            get_path_with_query_string(self.scope),
+        )
+        # the same head websockets' Response would serialize: its three headers, then
+        # uvicorn's default headers and the application's, names lower-cased (uvicorn's
+        # send drops websockets' Date in favour of its own)
+        out = [_SWITCHING, accept, b"\r\n"]
+        for name, value in [*self.default_headers, *message.get("headers", [])]:
+            out += [name.lower(), b": ", value, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            out += [b"Sec-WebSocket-Protocol: ", subprotocol.encode("latin-1"), b"\r\n"]
+        out.append(b"\r\n")
+        early, self._early = self._early, None
+        if self.transport.is_closing():
+            return
+        self.handshake_complete = True
+        conn = self.conn
+        conn.state = State.OPEN
+        conn.logger.info("connection open")  # what websockets' send_response logs
+        # websockets' parser, restarted in the open state, waits for the first frame
+        conn.parser = conn.parse()
+        next(conn.parser)
+        self.transport.write(b"".join(out))
+        self.start_keepalive()
+        if early:
+            super().data_received(b"".join(early))
+
+    def _read(self, buf: bytes) -> None:
+        """Parse the plain frames at the head of ``buf``; keep a partial one; hand the
+        rest to websockets at the first frame this reader does not take."""
+        n = len(buf)
+        pos = 0
+        max_size = self._max_size
+        while n - pos >= 2:
+            if self.close_sent:
+                break  # the closing handshake is websockets'
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            if (b0 != _TEXT and b0 != _BINARY) or b1 < 0x80:
+                break  # a control frame, a fragment, RSV1 (compressed), or unmasked
+            length = b1 & 0x7F
+            head = pos + 2
+            if length == 126:
+                if n - pos < 8:
+                    self._partial = buf[pos:]
+                    return
+                length = int.from_bytes(buf[head : head + 2], "big")
+                head += 2
+            elif length == 127:
+                if n - pos < 14:
+                    self._partial = buf[pos:]
+                    return
+                length = int.from_bytes(buf[head : head + 8], "big")
+                head += 8
+            if length > max_size:
+                break  # websockets answers: close 1009
+            end = head + 4 + length
+            if end > n:
+                self._partial = buf[pos:]
+                return
+            payload = apply_mask(buf[head + 4 : end], buf[head : head + 4])
+            if b0 == _TEXT:
+                try:
+                    message: str | bytes = payload.decode()
+                except UnicodeDecodeError:
+                    break  # websockets' path answers: close 1007
+            else:
+                message = payload
+            pos = end
+            self._deliver(message)
+        else:
+            self._partial = buf[pos:] if pos < n else b""
+            return
+        self._switch(buf[pos:])
+
+    def _switch(self, rest: bytes) -> None:
+        """Hand the connection's bytes to websockets from this frame boundary on, for the
+        rest of the connection (its messages still come to :meth:`_deliver`)."""
+        self._direct = False
+        self._partial = b""
+        if self._sink is not None:
+            self._sink.reader_switched(_why(rest, self))
+        super().data_received(rest)
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def attach(self, sink: Sink, session: Any, host: asyncio.Task[Any]) -> bool:
+        """Take the connection's messages from now on: parsed here while frames are plain,
+        by websockets otherwise, and dispatched to ``sink.reader_message`` in order. ``False`` (and
+        nothing changes) when websockets is not between two messages (it holds bytes of a
+        frame or part of a fragmented message) or a message waits in uvicorn's queue.
+
+        ``host`` is the connection's ASGI task (the caller): each message's eager step runs
+        as if in it (``asyncio.current_task()`` is ``host``, as ``asyncio.timeout`` and
+        redis-py need) and in a context of the connection's own (copied from the caller's);
+        a message that suspends is finished by ``host``, woken by :data:`RESUME` in
+        uvicorn's receive queue, which then awaits :meth:`run_pending`.
+        """
+        conn = self.conn
+        if self.close_sent or not _at_frame_boundary(conn):
+            return False
+        queued: list[str | bytes] = []
+        if not self.queue.empty():
+            # messages websockets parsed before now (right behind an upgrade): taken over,
+            # in order, ahead of anything read from here on
+            take = getattr(self.queue, "take_messages", None)
+            taken = take() if take is not None else None
+            if taken is None:
+                return False
+            queued = taken
+        limits = [n for n in (conn.max_message_size, conn.max_fragment_size) if n is not None]
+        self._max_size = min(limits) if limits else sys.maxsize
+        self._sink = sink
+        self._session = session
+        self._host = host
+        self._context = copy_context()
+        self._direct = True
+        if queued:
+            # the caller is the host task itself, so these cannot run eagerly: the first
+            # waits (not started) and the rest queue behind it for run_pending
+            first = sink.reader_message(session, queued[0])
+            self._backlog = deque(queued[1:])
+            if first is not None:
+                self._pend(first, _NOT_STARTED)
+            elif self._backlog:
+                self._busy = True
+                self._pending = None
+                self.queue.put_nowait(RESUME)
+        return True
+
+    def send_receive_event_to_app(self) -> None:
+        if self._sink is None:
+            super().send_receive_event_to_app()
+            return
+        # a message websockets assembled (after a switch): same checks as uvicorn's
+        frames = self.frames
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self.frames = []
+        if self.close_sent:
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                text = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.logger.exception("Invalid UTF-8 sequence received from client.")
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+            self._deliver(text)
+        else:
+            self._deliver(bytes(data))
+
+    def _deliver(self, message: str | bytes) -> None:
+        if self._busy:
+            backlog = self._backlog
+            if backlog is None:
+                backlog = self._backlog = deque()
+            backlog.append(message)
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            return
+        coro = self._sink.reader_message(self._session, message)  # type: ignore[union-attr]
+        if coro is None:
+            return
+        loop, host = self.loop, self._host
+        try:
+            _enter_task(loop, host)
+        except RuntimeError:  # pragma: no cover - called from inside a task, not a callback
+            self._pend(coro, _NOT_STARTED)
+            return
+        try:
+            yielded = self._context.run(coro.send, None)  # type: ignore[union-attr]
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._sink.reader_failed(self._session, exc)  # type: ignore[union-attr]
+            return
+        finally:
+            _leave_task(loop, host)
+        self._pend(coro, yielded)
+
+    def _pend(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._busy = True
+        self._pending = (coro, yielded)
+        self.queue.put_nowait(RESUME)
+
+    async def run_pending(self) -> None:
+        """Finish the suspended message, then the messages that arrived behind it (called
+        by the connection's task when it receives :data:`RESUME`)."""
+        pending, self._pending = self._pending, None
+        sink, session, context = self._sink, self._session, self._context
+        assert sink is not None and context is not None
+        try:
+            if pending is not None:
+                await _Resume(context, *pending)
+            backlog = self._backlog
+            while backlog:
+                coro = sink.reader_message(session, backlog.popleft())
+                if coro is not None:
+                    await _Resume(context, coro, _NOT_STARTED)
+        except Exception as exc:
+            if self._backlog:
+                self._backlog.clear()
+            sink.reader_failed(session, exc)
+        finally:
+            self._busy = False
+            if self.read_paused and not self.close_sent:
+                self.read_paused = False
+                self.transport.resume_reading()
+
+    def abandon(self) -> None:
+        """The connection's task is ending: drop what waits (a suspended message is closed)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].close()
+        if self._backlog:
+            self._backlog.clear()
+        self._busy = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._backlog:
+            self._backlog.clear()
+        self._partial = b""
+        self._direct = False
+        super().connection_lost(exc)
+
+
+#: opening handshakes in this process, by who parsed them (``GET /health``)
+HANDSHAKES = {"direct": 0, "websockets": 0}
+
+_AT_EOF = StreamReader.at_eof.__code__
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+_SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+# websockets' request limits and header grammar (websockets.http11), so that what is taken
+# here is exactly what its parser would take
+_MAX_HEADERS = MAX_NUM_HEADERS
+_MAX_LINE = MAX_LINE_LENGTH - 2  # its limit counts the CRLF
+#: request headers websockets negotiates or refuses: such a request takes its path
+_NEGOTIATED = frozenset((b"sec-websocket-protocol", b"transfer-encoding"))
+
+
+def _at_frame_boundary(conn: Any) -> bool:
+    """Whether websockets' parser waits for the first byte of a new message: open, no byte
+    buffered, no fragmented message under way, and its parse generator suspended in
+    ``StreamReader.at_eof`` (where ``Protocol.parse`` waits between frames; mid-frame it is
+    in ``read_exact``) — declared websockets seams."""
+    if conn.state is not State.OPEN or conn.reader.buffer or conn.current_size is not None:
+        return False
+    gen = conn.parser
+    while (inner := getattr(gen, "gi_yieldfrom", None)) is not None:
+        gen = inner
+    return getattr(gen, "gi_code", None) is _AT_EOF
+
+
+def _why(rest: bytes, proto: Any) -> str:
+    """Why a connection left the direct reader (``/health`` counts them by reason)."""
+    if proto.close_sent:
+        return "closing"
+    b0 = rest[0]
+    if not b0 & 0x80:
+        return "fragmented message"
+    if b0 & 0x70:
+        return "RSV bit set (compressed message)"
+    opcode = b0 & 0x0F
+    if opcode >= 8:
+        return "control frame"
+    if opcode not in (1, 2):
+        return "unexpected opcode"
+    if len(rest) > 1 and not rest[1] & 0x80:
+        return "unmasked frame"
+    return "oversized or invalid frame"
