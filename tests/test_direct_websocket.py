@@ -479,3 +479,20 @@ async def test_the_connect_ack_and_the_greeting_leave_in_one_write(plugbus_serve
     assert isinstance(ack, str) and ack.startswith('40{"sid":'), ack
     assert isinstance(greeting, str) and greeting.startswith('42["welcome",'), greeting
     assert writes[:1] == [encode_frame(ack) + encode_frame(greeting)], writes
+
+
+@pytest.mark.parametrize(
+    "seam",
+    [seams.UVICORN_READER, seams.WEBSOCKETS_PARSER, seams.ASYNCIO_TASKS],
+    ids=lambda s: s.names[-1],
+)
+def test_the_direct_reader_is_declined_by_name_when_a_seam_it_needs_is_missing(seam) -> None:
+    from plugbus.api.wire.engine import reader_protocol
+    from plugbus.api.wire.reader import ReaderProtocol
+
+    report = seams.check()
+    assert reader_protocol("auto", report) == (ReaderProtocol, None)
+    gone = seam.names[-1]
+    report.results[seam] = {**report.results[seam], "ok": False, "missing": [gone]}
+    cls, reason = reader_protocol("auto", report)
+    assert cls is None and reason is not None and gone in reason

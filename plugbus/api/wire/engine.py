@@ -161,7 +161,7 @@ def reader_protocol(
         return None, "server.websocket_writer is 'compatible'"
     missing = [
         name
-        for seam in (seams.UVICORN_READER, seams.WEBSOCKETS_PARSER)
+        for seam in (seams.UVICORN_READER, seams.WEBSOCKETS_PARSER, seams.ASYNCIO_TASKS)
         for name in seam_report.missing(seam)
     ]
     if missing:

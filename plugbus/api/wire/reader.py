@@ -37,7 +37,6 @@ import binascii
 import hashlib
 import logging
 import sys
-from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
 from collections.abc import Coroutine, Generator
 from contextvars import Context, copy_context
@@ -49,6 +48,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 from websockets.protocol import State
 from websockets.streams import StreamReader
+
+# A declared seam (seams.ASYNCIO_TASKS): without it the engine gives uvicorn its own class.
+_enter_task: Any = getattr(asyncio.tasks, "_enter_task", None)
+_leave_task: Any = getattr(asyncio.tasks, "_leave_task", None)
 
 log = logging.getLogger("plugbus.wire")
 

@@ -30,6 +30,7 @@ silently trusted; the direct writer is only taken when its uvicorn seams hold.
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +190,15 @@ WEBSOCKETS_PARSER = Seam(
     "connection is then put in the OPEN state with its parser restarted",
     required=False,
 )
+ASYNCIO_TASKS = Seam(
+    "python",
+    "3.11",
+    ("tasks._enter_task", "tasks._leave_task"),
+    "the direct websocket reader runs a message's first step inside the connection's own "
+    "ASGI task (what asyncio.current_task() and redis-py's timeouts ask for) without a task "
+    "per message: the pair asyncio's tasks and 3.12's eager tasks use around each step",
+    required=False,
+)
 SEAMS = (
     SOCKETIO_SERVER,
     SOCKETIO_MANAGERS,
@@ -197,6 +207,7 @@ SEAMS = (
     UVICORN_READER,
     WEBSOCKETS_SPEEDUPS,
     WEBSOCKETS_PARSER,
+    ASYNCIO_TASKS,
 )
 
 
@@ -224,6 +235,8 @@ class SeamReport:
 
 
 def _installed(package: str) -> str | None:
+    if package == "python":  # the interpreter's own modules: its minor version
+        return f"{sys.version_info.major}.{sys.version_info.minor}"
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -323,6 +336,12 @@ def _uvicorn_roots() -> dict[str, Any]:
     return roots
 
 
+def _python_roots() -> dict[str, Any]:
+    import asyncio.tasks
+
+    return {"tasks": asyncio.tasks}
+
+
 def _websockets_roots() -> dict[str, Any]:
     roots: dict[str, Any] = {}
     try:
@@ -363,6 +382,7 @@ def check() -> SeamReport:
         "python-socketio": _socketio_roots,
         "uvicorn": _uvicorn_roots,
         "websockets": _websockets_roots,
+        "python": _python_roots,
     }
     for seam in SEAMS:
         installed = _installed(seam.package)
