@@ -9,6 +9,8 @@ Two real plugbus nodes on one real redis-server; what Redis was asked is read fr
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 
 from conftest import refused_connect, wait_disconnected
 from test_errors import assert_error_shape
@@ -44,18 +46,21 @@ async def test_a_warm_node_reads_no_moderation_state_from_redis_per_event(
     ada_a = await user(connect, a, "ada", "r")
     await warm(ada_a, "r")
     before = await redis_calls(redis_server.url, "mget", "hget", "get", "evalsha")
+    started = time.monotonic()
     for i in range(40):
         assert (await send(ada_a, "r", f"m{i}"))["ok"]
+    # the nodes' own periodic reads (heartbeat checks, an MGET a second each) meanwhile
+    periodic = 2 + 2 * math.ceil(time.monotonic() - started)
     after = await redis_calls(redis_server.url, "mget", "hget", "get", "evalsha")
     appends = after["evalsha"] - before["evalsha"]
     # the events themselves still went through Redis: one append each
     assert appends >= 40, (before, after)
     # Without the copy: two MGETs (ban, mute) and one HGET (the room's delay) per message,
-    # 80 and 40 here. What is left is the nodes' heartbeat checks (an MGET a second each),
-    # and the append script's own HGET of the clock (Redis counts a script's commands).
-    assert after["mget"] - before["mget"] <= 6, (before, after)
-    assert after["hget"] - before["hget"] - appends <= 2, (before, after)
-    assert after["get"] - before["get"] <= 2, (before, after)
+    # 80 and 40 here. What is left is the nodes' periodic reads and the append script's own
+    # HGET of the clock (Redis counts a script's commands).
+    assert after["mget"] - before["mget"] <= min(periodic, 20), (before, after)
+    assert after["hget"] - before["hget"] - appends <= min(periodic, 20), (before, after)
+    assert after["get"] - before["get"] <= min(periodic, 20), (before, after)
 
 
 async def test_mutes_and_delays_set_on_one_node_hold_on_the_other_once_the_call_returned(
