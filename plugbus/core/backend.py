@@ -15,12 +15,12 @@ import bisect
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .errors import ConfigError, StoreUnavailable
 from .redis_url import RedisTarget, mask_url, parse_redis_url
-from .store import Hub, MemoryStore, RedisStore, Store, _Entry
+from .store import Hub, MemoryStore, NodeCache, RedisStore, Store, _Entry
 
 __all__ = ["Backend", "mask_url"]
 
@@ -99,6 +99,8 @@ class Backend:
         #: round trips and failures of :meth:`redis_call`
         self.stats = RedisStats()
         self._purging: asyncio.Task[None] | None = None
+        #: the node's copy of cached keys (see :class:`~plugbus.core.store.RedisStore`)
+        self.cache = NodeCache()
 
     @property
     def shared(self) -> bool:
@@ -109,11 +111,12 @@ class Backend:
         """A namespaced key: ``plugbus:part:part``."""
         return ":".join((self.prefix, *parts))
 
-    def store(self, name: str, *, local: bool = False) -> Store:
+    def store(self, name: str, *, local: bool = False, cached: Sequence[str] = ()) -> Store:
         """The store ``name``: in Redis when the backend is shared (unless ``local``), else in
-        this process (stores of one name share their keys)."""
+        this process (stores of one name share their keys). Keys starting with one of
+        ``cached`` are read from this node's copy, kept current on every node (Redis only)."""
         if self.shared and not local:
-            return RedisStore(self, name)
+            return RedisStore(self, name, tuple(cached))
         return MemoryStore(self, name, self._local if self.shared else self._memory)
 
     @property

@@ -155,9 +155,11 @@ class Bus:
         """This node's id (random per process)."""
         return self.backend.node_id
 
-    def store(self, name: str, *, local: bool = False) -> Store:
+    def store(self, name: str, *, local: bool = False, cached: Sequence[str] = ()) -> Store:
         """The store ``name``: in Redis shared by every node when the backend is, else (or
-        with ``local``) in this process.
+        with ``local``) in this process; reads of keys starting with one of ``cached`` are
+        answered from this node's copy, which every write to them updates on every node
+        before it returns (for state read on every event and seldom changed).
 
         :raises ValueError: an empty name, a name with ``:``, or one plugbus uses itself.
         """
@@ -166,7 +168,7 @@ class Bus:
                 f"store name {name!r}: use your plugin's name (not empty, no ':', and not one "
                 f"of {', '.join(sorted(RESERVED_STORES))})"
             )
-        return self.backend.store(name, local=local)
+        return self.backend.store(name, local=local, cached=cached)
 
     def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> PluginCounter:
         """The node's counter ``name`` (``plugbus_<name>_total`` in ``/metrics``), made on

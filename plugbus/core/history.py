@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -515,6 +516,117 @@ return id
 """
 
 
+# An invalidation of cached keys (NodeCache) on the feed, in the events' order and clock.
+# KEYS: the clock hash, the feed. ARGV: the feed's length, the keys (a JSON list). Returns the
+# entry's offset.
+INVALIDATE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
+if now < last then now = last end
+local ms = string.format('%.0f', now)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'ms', ms)
+local id = ms .. '-' .. seq
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, 'i', ARGV[2])
+return id
+"""
+
+
+class _Line:
+    """One Redis connection of its own for the append script (issue #16 item 4): every call
+    waiting when the connection is free goes out in one write, and their replies are read in
+    order. The pool's checkout (a condition, a timeout and a socket probe per command) cost
+    about as much CPU as the round trip itself; one connection costs half of it.
+
+    Nothing is ever sent twice (issue #18): a call whose write or read failed is refused, and
+    so is every call waiting behind it (the connection is down: a publish is refused at once,
+    not queued for the next attempt); the next call connects again. Replies that are errors
+    (``NOSCRIPT``) come back as values, for the caller to decide.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._conn: Any = backend.redis_client().connection_pool.make_connection()
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="plugbus-history-appends")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._fail(self._queue, ConnectionError("the node is stopping"))
+        self._queue = []
+        with contextlib.suppress(Exception):
+            await self._conn.disconnect()
+
+    def call(self, *args: Any) -> asyncio.Future[Any]:
+        """Send one command: its reply (an error reply as a value), or the connection's
+        failure raised."""
+        future = asyncio.get_running_loop().create_future()
+        if self._task is None:
+            future.set_exception(ConnectionError("the history is not started"))
+            return future
+        self._queue.append((args, future))
+        self._wake.set()
+        return future
+
+    @staticmethod
+    def _fail(calls: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: Exception) -> None:
+        for _, future in calls:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                calls, self._queue = self._queue, []
+                await self._send(calls)
+
+    async def _send(self, calls: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        from redis.exceptions import ResponseError
+
+        conn = self._conn
+        # Redis closed the connection (a restart) while it was idle: the loop saw the EOF
+        # already; connect again rather than lose the first publish on a dead socket
+        reader = getattr(conn, "_reader", None)
+        if reader is not None and reader.at_eof():
+            await conn.disconnect(nowait=True)
+        try:
+            if not conn.is_connected:
+                # connect() itself: a Sentinel-managed connection asks the sentinels where the
+                # primary is there (send_packed_command's own connect would not)
+                await conn.connect()
+            await conn.send_packed_command(conn.pack_commands([args for args, _ in calls]))
+            for _, future in calls:
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as exc:
+                    reply = exc
+                if not future.done():
+                    future.set_result(reply)
+        except asyncio.CancelledError:
+            self._fail(calls, ConnectionError("the node is stopping"))
+            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            self._fail(calls, exc)
+            self._fail(self._queue, exc)
+            self._queue = []
+
+
+def _mget(keys: list[str], redis: Any) -> Awaitable[list[Any]]:
+    return redis.mget(keys)  # type: ignore[no-any-return]
+
+
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
@@ -545,6 +657,9 @@ class RedisHistory(MemoryHistory):
     #: at a high rate each read carries the events of this interval, which costs each node one
     #: Redis round trip, and each recipient one write, per batch instead of per event.
     coalesce_s = 0.002
+    #: Seconds a write to cached keys waits at most for every live node to read its
+    #: invalidation (a node that has not by then is named in a warning).
+    invalidate_timeout = 1.0
 
     def __init__(
         self,
@@ -557,6 +672,7 @@ class RedisHistory(MemoryHistory):
         self._backend = backend
         self._redis: Any = backend.redis_client()
         self._script: Any = self._redis.register_script(APPEND_SCRIPT)
+        self._line = _Line(backend)
         #: replicas that must confirm an append before it is acknowledged (``WAIT``)
         self.replicas = replicas
         self._replica_timeout_ms = max(1, round(replica_timeout * 1000))
@@ -566,6 +682,9 @@ class RedisHistory(MemoryHistory):
         self._listener: asyncio.Task[None] | None = None
         #: set while the feed is read; cleared while Redis is away
         self.following = asyncio.Event()
+        self._invalidate: Any = self._redis.register_script(INVALIDATE_SCRIPT)
+        #: the last invalidation this node read from the feed (acknowledged in ``seen:<node>``)
+        self._invalidated: str | None = None
 
     def _key(self, namespace: str, kind: Kind, name: str | None, floor: bool = False) -> str:
         code = _KIND_CODE[kind]
@@ -603,7 +722,9 @@ class RedisHistory(MemoryHistory):
             if self.replicas:
                 offset, confirmed = await self._append_and_wait(keys, argv)
             else:
-                offset = await self._script(keys=keys, args=argv)
+                offset = await self._line.call("EVALSHA", self._script.sha, len(keys), *keys, *argv)
+                if isinstance(offset, Exception):
+                    offset = await self._append_again(offset, keys, argv)
         except Exception as exc:
             raise self._unavailable("publish an event", exc) from None
         if self.replicas and confirmed < self.replicas:
@@ -621,6 +742,19 @@ class RedisHistory(MemoryHistory):
                 details={"backend": "redis", "replicas": confirmed, "wanted": self.replicas},
             )
         return str(offset)
+
+    async def _append_again(self, error: Exception, keys: list[str], argv: list[Any]) -> Any:
+        """After an error reply to the append: ``NOSCRIPT`` (Redis restarted, its script
+        cache is empty; the script did not run, so sending it whole cannot store the event
+        twice) is answered with ``EVAL``; any other error is raised."""
+        from redis.exceptions import NoScriptError
+
+        if not isinstance(error, NoScriptError):
+            raise error
+        offset = await self._line.call("EVAL", APPEND_SCRIPT, len(keys), *keys, *argv)
+        if isinstance(offset, Exception):
+            raise offset
+        return offset
 
     async def _append_and_wait(self, keys: list[str], argv: list[Any]) -> tuple[str, int]:
         """The append script and ``WAIT replicas timeout`` in one round trip: (the offset,
@@ -709,9 +843,15 @@ class RedisHistory(MemoryHistory):
         # would only take apart again
         self._reader.set_response_callback("XREAD", _raw_reply)
         self._listener = asyncio.create_task(self._follow(), name="plugbus-history-feed")
+        self._line.start()
+        self._backend.cache.feed = self
 
     async def stop(self) -> None:
         """Stop following the feed."""
+        if self._backend.cache.feed is self:
+            self._backend.cache.feed = None
+            self._backend.cache.clear()
+        await self._line.stop()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -734,6 +874,9 @@ class RedisHistory(MemoryHistory):
                 raise
             except Exception as exc:
                 self.following.clear()
+                # invalidations may be missed while the feed is away (or trimmed before it is
+                # back): nothing cached survives, and nothing is kept until it is read again
+                self._backend.cache.clear()
                 if lost_at is None:
                     lost_at = time.monotonic()
                     log.warning(
@@ -759,14 +902,84 @@ class RedisHistory(MemoryHistory):
             entries = reply.get(feed, ()) if isinstance(reply, dict) else reply[0][1]
             if entries:
                 self._on_entries(entries)
+                if self._invalidated is not None:
+                    await self._acknowledge()
                 if len(entries) < count and self.coalesce_s:
                     # Events come faster than one XREAD each: let a few gather, so that one
                     # read (and each recipient's one write) carries several.
                     await asyncio.sleep(self.coalesce_s)
 
+    async def invalidate(self, keys: list[str]) -> None:
+        """Put an invalidation of ``keys`` on the feed, then wait until every other live node
+        (presence's heartbeats) has read it (``seen:<node>``), at most
+        :attr:`invalidate_timeout` seconds.
+
+        :raises StoreUnavailable: Redis cannot be reached.
+        """
+        text = orjson.dumps(keys).decode()
+        offset = str(
+            await self._call(
+                "invalidate cached keys",
+                lambda r: self._invalidate(
+                    keys=[self._clock, self.feed], args=[self.feed_length, text]
+                ),
+            )
+        )
+        wanted = parse_offset(offset) or (0, 0)
+        nodes_key = self._backend.key("presence", "nodes")
+        deadline = time.monotonic() + self.invalidate_timeout
+        pause = 0.0005
+        while True:
+            nodes = sorted(
+                set(await self._call("read the nodes", lambda r: r.smembers(nodes_key)))
+                - {self._backend.node_id}
+            )
+            if not nodes:
+                return
+            alive_keys = [self._backend.key("presence", "alive", n) for n in nodes]
+            seen_keys = [self._backend.key("history", "seen", n) for n in nodes]
+            found = await self._call("read the nodes", partial(_mget, alive_keys + seen_keys))
+            behind = [
+                node
+                for node, alive, seen in zip(nodes, found, found[len(nodes) :], strict=False)
+                if alive is not None and (parse_offset(seen) or (0, 0)) < wanted
+            ]
+            if not behind:
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "cached keys changed (%s), but node(s) %s did not read it within %g s: they "
+                    "may answer from their old copy until they do",
+                    offset,
+                    ", ".join(behind),
+                    self.invalidate_timeout,
+                )
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
+    async def _acknowledge(self) -> None:
+        """Tell the writers of cached keys this node has read their invalidations."""
+        seen, key = self._invalidated, self._backend.key("history", "seen", self._backend.node_id)
+        try:
+            await self._redis.set(key, seen, px=60_000)
+        except Exception as exc:  # the writer waits, then warns; the next one acknowledges
+            log.debug("acknowledging invalidation %s: %s", seen, exc)
+            return
+        if self._invalidated == seen:
+            self._invalidated = None
+
     def _on_entries(self, entries: list[Any]) -> None:
         events: list[FeedEvent] = []
         for entry_id, fields in entries:
+            if fields[0] == "i":  # cached keys changed (NodeCache), not an event
+                try:
+                    self._backend.cache.drop(orjson.loads(fields[1]))
+                except Exception:
+                    log.exception("unreadable invalidation %s on the history feed", entry_id)
+                    self._backend.cache.clear()
+                self._invalidated = entry_id
+                continue
             try:
                 events.append(feed_event(entry_id, fields))
             except Exception:

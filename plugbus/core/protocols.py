@@ -157,9 +157,12 @@ class Bus(Protocol):
         """The rooms' history, every node's (see :class:`History`)."""
         ...
 
-    def store(self, name: str, *, local: bool = False) -> Store:
+    def store(self, name: str, *, local: bool = False, cached: Sequence[str] = ()) -> Store:
         """The store named ``name`` (use your plugin's name): shared by every node with a Redis
         backend, this process's otherwise; ``local=True`` keeps it in this process always.
+        Reads of keys starting with one of ``cached`` are answered from this node's copy,
+        which a write to such a key updates on every node before it returns: for state read
+        on every event and seldom changed, whose values carry their own expiry (if any).
 
         :raises ValueError: an empty name, one with ``:``, or one plugbus uses itself.
         """

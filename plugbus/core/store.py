@@ -718,52 +718,138 @@ class _RedisBatch:
     def __init__(self, store: RedisStore) -> None:
         self._store = store
         self.ops: list[Callable[[Any], object]] = []
+        #: every key written (the cached ones are invalidated once the batch ran)
+        self.keys: builtins.set[str] = set()
+
+    def _full(self, key: str) -> str:
+        full = self._store.full(key)
+        self.keys.add(full)
+        return full
 
     def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
-        full, text = self._store.full(key), encode(value)
+        full, text = self._full(key), encode(value)
         self.ops.append(lambda p: p.set(full, text, px=_ms(ttl) if ttl is not None else None))
 
     def delete(self, *keys: str) -> None:
-        fulls = [self._store.full(k) for k in keys]
+        fulls = [self._full(k) for k in keys]
         if fulls:
             self.ops.append(lambda p: p.delete(*fulls))
 
     def hset(self, key: str, mapping: Mapping[str, Any], *, ttl: float | None = None) -> None:
-        full, items = self._store.full(key), {f: encode(v) for f, v in mapping.items()}
+        full, items = self._full(key), {f: encode(v) for f, v in mapping.items()}
         if items:
             self.ops.append(lambda p: p.hset(full, mapping=items))
         if ttl is not None:
             self.expire(key, ttl)
 
     def hdel(self, key: str, *fields: str) -> None:
-        full = self._store.full(key)
+        full = self._full(key)
         if fields:
             self.ops.append(lambda p: p.hdel(full, *fields))
 
     def sadd(self, key: str, *members: str, ttl: float | None = None) -> None:
-        full = self._store.full(key)
+        full = self._full(key)
         if members:
             self.ops.append(lambda p: p.sadd(full, *members))
         if ttl is not None:
             self.expire(key, ttl)
 
     def srem(self, key: str, *members: str) -> None:
-        full = self._store.full(key)
+        full = self._full(key)
         if members:
             self.ops.append(lambda p: p.srem(full, *members))
 
     def expire(self, key: str, ttl: float) -> None:
-        full = self._store.full(key)
+        full = self._full(key)
         self.ops.append(lambda p: p.pexpire(full, _ms(ttl)))
 
 
-class RedisStore:
-    """:class:`Store` in the Redis server ``server.backend`` names, shared by every node."""
+class NodeCache:
+    """This node's copy of the shared keys that stores opened with ``cached`` prefixes read
+    (one per backend, shared by its stores): read on every event, changed rarely.
 
-    def __init__(self, backend: Backend, name: str) -> None:
+    It is kept current through the history feed every node already follows (issue #16): a
+    write to a cached key appends an invalidation entry to the feed and returns once every
+    live node has read past it (:attr:`feed`), so a read after the write returns, on any
+    node, sees the write. While this node does not follow the feed (Redis away, before the
+    first read) nothing is kept and every read goes to Redis.
+    """
+
+    #: Entries kept at most; past it the copy starts again from empty.
+    limit = 100_000
+
+    def __init__(self) -> None:
+        self._values: dict[Any, Any] = {}
+        #: counts invalidations: a read that started before one never fills the copy
+        self.generation = 0
+        #: the feed that carries invalidations (``RedisHistory``); None: nothing is kept
+        self.feed: Any = None
+
+    @property
+    def live(self) -> bool:
+        """True while the copy may answer: the feed is followed."""
+        feed = self.feed
+        return feed is not None and feed.following.is_set()
+
+    def get(self, key: Any) -> Any:
+        """The kept value of ``key``, or :data:`MISSING`."""
+        return self._values.get(key, MISSING) if self.live else MISSING
+
+    def put(self, generation: int, items: Iterable[tuple[Any, Any]]) -> None:
+        """Keep values read from Redis, unless an invalidation came after the read began."""
+        if generation != self.generation or not self.live:
+            return
+        if len(self._values) >= self.limit:
+            self._values.clear()
+        self._values.update(items)
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """Forget ``keys`` (full Redis keys; a hash's fields with it)."""
+        self.generation += 1
+        gone = set(keys)
+        for key in [k for k in self._values if (k[0] if isinstance(k, tuple) else k) in gone]:
+            del self._values[key]
+
+    def clear(self) -> None:
+        """Forget everything (the feed was lost: invalidations may be missed meanwhile)."""
+        self.generation += 1
+        self._values.clear()
+
+    async def invalidate(self, keys: list[str]) -> None:
+        """After a write to ``keys``: drop them here, then tell every node through the feed
+        and wait until each live one has read it."""
+        self.drop(keys)
+        if self.feed is not None:
+            await self.feed.invalidate(keys)
+
+
+#: :meth:`NodeCache.get` of a key it does not hold (None is a value: a key that is not set).
+MISSING: Any = object()
+
+
+class RedisStore:
+    """:class:`Store` in the Redis server ``server.backend`` names, shared by every node.
+
+    Keys starting with one of ``cached`` are read from the node's :class:`NodeCache` (after
+    the first read) and every write to one invalidates it on every node before it returns:
+    for state read on every event and changed rarely. Redis's expiry of such a key is not
+    seen until it is written again: their values carry their own expiry, or have none.
+    """
+
+    def __init__(self, backend: Backend, name: str, cached: tuple[str, ...] = ()) -> None:
         self._backend = backend
         self._name = name
         self._prefix = backend.key(name) + ":"
+        self._cached = tuple(self._prefix + c for c in cached)
+        self._cache: NodeCache = backend.cache
+
+    def _is_cached(self, full: str) -> bool:
+        return bool(self._cached) and full.startswith(self._cached)
+
+    async def _invalidate(self, fulls: Iterable[str]) -> None:
+        keys = [f for f in fulls if self._is_cached(f)]
+        if keys:
+            await self._cache.invalidate(keys)
 
     @property
     def name(self) -> str:
@@ -791,13 +877,25 @@ class RedisStore:
         return await self._do(what, run)  # type: ignore[no-any-return]
 
     async def get(self, key: str) -> Any:
+        if self._is_cached(self.full(key)):
+            return (await self.get_many([key]))[0]
         return decode(await self._do("read a value", lambda r: r.get(self.full(key))))
 
     async def get_many(self, keys: Iterable[str]) -> list[Any]:
         fulls = [self.full(k) for k in keys]
         if not fulls:
             return []
-        return [decode(v) for v in await self._do("read values", lambda r: r.mget(fulls))]
+        cache = self._cache
+        cached = self._cached and all(f.startswith(self._cached) for f in fulls)
+        if cached:
+            found = [cache.get(f) for f in fulls]
+            if MISSING not in found:
+                return found
+        generation = cache.generation
+        values = [decode(v) for v in await self._do("read values", lambda r: r.mget(fulls))]
+        if cached:
+            cache.put(generation, zip(fulls, values, strict=True))
+        return values
 
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         text = encode(value)
@@ -805,6 +903,7 @@ class RedisStore:
             "write a value",
             lambda r: r.set(self.full(key), text, px=_ms(ttl) if ttl is not None else None),
         )
+        await self._invalidate([self.full(key)])
 
     async def add(self, key: str, value: Any, *, ttl: float | None = None) -> bool:
         text = encode(value)
@@ -814,6 +913,8 @@ class RedisStore:
                 self.full(key), text, nx=True, px=_ms(ttl) if ttl is not None else None
             ),
         )
+        if done:
+            await self._invalidate([self.full(key)])
         return bool(done)
 
     async def exchange(self, key: str, value: Any, *, ttl: float | None = None) -> Any:
@@ -824,30 +925,63 @@ class RedisStore:
                 self.full(key), text, get=True, px=_ms(ttl) if ttl is not None else None
             ),
         )
+        await self._invalidate([self.full(key)])
         return decode(old)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        return int(await self._do("delete keys", lambda r: r.delete(*map(self.full, keys))))
+        fulls = [self.full(k) for k in keys]
+        cached = [f for f in fulls if self._is_cached(f)]
+        if not cached:
+            return int(await self._do("delete keys", lambda r: r.delete(*fulls)))
+        # cached keys apart: a delete that found none of them (a connection that was never
+        # muted closing) need not invalidate anything
+        others = [f for f in fulls if not self._is_cached(f)]
+
+        def build(pipe: Any) -> None:
+            pipe.delete(*cached)
+            if others:
+                pipe.delete(*others)
+
+        counts = await self._pipeline("delete keys", build)
+        if counts[0]:
+            await self._invalidate(cached)
+        return sum(int(c) for c in counts)
 
     async def delete_if(self, key: str, expected: Any) -> bool:
         text = encode(expected)
         done = await self._do(
             "delete a value", lambda r: r.eval(DELETE_IF, 1, self.full(key), text)
         )
+        if done:
+            await self._invalidate([self.full(key)])
         return bool(done)
 
     async def expire(self, key: str, ttl: float) -> bool:
-        return bool(await self._do("set an expiry", lambda r: r.pexpire(self.full(key), _ms(ttl))))
+        done = await self._do("set an expiry", lambda r: r.pexpire(self.full(key), _ms(ttl)))
+        if done:
+            await self._invalidate([self.full(key)])
+        return bool(done)
 
     async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
         ms = _ms(ttl) if ttl is not None else 0
         value = await self._do("count", lambda r: r.eval(INCR, 1, self.full(key), int(amount), ms))
+        await self._invalidate([self.full(key)])
         return int(value)
 
     async def hget(self, key: str, field: str) -> Any:
-        return decode(await self._do("read a hash", lambda r: r.hget(self.full(key), field)))
+        full = self.full(key)
+        cached = self._is_cached(full)
+        if cached:
+            value = self._cache.get((full, field))
+            if value is not MISSING:
+                return value
+        generation = self._cache.generation
+        value = decode(await self._do("read a hash", lambda r: r.hget(full, field)))
+        if cached:
+            self._cache.put(generation, [((full, field), value)])
+        return value
 
     async def hgetall(self, key: str) -> dict[str, Any]:
         raw = await self._do("read a hash", lambda r: r.hgetall(self.full(key)))
@@ -874,6 +1008,7 @@ class RedisStore:
                 pipe.pexpire(full, _ms(ttl))
 
         results = await self._pipeline("write a hash", build)
+        await self._invalidate([full])
         if only_new:
             return sum(bool(r) for r in results[: len(items)])
         return int(results[0]) if items else 0
@@ -881,7 +1016,10 @@ class RedisStore:
     async def hdel(self, key: str, *fields: str) -> int:
         if not fields:
             return 0
-        return int(await self._do("write a hash", lambda r: r.hdel(self.full(key), *fields)))
+        gone = int(await self._do("write a hash", lambda r: r.hdel(self.full(key), *fields)))
+        if gone:
+            await self._invalidate([self.full(key)])
+        return gone
 
     async def sadd(self, key: str, *members: str, ttl: float | None = None) -> int:
         full = self.full(key)
@@ -952,3 +1090,4 @@ class RedisStore:
                     op(pipe)
 
             await self._pipeline("write a batch", build, transaction=False)
+            await self._invalidate(batch.keys)

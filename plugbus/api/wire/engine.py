@@ -30,7 +30,15 @@ import orjson
 
 from . import seams
 from .reader import HANDSHAKES, MASK_IMPL, RESUME, ReaderProtocol
-from .session import CLOSING, OPEN, WAKE_CLOSE, WAKE_NOOP, EngineSession, SessionTimers
+from .session import (
+    CLOSING,
+    OPEN,
+    PAYLOAD_PACKETS,
+    WAKE_CLOSE,
+    WAKE_NOOP,
+    EngineSession,
+    SessionTimers,
+)
 from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue, LeanWritableFlag
 
 log = logging.getLogger("plugbus.wire")
@@ -534,8 +542,9 @@ class EngineServer:
                     session.close(Reason.TRANSPORT_CLOSE, flush=False)
                     return  # the client hung up on its own GET
                 why = fut.result()
-        payload = session.take_outbox()
-        if session.state != OPEN or why == WAKE_CLOSE:
+        closing = session.state != OPEN or why == WAKE_CLOSE
+        payload = session.take_outbox(PAYLOAD_PACKETS - 1 if closing else PAYLOAD_PACKETS)
+        if closing:
             self._lingering.pop(session.sid, None)
             if session.close_reason == Reason.CLIENT_DISCONNECT:
                 payload = payload or "6"  # the client closed it: nothing more to say

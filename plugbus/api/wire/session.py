@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("plugbus.wire")
 
+#: Packets one long-polling payload carries at most: python-engineio's clients refuse a payload
+#: of more (``Payload.max_decode_packets``, 16) and stop polling; a burst of feed deliveries to
+#: a polling client easily queues more between two GETs.
+PAYLOAD_PACKETS = 16
+
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 PING = "2"
 _PING_FRAME = encode_frame(PING)
@@ -210,11 +215,12 @@ class EngineSession:
         self.server.count("slow_consumer")
         self.close(self.server.reason.TRANSPORT_ERROR, flush=False)
 
-    def take_outbox(self) -> str:
-        """Everything held for the client, as one long-polling payload."""
-        payload = "\x1e".join(self.outbox)
-        self.outbox = []
-        self.outbox_bytes = 0
+    def take_outbox(self, limit: int = PAYLOAD_PACKETS) -> str:
+        """What is held for the client, as one long-polling payload of at most ``limit``
+        packets; the rest waits for the next GET (which then returns at once)."""
+        taken, self.outbox = self.outbox[:limit], self.outbox[limit:]
+        payload = "\x1e".join(taken)
+        self.outbox_bytes = sum(map(len, self.outbox)) if self.outbox else 0
         return payload
 
     def wake(self, why: str | None) -> None:

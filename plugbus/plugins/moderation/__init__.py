@@ -86,7 +86,7 @@ from .settings import (
     SlowModeSettings,
     TargetKind,
 )
-from .store import LogEntry, ModerationStore, Sanction, StoreUnavailable
+from .store import CACHED_KEYS, LogEntry, ModerationStore, Sanction, StoreUnavailable
 from .text import Normaliser, mask_spans
 
 __all__ = [
@@ -174,7 +174,10 @@ class ModerationPlugin(Plugin):
         :raises ConfigError: ``store: redis`` while ``server.backend`` is ``memory``.
         """
         choice = self.settings.store
-        shared = bus.store("moderation")
+        # sanctions and delays are read on every event and seldom change: each node answers
+        # from its own copy, which a ban or a new delay updates on every node before its call
+        # returns (issue #16: no Redis round trip per event for them)
+        shared = bus.store("moderation", cached=CACHED_KEYS)
         if choice == "redis" and not shared.shared:
             raise ConfigError(
                 "plugin 'moderation': plugins.settings.moderation.store: 'redis' needs a shared "

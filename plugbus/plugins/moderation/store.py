@@ -31,6 +31,10 @@ from plugbus import StoreUnavailable as SharedStateUnavailable
 
 from .settings import SanctionType, TargetKind
 
+#: Keys every event reads and seldom written (``bus.store(..., cached=...)``): bans and mutes
+#: (whose values carry their expiry) and the rooms' slow-mode delays.
+CACHED_KEYS = ("sanction:", "slow-mode")
+
 #: Seconds a sender's slow-mode times are kept at least (longer when a delay is longer).
 SENT_KEEP = 86400.0
 
