@@ -60,13 +60,14 @@ class _TurnFlush:
 
     When that callback runs, relative to everything else the loop does:
 
-    * uvloop (what ``plugbus serve`` runs on when it is installed): ready callbacks run in
-      libuv's idle phase, each pass taking only those queued before it began. A flush queued
-      by an I/O callback (poll phase) runs in the next idle phase, after every I/O callback of
-      that poll phase; one queued by a task step (idle phase) runs in the next pass, after
-      that pass's timers and the I/O callbacks of the poll in between (which does not block:
-      libuv polls with a zero timeout while idle callbacks are pending). Either way a turn is
-      at most one poll phase long.
+    * uvloop (what ``plugbus serve`` runs on when it is installed; verified on 0.23): ready
+      callbacks run in libuv's idle phase, each pass taking only those queued before it
+      began, and a write to an idle socket is a ``write()`` at once. A flush queued by an I/O
+      callback (poll phase) runs in the next idle phase: after every I/O callback of that
+      poll phase and the next iteration's due timers. One queued by a task step (idle phase)
+      runs in the next iteration's idle phase, after the poll in between (which does not
+      block: libuv polls with a zero timeout while idle callbacks are pending), its I/O
+      callbacks and the due timers. Either way a turn spans at most one poll phase.
     * asyncio's default loop: ``_run_once`` runs the callbacks that were ready when it
       started, then the next pass appends the I/O callbacks of its ``select`` and the due
       timers behind the flush, so the flush runs before them.
