@@ -34,7 +34,6 @@ Events of one connection are handled in the order sent: the server runs with
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
@@ -66,7 +65,6 @@ from .metrics import Metrics
 from .room_index import IndexedManager
 from .structured_logs import event_fields, log_context
 from .wire import SEAM_REPORT, EngineServer, ProtocolViolation, WireSettings, encode_frame
-from .wire.writers import DirectWriter
 
 log = logging.getLogger("plugbus.socket")
 
@@ -329,13 +327,10 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         session = self.eio.session_of(eio_sid)
         if session is not None:
-            writer = session.writer
-            if isinstance(writer, DirectWriter):
-                # the ack, the greeting (plugbus_connected, when it needs no I/O) and a
-                # recovered client's replay leave in one write, at the end of this loop turn
-                writer.hold()
-                asyncio.get_running_loop().call_soon(writer.release)
-            # the CONNECT packet as python-socketio's Packet.encode writes it, without one
+            # the CONNECT packet as python-socketio's Packet.encode writes it, without one. A
+            # direct writer keeps a loop turn's frames for one write at its end: the ack, the
+            # greeting (plugbus_connected, when it needs no I/O) and a recovered client's
+            # replay leave together.
             session.send_message(self._connect_prefixes[namespace] + wire_json.dumps(ack))
         await self.manager.connect(sid, namespace)
         if session is not None:

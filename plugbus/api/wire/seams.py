@@ -89,7 +89,9 @@ UVICORN_WEBSOCKET = Seam(
         "WebSocketsSansIOProtocol.scope",
     ),
     "the direct websocket writer: frames written to the connection's transport without a "
-    "task or a queue per message, and the connection's idle memory trimmed",
+    "task or a queue per message (a loop turn's frames in one write: meanwhile the writer "
+    "stands in for `transport`, which uvicorn reads at each use and only writes, closes, asks "
+    "is_closing and pauses or resumes reading on), and the connection's idle memory trimmed",
     required=False,
 )
 UVICORN_HTTP = Seam(

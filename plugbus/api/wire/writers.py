@@ -1,12 +1,16 @@
 """How Engine.IO packets reach a websocket client: two writers with one contract.
 
 * :class:`DirectWriter` writes frames straight to the asyncio transport of uvicorn's
-  websockets-sansio protocol (a declared seam, :mod:`plugbus.api.wire.seams`): one synchronous
-  ``transport.write`` per message, no task, no queue, and a broadcast framed once for every
-  recipient (:func:`encode_frame`).
+  websockets-sansio protocol (a declared seam, :mod:`plugbus.api.wire.seams`): no task, no
+  queue, and a broadcast framed once for every recipient (:func:`encode_frame`). The frames a
+  connection is given during one event-loop turn leave together at the turn's end, in one
+  ``transport.write`` (one system call per connection per turn, however many acks,
+  broadcasts or greetings the turn produced; see :class:`_TurnFlush` for when that is).
 * :class:`AsgiWriter` speaks plain ASGI (``websocket.send``) from one writer task per
   connection; it is what runs under any other server, websocket implementation, or an ASGI
-  middleware that wraps ``send``.
+  middleware that wraps ``send``. It does not coalesce: each message is one ``send``, which
+  the server writes as it sees fit (uvicorn: one ``transport.write`` each), as before the
+  direct writer began keeping a turn's frames.
 
 Both hold the same promise: packets go out in call order, and a client whose unsent bytes pass
 ``limit`` is dropped as a slow consumer (its ``on_drop`` runs once), so one stalled reader never
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from struct import Struct
@@ -49,6 +54,64 @@ def encode_frame(data: str | bytes) -> bytes:
     return _LEN64.pack(head, 127, n) + payload
 
 
+class _TurnFlush:
+    """The direct writers of one event loop that kept frames during the current loop turn,
+    and the one ``call_soon`` callback that writes them (scheduled by the first frame kept).
+
+    When that callback runs, relative to everything else the loop does:
+
+    * uvloop (what ``plugbus serve`` runs on when it is installed; verified on 0.23): ready
+      callbacks run in libuv's idle phase, each pass taking only those queued before it
+      began, and a write to an idle socket is a ``write()`` at once. A flush queued by an I/O
+      callback (poll phase) runs in the next idle phase: after every I/O callback of that
+      poll phase and the next iteration's due timers. One queued by a task step (idle phase)
+      runs in the next iteration's idle phase, after the poll in between (which does not
+      block: libuv polls with a zero timeout while idle callbacks are pending), its I/O
+      callbacks and the due timers. Either way a turn spans at most one poll phase.
+    * asyncio's default loop: ``_run_once`` runs the callbacks that were ready when it
+      started, then the next pass appends the I/O callbacks of its ``select`` and the due
+      timers behind the flush, so the flush runs before them.
+
+    On both loops I/O callbacks can therefore run while frames are kept: a received PING's
+    automatic PONG, the client's close, the connection's loss. uvicorn makes those writes
+    through ``proto.transport``, for which the writer stands in while it keeps frames
+    (:class:`DirectWriter`), so the kept frames are written first, or dropped with the
+    transport.
+    """
+
+    __slots__ = ("_loop", "_writers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._writers: list[DirectWriter] = []
+
+    def add(self, writer: DirectWriter) -> None:
+        writers = self._writers
+        if not writers:
+            self._loop.call_soon(self._run)
+        writers.append(writer)
+
+    def _run(self) -> None:
+        writers, self._writers = self._writers, []
+        for writer in writers:  # a writer flushed early (or twice) has nothing left: no-op
+            try:
+                writer.flush()
+            except Exception:
+                log.exception("writing a websocket's kept frames failed")
+
+
+_TURN_FLUSHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TurnFlush] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _turn_flush(loop: asyncio.AbstractEventLoop) -> _TurnFlush:
+    flush = _TURN_FLUSHES.get(loop)
+    if flush is None:
+        flush = _TURN_FLUSHES[loop] = _TurnFlush(loop)
+    return flush
+
+
 class DirectWriter:
     """Writes frames to one uvicorn websocket connection, in call order, without awaiting.
 
@@ -56,16 +119,27 @@ class DirectWriter:
     encodes first (through the websockets protocol object when the connection negotiated an
     extension, so compressed connections stay compressed). Both return ``False`` when the
     connection is closing or was dropped (the data is discarded).
+
+    Frames written during one event-loop turn are kept and written at the turn's end with one
+    ``transport.write`` (:class:`_TurnFlush`): an ack, a burst of broadcasts, the CONNECT ack
+    and its greeting each cost the connection one system call per turn, not one per frame, and
+    the client one wake-up. While it keeps frames the writer stands in for uvicorn's transport
+    (``proto.transport``, a declared seam): whatever uvicorn writes or closes meanwhile (a PONG,
+    the reply to the client's close, the session's close through ASGI ``send``, the connection
+    lost) flushes the kept frames first, or drops them when the transport is gone. Kept bytes
+    count against ``limit`` as they are kept; the transport's buffer is checked at the flush.
     """
 
     __slots__ = (
         "_conn",
-        "_held",
+        "_kept",
+        "_kept_bytes",
         "_limit",
         "_on_drop",
         "_proto",
         "_raw",
         "_transport",
+        "_turn",
         "dropped",
     )
     direct = True
@@ -77,7 +151,9 @@ class DirectWriter:
         self._raw = not proto.conn.extensions
         self._limit = limit
         self._on_drop = on_drop
-        self._held: list[bytes] | None = None
+        self._kept: list[bytes] | None = None
+        self._kept_bytes = 0
+        self._turn = _turn_flush(asyncio.get_running_loop())
         self.dropped = False
 
     @property
@@ -85,30 +161,22 @@ class DirectWriter:
         """Whether frames written now can still reach the client."""
         return not (self.dropped or self._proto.close_sent or self._transport.is_closing())
 
-    def hold(self) -> None:
-        """Keep the frames written from now on until :meth:`release`, which writes them in
-        one system call. On loopback and LAN a ``write`` costs more than framing a small
-        message, and the CONNECT ack and the greeting go out together (the socket door)."""
-        if self._held is None:
-            self._held = []
-
-    def release(self) -> None:
-        """Write what :meth:`hold` kept (in order), and write directly again."""
-        held, self._held = self._held, None
-        if held:
-            self.write_frame(held[0] if len(held) == 1 else b"".join(held))
-
     def write_frame(self, frame: bytes) -> bool:
-        """Write a frame made by :func:`encode_frame`; ``False`` if the connection is gone."""
+        """Write a frame made by :func:`encode_frame` (at the end of this loop turn, with the
+        turn's other frames); ``False`` if the connection is gone."""
         if not self.open:
             return False
-        if self._held is not None:
-            self._held.append(frame)
-            return True
-        transport = self._transport
-        transport.write(frame)
-        if transport.get_write_buffer_size() > self._limit:
-            self._drop_slow(transport.get_write_buffer_size())
+        kept = self._kept
+        if kept is None:
+            self._kept = [frame]
+            self._kept_bytes = len(frame)
+            self._proto.transport = self
+            self._turn.add(self)
+        else:
+            kept.append(frame)
+            self._kept_bytes += len(frame)
+        if self._kept_bytes > self._limit:
+            self._drop_slow(self._kept_bytes)
             return False
         return True
 
@@ -125,18 +193,67 @@ class DirectWriter:
             conn.send_binary(data)
         return self.write_frame(b"".join(conn.data_to_send()))
 
+    def flush(self) -> None:
+        """Write the kept frames now, in one ``transport.write`` (the loop turn's end does)."""
+        kept = self._kept
+        if kept is None:
+            return
+        self._kept = None
+        transport = self._proto.transport = self._transport
+        if self._proto.close_sent or transport.is_closing():
+            return  # the connection is gone, and its frames with it
+        transport.write(kept[0] if len(kept) == 1 else b"".join(kept))
+        size = transport.get_write_buffer_size()
+        if size > self._limit:
+            self._drop_slow(size)
+
     async def drain(self) -> None:
-        """Nothing to wait for: every write is already in the transport."""
+        """Write what is kept now (the session's close follows); nothing to wait for."""
+        self.flush()
 
     def _drop_slow(self, size: int) -> None:
         self.dropped = True
+        self._kept = None
+        transport = self._proto.transport = self._transport
         log.warning(
             "dropping a slow websocket client: %d bytes unsent (limit %d)", size, self._limit
         )
         # abort, not close: a close frame would wait behind the unsent bytes; uvicorn's
         # connection_lost then ends the receive loop.
-        self._transport.abort()
+        transport.abort()
         self._on_drop()
+
+    # -- uvicorn's transport, while frames are kept (what its websocket protocol calls) ------
+
+    def write(self, data: bytes) -> None:
+        self.flush()
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._kept = None
+        self._proto.transport = self._transport
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._transport.get_write_buffer_size()) + (
+            self._kept_bytes if self._kept is not None else 0
+        )
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
 
 
 class AsgiWriter:
