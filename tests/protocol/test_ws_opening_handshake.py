@@ -130,6 +130,34 @@ async def test_a_handshake_that_breaks_the_rules_is_refused(
     assert b"Failed to open a WebSocket connection" in body or int(fields["content-length"]) > 0
 
 
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"Sec-WebSocket-Version": "12"}, b"Sec-WebSocket-Version"),
+        ({"Sec-WebSocket-Version": None}, b"Sec-WebSocket-Version"),
+        ({"Sec-WebSocket-Version": "8", "Sec-WebSocket-Protocol": "chat"}, b"Version"),
+        ({"Host": None}, b"Host"),
+        ({"Host": None, "Sec-WebSocket-Extensions": "permessage-deflate"}, b"Host"),
+    ],
+    ids=["version-12", "no-version", "version-8-with-a-subprotocol", "no-host", "no-host-ext"],
+)
+async def test_a_refused_version_lists_the_one_spoken_and_a_missing_host_is_refused(
+    default_server: Any, changes: dict[str, str | None], says: bytes
+) -> None:
+    """§4.4: a server that does not support the requested version "MUST respond with a
+    |Sec-WebSocket-Version| header field ... containing all versions it is willing to use"
+    (§4.2.2 says the same of an abort for the version); §4.2.1: a request without ``Host``
+    is not a valid handshake, which the server "MUST" refuse with an error such as 400.
+    Either way the body says which, and no session starts."""
+    before = _handshakes(default_server)
+    status, fields, body = await handshake(default_server, **changes)
+    assert status == "HTTP/1.1 400 Bad Request", (status, fields)
+    assert fields["sec-websocket-version"] == "13"
+    assert fields["connection"] == "close"
+    assert body.startswith(b"Failed to open a WebSocket connection: ") and says in body, body
+    assert _handshakes(default_server)["refused"] == before["refused"] + 1
+
+
 def _handshakes(server: Any) -> dict[str, int]:
     wire = httpx.get(server.url + "/health", timeout=5).json()["wire"]
     counts: dict[str, int] = wire["websocket_reader"]["handshakes_in_process"]

@@ -183,13 +183,26 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         """
         if self.conn.state is not State.CONNECTING or _TOKEN is None:
             return False
-        if not self._take_handshake(data):
+        taken = self._take_handshake(data)
+        if taken is False:
             HANDSHAKES["websockets"] += 1
             return False
+        if taken is not True:
+            # a refusal websockets would not answer as RFC 6455 asks (see _refusal)
+            HANDSHAKES["refused"] += 1
+            client = self.client
+            self.logger.info(
+                '%s - "WebSocket" 400 (%s)', f"{client[0]}:{client[1]}" if client else "-", taken
+            )
+            self.transport.write(_refusal(taken))
+            self.transport.close()
+            return True
         HANDSHAKES["direct"] += 1
         return True
 
-    def _take_handshake(self, data: bytes) -> bool:
+    def _take_handshake(self, data: bytes) -> bool | str:
+        """True: taken; False: websockets' to answer; a string: a websocket upgrade request
+        to refuse (400), saying why."""
         end = data.find(b"\r\n\r\n")
         if end < 0 or end != len(data) - 4:
             return False
@@ -205,6 +218,7 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         headers: list[tuple[bytes, bytes]] = []
         key = version = upgrade = None
         host = connection_upgrade = False
+        plain = True  # False: a header websockets negotiates or checks is present
         deflate = self.config.ws_per_message_deflate
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
@@ -238,15 +252,18 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
                 or (lname == b"sec-websocket-extensions" and deflate)
                 or (lname == b"content-length" and value != b"0")
             ):
-                return False
-        if (
-            not host
-            or not connection_upgrade
-            or upgrade is None
-            or upgrade.lower() != b"websocket"
-            or version != b"13"
-            or key is None
-        ):
+                plain = False
+        if not connection_upgrade or upgrade is None or upgrade.lower() != b"websocket":
+            return False
+        # §4.2.1: a handshake without Host "MUST" be refused (websockets accepts it); §4.2.2
+        # and §4.4: one of another version MUST be answered with the versions the server
+        # speaks (websockets answers 400 without them). Checked before anything is handed
+        # to websockets, so no request shape escapes them.
+        if not host:
+            return "missing Host header"
+        if version != b"13":
+            return "missing or unsupported Sec-WebSocket-Version (this server speaks 13)"
+        if not plain or key is None:
             return False
         try:
             if len(base64.b64decode(key, validate=True)) != 16:
@@ -525,7 +542,21 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
 
 
 #: opening handshakes in this process, by who parsed them (``GET /health``)
-HANDSHAKES = {"direct": 0, "websockets": 0}
+HANDSHAKES = {"direct": 0, "websockets": 0, "refused": 0}
+
+
+def _refusal(reason: str) -> bytes:
+    """The 400 answer to a refused opening handshake: what was wrong in a text body, the
+    version this server speaks (RFC 6455 §4.4), and the connection closed after it."""
+    body = f"Failed to open a WebSocket connection: {reason}.\n".encode()
+    return (
+        b"HTTP/1.1 400 Bad Request\r\n"
+        b"Sec-WebSocket-Version: 13\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        b"Connection: close\r\n\r\n" + body
+    )
+
 
 _AT_EOF = StreamReader.at_eof.__code__
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
