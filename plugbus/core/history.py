@@ -657,6 +657,8 @@ class RedisHistory(MemoryHistory):
     #: at a high rate each read carries the events of this interval, which costs each node one
     #: Redis round trip, and each recipient one write, per batch instead of per event.
     coalesce_s = 0.002
+    #: The longest that wait grows to on a busy node (below).
+    coalesce_max_s = 0.008
     #: Seconds a write to cached keys waits at most for every live node to read its
     #: invalidation (a node that has not by then is named in a warning).
     invalidate_timeout = 1.0
@@ -865,6 +867,8 @@ class RedisHistory(MemoryHistory):
     async def _follow(self) -> None:
         lost_at: float | None = None
         feed, count, block = self.feed, self.read_count, self.block_ms
+        loop = asyncio.get_running_loop()
+        pause = self.coalesce_s
         while True:
             try:
                 reply = await self._reader.execute_command(
@@ -904,10 +908,17 @@ class RedisHistory(MemoryHistory):
                 self._on_entries(entries)
                 if self._invalidated is not None:
                     await self._acknowledge()
-                if len(entries) < count and self.coalesce_s:
+                if len(entries) < count and pause:
                     # Events come faster than one XREAD each: let a few gather, so that one
                     # read (and each recipient's one write) carries several.
-                    await asyncio.sleep(self.coalesce_s)
+                    asleep = loop.time()
+                    await asyncio.sleep(pause)
+                    # A node whose loop woke this reader late is short of CPU: a batch costs
+                    # mostly per recipient (one write each), not per event, so it gathers
+                    # more per batch (up to coalesce_max_s) and the cost per delivery falls
+                    # as the load rises; an idle node keeps the short wait (issue #16).
+                    late = loop.time() - asleep - pause
+                    pause = min(self.coalesce_max_s, self.coalesce_s + 2 * max(late, 0.0))
 
     async def invalidate(self, keys: list[str]) -> None:
         """Put an invalidation of ``keys`` on the feed, then wait until every other live node
