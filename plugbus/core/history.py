@@ -468,11 +468,9 @@ class MemoryHistory:
 
 # -- Redis ----------------------------------------------------------------------------------
 
-# KEYS: the clock hash, the stream, its floor key, the feed.
-# ARGV: max_messages, max_age_ms, the feed's length, "1" to keep the event in its stream ("0":
-# an ephemeral event, on the feed only), then the entry's five values (entry_values).
-# Returns the offset. TIME in a script is allowed since Redis 5 (effects are replicated).
-APPEND_SCRIPT = """
+# The cluster-wide clock both scripts below start with (KEYS[1] is its hash): the next offset
+# ``id``, never behind the last one even when a node's or Redis's clock steps back.
+_CLOCK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
@@ -481,6 +479,15 @@ local ms = string.format('%.0f', now)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'ms', ms)
 local id = ms .. '-' .. seq
+"""
+
+# KEYS: the clock hash, the stream, its floor key, the feed.
+# ARGV: max_messages, max_age_ms, the feed's length, "1" to keep the event in its stream ("0":
+# an ephemeral event, on the feed only), then the entry's five values (entry_values).
+# Returns the offset. TIME in a script is allowed since Redis 5 (effects are replicated).
+APPEND_SCRIPT = (
+    _CLOCK
+    + """
 local fields
 if ARGV[5] == '' then
   fields = {'e', ARGV[9]}
@@ -514,23 +521,19 @@ end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], id, unpack(fields))
 return id
 """
+)
 
 
 # An invalidation of cached keys (NodeCache) on the feed, in the events' order and clock.
 # KEYS: the clock hash, the feed. ARGV: the feed's length, the keys (a JSON list). Returns the
 # entry's offset.
-INVALIDATE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
-if now < last then now = last end
-local ms = string.format('%.0f', now)
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'ms', ms)
-local id = ms .. '-' .. seq
+INVALIDATE_SCRIPT = (
+    _CLOCK
+    + """
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, 'i', ARGV[2])
 return id
 """
+)
 
 
 class _Line:
