@@ -449,9 +449,9 @@ async def test_plugbus_serve_with_the_shipped_config_takes_the_direct_path(serve
 
 
 async def test_the_connect_ack_and_the_greeting_leave_in_one_write(plugbus_server) -> None:
-    """The socket door holds a session's frames from its CONNECT ack to the end of that loop
-    turn: the ack and the welcome greeting reach the socket in one write, the ack first (a
-    system call each cost more than framing both)."""
+    """The direct writer keeps a connection's frames to the end of the loop turn: the CONNECT
+    ack and the welcome greeting reach the socket in one write, the ack first (a system call
+    each cost more than framing both)."""
     server = await plugbus_server()
     url = f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket"
     async with websockets.connect(url) as ws:
