@@ -1821,7 +1821,7 @@ def targets_16(run: Run) -> list[str]:
         rows.append(
             (
                 "Echo ≥ 0.6× Node, default plugins on",
-                f"acks/s {text}; per CPU second {cpu_text}",
+                f"acks/s {text}; server CPU µs per ack {cpu_text}",
                 judged(ratio >= 0.6, g),
             )
         )
