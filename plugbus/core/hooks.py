@@ -274,7 +274,6 @@ class ImplTimings:
 
 
 _perf_counter = time.perf_counter
-_bisect_left = bisect.bisect_left
 _Coroutine = types.CoroutineType
 
 
@@ -708,14 +707,7 @@ class Hooks:
                 ):
                     replaced = await replaced
                 if timings is not None:
-                    # _timed, inline (it ran three times an event)
-                    seconds = _perf_counter() - started
-                    entry = call.entry
-                    if entry is None:
-                        entry = call.entry = timings.entry("plugbus_moderate", call.plugin_name)
-                    entry[0] += 1
-                    entry[1] += seconds
-                    entry[2][_bisect_left(TIMING_BOUNDS, seconds)] += 1
+                    _timed(timings, "plugbus_moderate", call, started)
                 if replaced is not None:
                     event = _checked_replacement(call.plugin_name, event, replaced)
             return event
@@ -750,13 +742,7 @@ class Hooks:
                 ):
                     result = await result
                 if timings is not None:
-                    seconds = _perf_counter() - started
-                    entry = call.entry
-                    if entry is None:
-                        entry = call.entry = timings.entry("plugbus_handle_event", call.plugin_name)
-                    entry[0] += 1
-                    entry[1] += seconds
-                    entry[2][_bisect_left(TIMING_BOUNDS, seconds)] += 1
+                    _timed(timings, "plugbus_handle_event", call, started)
                 if result is not None:
                     return result
             return None
