@@ -238,16 +238,7 @@ class Bus:
     async def dispatch_args(self, name: Any, args: list[Any], ctx: EventContext) -> Any:
         """:meth:`dispatch` for a Socket.IO event's arguments (everything after its name):
         positional arguments for events that declare ``positional``, else one payload."""
-        event = self.events.parse_args(name, args, ctx.namespace)
-        # publish's body, not a call to it: the socket door's every event, one coroutine less
-        if not type(event).history:
-            ctx.history = False
-        try:
-            event = await self.hooks.moderate(event, ctx)
-        except EventDropped as drop:
-            log.info("dropped %s from %s: %s", event.event_name, ctx.sid or ctx.origin, drop.reason)
-            return None
-        return await self.hooks.handle_event(event, ctx)
+        return await self.publish(self.events.parse_args(name, args, ctx.namespace), ctx)
 
     async def publish(self, event: Event, ctx: EventContext) -> Any:
         """Run an already-validated event through moderation and handling.
