@@ -67,12 +67,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(port: int, traced: str | None, frames: int) -> subprocess.Popen[bytes]:
+def _start(
+    port: int, traced: str | None, frames: int, cpu: int | None = None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, **ENV}
     if traced:
         cmd = [sys.executable, __file__, "--serve-traced", str(port), traced, str(frames)]
     else:
         cmd = [sys.executable, "-m", "plugbus", "serve", "--port", str(port)]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -122,7 +126,7 @@ async def _connect_all(
 async def _round(args: argparse.Namespace) -> dict[str, Any]:
     port = _free_port()
     traced = tempfile.mkdtemp(prefix="conn-cost-") if args.tracemalloc else None
-    proc = _start(port, traced, args.frames)
+    proc = _start(port, traced, args.frames, args.pin[0] if args.pin else None)
     try:
         target = loadgen.Target(f"http://127.0.0.1:{port}", "raw")
         # warm-up: first-use imports and caches are not a connection's cost
@@ -216,7 +220,15 @@ def main() -> None:
         metavar="PATH",
         help="py-spy raw stacks (native frames, 200 Hz) of the connect window; needs py-spy",
     )
+    p.add_argument(
+        "--pin",
+        metavar="SERVER,GENERATOR",
+        type=lambda v: [int(c) for c in v.split(",")],
+        help="pin the server and this generator to these CPUs (as run.sh does: 0,1)",
+    )
     args = p.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {args.pin[1]})
     for _ in range(args.rounds):
         print(json.dumps(asyncio.run(_round(args))), flush=True)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from plugbus.core import Bus, Config, LoadedConfig, load_plugins
 from plugbus.core.loader import LoadedPlugins
@@ -31,6 +32,7 @@ from .rest_door import PublishLimiter, add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
 from .wire import SEAM_REPORT, WireApp, limited_http_protocol, reader_protocol, seams
 from .wire.reader import MASK_IMPL
+from .wire.upgrade import upgrade_protocol, upgrade_unavailable
 
 log = logging.getLogger("plugbus")
 
@@ -80,10 +82,16 @@ def uvicorn_options(config: Config) -> dict[str, Any]:
         # plugbus's own subclass of websockets-sansio: plain frames read without a queue,
         # a task or an ASGI event per message (wire/reader.py); /health says which is in use
         options["ws"] = reader
+    limits = server.limits.max_header_bytes, server.limits.max_header_count
     if SEAM_REPORT.holds(seams.UVICORN_HTTP):
-        options["http"] = limited_http_protocol(
-            server.limits.max_header_bytes, server.limits.max_header_count
-        )
+        options["http"] = limited_http_protocol(*limits)
+    if upgrade_unavailable(reader, SEAM_REPORT) is None:
+        # a first request that is a plain websocket upgrade skips uvicorn's HTTP request
+        # handling (wire/upgrade.py); /health and the start-up log say whether it runs
+        if "http" in options:
+            options["http"] = upgrade_protocol(options["http"], *limits)
+        else:
+            options["http"] = upgrade_protocol(HttpToolsProtocol, 0, 0)
     return options
 
 
@@ -191,6 +199,13 @@ def _log_wire(sio: PlugbusSocketServer) -> None:
         log.warning(
             "wire: websocket frames read through uvicorn's receive queue (%s)",
             report.reader_reason,
+        )
+    if report.upgrade_reason is None:
+        log.info("wire: websocket upgrade requests parsed by plugbus (wire/upgrade.py)")
+    else:
+        log.warning(
+            "wire: websocket upgrade requests go through uvicorn's HTTP request handling (%s)",
+            report.upgrade_reason,
         )
     if not SEAM_REPORT.holds(seams.UVICORN_HTTP):
         log.warning(

@@ -39,6 +39,7 @@ from .session import (
     EngineSession,
     SessionTimers,
 )
+from .upgrade import UPGRADES, upgrade_unavailable
 from .writers import AsgiWriter, DirectWriter, LeanReceiveQueue, LeanWritableFlag
 
 log = logging.getLogger("plugbus.wire")
@@ -113,6 +114,9 @@ class WireReport:
     #: websockets are read through uvicorn's receive queue, with why in ``reader_reason``
     reader: str | None = None
     reader_reason: str | None = None
+    #: why a first request that is a plain websocket upgrade goes through uvicorn's HTTP
+    #: request handling (None: plugbus's fast path, ``wire/upgrade.py``, takes it)
+    upgrade_reason: str | None = None
     #: connections read by the direct reader or by websockets' parser (under ``reader``)
     readers: dict[str, int] = field(default_factory=lambda: {"direct": 0, "websockets": 0})
     reader_not_attached: dict[str, int] = field(default_factory=dict)
@@ -143,6 +147,11 @@ class WireReport:
                 "unavailable_reason": self.reader_reason,
                 "unmask": MASK_IMPL,
                 "handshakes_in_process": dict(HANDSHAKES),
+                "upgrade": {
+                    "path": "uvicorn" if self.upgrade_reason else "plugbus",
+                    "unavailable_reason": self.upgrade_reason,
+                    "taken_in_process": UPGRADES["taken"],
+                },
                 "connections_total": dict(self.readers),
                 "not_attached": dict(self.reader_not_attached),
                 "switched_to_websockets": dict(self.reader_switched),
@@ -220,6 +229,7 @@ class EngineServer:
         reader, self.report.reader_reason = reader_protocol(settings.websocket_writer, seam_report)
         if reader is not None:
             self.report.reader = f"{reader.__module__}.{reader.__qualname__}"
+        self.report.upgrade_reason = upgrade_unavailable(reader, seam_report)
         if settings.websocket_writer == "direct" and not direct_ok:
             raise seams.WireError(f"server.websocket_writer is 'direct' but {reason}")
         #: python-socketio's message handler, for the direct reader (set at its first use)

@@ -40,9 +40,10 @@ import sys
 from collections import deque
 from collections.abc import Coroutine, Generator
 from contextvars import Context, copy_context
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote
 
+from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
@@ -203,73 +204,30 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     def _take_handshake(self, data: bytes) -> bool | str:
         """True: taken; False: websockets' to answer; a string: a websocket upgrade request
         to refuse (400), saying why."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or end != len(data) - 4:
-            return False
-        lines = data[:end].split(b"\r\n")
-        if len(lines) > _MAX_HEADERS + 1 or any(len(line) > _MAX_LINE for line in lines):
-            return False
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
-            return False
-        target = parts[1]
-        if not target.startswith(b"/") or not target.isascii():
-            return False
-        headers: list[tuple[bytes, bytes]] = []
-        key = version = upgrade = None
-        host = connection_upgrade = False
-        plain = True  # False: a header websockets negotiates or checks is present
-        deflate = self.config.ws_per_message_deflate
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            value = value.strip(b" \t")
-            if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
-                return False
-            headers.append((name, value))
-            lname = name.lower()
-            if lname == b"sec-websocket-key":
-                if key is not None:
-                    return False
-                key = value
-            elif lname == b"sec-websocket-version":
-                if version is not None:
-                    return False
-                version = value
-            elif lname == b"upgrade":
-                if upgrade is not None:
-                    return False
-                upgrade = value
-            elif lname == b"connection":
-                for token in value.split(b","):
-                    token = token.strip(b" \t")
-                    if not _TOKEN.fullmatch(token):
-                        return False
-                    connection_upgrade = connection_upgrade or token.lower() == b"upgrade"
-            elif lname == b"host":
-                host = True
-            elif (
-                lname in _NEGOTIATED
-                or (lname == b"sec-websocket-extensions" and deflate)
-                or (lname == b"content-length" and value != b"0")
-            ):
-                plain = False
-        if not connection_upgrade or upgrade is None or upgrade.lower() != b"websocket":
-            return False
-        # §4.2.1: a handshake without Host "MUST" be refused (websockets accepts it); §4.2.2
-        # and §4.4: one of another version MUST be answered with the versions the server
-        # speaks (websockets answers 400 without them). Checked before anything is handed
-        # to websockets, so no request shape escapes them.
-        if not host:
-            return "missing Host header"
-        if version != b"13":
-            return "missing or unsupported Sec-WebSocket-Version (this server speaks 13)"
-        if not plain or key is None:
-            return False
-        try:
-            if len(base64.b64decode(key, validate=True)) != 16:
-                return False
-        except binascii.Error:
-            return False
+        taken = parse_handshake(data, self.config.ws_per_message_deflate)
+        if type(taken) is not Handshake:
+            return taken  # type: ignore[return-value]
+        self.begin(taken)
+        return True
+
+    def adopt(self, http: Any) -> None:
+        """``connection_made`` for a connection whose HTTP protocol read its addresses
+        already: uvicorn's ``connection_made`` reads them again (a socket object and two
+        system calls), for the same values."""
+        self.connections.add(self)
+        self.transport = http.transport
+        self.server = http.server
+        self.client = http.client
+        self.scheme = "wss" if http.scheme == "https" else "ws"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)
+
+    def begin(self, handshake: Handshake) -> None:
+        """Take a handshake :func:`parse_handshake` accepted: the ASGI scope, the connect
+        event and the connection's task, as uvicorn's ``handle_connect`` makes them; the 101
+        goes out with the application's accept (:meth:`send`)."""
+        target, headers, key = handshake.target, handshake.headers, handshake.key
         self._accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
         self._early = []
         # uvicorn's handle_connect keeps websockets' Request here; nothing reads it after
@@ -298,7 +256,6 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         task = self.loop.create_task(self.run_asgi())
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
-        return True
 
     async def send(self, message: Any) -> None:
         accept = self._accept
@@ -539,6 +496,103 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         self._partial = b""
         self._direct = False
         super().connection_lost(exc)
+
+
+class Handshake(NamedTuple):
+    """A plain, valid opening handshake (:func:`parse_handshake`)."""
+
+    #: the request target (origin-form, ASCII)
+    target: bytes
+    #: the headers, names lower-cased (as ASGI and uvicorn's scope have them)
+    headers: list[tuple[bytes, bytes]]
+    #: Sec-WebSocket-Key
+    key: bytes
+    #: how many Connection headers the request carries
+    connection_headers: int
+
+
+def parse_handshake(data: bytes, deflate: bool) -> Handshake | bool | str:
+    """Parse one request head as a websocket opening handshake (RFC 6455 §4.2.1).
+
+    A :class:`Handshake`: plain and valid, taken. ``False``: anything else, for websockets
+    to parse and answer. A string: a websocket upgrade request to refuse (400), saying why.
+
+    Taken: one complete head; ``GET`` with an ASCII origin-form target over ``HTTP/1.1``;
+    header names and values that websockets' own grammar accepts, no more of them or longer
+    lines than it takes; a ``Host``; ``Upgrade`` exactly ``websocket``; a ``Connection`` with
+    the ``upgrade`` token; one ``Sec-WebSocket-Key`` that is base64 of 16 bytes; one
+    ``Sec-WebSocket-Version: 13``; no body; no ``Sec-WebSocket-Protocol`` (websockets
+    negotiates it), and no ``Sec-WebSocket-Extensions`` when compression (``deflate``) is on.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end != len(data) - 4:
+        return False
+    lines = data[:end].split(b"\r\n")
+    if len(lines) > _MAX_HEADERS + 1 or any(len(line) > _MAX_LINE for line in lines):
+        return False
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
+        return False
+    target = parts[1]
+    if not target.startswith(b"/") or not target.isascii():
+        return False
+    headers: list[tuple[bytes, bytes]] = []
+    key = version = upgrade = None
+    host = connection_upgrade = False
+    connections = 0
+    plain = True  # False: a header websockets negotiates or checks is present
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not colon or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+            return False
+        lname = name.lower()
+        headers.append((lname, value))
+        if lname == b"sec-websocket-key":
+            if key is not None:
+                return False
+            key = value
+        elif lname == b"sec-websocket-version":
+            if version is not None:
+                return False
+            version = value
+        elif lname == b"upgrade":
+            if upgrade is not None:
+                return False
+            upgrade = value
+        elif lname == b"connection":
+            connections += 1
+            for token in value.split(b","):
+                token = token.strip(b" \t")
+                if not _TOKEN.fullmatch(token):
+                    return False
+                connection_upgrade = connection_upgrade or token.lower() == b"upgrade"
+        elif lname == b"host":
+            host = True
+        elif (
+            lname in _NEGOTIATED
+            or (lname == b"sec-websocket-extensions" and deflate)
+            or (lname == b"content-length" and value != b"0")
+        ):
+            plain = False
+    if not connection_upgrade or upgrade is None or upgrade.lower() != b"websocket":
+        return False
+    # §4.2.1: a handshake without Host "MUST" be refused (websockets accepts it); §4.2.2
+    # and §4.4: one of another version MUST be answered with the versions the server
+    # speaks (websockets answers 400 without them). Checked before anything is handed
+    # to websockets, so no request shape escapes them.
+    if not host:
+        return "missing Host header"
+    if version != b"13":
+        return "missing or unsupported Sec-WebSocket-Version (this server speaks 13)"
+    if not plain or key is None:
+        return False
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return False
+    except binascii.Error:
+        return False
+    return Handshake(target, headers, key, connections)
 
 
 #: opening handshakes in this process, by who parsed them (``GET /health``)

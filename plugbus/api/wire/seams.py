@@ -157,6 +157,34 @@ UVICORN_READER = Seam(
     "handshake answered without websockets' HTTP parser (uvicorn's scope, task and 101)",
     required=False,
 )
+UVICORN_UPGRADE = Seam(
+    "uvicorn",
+    "0.54.0",
+    (
+        "HttpToolsProtocol.data_received",
+        "HttpToolsProtocol.ws_protocol_class",
+        "HttpToolsProtocol.config",
+        "HttpToolsProtocol.server_state",
+        "HttpToolsProtocol.app_state",
+        "HttpToolsProtocol.connections",
+        "HttpToolsProtocol.transport",
+        "HttpToolsProtocol.server",
+        "HttpToolsProtocol.client",
+        "HttpToolsProtocol.scheme",
+        "HttpToolsProtocol.logger",
+        "WebSocketsSansIOProtocol.connections",
+        "WebSocketsSansIOProtocol.server",
+        "WebSocketsSansIOProtocol.client",
+        "WebSocketsSansIOProtocol.scheme",
+        "WebSocketsSansIOProtocol.transport",
+        "WebSocketsSansIOProtocol.logger",
+    ),
+    "a connection's first request, when it is a plain websocket upgrade, made into the "
+    "direct reader's protocol by plugbus (plugbus.api.wire.upgrade) without uvicorn's HTTP "
+    "scope, its request written out again, and a second read of the socket's addresses "
+    "(what HttpToolsProtocol.handle_websocket_upgrade and connection_made do)",
+    required=False,
+)
 WEBSOCKETS_SPEEDUPS = Seam(
     "websockets",
     "17.4",
@@ -207,6 +235,7 @@ SEAMS = (
     UVICORN_WEBSOCKET,
     UVICORN_HTTP,
     UVICORN_READER,
+    UVICORN_UPGRADE,
     WEBSOCKETS_SPEEDUPS,
     WEBSOCKETS_PARSER,
     ASYNCIO_TASKS,
