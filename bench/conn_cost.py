@@ -99,6 +99,13 @@ async def _snapshot(pid: int, out_dir: str, n: int) -> tracemalloc.Snapshot:
     raise RuntimeError("no snapshot")
 
 
+def _user_system(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) / loadgen.CLK_TCK, int(fields[12]) / loadgen.CLK_TCK
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -137,6 +144,7 @@ async def _round(args: argparse.Namespace) -> dict[str, Any]:
         before = await _snapshot(proc.pid, traced, 1) if traced else None
         rss0 = loadgen.proc_rss_kb(proc.pid) or 0
         cpu0 = loadgen.proc_cpu(proc.pid) or 0.0
+        user0, system0 = _user_system(proc.pid)
         spy = None
         if args.profile:
             spy = subprocess.Popen(
@@ -161,6 +169,7 @@ async def _round(args: argparse.Namespace) -> dict[str, Any]:
         clients, handshakes = await _connect_all(target, args.clients, args.concurrency)
         wall = time.perf_counter() - t0
         cpu1 = loadgen.proc_cpu(proc.pid) or 0.0
+        user1, system1 = _user_system(proc.pid)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
@@ -171,6 +180,10 @@ async def _round(args: argparse.Namespace) -> dict[str, Any]:
             "alive": sum(not c.closed for c in clients),
             "greetings": sum(c.events for c in clients),
             "server_cpu_us_per_connection": round((cpu1 - cpu0) / args.clients * 1e6, 1),
+            "user_system_us": [
+                round((user1 - user0) / args.clients * 1e6, 1),
+                round((system1 - system0) / args.clients * 1e6, 1),
+            ],
             "rss_per_connection_kb": round((rss1 - rss0) / args.clients, 2),
             "connects_per_s": round(args.clients / wall, 1),
             "handshake_p50_ms": round(_pct(handshakes, 0.50) * 1e3, 1),
