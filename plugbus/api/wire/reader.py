@@ -205,8 +205,8 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         """True: taken; False: websockets' to answer; a string: a websocket upgrade request
         to refuse (400), saying why."""
         taken = parse_handshake(data, self.config.ws_per_message_deflate)
-        if type(taken) is not Handshake:
-            return taken  # type: ignore[return-value]
+        if not isinstance(taken, Handshake):
+            return taken
         self.begin(taken)
         return True
 

@@ -81,7 +81,7 @@ def upgrade_protocol(
             if max_head_bytes and len(data) > max_head_bytes:
                 return False
             handshake = parse_handshake(data, self.config.ws_per_message_deflate)
-            if type(handshake) is not Handshake:
+            if not isinstance(handshake, Handshake):
                 return False
             if max_headers and len(handshake.headers) > max_headers:
                 return False
