@@ -20,7 +20,7 @@ What httptools would do differently is declined, not re-implemented: a target by
 than one ``Connection`` header (uvicorn reads only the last, which may not ask for the
 upgrade), a head over ``server.limits.max_header_bytes`` or with more headers than
 ``max_header_count`` (answered 431 by :mod:`.http_limits`), and a request that comes in more
-than one read. ``tests/protocol/test_upgrade_fast_path.py`` holds the two paths side by side.
+than one read. ``tests/test_upgrade_fast_path.py`` holds the two paths side by side.
 
 The uvicorn attributes used are declared in :mod:`plugbus.api.wire.seams`
 (``UVICORN_UPGRADE``); without them uvicorn's own upgrade runs, and the start-up log and
