@@ -149,7 +149,9 @@ async def main(args: argparse.Namespace) -> None:
         relay = bus.pm.get_plugin("relay")
 
         async def moderate_plugin() -> None:
-            await moderation.plugbus_moderate(event, ctx)
+            pending = moderation.plugbus_moderate(event, ctx)  # None when it did not suspend
+            if pending is not None:
+                await pending
 
         async def handle_plugin() -> None:
             await relay.plugbus_handle_event(event, ctx)

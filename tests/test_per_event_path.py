@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import yaml
 
-from plugbus import Event, InvalidPayload, NotAllowed
+from plugbus import Event, InvalidPayload, MessageRejected, NotAllowed, Origin, Violation
+from plugbus.core.backend import Backend
 from plugbus.core.bus import Bus
 from plugbus.core.config import HistorySettings, load_config
 from plugbus.core.context import Connection
 from plugbus.core.events import EventRegistry, payload_size
 from plugbus.core.history import MemoryHistory, StoredEvent, StreamRead, _stored_event
 from plugbus.core.loader import load_plugins
-from plugbus.plugins.moderation.rules import MaxLengthRule, text_fields
+from plugbus.plugins.moderation.rules import MaxLengthRule, sanction_keys, text_fields
+from plugbus.plugins.moderation.store import Sanction
 from plugbus.plugins.relay import SendMessage
 from plugbus.testing import PlugbusAppFactory
 
@@ -270,3 +274,117 @@ def test_an_object_of_ascii_strings_is_sized_and_checked_as_the_walks_do(text: s
     assert over.value.details["errors"][0]["type"] == "too_large"
     with pytest.raises(InvalidPayload, match="lone UTF-16 surrogate"):
         registry.parse_args("limited", [{"text": "a\ud800"}])
+
+
+async def test_moderation_rules_answer_at_once_as_their_awaited_reads(
+    plugbus_app: PlugbusAppFactory,
+) -> None:
+    """Ban, mute and slow mode read their state without a coroutine when the store has it at
+    hand (``Store.get_many_now``, ``hget_now``): each answers as the awaited read it skips
+    (``_check_later``), with no sanction, with one in force, and with one whose time is up."""
+    app = await plugbus_app()
+    client = await app.client()
+    bus = app.bus
+    moderation = bus.pm.get_plugin("moderation")
+    store = moderation.store
+    connection = bus.connection(client.sid)
+    assert connection is not None
+    ctx = bus.context(Origin.SOCKET, connection, wants_ack=True)
+    event = bus.events.parse_args("send-message", [{"message": "hi", "roomID": "r1"}])
+    rules = {step.rule.name: step.rule for step in moderation.pipeline.steps}
+    ban, mute, slow = rules["ban"], rules["mute"], rules["slow_mode"]
+
+    async def both(rule: Any) -> tuple[Any, Any]:
+        at_once = rule.check(event, ctx)
+        assert not inspect.isawaitable(at_once), f"{rule.name} made a coroutine"
+        if rule is slow:
+            later = await rule._check_later(event, connection, "r1")
+        else:
+            later = await rule._check_later(sanction_keys(store, rule.name, connection))
+        return at_once, later
+
+    def shown(violation: Violation | None) -> Any:
+        return None if violation is None else (violation.message, violation.details)
+
+    for rule in (ban, mute, slow):
+        at_once, later = await both(rule)
+        assert at_once is None and later is None
+    # the clean event passes the whole pipeline without a coroutine
+    assert moderation.pipeline.run(event, ctx) is None
+    now = datetime.now(UTC)
+    for kind, rule in (("ban", ban), ("mute", mute)):
+        sanction = Sanction(
+            id=f"{kind}-1",
+            type=kind,
+            kind="connection",
+            value=connection.sid,
+            reason="testing",
+            created_at=now,
+            expires_at=now + timedelta(hours=1),
+        )
+        await store.add_sanction(sanction)
+        at_once, later = await both(rule)
+        assert at_once is not None and shown(at_once) == shown(later)
+        refused = moderation.pipeline.run(event, ctx)
+        assert refused is not None
+        with pytest.raises(MessageRejected) as caught:
+            await refused
+        assert caught.value.message == at_once.message
+        # a sanction whose time is up, still stored (as Redis may hold it until it expires)
+        over = sanction.model_copy(update={"expires_at": now - timedelta(seconds=1)})
+        key = sanction_keys(store, kind, connection)[0]
+        await store.store.set(key, over.model_dump(mode="json"))
+        at_once, later = await both(rule)
+        assert at_once is None and later is None
+        await store.store.delete(key)
+    # a room with a delay: the rest of the rule (the sender's clock) is the coroutine it was
+    await store.set_slow_mode("slow-room", 5)
+    slow_event = bus.events.parse_args("send-message", [{"message": "hi", "roomID": "slow-room"}])
+    pending = slow.check(slow_event, ctx)
+    assert inspect.isawaitable(pending) and await pending is None
+
+
+async def test_reads_without_waiting_answer_as_the_awaited_reads() -> None:
+    """``get_many_now`` and ``hget_now`` of a memory store answer what ``get_many`` and
+    ``hget`` answer (missing keys, values, expired keys, a key of another kind); a Redis store
+    answers only from its node's copy, so before any read is kept there it says it cannot."""
+    backend = Backend("memory")
+    await backend.start()
+    try:
+        store = backend.store("polls")
+        await store.set("a", {"x": 1})
+        await store.set("brief", "gone soon", ttl=0.05)
+        await store.hset("h", {"f": [1, 2]})
+        keys = ["a", "missing", "brief"]
+        assert (
+            store.get_many_now(keys) == await store.get_many(keys) == [{"x": 1}, None, "gone soon"]
+        )
+        assert store.hget_now("h", "f") == (await store.hget("h", "f"),) == ([1, 2],)
+        assert store.hget_now("h", "nope") == (None,) and store.hget_now("nothing", "f") == (None,)
+        await asyncio.sleep(0.1)
+        assert store.get_many_now(keys) == await store.get_many(keys) == [{"x": 1}, None, None]
+        with pytest.raises(TypeError):
+            store.get_many_now(["h"])
+        with pytest.raises(TypeError):
+            await store.get_many(["h"])
+        with pytest.raises(TypeError):
+            store.hget_now("a", "f")
+    finally:
+        await backend.stop()
+
+
+async def test_a_redis_store_reads_at_once_only_from_its_nodes_copy(redis_server: Any) -> None:
+    backend = Backend(redis_server.url)
+    await backend.start()
+    try:
+        plain = backend.store("polls")
+        cached = backend.store("mod", cached=("sanction:",))
+        await plain.set("a", 1)
+        await cached.set("sanction:x", 2)
+        assert plain.get_many_now(["a"]) is None and plain.hget_now("h", "f") is None
+        # this node follows no history feed here: its copy keeps nothing, every read waits
+        assert await cached.get_many(["sanction:x"]) == [2]
+        assert cached.get_many_now(["sanction:x"]) is None
+        assert cached.get_many_now(["other"]) is None
+    finally:
+        await backend.stop()

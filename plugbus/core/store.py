@@ -115,6 +115,13 @@ class Store(Protocol):
         """The values of ``keys`` in order (None for each missing one), in one round trip."""
         ...
 
+    def get_many_now(self, keys: Iterable[str]) -> list[Any] | None:
+        """:meth:`get_many` without waiting, when this node has the values at hand: always
+        in a memory store; in a Redis store, keys under a ``cached`` prefix once the node's
+        copy holds every one of them. None when it cannot answer at once (then await
+        :meth:`get_many`). For state read on every event: no coroutine, no round trip."""
+        ...
+
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         """Set ``key`` to ``value``, expiring after ``ttl`` seconds (never when None)."""
         ...
@@ -150,6 +157,11 @@ class Store(Protocol):
 
     async def hget(self, key: str, field: str) -> Any:
         """The value of ``field`` in hash ``key``, or None."""
+        ...
+
+    def hget_now(self, key: str, field: str) -> tuple[Any] | None:
+        """:meth:`hget` without waiting, as :meth:`get_many_now`: ``(value,)`` when this node
+        has it at hand, None when it must be awaited."""
         ...
 
     async def hgetall(self, key: str) -> dict[str, Any]:
@@ -495,11 +507,18 @@ class MemoryStore:
         return None if entry is None else decode(entry.value)
 
     async def get_many(self, keys: Iterable[str]) -> list[Any]:
+        return self.get_many_now(keys)
+
+    def get_many_now(self, keys: Iterable[str]) -> list[Any]:
         # on every event (moderation's ban and mute lookups): the common miss costs a dict get
-        data, prefix, out = self._data, self._prefix, []
+        data, prefix = self._data, self._prefix
+        out: list[Any] = []
         for key in keys:
-            entry = data.get(prefix + key)
-            out.append(None if entry is None else await self.get(key))
+            if prefix + key not in data:
+                out.append(None)
+                continue
+            entry = self._live(key, "value")
+            out.append(None if entry is None else decode(entry.value))
         return out
 
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
@@ -555,8 +574,11 @@ class MemoryStore:
         return value
 
     async def hget(self, key: str, field: str) -> Any:
+        return self.hget_now(key, field)[0]
+
+    def hget_now(self, key: str, field: str) -> tuple[Any]:
         entry = self._live(key, "hash")
-        return None if entry is None else decode(entry.value.get(field))
+        return (None if entry is None else decode(entry.value.get(field)),)
 
     async def hgetall(self, key: str) -> dict[str, Any]:
         entry = self._live(key, "hash")
@@ -897,6 +919,22 @@ class RedisStore:
             cache.put(generation, zip(fulls, values, strict=True))
         return values
 
+    def get_many_now(self, keys: Iterable[str]) -> list[Any] | None:
+        # what get_many answers from the node's copy, without its coroutine
+        cached = self._cached
+        if not cached:
+            return None
+        get, prefix, out = self._cache.get, self._prefix, []
+        for key in keys:
+            full = prefix + key
+            if not full.startswith(cached):
+                return None
+            value = get(full)
+            if value is MISSING:
+                return None
+            out.append(value)
+        return out
+
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         text = encode(value)
         await self._do(
@@ -969,6 +1007,14 @@ class RedisStore:
         value = await self._do("count", lambda r: r.eval(INCR, 1, self.full(key), int(amount), ms))
         await self._invalidate([self.full(key)])
         return int(value)
+
+    def hget_now(self, key: str, field: str) -> tuple[Any] | None:
+        # what hget answers from the node's copy, without its coroutine
+        full = self._prefix + key
+        if not self._is_cached(full):
+            return None
+        value = self._cache.get((full, field))
+        return None if value is MISSING else (value,)
 
     async def hget(self, key: str, field: str) -> Any:
         full = self.full(key)

@@ -4,7 +4,7 @@ drop) carried out, every decision logged; and :func:`build_pipeline`, which asse
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -96,25 +96,59 @@ class Pipeline:
         """The rules that run, in order."""
         return [s.rule.name for s in self.steps]
 
-    async def run(self, event: Event, ctx: EventContext) -> Event | None:
-        """:return: None when the event passes unchanged, the masked event when masked.
-        :raises PlugbusError: a rule refused it. :raises EventDropped: a rule dropped it."""
+    def run(self, event: Event, ctx: EventContext) -> Awaitable[Event | None] | None:
+        """:return: None when the event passes unchanged, else the coroutine of the rest of
+        the walk, which returns None, or the masked event when masked.
+        :raises PlugbusError: a rule refused it. :raises EventDropped: a rule dropped it.
+
+        While every rule answers None at once (the common event: no rule has anything to
+        say, and the store has its state at hand) the walk makes no coroutine; from the
+        first rule that answers anything else, :meth:`_run_from` carries on."""
+        checks = self._checks
+        for index in range(len(checks)):
+            found = checks[index][1](event, ctx)
+            if found is not None:
+                return self._run_from(index, found, event, ctx)
+        accepted = self._accepted
+        for index in range(len(accepted)):
+            done = accepted[index][0](event, ctx)
+            if done is not None:
+                return self._accepted_from(index, done, event, event, ctx)
+        return None
+
+    async def _run_from(
+        self, index: int, found: Any, event: Event, ctx: EventContext
+    ) -> Event | None:
+        """:meth:`run` from the rule at ``index`` on, whose check answered ``found`` (not
+        None): what the walk was before it could be had without a coroutine."""
         original = event
-        for step, check, is_async in self._checks:
+        checks = self._checks
+        step, _, is_async = checks[index]
+        while True:
+            if found is not None:
+                # is_async skips the isawaitable probe for rules known to be coroutines
+                violation = await found if is_async or inspect.isawaitable(found) else found
+                if violation is not None:
+                    event = await self._apply(step, event, ctx, violation)
+            index += 1
+            if index == len(checks):
+                return await self._accepted_from(0, None, original, event, ctx)
+            step, check, is_async = checks[index]
             found = check(event, ctx)
-            # is_async skips the isawaitable probe for rules known to be coroutines, and None
-            # (a sync rule with nothing to say) skips it too: for an object that is neither
-            # a coroutine nor a generator it is an ABC check, in Python
-            violation = (
-                await found  # type: ignore[misc]
-                if is_async or (found is not None and inspect.isawaitable(found))
-                else found
-            )
-            if violation is not None:
-                event = await self._apply(step, event, ctx, violation)
-        for accepted, is_async in self._accepted:
-            done = accepted(event, ctx)
-            if is_async or (done is not None and inspect.isawaitable(done)):
+
+    async def _accepted_from(
+        self, index: int, done: Any, original: Event, event: Event, ctx: EventContext
+    ) -> Event | None:
+        """Each rule's ``accepted`` from the one at ``index`` on (``done``, when not None, is
+        that one's answer: it was called already); the event as :meth:`run` returns it."""
+        accepted = self._accepted
+        if done is not None:
+            if accepted[index][1] or inspect.isawaitable(done):
+                await done
+            index += 1
+        for hook, is_async in accepted[index:]:
+            done = hook(event, ctx)
+            if done is not None and (is_async or inspect.isawaitable(done)):
                 await done
         return None if event is original else event
 
