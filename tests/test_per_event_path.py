@@ -20,6 +20,7 @@ from plugbus.core.context import Connection
 from plugbus.core.events import EventRegistry, payload_size
 from plugbus.core.history import MemoryHistory, StoredEvent, StreamRead, _stored_event
 from plugbus.core.loader import load_plugins
+from plugbus.plugins.moderation.pipeline import QUIET_MARK
 from plugbus.plugins.moderation.rules import MaxLengthRule, sanction_keys, text_fields
 from plugbus.plugins.moderation.store import Sanction
 from plugbus.plugins.relay import SendMessage
@@ -386,5 +387,120 @@ async def test_a_redis_store_reads_at_once_only_from_its_nodes_copy(redis_server
         assert await cached.get_many(["sanction:x"]) == [2]
         assert cached.get_many_now(["sanction:x"]) is None
         assert cached.get_many_now(["other"]) is None
+        assert cached.version_now() is None and plain.version_now() is None
+    finally:
+        await backend.stop()
+
+
+async def test_the_rules_skipped_after_a_clean_event_see_every_write_before_the_next(
+    plugbus_app: PlugbusAppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an event that ban, mute and slow mode found nothing to say about, the next event
+    of the connection skips them while the moderation store was not written (its version);
+    any write — through the plugin, or through another store of the same name — makes the
+    next event ask them again, so a ban, a mute or a delay holds from the next event on."""
+    app = await plugbus_app()
+    client = await app.client()
+    bus = app.bus
+    moderation = bus.pm.get_plugin("moderation")
+    store = moderation.store
+    other = bus.store("moderation")  # the same keys, another store object
+    connection = bus.connection(client.sid)
+    assert connection is not None
+    reads: list[list[str]] = []
+    find = store.find_sanctioned_now
+
+    def counted(keys: list[str]) -> Any:
+        reads.append(keys)
+        return find(keys)
+
+    monkeypatch.setattr(store, "find_sanctioned_now", counted)
+
+    async def send(room: str = "r1") -> dict[str, Any]:
+        return await client.call("send-message", {"message": "hi", "roomID": room})  # type: ignore[no-any-return]
+
+    assert (await send())["ok"]
+    assert len(reads) == 2  # ban and mute read
+    assert connection.state[QUIET_MARK] == (store.version_now(), "r1", True)
+    assert (await send())["ok"]
+    assert len(reads) == 2  # nothing was written: skipped
+    await other.set("unrelated", 1)
+    assert (await send())["ok"]
+    assert len(reads) == 4  # asked again after a write
+
+    now = datetime.now(UTC)
+
+    def sanction(kind: str) -> Sanction:
+        return Sanction(
+            id=f"{kind}-1",
+            type=kind,
+            kind="connection",
+            value=connection.sid,
+            created_at=now,
+            expires_at=now + timedelta(hours=1),
+        )
+
+    # a ban written straight into the store's keys by another store object
+    ban_key = sanction_keys(store, "ban", connection)[0]
+    await other.set(ban_key, sanction("ban").model_dump(mode="json"))
+    refused = await send()
+    assert not refused["ok"] and "banned" in refused["error"]["message"]
+    await other.delete(ban_key)
+    assert (await send())["ok"]
+    # a mute made through the plugin, then an event without text (mutes are not read for
+    # it), then one with text: the mute is read for that one
+    await store.add_sanction(sanction("mute"))
+    assert (await client.call("join-room", {"room": "lobby"}))["ok"]
+    assert connection.state[QUIET_MARK][2] is False
+    refused = await send()
+    assert not refused["ok"] and "muted" in refused["error"]["message"]
+    await store.lift_sanction("mute", "mute-1")
+    assert (await send())["ok"]
+    # a delay in one room: another room's clean answer does not stand for it
+    await store.set_slow_mode("slow", 30)
+    assert (await send("r1"))["ok"]
+    assert (await send("slow"))["ok"]
+    refused = await send("slow")
+    assert not refused["ok"] and refused["error"]["code"] == "rate_limited"
+
+
+async def test_a_memory_stores_version_counts_every_write_of_its_name() -> None:
+    backend = Backend("memory")
+    await backend.start()
+    try:
+        store, same, other = backend.store("polls"), backend.store("polls"), backend.store("x")
+        writes = [
+            lambda: store.set("a", 1),
+            lambda: store.add("b", 1),
+            lambda: store.exchange("a", 2),
+            lambda: store.delete_if("a", 2),
+            lambda: store.incr("n"),
+            lambda: store.expire("n", 60),
+            lambda: store.hset("h", {"f": 1}),
+            lambda: store.hdel("h", "f"),
+            lambda: store.sadd("s", "m"),
+            lambda: store.srem("s", "m"),
+            lambda: store.append("l", 1),
+            lambda: store.take_token("t", rate=1, burst=1),
+            lambda: store.delete("b"),
+        ]
+        for write in writes:
+            before, unrelated = store.version_now(), other.version_now()
+            await write()
+            assert store.version_now() > before and same.version_now() == store.version_now()
+            assert other.version_now() == unrelated
+        async with same.batch() as batch:
+            batch.set("c", 1)
+            before = store.version_now()
+        assert store.version_now() > before
+        before = store.version_now()
+        await store.get_many(["a", "c"])
+        await store.hget("h", "f")
+        await store.hgetall("h")
+        await store.smembers("s")
+        await store.tail("l", 1)
+        store.get_many_now(["a"])
+        store.hget_now("h", "f")
+        assert store.version_now() == before
     finally:
         await backend.stop()

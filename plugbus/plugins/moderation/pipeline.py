@@ -69,6 +69,10 @@ def log_entry(
     )
 
 
+#: ``connection.state`` key of what the store-reading rules last found for the connection:
+#: ``(store version, room whose delay was read or None, whether mutes were read)``.
+QUIET_MARK = "moderation.quiet"
+
 #: Most times one rule may mask one event (it reports one field, or one span, at a time).
 MAX_MASKS = 32
 
@@ -90,6 +94,18 @@ class Pipeline:
             for hook in (getattr(step.rule, "accepted", None) for step in steps)
             if hook is not None
         ]
+        # The leading built-in rules that only read the store (ban, mute, slow mode) and
+        # that the store's version tells about: how many of them there are.
+        quiet = 0
+        for step in steps:
+            rule = step.rule
+            if (
+                type(rule) not in (BanRule, MuteRule, SlowModeRule)
+                or getattr(rule, "store", None) is not store
+            ):
+                break
+            quiet += 1
+        self._quiet = quiet
 
     @property
     def names(self) -> list[str]:
@@ -105,7 +121,16 @@ class Pipeline:
         say, and the store has its state at hand) the walk makes no coroutine; from the
         first rule that answers anything else, :meth:`_run_from` carries on."""
         checks = self._checks
-        for index in range(len(checks)):
+        start = 0
+        connection = ctx.connection
+        if self._quiet and connection is not None:
+            version = self.store.version_now()
+            if version is not None:
+                begin = self._quiet_start(version, connection, event, ctx)
+                if not isinstance(begin, int):
+                    return begin  # a rule answered: the rest of the walk
+                start = begin
+        for index in range(start, len(checks)):
             found = checks[index][1](event, ctx)
             if found is not None:
                 return self._run_from(index, found, event, ctx)
@@ -115,6 +140,40 @@ class Pipeline:
             if done is not None:
                 return self._accepted_from(index, done, event, event, ctx)
         return None
+
+    def _quiet_start(
+        self, version: int, connection: Connection, event: Event, ctx: EventContext
+    ) -> int | Awaitable[Event | None]:
+        """Where :meth:`run` starts the rules for ``event``: past the leading store-reading
+        rules (``self._quiet`` of them) when this connection's last event found none of them
+        with anything to say, with the store at the same ``version``, about what this event
+        asks of them — no ban, no mute when it carries text, no delay in its room. (Such
+        answers change only when the store is written: a sanction in force or a delay
+        starts with a write; one that ends makes no rule speak.) Else they run here, and
+        their answers are remembered when all are None; when one answers something, the
+        coroutine of the rest of the walk from it (what :meth:`run` returns)."""
+        cls = type(event)
+        texted = bool(cls.text_fields)
+        field = cls.room_field
+        room = getattr(event, field, None) if field and texted else None
+        if type(room) is not str:
+            room = None  # slow mode reads no delay for it
+        mark = connection.state.get(QUIET_MARK)
+        if (
+            mark is not None
+            and mark[0] == version
+            and (room is None or room == mark[1])
+            and (mark[2] or not texted)
+        ):
+            return self._quiet
+        checks = self._checks
+        for index in range(self._quiet):
+            found = checks[index][1](event, ctx)
+            if found is not None:
+                return self._run_from(index, found, event, ctx)
+        # what was asked: bans always, mutes only of an event with text, the room's delay
+        connection.state[QUIET_MARK] = (version, room, texted)
+        return self._quiet
 
     async def _run_from(
         self, index: int, found: Any, event: Event, ctx: EventContext

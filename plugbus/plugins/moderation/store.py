@@ -217,6 +217,11 @@ class ModerationStore:
             raise _unavailable(exc) from None
         return self._in_force(raws)
 
+    def version_now(self) -> int | None:
+        """``Store.version_now`` of the moderation store: while it stays the same, no ban,
+        mute or slow-mode delay was set or lifted (None: the store cannot tell at once)."""
+        return self.store.version_now()
+
     def find_sanctioned_now(self, keys: list[str]) -> tuple[Sanction | None] | None:
         """:meth:`find_sanctioned` without waiting: ``(sanction or None,)`` when the store
         has the keys at hand (``Store.get_many_now``), None when it must be awaited."""
