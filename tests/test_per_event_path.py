@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from plugbus.core.config import HistorySettings, load_config
 from plugbus.core.context import Connection
 from plugbus.core.events import EventRegistry, payload_size
 from plugbus.core.history import MemoryHistory, StoredEvent, StreamRead, _stored_event
+from plugbus.core.hooks import FOLD_AT, ImplTimings, _timed
 from plugbus.core.loader import load_plugins
 from plugbus.plugins.moderation.pipeline import QUIET_MARK
 from plugbus.plugins.moderation.rules import MaxLengthRule, sanction_keys, text_fields
@@ -504,3 +506,31 @@ async def test_a_memory_stores_version_counts_every_write_of_its_name() -> None:
         assert store.version_now() == before
     finally:
         await backend.stop()
+
+
+def test_durations_appended_by_the_walks_count_as_each_call_added() -> None:
+    """The per-event walks append durations and :class:`ImplTimings` counts them when read:
+    the same calls, the same float total (the same additions in the same order) and the same
+    buckets as :meth:`ImplTimings.add` one call at a time; the lists stay bounded."""
+    values = [i * 1.7e-6 for i in range(1, 1500)] + [0.00005, 0.0001, 0.3, 2.0, 1e-9]
+    added, appended = ImplTimings(), ImplTimings()
+    for seconds in values:
+        added.add("plugbus_moderate", "moderation", seconds)
+    entry, samples = appended.durations("plugbus_moderate", "moderation")
+    for seconds in values[:700]:
+        samples.append(seconds)
+    assert appended.stats == {("plugbus_moderate", "moderation"): entry}
+    assert entry[0] == 700 and samples == []
+    samples.extend(values[700:])
+    assert appended.stats == added.stats
+    # through the walk's own step: every call counted, at most FOLD_AT durations waiting
+    loaded = load_config()
+    fast = Bus(loaded.config, load_plugins(loaded)).hooks._moderate.fast
+    assert fast is not None
+    call = fast[0]
+    timings = ImplTimings()
+    for _ in range(3 * FOLD_AT + 5):
+        _timed(timings, "plugbus_moderate", call, time.perf_counter())
+    assert call.samples is not None and len(call.samples) < FOLD_AT
+    counted = timings.stats[("plugbus_moderate", call.plugin_name)]
+    assert counted[0] == 3 * FOLD_AT + 5 == sum(counted[2])
