@@ -8,10 +8,18 @@ import inspect
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import pytest
 import yaml
+from pydantic import (
+    JsonValue,
+    PlainValidator,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from plugbus import Event, InvalidPayload, MessageRejected, NotAllowed, Origin, Violation
 from plugbus.core.backend import Backend
@@ -25,7 +33,7 @@ from plugbus.core.loader import load_plugins
 from plugbus.plugins.moderation.pipeline import QUIET_MARK
 from plugbus.plugins.moderation.rules import MaxLengthRule, sanction_keys, text_fields
 from plugbus.plugins.moderation.store import Sanction
-from plugbus.plugins.relay import SendMessage
+from plugbus.plugins.relay import SendMessage, _strict_bytes
 from plugbus.testing import PlugbusAppFactory
 
 
@@ -534,3 +542,41 @@ def test_durations_appended_by_the_walks_count_as_each_call_added() -> None:
     assert call.samples is not None and len(call.samples) < FOLD_AT
     counted = timings.stats[("plugbus_moderate", call.plugin_name)]
     assert counted[0] == 3 * FOLD_AT + 5 == sum(counted[2])
+
+
+def _one_socket_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """What relay's socket message used before its union reported its own error."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "message_type", "Input should be a valid string, a JSON object or array, or binary data"
+        ) from None
+
+
+class WrappedSendMessage(Event):
+    name: ClassVar[str] = "wrapped-send-message"
+    message: Annotated[
+        str
+        | Annotated[bytes, PlainValidator(_strict_bytes)]
+        | dict[str, JsonValue]
+        | list[JsonValue],
+        WrapValidator(_one_socket_error),
+    ]
+    roomID: str
+
+
+@pytest.mark.parametrize(
+    "message",
+    [1, None, 1.5, True, {"a": {1, 2}}, [object()], {1: 2}, b"x", bytearray(b"y"), "s", {"a": [1]}],
+)
+def test_a_socket_message_is_refused_with_the_one_error_the_wrap_validator_gave(
+    message: Any,
+) -> None:
+    def outcome(cls: type[Event]) -> Any:
+        try:
+            return cls.model_validate({"message": message, "roomID": "r"}).message
+        except ValidationError as exc:
+            return exc.errors(include_url=False)
+
+    assert outcome(SendMessage) == outcome(WrappedSendMessage)
