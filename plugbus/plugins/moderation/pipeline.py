@@ -106,6 +106,8 @@ class Pipeline:
                 break
             quiet += 1
         self._quiet = quiet
+        #: the moderation store's Store.version_now, bound once (read on every event)
+        self._version_now = store.store.version_now
 
     @property
     def names(self) -> list[str]:
@@ -124,12 +126,29 @@ class Pipeline:
         start = 0
         connection = ctx.connection
         if self._quiet and connection is not None:
-            version = self.store.version_now()
+            version = self._version_now()
             if version is not None:
-                begin = self._quiet_start(version, connection, event, ctx)
-                if not isinstance(begin, int):
-                    return begin  # a rule answered: the rest of the walk
-                start = begin
+                # what the store-reading rules would read for this event: bans always,
+                # mutes when it carries text, the delay of its room (see _quiet_start)
+                cls = type(event)
+                texted = bool(cls.text_fields)
+                field = cls.room_field
+                room = getattr(event, field, None) if field and texted else None
+                if type(room) is not str:
+                    room = None  # slow mode reads no delay for it
+                mark = connection.state.get(QUIET_MARK)
+                if (
+                    mark is not None
+                    and mark[0] == version
+                    and (room is None or room == mark[1])
+                    and (mark[2] or not texted)
+                ):
+                    start = self._quiet
+                else:
+                    begin = self._quiet_start(version, connection, event, ctx, room, texted)
+                    if not isinstance(begin, int):
+                        return begin  # a rule answered: the rest of the walk
+                    start = begin
         for index in range(start, len(checks)):
             found = checks[index][1](event, ctx)
             if found is not None:
@@ -142,36 +161,26 @@ class Pipeline:
         return None
 
     def _quiet_start(
-        self, version: int, connection: Connection, event: Event, ctx: EventContext
+        self,
+        version: int,
+        connection: Connection,
+        event: Event,
+        ctx: EventContext,
+        room: str | None,
+        texted: bool,
     ) -> int | Awaitable[Event | None]:
-        """Where :meth:`run` starts the rules for ``event``: past the leading store-reading
-        rules (``self._quiet`` of them) when this connection's last event found none of them
-        with anything to say, with the store at the same ``version``, about what this event
-        asks of them — no ban, no mute when it carries text, no delay in its room. (Such
-        answers change only when the store is written: a sanction in force or a delay
-        starts with a write; one that ends makes no rule speak.) Else they run here, and
-        their answers are remembered when all are None; when one answers something, the
-        coroutine of the rest of the walk from it (what :meth:`run` returns)."""
-        cls = type(event)
-        texted = bool(cls.text_fields)
-        field = cls.room_field
-        room = getattr(event, field, None) if field and texted else None
-        if type(room) is not str:
-            room = None  # slow mode reads no delay for it
-        mark = connection.state.get(QUIET_MARK)
-        if (
-            mark is not None
-            and mark[0] == version
-            and (room is None or room == mark[1])
-            and (mark[2] or not texted)
-        ):
-            return self._quiet
+        """Run the leading store-reading rules (``self._quiet`` of them) for ``event``; where
+        :meth:`run` goes on: past them when all answered None (remembered for the
+        connection, with the store's ``version``, the ``room`` whose delay was read and
+        whether mutes were read: while the store is not written, the connection's next
+        events that ask no more of them skip them — such answers change only with a write:
+        a sanction in force or a delay starts with one, and one that ends makes no rule
+        speak), else the coroutine of the rest of the walk from the rule that answered."""
         checks = self._checks
         for index in range(self._quiet):
             found = checks[index][1](event, ctx)
             if found is not None:
                 return self._run_from(index, found, event, ctx)
-        # what was asked: bans always, mutes only of an event with text, the room's delay
         connection.state[QUIET_MARK] = (version, room, texted)
         return self._quiet
 
