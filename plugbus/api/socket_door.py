@@ -145,6 +145,8 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self._connect_prefixes = {ns: "0" if ns == "/" else f"0{ns}," for ns in server.namespaces}
         # an ack's Socket.IO text up to its id: "3" (ack) and the namespace
         self._ack_prefixes = {ns: "3" if ns == "/" else f"3{ns}," for ns in server.namespaces}
+        # Metrics' key of an accepted socket event, by name (registered names only)
+        self._accepted_keys: dict[str, tuple[str, str, str]] = {}
         self._event_prefix = "2" if self.plugbus_namespace == "/" else f"2{self.plugbus_namespace},"
         # (eio_sid, namespace) -> sid, between the connect handler and the CONNECT reply
         self._accepted: dict[tuple[str, str], str] = {}
@@ -578,8 +580,18 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             error = self._refusal(InternalError("internal error while handling the event"), name)
         # the event's schema, looked up once for the metrics and the ack
         event_cls = self.bus.events.get(name, namespace) if isinstance(name, str) else None
-        if self.metrics is not None:
-            self.metrics.event("socket", name, error, namespace, known=event_cls is not None)
+        metrics = self.metrics
+        if metrics is not None:
+            if error is None and event_cls is not None:
+                # Metrics.event's count of an accepted event, inline (every event), under a
+                # key made once per event name
+                key = self._accepted_keys.get(name)
+                if key is None:
+                    key = self._accepted_keys[name] = ("socket", name, "ok")
+                counts = metrics.events
+                counts[key] = counts.get(key, 0) + 1
+            else:
+                metrics.event("socket", name, error, namespace, known=event_cls is not None)
         if wants_ack:
             # the ack's arguments: the {ok, data | error} envelope, or plain ones for events
             # that ask for them (ack_style "plain")
@@ -906,6 +918,18 @@ class SocketTransport:
         offset: str | None = None,
     ) -> None:
         deliver_here(self._sio, namespace, event, args, room, skip_sid, offset)
+
+    def deliver_stored(
+        self,
+        namespace: str,
+        event: str,
+        args: tuple[Any, ...],
+        target: str | None,
+        kind: str,
+        skip_sid: str | None,
+        offset: str | None,
+    ) -> None:
+        deliver_here(self._sio, namespace, event, args, target, skip_sid, offset)
 
     def deliver_many(self, events: list[FeedEvent]) -> None:
         deliver_feed(self._sio, events)

@@ -134,6 +134,8 @@ class Bus:
     def attach(self, transport: Transport) -> None:
         """Give the bus the socket server it delivers through (done once, by the socket door)."""
         self._transport = transport
+        # history hands stored events to the transport itself (what _deliver would do)
+        self.history.deliver = transport.deliver_stored
 
     @property
     def transport(self) -> Transport:
@@ -793,7 +795,9 @@ class Bus:
                 replicas=self.config.server.backend_replicas,
                 replica_timeout=self.config.server.backend_replica_timeout,
             )
-            self.history.deliver = self._deliver
+            self.history.deliver = (
+                self._transport.deliver_stored if self._transport is not None else self._deliver
+            )
             self.history.deliver_many = self._deliver_many
             self.sessions = RedisSessions(self.recovery.max_disconnection_s, self.backend)
         await self.history.start()
