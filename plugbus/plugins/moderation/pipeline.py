@@ -69,8 +69,8 @@ def log_entry(
     )
 
 
-#: ``connection.state`` key of what the store-reading rules last found for the connection:
-#: ``(store version, room whose delay was read or None, whether mutes were read)``.
+#: ``connection.state`` key of the store-reading rules' last clean answers for the
+#: connection: ``(store version, event class, its room field or None, that field's value)``.
 QUIET_MARK = "moderation.quiet"
 
 #: Most times one rule may mask one event (it reports one field, or one span, at a time).
@@ -126,26 +126,20 @@ class Pipeline:
         start = 0
         connection = ctx.connection
         if self._quiet and connection is not None:
-            version = self._version_now()
-            if version is not None:
-                # what the store-reading rules would read for this event: bans always,
-                # mutes when it carries text, the delay of its room (see _quiet_start)
-                cls = type(event)
-                texted = bool(cls.text_fields)
-                field = cls.room_field
-                room = getattr(event, field, None) if field and texted else None
-                if type(room) is not str:
-                    room = None  # slow mode reads no delay for it
-                mark = connection.state.get(QUIET_MARK)
-                if (
-                    mark is not None
-                    and mark[0] == version
-                    and (room is None or room == mark[1])
-                    and (mark[2] or not texted)
-                ):
-                    start = self._quiet
-                else:
-                    begin = self._quiet_start(version, connection, event, ctx, room, texted)
+            # the connection's last clean answers stand for an event of the same class with
+            # the same room value while the store was not written (see _quiet_start)
+            mark = connection.state.get(QUIET_MARK)
+            if (
+                mark is not None
+                and mark[1] is type(event)
+                and mark[0] == self._version_now()
+                and (mark[2] is None or getattr(event, mark[2], None) == mark[3])
+            ):
+                start = self._quiet
+            else:
+                version = self._version_now()
+                if version is not None:
+                    begin = self._quiet_start(version, connection, event, ctx)
                     if not isinstance(begin, int):
                         return begin  # a rule answered: the rest of the walk
                     start = begin
@@ -161,27 +155,28 @@ class Pipeline:
         return None
 
     def _quiet_start(
-        self,
-        version: int,
-        connection: Connection,
-        event: Event,
-        ctx: EventContext,
-        room: str | None,
-        texted: bool,
+        self, version: int, connection: Connection, event: Event, ctx: EventContext
     ) -> int | Awaitable[Event | None]:
         """Run the leading store-reading rules (``self._quiet`` of them) for ``event``; where
-        :meth:`run` goes on: past them when all answered None (remembered for the
-        connection, with the store's ``version``, the ``room`` whose delay was read and
-        whether mutes were read: while the store is not written, the connection's next
-        events that ask no more of them skip them — such answers change only with a write:
-        a sanction in force or a delay starts with one, and one that ends makes no rule
-        speak), else the coroutine of the rest of the walk from the rule that answered."""
+        :meth:`run` goes on: past them when all answered None, else the coroutine of the rest
+        of the walk from the rule that answered.
+
+        Answers all None are remembered for the connection: the store's ``version``, the
+        event's class, and the name and value of its room field when it carries text (what
+        slow mode reads the delay of; mutes are read for an event with text, bans for any).
+        While the version stays the same, the connection's next event of that class with the
+        same room value skips them: none of their answers can turn from None to something
+        without a write (a sanction in force or a delay starts with one; one that ends or
+        expires makes no rule speak)."""
         checks = self._checks
         for index in range(self._quiet):
             found = checks[index][1](event, ctx)
             if found is not None:
                 return self._run_from(index, found, event, ctx)
-        connection.state[QUIET_MARK] = (version, room, texted)
+        cls = type(event)
+        field = cls.room_field if cls.text_fields else None
+        room = getattr(event, field, None) if field else None
+        connection.state[QUIET_MARK] = (version, cls, field or None, room)
         return self._quiet
 
     async def _run_from(
