@@ -581,3 +581,21 @@ def test_a_socket_message_is_refused_with_the_one_error_the_wrap_validator_gave(
             return exc.errors(include_url=False)
 
     assert outcome(SendMessage) == outcome(WrappedSendMessage)
+
+
+async def test_a_text_message_skips_the_sender_check_only_while_no_role_is_asked_for(
+    plugbus_app: PlugbusAppFactory,
+) -> None:
+    """relay skips ``_check_sender`` for a text ``send-message`` when ``sender_roles`` is
+    empty (the check has nothing to refuse then); with roles asked for, or a message that is
+    not text, it runs as before."""
+    app = await plugbus_app(settings={"relay": {"sender_roles": {"send-message": ["admin"]}}})
+    client = await app.client()
+    refused = await client.call("send-message", {"message": "hi", "roomID": "r1"})
+    assert not refused["ok"] and refused["error"]["code"] == "not_allowed"
+    assert refused["error"]["details"]["roles"] == ["admin"]
+    open_app = await plugbus_app(settings={"relay": {"structured": False}})
+    other = await open_app.client()
+    assert (await other.call("send-message", {"message": "hi", "roomID": "r1"}))["ok"]
+    refused = await other.call("send-message", {"message": {"a": 1}, "roomID": "r1"})
+    assert not refused["ok"] and refused["error"]["code"] == "invalid_payload"

@@ -81,6 +81,8 @@ _orjson_dumps = orjson.dumps
 _JSONDecodeError = orjson.JSONDecodeError
 #: wire_json's options (dumps_or_none's), for the ack encoded in the door
 _ORJSON_OPTIONS = wire_json.ORJSON_OPTIONS
+#: a namespace without rooms (read only: never written to)
+_NO_ROOMS: dict[Any, Any] = {}
 
 
 def _check_event_args(args: Any) -> None:
@@ -678,7 +680,7 @@ def deliver_here(
     is one, is sent as it is (``event`` and ``data`` are then not read), and its mark is the
     watermark it is delivered at.
     """
-    members = sio.manager.rooms.get(namespace, {}).get(room)
+    members = sio.manager.rooms.get(namespace, _NO_ROOMS).get(room)
     if not members:
         return
     if offset is not None and sio.floors:
@@ -944,7 +946,7 @@ class SocketTransport:
         return [r for r in self._sio.manager.get_rooms(sid, namespace) if r != sid]
 
     def is_member(self, sid: str, room: str, *, namespace: str = "/") -> bool:
-        members = self._sio.manager.rooms.get(namespace, {}).get(room)
+        members = self._sio.manager.rooms.get(namespace, _NO_ROOMS).get(room)
         return bool(members) and sid in members
 
     def rooms(self, *, namespace: str = "/") -> dict[str, int]:
@@ -961,7 +963,7 @@ class SocketTransport:
         return list(members) if members else []
 
     def room_size(self, room: str, *, namespace: str = "/") -> int:
-        members = self._sio.manager.rooms.get(namespace, {}).get(room)
+        members = self._sio.manager.rooms.get(namespace, _NO_ROOMS).get(room)
         return len(members) if members else 0
 
     def connection_count(self, *, namespace: str = "/") -> int:

@@ -288,7 +288,8 @@ class RelayPlugin(Plugin):
         # The exact class first: isinstance on a pydantic model class goes through ABCMeta's
         # Python-level __instancecheck__, several times an event otherwise.
         if type(event) is SendMessage:
-            self._check_sender(event, ctx)
+            if type(event.message) is not str or self.settings.sender_roles:
+                self._check_sender(event, ctx)  # (text, with no roles asked for, passes it)
             return self._to_room(event, ctx, new_id())
         if not isinstance(event, SendMessage | SendDirect | Broadcast):
             return None
