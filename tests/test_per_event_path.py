@@ -599,3 +599,15 @@ async def test_a_text_message_skips_the_sender_check_only_while_no_role_is_asked
     assert (await other.call("send-message", {"message": "hi", "roomID": "r1"}))["ok"]
     refused = await other.call("send-message", {"message": {"a": 1}, "roomID": "r1"})
     assert not refused["ok"] and refused["error"]["code"] == "invalid_payload"
+
+
+def test_membership_and_room_sizes_read_the_attached_transport_as_the_property_does() -> None:
+    """``Bus.is_member`` and ``room_size`` read the attached transport without the
+    ``transport`` property's call; with none attached they still raise as it does."""
+    loaded = load_config()
+    bus = Bus(loaded.config, load_plugins(loaded))
+    assert bus.is_member("sid-1", "sid-1") is True  # a connection's own room: no transport
+    with pytest.raises(RuntimeError, match="no transport"):
+        bus.is_member("sid-1", "r1")
+    with pytest.raises(RuntimeError, match="no transport"):
+        bus.room_size("r1")

@@ -427,10 +427,10 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             # str.isdigit accepts, the character-by-character scan decides, as it always did
             head = _ASCII_DIGITS.match(data, start)
             end = head.end() if head is not None else start
-            if data[end : end + 1] != "[":
+            if not data.startswith("[", end):
                 while data[end : end + 1].isdigit():
                     end += 1
-            if data[end : end + 1] == "[" and end - start <= _MAX_ID_DIGITS:
+            if data.startswith("[", end) and end - start <= _MAX_ID_DIGITS:
                 text = data[end:]
                 try:
                     # orjson first, without wire_json.loads's frame; what it refuses is read as

@@ -398,7 +398,11 @@ class Bus:
 
     def is_member(self, sid: str, room: str) -> bool:
         """Whether connection ``sid`` (on this node) is in ``room``."""
-        return room == sid or self.transport.is_member(sid, room)
+        if room == sid:
+            return True
+        # the attached transport without the property's call (it raises when there is none)
+        transport = self._transport
+        return (transport if transport is not None else self.transport).is_member(sid, room)
 
     async def leave(self, sid: str, room: str) -> bool:
         """Take connection ``sid`` out of ``room`` and run ``plugbus_room_left`` — on whichever
@@ -440,7 +444,10 @@ class Bus:
 
     def room_size(self, room: str, namespace: str | None = None) -> int:
         """How many connections on this node are in ``room`` of ``namespace`` (default when None)."""
-        return self.transport.room_size(room, namespace=namespace or self.default_namespace)
+        transport = self._transport
+        return (transport if transport is not None else self.transport).room_size(
+            room, namespace=namespace or self.default_namespace
+        )
 
     def namespace_size(self, namespace: str | None = None) -> int:
         """How many connections this node holds in ``namespace`` (default when None);

@@ -304,9 +304,10 @@ class RelayPlugin(Plugin):
     async def _to_room(
         self, event: SendMessage, ctx: EventContext, message_id: str
     ) -> dict[str, Any]:
-        room, sid, settings = event.roomID, ctx.sid, self.settings
+        room, connection, settings = event.roomID, ctx.connection, self.settings
+        sid = connection.sid if connection is not None else None  # ctx.sid, without its call
         member = False
-        if ctx.connection is not None and sid is not None:
+        if connection is not None and sid is not None:
             member = ctx.bus.is_member(sid, room)
             if settings.require_membership and not member:
                 raise NotAllowed(
@@ -317,7 +318,7 @@ class RelayPlugin(Plugin):
                 # Who may not join a room may not post into it either (the join rules of the
                 # auth plugin, or whatever plugin answers plugbus_authorize_join).
                 try:
-                    await ctx.bus.authorize_join(ctx.connection, room)
+                    await ctx.bus.authorize_join(connection, room)
                 except NotAllowed as exc:
                     raise NotAllowed(
                         f"you may not post into room {room!r}: its join rules do not admit you",
