@@ -106,6 +106,10 @@ class Pipeline:
                 break
             quiet += 1
         self._quiet = quiet
+        #: the checks, and those after the leading store-reading ones, as plain lists
+        self._check_fns = [check for _, check, _ in self._checks]
+        self._rest_fns = self._check_fns[quiet:]
+        self._accepted_fns = [hook for hook, _ in self._accepted]
         #: the moderation store's Store.version_now, bound once (read on every event)
         self._version_now = store.store.version_now
 
@@ -122,7 +126,7 @@ class Pipeline:
         While every rule answers None at once (the common event: no rule has anything to
         say, and the store has its state at hand) the walk makes no coroutine; from the
         first rule that answers anything else, :meth:`_run_from` carries on."""
-        checks = self._checks
+        checks = self._check_fns
         start = 0
         connection = ctx.connection
         if self._quiet and connection is not None:
@@ -135,21 +139,20 @@ class Pipeline:
                 and mark[0] == self._version_now()
                 and (mark[2] is None or getattr(event, mark[2], None) == mark[3])
             ):
-                start = self._quiet
+                checks, start = self._rest_fns, self._quiet
             else:
                 version = self._version_now()
                 if version is not None:
                     begin = self._quiet_start(version, connection, event, ctx)
                     if not isinstance(begin, int):
                         return begin  # a rule answered: the rest of the walk
-                    start = begin
-        for index in range(start, len(checks)):
-            found = checks[index][1](event, ctx)
+                    checks, start = self._rest_fns, begin
+        for index, check in enumerate(checks, start):
+            found = check(event, ctx)
             if found is not None:
                 return self._run_from(index, found, event, ctx)
-        accepted = self._accepted
-        for index in range(len(accepted)):
-            done = accepted[index][0](event, ctx)
+        for index, hook in enumerate(self._accepted_fns):
+            done = hook(event, ctx)
             if done is not None:
                 return self._accepted_from(index, done, event, event, ctx)
         return None
