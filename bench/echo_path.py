@@ -149,7 +149,9 @@ async def main(args: argparse.Namespace) -> None:
         relay = bus.pm.get_plugin("relay")
 
         async def moderate_plugin() -> None:
-            await moderation.plugbus_moderate(event, ctx)
+            pending = moderation.plugbus_moderate(event, ctx)  # None when it did not suspend
+            if pending is not None:
+                await pending
 
         async def handle_plugin() -> None:
             await relay.plugbus_handle_event(event, ctx)
@@ -191,6 +193,8 @@ async def main(args: argparse.Namespace) -> None:
             stats.sort_stats(args.sort).print_stats(args.top)
             print(out.getvalue())
             return
+        if args.only:
+            stages = {name: stages[name] for name in args.only.split(",")}
         best: dict[str, float] = {}
         for _ in range(args.repeat):
             for name, step in stages.items():
@@ -214,6 +218,7 @@ if __name__ == "__main__":
     p.add_argument("--profile", type=int, default=0, help="profile N door events instead")
     p.add_argument("--sort", default="tottime", help="cProfile sort key for --profile")
     p.add_argument("--top", type=int, default=40, help="functions listed by --profile")
+    p.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
     import uvloop  # what `plugbus serve` runs on
 
     uvloop.run(main(p.parse_args()))

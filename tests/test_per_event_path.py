@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import pytest
 import yaml
+from pydantic import (
+    JsonValue,
+    PlainValidator,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
-from plugbus import Event, InvalidPayload, NotAllowed
+from plugbus import Event, InvalidPayload, MessageRejected, NotAllowed, Origin, Violation
+from plugbus.core.backend import Backend
 from plugbus.core.bus import Bus
 from plugbus.core.config import HistorySettings, load_config
 from plugbus.core.context import Connection
 from plugbus.core.events import EventRegistry, payload_size
 from plugbus.core.history import MemoryHistory, StoredEvent, StreamRead, _stored_event
+from plugbus.core.hooks import FOLD_AT, ImplTimings, _timed
 from plugbus.core.loader import load_plugins
-from plugbus.plugins.moderation.rules import MaxLengthRule, text_fields
-from plugbus.plugins.relay import SendMessage
+from plugbus.plugins.moderation.pipeline import QUIET_MARK
+from plugbus.plugins.moderation.rules import MaxLengthRule, sanction_keys, text_fields
+from plugbus.plugins.moderation.store import Sanction
+from plugbus.plugins.relay import SendMessage, _strict_bytes
 from plugbus.testing import PlugbusAppFactory
 
 
@@ -270,3 +285,329 @@ def test_an_object_of_ascii_strings_is_sized_and_checked_as_the_walks_do(text: s
     assert over.value.details["errors"][0]["type"] == "too_large"
     with pytest.raises(InvalidPayload, match="lone UTF-16 surrogate"):
         registry.parse_args("limited", [{"text": "a\ud800"}])
+
+
+async def test_moderation_rules_answer_at_once_as_their_awaited_reads(
+    plugbus_app: PlugbusAppFactory,
+) -> None:
+    """Ban, mute and slow mode read their state without a coroutine when the store has it at
+    hand (``Store.get_many_now``, ``hget_now``): each answers as the awaited read it skips
+    (``_check_later``), with no sanction, with one in force, and with one whose time is up."""
+    app = await plugbus_app()
+    client = await app.client()
+    bus = app.bus
+    moderation = bus.pm.get_plugin("moderation")
+    store = moderation.store
+    connection = bus.connection(client.sid)
+    assert connection is not None
+    ctx = bus.context(Origin.SOCKET, connection, wants_ack=True)
+    event = bus.events.parse_args("send-message", [{"message": "hi", "roomID": "r1"}])
+    rules = {step.rule.name: step.rule for step in moderation.pipeline.steps}
+    ban, mute, slow = rules["ban"], rules["mute"], rules["slow_mode"]
+
+    async def both(rule: Any) -> tuple[Any, Any]:
+        at_once = rule.check(event, ctx)
+        assert not inspect.isawaitable(at_once), f"{rule.name} made a coroutine"
+        if rule is slow:
+            later = await rule._check_later(event, connection, "r1")
+        else:
+            later = await rule._check_later(sanction_keys(store, rule.name, connection))
+        return at_once, later
+
+    def shown(violation: Violation | None) -> Any:
+        return None if violation is None else (violation.message, violation.details)
+
+    for rule in (ban, mute, slow):
+        at_once, later = await both(rule)
+        assert at_once is None and later is None
+    # the clean event passes the whole pipeline without a coroutine
+    assert moderation.pipeline.run(event, ctx) is None
+    now = datetime.now(UTC)
+    for kind, rule in (("ban", ban), ("mute", mute)):
+        sanction = Sanction(
+            id=f"{kind}-1",
+            type=kind,
+            kind="connection",
+            value=connection.sid,
+            reason="testing",
+            created_at=now,
+            expires_at=now + timedelta(hours=1),
+        )
+        await store.add_sanction(sanction)
+        at_once, later = await both(rule)
+        assert at_once is not None and shown(at_once) == shown(later)
+        refused = moderation.pipeline.run(event, ctx)
+        assert refused is not None
+        with pytest.raises(MessageRejected) as caught:
+            await refused
+        assert caught.value.message == at_once.message
+        # a sanction whose time is up, still stored (as Redis may hold it until it expires)
+        over = sanction.model_copy(update={"expires_at": now - timedelta(seconds=1)})
+        key = sanction_keys(store, kind, connection)[0]
+        await store.store.set(key, over.model_dump(mode="json"))
+        at_once, later = await both(rule)
+        assert at_once is None and later is None
+        await store.store.delete(key)
+    # a room with a delay: the rest of the rule (the sender's clock) is the coroutine it was
+    await store.set_slow_mode("slow-room", 5)
+    slow_event = bus.events.parse_args("send-message", [{"message": "hi", "roomID": "slow-room"}])
+    pending = slow.check(slow_event, ctx)
+    assert inspect.isawaitable(pending) and await pending is None
+
+
+async def test_reads_without_waiting_answer_as_the_awaited_reads() -> None:
+    """``get_many_now`` and ``hget_now`` of a memory store answer what ``get_many`` and
+    ``hget`` answer (missing keys, values, expired keys, a key of another kind); a Redis store
+    answers only from its node's copy, so before any read is kept there it says it cannot."""
+    backend = Backend("memory")
+    await backend.start()
+    try:
+        store = backend.store("polls")
+        await store.set("a", {"x": 1})
+        await store.set("brief", "gone soon", ttl=0.05)
+        await store.hset("h", {"f": [1, 2]})
+        keys = ["a", "missing", "brief"]
+        assert (
+            store.get_many_now(keys) == await store.get_many(keys) == [{"x": 1}, None, "gone soon"]
+        )
+        assert store.hget_now("h", "f") == (await store.hget("h", "f"),) == ([1, 2],)
+        assert store.hget_now("h", "nope") == (None,) and store.hget_now("nothing", "f") == (None,)
+        await asyncio.sleep(0.1)
+        assert store.get_many_now(keys) == await store.get_many(keys) == [{"x": 1}, None, None]
+        with pytest.raises(TypeError):
+            store.get_many_now(["h"])
+        with pytest.raises(TypeError):
+            await store.get_many(["h"])
+        with pytest.raises(TypeError):
+            store.hget_now("a", "f")
+    finally:
+        await backend.stop()
+
+
+async def test_a_redis_store_reads_at_once_only_from_its_nodes_copy(redis_server: Any) -> None:
+    backend = Backend(redis_server.url)
+    await backend.start()
+    try:
+        plain = backend.store("polls")
+        cached = backend.store("mod", cached=("sanction:",))
+        await plain.set("a", 1)
+        await cached.set("sanction:x", 2)
+        assert plain.get_many_now(["a"]) is None and plain.hget_now("h", "f") is None
+        # this node follows no history feed here: its copy keeps nothing, every read waits
+        assert await cached.get_many(["sanction:x"]) == [2]
+        assert cached.get_many_now(["sanction:x"]) is None
+        assert cached.get_many_now(["other"]) is None
+        assert cached.version_now() is None and plain.version_now() is None
+    finally:
+        await backend.stop()
+
+
+async def test_the_rules_skipped_after_a_clean_event_see_every_write_before_the_next(
+    plugbus_app: PlugbusAppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an event that ban, mute and slow mode found nothing to say about, the next event
+    of the connection skips them while the moderation store was not written (its version);
+    any write — through the plugin, or through another store of the same name — makes the
+    next event ask them again, so a ban, a mute or a delay holds from the next event on."""
+    app = await plugbus_app()
+    client = await app.client()
+    bus = app.bus
+    moderation = bus.pm.get_plugin("moderation")
+    store = moderation.store
+    other = bus.store("moderation")  # the same keys, another store object
+    connection = bus.connection(client.sid)
+    assert connection is not None
+    reads: list[list[str]] = []
+    find = store.find_sanctioned_now
+
+    def counted(keys: list[str]) -> Any:
+        reads.append(keys)
+        return find(keys)
+
+    monkeypatch.setattr(store, "find_sanctioned_now", counted)
+
+    async def send(room: str = "r1") -> dict[str, Any]:
+        return await client.call("send-message", {"message": "hi", "roomID": room})  # type: ignore[no-any-return]
+
+    assert (await send())["ok"]
+    assert len(reads) == 2  # ban and mute read
+    assert connection.state[QUIET_MARK] == (store.version_now(), SendMessage, "roomID", "r1")
+    assert (await send())["ok"]
+    assert len(reads) == 2  # nothing was written: skipped
+    await other.set("unrelated", 1)
+    assert (await send())["ok"]
+    assert len(reads) == 4  # asked again after a write
+
+    now = datetime.now(UTC)
+
+    def sanction(kind: str) -> Sanction:
+        return Sanction(
+            id=f"{kind}-1",
+            type=kind,
+            kind="connection",
+            value=connection.sid,
+            created_at=now,
+            expires_at=now + timedelta(hours=1),
+        )
+
+    # a ban written straight into the store's keys by another store object
+    ban_key = sanction_keys(store, "ban", connection)[0]
+    await other.set(ban_key, sanction("ban").model_dump(mode="json"))
+    refused = await send()
+    assert not refused["ok"] and "banned" in refused["error"]["message"]
+    await other.delete(ban_key)
+    assert (await send())["ok"]
+    # a mute made through the plugin, then an event without text (mutes are not read for
+    # it), then one with text: the mute is read for that one
+    await store.add_sanction(sanction("mute"))
+    assert (await client.call("join-room", {"room": "lobby"}))["ok"]
+    join = bus.events.parse_args("join-room", [{"room": "lobby"}])
+    assert connection.state[QUIET_MARK][1:3] == (type(join), None)  # no text: no room read
+    refused = await send()
+    assert not refused["ok"] and "muted" in refused["error"]["message"]
+    await store.lift_sanction("mute", "mute-1")
+    assert (await send())["ok"]
+    # a delay in one room: another room's clean answer does not stand for it
+    await store.set_slow_mode("slow", 30)
+    assert (await send("r1"))["ok"]
+    assert (await send("slow"))["ok"]
+    refused = await send("slow")
+    assert not refused["ok"] and refused["error"]["code"] == "rate_limited"
+
+
+async def test_a_memory_stores_version_counts_every_write_of_its_name() -> None:
+    backend = Backend("memory")
+    await backend.start()
+    try:
+        store, same, other = backend.store("polls"), backend.store("polls"), backend.store("x")
+        writes = [
+            lambda: store.set("a", 1),
+            lambda: store.add("b", 1),
+            lambda: store.exchange("a", 2),
+            lambda: store.delete_if("a", 2),
+            lambda: store.incr("n"),
+            lambda: store.expire("n", 60),
+            lambda: store.hset("h", {"f": 1}),
+            lambda: store.hdel("h", "f"),
+            lambda: store.sadd("s", "m"),
+            lambda: store.srem("s", "m"),
+            lambda: store.append("l", 1),
+            lambda: store.take_token("t", rate=1, burst=1),
+            lambda: store.delete("b"),
+        ]
+        for write in writes:
+            before, unrelated = store.version_now(), other.version_now()
+            await write()
+            assert store.version_now() > before and same.version_now() == store.version_now()
+            assert other.version_now() == unrelated
+        async with same.batch() as batch:
+            batch.set("c", 1)
+            before = store.version_now()
+        assert store.version_now() > before
+        before = store.version_now()
+        await store.get_many(["a", "c"])
+        await store.hget("h", "f")
+        await store.hgetall("h")
+        await store.smembers("s")
+        await store.tail("l", 1)
+        store.get_many_now(["a"])
+        store.hget_now("h", "f")
+        assert store.version_now() == before
+    finally:
+        await backend.stop()
+
+
+def test_durations_appended_by_the_walks_count_as_each_call_added() -> None:
+    """The per-event walks append durations and :class:`ImplTimings` counts them when read:
+    the same calls, the same float total (the same additions in the same order) and the same
+    buckets as :meth:`ImplTimings.add` one call at a time; the lists stay bounded."""
+    values = [i * 1.7e-6 for i in range(1, 1500)] + [0.00005, 0.0001, 0.3, 2.0, 1e-9]
+    added, appended = ImplTimings(), ImplTimings()
+    for seconds in values:
+        added.add("plugbus_moderate", "moderation", seconds)
+    entry, samples = appended.durations("plugbus_moderate", "moderation")
+    for seconds in values[:700]:
+        samples.append(seconds)
+    assert appended.stats == {("plugbus_moderate", "moderation"): entry}
+    assert entry[0] == 700 and samples == []
+    samples.extend(values[700:])
+    assert appended.stats == added.stats
+    # through the walk's own step: every call counted, at most FOLD_AT durations waiting
+    loaded = load_config()
+    fast = Bus(loaded.config, load_plugins(loaded)).hooks._moderate.fast
+    assert fast is not None
+    call = fast[0]
+    timings = ImplTimings()
+    for _ in range(3 * FOLD_AT + 5):
+        _timed(timings, "plugbus_moderate", call, time.perf_counter())
+    assert call.samples is not None and len(call.samples) < FOLD_AT
+    counted = timings.stats[("plugbus_moderate", call.plugin_name)]
+    assert counted[0] == 3 * FOLD_AT + 5 == sum(counted[2])
+
+
+def _one_socket_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """What relay's socket message used before its union reported its own error."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "message_type", "Input should be a valid string, a JSON object or array, or binary data"
+        ) from None
+
+
+class WrappedSendMessage(Event):
+    name: ClassVar[str] = "wrapped-send-message"
+    message: Annotated[
+        str
+        | Annotated[bytes, PlainValidator(_strict_bytes)]
+        | dict[str, JsonValue]
+        | list[JsonValue],
+        WrapValidator(_one_socket_error),
+    ]
+    roomID: str
+
+
+@pytest.mark.parametrize(
+    "message",
+    [1, None, 1.5, True, {"a": {1, 2}}, [object()], {1: 2}, b"x", bytearray(b"y"), "s", {"a": [1]}],
+)
+def test_a_socket_message_is_refused_with_the_one_error_the_wrap_validator_gave(
+    message: Any,
+) -> None:
+    def outcome(cls: type[Event]) -> Any:
+        try:
+            return cls.model_validate({"message": message, "roomID": "r"}).message
+        except ValidationError as exc:
+            return exc.errors(include_url=False)
+
+    assert outcome(SendMessage) == outcome(WrappedSendMessage)
+
+
+async def test_a_text_message_skips_the_sender_check_only_while_no_role_is_asked_for(
+    plugbus_app: PlugbusAppFactory,
+) -> None:
+    """relay skips ``_check_sender`` for a text ``send-message`` when ``sender_roles`` is
+    empty (the check has nothing to refuse then); with roles asked for, or a message that is
+    not text, it runs as before."""
+    app = await plugbus_app(settings={"relay": {"sender_roles": {"send-message": ["admin"]}}})
+    client = await app.client()
+    refused = await client.call("send-message", {"message": "hi", "roomID": "r1"})
+    assert not refused["ok"] and refused["error"]["code"] == "not_allowed"
+    assert refused["error"]["details"]["roles"] == ["admin"]
+    open_app = await plugbus_app(settings={"relay": {"structured": False}})
+    other = await open_app.client()
+    assert (await other.call("send-message", {"message": "hi", "roomID": "r1"}))["ok"]
+    refused = await other.call("send-message", {"message": {"a": 1}, "roomID": "r1"})
+    assert not refused["ok"] and refused["error"]["code"] == "invalid_payload"
+
+
+def test_membership_and_room_sizes_read_the_attached_transport_as_the_property_does() -> None:
+    """``Bus.is_member`` and ``room_size`` read the attached transport without the
+    ``transport`` property's call; with none attached they still raise as it does."""
+    loaded = load_config()
+    bus = Bus(loaded.config, load_plugins(loaded))
+    assert bus.is_member("sid-1", "sid-1") is True  # a connection's own room: no transport
+    with pytest.raises(RuntimeError, match="no transport"):
+        bus.is_member("sid-1", "r1")
+    with pytest.raises(RuntimeError, match="no transport"):
+        bus.room_size("r1")

@@ -81,6 +81,8 @@ _orjson_dumps = orjson.dumps
 _JSONDecodeError = orjson.JSONDecodeError
 #: wire_json's options (dumps_or_none's), for the ack encoded in the door
 _ORJSON_OPTIONS = wire_json.ORJSON_OPTIONS
+#: a namespace without rooms (read only: never written to)
+_NO_ROOMS: dict[Any, Any] = {}
 
 
 def _check_event_args(args: Any) -> None:
@@ -145,6 +147,8 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self._connect_prefixes = {ns: "0" if ns == "/" else f"0{ns}," for ns in server.namespaces}
         # an ack's Socket.IO text up to its id: "3" (ack) and the namespace
         self._ack_prefixes = {ns: "3" if ns == "/" else f"3{ns}," for ns in server.namespaces}
+        # Metrics' key of an accepted socket event, by name (registered names only)
+        self._accepted_keys: dict[str, tuple[str, str, str]] = {}
         self._event_prefix = "2" if self.plugbus_namespace == "/" else f"2{self.plugbus_namespace},"
         # (eio_sid, namespace) -> sid, between the connect handler and the CONNECT reply
         self._accepted: dict[tuple[str, str], str] = {}
@@ -423,10 +427,10 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             # str.isdigit accepts, the character-by-character scan decides, as it always did
             head = _ASCII_DIGITS.match(data, start)
             end = head.end() if head is not None else start
-            if data[end : end + 1] != "[":
+            if not data.startswith("[", end):
                 while data[end : end + 1].isdigit():
                     end += 1
-            if data[end : end + 1] == "[" and end - start <= _MAX_ID_DIGITS:
+            if data.startswith("[", end) and end - start <= _MAX_ID_DIGITS:
                 text = data[end:]
                 try:
                     # orjson first, without wire_json.loads's frame; what it refuses is read as
@@ -578,8 +582,18 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             error = self._refusal(InternalError("internal error while handling the event"), name)
         # the event's schema, looked up once for the metrics and the ack
         event_cls = self.bus.events.get(name, namespace) if isinstance(name, str) else None
-        if self.metrics is not None:
-            self.metrics.event("socket", name, error, namespace, known=event_cls is not None)
+        metrics = self.metrics
+        if metrics is not None:
+            if error is None and event_cls is not None:
+                # Metrics.event's count of an accepted event, inline (every event), under a
+                # key made once per event name
+                key = self._accepted_keys.get(name)
+                if key is None:
+                    key = self._accepted_keys[name] = ("socket", name, "ok")
+                counts = metrics.events
+                counts[key] = counts.get(key, 0) + 1
+            else:
+                metrics.event("socket", name, error, namespace, known=event_cls is not None)
         if wants_ack:
             # the ack's arguments: the {ok, data | error} envelope, or plain ones for events
             # that ask for them (ack_style "plain")
@@ -666,7 +680,7 @@ def deliver_here(
     is one, is sent as it is (``event`` and ``data`` are then not read), and its mark is the
     watermark it is delivered at.
     """
-    members = sio.manager.rooms.get(namespace, {}).get(room)
+    members = sio.manager.rooms.get(namespace, _NO_ROOMS).get(room)
     if not members:
         return
     if offset is not None and sio.floors:
@@ -907,6 +921,18 @@ class SocketTransport:
     ) -> None:
         deliver_here(self._sio, namespace, event, args, room, skip_sid, offset)
 
+    def deliver_stored(
+        self,
+        namespace: str,
+        event: str,
+        args: tuple[Any, ...],
+        target: str | None,
+        kind: str,
+        skip_sid: str | None,
+        offset: str | None,
+    ) -> None:
+        deliver_here(self._sio, namespace, event, args, target, skip_sid, offset)
+
     def deliver_many(self, events: list[FeedEvent]) -> None:
         deliver_feed(self._sio, events)
 
@@ -920,7 +946,7 @@ class SocketTransport:
         return [r for r in self._sio.manager.get_rooms(sid, namespace) if r != sid]
 
     def is_member(self, sid: str, room: str, *, namespace: str = "/") -> bool:
-        members = self._sio.manager.rooms.get(namespace, {}).get(room)
+        members = self._sio.manager.rooms.get(namespace, _NO_ROOMS).get(room)
         return bool(members) and sid in members
 
     def rooms(self, *, namespace: str = "/") -> dict[str, int]:
@@ -937,7 +963,7 @@ class SocketTransport:
         return list(members) if members else []
 
     def room_size(self, room: str, *, namespace: str = "/") -> int:
-        members = self._sio.manager.rooms.get(namespace, {}).get(room)
+        members = self._sio.manager.rooms.get(namespace, _NO_ROOMS).get(room)
         return len(members) if members else 0
 
     def connection_count(self, *, namespace: str = "/") -> int:

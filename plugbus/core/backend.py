@@ -95,6 +95,8 @@ class Backend:
         self._redis: Any = None
         self._memory: dict[str, _Entry] = {}
         self._local: dict[str, _Entry] = {}
+        #: each memory store name's count of writes (``Store.version_now``)
+        self._changes: dict[str, list[int]] = {}
         self._down = False
         #: round trips and failures of :meth:`redis_call`
         self.stats = RedisStats()
@@ -117,7 +119,8 @@ class Backend:
         ``cached`` are read from this node's copy, kept current on every node (Redis only)."""
         if self.shared and not local:
             return RedisStore(self, name, tuple(cached))
-        return MemoryStore(self, name, self._local if self.shared else self._memory)
+        changes = self._changes.setdefault(name, [0])
+        return MemoryStore(self, name, self._local if self.shared else self._memory, changes)
 
     @property
     def reply_parser(self) -> str | None:

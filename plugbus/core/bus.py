@@ -134,6 +134,8 @@ class Bus:
     def attach(self, transport: Transport) -> None:
         """Give the bus the socket server it delivers through (done once, by the socket door)."""
         self._transport = transport
+        # history hands stored events to the transport itself (what _deliver would do)
+        self.history.deliver = transport.deliver_stored
 
     @property
     def transport(self) -> Transport:
@@ -396,7 +398,11 @@ class Bus:
 
     def is_member(self, sid: str, room: str) -> bool:
         """Whether connection ``sid`` (on this node) is in ``room``."""
-        return room == sid or self.transport.is_member(sid, room)
+        if room == sid:
+            return True
+        # the attached transport without the property's call (it raises when there is none)
+        transport = self._transport
+        return (transport if transport is not None else self.transport).is_member(sid, room)
 
     async def leave(self, sid: str, room: str) -> bool:
         """Take connection ``sid`` out of ``room`` and run ``plugbus_room_left`` — on whichever
@@ -438,7 +444,10 @@ class Bus:
 
     def room_size(self, room: str, namespace: str | None = None) -> int:
         """How many connections on this node are in ``room`` of ``namespace`` (default when None)."""
-        return self.transport.room_size(room, namespace=namespace or self.default_namespace)
+        transport = self._transport
+        return (transport if transport is not None else self.transport).room_size(
+            room, namespace=namespace or self.default_namespace
+        )
 
     def namespace_size(self, namespace: str | None = None) -> int:
         """How many connections this node holds in ``namespace`` (default when None);
@@ -793,7 +802,9 @@ class Bus:
                 replicas=self.config.server.backend_replicas,
                 replica_timeout=self.config.server.backend_replica_timeout,
             )
-            self.history.deliver = self._deliver
+            self.history.deliver = (
+                self._transport.deliver_stored if self._transport is not None else self._deliver
+            )
             self.history.deliver_many = self._deliver_many
             self.sessions = RedisSessions(self.recovery.max_disconnection_s, self.backend)
         await self.history.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn, cast
+from typing import Any, ClassVar, NoReturn
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -391,7 +391,7 @@ class EventRegistry:
         try:
             if plain:
                 # what BaseModel.model_validate(payload) does, to the call
-                return cast("Event", event_cls.__pydantic_validator__.validate_python(payload))
+                return event_cls.__pydantic_validator__.validate_python(payload)  # type: ignore[no-any-return]
             return event_cls.model_validate(payload)
         except ValidationError as exc:
             errors = format_validation_errors(exc)

@@ -143,6 +143,7 @@ DeliverMany = Callable[[list[FeedEvent]], None]
 
 
 _new_object = object.__new__
+_time = time.time
 _set_id, _set_event, _set_args, _set_skip, _set_room = (
     StoredEvent.__dict__[name].__set__ for name in ("id", "event", "args", "skip", "room")
 )
@@ -369,7 +370,7 @@ class MemoryHistory:
     ) -> str:
         """Store an event and deliver it on this node; return its offset."""
         # _next, inline (once per emitted event)
-        now = int(time.time() * 1000)
+        now = int(_time() * 1000)
         if now > self._ms:  # never backwards, whatever the clock does
             self._ms = now
         self._seq += 1

@@ -111,7 +111,16 @@ class _Impl:
 class _Call:
     """One plain implementation on the per-event path, with what a call needs known once."""
 
-    __slots__ = ("argnames", "entry", "function", "is_async", "join_pair", "pair", "plugin_name")
+    __slots__ = (
+        "argnames",
+        "entry",
+        "function",
+        "is_async",
+        "join_pair",
+        "pair",
+        "plugin_name",
+        "samples",
+    )
 
     def __init__(self, impl: _Impl) -> None:
         self.function = impl.function
@@ -122,8 +131,10 @@ class _Call:
         self.pair = impl.argnames == ("event", "ctx")
         #: takes exactly ``(connection, room)`` (``plugbus_authorize_join`` without the bus)
         self.join_pair = impl.argnames == ("connection", "room")
-        #: its :class:`ImplTimings` entry, fetched at its first timed call
+        #: its :class:`ImplTimings` entry and the durations not counted into it yet,
+        #: fetched at its first timed call
         self.entry: list[Any] | None = None
+        self.samples: list[float] | None = None
 
 
 class _Hook:
@@ -253,17 +264,38 @@ class ImplTimings:
     """How long each plugin's implementation of each hook took: per ``(hook, plugin)`` the
     number of calls, their total seconds, and the calls per duration bucket
     (:data:`TIMING_BOUNDS`, then one for longer). Plain numbers, so that timing a call costs a
-    dict update; a metrics exporter reads them when it is scraped."""
+    dict update; a metrics exporter reads them when it is scraped.
+
+    The per-event walks append each duration to a list of their own instead (one append per
+    call); the durations are counted into the numbers, in the order they were taken, when
+    :attr:`stats` is read or a list reaches :data:`FOLD_AT`."""
 
     def __init__(self) -> None:
-        self.stats: dict[tuple[str, str], list[Any]] = {}
+        self._stats: dict[tuple[str, str], list[Any]] = {}
+        #: each per-event call's entry and the durations not counted into it yet
+        self._pending: list[tuple[list[Any], list[float]]] = []
+
+    @property
+    def stats(self) -> dict[tuple[str, str], list[Any]]:
+        """``(hook, plugin)`` -> ``[calls, seconds, per bucket]``, every call counted."""
+        for entry, samples in self._pending:
+            if samples:
+                _count(entry, samples)
+        return self._stats
 
     def entry(self, hook: str, plugin: str) -> list[Any]:
         """The ``[calls, seconds, per bucket]`` of ``plugin``'s ``hook``, made on first use."""
-        entry = self.stats.get((hook, plugin))
+        entry = self._stats.get((hook, plugin))
         if entry is None:
-            entry = self.stats[(hook, plugin)] = [0, 0.0, [0] * (len(TIMING_BOUNDS) + 1)]
+            entry = self._stats[(hook, plugin)] = [0, 0.0, [0] * (len(TIMING_BOUNDS) + 1)]
         return entry
+
+    def durations(self, hook: str, plugin: str) -> tuple[list[Any], list[float]]:
+        """The entry of ``plugin``'s ``hook`` and a list for a per-event walk to append its
+        durations to (counted into the entry when :attr:`stats` is read)."""
+        pending: tuple[list[Any], list[float]] = (self.entry(hook, plugin), [])
+        self._pending.append(pending)
+        return pending
 
     def add(self, hook: str, plugin: str, seconds: float) -> None:
         """Count one call of ``plugin``'s ``hook`` that took ``seconds``."""
@@ -271,6 +303,24 @@ class ImplTimings:
         entry[0] += 1
         entry[1] += seconds
         entry[2][bisect.bisect_left(TIMING_BOUNDS, seconds)] += 1
+
+
+#: durations a per-event call keeps at most before they are counted (memory stays bounded
+#: between two scrapes)
+FOLD_AT = 1024
+
+
+def _count(entry: list[Any], samples: list[float]) -> None:
+    """Count ``samples`` into ``entry`` one by one, as :meth:`ImplTimings.add` would have
+    (the same float additions in the same order), and empty the list."""
+    entry[0] += len(samples)
+    total = entry[1]
+    buckets = entry[2]
+    for seconds in samples:
+        total += seconds
+        buckets[bisect.bisect_left(TIMING_BOUNDS, seconds)] += 1
+    entry[1] = total
+    samples.clear()
 
 
 _perf_counter = time.perf_counter
@@ -292,14 +342,16 @@ _DONE = _Done()
 
 
 def _timed(timings: ImplTimings, hook: str, call: _Call, started: float) -> None:
-    """Count one per-event call of ``call`` (its entry looked up once, then kept)."""
-    seconds = time.perf_counter() - started
-    entry = call.entry
-    if entry is None:
-        entry = call.entry = timings.entry(hook, call.plugin_name)
-    entry[0] += 1
-    entry[1] += seconds
-    entry[2][bisect.bisect_left(TIMING_BOUNDS, seconds)] += 1
+    """Count one per-event call of ``call``: its duration appended to the call's list (made
+    once, then kept), counted into its entry later (:class:`ImplTimings`)."""
+    seconds = _perf_counter() - started
+    samples = call.samples
+    if samples is None:
+        call.entry, samples = timings.durations(hook, call.plugin_name)
+        call.samples = samples
+    samples.append(seconds)
+    if len(samples) >= FOLD_AT:
+        _count(call.entry, samples)  # type: ignore[arg-type]  # set with samples
 
 
 class Hooks:

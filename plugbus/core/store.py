@@ -115,6 +115,13 @@ class Store(Protocol):
         """The values of ``keys`` in order (None for each missing one), in one round trip."""
         ...
 
+    def get_many_now(self, keys: Iterable[str]) -> list[Any] | None:
+        """:meth:`get_many` without waiting, when this node has the values at hand: always
+        in a memory store; in a Redis store, keys under a ``cached`` prefix once the node's
+        copy holds every one of them. None when it cannot answer at once (then await
+        :meth:`get_many`). For state read on every event: no coroutine, no round trip."""
+        ...
+
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         """Set ``key`` to ``value``, expiring after ``ttl`` seconds (never when None)."""
         ...
@@ -150,6 +157,18 @@ class Store(Protocol):
 
     async def hget(self, key: str, field: str) -> Any:
         """The value of ``field`` in hash ``key``, or None."""
+        ...
+
+    def hget_now(self, key: str, field: str) -> tuple[Any] | None:
+        """:meth:`hget` without waiting, as :meth:`get_many_now`: ``(value,)`` when this node
+        has it at hand, None when it must be awaited."""
+        ...
+
+    def version_now(self) -> int | None:
+        """A number that changes whenever a key that :meth:`get_many_now` or :meth:`hget_now`
+        may answer is written (by any store of this name; in Redis, by any node): while it
+        stays the same, what they answered still holds, but for keys that expired meanwhile.
+        None when the store answers nothing at once (see :meth:`get_many_now`)."""
         ...
 
     async def hgetall(self, key: str) -> dict[str, Any]:
@@ -444,11 +463,19 @@ class MemoryStore:
     #: Seconds between two sweeps of expired keys.
     SWEEP_EVERY = 60.0
 
-    def __init__(self, backend: Backend, name: str, data: dict[str, _Entry]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        data: dict[str, _Entry],
+        changes: list[int] | None = None,
+    ) -> None:
         self._backend = backend
         self._name = name
         self._prefix = backend.key(name) + ":"
         self._data = data
+        #: writes to this name's keys so far (one counter for every store of the name)
+        self._changes = changes if changes is not None else [0]
         self._swept = time.monotonic()
 
     @property
@@ -458,6 +485,10 @@ class MemoryStore:
     @property
     def shared(self) -> bool:
         return False
+
+    def version_now(self) -> int:
+        # every write method counts itself first, whether or not it changes anything
+        return self._changes[0]
 
     def _live(self, key: str, kind: str) -> _Entry | None:
         full = self._prefix + key
@@ -495,14 +526,22 @@ class MemoryStore:
         return None if entry is None else decode(entry.value)
 
     async def get_many(self, keys: Iterable[str]) -> list[Any]:
+        return self.get_many_now(keys)
+
+    def get_many_now(self, keys: Iterable[str]) -> list[Any]:
         # on every event (moderation's ban and mute lookups): the common miss costs a dict get
-        data, prefix, out = self._data, self._prefix, []
+        data, prefix = self._data, self._prefix
+        out: list[Any] = []
         for key in keys:
-            entry = data.get(prefix + key)
-            out.append(None if entry is None else await self.get(key))
+            if prefix + key not in data:
+                out.append(None)
+                continue
+            entry = self._live(key, "value")
+            out.append(None if entry is None else decode(entry.value))
         return out
 
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+        self._changes[0] += 1
         self._live(key, "value")  # a key of another kind is refused, as Redis's SET would not
         self._put(key, _Entry("value", encode(value), self._expiry(ttl)))
 
@@ -518,6 +557,7 @@ class MemoryStore:
         return old
 
     async def delete(self, *keys: str) -> int:
+        self._changes[0] += 1
         count = 0
         for key in keys:
             full = self._prefix + key
@@ -527,6 +567,7 @@ class MemoryStore:
         return count
 
     async def delete_if(self, key: str, expected: Any) -> bool:
+        self._changes[0] += 1
         entry = self._live(key, "value")
         if entry is None or entry.value != encode(expected):
             return False
@@ -534,6 +575,7 @@ class MemoryStore:
         return True
 
     async def expire(self, key: str, ttl: float) -> bool:
+        self._changes[0] += 1
         entry = self._data.get(self._prefix + key)
         if entry is None or (entry.expires is not None and entry.expires <= time.monotonic()):
             return False
@@ -541,6 +583,7 @@ class MemoryStore:
         return True
 
     async def incr(self, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        self._changes[0] += 1
         entry = self._live(key, "value")
         if entry is None:
             entry = _Entry("value", "0")
@@ -555,8 +598,11 @@ class MemoryStore:
         return value
 
     async def hget(self, key: str, field: str) -> Any:
+        return self.hget_now(key, field)[0]
+
+    def hget_now(self, key: str, field: str) -> tuple[Any]:
         entry = self._live(key, "hash")
-        return None if entry is None else decode(entry.value.get(field))
+        return (None if entry is None else decode(entry.value.get(field)),)
 
     async def hgetall(self, key: str) -> dict[str, Any]:
         entry = self._live(key, "hash")
@@ -570,6 +616,7 @@ class MemoryStore:
         ttl: float | None = None,
         only_new: bool = False,
     ) -> int:
+        self._changes[0] += 1
         entry = self._container(key, "hash", dict)
         new = 0
         for field, value in mapping.items():
@@ -583,6 +630,7 @@ class MemoryStore:
         return new
 
     async def hdel(self, key: str, *fields: str) -> int:
+        self._changes[0] += 1
         entry = self._live(key, "hash")
         if entry is None:
             return 0
@@ -592,6 +640,7 @@ class MemoryStore:
         return count
 
     async def sadd(self, key: str, *members: str, ttl: float | None = None) -> int:
+        self._changes[0] += 1
         entry = self._container(key, "set", set)
         before = len(entry.value)
         entry.value.update(members)
@@ -600,6 +649,7 @@ class MemoryStore:
         return len(entry.value) - before
 
     async def srem(self, key: str, *members: str) -> int:
+        self._changes[0] += 1
         entry = self._live(key, "set")
         if entry is None:
             return 0
@@ -614,6 +664,7 @@ class MemoryStore:
         return set() if entry is None else set(entry.value)
 
     async def append(self, key: str, value: Any, *, keep: int | None = None) -> int:
+        self._changes[0] += 1
         entry = self._container(key, "list", list)
         entry.value.append(encode(value))
         if keep is not None:
@@ -630,6 +681,7 @@ class MemoryStore:
         return [decode(v) for v in entry.value[-count:]]
 
     async def take_token(self, key: str, *, rate: float, burst: float) -> float:
+        self._changes[0] += 1
         entry = self._live(key, "bucket")
         if entry is None:
             entry = _Entry("bucket", TokenBucket(rate, burst))
@@ -897,6 +949,28 @@ class RedisStore:
             cache.put(generation, zip(fulls, values, strict=True))
         return values
 
+    def version_now(self) -> int | None:
+        # the node's copy counts invalidations (every node's writes to cached keys, and a
+        # lost feed); while it is not live it answers nothing at once
+        cache = self._cache
+        return cache.generation if self._cached and cache.live else None
+
+    def get_many_now(self, keys: Iterable[str]) -> list[Any] | None:
+        # what get_many answers from the node's copy, without its coroutine
+        cached = self._cached
+        if not cached:
+            return None
+        get, prefix, out = self._cache.get, self._prefix, []
+        for key in keys:
+            full = prefix + key
+            if not full.startswith(cached):
+                return None
+            value = get(full)
+            if value is MISSING:
+                return None
+            out.append(value)
+        return out
+
     async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         text = encode(value)
         await self._do(
@@ -969,6 +1043,14 @@ class RedisStore:
         value = await self._do("count", lambda r: r.eval(INCR, 1, self.full(key), int(amount), ms))
         await self._invalidate([self.full(key)])
         return int(value)
+
+    def hget_now(self, key: str, field: str) -> tuple[Any] | None:
+        # what hget answers from the node's copy, without its coroutine
+        full = self._prefix + key
+        if not self._is_cached(full):
+            return None
+        value = self._cache.get((full, field))
+        return None if value is MISSING else (value,)
 
     async def hget(self, key: str, field: str) -> Any:
         full = self.full(key)

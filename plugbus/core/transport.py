@@ -44,6 +44,20 @@ class Transport(Protocol):
         node each stored event, in offset order). Connections offered recovery receive
         ``offset`` as the event's last argument."""
 
+    def deliver_stored(
+        self,
+        namespace: str,
+        event: str,
+        args: tuple[Any, ...],
+        target: str | None,
+        kind: str,
+        skip_sid: str | None,
+        offset: str | None,
+    ) -> None:
+        """:meth:`deliver` with the arguments history hands each stored event to (its
+        ``deliver``, which the bus sets to this method once the transport is attached: the
+        per-event path without a call in between)."""
+
     def deliver_many(self, events: list[FeedEvent]) -> None:
         """Deliver events read from the history feed, in their (offset) order, to their
         recipients on this node only: :meth:`deliver` for each, with the publisher's encoding

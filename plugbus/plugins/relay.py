@@ -13,19 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     JsonValue,
     PlainValidator,
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, core_schema
 
 from plugbus import (
     Bus,
@@ -72,21 +73,35 @@ Message = Annotated[
 
 #: Over Socket.IO a message may also be binary (a Buffer / ArrayBuffer / bytes attachment),
 #: relayed as binary. Only bytes objects count: a JSON string is never coerced to bytes.
-def _one_socket_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """As :func:`_one_error`, with binary data among the accepted kinds."""
-    try:
-        return handler(value)
-    except ValidationError:
-        raise PydanticCustomError(
-            "message_type", "Input should be a valid string, a JSON object or array, or binary data"
-        ) from None
+class _OneError:
+    """Report a value that fits no member of a union as one error of its own (``type_`` and
+    ``message``), not one per member: set on the union's core schema
+    (``custom_error_type``), so pydantic-core reports it itself, with no Python call per
+    value (what a ``WrapValidator`` catching the union's error costs every message)."""
+
+    def __init__(self, type_: str, message: str) -> None:
+        self.type_ = type_
+        self.message = message
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        schema = handler(source)
+        if schema["type"] != "union":  # pragma: no cover - the annotation below is a union
+            raise TypeError(f"_OneError annotates a union, not a {schema['type']} schema")
+        union = cast("core_schema.UnionSchema", schema)
+        union["custom_error_type"] = self.type_
+        union["custom_error_message"] = self.message
+        return union
 
 
 SocketMessage = Annotated[
     # text first: pydantic's smart union stops at the first exact match, so the common case
     # never calls the bytes validator
     str | Annotated[bytes, PlainValidator(_strict_bytes)] | dict[str, JsonValue] | list[JsonValue],
-    WrapValidator(_one_socket_error),
+    _OneError(
+        "message_type", "Input should be a valid string, a JSON object or array, or binary data"
+    ),
     Field(
         description="The message: text, structured JSON (an object or an array), or binary data."
     ),
@@ -273,7 +288,8 @@ class RelayPlugin(Plugin):
         # The exact class first: isinstance on a pydantic model class goes through ABCMeta's
         # Python-level __instancecheck__, several times an event otherwise.
         if type(event) is SendMessage:
-            self._check_sender(event, ctx)
+            if type(event.message) is not str or self.settings.sender_roles:
+                self._check_sender(event, ctx)  # (text, with no roles asked for, passes it)
             return self._to_room(event, ctx, new_id())
         if not isinstance(event, SendMessage | SendDirect | Broadcast):
             return None
@@ -288,9 +304,10 @@ class RelayPlugin(Plugin):
     async def _to_room(
         self, event: SendMessage, ctx: EventContext, message_id: str
     ) -> dict[str, Any]:
-        room, sid, settings = event.roomID, ctx.sid, self.settings
+        room, connection, settings = event.roomID, ctx.connection, self.settings
+        sid = connection.sid if connection is not None else None  # ctx.sid, without its call
         member = False
-        if ctx.connection is not None and sid is not None:
+        if connection is not None and sid is not None:
             member = ctx.bus.is_member(sid, room)
             if settings.require_membership and not member:
                 raise NotAllowed(
@@ -301,7 +318,7 @@ class RelayPlugin(Plugin):
                 # Who may not join a room may not post into it either (the join rules of the
                 # auth plugin, or whatever plugin answers plugbus_authorize_join).
                 try:
-                    await ctx.bus.authorize_join(ctx.connection, room)
+                    await ctx.bus.authorize_join(connection, room)
                 except NotAllowed as exc:
                     raise NotAllowed(
                         f"you may not post into room {room!r}: its join rules do not admit you",

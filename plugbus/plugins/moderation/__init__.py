@@ -291,11 +291,11 @@ class ModerationPlugin(Plugin):
             )
 
     @hookimpl
-    def plugbus_moderate(self, event: Event, ctx: EventContext) -> Awaitable[Event | None]:
+    def plugbus_moderate(self, event: Event, ctx: EventContext) -> Awaitable[Event | None] | None:
         """Run the pipeline: None to let the event through, a masked copy, or a refusal
         (:class:`MessageRejected`, or :class:`RateLimited` for flood and slow mode) or
-        :class:`EventDropped`, as each rule's action says. (The pipeline's coroutine itself,
-        awaited by the caller: one coroutine an event instead of two.)"""
+        :class:`EventDropped`, as each rule's action says. (None at once when every rule
+        answered None at once; else the pipeline's coroutine itself, awaited by the caller.)"""
         return self.pipeline.run(event, ctx)
 
     @hookimpl

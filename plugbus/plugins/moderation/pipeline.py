@@ -4,7 +4,7 @@ drop) carried out, every decision logged; and :func:`build_pipeline`, which asse
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -69,6 +69,10 @@ def log_entry(
     )
 
 
+#: ``connection.state`` key of the store-reading rules' last clean answers for the
+#: connection: ``(store version, event class, its room field or None, that field's value)``.
+QUIET_MARK = "moderation.quiet"
+
 #: Most times one rule may mask one event (it reports one field, or one span, at a time).
 MAX_MASKS = 32
 
@@ -90,31 +94,127 @@ class Pipeline:
             for hook in (getattr(step.rule, "accepted", None) for step in steps)
             if hook is not None
         ]
+        # The leading built-in rules that only read the store (ban, mute, slow mode) and
+        # that the store's version tells about: how many of them there are.
+        quiet = 0
+        for step in steps:
+            rule = step.rule
+            if (
+                type(rule) not in (BanRule, MuteRule, SlowModeRule)
+                or getattr(rule, "store", None) is not store
+            ):
+                break
+            quiet += 1
+        self._quiet = quiet
+        #: the checks, and those after the leading store-reading ones, as plain lists
+        self._check_fns = [check for _, check, _ in self._checks]
+        self._rest_fns = self._check_fns[quiet:]
+        self._accepted_fns = [hook for hook, _ in self._accepted]
+        #: the moderation store's Store.version_now, bound once (read on every event)
+        self._version_now = store.store.version_now
 
     @property
     def names(self) -> list[str]:
         """The rules that run, in order."""
         return [s.rule.name for s in self.steps]
 
-    async def run(self, event: Event, ctx: EventContext) -> Event | None:
-        """:return: None when the event passes unchanged, the masked event when masked.
-        :raises PlugbusError: a rule refused it. :raises EventDropped: a rule dropped it."""
-        original = event
-        for step, check, is_async in self._checks:
+    def run(self, event: Event, ctx: EventContext) -> Awaitable[Event | None] | None:
+        """:return: None when the event passes unchanged, else the coroutine of the rest of
+        the walk, which returns None, or the masked event when masked.
+        :raises PlugbusError: a rule refused it. :raises EventDropped: a rule dropped it.
+
+        While every rule answers None at once (the common event: no rule has anything to
+        say, and the store has its state at hand) the walk makes no coroutine; from the
+        first rule that answers anything else, :meth:`_run_from` carries on."""
+        checks = self._check_fns
+        start = 0
+        connection = ctx.connection
+        if self._quiet and connection is not None:
+            # the connection's last clean answers stand for an event of the same class with
+            # the same room value while the store was not written (see _quiet_start)
+            mark = connection.state.get(QUIET_MARK)
+            if (
+                mark is not None
+                and mark[1] is type(event)
+                and mark[0] == self._version_now()
+                and (mark[2] is None or getattr(event, mark[2], None) == mark[3])
+            ):
+                checks, start = self._rest_fns, self._quiet
+            else:
+                version = self._version_now()
+                if version is not None:
+                    begin = self._quiet_start(version, connection, event, ctx)
+                    if not isinstance(begin, int):
+                        return begin  # a rule answered: the rest of the walk
+                    checks, start = self._rest_fns, begin
+        for index, check in enumerate(checks, start):
             found = check(event, ctx)
-            # is_async skips the isawaitable probe for rules known to be coroutines, and None
-            # (a sync rule with nothing to say) skips it too: for an object that is neither
-            # a coroutine nor a generator it is an ABC check, in Python
-            violation = (
-                await found  # type: ignore[misc]
-                if is_async or (found is not None and inspect.isawaitable(found))
-                else found
-            )
-            if violation is not None:
-                event = await self._apply(step, event, ctx, violation)
-        for accepted, is_async in self._accepted:
-            done = accepted(event, ctx)
-            if is_async or (done is not None and inspect.isawaitable(done)):
+            if found is not None:
+                return self._run_from(index, found, event, ctx)
+        for index, hook in enumerate(self._accepted_fns):
+            done = hook(event, ctx)
+            if done is not None:
+                return self._accepted_from(index, done, event, event, ctx)
+        return None
+
+    def _quiet_start(
+        self, version: int, connection: Connection, event: Event, ctx: EventContext
+    ) -> int | Awaitable[Event | None]:
+        """Run the leading store-reading rules (``self._quiet`` of them) for ``event``; where
+        :meth:`run` goes on: past them when all answered None, else the coroutine of the rest
+        of the walk from the rule that answered.
+
+        Answers all None are remembered for the connection: the store's ``version``, the
+        event's class, and the name and value of its room field when it carries text (what
+        slow mode reads the delay of; mutes are read for an event with text, bans for any).
+        While the version stays the same, the connection's next event of that class with the
+        same room value skips them: none of their answers can turn from None to something
+        without a write (a sanction in force or a delay starts with one; one that ends or
+        expires makes no rule speak)."""
+        checks = self._checks
+        for index in range(self._quiet):
+            found = checks[index][1](event, ctx)
+            if found is not None:
+                return self._run_from(index, found, event, ctx)
+        cls = type(event)
+        field = cls.room_field if cls.text_fields else None
+        room = getattr(event, field, None) if field else None
+        connection.state[QUIET_MARK] = (version, cls, field or None, room)
+        return self._quiet
+
+    async def _run_from(
+        self, index: int, found: Any, event: Event, ctx: EventContext
+    ) -> Event | None:
+        """:meth:`run` from the rule at ``index`` on, whose check answered ``found`` (not
+        None): what the walk was before it could be had without a coroutine."""
+        original = event
+        checks = self._checks
+        step, _, is_async = checks[index]
+        while True:
+            if found is not None:
+                # is_async skips the isawaitable probe for rules known to be coroutines
+                violation = await found if is_async or inspect.isawaitable(found) else found
+                if violation is not None:
+                    event = await self._apply(step, event, ctx, violation)
+            index += 1
+            if index == len(checks):
+                return await self._accepted_from(0, None, original, event, ctx)
+            step, check, is_async = checks[index]
+            found = check(event, ctx)
+
+    async def _accepted_from(
+        self, index: int, done: Any, original: Event, event: Event, ctx: EventContext
+    ) -> Event | None:
+        """Each rule's ``accepted`` from the one at ``index`` on (``done``, when not None, is
+        that one's answer: it was called already); the event as :meth:`run` returns it."""
+        accepted = self._accepted
+        if done is not None:
+            if accepted[index][1] or inspect.isawaitable(done):
+                await done
+            index += 1
+        for hook, is_async in accepted[index:]:
+            done = hook(event, ctx)
+            if done is not None and (is_async or inspect.isawaitable(done)):
                 await done
         return None if event is original else event
 

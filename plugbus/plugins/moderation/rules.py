@@ -76,11 +76,24 @@ class BanRule:
     def __init__(self, store: ModerationStore) -> None:
         self.store = store
 
-    async def check(self, event: Event, ctx: EventContext) -> Violation | None:
-        """A violation when the sender is banned by identity or address."""
+    def check(
+        self, event: Event, ctx: EventContext
+    ) -> Violation | Awaitable[Violation | None] | None:
+        """A violation when the sender is banned by identity or address. (Answered at once
+        when the store has the sanctions at hand; else the read's coroutine, to await.)"""
         if ctx.connection is None:
             return None
-        ban = await self.store.find_sanctioned(sanction_keys(self.store, "ban", ctx.connection))
+        keys = sanction_keys(self.store, "ban", ctx.connection)
+        found = self.store.find_sanctioned_now(keys)
+        if found is None:
+            return self._check_later(keys)
+        ban = found[0]
+        if ban is None:
+            return None
+        return Violation(describe_sanction(ban, "banned"), details=sanction_details(ban))
+
+    async def _check_later(self, keys: list[str]) -> Violation | None:
+        ban = await self.store.find_sanctioned(keys)
         if ban is None:
             return None
         return Violation(describe_sanction(ban, "banned"), details=sanction_details(ban))
@@ -94,11 +107,24 @@ class MuteRule:
     def __init__(self, store: ModerationStore) -> None:
         self.store = store
 
-    async def check(self, event: Event, ctx: EventContext) -> Violation | None:
-        """A violation when the event carries text and its sender is muted."""
+    def check(
+        self, event: Event, ctx: EventContext
+    ) -> Violation | Awaitable[Violation | None] | None:
+        """A violation when the event carries text and its sender is muted. (Answered at
+        once when the store has the sanctions at hand; else the read's coroutine.)"""
         if ctx.connection is None or not type(event).text_fields:
             return None
-        mute = await self.store.find_sanctioned(sanction_keys(self.store, "mute", ctx.connection))
+        keys = sanction_keys(self.store, "mute", ctx.connection)
+        found = self.store.find_sanctioned_now(keys)
+        if found is None:
+            return self._check_later(keys)
+        mute = found[0]
+        if mute is None:
+            return None
+        return Violation(describe_sanction(mute, "muted"), details=sanction_details(mute))
+
+    async def _check_later(self, keys: list[str]) -> Violation | None:
+        mute = await self.store.find_sanctioned(keys)
         if mute is None:
             return None
         return Violation(describe_sanction(mute, "muted"), details=sanction_details(mute))
@@ -153,8 +179,12 @@ class SlowModeRule:
         room = getattr(event, field, None)
         return room if isinstance(room, str) else None
 
-    async def check(self, event: Event, ctx: EventContext) -> Violation | None:
-        """A violation (with ``retry_after``) when the sender wrote to the room too recently."""
+    def check(
+        self, event: Event, ctx: EventContext
+    ) -> Violation | Awaitable[Violation | None] | None:
+        """A violation (with ``retry_after``) when the sender wrote to the room too recently.
+        (Answered at once for a room without a delay when the store has the delays at hand;
+        else the coroutine of the rest, to await.)"""
         # room_of, inline (every event)
         cls = type(event)
         field = cls.room_field
@@ -164,11 +194,29 @@ class SlowModeRule:
         room = getattr(event, field, None)
         if not isinstance(room, str):
             return None
+        found = self.store.slow_mode_delay_now(room)
+        if found is None:
+            return self._check_later(event, connection, room)
+        seconds = found[0]
+        if seconds is None:
+            seconds = self.default
+        if seconds <= 0:
+            return None
+        return self._wait(event, connection, room, seconds)
+
+    async def _check_later(
+        self, event: Event, connection: Connection, room: str
+    ) -> Violation | None:
         seconds = await self.store.slow_mode_delay(room)
         if seconds is None:
             seconds = self.default
         if seconds <= 0:
             return None
+        return await self._wait(event, connection, room, seconds)
+
+    async def _wait(
+        self, event: Event, connection: Connection, room: str, seconds: float
+    ) -> Violation | None:
         sender = sender_of(connection)
         wait = await self.store.slow_mode_wait(sender, room, seconds)
         if wait <= 0:

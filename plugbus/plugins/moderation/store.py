@@ -215,6 +215,22 @@ class ModerationStore:
             raws = await self.store.get_many(keys)
         except SharedStateUnavailable as exc:
             raise _unavailable(exc) from None
+        return self._in_force(raws)
+
+    def version_now(self) -> int | None:
+        """``Store.version_now`` of the moderation store: while it stays the same, no ban,
+        mute or slow-mode delay was set or lifted (None: the store cannot tell at once)."""
+        return self.store.version_now()
+
+    def find_sanctioned_now(self, keys: list[str]) -> tuple[Sanction | None] | None:
+        """:meth:`find_sanctioned` without waiting: ``(sanction or None,)`` when the store
+        has the keys at hand (``Store.get_many_now``), None when it must be awaited."""
+        if not keys:
+            return (None,)
+        raws = self.store.get_many_now(keys)
+        return None if raws is None else (self._in_force(raws),)
+
+    def _in_force(self, raws: list[Any]) -> Sanction | None:
         now = None
         for raw in raws:
             if raw is None:
@@ -253,6 +269,15 @@ class ModerationStore:
         except SharedStateUnavailable as exc:
             raise _unavailable(exc) from None
         return None if seconds is None else float(seconds)
+
+    def slow_mode_delay_now(self, room: str) -> tuple[float | None] | None:
+        """:meth:`slow_mode_delay` without waiting: ``(delay or None,)`` when the store has it
+        at hand (``Store.hget_now``), None when it must be awaited."""
+        found = self.store.hget_now("slow-mode", room)
+        if found is None:
+            return None
+        seconds = found[0]
+        return (None if seconds is None else float(seconds),)
 
     async def set_slow_mode(self, room: str, seconds: float) -> None:
         """Set the delay of ``room``."""
