@@ -172,10 +172,10 @@ async def history(redis_server: RedisServer) -> AsyncIterator[RedisHistory]:
     backend = Backend(redis_server.url)
     await backend.start()
     h = RedisHistory(HistorySettings(), backend)
-    await h.start()
-    h.deliver_many = lambda events: None
+    # the appends' line alone: these tests read Redis themselves, not through the feed
+    h._line.start()
     yield h
-    await h.stop()
+    await h._line.stop()
     await backend.stop()
 
 
@@ -256,6 +256,8 @@ async def test_appends_made_together_go_as_one_script_call_in_call_order(
     ]
     assert [entry[0] for entry in stored[1:]] == offsets
     assert [entry[0] for entry in feed[1:]] == offsets
+    # the clock's "ms" follows the offsets (the script writes it only when it moved)
+    assert redis_server.command("HGET", history._clock, "ms") == offsets[-1].partition("-")[0]
 
 
 async def test_noscript_is_answered_with_eval_and_nothing_is_stored_twice(
@@ -373,8 +375,7 @@ async def test_appends_work_without_hiredis(
     backend = Backend(redis_server.url)
     await backend.start()
     h = RedisHistory(HistorySettings(), backend)
-    await h.start()
-    h.deliver_many = lambda events: None
+    h._line.start()
     try:
         offsets = await asyncio.gather(
             *(h.append("/", "room", "r", "m", (f"m{i}",), None) for i in range(5))
@@ -383,5 +384,5 @@ async def test_appends_work_without_hiredis(
         keys = [tuple(int(part) for part in offset.split("-")) for offset in offsets]
         assert keys == sorted(keys) and len(set(keys)) == 5
     finally:
-        await h.stop()
+        await h._line.stop()
         await backend.stop()

@@ -538,9 +538,10 @@ return id
 
 # The append script for a batch of events (issue #16 item 4): what APPEND_SCRIPT does for one
 # event, for each of N in one call -- the clock read once, each event its own offset (one
-# millisecond, consecutive sequence numbers, in the batch's order), each stream trimmed once
-# after the batch's appends to it (the same entries and floor as trimming after each: the
-# script is atomic, so nothing sees the states in between).
+# millisecond, consecutive sequence numbers, in the batch's order; the clock's "ms" written
+# only when it moved), each stream trimmed once after the batch's appends to it (the same
+# entries and floor as trimming after each: the script is atomic, so nothing sees the states
+# in between), the entries that go and the new first one (for the age limit) in one XRANGE.
 # KEYS: the clock hash, the feed, then per event its stream and its floor key.
 # ARGV: the feed's length, then per event eight values: max_messages, max_age_ms, "1" to keep
 # it in its stream, and the entry's five values (entry_values).
@@ -555,7 +556,7 @@ local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
 if now < last then now = last end
 local ms = string.format('%.0f', now)
 local first_seq = redis.call('HINCRBY', KEYS[1], 'seq', n) - n
-redis.call('HSET', KEYS[1], 'ms', ms)
+if now > last then redis.call('HSET', KEYS[1], 'ms', ms) end
 local out = {}
 local kept = {}
 local order = {}
@@ -589,14 +590,18 @@ end
 for _, key in ipairs(order) do
   local floorkey, maxlen, maxage = kept[key][1], kept[key][2], kept[key][3]
   local floor = false
+  local first
   local len = redis.call('XLEN', key)
   if len > maxlen then
-    local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', len - maxlen)
-    floor = gone[#gone][1]
+    -- the entries that go and the one that is first after them, in one read
+    local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', len - maxlen + 1)
+    floor = gone[len - maxlen][1]
+    first = gone[len - maxlen + 1]
     redis.call('XTRIM', key, 'MAXLEN', maxlen)
+  else
+    first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
   end
-  local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
-  if #first > 0 and tonumber(string.match(first[1][1], '^(%d+)')) < now - maxage then
+  if first and tonumber(string.match(first[1], '^(%d+)')) < now - maxage then
     local cutoff = string.format('%.0f', now - maxage) .. '-0'
     local old = redis.call('XREVRANGE', key, '(' .. cutoff, '-', 'COUNT', 1)
     floor = old[1][1]
