@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -536,95 +537,387 @@ return id
 """
 )
 
+# The append script for a batch of events (issue #16 item 4): what APPEND_SCRIPT does for one
+# event, for each of N in one call -- the clock read once, each event its own offset (one
+# millisecond, consecutive sequence numbers, in the batch's order; the clock's "ms" written
+# only when it moved), each stream trimmed once after the batch's appends to it (the same
+# entries and floor as trimming after each: the script is atomic, so nothing sees the states
+# in between), the entries that go and the new first one (for the age limit) in one XRANGE.
+# KEYS: the clock hash, the feed, then per event its stream and its floor key.
+# ARGV: the feed's length, then per event eight values: max_messages, max_age_ms, "1" to keep
+# it in its stream, and the entry's five values (entry_values).
+# Returns one reply per event, in order: its offset, or the error its XADD met (an event
+# either is stored and on the feed or was refused -- one event's error fails that event
+# alone, as when each had its own call).
+APPEND_BATCH_SCRIPT = """
+local n = (#KEYS - 2) / 2
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or '0')
+if now < last then now = last end
+local ms = string.format('%.0f', now)
+local first_seq = redis.call('HINCRBY', KEYS[1], 'seq', n) - n
+if now > last then redis.call('HSET', KEYS[1], 'ms', ms) end
+local out = {}
+local kept = {}
+local order = {}
+for i = 1, n do
+  local id = ms .. '-' .. (first_seq + i)
+  local a = 2 + (i - 1) * 8
+  local fields
+  if ARGV[a + 3] == '' then
+    fields = {'e', ARGV[a + 7]}
+  else
+    fields = {'k', ARGV[a + 3], 'n', ARGV[a + 4], 't', ARGV[a + 5], 'x', ARGV[a + 6],
+              'd', ARGV[a + 7]}
+  end
+  local ok = true
+  if ARGV[a + 2] == '1' then
+    local key = KEYS[1 + 2 * i]
+    local added = redis.pcall('XADD', key, id, unpack(fields))
+    if type(added) == 'table' and added.err then
+      out[i] = added
+      ok = false
+    elseif not kept[key] then
+      kept[key] = {KEYS[2 + 2 * i], tonumber(ARGV[a]), tonumber(ARGV[a + 1])}
+      order[#order + 1] = key
+    end
+  end
+  if ok then
+    local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(fields))
+    if type(added) == 'table' and added.err then out[i] = added else out[i] = id end
+  end
+end
+for _, key in ipairs(order) do
+  local floorkey, maxlen, maxage = kept[key][1], kept[key][2], kept[key][3]
+  local floor = false
+  local first
+  local len = redis.call('XLEN', key)
+  if len > maxlen then
+    -- the entries that go and the one that is first after them, in one read
+    local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', len - maxlen + 1)
+    floor = gone[len - maxlen][1]
+    first = gone[len - maxlen + 1]
+    redis.call('XTRIM', key, 'MAXLEN', maxlen)
+  else
+    first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+  end
+  if first and tonumber(string.match(first[1], '^(%d+)')) < now - maxage then
+    local cutoff = string.format('%.0f', now - maxage) .. '-0'
+    local old = redis.call('XREVRANGE', key, '(' .. cutoff, '-', 'COUNT', 1)
+    floor = old[1][1]
+    redis.call('XTRIM', key, 'MINID', cutoff)
+  end
+  if floor then redis.call('SET', floorkey, floor, 'PX', maxage) end
+  redis.call('PEXPIRE', key, maxage)
+end
+return out
+"""
+
+
+def bulk(value: str | int) -> bytes:
+    """One RESP bulk string (``$<length>\r\n<bytes>\r\n``), as redis-py packs a command's
+    argument (UTF-8)."""
+    data = str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+_KEEP = bulk("1")
+_EPHEMERAL = bulk("0")
+
 
 class _Line:
-    """One Redis connection of its own for the append script (issue #16 item 4): every call
-    waiting when the connection is free goes out in one write, and their replies are read in
-    order. The pool's checkout (a condition, a timeout and a socket probe per command) cost
-    about as much CPU as the round trip itself; one connection costs half of it.
+    """One Redis connection of its own for the appends (issue #16 item 4): the events waiting
+    when the connection is free go out as one call of :data:`APPEND_BATCH_SCRIPT` (at most
+    :attr:`most` of them), and its one reply lists their offsets.
 
-    Nothing is ever sent twice (issue #18): a call whose write or read failed is refused, and
-    so is every call waiting behind it (the connection is down: a publish is refused at once,
-    not queued for the next attempt); the next call connects again. Replies that are errors
-    (``NOSCRIPT``) come back as values, for the caller to decide.
+    redis-py makes the connection (``connect()``: authentication, TLS, the database, and for
+    a Sentinel-managed one the sentinels' word on where the primary is), then this protocol
+    takes its transport over: a batch is written from the call that queued it, and its reply
+    is parsed (hiredis) and answered in the callback that received it. redis-py's own command
+    path costs a task and two timeout contexts per command, and the pool a condition and a
+    socket probe: together more CPU than the round trip (issue #16 item 4).
+
+    Nothing is ever sent twice (issue #18): a batch that failed to go out or got no reply
+    within the backend's command timeout is refused whole, and so is every event waiting
+    behind it (the connection is down: a publish is refused at once, not queued for the next
+    attempt); the next event connects again. ``NOSCRIPT`` (Redis restarted and lost its
+    script cache: the script did not run) is answered with ``EVAL`` of the same batch. A batch
+    goes out only once the one before it was answered, so the offsets follow the order of
+    :meth:`append`'s calls.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    #: Events one script call carries at most (Redis runs nothing else while a script runs).
+    most = 256
+
+    def __init__(self, backend: Backend, head: list[str]) -> None:
         self._conn: Any = backend.redis_client().connection_pool.make_connection()
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._timeout = backend.command_timeout
+        # the command's fixed keys (the clock and the feed) and its first value (the feed's
+        # length), packed once
+        self._keys = b"".join(bulk(key) for key in head[:-1])
+        self._first = bulk(head[-1])
+        self._evalsha = b"$7\r\nEVALSHA\r\n" + bulk(
+            hashlib.sha1(APPEND_BATCH_SCRIPT.encode()).hexdigest()
+        )
+        self._eval = b"$4\r\nEVAL\r\n" + bulk(APPEND_BATCH_SCRIPT)
+        self._queue: list[tuple[bytes, bytes, asyncio.Future[Any]]] = []
+        #: the batch written and not answered yet, and whether it went again as EVAL
+        self._flight: list[tuple[bytes, bytes, asyncio.Future[Any]]] | None = None
+        self._again = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: Any = None
+        self._parser: Any = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._running = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="plugbus-history-appends")
+        self._running = True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._running = False
+        if self._connecting is not None:
+            self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self._fail(self._queue, ConnectionError("the node is stopping"))
-        self._queue = []
+                await self._connecting
+        self._down(ConnectionError("the node is stopping"))
         with contextlib.suppress(Exception):
-            await self._conn.disconnect()
+            # nowait: the stream writer's protocol no longer hears of the close
+            await self._conn.disconnect(nowait=True)
 
-    def call(self, *args: Any) -> asyncio.Future[Any]:
-        """Send one command: its reply (an error reply as a value), or the connection's
-        failure raised."""
+    def append(self, keys: bytes, values: bytes) -> asyncio.Future[Any]:
+        """Queue one event: ``keys`` its stream's and floor key's bulk strings, ``values``
+        its eight values' (the script's comment). Its result is the event's offset, or the
+        error Redis answered for it (a value, for the caller to raise); the batch's failure
+        is raised."""
         future = asyncio.get_running_loop().create_future()
-        if self._task is None:
+        if not self._running:
             future.set_exception(ConnectionError("the history is not started"))
             return future
-        self._queue.append((args, future))
-        self._wake.set()
+        self._queue.append((keys, values, future))
+        if self._flight is None:
+            self._next()
         return future
 
+    def command(self, verb: bytes, calls: list[tuple[bytes, bytes, Any]]) -> bytes:
+        """The RESP command for a batch: ``verb`` (``EVALSHA`` and the script's digest, or
+        ``EVAL`` and its text, as bulk strings), the key count, the keys, the values."""
+        n = len(calls)
+        return b"".join(
+            (
+                b"*%d\r\n" % (6 + 10 * n),
+                verb,
+                bulk(2 + 2 * n),
+                self._keys,
+                *[keys for keys, _, _ in calls],
+                self._first,
+                *[values for _, values, _ in calls],
+            )
+        )
+
+    def _next(self) -> None:
+        """Write the next batch (nothing is in flight), or connect first."""
+        if not self._queue:
+            return
+        if self._transport is None:
+            if self._connecting is None:
+                self._connecting = asyncio.get_running_loop().create_task(
+                    self._connect(), name="plugbus-history-appends-connect"
+                )
+            return
+        calls, self._queue = self._queue[: self.most], self._queue[self.most :]
+        self._flight, self._again = calls, False
+        self._transport.write(self.command(self._evalsha, calls))
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
+
+    async def _connect(self) -> None:
+        from redis.exceptions import InvalidResponse, ResponseError
+        from redis.utils import HIREDIS_AVAILABLE
+
+        conn = self._conn
+        try:
+            await conn.disconnect(nowait=True)
+            await conn.connect()
+            writer = getattr(conn, "_writer", None)
+            if not isinstance(writer, asyncio.StreamWriter):
+                # the one private detail of redis-py used here (redis 8.1): its stream writer
+                raise RuntimeError(
+                    f"redis-py {_redis_version()}'s connection has no stream writer "
+                    "(_writer): plugbus's history appends cannot take it over"
+                )
+            encoder = conn.encoder
+            if HIREDIS_AVAILABLE:
+                import hiredis
+
+                self._parser = hiredis.Reader(
+                    protocolError=InvalidResponse,
+                    replyError=ResponseError,
+                    encoding=encoder.encoding,
+                    errors=encoder.encoding_errors,
+                )
+            else:  # what /health's backend.reply_parser says ("python")
+                self._parser = RespReader(encoder.encoding, encoder.encoding_errors)
+            writer.transport.set_protocol(_Link(self, writer.transport))
+            self._transport = writer.transport
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(self._queue, exc)
+            self._queue = []
+            return
+        finally:
+            self._connecting = None
+        self._next()
+
+    def _answer(self, reply: Any) -> None:
+        from redis.exceptions import ResponseError
+
+        calls = self._flight
+        if calls is None:  # nothing was asked: the connection cannot be trusted
+            self._transport.abort()
+            return
+        if isinstance(reply, ResponseError):
+            if not self._again and str(reply).startswith("NOSCRIPT"):
+                # Redis lost its script cache (a restart): the script did not run, so
+                # sending it whole cannot store an event twice
+                self._again = True
+                self._transport.write(self.command(self._eval, calls))
+                return
+            # an error answered for the whole call (the script did not run, or stopped at
+            # the clock, before any event) refuses every event of it; the connection is fine
+            self._done()
+            self._fail(calls, reply)
+        elif not isinstance(reply, list) or len(reply) != len(calls):
+            self._done()
+            self._fail(calls, ResponseError(f"unexpected reply to {len(calls)} appends"))
+        else:
+            self._done()
+            for (_, _, future), offset in zip(calls, reply, strict=True):
+                if not future.done():
+                    future.set_result(offset)
+        self._next()
+
+    def _done(self) -> None:
+        self._flight = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._down(TimeoutError(f"Redis did not answer the appends within {self._timeout} s"))
+
+    def received(self, transport: Any, data: bytes) -> None:
+        if transport is not self._transport:
+            return  # a connection given up already
+        parser = self._parser
+        parser.feed(data)
+        while self._transport is transport and (reply := parser.gets()) is not False:
+            self._answer(reply)
+
+    def lost(self, transport: Any, exc: Exception | None) -> None:
+        if transport is self._transport:
+            self._down(ConnectionError(f"Redis closed the connection ({exc or 'EOF'})"))
+
+    def _down(self, exc: Exception) -> None:
+        """The connection is gone (or given up): the batch in flight and every event queued
+        behind it are refused; the next event connects again."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+        calls = self._flight or []
+        self._done()
+        self._fail(calls, exc)
+        self._fail(self._queue, exc)
+        self._queue = []
+
     @staticmethod
-    def _fail(calls: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: Exception) -> None:
-        for _, future in calls:
+    def _fail(calls: list[tuple[bytes, bytes, asyncio.Future[Any]]], exc: Exception) -> None:
+        for _, _, future in calls:
             if not future.done():
                 future.set_exception(exc)
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                calls, self._queue = self._queue, []
-                await self._send(calls)
 
-    async def _send(self, calls: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        from redis.exceptions import ResponseError
+class _Incomplete(Exception):
+    pass
 
-        conn = self._conn
-        # Redis closed the connection (a restart) while it was idle: the loop saw the EOF
-        # already; connect again rather than lose the first publish on a dead socket
-        reader = getattr(conn, "_reader", None)
-        if reader is not None and reader.at_eof():
-            await conn.disconnect(nowait=True)
+
+class RespReader:
+    """``hiredis.Reader``'s ``feed``/``gets`` in Python, for the replies the append line
+    gets (arrays of bulk strings and errors, errors, simple values), where hiredis is not
+    installed: :meth:`gets` answers one whole reply, or False while it has not all arrived;
+    an error reply is a ``ResponseError`` value."""
+
+    def __init__(self, encoding: str = "utf-8", errors: str = "strict") -> None:
+        self._buffer = bytearray()
+        self._encoding = encoding
+        self._errors = errors
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def gets(self) -> Any:
         try:
-            if not conn.is_connected:
-                # connect() itself: a Sentinel-managed connection asks the sentinels where the
-                # primary is there (send_packed_command's own connect would not)
-                await conn.connect()
-            await conn.send_packed_command(conn.pack_commands([args for args, _ in calls]))
-            for _, future in calls:
-                try:
-                    reply = await conn.read_response()
-                except ResponseError as exc:
-                    reply = exc
-                if not future.done():
-                    future.set_result(reply)
-        except asyncio.CancelledError:
-            self._fail(calls, ConnectionError("the node is stopping"))
-            raise
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
-            self._fail(calls, exc)
-            self._fail(self._queue, exc)
-            self._queue = []
+            value, end = self._parse(0)
+        except _Incomplete:
+            return False
+        del self._buffer[:end]
+        return value
+
+    def _parse(self, pos: int) -> tuple[Any, int]:
+        from redis.exceptions import InvalidResponse, ResponseError
+
+        buffer = self._buffer
+        eol = buffer.find(b"\r\n", pos)
+        if eol < 0:
+            raise _Incomplete
+        kind, line, pos = buffer[pos : pos + 1], bytes(buffer[pos + 1 : eol]), eol + 2
+        if kind == b"$":
+            size = int(line)
+            if size < 0:
+                return None, pos
+            if len(buffer) < pos + size + 2:
+                raise _Incomplete
+            return buffer[pos : pos + size].decode(self._encoding, self._errors), pos + size + 2
+        if kind == b"*":
+            items = []
+            for _ in range(int(line)):
+                item, pos = self._parse(pos)
+                items.append(item)
+            return (items if int(line) >= 0 else None), pos
+        if kind == b"-":
+            return ResponseError(line.decode(self._encoding, self._errors)), pos
+        if kind == b"+":
+            return line.decode(self._encoding, self._errors), pos
+        if kind == b":":
+            return int(line), pos
+        if kind == b"_":
+            return None, pos
+        raise InvalidResponse(f"unexpected reply type {kind!r} on the appends' connection")
+
+
+class _Link(asyncio.Protocol):
+    """The protocol of one connection a :class:`_Line` took over: it hands the line what
+    arrives, and the end, naming the transport (a line's earlier connection is ignored)."""
+
+    def __init__(self, line: _Line, transport: Any) -> None:
+        self._line = line
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._line.received(self._transport, data)
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._line.lost(self._transport, exc)
+
+
+def _redis_version() -> str:
+    import redis
+
+    return str(getattr(redis, "__version__", "?"))
 
 
 def _mget(keys: list[str], redis: Any) -> Awaitable[list[Any]]:
@@ -678,12 +971,14 @@ class RedisHistory(MemoryHistory):
         self._backend = backend
         self._redis: Any = backend.redis_client()
         self._script: Any = self._redis.register_script(APPEND_SCRIPT)
-        self._line = _Line(backend)
+        self._clock = backend.key("history", "clock")
+        self.feed = backend.key("history", "feed")
+        self._line = _Line(backend, [self._clock, self.feed, str(self.feed_length)])
+        #: per stream, its keys and limits as the batch script's arguments, packed once
+        self._packed: dict[tuple[str, str, str | None], tuple[bytes, bytes]] = {}
         #: replicas that must confirm an append before it is acknowledged (``WAIT``)
         self.replicas = replicas
         self._replica_timeout_ms = max(1, round(replica_timeout * 1000))
-        self._clock = backend.key("history", "clock")
-        self.feed = backend.key("history", "feed")
         self._reader: Any = None
         self._listener: asyncio.Task[None] | None = None
         #: set while the feed is read; cleared while Redis is away
@@ -697,6 +992,19 @@ class RedisHistory(MemoryHistory):
         if floor:
             code = code.upper()
         return self._backend.key("history", str(len(namespace)), namespace, code, name or "")
+
+    def _pack_stream(self, namespace: str, kind: Kind, target: str | None) -> tuple[bytes, bytes]:
+        """A stream's two keys and its two limits as the batch script takes them (RESP bulk
+        strings), kept for its next event."""
+        if len(self._packed) >= 4096:  # one per connection that was sent something: bounded
+            self._packed.clear()
+        most, age = self.settings.limits_for(target if kind == "room" else None)
+        packed = self._packed[(namespace, kind, target)] = (
+            bulk(self._key(namespace, kind, target))
+            + bulk(self._key(namespace, kind, target, floor=True)),
+            bulk(most) + bulk(int(age * 1000)),
+        )
+        return packed
 
     async def append(
         self,
@@ -715,22 +1023,30 @@ class RedisHistory(MemoryHistory):
         :raises BackendUnavailable: Redis did not take it (down, or no answer within the
             backend's command timeout): nothing was acknowledged.
         """
-        most, age = self.settings.limits_for(target if kind == "room" else None)
         values = entry_values(namespace, event, args, target, kind, skip, keep)
-        keys = [
-            self._clock,
-            self._key(namespace, kind, target),
-            self._key(namespace, kind, target, floor=True),
-            self.feed,
-        ]
-        argv = [most, int(age * 1000), self.feed_length, "1" if keep else "0", *values]
         try:
             if self.replicas:
+                most, age = self.settings.limits_for(target if kind == "room" else None)
+                keys = [
+                    self._clock,
+                    self._key(namespace, kind, target),
+                    self._key(namespace, kind, target, floor=True),
+                    self.feed,
+                ]
+                argv = [most, int(age * 1000), self.feed_length, "1" if keep else "0", *values]
                 offset, confirmed = await self._append_and_wait(keys, argv)
             else:
-                offset = await self._line.call("EVALSHA", self._script.sha, len(keys), *keys, *argv)
+                stream = self._packed.get((namespace, kind, target))
+                if stream is None:
+                    stream = self._pack_stream(namespace, kind, target)
+                offset = await self._line.append(
+                    stream[0],
+                    b"".join(
+                        (stream[1], _KEEP if keep else _EPHEMERAL, *[bulk(v) for v in values])
+                    ),
+                )
                 if isinstance(offset, Exception):
-                    offset = await self._append_again(offset, keys, argv)
+                    raise offset
         except Exception as exc:
             raise self._unavailable("publish an event", exc) from None
         if self.replicas and confirmed < self.replicas:
@@ -748,19 +1064,6 @@ class RedisHistory(MemoryHistory):
                 details={"backend": "redis", "replicas": confirmed, "wanted": self.replicas},
             )
         return str(offset)
-
-    async def _append_again(self, error: Exception, keys: list[str], argv: list[Any]) -> Any:
-        """After an error reply to the append: ``NOSCRIPT`` (Redis restarted, its script
-        cache is empty; the script did not run, so sending it whole cannot store the event
-        twice) is answered with ``EVAL``; any other error is raised."""
-        from redis.exceptions import NoScriptError
-
-        if not isinstance(error, NoScriptError):
-            raise error
-        offset = await self._line.call("EVAL", APPEND_SCRIPT, len(keys), *keys, *argv)
-        if isinstance(offset, Exception):
-            raise offset
-        return offset
 
     async def _append_and_wait(self, keys: list[str], argv: list[Any]) -> tuple[str, int]:
         """The append script and ``WAIT replicas timeout`` in one round trip: (the offset,
