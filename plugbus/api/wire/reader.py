@@ -51,6 +51,8 @@ from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 from websockets.protocol import State
 from websockets.streams import StreamReader
 
+from .writers import LeanReceiveQueue
+
 # A declared seam (seams.ASYNCIO_TASKS): without it the engine gives uvicorn its own class.
 _enter_task: Any = getattr(asyncio.tasks, "_enter_task", None)
 _leave_task: Any = getattr(asyncio.tasks, "_leave_task", None)
@@ -253,7 +255,9 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
             "state": self.app_state.copy(),
             "extensions": {"websocket.http.response": {}},
         }
-        self.queue.put_nowait({"type": "websocket.connect"})
+        # the lean queue the engine gives every connection of this class (wire/engine.py's
+        # _trim) from the start: uvicorn's asyncio.Queue would be filled, then copied out
+        self.queue = LeanReceiveQueue([{"type": "websocket.connect"}])  # type: ignore[assignment]
         task = self.loop.create_task(self.run_asgi())
         task.add_done_callback(self.on_task_complete)
         self.tasks.add(task)
