@@ -245,26 +245,41 @@ async def test_a_request_in_two_reads_takes_uvicorns_path(servers: tuple[int, in
     assert UPGRADES["taken"] == before
 
 
-async def test_the_accept_is_logged_as_uvicorn_logs_it(caplog: pytest.LogCaptureFixture) -> None:
+class _Lines(logging.Handler):
+    """The messages of one logger, whatever propagation an earlier test's logging set up."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_the_accept_is_logged_as_uvicorn_logs_it() -> None:
     """The reader's 101 makes uvicorn's ``[accepted]`` line only when it is to be logged (its
     arguments cost ~1.5 µs): at info level it is the line uvicorn's own protocol logs."""
     base = limited_http_protocol(MAX_HEAD, MAX_HEADERS)
     data = request(b"/socket.io/?EIO=4&transport=websocket&x=%C3%A9")
     lines: dict[str, list[str]] = {}
-    for name, http, ws, level in [
-        ("reader", upgrade_protocol(base, MAX_HEAD, MAX_HEADERS), ReaderProtocol, "info"),
-        ("uvicorn", base, "websockets-sansio", "info"),
+    logger = logging.getLogger("uvicorn.error")
+    for name, http, ws in [
+        ("reader", upgrade_protocol(base, MAX_HEAD, MAX_HEADERS), ReaderProtocol),
+        ("uvicorn", base, "websockets-sansio"),
     ]:
-        caplog.clear()
-        with caplog.at_level(logging.DEBUG, logger="uvicorn.error"):
-            async with uvicorn_server(http, ws, level) as port:
+        handler = _Lines()
+        logger.addHandler(handler)
+        try:
+            async with uvicorn_server(http, ws, "info") as port:
                 got = await exchange(port, data)
+        finally:
+            logger.removeHandler(handler)
         assert got.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), (name, got)
         lines[name] = [
             # the client's port differs from one connection to the next
-            r.getMessage().split(" - ", 1)[1]
-            for r in caplog.records
-            if r.name == "uvicorn.error" and "[accepted]" in r.getMessage()
+            message.split(" - ", 1)[1]
+            for message in handler.messages
+            if "[accepted]" in message
         ]
     assert lines["reader"] == [
         '"WebSocket /socket.io/?EIO=4&transport=websocket&x=%C3%A9" [accepted]'
@@ -305,6 +320,11 @@ async def test_health_and_the_start_up_log_say_which_upgrade_path_runs(serve: An
     upgrade = _upgrade(server)
     assert upgrade["path"] == "plugbus" and upgrade["unavailable_reason"] is None, upgrade
     assert upgrade["taken_in_process"] == 1, upgrade
+    header_lines = httpx.get(server.url + "/health", timeout=5).json()["wire"]["websocket_reader"][
+        "header_lines"
+    ]
+    assert header_lines == {"match": "one regex", "unavailable_reason": None}, header_lines
+    assert "header lines matched one by one" not in server.log()
     assert "wire: websocket upgrade requests parsed by plugbus" in server.log()
 
     off = serve({"server": {"websocket_writer": "compatible"}})
@@ -370,3 +390,24 @@ def test_the_header_lines_are_matched_one_by_one_for_another_grammar() -> None:
     assert _header_lines(re.compile(rb"(?:[a-z]|-)+"), _value_re) is None
     assert _header_lines(_token_re, re.compile(rb"[\x21-\x7e]*")) is None  # no SP / HTAB
     assert _header_lines(None, _value_re) is None
+
+
+def test_header_lines_matched_one_by_one_are_named_in_health_and_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When websockets' grammar does not allow the one regex, ``GET /health``'s wire report
+    and the start-up log say the header lines are matched one by one, and why."""
+    from plugbus.api import app as app_module
+    from plugbus.api.app import create_app
+    from plugbus.api.wire import engine
+    from plugbus.core.config import load_config
+
+    why = "websockets' header grammar is not of the shape one regex needs"
+    monkeypatch.setattr(engine, "HEADER_LINES_UNAVAILABLE", why)
+    monkeypatch.setattr(app_module, "HEADER_LINES_UNAVAILABLE", why)
+    with caplog.at_level(logging.INFO, logger="plugbus"):
+        sio = create_app(load_config(None)).sio  # type: ignore[attr-defined]
+        app_module._log_wire(sio)
+    header_lines = sio.eio.report.as_dict()["websocket_reader"]["header_lines"]
+    assert header_lines == {"match": "line by line", "unavailable_reason": why}
+    assert f"wire: handshake header lines matched one by one ({why})" in caplog.text

@@ -641,6 +641,14 @@ def _header_lines(token: Any, value: Any) -> Any:
 
 #: every header line of a head at once (None: websockets' grammar is not of that shape)
 _HEADER_LINES = _header_lines(_TOKEN, _VALUE)
+#: why a head's header lines are matched one by one (None: by one regex); ``GET /health``
+#: and the start-up log say it
+HEADER_LINES_UNAVAILABLE = (
+    None
+    if _HEADER_LINES is not None
+    else "websockets' header grammar (websockets.http11's _token_re and _value_re) is not "
+    "of the shape one regex needs"
+)
 
 #: opening handshakes in this process, by who parsed them (``GET /health``)
 HANDSHAKES = {"direct": 0, "websockets": 0, "refused": 0}
