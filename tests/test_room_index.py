@@ -9,7 +9,7 @@ import random
 import socketio
 from socketio.base_manager import BaseManager
 
-from plugbus.api.room_index import IndexedManager
+from plugbus.api.room_index import IndexedManager, SidRoom
 
 
 def _managers() -> tuple[socketio.AsyncManager, IndexedManager]:
@@ -55,12 +55,38 @@ async def test_a_random_history_leaves_the_index_and_python_socketios_table_in_a
             room = f"room{rng.randrange(12)}"
             for manager in (plain, indexed):
                 await manager.close_room(room, ns)
+        elif op < 0.85:
+            # a sid room: no one else may enter it, it cannot be closed, and its members are
+            # read as python-socketio reads them (alone, and with other rooms)
+            sid, other = rng.choice(sids[ns]), rng.choice(sids[ns])
+            for what in ("enter", "close"):
+                outcomes = []
+                for manager in (plain, indexed):
+                    try:
+                        if what == "enter":
+                            await manager.enter_room(sid, ns, other)
+                        else:
+                            await manager.close_room(sid, ns)
+                        outcomes.append(None)
+                    except ValueError as exc:
+                        outcomes.append(str(exc))
+                assert outcomes[0] == outcomes[1], (what, outcomes)
+            rooms = [sid, other, f"room{rng.randrange(12)}"]
+            for query in (sid, rooms):
+                assert sorted(indexed.get_participants(ns, query)) == sorted(
+                    plain.get_participants(ns, query)
+                )
+            assert indexed.sid_from_eio_sid(
+                plain.eio_sid_from_sid(sid, ns), ns
+            ) == plain.sid_from_eio_sid(plain.eio_sid_from_sid(sid, ns), ns)
         else:
             sid = sids[ns].pop(rng.randrange(len(sids[ns])))
             for manager in (plain, indexed):
                 manager.pre_disconnect(sid, ns)
                 await manager.disconnect(sid, ns)
         assert _state(indexed) == _state(plain), f"after step {step}"
+        # every connection's own room is the light one (api/room_index.SidRoom)
+        assert all(type(indexed.rooms[ns][sid]) is SidRoom for sid in sids[ns])
         for sid in rng.sample(sids[ns], min(3, len(sids[ns]))):
             assert sorted(indexed.get_rooms(sid, ns)) == sorted(
                 BaseManager.get_rooms(plain, sid, ns)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plugbus.api.wire import seams
 from plugbus.api.wire.http_limits import limited_http_protocol
@@ -132,17 +135,19 @@ SCOPES: list[dict[str, Any]] = []
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_server(http: type) -> AsyncIterator[int]:
+async def uvicorn_server(
+    http: type, ws: type | str = ReaderProtocol, log_level: str = "warning"
+) -> AsyncIterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
         app,
         http=http,
-        ws=ReaderProtocol,
+        ws=ws,
         ws_ping_interval=None,
         lifespan="off",
         log_config=None,
-        log_level="warning",
+        log_level=log_level,
     )
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
@@ -240,6 +245,48 @@ async def test_a_request_in_two_reads_takes_uvicorns_path(servers: tuple[int, in
     assert UPGRADES["taken"] == before
 
 
+class _Lines(logging.Handler):
+    """The messages of one logger, whatever propagation an earlier test's logging set up."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_the_accept_is_logged_as_uvicorn_logs_it() -> None:
+    """The reader's 101 makes uvicorn's ``[accepted]`` line only when it is to be logged (its
+    arguments cost ~1.5 µs): at info level it is the line uvicorn's own protocol logs."""
+    base = limited_http_protocol(MAX_HEAD, MAX_HEADERS)
+    data = request(b"/socket.io/?EIO=4&transport=websocket&x=%C3%A9")
+    lines: dict[str, list[str]] = {}
+    logger = logging.getLogger("uvicorn.error")
+    for name, http, ws in [
+        ("reader", upgrade_protocol(base, MAX_HEAD, MAX_HEADERS), ReaderProtocol),
+        ("uvicorn", base, "websockets-sansio"),
+    ]:
+        handler = _Lines()
+        logger.addHandler(handler)
+        try:
+            async with uvicorn_server(http, ws, "info") as port:
+                got = await exchange(port, data)
+        finally:
+            logger.removeHandler(handler)
+        assert got.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), (name, got)
+        lines[name] = [
+            # the client's port differs from one connection to the next
+            message.split(" - ", 1)[1]
+            for message in handler.messages
+            if "[accepted]" in message
+        ]
+    assert lines["reader"] == [
+        '"WebSocket /socket.io/?EIO=4&transport=websocket&x=%C3%A9" [accepted]'
+    ]
+    assert lines["reader"] == lines["uvicorn"]
+
+
 def test_the_fast_path_is_declined_by_name_when_a_seam_it_needs_is_missing() -> None:
     from plugbus.api.app import uvicorn_options
     from plugbus.core.config import Config
@@ -273,6 +320,11 @@ async def test_health_and_the_start_up_log_say_which_upgrade_path_runs(serve: An
     upgrade = _upgrade(server)
     assert upgrade["path"] == "plugbus" and upgrade["unavailable_reason"] is None, upgrade
     assert upgrade["taken_in_process"] == 1, upgrade
+    header_lines = httpx.get(server.url + "/health", timeout=5).json()["wire"]["websocket_reader"][
+        "header_lines"
+    ]
+    assert header_lines == {"match": "one regex", "unavailable_reason": None}, header_lines
+    assert "header lines matched one by one" not in server.log()
     assert "wire: websocket upgrade requests parsed by plugbus" in server.log()
 
     off = serve({"server": {"websocket_writer": "compatible"}})
@@ -289,3 +341,73 @@ def _upgrade(server: Any) -> dict[str, Any]:
     wire = httpx.get(server.url + "/health", timeout=5).json()["wire"]
     upgrade: dict[str, Any] = wire["websocket_reader"]["upgrade"]
     return upgrade
+
+
+# -- the header lines, matched at once ------------------------------------------------------
+
+#: bytes that sit on the edges of websockets' header grammar
+EDGE = b"aZ09-!~(:;, \t\r\n\x00\x01\x7f\x80\xff"
+HEADER_LINE = st.one_of(
+    st.sampled_from([b"Host: h", b"X-A: \t v \t", b"X-B:", b"Connection: keep-alive, Upgrade"]),
+    st.binary(max_size=12).map(lambda b: bytes(EDGE[x % len(EDGE)] for x in b)),
+)
+
+
+@settings(max_examples=600, deadline=None, database=None, derandomize=True)
+@given(st.lists(HEADER_LINE, max_size=8), st.booleans())
+def test_the_header_lines_matched_at_once_are_judged_as_line_by_line(
+    extra: list[bytes], deflate: bool
+) -> None:
+    """``parse_handshake`` checks a head's header lines with one regex (reader._HEADER_LINES)
+    instead of websockets' name and value patterns line by line: the same verdict for any
+    lines, bytes on the grammar's edges included."""
+    from plugbus.api.wire import reader
+
+    data = request(b"/", *extra)
+    block = reader._HEADER_LINES
+    assert block is not None  # websockets' grammar has the shape the block needs
+    at_once = reader.parse_handshake(data, deflate)
+    reader._HEADER_LINES = None
+    try:
+        line_by_line = reader.parse_handshake(data, deflate)
+    finally:
+        reader._HEADER_LINES = block
+    assert at_once == line_by_line, data
+
+
+def test_the_header_lines_are_matched_one_by_one_for_another_grammar() -> None:
+    """A grammar of another shape (a value class with CR, a token class with ``:``, a
+    pattern that is not one class) gets no block regex: each line is matched on its own."""
+    import re
+
+    from websockets.http11 import _token_re, _value_re
+
+    from plugbus.api.wire.reader import _header_lines
+
+    assert _header_lines(_token_re, _value_re) is not None
+    assert _header_lines(_token_re, re.compile(rb"[\x09\x0d\x20-\x7e]*")) is None
+    assert _header_lines(re.compile(rb"[a-z:]+"), _value_re) is None
+    assert _header_lines(re.compile(rb"(?:[a-z]|-)+"), _value_re) is None
+    assert _header_lines(_token_re, re.compile(rb"[\x21-\x7e]*")) is None  # no SP / HTAB
+    assert _header_lines(None, _value_re) is None
+
+
+def test_header_lines_matched_one_by_one_are_named_in_health_and_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When websockets' grammar does not allow the one regex, ``GET /health``'s wire report
+    and the start-up log say the header lines are matched one by one, and why."""
+    from plugbus.api import app as app_module
+    from plugbus.api.app import create_app
+    from plugbus.api.wire import engine
+    from plugbus.core.config import load_config
+
+    why = "websockets' header grammar is not of the shape one regex needs"
+    monkeypatch.setattr(engine, "HEADER_LINES_UNAVAILABLE", why)
+    monkeypatch.setattr(app_module, "HEADER_LINES_UNAVAILABLE", why)
+    with caplog.at_level(logging.INFO, logger="plugbus"):
+        sio = create_app(load_config(None)).sio  # type: ignore[attr-defined]
+        app_module._log_wire(sio)
+    header_lines = sio.eio.report.as_dict()["websocket_reader"]["header_lines"]
+    assert header_lines == {"match": "line by line", "unavailable_reason": why}
+    assert f"wire: handshake header lines matched one by one ({why})" in caplog.text

@@ -31,7 +31,7 @@ from .request_id import RequestIdMiddleware
 from .rest_door import PublishLimiter, add_plugin_routes, core_router
 from .socket_door import PlugbusSocketServer
 from .wire import SEAM_REPORT, WireApp, limited_http_protocol, reader_protocol, seams
-from .wire.reader import MASK_IMPL
+from .wire.reader import HEADER_LINES_UNAVAILABLE, MASK_IMPL
 from .wire.upgrade import upgrade_protocol, upgrade_unavailable
 
 log = logging.getLogger("plugbus")
@@ -199,6 +199,10 @@ def _log_wire(sio: PlugbusSocketServer) -> None:
         log.warning(
             "wire: websocket frames read through uvicorn's receive queue (%s)",
             report.reader_reason,
+        )
+    if report.reader is not None and HEADER_LINES_UNAVAILABLE:
+        log.warning(
+            "wire: handshake header lines matched one by one (%s)", HEADER_LINES_UNAVAILABLE
         )
     if report.upgrade_reason is None:
         log.info("wire: websocket upgrade requests parsed by plugbus (wire/upgrade.py)")

@@ -452,6 +452,11 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
                         self, sid, eio_sid, args, ns, int(data[start:end]) if end > start else None
                     )
                 return
+        if data == "0":
+            # a CONNECT to "/" without a payload, as nearly every client sends it: what
+            # python-socketio's Packet decodes it to (tests/test_socket_door_connect.py)
+            await self._handle_connect(eio_sid, None, None)
+            return
         try:
             pkt = self.packet_class(encoded_packet=data)
         except Exception as exc:

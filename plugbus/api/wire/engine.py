@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from . import seams
-from .reader import HANDSHAKES, MASK_IMPL, RESUME, ReaderProtocol
+from .reader import HANDSHAKES, HEADER_LINES_UNAVAILABLE, MASK_IMPL, RESUME, ReaderProtocol
 from .session import (
     CLOSING,
     OPEN,
@@ -147,6 +147,10 @@ class WireReport:
                 "unavailable_reason": self.reader_reason,
                 "unmask": MASK_IMPL,
                 "handshakes_in_process": dict(HANDSHAKES),
+                "header_lines": {
+                    "match": "line by line" if HEADER_LINES_UNAVAILABLE else "one regex",
+                    "unavailable_reason": HEADER_LINES_UNAVAILABLE,
+                },
                 "upgrade": {
                     "path": "uvicorn" if self.upgrade_reason else "plugbus",
                     "unavailable_reason": self.upgrade_reason,
