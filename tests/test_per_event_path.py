@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from plugbus import Event, InvalidPayload, MessageRejected, NotAllowed, Origin, Violation
+from plugbus.core import history as history_module
 from plugbus.core.backend import Backend
 from plugbus.core.bus import Bus
 from plugbus.core.config import HistorySettings, load_config
@@ -230,6 +231,85 @@ async def test_a_full_memory_stream_drops_its_oldest_as_trim_did(most: int) -> N
         if 4 - most > 0:
             assert await history.read("/", [StreamRead("room", "r", offsets[3 - most])]) is None
     assert history.watermark == offsets[-1]
+
+
+async def test_a_memory_streams_entries_read_as_the_stored_events_append_made() -> None:
+    """The memory history keeps each event's fields in a plain tuple and makes its
+    StoredEvent when it is read: what read, page and delete answer is what they answered when
+    append stored ``_stored_event(offset, event, args, skip, room)`` (room only for a room)."""
+    history = MemoryHistory(HistorySettings(max_messages=3))
+    sent = [
+        ("room", "r", "m", ("hi",), None),
+        ("room", "r", "m", ("a", {"b": [1]}), "sid-1"),
+        ("sid", "sid-2", "greet", (), None),
+        ("all", None, "news", (b"\x00bin",), "sid-3"),
+        ("room", "r", "m", ("x",), None),
+        ("room", "r", "m", ("y",), "sid-1"),
+    ]
+    made: dict[str, StoredEvent] = {}
+    for i, (kind, target, event, args, skip) in enumerate(sent):
+        # both entry points: the coroutine, and the call Bus.emit makes
+        offset = (
+            await history.append("/", kind, target, event, args, skip)  # type: ignore[arg-type]
+            if i % 2
+            else history.append_now("/", kind, target, event, args, skip)  # type: ignore[arg-type]
+        )
+        made[offset] = _stored_event(offset, event, args, skip, target if kind == "room" else None)
+    offsets = list(made)
+    room = [made[o] for o in offsets if made[o].room == "r"][-3:]
+    assert await history.page("/", "r", None, 10) == room
+    assert await history.page("/", "r", room[0].id, 1) == room[1:2]
+    read = await history.read(
+        "/",
+        [
+            StreamRead("room", "r", offsets[1]),
+            StreamRead("sid", "sid-2", "0-0"),
+            StreamRead("all", None, "0-0"),
+        ],
+    )
+    assert read == [made[offsets[i]] for i in (2, 3, 4, 5)]
+    assert all(type(e) is StoredEvent for e in read or [])
+    assert await history.read("/", [StreamRead("room", "r", "0-0")]) is None  # a gap: trimmed
+    assert await history.delete("/", "r", offsets[4]) is True
+    assert await history.delete("/", "r", offsets[4]) is False
+    assert await history.page("/", "r", None, 10) == [room[0], room[2]]
+    assert history.size() == 4 and history.watermark == offsets[-1]
+
+
+async def test_bus_emit_appends_to_a_memory_history_as_its_coroutine_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Bus.emit`` calls a memory history's ``append_now`` without the coroutine: the same
+    stored event, delivery and offset as awaiting ``append``; any other history (a subclass
+    such as Redis's) is awaited as before."""
+    # one clock reading for both histories, so that their offsets can be compared
+    monkeypatch.setattr(history_module, "_time", lambda: 1_700_000_000.0)
+    loaded = load_config()
+    bus = Bus(loaded.config, load_plugins(loaded))
+    delivered: list[tuple[Any, ...]] = []
+    bus.history.deliver = lambda *a: delivered.append(a)
+    offset = await bus.emit("m", "hi", room="lobby", skip_sid="sid-9")
+    reference = MemoryHistory(bus.history.settings)
+    expected: list[tuple[Any, ...]] = []
+    reference.deliver = lambda *a: expected.append(a)
+    reference._seq = bus.history._seq - 1
+    again = await reference.append("/", "room", "lobby", "m", ("hi",), "sid-9")
+    assert offset == again == bus.history.watermark
+    assert delivered == expected == [("/", "m", ("hi",), "lobby", "room", "sid-9", offset)]
+    assert await bus.history.page("/", "lobby", None, 5) == await reference.page(
+        "/", "lobby", None, 5
+    )
+
+    class Awaited(MemoryHistory):
+        calls = 0
+
+        async def append(self, *args: Any) -> str:  # type: ignore[override]
+            Awaited.calls += 1
+            return await super().append(*args)
+
+    bus.history = Awaited(bus.history.settings)
+    assert await bus.emit("m", "again", room="lobby") == bus.history.watermark
+    assert Awaited.calls == 1
 
 
 @pytest.mark.parametrize(

@@ -337,7 +337,11 @@ class Bus:
                 assert isinstance(self.history, RedisHistory)
                 await self.history.append(ns, kind, target, event, args, skip_sid, keep=False)
                 return None
-            return await self.history.append(ns, kind, target, event, args, skip_sid)
+            store = self.history
+            if type(store) is MemoryHistory:
+                # the memory history's append without its coroutine (it never waits)
+                return store.append_now(ns, kind, target, event, args, skip_sid)
+            return await store.append(ns, kind, target, event, args, skip_sid)
         await self.transport.emit(event, data, room=target, skip_sid=skip_sid, namespace=ns)
         return None
 

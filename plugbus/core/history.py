@@ -305,11 +305,22 @@ def unpack(offset: str, raw: bytes | str) -> tuple[dict[str, Any], StoredEvent]:
 # -- memory ---------------------------------------------------------------------------------
 
 
+#: one event in a memory stream: its offset as a key, then StoredEvent's five fields (id,
+#: event, args, skip, room). A plain tuple: the StoredEvent is made when the event is read
+#: (:func:`_entry_event`), not on every append.
+_Entry = tuple[tuple[int, int], str, str, tuple[Any, ...], str | None, str | None]
+
+
+def _entry_event(entry: _Entry) -> StoredEvent:
+    """The :class:`StoredEvent` a memory stream's entry holds."""
+    return _stored_event(entry[1], entry[2], entry[3], entry[4], entry[5])
+
+
 @dataclass(slots=True)
 class _Stream:
     max_messages: int
     max_age_ms: int
-    entries: deque[tuple[tuple[int, int], StoredEvent]]
+    entries: deque[_Entry]
     floor: tuple[int, int] = (0, 0)
 
     def trim(self, now_ms: int) -> None:
@@ -370,13 +381,27 @@ class MemoryHistory:
         skip: str | None,
     ) -> str:
         """Store an event and deliver it on this node; return its offset."""
+        return self.append_now(namespace, kind, target, event, args, skip)
+
+    def append_now(
+        self,
+        namespace: str,
+        kind: Kind,
+        target: str | None,
+        event: str,
+        args: tuple[Any, ...],
+        skip: str | None,
+    ) -> str:
+        """:meth:`append` without its coroutine: a memory history never waits, so
+        ``Bus.emit`` calls this directly (once per emitted event)."""
         # _next, inline (once per emitted event)
         now = int(_time() * 1000)
         if now > self._ms:  # never backwards, whatever the clock does
             self._ms = now
-        self._seq += 1
-        key = (self._ms, self._seq)
-        offset = f"{key[0]}-{key[1]}"
+        ms = self._ms
+        seq = self._seq = self._seq + 1
+        key = (ms, seq)
+        offset = f"{ms}-{seq}"
         stream = self._streams.get((namespace, kind, target))
         if stream is None:
             stream = self._stream(namespace, kind, target)
@@ -385,12 +410,10 @@ class MemoryHistory:
             # a full stream (every event, once a room has a history): the oldest goes, as
             # trim would take it after the append, without trim's call and loop
             stream.floor = entries.popleft()[0]
-        entries.append(
-            (key, _stored_event(offset, event, args, skip, target if kind == "room" else None))
-        )
+        entries.append((key, offset, event, args, skip, target if kind == "room" else None))
         # trim only when something is to go: the first test of each of trim's loops
-        if len(entries) > stream.max_messages or entries[0][0][0] < key[0] - stream.max_age_ms:
-            stream.trim(key[0])
+        if len(entries) > stream.max_messages or entries[0][0][0] < ms - stream.max_age_ms:
+            stream.trim(ms)
         self.watermark = offset
         if self.deliver is not None:
             self.deliver(namespace, event, args, target, kind, skip, offset)
@@ -400,7 +423,7 @@ class MemoryHistory:
         """Every stored event after each stream's offset, merged in offset order; None when
         one of the streams trimmed an event the reader has not seen (a gap)."""
         now = int(time.time() * 1000)
-        out: list[tuple[tuple[int, int], StoredEvent]] = []
+        out: list[_Entry] = []
         for want in streams:
             stream = self._streams.get((namespace, want.kind, want.name))
             if stream is None:
@@ -411,7 +434,7 @@ class MemoryHistory:
                 return None
             out.extend(entry for entry in stream.entries if entry[0] > after)
         out.sort(key=lambda entry: entry[0])
-        return [event for _, event in out]
+        return [_entry_event(entry) for entry in out]
 
     async def page(
         self, namespace: str, room: str, after: str | None, limit: int
@@ -424,9 +447,9 @@ class MemoryHistory:
         stream.trim(int(time.time() * 1000))
         start = parse_offset(after) if after is not None else (0, 0)
         out = []
-        for key, event in stream.entries:
-            if start is None or key > start:
-                out.append(event)
+        for entry in stream.entries:
+            if start is None or entry[0] > start:
+                out.append(_entry_event(entry))
                 if len(out) >= limit:
                     break
         return out
@@ -437,8 +460,8 @@ class MemoryHistory:
         key = parse_offset(offset)
         if stream is None or key is None:
             return False
-        for i, (k, _event) in enumerate(stream.entries):
-            if k == key:
+        for i, entry in enumerate(stream.entries):
+            if entry[0] == key:
                 del stream.entries[i]
                 return True
         return False
