@@ -21,7 +21,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from plugbus import Event, InvalidPayload, MessageRejected, NotAllowed, Origin, Violation
+from plugbus import (
+    Event,
+    EventDropped,
+    InvalidPayload,
+    MessageRejected,
+    NotAllowed,
+    Origin,
+    Violation,
+)
 from plugbus.core import history as history_module
 from plugbus.core.backend import Backend
 from plugbus.core.bus import Bus
@@ -691,3 +699,176 @@ def test_membership_and_room_sizes_read_the_attached_transport_as_the_property_d
         bus.is_member("sid-1", "r1")
     with pytest.raises(RuntimeError, match="no transport"):
         bus.room_size("r1")
+
+
+MODERATE = "plugins_for_tests.moderate_plugins"
+
+
+def _moderate_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *names: str) -> Bus:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    path = tmp_path / "config.yaml"
+    modules = {name.lower(): f"{MODERATE}:{name}" for name in names}
+    path.write_text(
+        yaml.safe_dump({"plugins": {"builtins": [], "entry_points": False, "modules": modules}}),
+        encoding="utf-8",
+    )
+    loaded = load_config(path)
+    return Bus(loaded.config, load_plugins(loaded))
+
+
+async def _outcome(call: Any) -> tuple[list[Any], Any]:
+    from plugins_for_tests import moderate_plugins
+
+    moderate_plugins.RECORD.clear()
+    try:
+        result: Any = await call()
+        if isinstance(result, Event):
+            result = (type(result).__name__, result.model_dump())
+    except Exception as exc:  # the same exception, by type and message
+        result = (type(exc).__name__, str(exc))
+    return list(moderate_plugins.RECORD), result
+
+
+MODERATED_TEXTS = [
+    "hello",
+    "mask",
+    "drop-first",
+    "wrong-first",
+    "defer-mask",
+    "no-deferred",
+    "drop-last",
+]
+
+
+@pytest.mark.parametrize("text", MODERATED_TEXTS)
+async def test_moderate_without_a_coroutine_calls_as_the_general_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """``Hooks.moderate_now`` runs synchronous implementations in the call and hands the rest
+    of the walk to a coroutine from the first that returns an awaitable; ``Hooks.moderate``
+    goes through it. Either way: the same calls in the same order, the same event (masked or
+    not), the same exception, and each call timed, as the general walk (the one monitors and
+    tracing take) does it."""
+    from plugins_for_tests.moderate_plugins import Say
+
+    bus = _moderate_bus(tmp_path, monkeypatch, "First", "Deferred", "Last")
+    timings = bus.hooks.time_implementations()
+    ctx = bus.context(Origin.SOCKET, Connection("sid-1", "/"))
+
+    def counts() -> dict[str, int]:
+        return {plugin: entry[0] for (hook, plugin), entry in timings.stats.items()}
+
+    fast = await _outcome(lambda: bus.hooks.moderate(Say(text=text), ctx))
+    fast_counts = counts()
+    bus.hooks._trace = True  # the general walk (_call, _ainvoke), as a monitor would take
+    try:
+        general = await _outcome(lambda: bus.hooks.moderate(Say(text=text), ctx))
+    finally:
+        bus.hooks._trace = False
+    assert fast == general
+    if text in ("hello", "mask", "defer-mask", "wrong-first"):
+        # timed alike both times (an implementation that raises is timed by the general walk
+        # only, as before this shortcut: the per-event walk counts what returned)
+        assert {p: n * 2 for p, n in fast_counts.items()} == counts()
+    # pluggy's order (the last registered first); a replacement is what the next one sees
+    calls = [
+        ("last", text),
+        ("first", text),
+        ("deferred called", text),
+        ("deferred awaited", text),
+    ]
+    masked = [*calls[:2], ("deferred called", "****"), ("deferred awaited", "****")]
+    every = {"last": 1, "first": 1, "deferred": 1}
+    expected = {
+        "hello": (calls, ("Say", {"text": "hello"}), every),
+        "mask": (masked, ("Say", {"text": "****"}), every),
+        "drop-first": (calls[:2], ("EventDropped", "first drops"), {"last": 1}),
+        "wrong-first": (
+            calls[:2],
+            (
+                "TypeError",
+                "plugbus_moderate of plugin 'first' returned Whisper; expected None or a Say",
+            ),
+            {"last": 1, "first": 1},
+        ),
+        "defer-mask": (calls, ("Say", {"text": "deferred ****"}), every),
+        "no-deferred": (calls, ("NotAllowed", "deferred says no"), {"last": 1, "first": 1}),
+        "drop-last": (calls[:1], ("EventDropped", "last drops"), {}),
+    }[text]
+    assert fast[0] == expected[0]
+    assert fast[1] == expected[1]
+    assert fast_counts == expected[2]
+
+
+async def test_moderate_now_makes_no_coroutine_while_every_implementation_answers_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugins_for_tests import moderate_plugins
+    from plugins_for_tests.moderate_plugins import Say
+
+    bus = _moderate_bus(tmp_path, monkeypatch, "First", "Last")
+    ctx = bus.context(Origin.SOCKET, Connection("sid-1", "/"))
+    moderate_plugins.RECORD.clear()
+    event = Say(text="hello")
+    assert bus.hooks.moderate_now(event, ctx) is event
+    masked = bus.hooks.moderate_now(Say(text="mask"), ctx)
+    assert type(masked) is Say and masked.text == "****"
+    assert moderate_plugins.RECORD == [
+        ("last", "hello"),
+        ("first", "hello"),
+        ("last", "mask"),
+        ("first", "mask"),
+    ]
+    with pytest.raises(EventDropped, match="first drops"):
+        bus.hooks.moderate_now(Say(text="drop-first"), ctx)
+    # one implementation that returns an awaitable: the rest of the walk, to await
+    bus = _moderate_bus(tmp_path, monkeypatch, "First", "Deferred", "Last")
+    ctx = bus.context(Origin.SOCKET, Connection("sid-1", "/"))
+    pending = bus.hooks.moderate_now(Say(text="defer-mask"), ctx)
+    assert inspect.isawaitable(pending)
+    done = await pending
+    assert type(done) is Say and done.text == "deferred ****"
+
+
+@pytest.mark.parametrize("text", MODERATED_TEXTS)
+@pytest.mark.parametrize("name", ["say", "whisper"])
+async def test_dispatch_args_answers_as_publish_of_the_parsed_event(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    text: str,
+    name: str,
+) -> None:
+    """``Bus.dispatch_args`` runs ``publish``'s steps inline: the same history flag, the same
+    moderation, a drop answered None and logged alike, the same handler's answer or
+    exception."""
+    bus = _moderate_bus(tmp_path, monkeypatch, "First", "Deferred", "Last")
+
+    async def run(inline: bool) -> tuple[tuple[list[Any], Any], bool, list[str]]:
+        ctx = bus.context(Origin.SOCKET, Connection("sid-1", "/"))
+        caplog.clear()
+        if inline:
+            outcome = await _outcome(lambda: bus.dispatch_args(name, [{"text": text}], ctx))
+        else:
+            outcome = await _outcome(
+                lambda: bus.publish(bus.events.parse_args(name, [{"text": text}], "/"), ctx)
+            )
+        return outcome, ctx.history, [r.getMessage() for r in caplog.records]
+
+    with caplog.at_level("INFO", logger="plugbus.bus"):
+        inline = await run(True)
+        published = await run(False)
+    assert inline == published
+    (record, result), history, logged = inline
+    assert history is (name == "say")
+    if text.startswith("drop-"):
+        assert result is None
+        assert logged == [f"dropped {name} from sid-1: {text.split('-')[1]} drops"]
+    elif text in ("hello", "mask", "defer-mask"):
+        assert result == {
+            "text": {"hello": "hello", "mask": "****"}.get(text, "deferred ****"),
+            "history": name == "say",
+        }
+        assert record[-1][0] == "handled"
+    else:
+        assert result[0] in ("TypeError", "NotAllowed")

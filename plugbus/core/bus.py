@@ -39,7 +39,7 @@ from .history import (
     StreamRead,
     later,
 )
-from .hooks import Hooks
+from .hooks import DONE, Hooks
 from .loader import LoadedPlugins, PluginInfo
 from .moderation import ModerationRule
 from .presence import LocalPresence, SharedPresence
@@ -240,7 +240,19 @@ class Bus:
     async def dispatch_args(self, name: Any, args: list[Any], ctx: EventContext) -> Any:
         """:meth:`dispatch` for a Socket.IO event's arguments (everything after its name):
         positional arguments for events that declare ``positional``, else one payload."""
-        return await self.publish(self.events.parse_args(name, args, ctx.namespace), ctx)
+        # publish's steps, without its coroutine (every socket event; tested against it)
+        event = self.events.parse_args(name, args, ctx.namespace)
+        cls = type(event)
+        if not cls.history:
+            ctx.history = False
+        try:
+            moderated = self.hooks.moderate_now(event, ctx)
+            if type(moderated) is not cls:  # the rest of the walk, to await
+                moderated = await moderated  # type: ignore[misc]
+        except EventDropped as drop:
+            log.info("dropped %s from %s: %s", event.event_name, ctx.sid or ctx.origin, drop.reason)
+            return None
+        return await self.hooks.handle_event(moderated, ctx)
 
     async def publish(self, event: Event, ctx: EventContext) -> Any:
         """Run an already-validated event through moderation and handling.
@@ -398,7 +410,9 @@ class Bus:
 
         :raises NotAllowed: a plugin refused.
         """
-        await self.hooks.authorize_join(connection, room, self)
+        pending = self.hooks.authorize_join(connection, room, self)
+        if pending is not DONE:  # a walk that ran in the call has nothing left to await
+            await pending
 
     def is_member(self, sid: str, room: str) -> bool:
         """Whether connection ``sid`` (on this node) is in ``room``."""

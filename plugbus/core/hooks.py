@@ -338,7 +338,8 @@ class _Done:
         yield  # a generator function, finished at its first step
 
 
-_DONE = _Done()
+#: the one done awaitable (callers may skip awaiting it: ``is DONE``)
+DONE = _DONE = _Done()
 
 
 def _timed(timings: ImplTimings, hook: str, call: _Call, started: float) -> None:
@@ -739,30 +740,10 @@ class Hooks:
 
     async def moderate(self, event: Event, ctx: EventContext) -> Event:
         """``plugbus_moderate``: chained; returns the event as the last implementation left it."""
-        fast = self._moderate.fast
-        if fast is not None and not self._monitors and not self._trace:
-            # The per-event path: no wrapper, no monitor, nothing but the calls (each timed
-            # when metrics ask, with two clock reads and a few additions)
-            timings = self.timings
-            for call in fast:
-                started = _perf_counter() if timings is not None else 0.0
-                if call.pair:
-                    replaced = call.function(event, ctx)
-                else:
-                    replaced = call.function(
-                        *[event if a == "event" else ctx for a in call.argnames]
-                    )
-                # a coroutine by its exact type first: inspect.isawaitable tries more
-                if call.is_async or (
-                    replaced is not None
-                    and (type(replaced) is _Coroutine or inspect.isawaitable(replaced))
-                ):
-                    replaced = await replaced
-                if timings is not None:
-                    _timed(timings, "plugbus_moderate", call, started)
-                if replaced is not None:
-                    event = _checked_replacement(call.plugin_name, event, replaced)
-            return event
+        if self._moderate.fast is not None and not self._monitors and not self._trace:
+            moderated = self.moderate_now(event, ctx)
+            # a replacement has the event's exact type (checked); the rest of a walk does not
+            return moderated if type(moderated) is type(event) else await moderated  # type: ignore[misc]
         hook = self._moderate
         kwargs = {"event": event, "ctx": ctx}
 
@@ -776,6 +757,70 @@ class Hooks:
             return moderated
 
         return await self._call(hook, kwargs, walk)  # type: ignore[no-any-return]
+
+    def moderate_now(self, event: Event, ctx: EventContext) -> Event | Awaitable[Event]:
+        """:meth:`moderate` without its coroutine while no implementation needs awaiting (the
+        per-event path): the event as the walk left it, which has ``event``'s exact type, when
+        the walk ran in the call; else an awaitable of it (the rest of the walk, or, with
+        wrappers, monitors or tracing, :meth:`moderate` itself). Raises what the walk raises."""
+        fast = self._moderate.fast
+        if fast is None or self._monitors or self._trace:
+            return self.moderate(event, ctx)
+        # no wrapper, no monitor, nothing but the calls (each timed when metrics ask, with two
+        # clock reads and a few additions)
+        timings = self.timings
+        for index, call in enumerate(fast):
+            started = _perf_counter() if timings is not None else 0.0
+            if call.pair:
+                replaced = call.function(event, ctx)
+            else:
+                replaced = call.function(*[event if a == "event" else ctx for a in call.argnames])
+            # a coroutine by its exact type first: inspect.isawaitable tries more
+            if call.is_async or (
+                replaced is not None
+                and (type(replaced) is _Coroutine or inspect.isawaitable(replaced))
+            ):
+                return self._moderate_rest(replaced, fast, index, started, event, ctx)
+            if timings is not None:
+                _timed(timings, "plugbus_moderate", call, started)
+            if replaced is not None:
+                event = _checked_replacement(call.plugin_name, event, replaced)
+        return event
+
+    async def _moderate_rest(
+        self,
+        pending: Awaitable[Any],
+        fast: list[_Call],
+        index: int,
+        started: float,
+        event: Event,
+        ctx: EventContext,
+    ) -> Event:
+        """:meth:`moderate_now` from the implementation at ``index``, whose result ``pending``
+        is to be awaited, on: what the walk does from there."""
+        timings = self.timings
+        call = fast[index]
+        replaced = await pending
+        if timings is not None:
+            _timed(timings, "plugbus_moderate", call, started)
+        if replaced is not None:
+            event = _checked_replacement(call.plugin_name, event, replaced)
+        for call in fast[index + 1 :]:
+            started = _perf_counter() if timings is not None else 0.0
+            if call.pair:
+                replaced = call.function(event, ctx)
+            else:
+                replaced = call.function(*[event if a == "event" else ctx for a in call.argnames])
+            if call.is_async or (
+                replaced is not None
+                and (type(replaced) is _Coroutine or inspect.isawaitable(replaced))
+            ):
+                replaced = await replaced
+            if timings is not None:
+                _timed(timings, "plugbus_moderate", call, started)
+            if replaced is not None:
+                event = _checked_replacement(call.plugin_name, event, replaced)
+        return event
 
     async def handle_event(self, event: Event, ctx: EventContext) -> Any:
         """``plugbus_handle_event``: in order, the first non-None result wins."""
