@@ -830,7 +830,7 @@ async def test_moderate_now_makes_no_coroutine_while_every_implementation_answer
     assert type(done) is Say and done.text == "deferred ****"
 
 
-@pytest.mark.parametrize("text", MODERATED_TEXTS)
+@pytest.mark.parametrize("text", [*MODERATED_TEXTS, "pass-on", "first-handle", "defer-handle"])
 @pytest.mark.parametrize("name", ["say", "whisper"])
 async def test_dispatch_args_answers_as_publish_of_the_parsed_event(
     tmp_path: Path,
@@ -840,35 +840,71 @@ async def test_dispatch_args_answers_as_publish_of_the_parsed_event(
     name: str,
 ) -> None:
     """``Bus.dispatch_args`` runs ``publish``'s steps inline: the same history flag, the same
-    moderation, a drop answered None and logged alike, the same handler's answer or
-    exception."""
+    moderation, a drop answered None and logged alike, the same handlers (plain, ``async def``,
+    arguments in another order) called in the same order, the same answer or exception, each
+    call timed alike; ``publish`` through the general walks (tracing on) answers the same."""
     bus = _moderate_bus(tmp_path, monkeypatch, "First", "Deferred", "Last")
+    timings = bus.hooks.time_implementations()
 
-    async def run(inline: bool) -> tuple[tuple[list[Any], Any], bool, list[str]]:
+    def counts() -> dict[tuple[str, str], int]:
+        return {key: entry[0] for key, entry in timings.stats.items()}
+
+    async def run(way: str) -> tuple[tuple[list[Any], Any], bool, list[str], Any]:
         ctx = bus.context(Origin.SOCKET, Connection("sid-1", "/"))
         caplog.clear()
-        if inline:
+        before = counts()
+        if way == "inline":
             outcome = await _outcome(lambda: bus.dispatch_args(name, [{"text": text}], ctx))
         else:
-            outcome = await _outcome(
-                lambda: bus.publish(bus.events.parse_args(name, [{"text": text}], "/"), ctx)
-            )
-        return outcome, ctx.history, [r.getMessage() for r in caplog.records]
+            bus.hooks._trace = way == "general"
+            try:
+                outcome = await _outcome(
+                    lambda: bus.publish(bus.events.parse_args(name, [{"text": text}], "/"), ctx)
+                )
+            finally:
+                bus.hooks._trace = False
+        after = counts()
+        timed = {key: n - before.get(key, 0) for key, n in after.items()}
+        logged = [r.getMessage() for r in caplog.records if r.name == "plugbus.bus"]
+        return outcome, ctx.history, logged, timed
 
     with caplog.at_level("INFO", logger="plugbus.bus"):
-        inline = await run(True)
-        published = await run(False)
+        inline = await run("inline")
+        published = await run("publish")
+        general = await run("general")
     assert inline == published
-    (record, result), history, logged = inline
+    if text not in ("drop-first", "no-deferred", "drop-last"):
+        assert inline == general  # (raising implementations: timed by the general walk only)
+    else:
+        assert inline[:3] == general[:3]
+    (record, result), history, logged, timed = inline
     assert history is (name == "say")
+    handled = [r for r in record if "handle" in r[0]]
     if text.startswith("drop-"):
         assert result is None
         assert logged == [f"dropped {name} from sid-1: {text.split('-')[1]} drops"]
+        assert handled == []
     elif text in ("hello", "mask", "defer-mask"):
-        assert result == {
-            "text": {"hello": "hello", "mask": "****"}.get(text, "deferred ****"),
-            "history": name == "say",
+        shown = {"hello": "hello", "mask": "****"}.get(text, "deferred ****")
+        assert result == {"text": shown, "history": name == "say"}
+        assert handled == [("handled", shown)]
+        assert timed[("plugbus_handle_event", "last")] == 1
+        assert ("plugbus_handle_event", "first") not in timed
+    elif text == "first-handle":
+        assert result == {"first": text}
+        assert handled == [("first handles", text)]
+    elif text == "defer-handle":
+        assert result == {"deferred": text, "history": name == "say"}
+        assert handled == [("first handles", text), ("deferred handles", text)]
+        assert timed[("plugbus_handle_event", "deferred")] == 1
+    elif text == "pass-on":
+        assert result is None
+        assert handled == [("first handles", text), ("deferred handles", text)]
+        assert {k[1] for k in timed if k[0] == "plugbus_handle_event"} == {
+            "last",
+            "first",
+            "deferred",
         }
-        assert record[-1][0] == "handled"
     else:
         assert result[0] in ("TypeError", "NotAllowed")
+        assert handled == []

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 from plugbus import Event, EventContext, EventDropped, NotAllowed, Plugin, hookimpl
 
 RECORD: list[Any] = []
+#: texts the last plugin leaves to the others' ``plugbus_handle_event``
+HANDLED_LATER = ("pass-on", "first-handle", "defer-handle")
 
 
 class Say(Event):
@@ -43,6 +45,13 @@ class First(Plugin):
             return Whisper(text="x") if type(event) is Say else Say(text="x")
         return None
 
+    @hookimpl
+    def plugbus_handle_event(self, ctx: EventContext, event: Event) -> Any:
+        """Answers ``first-handle`` (its arguments the other way round)."""
+        text = getattr(event, "text", None)
+        RECORD.append(("first handles", text))
+        return {"first": text} if text == "first-handle" else None
+
 
 class Deferred(Plugin):
     """Returns a coroutine: masks ``defer-mask`` and refuses ``no-deferred`` from it."""
@@ -63,6 +72,13 @@ class Deferred(Plugin):
 
         return check()
 
+    @hookimpl
+    async def plugbus_handle_event(self, event: Event, ctx: EventContext) -> Any:
+        """Answers ``defer-handle`` (``async def``)."""
+        text = getattr(event, "text", None)
+        RECORD.append(("deferred handles", text))
+        return {"deferred": text, "history": ctx.history} if text == "defer-handle" else None
+
 
 class Last(Plugin):
     """Takes its arguments the other way round; drops ``drop-last``; handles both events."""
@@ -82,7 +98,7 @@ class Last(Plugin):
     @hookimpl
     def plugbus_handle_event(self, event: Event, ctx: EventContext) -> Any:
         """What arrived, and whether it is kept in history."""
-        if isinstance(event, Say):
+        if isinstance(event, Say) and event.text not in HANDLED_LATER:
             RECORD.append(("handled", event.text))
             return {"text": event.text, "history": ctx.history}
         return None
