@@ -908,3 +908,50 @@ async def test_dispatch_args_answers_as_publish_of_the_parsed_event(
     else:
         assert result[0] in ("TypeError", "NotAllowed")
         assert handled == []
+
+
+@pytest.mark.parametrize("room", ["open", "no-first", "no-deferred", "no-last"])
+@pytest.mark.parametrize("kinds", [("a", "b", "c"), ("a", "c")])
+async def test_bus_authorize_join_answers_as_the_general_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, room: str, kinds: tuple[str, ...]
+) -> None:
+    """``Bus.authorize_join`` awaits the walk only when it has something left to await (an
+    implementation that returned an awaitable): the same calls, the same refusal as the
+    general walk, with and without such an implementation."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    from plugins_for_tests import join_plugins
+
+    names = {"a": "First", "b": "Deferred", "c": "Last"}
+    path = tmp_path / "config.yaml"
+    modules = {kind: f"{JOIN}:{names[kind]}" for kind in kinds}
+    path.write_text(
+        yaml.safe_dump({"plugins": {"builtins": [], "entry_points": False, "modules": modules}}),
+        encoding="utf-8",
+    )
+    loaded = load_config(path)
+    bus = Bus(loaded.config, load_plugins(loaded))
+    connection = Connection("sid-1", "/")
+
+    async def outcome(call: Any) -> tuple[list[Any], Any]:
+        join_plugins.RECORD.clear()
+        try:
+            await call()
+            result: Any = "passed"
+        except NotAllowed as exc:
+            result = exc.message
+        return list(join_plugins.RECORD), result
+
+    through_bus = await outcome(lambda: bus.authorize_join(connection, room))
+    general = await outcome(
+        lambda: bus.hooks._each(
+            "plugbus_authorize_join",
+            {"connection": connection, "room": room, "bus": bus},
+            keep_going=False,
+        )
+    )
+    assert through_bus == general
+    refused = {"no-first": "first says no", "no-last": "last says no"}
+    if "b" in kinds:
+        refused["no-deferred"] = "deferred says no"
+    assert through_bus[1] == refused.get(room, "passed")
+    assert ("deferred awaited", room) in through_bus[0] or "b" not in kinds or room == "no-last"
