@@ -745,10 +745,9 @@ async def test_moderate_without_a_coroutine_calls_as_the_general_walk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
 ) -> None:
     """``Hooks.moderate_now`` runs synchronous implementations in the call and hands the rest
-    of the walk to a coroutine from the first that returns an awaitable; ``Hooks.moderate``
-    goes through it. Either way: the same calls in the same order, the same event (masked or
-    not), the same exception, and each call timed, as the general walk (the one monitors and
-    tracing take) does it."""
+    of the walk to a coroutine from the first that returns an awaitable. It, ``Hooks.moderate``
+    and the general walk (the one monitors and tracing take) make the same calls in the same
+    order, give the same event (masked or not) or the same exception, and time each call."""
     from plugins_for_tests.moderate_plugins import Say
 
     bus = _moderate_bus(tmp_path, monkeypatch, "First", "Deferred", "Last")
@@ -758,8 +757,15 @@ async def test_moderate_without_a_coroutine_calls_as_the_general_walk(
     def counts() -> dict[str, int]:
         return {plugin: entry[0] for (hook, plugin), entry in timings.stats.items()}
 
-    fast = await _outcome(lambda: bus.hooks.moderate(Say(text=text), ctx))
+    async def now() -> Any:
+        moderated = bus.hooks.moderate_now(Say(text=text), ctx)
+        return moderated if type(moderated) is Say else await moderated  # type: ignore[misc]
+
+    fast = await _outcome(now)
     fast_counts = counts()
+    assert await _outcome(lambda: bus.hooks.moderate(Say(text=text), ctx)) == fast
+    assert {p: n * 2 for p, n in fast_counts.items()} == counts()
+    fast_counts = {p: n // 2 for p, n in counts().items()}
     bus.hooks._trace = True  # the general walk (_call, _ainvoke), as a monitor would take
     try:
         general = await _outcome(lambda: bus.hooks.moderate(Say(text=text), ctx))
@@ -769,7 +775,7 @@ async def test_moderate_without_a_coroutine_calls_as_the_general_walk(
     if text in ("hello", "mask", "defer-mask", "wrong-first"):
         # timed alike both times (an implementation that raises is timed by the general walk
         # only, as before this shortcut: the per-event walk counts what returned)
-        assert {p: n * 2 for p, n in fast_counts.items()} == counts()
+        assert {p: n * 3 for p, n in fast_counts.items()} == counts()
     # pluggy's order (the last registered first); a replacement is what the next one sees
     calls = [
         ("last", text),

@@ -740,10 +740,30 @@ class Hooks:
 
     async def moderate(self, event: Event, ctx: EventContext) -> Event:
         """``plugbus_moderate``: chained; returns the event as the last implementation left it."""
-        if self._moderate.fast is not None and not self._monitors and not self._trace:
-            moderated = self.moderate_now(event, ctx)
-            # a replacement has the event's exact type (checked); the rest of a walk does not
-            return moderated if type(moderated) is type(event) else await moderated  # type: ignore[misc]
+        fast = self._moderate.fast
+        if fast is not None and not self._monitors and not self._trace:
+            # The per-event path: no wrapper, no monitor, nothing but the calls (each timed
+            # when metrics ask, with two clock reads and a few additions)
+            timings = self.timings
+            for call in fast:
+                started = _perf_counter() if timings is not None else 0.0
+                if call.pair:
+                    replaced = call.function(event, ctx)
+                else:
+                    replaced = call.function(
+                        *[event if a == "event" else ctx for a in call.argnames]
+                    )
+                # a coroutine by its exact type first: inspect.isawaitable tries more
+                if call.is_async or (
+                    replaced is not None
+                    and (type(replaced) is _Coroutine or inspect.isawaitable(replaced))
+                ):
+                    replaced = await replaced
+                if timings is not None:
+                    _timed(timings, "plugbus_moderate", call, started)
+                if replaced is not None:
+                    event = _checked_replacement(call.plugin_name, event, replaced)
+            return event
         hook = self._moderate
         kwargs = {"event": event, "ctx": ctx}
 
