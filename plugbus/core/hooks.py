@@ -782,7 +782,8 @@ class Hooks:
         """:meth:`moderate` without its coroutine while no implementation needs awaiting (the
         per-event path): the event as the walk left it, which has ``event``'s exact type, when
         the walk ran in the call; else an awaitable of it (the rest of the walk, or, with
-        wrappers, monitors or tracing, :meth:`moderate` itself). Raises what the walk raises."""
+        wrappers, an implementation with keyword arguments, monitors or tracing,
+        :meth:`moderate` itself). Raises what the walk raises."""
         fast = self._moderate.fast
         if fast is None or self._monitors or self._trace:
             return self.moderate(event, ctx)
