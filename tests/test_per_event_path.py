@@ -311,9 +311,9 @@ async def test_bus_emit_appends_to_a_memory_history_as_its_coroutine_does(
     class Awaited(MemoryHistory):
         calls = 0
 
-        async def append(self, *args: Any) -> str:  # type: ignore[override]
+        async def append(self, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
             Awaited.calls += 1
-            return await super().append(*args)
+            return await super().append(*args, **kwargs)
 
     bus.history = Awaited(bus.history.settings)
     assert await bus.emit("m", "again", room="lobby") == bus.history.watermark

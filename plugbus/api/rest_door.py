@@ -66,7 +66,10 @@ class Health(BaseModel):
     backend: dict[str, Any] = Field(
         description='The shared-state backend: `kind` ("memory" or "redis") and, for Redis, '
         'its URL (password masked) and `reply_parser`: "hiredis" (redis-py\'s C parser) or '
-        '"python" (the slower fallback, also logged as a warning at start-up).'
+        '"python" (the slower fallback, also logged as a warning at start-up); '
+        "`overlapping_appends`: `on`, whether a websocket connection's next event may start "
+        "while the ones before it wait for their appends, and `unavailable_reason` when not "
+        "(also logged at start-up)."
     )
 
 
@@ -234,7 +237,11 @@ def core_router(
             sessions=len(wire.sessions),
             plugins=[p.name for p in bus.plugins],
             wire=wire.report.as_dict(),
-            backend=bus.backend.report(),
+            backend=(
+                bus.backend.report()
+                if (overlap := bus.append_overlap()) is None
+                else {**bus.backend.report(), "overlapping_appends": overlap}
+            ),
         )
 
     @router.get(

@@ -56,7 +56,7 @@ from plugbus.core import (
     RateLimited,
 )
 from plugbus.core.events import ack_arguments
-from plugbus.core.history import FeedEvent, StoredEvent, later, parse_offset
+from plugbus.core.history import PARKING, FeedEvent, StoredEvent, later, parse_offset, wait_turn
 from plugbus.core.ratelimit import TokenBucket
 from plugbus.core.recovery import Recovery, SessionMismatch, SuspendedSession
 
@@ -585,6 +585,11 @@ class PlugbusSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         except Exception:
             log.exception("event %r from %s failed", name, sid)
             error = self._refusal(InternalError("internal error while handling the event"), name)
+        parking = PARKING.get()
+        if parking is not None and parking.behind:
+            # started while this connection's earlier events wait for their appends: its
+            # answer goes after theirs
+            await wait_turn()
         # the event's schema, looked up once for the metrics and the ack
         event_cls = self.bus.events.get(name, namespace) if isinstance(name, str) else None
         metrics = self.metrics

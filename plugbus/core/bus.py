@@ -34,10 +34,12 @@ from .history import (
     FeedEvent,
     Kind,
     MemoryHistory,
+    Parking,
     RedisHistory,
     StoredEvent,
     StreamRead,
     later,
+    wait_turn,
 )
 from .hooks import DONE, Hooks
 from .loader import LoadedPlugins, PluginInfo
@@ -301,6 +303,7 @@ class Bus:
         skip_sid: str | None = None,
         namespace: str | None = None,
         history: bool = True,
+        last: bool = False,
     ) -> str | None:
         """Send ``event`` to a room, to one connection (``to``), or to everyone (neither), in
         ``namespace`` (the default namespace when None).
@@ -319,6 +322,12 @@ class Bus:
         replayed to clients that recover, unless ``history`` is False (ephemeral events: typing
         indicators, presence pings), the room keeps none (``server.history.rooms``), or it goes
         to a connection of this node that was not offered recovery (nothing would read it).
+
+        ``last`` says that this call is the last thing the handling of the current event
+        does: the ``plugbus_handle_event`` implementation making it returns a result (not
+        None) once it returns, and does nothing else. With a Redis backend, an event from a
+        websocket connection may then let the connection's next event start while this one
+        waits for Redis (docs/deployment.md, "the order of a connection's events").
 
         :return: the event's offset in history (its message id there), or None when it was
             not kept.
@@ -342,18 +351,22 @@ class Bus:
                 keep = False
         if keep or isinstance(self.history, RedisHistory):
             args = data if isinstance(data, tuple) else (() if data is None else (data,))
+            store = self.history
+            if type(store) is MemoryHistory:  # (so keep is True)
+                # the memory history's append without its coroutine (it never waits)
+                return store.append_now(ns, kind, target, event, args, skip_sid)
+            # nothing of the event's handling runs after this append (the caller's word, and
+            # no hook wrapper or monitor after the handler): its connection's reader may
+            # start the next event while it waits
+            park = last and Parking.wanted and self.hooks.handle_event_ends_with_result()
             if not keep:
                 # Across nodes, an ephemeral event takes the feed too (issue #18): the one
                 # path between nodes that resumes after Redis went away, so nothing a client
                 # can be sent is silently dropped on the way to another node.
-                assert isinstance(self.history, RedisHistory)
-                await self.history.append(ns, kind, target, event, args, skip_sid, keep=False)
+                assert isinstance(store, RedisHistory)
+                await store.append(ns, kind, target, event, args, skip_sid, keep=False, park=park)
                 return None
-            store = self.history
-            if type(store) is MemoryHistory:
-                # the memory history's append without its coroutine (it never waits)
-                return store.append_now(ns, kind, target, event, args, skip_sid)
-            return await store.append(ns, kind, target, event, args, skip_sid)
+            return await store.append(ns, kind, target, event, args, skip_sid, park=park)
         await self.transport.emit(event, data, room=target, skip_sid=skip_sid, namespace=ns)
         return None
 
@@ -386,6 +399,7 @@ class Bus:
         :raises NotFound: no live connection has that id.
         :raises NotAllowed: a plugin refused the join.
         """
+        await wait_turn()
         return bool(await self.cluster.on_owner(sid, "bus.join", {"room": room}))
 
     async def _join_here(self, sid: str, room: str) -> bool:
@@ -429,6 +443,7 @@ class Bus:
         :return: True when it left, False when it was not a member (no hook runs).
         :raises NotFound: no live connection has that id.
         """
+        await wait_turn()
         return bool(await self.cluster.on_owner(sid, "bus.leave", {"room": room}))
 
     async def _leave_here(self, sid: str, room: str) -> bool:
@@ -832,6 +847,27 @@ class Bus:
             await self.presence.beat()
             self._watch = asyncio.create_task(self._watch_nodes(), name="plugbus-node-watch")
         await self.hooks.startup(self)
+        overlap = self.append_overlap()
+        if overlap is not None and not overlap["on"]:
+            # said once, at start-up and in /health: no silent fallback to one append at a time
+            log.warning(
+                "history: a connection's events wait for each other's appends (%s)",
+                overlap["unavailable_reason"],
+            )
+
+    def append_overlap(self) -> dict[str, Any] | None:
+        """Whether a websocket connection's next event may start while the events before it
+        wait for their appends (``bus.emit(..., last=True)``; docs/deployment.md), and if not,
+        why; None with the memory backend (nothing waits)."""
+        history = self.history
+        if not isinstance(history, RedisHistory):
+            return None
+        reason = None
+        if history.replicas:
+            reason = "server.backend_replicas: each append waits for the replicas"
+        elif not self.hooks.handle_event_ends_with_result():
+            reason = "plugbus_handle_event has a wrapper, or hook calls are monitored or traced"
+        return {"on": reason is None, "unavailable_reason": reason}
 
     async def _watch_nodes(self) -> None:
         """Heartbeat this node every second; clean up after nodes that stopped theirs: their

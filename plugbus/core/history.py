@@ -31,9 +31,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
 
@@ -44,6 +45,41 @@ if TYPE_CHECKING:
     from .config import HistorySettings
 
 log = logging.getLogger("plugbus.history")
+
+
+class Parking:
+    """A connection's word with its reader about ordered appends: while the reader runs one of
+    the connection's messages eagerly (``eager``), an append that suspends on the line's
+    future records that future (``future``), so that the reader knows, exactly, that the
+    message is suspended on nothing but its own append."""
+
+    __slots__ = ("behind", "eager", "future")
+
+    #: set once a Redis history that can park (no ``backend_replicas``) was made in this
+    #: process: until then the reader keeps no ``Parking`` (nothing per message)
+    wanted: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.eager = False
+        #: the message running eagerly was started while earlier ones wait for their appends:
+        #: what it says or does, but for its own append, waits for its turn
+        self.behind = False
+        self.future: asyncio.Future[Any] | None = None
+
+
+#: set once in a connection's context by the direct websocket reader
+PARKING: ContextVar[Parking | None] = ContextVar("plugbus_parking", default=None)
+
+
+async def wait_turn() -> None:
+    """Return once the messages of this connection before the running one are finished: at
+    once, unless it was started while they waited for their appends (``Parking.behind``);
+    then it suspends, which holds it (and what follows it) until the reader's host has
+    finished them."""
+    parking = PARKING.get()
+    if parking is not None and parking.behind:
+        await asyncio.sleep(0)
+
 
 #: Which stream an event goes to: a room's, one connection's (direct), or everyone's.
 Kind = Literal["room", "sid", "all"]
@@ -379,8 +415,11 @@ class MemoryHistory:
         event: str,
         args: tuple[Any, ...],
         skip: str | None,
+        *,
+        park: bool = False,
     ) -> str:
-        """Store an event and deliver it on this node; return its offset."""
+        """Store an event and deliver it on this node; return its offset. (``park`` is
+        :meth:`RedisHistory.append`'s: nothing waits here.)"""
         return self.append_now(namespace, kind, target, event, args, skip)
 
     def append_now(
@@ -1001,6 +1040,8 @@ class RedisHistory(MemoryHistory):
         self._packed: dict[tuple[str, str, str | None], tuple[bytes, bytes]] = {}
         #: replicas that must confirm an append before it is acknowledged (``WAIT``)
         self.replicas = replicas
+        if not replicas:
+            Parking.wanted = True
         self._replica_timeout_ms = max(1, round(replica_timeout * 1000))
         self._reader: Any = None
         self._listener: asyncio.Task[None] | None = None
@@ -1038,10 +1079,14 @@ class RedisHistory(MemoryHistory):
         args: tuple[Any, ...],
         skip: str | None,
         keep: bool = True,
+        *,
+        park: bool = False,
     ) -> str:
         """Store the event in Redis (its stream, unless ``keep`` is False, and the feed every
         node reads, this one included, which delivers it from there); return its offset once
-        Redis has it.
+        Redis has it. ``park``: nothing of the event's handling follows this append (bus.emit's
+        ``last``), so that the connection's reader, while it runs the event, may be told that
+        it waits for this append only (:class:`Parking`).
 
         :raises BackendUnavailable: Redis did not take it (down, or no answer within the
             backend's command timeout): nothing was acknowledged.
@@ -1062,12 +1107,17 @@ class RedisHistory(MemoryHistory):
                 stream = self._packed.get((namespace, kind, target))
                 if stream is None:
                     stream = self._pack_stream(namespace, kind, target)
-                offset = await self._line.append(
+                future = self._line.append(
                     stream[0],
                     b"".join(
                         (stream[1], _KEEP if keep else _EPHEMERAL, *[bulk(v) for v in values])
                     ),
                 )
+                if park:
+                    parking = PARKING.get()
+                    if parking is not None and parking.eager:
+                        parking.future = future
+                offset = await future
                 if isinstance(offset, Exception):
                     raise offset
         except Exception as exc:

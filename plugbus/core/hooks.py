@@ -843,6 +843,11 @@ class Hooks:
                 event = _checked_replacement(call.plugin_name, event, replaced)
         return event
 
+    def handle_event_ends_with_result(self) -> bool:
+        """Whether ``plugbus_handle_event``'s call ends as soon as an implementation returns
+        a result: no wrapper, hook-call monitor or trace runs after it."""
+        return self._handle.fast is not None and not self._monitors and not self._trace
+
     async def handle_event(self, event: Event, ctx: EventContext) -> Any:
         """``plugbus_handle_event``: in order, the first non-None result wins."""
         fast = self._handle.fast

@@ -231,9 +231,11 @@ class Bus(Protocol):
         skip_sid: str | None = None,
         namespace: str | None = None,
         history: bool = True,
+        last: bool = False,
     ) -> str | None:
         """Send ``event`` to a room, one connection, or everyone; ``history=False`` keeps it
-        out of the history. The event's offset when it was stored, else None."""
+        out of the history; ``last``: the event handler returns its result right after. The
+        event's offset when it was stored, else None."""
         ...
 
     async def join(self, sid: str, room: str) -> bool:

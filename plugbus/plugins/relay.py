@@ -337,6 +337,7 @@ class RelayPlugin(Plugin):
                 skip_sid=skip,
                 namespace=ctx.namespace,
                 history=ctx.history,
+                last=True,
             )
         return {"id": message_id, "room": room, "recipients": recipients}
 
@@ -421,6 +422,8 @@ class RelayPlugin(Plugin):
             skip_sid=skip_sid,
             namespace=ctx.namespace,
             history=ctx.history,
+            # every caller returns its result right after this (bus.emit's ``last``)
+            last=True,
         )
 
     @hookimpl

@@ -26,7 +26,11 @@ uvicorn's path: ``asyncio.timeout``, redis-py and ``Bus.close_connection`` need 
 context of the connection's own. If it suspends, later messages of the connection wait behind
 it (order per connection is kept: Socket.IO acks and events stay in order) and the
 connection's task, woken through uvicorn's receive queue, finishes them; while any wait,
-reading is paused, as uvicorn's receive queue does.
+reading is paused, as uvicorn's receive queue does. One exception: a Socket.IO event suspended
+on nothing but its own history append (``Parking``, in :mod:`plugbus.core.history`) lets the
+next event start (at most :data:`MAX_PARKED` wait so), which is what lets one connection's
+appends go to Redis in batches; what runs after each append, and everything else, still runs
+in arrival order (docs/deployment.md, "The order of a connection's events").
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS
 from websockets.protocol import State
 from websockets.streams import StreamReader
+
+from plugbus.core.history import PARKING, Parking
 
 from .writers import LeanReceiveQueue
 
@@ -98,6 +104,10 @@ _NOT_STARTED = object()
 #: put in uvicorn's receive queue to wake the connection's task: a message suspended
 RESUME: Any = {"type": "plugbus.reader.resume"}
 
+#: messages of one connection suspended on their own history appends at most (then reading
+#: waits, as behind any other suspension)
+MAX_PARKED = 64
+
 
 class _Resume:
     """Awaiting this drives a message's coroutine to its end from wherever it is: not started
@@ -132,6 +142,50 @@ class _Resume:
             return
 
 
+async def _raising(exc: Exception) -> None:
+    raise exc
+
+
+class _Parked:
+    """Awaiting this finishes a message parked on its own append (``future``, the line's):
+    while the host waits for that future and nothing else, the reader may start the
+    connection's next message; once the future is answered, the rest runs as :class:`_Resume`
+    runs it."""
+
+    __slots__ = ("_context", "_coro", "_future", "_reader")
+
+    def __init__(
+        self, reader: ReaderProtocol, context: Context, coro: Coroutine[Any, Any, None], future: Any
+    ) -> None:
+        self._reader = reader
+        self._context = context
+        self._coro = coro
+        self._future = future
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        reader, coro = self._reader, self._coro
+        reader._host_running = False
+        try:
+            sent = yield self._future
+        except GeneratorExit:
+            reader._host_running = True
+            coro.close()
+            raise
+        except BaseException as exc:  # the append's failure, or a cancellation
+            reader._host_running = True
+            try:
+                value = self._context.run(coro.throw, exc)
+            except StopIteration:
+                return
+        else:
+            reader._host_running = True
+            try:
+                value = self._context.run(coro.send, sent)
+            except StopIteration:
+                return
+        yield from _Resume(self._context, coro, value).__await__()
+
+
 class ReaderProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol with plugbus's direct frame reader and eager,
     in-order dispatch (see the module docstring)."""
@@ -155,6 +209,14 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     _pending: tuple[Coroutine[Any, Any, None], Any] | None = None
     _backlog: deque[str | bytes] | None = None
     _busy = False
+    #: messages suspended on nothing but their own history append, in order, not yet taken
+    #: by the host; the connection's :class:`Parking`; whether the host runs anything
+    #: but the wait for a parked message's append
+    _parked: deque[tuple[Context, Coroutine[Any, Any, None], Any]] | None = None
+    _parking: Parking | None = None
+    _host_running = False
+    #: the context of the held message when it started behind parked ones (else None)
+    _pending_context: Context | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -394,6 +456,10 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
         self._session = session
         self._host = host
         self._context = copy_context()
+        if Parking.wanted:
+            self._parking = Parking()
+            self._parked = deque()
+            self._context.run(PARKING.set, self._parking)
         self._direct = True
         if queued:
             # the caller is the host task itself, so these cannot run eagerly: the first
@@ -431,33 +497,80 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
             self._deliver(bytes(data))
 
     def _deliver(self, message: str | bytes) -> None:
+        behind = False
         if self._busy:
-            backlog = self._backlog
-            if backlog is None:
-                backlog = self._backlog = deque()
-            backlog.append(message)
-            if not self.read_paused:
-                self.read_paused = True
-                self.transport.pause_reading()
-            return
+            parked = self._parked
+            if (
+                parked is not None
+                and self._pending is None
+                and not self._host_running
+                and not self._backlog
+                and len(parked) < MAX_PARKED
+                and type(message) is str
+                and message[:2] == "42"
+            ):
+                # everything before it waits for its own append only: a Socket.IO event
+                # may start now (its answer waits for its turn: the socket door)
+                behind = True
+            else:
+                backlog = self._backlog
+                if backlog is None:
+                    backlog = self._backlog = deque()
+                backlog.append(message)
+                if not self.read_paused:
+                    self.read_paused = True
+                    self.transport.pause_reading()
+                return
         coro = self._sink.reader_message(self._session, message)  # type: ignore[union-attr]
         if coro is None:
             return
+        # only a Socket.IO event (an Engine.IO message, "4", of packet type EVENT, "2") may
+        # park: its handler's append is what it may wait for while the next one starts
+        parking = self._parking
+        if parking is not None and (type(message) is not str or message[:2] != "42"):
+            parking = None
         loop, host = self.loop, self._host
         try:
             _enter_task(loop, host)
         except RuntimeError:  # pragma: no cover - called from inside a task, not a callback
             self._pend(coro, _NOT_STARTED)
             return
+        if parking is not None:
+            parking.eager = True
+            parking.behind = behind
+            parking.future = None
+        # a message started behind parked ones runs in a copy of the connection's context:
+        # what it sets (log fields) must not show in theirs, which finish after it started
+        context = self._context
+        if behind:
+            context = context.copy()  # type: ignore[union-attr]
         try:
-            yielded = self._context.run(coro.send, None)  # type: ignore[union-attr]
+            yielded = context.run(coro.send, None)  # type: ignore[union-attr]
         except StopIteration:
             return
         except Exception as exc:
+            if behind:
+                # what the failure does (the session closes) waits for the events before it
+                self._pending = (_raising(exc), _NOT_STARTED)
+                self._pending_context = context
+                return
             self._sink.reader_failed(self._session, exc)  # type: ignore[union-attr]
             return
         finally:
             _leave_task(loop, host)
+            if parking is not None:
+                parking.eager = parking.behind = False
+        if parking is not None and yielded is parking.future and yielded is not None:
+            parking.future = None
+            self._parked.append((context, coro, yielded))  # type: ignore[union-attr,arg-type]
+            if not self._busy:
+                self._busy = True
+                self.queue.put_nowait(RESUME)
+            return
+        if behind:
+            self._pending = (coro, yielded)
+            self._pending_context = context
+            return
         self._pend(coro, yielded)
 
     def _pend(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
@@ -468,22 +581,38 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     async def run_pending(self) -> None:
         """Finish the suspended message, then the messages that arrived behind it (called
         by the connection's task when it receives :data:`RESUME`)."""
-        pending, self._pending = self._pending, None
         sink, session, context = self._sink, self._session, self._context
         assert sink is not None and context is not None
+        parked = self._parked
+        self._host_running = True
         try:
-            if pending is not None:
-                await _Resume(context, *pending)
-            backlog = self._backlog
-            while backlog:
+            # the parked messages first (each started before anything held), then the one
+            # held behind them, then those read while it was held: the order they came in
+            while True:
+                if parked:
+                    await _Parked(self, *parked.popleft())
+                    continue
+                pending, self._pending = self._pending, None
+                if pending is not None:
+                    own, self._pending_context = self._pending_context, None
+                    await _Resume(own or context, *pending)
+                    continue
+                backlog = self._backlog
+                if not backlog:
+                    break
                 coro = sink.reader_message(session, backlog.popleft())
                 if coro is not None:
                     await _Resume(context, coro, _NOT_STARTED)
         except Exception as exc:
             if self._backlog:
                 self._backlog.clear()
+            for _, coro, _ in parked or ():
+                coro.close()
+            if parked:
+                parked.clear()
             sink.reader_failed(session, exc)
         finally:
+            self._host_running = False
             self._busy = False
             if self.read_paused and not self.close_sent:
                 self.read_paused = False
@@ -492,8 +621,12 @@ class ReaderProtocol(WebSocketsSansIOProtocol):
     def abandon(self) -> None:
         """The connection's task is ending: drop what waits (a suspended message is closed)."""
         pending, self._pending = self._pending, None
+        self._pending_context = None
         if pending is not None:
             pending[0].close()
+        parked = self._parked
+        while parked:
+            parked.popleft()[1].close()
         if self._backlog:
             self._backlog.clear()
         self._busy = False
