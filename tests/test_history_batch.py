@@ -386,3 +386,20 @@ async def test_appends_work_without_hiredis(
     finally:
         await h._line.stop()
         await backend.stop()
+
+
+async def test_a_node_refuses_to_start_when_redis_py_has_no_stream_writer_to_take_over(
+    redis_server: RedisServer,
+) -> None:
+    """The line's one private detail of redis-py is checked when the history starts, not at
+    the first publish."""
+    backend = Backend(redis_server.url)
+    await backend.start()
+    try:
+        h = RedisHistory(HistorySettings(), backend)
+        del h._line._conn._writer  # what a redis-py without the attribute would give
+        with pytest.raises(RuntimeError, match="_writer"):
+            await h.start()
+        assert h._listener is None  # nothing was left following the feed
+    finally:
+        await backend.stop()

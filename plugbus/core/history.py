@@ -734,6 +734,16 @@ class _Line:
         self._running = False
 
     def start(self) -> None:
+        """Take appends from now on.
+
+        :raises RuntimeError: redis-py's connection lacks the stream writer this line takes
+            over (``_writer``, set by redis 8.1's connection constructor): the node refuses to
+            start rather than refuse every publish later."""
+        if not hasattr(self._conn, "_writer"):
+            raise RuntimeError(
+                f"redis-py {_redis_version()}'s connection has no stream writer (_writer): "
+                "plugbus's history appends cannot take it over (verified with redis 8.1)"
+            )
         self._running = True
 
     async def stop(self) -> None:
@@ -1216,7 +1226,10 @@ class RedisHistory(MemoryHistory):
 
     async def start(self) -> None:
         """Take the current clock as this node's watermark (every event after it reaches
-        this node through the feed), then follow the feed from there."""
+        this node through the feed), then follow the feed from there.
+
+        :raises RuntimeError: the appends' line cannot be had (:meth:`_Line.start`)."""
+        self._line.start()
         clock = await self._call("read the clock", lambda r: r.hmget(self._clock, "ms", "seq"))
         if clock[0] is not None and clock[1] is not None:
             self.watermark = later(self.watermark, f"{clock[0]}-{clock[1]}")
@@ -1225,7 +1238,6 @@ class RedisHistory(MemoryHistory):
         # would only take apart again
         self._reader.set_response_callback("XREAD", _raw_reply)
         self._listener = asyncio.create_task(self._follow(), name="plugbus-history-feed")
-        self._line.start()
         self._backend.cache.feed = self
 
     async def stop(self) -> None:
