@@ -71,8 +71,10 @@ SOCKETIO_MANAGERS = Seam(
         "AsyncManager.basic_leave_room",
         "AsyncManager.basic_disconnect",
         "AsyncManager.rooms",
+        "AsyncManager.get_participants",
     ),
-    "the room index beside the managers' room table",
+    "the room index beside the managers' room table, and a connection's own room as a plain "
+    "dict (room_index.SidRoom: get_participants reads a room's forward map as room._fwdm)",
 )
 UVICORN_WEBSOCKET = Seam(
     "uvicorn",
