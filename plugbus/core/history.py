@@ -1037,11 +1037,6 @@ class RedisHistory(MemoryHistory):
     coalesce_s = 0.002
     #: The longest that wait grows to on a busy node (below).
     coalesce_max_s = 0.008
-    #: Seconds between one read's reply and the next read past which that read also checks
-    #: the feed for a trimmed gap: a node whose previous read was not full was at the feed's
-    #: end, so only a stall this long (or more than feed_length events appended within it)
-    #: can leave it behind the trim.
-    stall_s = 0.25
     #: Seconds a write to cached keys waits at most for every live node to read its
     #: invalidation (a node that has not by then is named in a warning).
     invalidate_timeout = 1.0
@@ -1079,6 +1074,8 @@ class RedisHistory(MemoryHistory):
         #: the feed's entries up to the watermark (its count of entries added then), counted
         #: per batch read: a trim of more than these took entries this node never read
         self._counted = 0
+        #: a gap was said from a lower bound (the node behind): the rest of it is not another
+        self._gap_open = False
         #: why trimmed gaps cannot be detected (Redis before 7.0), or None when they can
         self.gap_detection_unavailable: str | None = None
 
@@ -1305,14 +1302,14 @@ class RedisHistory(MemoryHistory):
         loop = asyncio.get_running_loop()
         pause = self.coalesce_s
         # whether the next read may find entries trimmed before this node read them: the first
-        # read, the first after the feed was lost, each after a full batch (behind), and any
-        # after a stall (stall_s); the others stay one blocking XREAD
+        # read, the first after the feed was lost and each after a full batch (behind): a read
+        # that skips trimmed entries is full (the feed keeps far more than read_count after
+        # the trim), so the check follows it; the others stay one blocking XREAD
         detects = self.gap_detection_unavailable is None
         check = detects
-        read_at = loop.time()
         while True:
             try:
-                if check or (detects and loop.time() - read_at > self.stall_s):
+                if check:
                     reply = await self._read_checked()
                 else:
                     reply = await self._reader.execute_command(
@@ -1345,7 +1342,6 @@ class RedisHistory(MemoryHistory):
                 )
                 lost_at = None
             check = False
-            read_at = loop.time()
             if not reply:
                 continue
             # the raw reply (the reader has no XREAD callback): RESP2 [[feed, entries]],
@@ -1375,12 +1371,14 @@ class RedisHistory(MemoryHistory):
         ``XINFO STREAM`` of it, in one ``MULTI``/``EXEC`` so the two see the same feed, and
         say a gap when there is one. Returns the ``XREAD`` reply.
 
-        Only the append scripts' trims delete the feed's entries (nothing deletes from it with ``XDEL``),
-        oldest first, so ``entries-added`` less ``length`` is how many are gone, and the
-        node counts the entries it read (:attr:`_counted`: every entry up to its
-        watermark, per batch): when more are gone than that, the rest were trimmed before
-        it read them. (``max-deleted-entry-id`` cannot tell: Redis 7.0 moves it on
-        ``XDEL`` only, not on trims.)"""
+        Only the append scripts' trims delete the feed's entries (nothing deletes from it
+        with ``XDEL``), oldest first. The node counts the entries up to its watermark
+        (:attr:`_counted`: ``entries-added`` when it started, then per batch read); the feed
+        says how many there are: ``entries-added`` less the entries after the watermark
+        (this read's, when it took them all), or at least ``entries-added`` less ``length``
+        (those gone). More than counted: the rest were trimmed before this node read them.
+        (``max-deleted-entry-id`` cannot tell: Redis 7.0 moves it on ``XDEL`` only, not on
+        trims.)"""
         start = self.watermark
         pipe = self._reader.pipeline(transaction=True)
         pipe.execute_command("XINFO STREAM", self.feed)
@@ -1390,19 +1388,39 @@ class RedisHistory(MemoryHistory):
             raise reply
         fields = _info(info)
         added = fields.get("entries-added", 0)
-        gone = added - fields.get("length", 0)
         if added < self._counted:
             # a feed that started again (Redis lost its data): all of it is after the watermark
             self._counted = 0
-        if gone > self._counted:
+        entries = (
+            reply.get(self.feed, ()) if isinstance(reply, dict) else (reply or [[0, []]])[0][1]
+        )
+        if len(entries) < self.read_count:
+            # the read took every entry after the watermark: the rest are up to it, so it is
+            # the added-th less these; counted short of that, the gap was skipped (by this
+            # read or by an unchecked one since the last check)
+            upto, exact = added - len(entries), True
+        else:
+            # entries after the watermark remain unread: those gone are up to it at least
+            upto, exact = added - fields.get("length", 0), False
+        if upto <= self._counted:
+            if exact:
+                self._gap_open = False
+            return reply
+        missed, self._counted = upto - self._counted, upto
+        if self._gap_open:
+            # the rest of a gap already said, told apart once the node caught up
+            log.info("history feed: %d more entries of the gap said before are gone", missed)
+            self._gap_open = not exact
+        else:
+            self._gap_open = not exact
             self.feed_gaps += 1
-            missed, self._counted = gone - self._counted, gone
             # invalidations among the trimmed entries are missed: nothing cached survives
             self._backend.cache.clear()
             log.warning(
-                "history feed trimmed before this node read it: %d entries after %s and before "
-                "%s are gone (the feed keeps about %d); this node's connections may have missed "
-                "events between them, and they are not delivered again",
+                "history feed trimmed before this node read it: %d entries it never read are "
+                "gone (its watermark %s, the oldest entry left %s; the feed keeps about %d): "
+                "this node's connections may have missed those events, which are not "
+                "delivered again",
                 missed,
                 start,
                 fields.get("recorded-first-entry-id"),
