@@ -69,9 +69,9 @@ class Health(BaseModel):
         '"python" (the slower fallback, also logged as a warning at start-up); '
         "`overlapping_appends`: `on`, whether a websocket connection's next event may start "
         "while the ones before it wait for their appends, and `unavailable_reason` when not "
-        "(also logged at start-up); `history_feed`: the cluster's feed as this node follows "
-        "it, its `watermark`, `gaps` (times it found entries trimmed before it read them: "
-        "its connections may have missed those events) and `gap_detection` (false before "
+        "(also logged at start-up); `history_feed`: the cluster's feed as followed here: "
+        "the `watermark`, `gaps` (times entries were found trimmed before they were read: "
+        "connections here may have missed those events) and `gap_detection` (false before "
         "Redis 7.0, with `unavailable_reason`; also logged at start-up)."
     )
 
