@@ -1407,6 +1407,8 @@ class RedisHistory(MemoryHistory):
                 self._gap_open = False
             return reply
         missed, self._counted = upto - self._counted, upto
+        # invalidations among the trimmed entries are missed: nothing cached survives
+        self._backend.cache.clear()
         if self._gap_open:
             # the rest of a gap already said, told apart once the node caught up
             log.info("history feed: %d more entries of the gap said before are gone", missed)
@@ -1414,8 +1416,6 @@ class RedisHistory(MemoryHistory):
         else:
             self._gap_open = not exact
             self.feed_gaps += 1
-            # invalidations among the trimmed entries are missed: nothing cached survives
-            self._backend.cache.clear()
             log.warning(
                 "history feed trimmed before this node read it: %d entries it never read are "
                 "gone (its watermark %s, the oldest entry left %s; the feed keeps about %d): "
