@@ -91,7 +91,7 @@ async def test_a_follower_behind_the_trim_reports_one_gap_clears_its_copy_and_go
     nodes: tuple[Node, Node], redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     follower, writer = nodes
-    await follower.history.following.wait()
+    await asyncio.wait_for(follower.history.following.wait(), 10)
     await writer.publish(["before"])
     await until(lambda: follower.got == ["before"])
     await follower.pause()
@@ -138,7 +138,7 @@ async def test_a_follower_behind_without_a_trim_reports_nothing_and_misses_nothi
     nodes: tuple[Node, Node],
 ) -> None:
     follower, writer = nodes
-    await follower.history.following.wait()
+    await asyncio.wait_for(follower.history.following.wait(), 10)
     await follower.pause()
     follower.backend.cache._values["plugbus:moderation:ban"] = "cached"
     # fewer than the feed keeps, more than one read takes: read in several full batches
@@ -158,7 +158,7 @@ async def test_a_stalled_follower_that_read_a_short_batch_last_still_finds_the_g
     that was not full, while another client appends past the trim. The next read, an
     unchecked one, skips the gap; being full, the check after it finds it."""
     follower, writer = nodes
-    await follower.history.following.wait()
+    await asyncio.wait_for(follower.history.following.wait(), 10)
     feed, clock = follower.history.feed, follower.backend.key("history", "clock")
     script = follower.history._script.script
 
