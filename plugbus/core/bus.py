@@ -119,8 +119,7 @@ class Bus:
         self._transport: Transport | None = None
         self.recovery = server.recovery
         self.history: MemoryHistory = MemoryHistory(server.history)
-        self.history.deliver = self._deliver
-        self.history.deliver_many = self._deliver_many
+        self._wire_history()
         self.sessions: MemorySessions = MemorySessions(server.recovery.max_disconnection_s)
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -136,8 +135,15 @@ class Bus:
     def attach(self, transport: Transport) -> None:
         """Give the bus the socket server it delivers through (done once, by the socket door)."""
         self._transport = transport
-        # history hands stored events to the transport itself (what _deliver would do)
-        self.history.deliver = transport.deliver_stored
+        self._wire_history()
+
+    def _wire_history(self) -> None:
+        """Point history's delivery at this node's connections: the attached transport's
+        ``deliver_stored`` itself (what :meth:`_deliver` would do, without a call between), or
+        :meth:`_deliver` until a transport is attached."""
+        transport = self._transport
+        self.history.deliver = transport.deliver_stored if transport is not None else self._deliver
+        self.history.deliver_many = self._deliver_many
 
     @property
     def transport(self) -> Transport:
@@ -835,10 +841,7 @@ class Bus:
                 replicas=self.config.server.backend_replicas,
                 replica_timeout=self.config.server.backend_replica_timeout,
             )
-            self.history.deliver = (
-                self._transport.deliver_stored if self._transport is not None else self._deliver
-            )
-            self.history.deliver_many = self._deliver_many
+            self._wire_history()
             self.sessions = RedisSessions(self.recovery.max_disconnection_s, self.backend)
         await self.history.start()
         await self.presence.start()
