@@ -67,6 +67,13 @@ def sanction_details(sanction: Sanction) -> dict[str, Any]:
     return sanction.model_dump(mode="json", include={"reason", "kind", "expires_at"})
 
 
+def _violation(sanction: Sanction | None, verb: str) -> Violation | None:
+    """The violation a sanction in force makes (``verb``: "banned", "muted"), or None."""
+    if sanction is None:
+        return None
+    return Violation(describe_sanction(sanction, verb), details=sanction_details(sanction))
+
+
 class BanRule:
     """``ban``: events from a banned connection are refused (a ban also disconnects it and
     refuses its reconnects; this catches an event racing the disconnect)."""
@@ -87,16 +94,10 @@ class BanRule:
         found = self.store.find_sanctioned_now(keys)
         if found is None:
             return self._check_later(keys)
-        ban = found[0]
-        if ban is None:
-            return None
-        return Violation(describe_sanction(ban, "banned"), details=sanction_details(ban))
+        return _violation(found[0], "banned")
 
     async def _check_later(self, keys: list[str]) -> Violation | None:
-        ban = await self.store.find_sanctioned(keys)
-        if ban is None:
-            return None
-        return Violation(describe_sanction(ban, "banned"), details=sanction_details(ban))
+        return _violation(await self.store.find_sanctioned(keys), "banned")
 
 
 class MuteRule:
@@ -118,16 +119,10 @@ class MuteRule:
         found = self.store.find_sanctioned_now(keys)
         if found is None:
             return self._check_later(keys)
-        mute = found[0]
-        if mute is None:
-            return None
-        return Violation(describe_sanction(mute, "muted"), details=sanction_details(mute))
+        return _violation(found[0], "muted")
 
     async def _check_later(self, keys: list[str]) -> Violation | None:
-        mute = await self.store.find_sanctioned(keys)
-        if mute is None:
-            return None
-        return Violation(describe_sanction(mute, "muted"), details=sanction_details(mute))
+        return _violation(await self.store.find_sanctioned(keys), "muted")
 
 
 class FloodRule:
