@@ -221,11 +221,5 @@ async def test_health_says_which_redis_reply_parser_is_used(two_nodes, default_s
     # hiredis is a dependency: the C parser, not redis-py's Python fallback
     assert backend["reply_parser"] == "hiredis"
     assert "@" not in backend["url"] or "***" in backend["url"]
-    # the feed's trimmed gaps: none yet, and Redis here (7.x) can tell them
-    feed = backend["history_feed"]
-    assert (feed["gaps"], feed["gap_detection"], feed["unavailable_reason"]) == (0, True, None)
-    async with httpx.AsyncClient(base_url=a.url) as http:
-        text = (await http.get("/metrics")).text
-    assert "plugbus_history_feed_gaps_total 0.0" in text
     async with httpx.AsyncClient(base_url=default_server.url) as http:
         assert (await http.get("/health")).json()["backend"] == {"kind": "memory"}

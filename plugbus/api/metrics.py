@@ -250,15 +250,6 @@ class _Collector(Collector):
         for kind, count in sorted(stats.errors.items()):
             errors.add_metric([kind], count)
         yield errors
-        feed = self.m.bus.feed_report()
-        yield CounterMetricFamily(
-            "plugbus_history_feed_gaps",
-            "Times this node found entries of the cluster's history feed trimmed before it "
-            "read them (it fell more than the feed's length behind): its connections may have "
-            "missed those events (zero with the memory backend, or before Redis 7.0, which "
-            "cannot tell: see /health).",
-            value=feed["gaps"] if feed is not None else 0,
-        )
 
 
 def metrics_router(bus: Bus, metrics: Metrics) -> APIRouter:

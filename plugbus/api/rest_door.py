@@ -69,10 +69,7 @@ class Health(BaseModel):
         '"python" (the slower fallback, also logged as a warning at start-up); '
         "`overlapping_appends`: `on`, whether a websocket connection's next event may start "
         "while the ones before it wait for their appends, and `unavailable_reason` when not "
-        "(also logged at start-up); `history_feed`: the cluster's feed as followed here: "
-        "the `watermark`, `gaps` (times entries were found trimmed before they were read: "
-        "connections here may have missed those events) and `gap_detection` (false before "
-        "Redis 7.0, with `unavailable_reason`; also logged at start-up)."
+        "(also logged at start-up)."
     )
 
 
@@ -192,17 +189,6 @@ class PublishLimiter:
                 del self._buckets[k]
 
 
-def backend_report(bus: Bus) -> dict[str, Any]:
-    """``/health``'s backend: the backend's own report, then (Redis) whether appends overlap
-    and the history feed as this node follows it."""
-    report = bus.backend.report()
-    if (overlap := bus.append_overlap()) is not None:
-        report["overlapping_appends"] = overlap
-    if (feed := bus.feed_report()) is not None:
-        report["history_feed"] = feed
-    return report
-
-
 def core_router(
     bus: Bus, wire: Any, limiter: PublishLimiter | None = None, lifecycle: Any = None
 ) -> APIRouter:
@@ -251,7 +237,11 @@ def core_router(
             sessions=len(wire.sessions),
             plugins=[p.name for p in bus.plugins],
             wire=wire.report.as_dict(),
-            backend=backend_report(bus),
+            backend=(
+                bus.backend.report()
+                if (overlap := bus.append_overlap()) is None
+                else {**bus.backend.report(), "overlapping_appends": overlap}
+            ),
         )
 
     @router.get(

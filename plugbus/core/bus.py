@@ -858,12 +858,6 @@ class Bus:
                 overlap["unavailable_reason"],
             )
 
-    def feed_report(self) -> dict[str, Any] | None:
-        """The cluster's history feed as this node follows it (its watermark, the trimmed
-        gaps it found, whether it can find them); None with the memory backend."""
-        history = self.history
-        return history.feed_report() if isinstance(history, RedisHistory) else None
-
     def append_overlap(self) -> dict[str, Any] | None:
         """Whether a websocket connection's next event may start while the events before it
         wait for their appends (``bus.emit(..., last=True)``; docs/deployment.md), and if not,

@@ -996,15 +996,6 @@ def _mget(keys: list[str], redis: Any) -> Awaitable[list[Any]]:
     return redis.mget(keys)  # type: ignore[no-any-return]
 
 
-def _info(reply: Any) -> dict[str, Any]:
-    """``XINFO STREAM``'s reply as a dict (empty for an error: no feed yet)."""
-    if isinstance(reply, dict):
-        return reply
-    if isinstance(reply, list):  # RESP2 without redis-py's callback: names and values
-        return dict(zip(reply[::2], reply[1::2], strict=False))
-    return {}
-
-
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
@@ -1069,15 +1060,6 @@ class RedisHistory(MemoryHistory):
         self._invalidate: Any = self._redis.register_script(INVALIDATE_SCRIPT)
         #: the last invalidation this node read from the feed (acknowledged in ``seen:<node>``)
         self._invalidated: str | None = None
-        #: trimmed gaps this node found in the feed (entries trimmed before it read them)
-        self.feed_gaps = 0
-        #: the feed's entries up to the watermark (its count of entries added then), counted
-        #: per batch read: a trim of more than these took entries this node never read
-        self._counted = 0
-        #: a gap was said from a lower bound (the node behind): the rest of it is not another
-        self._gap_open = False
-        #: why trimmed gaps cannot be detected (Redis before 7.0), or None when they can
-        self.gap_detection_unavailable: str | None = None
 
     def _key(self, namespace: str, kind: Kind, name: str | None, floor: bool = False) -> str:
         code = _KIND_CODE[kind]
@@ -1248,23 +1230,7 @@ class RedisHistory(MemoryHistory):
 
         :raises RuntimeError: the appends' line cannot be had (:meth:`_Line.start`)."""
         self._line.start()
-        server = await self._call("read the server's version", lambda r: r.info("server"))
-        version = str(server.get("redis_version", "0"))
-        if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < (7, 0):
-            # said once, at start-up and in /health: no silent fallback
-            self.gap_detection_unavailable = (
-                f"Redis {version}'s XINFO STREAM has no entries-added (Redis 7.0)"
-            )
-            log.warning(
-                "history: a node that falls more than %d events behind the feed skips the "
-                "trimmed ones unnoticed: %s",
-                self.feed_length,
-                self.gap_detection_unavailable,
-            )
-        clock, info = await self._call("read the clock", self._read_clock)
-        # the script that takes an offset from the clock adds its entry to the feed, atomically:
-        # every entry up to the clock is on the feed's count of entries added, none after it
-        self._counted = _info(info).get("entries-added", 0)
+        clock = await self._call("read the clock", lambda r: r.hmget(self._clock, "ms", "seq"))
         if clock[0] is not None and clock[1] is not None:
             self.watermark = later(self.watermark, f"{clock[0]}-{clock[1]}")
         self._reader = self._backend.blocking_client(self.block_ms / 1000 + 2)
@@ -1273,12 +1239,6 @@ class RedisHistory(MemoryHistory):
         self._reader.set_response_callback("XREAD", _raw_reply)
         self._listener = asyncio.create_task(self._follow(), name="plugbus-history-feed")
         self._backend.cache.feed = self
-
-    def _read_clock(self, redis: Any) -> Awaitable[list[Any]]:
-        pipe = redis.pipeline(transaction=True)
-        pipe.hmget(self._clock, "ms", "seq")
-        pipe.execute_command("XINFO STREAM", self.feed)
-        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
         """Stop following the feed."""
@@ -1301,24 +1261,14 @@ class RedisHistory(MemoryHistory):
         feed, count, block = self.feed, self.read_count, self.block_ms
         loop = asyncio.get_running_loop()
         pause = self.coalesce_s
-        # whether the next read may find entries trimmed before this node read them: the first
-        # read, the first after the feed was lost and each after a full batch (behind): a read
-        # that skips trimmed entries is full (the feed keeps far more than read_count after
-        # the trim), so the check follows it; the others stay one blocking XREAD
-        detects = self.gap_detection_unavailable is None
-        check = detects
         while True:
             try:
-                if check:
-                    reply = await self._read_checked()
-                else:
-                    reply = await self._reader.execute_command(
-                        "XREAD", "COUNT", count, "BLOCK", block, "STREAMS", feed, self.watermark
-                    )
+                reply = await self._reader.execute_command(
+                    "XREAD", "COUNT", count, "BLOCK", block, "STREAMS", feed, self.watermark
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                check = detects
                 self.following.clear()
                 # invalidations may be missed while the feed is away (or trimmed before it is
                 # back): nothing cached survives, and nothing is kept until it is read again
@@ -1341,16 +1291,12 @@ class RedisHistory(MemoryHistory):
                     self.watermark,
                 )
                 lost_at = None
-            check = False
             if not reply:
                 continue
             # the raw reply (the reader has no XREAD callback): RESP2 [[feed, entries]],
             # RESP3 {feed: entries}
             entries = reply.get(feed, ()) if isinstance(reply, dict) else reply[0][1]
-            if len(entries) >= count:
-                check = detects
             if entries:
-                self._counted += len(entries)
                 self._on_entries(entries)
                 if self._invalidated is not None:
                     await self._acknowledge()
@@ -1365,78 +1311,6 @@ class RedisHistory(MemoryHistory):
                     # as the load rises; an idle node keeps the short wait (issue #16).
                     late = loop.time() - asleep - pause
                     pause = min(self.coalesce_max_s, self.coalesce_s + 2 * max(late, 0.0))
-
-    async def _read_checked(self) -> Any:
-        """Read the feed from the watermark (``XREAD`` without blocking) together with
-        ``XINFO STREAM`` of it, in one ``MULTI``/``EXEC`` so the two see the same feed, and
-        say a gap when there is one. Returns the ``XREAD`` reply.
-
-        Only the append scripts' trims delete the feed's entries (nothing deletes from it
-        with ``XDEL``), oldest first. The node counts the entries up to its watermark
-        (:attr:`_counted`: ``entries-added`` when it started, then per batch read); the feed
-        says how many there are: ``entries-added`` less the entries after the watermark
-        (this read's, when it took them all), or at least ``entries-added`` less ``length``
-        (those gone). More than counted: the rest were trimmed before this node read them.
-        (``max-deleted-entry-id`` cannot tell: Redis 7.0 moves it on ``XDEL`` only, not on
-        trims.)"""
-        start = self.watermark
-        pipe = self._reader.pipeline(transaction=True)
-        pipe.execute_command("XINFO STREAM", self.feed)
-        pipe.execute_command("XREAD", "COUNT", self.read_count, "STREAMS", self.feed, start)
-        info, reply = await pipe.execute(raise_on_error=False)
-        if isinstance(reply, Exception):
-            raise reply
-        fields = _info(info)
-        added = fields.get("entries-added", 0)
-        if added < self._counted:
-            # a feed that started again (Redis lost its data): all of it is after the watermark
-            self._counted = 0
-        entries = (
-            reply.get(self.feed, ()) if isinstance(reply, dict) else (reply or [[0, []]])[0][1]
-        )
-        if len(entries) < self.read_count:
-            # the read took every entry after the watermark: the rest are up to it, so it is
-            # the added-th less these; counted short of that, the gap was skipped (by this
-            # read or by an unchecked one since the last check)
-            upto, exact = added - len(entries), True
-        else:
-            # entries after the watermark remain unread: those gone are up to it at least
-            upto, exact = added - fields.get("length", 0), False
-        if upto <= self._counted:
-            if exact:
-                self._gap_open = False
-            return reply
-        missed, self._counted = upto - self._counted, upto
-        # invalidations among the trimmed entries are missed: nothing cached survives
-        self._backend.cache.clear()
-        if self._gap_open:
-            # the rest of a gap already said, told apart once the node caught up
-            log.info("history feed: %d more entries of the gap said before are gone", missed)
-            self._gap_open = not exact
-        else:
-            self._gap_open = not exact
-            self.feed_gaps += 1
-            log.warning(
-                "history feed trimmed before this node read it: %d entries it never read are "
-                "gone (its watermark %s, the oldest entry left %s; the feed keeps about %d): "
-                "this node's connections may have missed those events, which are not "
-                "delivered again",
-                missed,
-                start,
-                fields.get("recorded-first-entry-id"),
-                self.feed_length,
-            )
-        return reply
-
-    def feed_report(self) -> dict[str, Any]:
-        """The feed as this node follows it, for ``/health``: the trimmed gaps it found and
-        whether it can find them (not before Redis 7.0)."""
-        return {
-            "watermark": self.watermark,
-            "gaps": self.feed_gaps,
-            "gap_detection": self.gap_detection_unavailable is None,
-            "unavailable_reason": self.gap_detection_unavailable,
-        }
 
     async def invalidate(self, keys: list[str]) -> None:
         """Put an invalidation of ``keys`` on the feed, then wait until every other live node
